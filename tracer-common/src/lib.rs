@@ -1,0 +1,292 @@
+//! The kernel/user ABI of upstrace: every type here crosses the boundary between the eBPF
+//! programs and userspace, so it is `#[repr(C)]`, plain old data, and its size is asserted at
+//! compile time on both sides.
+#![no_std]
+
+/// Capacity of the traced-process map (gateway tgids and their forked children).
+pub const MAX_TRACED_PROCESSES: u32 = 4096;
+/// Capacity of the per-socket ownership map (upstream connections in flight).
+pub const MAX_OWNED_SOCKETS: u32 = 65536;
+/// Capacity of the per-thread scratch maps (connect arguments, pending status lines).
+pub const MAX_PENDING: u32 = 16384;
+/// Capacity of the listener-owner map (processes that listen, to report their deaths).
+pub const MAX_LISTENERS: u32 = 8192;
+/// Ring buffer size in bytes (a power of two multiple of the page size).
+pub const RING_BYTES: u32 = 4 << 20;
+
+pub const COMM_LEN: usize = 16;
+/// Payload bytes: a unix socket path (sun_path is 108 bytes) or the head of a status line.
+pub const DATA_LEN: usize = 136;
+pub const PATH_LEN: usize = 108;
+
+/// What an [`Event`] reports. The numeric values are part of the trace file format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash))]
+pub enum EventKind {
+    /// A traced process started a TCP connect (CLOSE -> SYN_SENT, in its own context).
+    ConnectStart = 1,
+    /// connect(2) returned something other than EINPROGRESS (unix sockets, immediate errors).
+    ConnectSyscall = 2,
+    /// A TCP state change of an owned socket; `old_state`/`new_state` hold the states.
+    StateChange = 3,
+    /// A socket error was reported on an owned socket; `value` is sk_err (positive errno).
+    SockError = 4,
+    /// An RST arrived on an owned socket.
+    ResetReceived = 5,
+    /// This host sent an RST on an owned socket; `value` is the TCP state.
+    ResetSent = 6,
+    /// A segment was retransmitted on an owned socket; `value` is the TCP state.
+    Retransmit = 7,
+    /// The gateway sent the first bytes of a request on an owned socket; `value` = bytes.
+    RequestSent = 8,
+    /// The gateway read the first bytes of a response on an owned socket; `value` = bytes.
+    ResponseStart = 9,
+    /// A read on an owned socket returned end-of-file (0) or an error (`value` < 0).
+    RecvEnd = 10,
+    /// A traced process wrote a 5xx HTTP/1.x status line to a downstream socket;
+    /// `value` is the status code and `data` the head of the line.
+    HttpStatus = 11,
+    /// A watched process (traced, or one that listens) exited; `value` is its exit code word.
+    ProcessExit = 12,
+    /// A fatal signal was generated for a process; `value` is the signal number.
+    Signal = 13,
+    /// A traced process forked; `aux` is the child pid, now traced too.
+    ProcessFork = 14,
+    /// A process started listening; `aux` is the port (host order).
+    Listen = 15,
+}
+
+impl EventKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::ConnectStart,
+            2 => Self::ConnectSyscall,
+            3 => Self::StateChange,
+            4 => Self::SockError,
+            5 => Self::ResetReceived,
+            6 => Self::ResetSent,
+            7 => Self::Retransmit,
+            8 => Self::RequestSent,
+            9 => Self::ResponseStart,
+            10 => Self::RecvEnd,
+            11 => Self::HttpStatus,
+            12 => Self::ProcessExit,
+            13 => Self::Signal,
+            14 => Self::ProcessFork,
+            15 => Self::Listen,
+            _ => return None,
+        })
+    }
+}
+
+pub const AF_UNIX: u8 = 1;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// One kernel observation. Fixed size, so the ring buffer never needs length prefixes.
+/// Addresses are in network byte order as the kernel keeps them; ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    /// Kernel address of the socket: the connection's identity while it lives. 0 if none.
+    pub sock: u64,
+    /// cgroup v2 id of the process the event is attributed to.
+    pub cgroup: u64,
+    /// Kind-specific number: return code, errno, status, signal, byte count.
+    pub value: i64,
+    /// Bytes sent and received on the socket so far (owned sockets only).
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    /// Owner (for socket events: the process that connected, recorded in its own context).
+    pub pid: u32,
+    pub tid: u32,
+    /// Network namespace inode of the socket (or of the process, for process events).
+    pub netns: u32,
+    /// Kind-specific: fd, child pid, sender pid, port.
+    pub aux: u32,
+    pub kind: u8,
+    pub family: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    pub data: [u8; DATA_LEN],
+}
+
+pub const EVENT_SIZE: usize = 256;
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            sock: 0,
+            cgroup: 0,
+            value: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            pid: 0,
+            tid: 0,
+            netns: 0,
+            aux: 0,
+            kind: 0,
+            family: 0,
+            old_state: 0,
+            new_state: 0,
+            sport: 0,
+            dport: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; COMM_LEN],
+            data: [0; DATA_LEN],
+        }
+    }
+}
+
+/// Per-socket state kept in the kernel for sockets a traced process connected.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockOwner {
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub cgroup: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub netns: u32,
+    /// Request/response phase, see `PHASE_*`: lets the kernel emit one event per exchange.
+    pub phase: u32,
+    /// Last TCP state seen; entries stay after CLOSE so the gateway's last reads are still
+    /// attributed, and are dropped when the socket memory is reused (or by LRU).
+    pub tcp_state: u32,
+    pub fd: u32,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 64);
+
+pub const PHASE_IDLE: u32 = 0;
+pub const PHASE_SENDING: u32 = 1;
+pub const PHASE_RECEIVING: u32 = 2;
+
+/// connect(2) arguments kept between sys_enter and sys_exit, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    pub ts_ns: u64,
+    pub fd: u32,
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub path: [u8; PATH_LEN],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<PendingConnect>() == 144);
+
+/// A 5xx status line seen at write entry, waiting for the socket send that carries it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingStatus {
+    pub ts_ns: u64,
+    pub status: u32,
+    pub fd: u32,
+    pub head: [u8; 32],
+}
+const _: () = assert!(core::mem::size_of::<PendingStatus>() == 48);
+
+/// Indexes into the per-CPU `COUNTERS` array: everything the kernel side had to drop.
+pub mod counter {
+    pub const RINGBUF_FULL: u32 = 0;
+    pub const OWNED_MAP_FULL: u32 = 1;
+    pub const TRACED_MAP_FULL: u32 = 2;
+    pub const PENDING_MAP_FULL: u32 = 3;
+    pub const LISTENER_MAP_FULL: u32 = 4;
+    pub const READ_FAILED: u32 = 5;
+    pub const COUNT: u32 = 8;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full",
+        "owned_map_full",
+        "traced_map_full",
+        "pending_map_full",
+        "listener_map_full",
+        "kernel_read_failed",
+        "reserved6",
+        "reserved7",
+    ];
+}
+
+/// Byte offsets of tracepoint fields, read by userspace from tracefs `format` files so the
+/// programs never rely on one kernel's layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointLayout {
+    pub set_state_skaddr: u16,
+    pub set_state_oldstate: u16,
+    pub set_state_newstate: u16,
+    pub set_state_sport: u16,
+    pub set_state_dport: u16,
+    pub set_state_family: u16,
+    pub set_state_protocol: u16,
+    pub set_state_saddr: u16,
+    pub set_state_daddr: u16,
+    pub set_state_saddr_v6: u16,
+    pub set_state_daddr_v6: u16,
+    pub recv_reset_skaddr: u16,
+    pub send_reset_skaddr: u16,
+    pub send_reset_state: u16,
+    pub retransmit_skaddr: u16,
+    pub retransmit_state: u16,
+    pub send_len_sk: u16,
+    pub send_len_ret: u16,
+    pub recv_len_sk: u16,
+    pub recv_len_ret: u16,
+    pub fork_parent_pid: u16,
+    pub fork_child_pid: u16,
+    pub exit_pid: u16,
+    pub exit_group_dead: u16,
+    pub signal_sig: u16,
+    pub signal_pid: u16,
+    pub signal_comm: u16,
+    pub signal_result: u16,
+}
+
+/// Byte offsets inside kernel structs, read by userspace from /sys/kernel/btf/vmlinux
+/// (Rust eBPF has no CO-RE field relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub skc_daddr: u16,
+    pub skc_rcv_saddr: u16,
+    pub skc_dport: u16,
+    pub skc_num: u16,
+    pub skc_family: u16,
+    pub skc_v6_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    pub skc_net: u16,
+    pub net_ns_inum: u16,
+    pub sk_err: u16,
+    pub task_exit_code: u16,
+    pub _pad: u16,
+}
+
+/// Load-time configuration, written into the programs' `CONFIG` global by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// upstrace's own tgid, never traced.
+    pub self_tgid: u32,
+    pub _pad: u32,
+    pub tp: TracepointLayout,
+    pub kernel: KernelLayout,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,195 @@
+//! Socket I/O of traced processes: byte counts on upstream sockets (one event per exchange,
+//! not per call), and 5xx status lines written to downstream (client) sockets.
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    EventKind, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, counter,
+};
+
+use crate::maps::{
+    OWNED, PENDING_STATUS, config, count, current_cgroup, current_comm, current_ids, emit,
+    fill_owner, fill_tuple_from_sock, is_traced, now_ns,
+};
+
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const EAGAIN: i32 = -11;
+/// A status line must reach the socket within this long of the write that carried it.
+const STATUS_MAX_AGE_NS: u64 = 10_000_000;
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let l = config().tp;
+    let (Ok(sk), Ok(ret)) = (unsafe {
+        (ctx.read_at::<u64>(l.send_len_sk as usize), ctx.read_at::<i32>(l.send_len_ret as usize))
+    }) else {
+        return 0;
+    };
+    if let Some(owner) = OWNED.get_ptr_mut(sk) {
+        let owner = unsafe { &mut *owner };
+        if ret > 0 {
+            owner.bytes_sent += ret as u64;
+            if owner.phase != PHASE_SENDING {
+                owner.phase = PHASE_SENDING;
+                emit(EventKind::RequestSent, |e| {
+                    e.sock = sk;
+                    fill_owner(e, owner);
+                    fill_tuple_from_sock(e, sk);
+                    e.value = ret as i64;
+                    e.new_state = owner.tcp_state as u8;
+                });
+            }
+        }
+        return 0;
+    }
+    on_downstream_send(sk, tgid, tid);
+    0
+}
+
+fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
+    let Some(pending) = (unsafe { PENDING_STATUS.get(tid) }) else {
+        return;
+    };
+    let pending = *pending;
+    let _ = PENDING_STATUS.remove(tid);
+    if now_ns().saturating_sub(pending.ts_ns) > STATUS_MAX_AGE_NS {
+        return;
+    }
+    emit(EventKind::HttpStatus, |e| {
+        e.sock = sk;
+        e.pid = tgid;
+        e.tid = tid;
+        e.comm = current_comm();
+        e.cgroup = current_cgroup();
+        fill_tuple_from_sock(e, sk);
+        e.value = pending.status as i64;
+        e.aux = pending.fd;
+        e.data[..32].copy_from_slice(&pending.head);
+    });
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let l = config().tp;
+    let (Ok(sk), Ok(ret)) = (unsafe {
+        (ctx.read_at::<u64>(l.recv_len_sk as usize), ctx.read_at::<i32>(l.recv_len_ret as usize))
+    }) else {
+        return 0;
+    };
+    let Some(owner) = OWNED.get_ptr_mut(sk) else {
+        return 0;
+    };
+    let owner = unsafe { &mut *owner };
+    if ret > 0 {
+        owner.bytes_recv += ret as u64;
+        if owner.phase != PHASE_RECEIVING {
+            owner.phase = PHASE_RECEIVING;
+            emit(EventKind::ResponseStart, |e| {
+                e.sock = sk;
+                fill_owner(e, owner);
+                fill_tuple_from_sock(e, sk);
+                e.value = ret as i64;
+                e.new_state = owner.tcp_state as u8;
+            });
+        }
+    } else if ret != EAGAIN {
+        emit(EventKind::RecvEnd, |e| {
+            e.sock = sk;
+            fill_owner(e, owner);
+            fill_tuple_from_sock(e, sk);
+            e.value = ret as i64;
+            e.new_state = owner.tcp_state as u8;
+        });
+    }
+    0
+}
+
+/// Parse "HTTP/1.x 5dd" at the start of a buffer; returns the status or 0.
+#[inline(always)]
+fn status_5xx(head: &[u8; 32]) -> u32 {
+    if head[0] != b'H' || head[1] != b'T' || head[2] != b'T' || head[3] != b'P' {
+        return 0;
+    }
+    if head[4] != b'/' || head[5] != b'1' || head[6] != b'.' || head[8] != b' ' || head[9] != b'5'
+    {
+        return 0;
+    }
+    let (d1, d2) = (head[10], head[11]);
+    if !d1.is_ascii_digit() || !d2.is_ascii_digit() {
+        return 0;
+    }
+    500 + (d1 - b'0') as u32 * 10 + (d2 - b'0') as u32
+}
+
+/// Look at the first bytes a traced thread writes; remember a 5xx status line until the socket
+/// send that carries it (sock_send_length knows the socket, the syscall only knows the fd).
+#[inline(always)]
+fn peek_write(fd: u64, buf: u64) {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return;
+    }
+    let mut head = [0u8; 32];
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_err() {
+        return;
+    }
+    let status = status_5xx(&head);
+    if status == 0 {
+        return;
+    }
+    let pending = PendingStatus { ts_ns: now_ns(), status, fd: fd as u32, head };
+    if PENDING_STATUS.insert(tid, pending, 0).is_err() {
+        count(counter::PENDING_MAP_FULL);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    if let (Ok(fd), Ok(buf)) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) } {
+        peek_write(fd, buf);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    if let (Ok(fd), Ok(buf)) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) } {
+        peek_write(fd, buf);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    if let (Ok(fd), Ok(iov)) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) } {
+        // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
+        if let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) } {
+            peek_write(fd, base);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    if let (Ok(fd), Ok(msg)) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) } {
+        // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
+        if let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) } {
+            if let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) } {
+                peek_write(fd, base);
+            }
+        }
+    }
+    0
+}

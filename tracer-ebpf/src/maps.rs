@@ -1,0 +1,198 @@
+//! Maps shared by all hook families, the load-time configuration, and small helpers.
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    Config, Event, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PENDING, MAX_TRACED_PROCESSES,
+    PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
+};
+
+#[unsafe(no_mangle)]
+pub static CONFIG: Global<Config> = Global::new(Config {
+    self_tgid: 0,
+    _pad: 0,
+    tp: tracer_common::TracepointLayout {
+        set_state_skaddr: 0,
+        set_state_oldstate: 0,
+        set_state_newstate: 0,
+        set_state_sport: 0,
+        set_state_dport: 0,
+        set_state_family: 0,
+        set_state_protocol: 0,
+        set_state_saddr: 0,
+        set_state_daddr: 0,
+        set_state_saddr_v6: 0,
+        set_state_daddr_v6: 0,
+        recv_reset_skaddr: 0,
+        send_reset_skaddr: 0,
+        send_reset_state: 0,
+        retransmit_skaddr: 0,
+        retransmit_state: 0,
+        send_len_sk: 0,
+        send_len_ret: 0,
+        recv_len_sk: 0,
+        recv_len_ret: 0,
+        fork_parent_pid: 0,
+        fork_child_pid: 0,
+        exit_pid: 0,
+        exit_group_dead: 0,
+        signal_sig: 0,
+        signal_pid: 0,
+        signal_comm: 0,
+        signal_result: 0,
+    },
+    kernel: tracer_common::KernelLayout {
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_dport: 0,
+        skc_num: 0,
+        skc_family: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        skc_net: 0,
+        net_ns_inum: 0,
+        sk_err: 0,
+        task_exit_code: 0,
+        _pad: 0,
+    },
+});
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Gateway processes (tgid and threads/children), filled by userspace and by fork.
+#[map]
+pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACED_PROCESSES, 0);
+
+/// Processes that listen on a TCP port: their deaths explain refused and reset upstreams.
+#[map]
+pub static LISTENERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Upstream sockets a traced process connected, keyed by kernel socket address.
+#[map]
+pub static OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_OWNED_SOCKETS, 0);
+
+#[map]
+pub static PENDING_CONNECT: HashMap<u32, PendingConnect> =
+    HashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map]
+pub static PENDING_STATUS: HashMap<u32, PendingStatus> = HashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn config() -> Config {
+    CONFIG.load()
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// (tgid, tid) of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+#[inline(always)]
+pub fn is_traced(tgid: u32) -> bool {
+    tgid != 0 && unsafe { TRACED.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+pub fn current_comm() -> [u8; 16] {
+    bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+#[inline(always)]
+pub fn read_kernel<T>(base: u64, offset: u16) -> Option<T> {
+    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
+/// Reserve an event in the ring buffer, zero it, let `fill` write it, and submit it.
+/// A full ring buffer is counted, never silent.
+#[inline(always)]
+pub fn emit(kind: tracer_common::EventKind, fill: impl FnOnce(&mut Event)) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            let event = unsafe { &mut *entry.as_mut_ptr() };
+            *event = Event::zeroed();
+            event.ts_ns = now_ns();
+            event.kind = kind as u8;
+            fill(event);
+            entry.submit(0);
+        }
+        None => count(counter::RINGBUF_FULL),
+    }
+}
+
+/// Fill the 4-tuple and network namespace from the socket itself (offsets come from BTF).
+/// Local side is `saddr`/`sport`, remote side `daddr`/`dport`.
+#[inline(always)]
+pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
+    let k = config().kernel;
+    let family: u16 = read_kernel(sk, k.skc_family).unwrap_or(0);
+    event.family = family as u8;
+    if family == tracer_common::AF_INET6 as u16 {
+        event.saddr = read_kernel(sk, k.skc_v6_rcv_saddr).unwrap_or([0; 16]);
+        event.daddr = read_kernel(sk, k.skc_v6_daddr).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = read_kernel(sk, k.skc_rcv_saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_kernel(sk, k.skc_daddr).unwrap_or([0; 4]);
+        event.saddr[..4].copy_from_slice(&s);
+        event.daddr[..4].copy_from_slice(&d);
+    }
+    event.sport = read_kernel::<u16>(sk, k.skc_num).unwrap_or(0);
+    event.dport = u16::from_be(read_kernel::<u16>(sk, k.skc_dport).unwrap_or(0));
+    event.netns = sock_netns(sk);
+}
+
+#[inline(always)]
+pub fn sock_netns(sk: u64) -> u32 {
+    let k = config().kernel;
+    match read_kernel::<u64>(sk, k.skc_net) {
+        Some(net) if net != 0 => read_kernel::<u32>(net, k.net_ns_inum).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Copy the owner's identity and byte counters into a socket event.
+#[inline(always)]
+pub fn fill_owner(event: &mut Event, owner: &SockOwner) {
+    event.pid = owner.pid;
+    event.tid = owner.tid;
+    event.comm = owner.comm;
+    event.cgroup = owner.cgroup;
+    event.bytes_sent = owner.bytes_sent;
+    event.bytes_recv = owner.bytes_recv;
+    event.aux = owner.fd;
+}
