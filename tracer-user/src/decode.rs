@@ -1,0 +1,412 @@
+//! Raw ring-buffer records -> typed `KernelEvent`s. This is the only place that knows the
+//! byte layout; everything downstream (tracking, attribution, sinks, replay) uses the type.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    ConnectStart,
+    ConnectSyscall,
+    StateChange,
+    SockError,
+    ResetReceived,
+    ResetSent,
+    Retransmit,
+    RequestSent,
+    ResponseStart,
+    RecvEnd,
+    HttpStatus,
+    ProcessExit,
+    Signal,
+    ProcessFork,
+    Listen,
+}
+
+impl From<EventKind> for Kind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::ConnectStart => Kind::ConnectStart,
+            EventKind::ConnectSyscall => Kind::ConnectSyscall,
+            EventKind::StateChange => Kind::StateChange,
+            EventKind::SockError => Kind::SockError,
+            EventKind::ResetReceived => Kind::ResetReceived,
+            EventKind::ResetSent => Kind::ResetSent,
+            EventKind::Retransmit => Kind::Retransmit,
+            EventKind::RequestSent => Kind::RequestSent,
+            EventKind::ResponseStart => Kind::ResponseStart,
+            EventKind::RecvEnd => Kind::RecvEnd,
+            EventKind::HttpStatus => Kind::HttpStatus,
+            EventKind::ProcessExit => Kind::ProcessExit,
+            EventKind::Signal => Kind::Signal,
+            EventKind::ProcessFork => Kind::ProcessFork,
+            EventKind::Listen => Kind::Listen,
+        }
+    }
+}
+
+/// TCP states, named as the kernel names them.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+
+pub fn errno_name(errno: i64) -> &'static str {
+    match errno.unsigned_abs() {
+        1 => "EPERM",
+        2 => "ENOENT",
+        4 => "EINTR",
+        11 => "EAGAIN",
+        13 => "EACCES",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        32 => "EPIPE",
+        99 => "EADDRNOTAVAIL",
+        101 => "ENETUNREACH",
+        103 => "ECONNABORTED",
+        104 => "ECONNRESET",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        115 => "EINPROGRESS",
+        _ => "E?",
+    }
+}
+
+pub fn signal_name(sig: i64) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "SIG?",
+    }
+}
+
+/// One kernel observation, typed. Serialized as-is into traces, so replay reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelEvent {
+    pub kind: Kind,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub netns: u32,
+    #[serde(default)]
+    pub cgroup: u64,
+    /// Kernel socket address (hex in JSON): the connection's identity while it lives.
+    #[serde(default, with = "hex_u64")]
+    pub sock: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<String>,
+    /// Kind-specific: return code, errno, status, signal, byte count.
+    #[serde(default)]
+    pub value: i64,
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_recv: u64,
+    /// Kind-specific: fd, child pid, sender pid, port.
+    #[serde(default)]
+    pub aux: u32,
+    /// The head of a status line, for http_status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short(usize),
+    UnknownKind(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(f, "event record of {n} bytes, expected {EVENT_SIZE}"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+        }
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn ip(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*raw);
+            Some(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+        }
+        _ => None,
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    if bytes.len() < EVENT_SIZE {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; Event is plain old data and read unaligned.
+    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    let kind: Kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?.into();
+    let socket_kind = matches!(
+        kind,
+        Kind::ConnectStart
+            | Kind::StateChange
+            | Kind::SockError
+            | Kind::ResetReceived
+            | Kind::ResetSent
+            | Kind::Retransmit
+            | Kind::RequestSent
+            | Kind::ResponseStart
+            | Kind::RecvEnd
+            | Kind::HttpStatus
+            | Kind::Listen
+    );
+    let (mut src, mut dst, mut path) = (None, None, None);
+    if socket_kind || kind == Kind::ConnectSyscall {
+        if raw.family == AF_UNIX {
+            path = Some(c_string(&raw.data)).filter(|p| !p.is_empty());
+        } else {
+            if socket_kind {
+                src = ip(raw.family, &raw.saddr).map(|a| SocketAddr::new(a, raw.sport));
+            }
+            dst = ip(raw.family, &raw.daddr).map(|a| SocketAddr::new(a, raw.dport));
+        }
+    }
+    let states = matches!(kind, Kind::ConnectStart | Kind::StateChange);
+    let has_state = states
+        || matches!(
+            kind,
+            Kind::SockError | Kind::ResetReceived | Kind::RequestSent | Kind::ResponseStart | Kind::RecvEnd
+        );
+    Ok(KernelEvent {
+        kind,
+        ts_ns: raw.ts_ns,
+        pid: raw.pid,
+        tid: raw.tid,
+        comm: c_string(&raw.comm),
+        netns: raw.netns,
+        cgroup: raw.cgroup,
+        sock: raw.sock,
+        src,
+        dst,
+        path,
+        old_state: states.then(|| tcp_state_name(raw.old_state).to_owned()),
+        new_state: has_state.then(|| tcp_state_name(raw.new_state).to_owned()),
+        value: raw.value,
+        bytes_sent: raw.bytes_sent,
+        bytes_recv: raw.bytes_recv,
+        aux: raw.aux,
+        line: (kind == Kind::HttpStatus).then(|| {
+            let head = c_string(&raw.data[..32]);
+            head.split(['\r', '\n']).next().unwrap_or_default().to_owned()
+        }),
+    })
+}
+
+impl KernelEvent {
+    /// One human sentence for logs and the evidence chain.
+    pub fn detail(&self) -> String {
+        let peer = self
+            .dst
+            .map(|a| a.to_string())
+            .or_else(|| self.path.clone())
+            .unwrap_or_else(|| "?".into());
+        let state = |s: &Option<String>| s.clone().unwrap_or_default();
+        match self.kind {
+            Kind::ConnectStart => format!("connect to {peer} started (SYN sent)"),
+            Kind::ConnectSyscall if self.value == 0 => format!("connect to {peer} succeeded"),
+            Kind::ConnectSyscall => {
+                format!("connect to {peer} failed: {} ({})", errno_name(self.value), -self.value)
+            }
+            Kind::StateChange => format!(
+                "{peer}: {} -> {} (sent {} B, received {} B)",
+                state(&self.old_state),
+                state(&self.new_state),
+                self.bytes_sent,
+                self.bytes_recv
+            ),
+            Kind::SockError => {
+                format!("{peer}: socket error {} ({})", errno_name(self.value), self.value)
+            }
+            Kind::ResetReceived => format!("{peer}: RST received in {}", state(&self.new_state)),
+            Kind::ResetSent => format!("{peer}: RST sent in {}", tcp_state_name(self.value as u8)),
+            Kind::Retransmit => {
+                format!("{peer}: retransmit in {}", tcp_state_name(self.value as u8))
+            }
+            Kind::RequestSent => format!("{peer}: request sent ({} B so far)", self.bytes_sent),
+            Kind::ResponseStart => format!("{peer}: first response bytes ({} B)", self.value),
+            Kind::RecvEnd if self.value == 0 => format!(
+                "{peer}: upstream closed (read returned EOF after {} B)",
+                self.bytes_recv
+            ),
+            Kind::RecvEnd => format!(
+                "{peer}: read failed: {} ({}) after {} B",
+                errno_name(self.value),
+                -self.value,
+                self.bytes_recv
+            ),
+            Kind::HttpStatus => format!(
+                "{} {} wrote {} to client {peer}",
+                self.comm,
+                self.pid,
+                self.line.clone().unwrap_or_else(|| self.value.to_string())
+            ),
+            Kind::ProcessExit => format!(
+                "process {} ({}) exited, exit word {:#x}{}",
+                self.pid,
+                self.comm,
+                self.value,
+                match self.value & 0x7f {
+                    0 => String::new(),
+                    sig => format!(" (killed by {})", signal_name(sig)),
+                }
+            ),
+            Kind::Signal => format!(
+                "{} sent to process {} ({}) by pid {}",
+                signal_name(self.value),
+                self.pid,
+                self.comm,
+                self.aux
+            ),
+            Kind::ProcessFork => format!("{} {} forked child {}", self.comm, self.pid, self.aux),
+            Kind::Listen => format!("{} {} listens on {peer}", self.comm, self.pid),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: EventKind) -> Event {
+        let mut e = Event::zeroed();
+        e.kind = kind as u8;
+        e.ts_ns = 42;
+        e.pid = 100;
+        e.tid = 101;
+        e.comm[..5].copy_from_slice(b"nginx");
+        e
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), EVENT_SIZE) }.to_vec()
+    }
+
+    #[test]
+    fn abi_sizes_match_the_kernel_side() {
+        assert_eq!(std::mem::size_of::<Event>(), EVENT_SIZE);
+        assert_eq!(std::mem::size_of::<tracer_common::SockOwner>(), 64);
+    }
+
+    #[test]
+    fn decodes_a_refused_connect() {
+        let mut e = raw(EventKind::SockError);
+        e.family = AF_INET;
+        e.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e.sport = 40000;
+        e.dport = 8080;
+        e.value = 111;
+        e.new_state = TCP_SYN_SENT;
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.kind, Kind::SockError);
+        assert_eq!(ev.comm, "nginx");
+        assert_eq!(ev.dst, Some("10.0.0.2:8080".parse().unwrap()));
+        assert_eq!(ev.src, Some("10.0.0.1:40000".parse().unwrap()));
+        assert!(ev.detail().contains("ECONNREFUSED"), "{}", ev.detail());
+    }
+
+    #[test]
+    fn decodes_unix_paths_and_status_lines() {
+        let mut e = raw(EventKind::ConnectSyscall);
+        e.family = AF_UNIX;
+        e.value = -11;
+        e.data[..17].copy_from_slice(b"/run/php/fpm.sock");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.path.as_deref(), Some("/run/php/fpm.sock"));
+        assert!(ev.detail().contains("EAGAIN"));
+
+        let mut e = raw(EventKind::HttpStatus);
+        e.family = AF_INET6;
+        e.daddr = Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]).octets();
+        e.dport = 5555;
+        e.value = 502;
+        e.data[..26].copy_from_slice(b"HTTP/1.1 502 Bad Gateway\r\n");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.line.as_deref(), Some("HTTP/1.1 502 Bad Gateway"));
+        assert_eq!(ev.dst, Some("127.0.0.1:5555".parse().unwrap()), "v4-mapped shown as v4");
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_kinds() {
+        assert_eq!(decode(&[0u8; 10]).unwrap_err(), DecodeError::Short(10));
+        let mut e = raw(EventKind::Listen);
+        e.kind = 200;
+        assert_eq!(decode(&bytes(&e)).unwrap_err(), DecodeError::UnknownKind(200));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut e = raw(EventKind::StateChange);
+        e.family = AF_INET;
+        e.sock = 0xffff_8880_1234_5678;
+        e.old_state = TCP_ESTABLISHED;
+        e.new_state = TCP_CLOSE_WAIT;
+        let ev = decode(&bytes(&e)).unwrap();
+        let text = serde_json::to_string(&ev).unwrap();
+        assert!(text.contains("\"sock\":\"0xffff888012345678\""), "{text}");
+        assert!(text.contains("CLOSE_WAIT"));
+        let back: KernelEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ev);
+    }
+}

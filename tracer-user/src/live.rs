@@ -1,0 +1,184 @@
+//! The live source: load the probes, pick the gateway processes, and pump ring-buffer events
+//! through the pipeline until the time limit or a signal.
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Map, json};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    clock,
+    decode::{self, KernelEvent},
+    discover,
+    probes::Probes,
+    sink::Sink,
+};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub wait: bool,
+    pub duration: Option<Duration>,
+    pub stats_interval: Duration,
+}
+
+/// Which processes are gateways: explicit pids, or everything with a gateway's name.
+struct Targets {
+    pids: Vec<u32>,
+    comms: Vec<String>,
+}
+
+impl Targets {
+    fn scan(&self) -> BTreeSet<u32> {
+        if self.pids.is_empty() {
+            discover::pids_by_comm(&self.comms)
+        } else {
+            self.pids.iter().copied().filter(|&p| discover::pid_exists(p)).collect()
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.pids.is_empty() {
+            format!("processes named {}", self.comms.join(", "))
+        } else {
+            format!("pids {:?}", self.pids)
+        }
+    }
+}
+
+pub struct Stats {
+    pub events: u64,
+    pub decode_errors: u64,
+    pub kernel: Vec<(&'static str, u64)>,
+}
+
+impl Stats {
+    pub fn lost(&self) -> u64 {
+        self.kernel.iter().map(|(_, v)| v).sum::<u64>() + self.decode_errors
+    }
+}
+
+pub async fn run<W: std::io::Write>(
+    opts: Options,
+    sink: &mut Sink<W>,
+    mut on_event: impl FnMut(&KernelEvent, &mut Sink<W>) -> Result<()>,
+) -> Result<Stats> {
+    for &pid in &opts.pids {
+        if !discover::pid_exists(pid) {
+            bail!("no such process: {pid}");
+        }
+    }
+    let targets = Targets {
+        pids: opts.pids.clone(),
+        comms: if opts.comms.is_empty() {
+            discover::DEFAULT_COMMS.iter().map(|s| s.to_string()).collect()
+        } else {
+            opts.comms.clone()
+        },
+    };
+    let initial = targets.scan();
+    if initial.is_empty() && !opts.wait {
+        bail!("no gateway process found ({}); start one, pass --pid, or use --wait", targets.describe());
+    }
+
+    let (mut probes, ring) = Probes::load()?;
+    eprintln!("upstrace: {}", probes.report);
+    let mut known = BTreeSet::new();
+    for pid in &initial {
+        probes.trace_pid(*pid)?;
+        known.insert(*pid);
+    }
+    for pid in discover::listener_pids() {
+        probes.watch_listener(pid);
+    }
+    eprintln!("upstrace: tracing {} ({} processes now)", targets.describe(), known.len());
+
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both are dropped.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut rescan = tokio::time::interval(Duration::from_secs(1));
+    let mut stats_tick = tokio::time::interval(opts.stats_interval);
+    stats_tick.tick().await;
+    let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let mut stats = Stats { events: 0, decode_errors: 0, kernel: vec![] };
+
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+                     sink: &mut Sink<W>,
+                     stats: &mut Stats|
+     -> Result<()> {
+        while let Some(item) = ring.next() {
+            match decode::decode(&item) {
+                Ok(ev) => {
+                    stats.events += 1;
+                    on_event(&ev, sink)?;
+                }
+                Err(_) => stats.decode_errors += 1,
+            }
+        }
+        sink.flush().context("writing output")?;
+        Ok(())
+    };
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), sink, &mut stats)?;
+                guard.clear_ready();
+            }
+            _ = rescan.tick() => {
+                // Gateways restart and reload: pick up new processes, forget dead ones.
+                if opts.pids.is_empty() {
+                    for pid in targets.scan() {
+                        if known.insert(pid) {
+                            probes.trace_pid(pid)?;
+                        }
+                    }
+                }
+                known.retain(|&pid| discover::pid_exists(pid));
+            }
+            _ = stats_tick.tick() => {
+                stats.kernel = probes.counters();
+                write_stats(sink, &stats, known.len())?;
+            }
+            _ = &mut deadline => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    drain(ring.get_mut(), sink, &mut stats)?;
+    stats.kernel = probes.counters();
+    write_stats(sink, &stats, known.len())?;
+    sink.flush()?;
+    Ok(stats)
+}
+
+fn write_stats<W: std::io::Write>(sink: &mut Sink<W>, stats: &Stats, traced: usize) -> Result<()> {
+    let mut lost = Map::new();
+    for (name, v) in &stats.kernel {
+        lost.insert(name.to_string(), json!(v));
+    }
+    lost.insert("decode_errors".into(), json!(stats.decode_errors));
+    let mut fields = Map::new();
+    fields.insert("time".into(), json!(clock::rfc3339(clock::monotonic_ns() as i128 + clock::boot_offset_ns())));
+    fields.insert("events".into(), json!(stats.events));
+    fields.insert("traced_processes".into(), json!(traced));
+    fields.insert("lost_total".into(), json!(stats.lost()));
+    fields.insert("lost".into(), json!(lost));
+    let text = format!(
+        "-- stats: {} events, {} traced processes, {} lost{}",
+        stats.events,
+        traced,
+        stats.lost(),
+        if stats.lost() > 0 { "  <-- EVENTS WERE LOST" } else { "" }
+    );
+    sink.record("stats", fields, &text)?;
+    Ok(())
+}

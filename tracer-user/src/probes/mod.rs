@@ -1,0 +1,209 @@
+//! Loading and attaching the kernel programs, and the userspace handles to their maps.
+pub mod btf;
+pub mod layout;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tracer_common::{Config, counter};
+
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/upstrace-ebpf"));
+
+pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// How a program attaches. Only tracepoints and tp_btf: kprobes and BPF trampolines are not
+/// available everywhere (this project's reference kernel has neither).
+enum Hook {
+    Tracepoint(&'static str, &'static str),
+    TpBtf(&'static str),
+}
+
+struct ProgramSpec {
+    program: &'static str,
+    hook: Hook,
+    /// Without a required program upstrace cannot do its job, so it refuses to start.
+    required: bool,
+}
+
+const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec { program: "inet_sock_set_state", hook: Hook::Tracepoint("sock", "inet_sock_set_state"), required: true },
+    ProgramSpec { program: "tcp_receive_reset", hook: Hook::Tracepoint("tcp", "tcp_receive_reset"), required: false },
+    ProgramSpec { program: "tcp_send_reset", hook: Hook::Tracepoint("tcp", "tcp_send_reset"), required: false },
+    ProgramSpec { program: "tcp_retransmit_skb", hook: Hook::Tracepoint("tcp", "tcp_retransmit_skb"), required: false },
+    ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false },
+    ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true },
+    ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true },
+    ProgramSpec { program: "sys_enter_write", hook: Hook::Tracepoint("syscalls", "sys_enter_write"), required: false },
+    ProgramSpec { program: "sys_enter_writev", hook: Hook::Tracepoint("syscalls", "sys_enter_writev"), required: false },
+    ProgramSpec { program: "sys_enter_sendto", hook: Hook::Tracepoint("syscalls", "sys_enter_sendto"), required: false },
+    ProgramSpec { program: "sys_enter_sendmsg", hook: Hook::Tracepoint("syscalls", "sys_enter_sendmsg"), required: false },
+    ProgramSpec { program: "sys_enter_connect", hook: Hook::Tracepoint("syscalls", "sys_enter_connect"), required: false },
+    ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
+    ProgramSpec { program: "sched_process_fork", hook: Hook::Tracepoint("sched", "sched_process_fork"), required: true },
+    ProgramSpec { program: "sched_process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit"), required: false },
+    ProgramSpec { program: "signal_generate", hook: Hook::Tracepoint("signal", "signal_generate"), required: false },
+];
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AttachReport {
+    pub attached: Vec<String>,
+    /// (program, the kernel's reason)
+    pub skipped: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for AttachReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attached {} programs: {}", self.attached.len(), self.attached.join(", "))?;
+        for (name, why) in &self.skipped {
+            write!(f, "\nskipped {name}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Probes {
+    _ebpf: Ebpf,
+    pub report: AttachReport,
+    traced: BpfHashMap<MapData, u32, u32>,
+    listeners: BpfHashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Refuse early, with one clear line, when the machine cannot run upstrace.
+pub fn preflight(btf_path: &std::path::Path) -> Result<()> {
+    if !has_bpf_privileges() {
+        bail!("upstrace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
+    }
+    if !btf_path.exists() {
+        bail!(
+            "no kernel BTF at {}: upstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            btf_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn has_bpf_privileges() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+pub fn btf_path() -> PathBuf {
+    std::env::var_os("UPSTRACE_BTF").map(PathBuf::from).unwrap_or_else(|| DEFAULT_BTF.into())
+}
+
+impl Probes {
+    /// Load and attach every program; returns the probes and the ring buffer of events.
+    pub fn load() -> Result<(Self, RingBuf<MapData>)> {
+        let btf_path = btf_path();
+        preflight(&btf_path)?;
+        let btf = btf::Btf::from_file(&btf_path)?;
+        let tracefs = layout::Tracefs::open()?;
+        let config = Config {
+            self_tgid: std::process::id(),
+            _pad: 0,
+            tp: layout::tracepoint_layout(&tracefs)?,
+            kernel: layout::kernel_layout(&btf)?,
+        };
+        // Raise the memlock limit for kernels that still charge BPF memory to it.
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("CONFIG", &config, true)
+            .load(PROBES_OBJECT)
+            .map_err(|e| map_load_error(anyhow!(e)))?;
+
+        let mut report = AttachReport::default();
+        for spec in PROGRAMS {
+            match attach(&mut ebpf, spec, &aya_btf) {
+                Ok(()) => report.attached.push(spec.program.to_owned()),
+                Err(e) if spec.required => {
+                    return Err(map_load_error(e.context(format!("required program {}", spec.program))));
+                }
+                Err(e) => report.skipped.push((spec.program.to_owned(), format!("{e:#}"))),
+            }
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let traced = BpfHashMap::try_from(ebpf.take_map("TRACED").context("TRACED map")?)?;
+        let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        Ok((Self { _ebpf: ebpf, report, traced, listeners, counters }, ring))
+    }
+
+    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        self.traced.insert(pid, 1, 0).with_context(|| format!("tracing pid {pid}"))
+    }
+
+    pub fn untrace_pid(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
+    }
+
+    pub fn traced_pids(&self) -> Vec<u32> {
+        self.traced.keys().filter_map(|k| k.ok()).collect()
+    }
+
+    pub fn watch_listener(&mut self, pid: u32) {
+        let _ = self.listeners.insert(pid, 1, 0);
+    }
+
+    /// Kernel-side loss counters, summed over CPUs, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        (0..counter::COUNT)
+            .map(|i| {
+                let sum = self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                (counter::NAMES[i as usize], sum)
+            })
+            .collect()
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?;
+    match spec.hook {
+        Hook::Tracepoint(category, name) => {
+            let tp: &mut TracePoint = program.try_into()?;
+            tp.load().map_err(|e| anyhow!("load: {e}"))?;
+            tp.attach(category, name).map_err(|e| anyhow!("attach {category}:{name}: {e}"))?;
+        }
+        Hook::TpBtf(name) => {
+            let tp: &mut BtfTracePoint = program.try_into()?;
+            tp.load(name, btf).map_err(|e| anyhow!("load: {e}"))?;
+            tp.attach().map_err(|e| anyhow!("attach tp_btf/{name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Turn a permission failure into the one line a user needs.
+fn map_load_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        anyhow!("the kernel refused to load eBPF programs (EPERM): run as root, or check kernel.unprivileged_bpf_disabled and lockdown ({text})")
+    } else {
+        e
+    }
+}

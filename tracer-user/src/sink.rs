@@ -1,0 +1,77 @@
+//! Where pipeline output goes: JSON Lines (one object per line, a stable contract) or short
+//! human lines. Writes are buffered and flushed per ring-buffer batch.
+use std::io::{self, Write};
+
+use serde_json::{Map, Value, json};
+
+use crate::{clock, decode::KernelEvent};
+
+pub enum Format {
+    Json,
+    Text,
+}
+
+pub struct Sink<W: Write> {
+    out: io::BufWriter<W>,
+    format: Format,
+    pub show_events: bool,
+    boot_offset_ns: i128,
+}
+
+impl<W: Write> Sink<W> {
+    pub fn new(out: W, format: Format, show_events: bool, boot_offset_ns: i128) -> Self {
+        Self { out: io::BufWriter::with_capacity(64 * 1024, out), format, show_events, boot_offset_ns }
+    }
+
+    pub fn wall_time(&self, ts_ns: u64) -> String {
+        clock::rfc3339(ts_ns as i128 + self.boot_offset_ns)
+    }
+
+    pub fn event(&mut self, ev: &KernelEvent) -> io::Result<()> {
+        if !self.show_events {
+            return Ok(());
+        }
+        match self.format {
+            Format::Json => {
+                let mut obj = Map::new();
+                obj.insert("type".into(), json!("event"));
+                obj.insert("time".into(), json!(self.wall_time(ev.ts_ns)));
+                if let Value::Object(fields) = serde_json::to_value(ev).map_err(io::Error::other)? {
+                    obj.extend(fields);
+                }
+                obj.insert("detail".into(), json!(ev.detail()));
+                serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => {
+                let time = self.wall_time(ev.ts_ns);
+                writeln!(
+                    self.out,
+                    "{} {:<15} {:<16} {}",
+                    &time[11..23],
+                    format!("{}[{}]", ev.comm, ev.pid),
+                    serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                    ev.detail()
+                )
+            }
+        }
+    }
+
+    /// A JSON object of another type (verdict, stats, ...), or its text form.
+    pub fn record(&mut self, kind: &str, mut fields: Map<String, Value>, text: &str) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                let mut obj = Map::new();
+                obj.insert("type".into(), json!(kind));
+                obj.append(&mut fields);
+                serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => writeln!(self.out, "{text}"),
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
