@@ -63,3 +63,43 @@ pub fn listener_pids() -> BTreeSet<u32> {
         })
         .collect()
 }
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `roots` and all their living descendants (a gateway's workers were usually forked before
+/// upstrace started; later forks are followed in the kernel).
+pub fn with_descendants(roots: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let parents: Vec<(u32, u32)> = all_pids().filter_map(|p| Some((p, parent_of(p)?))).collect();
+    let mut found = roots.clone();
+    loop {
+        let before = found.len();
+        for (pid, ppid) in &parents {
+            if found.contains(ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_children_of_this_process() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let me = BTreeSet::from([std::process::id()]);
+        let all = with_descendants(&me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(all.contains(&child.id()), "{all:?}");
+        assert!(all.contains(&std::process::id()));
+    }
+}

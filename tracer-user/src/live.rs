@@ -37,7 +37,8 @@ impl Targets {
         if self.pids.is_empty() {
             discover::pids_by_comm(&self.comms)
         } else {
-            self.pids.iter().copied().filter(|&p| discover::pid_exists(p)).collect()
+            let roots = self.pids.iter().copied().filter(|&p| discover::pid_exists(p)).collect();
+            discover::with_descendants(&roots)
         }
     }
 
@@ -135,11 +136,9 @@ pub async fn run<W: std::io::Write>(
             }
             _ = rescan.tick() => {
                 // Gateways restart and reload: pick up new processes, forget dead ones.
-                if opts.pids.is_empty() {
-                    for pid in targets.scan() {
-                        if known.insert(pid) {
-                            probes.trace_pid(pid)?;
-                        }
+                for pid in targets.scan() {
+                    if known.insert(pid) {
+                        probes.trace_pid(pid)?;
                     }
                 }
                 known.retain(|&pid| discover::pid_exists(pid));

@@ -1,0 +1,177 @@
+//! Root integration tests for the kernel side: real eBPF programs, real nginx in its own
+//! network namespace, real faults from the lab upstream. Each checks upstrace's own output.
+use std::time::Duration;
+
+use serde_json::Value;
+use upstrace_lab::{
+    lab::{GatewayKind, Lab},
+    require_root,
+    tracer::{Tracer, events},
+};
+
+fn setup() {
+    // SAFETY: set once, before any lab or tracer thread starts.
+    unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", env!("CARGO_BIN_EXE_upstrace-lab-upstream")) };
+}
+
+fn start(lab: &mut Lab, mode: Option<&str>) -> Tracer {
+    if let Some(mode) = mode {
+        lab.start_upstream(mode).expect("upstream");
+    }
+    let pid = lab.start_gateway(GatewayKind::Nginx).expect("nginx");
+    Tracer::start(&["--pid", &pid.to_string()]).expect("upstrace")
+}
+
+fn same_sock<'a>(lines: &'a [Value], sock: &Value) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["type"] == "event" && &v["sock"] == sock).collect()
+}
+
+fn assert_status_502(lines: &[Value]) {
+    let statuses = events(lines, "http_status");
+    assert!(
+        statuses.iter().any(|s| s["value"] == 502 && s["line"].as_str().unwrap_or("").starts_with("HTTP/1.1 502")),
+        "no 502 status line event in {statuses:?}"
+    );
+}
+
+#[test]
+fn refused_connect_has_errno_tuple_and_worker_owner() {
+    if !require_root("refused_connect_has_errno_tuple_and_worker_owner") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    let tracer = start(&mut lab, None);
+    let (status, _) = lab.request("/").unwrap();
+    assert_eq!(status, 502, "nginx answers a refused upstream with 502");
+    tracer.wait_for(Duration::from_secs(5), |v| v["kind"] == "http_status");
+    let workers = lab.gateway.as_ref().unwrap().workers();
+    let master = lab.gateway.as_ref().unwrap().pid;
+    let (code, lines) = tracer.stop().unwrap();
+    assert_eq!(code, 0);
+
+    let upstream = lab.upstream_addr();
+    let err = events(&lines, "sock_error")
+        .into_iter()
+        .find(|e| e["value"] == 111 && e["dst"] == upstream.as_str())
+        .unwrap_or_else(|| panic!("no ECONNREFUSED sock_error for {upstream}: {lines:#?}"));
+    let pid = err["pid"].as_u64().unwrap() as u32;
+    assert!(workers.contains(&pid), "owner {pid} is not an nginx worker {workers:?}");
+    assert_ne!(pid, master);
+    assert_eq!(err["comm"], "nginx");
+
+    let conn = same_sock(&lines, &err["sock"]);
+    let start = conn.iter().find(|e| e["kind"] == "connect_start").expect("connect_start on same socket");
+    assert_eq!(start["dst"], upstream.as_str());
+    let rst = conn.iter().find(|e| e["kind"] == "reset_received").expect("RST to SYN");
+    let src: std::net::SocketAddr = rst["src"].as_str().unwrap().parse().unwrap();
+    assert_eq!(src.ip().to_string(), lab.gw_ip, "source address is the gateway's veth");
+    assert_ne!(src.port(), 0, "ephemeral source port known");
+    assert_eq!(rst["new_state"], "SYN_SENT");
+    assert_status_502(&lines);
+}
+
+#[test]
+fn reset_before_response_is_rst_received_on_established() {
+    if !require_root("reset_before_response_is_rst_received_on_established") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    let tracer = start(&mut lab, Some("reset-before-headers"));
+    let (status, _) = lab.request("/").unwrap();
+    assert_eq!(status, 502);
+    tracer.wait_for(Duration::from_secs(5), |v| v["kind"] == "http_status");
+    let (_, lines) = tracer.stop().unwrap();
+
+    let rst = events(&lines, "reset_received")
+        .into_iter()
+        .find(|e| e["dst"] == lab.upstream_addr().as_str())
+        .unwrap_or_else(|| panic!("no reset_received: {lines:#?}"));
+    assert_eq!(rst["new_state"], "ESTABLISHED");
+    assert!(rst["bytes_sent"].as_u64().unwrap() > 0, "request was sent before the reset");
+    assert_eq!(rst["bytes_recv"], 0, "no response byte before the reset");
+    let conn = same_sock(&lines, &rst["sock"]);
+    assert!(conn.iter().any(|e| e["kind"] == "request_sent"));
+    assert!(
+        conn.iter().any(|e| e["kind"] == "recv_end" && e["value"] == -104),
+        "nginx's read saw ECONNRESET: {conn:#?}"
+    );
+    assert_status_502(&lines);
+}
+
+#[test]
+fn upstream_closing_before_answering_is_fin_with_zero_response_bytes() {
+    if !require_root("upstream_closing_before_answering_is_fin_with_zero_response_bytes") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    let tracer = start(&mut lab, Some("close-before-headers"));
+    let (status, _) = lab.request("/").unwrap();
+    assert_eq!(status, 502);
+    tracer.wait_for(Duration::from_secs(5), |v| v["kind"] == "http_status");
+    let (_, lines) = tracer.stop().unwrap();
+
+    let fin = events(&lines, "state_change")
+        .into_iter()
+        .find(|e| e["old_state"] == "ESTABLISHED" && e["new_state"] == "CLOSE_WAIT")
+        .unwrap_or_else(|| panic!("no ESTABLISHED -> CLOSE_WAIT: {lines:#?}"));
+    assert_eq!(fin["dst"], lab.upstream_addr().as_str());
+    assert!(fin["bytes_sent"].as_u64().unwrap() > 0);
+    assert_eq!(fin["bytes_recv"], 0);
+    let conn = same_sock(&lines, &fin["sock"]);
+    assert!(conn.iter().any(|e| e["kind"] == "recv_end" && e["value"] == 0), "EOF read: {conn:#?}");
+    assert_status_502(&lines);
+}
+
+#[test]
+fn successful_requests_send_no_status_event_and_count_bytes() {
+    if !require_root("successful_requests_send_no_status_event_and_count_bytes") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    let tracer = start(&mut lab, Some("ok"));
+    for _ in 0..3 {
+        assert_eq!(lab.request("/").unwrap().0, 200);
+    }
+    tracer.wait_for(Duration::from_secs(5), |v| v["kind"] == "response_start");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, lines) = tracer.stop().unwrap();
+    assert!(events(&lines, "http_status").is_empty(), "only 5xx status lines are reported");
+    let responses = events(&lines, "response_start");
+    assert!(responses.len() >= 3, "one response_start per exchange on a keep-alive connection: {responses:#?}");
+    assert!(responses.iter().all(|r| r["value"].as_u64().unwrap() > 0));
+    let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
+    assert_eq!(stats["lost_total"], 0);
+}
+
+#[test]
+fn workers_forked_after_attach_are_followed() {
+    if !require_root("workers_forked_after_attach_are_followed") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    let tracer = start(&mut lab, None);
+    let old_workers = lab.gateway.as_ref().unwrap().workers();
+    // A reload makes the master fork fresh workers and retire the old ones.
+    unsafe { libc::kill(lab.gateway.as_ref().unwrap().pid as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let new_workers = loop {
+        let now: Vec<u32> = lab.gateway.as_ref().unwrap().workers();
+        if !now.is_empty() && now.iter().all(|w| !old_workers.contains(w)) {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "nginx did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lab.request("/").unwrap().0, 502);
+    let err = tracer
+        .wait_for(Duration::from_secs(5), |v| v["kind"] == "sock_error" && v["value"] == 111)
+        .expect("refusal seen from a worker forked after attach");
+    assert!(new_workers.contains(&(err["pid"].as_u64().unwrap() as u32)));
+    let (_, lines) = tracer.stop().unwrap();
+    assert!(events(&lines, "process_fork").iter().any(|f| new_workers.contains(&(f["aux"].as_u64().unwrap() as u32))));
+}
