@@ -319,7 +319,12 @@ impl KernelEvent {
                 self.aux
             ),
             Kind::ProcessFork => format!("{} {} forked child {}", self.comm, self.pid, self.aux),
-            Kind::Listen => format!("{} {} listens on {peer}", self.comm, self.pid),
+            Kind::Listen => format!(
+                "{} {} listens on {}",
+                self.comm,
+                self.pid,
+                self.src.map(|a| a.to_string()).unwrap_or_else(|| format!("port {}", self.aux))
+            ),
         }
     }
 }

@@ -1,1 +1,79 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | test | demo`.
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "upstrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker, tracefs). Idempotent.
+    Setup,
+    /// Setup, then build everything in release mode.
+    Build,
+    /// Setup, build, and run every test (root integration tests included).
+    Test,
+    /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
+    Demo {
+        /// Seconds to run (default: until Ctrl-C or all faults shown).
+        #[arg(long = "for")]
+        duration: Option<u64>,
+    },
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    status(cargo().args(["build", "--release"]))
+}
+
+fn test() -> Result<()> {
+    // Unit tests and root integration tests; one test at a time, since each loads the eBPF
+    // programs and they share the machine's 2 cores.
+    status(cargo().args(["test", "--release", "--", "--test-threads=1"]))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Test => {
+            setup::run()?;
+            build()?;
+            test()
+        }
+        Task::Demo { duration } => {
+            setup::run()?;
+            build()?;
+            demo::run(duration)
+        }
+    }
+}
