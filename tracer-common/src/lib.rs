@@ -55,6 +55,12 @@ pub enum EventKind {
     ProcessFork = 14,
     /// A process started listening; `aux` is the port (host order).
     Listen = 15,
+    /// The kernel dropped a packet of a traced flow; `value` is the skb_drop_reason number,
+    /// the tuple is the packet's own (src = sender), `netns` where it was dropped.
+    Drop = 16,
+    /// An ICMP error arrived about a packet of a traced flow; `value` = type << 8 | code, the
+    /// tuple is the offending packet's (src = this side), `aux` the ICMP sender's IPv4 address.
+    IcmpError = 17,
 }
 
 impl EventKind {
@@ -75,6 +81,8 @@ impl EventKind {
             13 => Self::Signal,
             14 => Self::ProcessFork,
             15 => Self::Listen,
+            16 => Self::Drop,
+            17 => Self::IcmpError,
             _ => return None,
         })
     }
@@ -252,6 +260,10 @@ pub struct TracepointLayout {
     pub signal_pid: u16,
     pub signal_comm: u16,
     pub signal_result: u16,
+    pub kfree_skbaddr: u16,
+    pub kfree_protocol: u16,
+    pub kfree_reason: u16,
+    pub netif_skbaddr: u16,
 }
 
 /// Byte offsets inside kernel structs, read by userspace from /sys/kernel/btf/vmlinux
@@ -270,8 +282,30 @@ pub struct KernelLayout {
     pub net_ns_inum: u16,
     pub sk_err: u16,
     pub task_exit_code: u16,
+    pub skb_head: u16,
+    pub skb_data: u16,
+    pub skb_network_header: u16,
+    pub skb_protocol: u16,
+    pub skb_dev: u16,
+    pub dev_nd_net: u16,
     pub _pad: u16,
 }
+
+/// Key of the map of upstream endpoints (address, port) that traced sockets connect to: the
+/// packet hooks only report drops and ICMP errors for flows to or from these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 24);
+
+/// Capacity of the upstream-endpoint map.
+pub const MAX_PEERS: u32 = 16384;
+/// Drop reasons are reported only when their bit is set in `Config::drop_reasons`.
+pub const MAX_DROP_REASON: u32 = 512;
 
 /// Load-time configuration, written into the programs' `CONFIG` global by the loader.
 #[repr(C)]
@@ -282,6 +316,19 @@ pub struct Config {
     pub _pad: u32,
     pub tp: TracepointLayout,
     pub kernel: KernelLayout,
+    /// Bitmap over enum skb_drop_reason values (resolved by name from BTF at start).
+    pub drop_reasons: [u64; (MAX_DROP_REASON / 64) as usize],
+}
+
+impl Config {
+    pub const fn zeroed() -> Self {
+        // SAFETY: every field is an integer or an array of integers.
+        unsafe { core::mem::zeroed() }
+    }
+
+    pub fn wants_drop_reason(&self, reason: u32) -> bool {
+        reason < MAX_DROP_REASON && self.drop_reasons[(reason / 64) as usize] & (1 << (reason % 64)) != 0
+    }
 }
 
 #[cfg(feature = "user")]
@@ -289,4 +336,5 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockOwner {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::PeerKey {}
 }

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EventKind, PATH_LEN, PendingConnect, counter};
 
-use crate::maps::{
-    PENDING_CONNECT, config, count, current_cgroup, current_comm, current_ids, emit, is_traced,
+use crate::maps::{cfg_get, 
+    PENDING_CONNECT, count, current_cgroup, current_comm, current_ids, emit, is_traced,
     now_ns,
 };
 
@@ -22,7 +22,7 @@ const EINPROGRESS: i64 = -115;
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) || tgid == config().self_tgid {
+    if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
         return 0;
     }
     let (Ok(fd), Ok(addr)) = (unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) }) else {

@@ -9,8 +9,8 @@ use tracer_common::{
     EventKind, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, counter,
 };
 
-use crate::maps::{
-    OWNED, PENDING_STATUS, config, count, current_cgroup, current_comm, current_ids, emit,
+use crate::maps::{cfg_get, 
+    OWNED, PENDING_STATUS, count, current_cgroup, current_comm, current_ids, emit,
     fill_owner, fill_tuple_from_sock, is_traced, now_ns,
 };
 
@@ -26,9 +26,8 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    let l = config().tp;
     let (Ok(sk), Ok(ret)) = (unsafe {
-        (ctx.read_at::<u64>(l.send_len_sk as usize), ctx.read_at::<i32>(l.send_len_ret as usize))
+        (ctx.read_at::<u64>(cfg_get!(tp.send_len_sk) as usize), ctx.read_at::<i32>(cfg_get!(tp.send_len_ret) as usize))
     }) else {
         return 0;
     };
@@ -81,9 +80,8 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    let l = config().tp;
     let (Ok(sk), Ok(ret)) = (unsafe {
-        (ctx.read_at::<u64>(l.recv_len_sk as usize), ctx.read_at::<i32>(l.recv_len_ret as usize))
+        (ctx.read_at::<u64>(cfg_get!(tp.recv_len_sk) as usize), ctx.read_at::<i32>(cfg_get!(tp.recv_len_ret) as usize))
     }) else {
         return 0;
     };

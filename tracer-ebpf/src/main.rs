@@ -7,6 +7,7 @@
 mod connect;
 mod io;
 mod maps;
+mod packet;
 mod process;
 mod tcp;
 

@@ -1,6 +1,5 @@
 //! Maps shared by all hook families, the load-time configuration, and small helpers.
 use aya_ebpf::{
-    Global,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -9,59 +8,37 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, Event, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PENDING, MAX_TRACED_PROCESSES,
-    PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
+    Config, Event, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS, MAX_PENDING, MAX_TRACED_PROCESSES,
+    PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
 };
 
+/// Written by the loader before the programs load. Fields are read one at a time with
+/// volatile loads: copying the whole struct would cost stack, and plain reads of an
+/// all-zero static would be constant-folded away.
 #[unsafe(no_mangle)]
-pub static CONFIG: Global<Config> = Global::new(Config {
-    self_tgid: 0,
-    _pad: 0,
-    tp: tracer_common::TracepointLayout {
-        set_state_skaddr: 0,
-        set_state_oldstate: 0,
-        set_state_newstate: 0,
-        set_state_sport: 0,
-        set_state_dport: 0,
-        set_state_family: 0,
-        set_state_protocol: 0,
-        set_state_saddr: 0,
-        set_state_daddr: 0,
-        set_state_saddr_v6: 0,
-        set_state_daddr_v6: 0,
-        recv_reset_skaddr: 0,
-        send_reset_skaddr: 0,
-        send_reset_state: 0,
-        retransmit_skaddr: 0,
-        retransmit_state: 0,
-        send_len_sk: 0,
-        send_len_ret: 0,
-        recv_len_sk: 0,
-        recv_len_ret: 0,
-        fork_parent_pid: 0,
-        fork_child_pid: 0,
-        exit_pid: 0,
-        exit_group_dead: 0,
-        signal_sig: 0,
-        signal_pid: 0,
-        signal_comm: 0,
-        signal_result: 0,
-    },
-    kernel: tracer_common::KernelLayout {
-        skc_daddr: 0,
-        skc_rcv_saddr: 0,
-        skc_dport: 0,
-        skc_num: 0,
-        skc_family: 0,
-        skc_v6_daddr: 0,
-        skc_v6_rcv_saddr: 0,
-        skc_net: 0,
-        net_ns_inum: 0,
-        sk_err: 0,
-        task_exit_code: 0,
-        _pad: 0,
-    },
-});
+pub static CONFIG: Config = Config::zeroed();
+
+macro_rules! cfg_get {
+    ($($field:ident).+) => {
+        {
+            #[allow(unused_unsafe)]
+            let value = unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($field).+) };
+            value
+        }
+    };
+}
+pub(crate) use cfg_get;
+
+#[inline(always)]
+pub fn wants_drop_reason(reason: u32) -> bool {
+    if reason >= tracer_common::MAX_DROP_REASON {
+        return false;
+    }
+    let word = unsafe {
+        core::ptr::read_volatile((&raw const CONFIG.drop_reasons).cast::<u64>().add((reason / 64) as usize))
+    };
+    word & (1 << (reason % 64)) != 0
+}
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -85,13 +62,12 @@ pub static PENDING_CONNECT: HashMap<u32, PendingConnect> =
 #[map]
 pub static PENDING_STATUS: HashMap<u32, PendingStatus> = HashMap::with_max_entries(MAX_PENDING, 0);
 
+/// Upstream endpoints of traced connections: packet hooks report only flows touching these.
+#[map]
+pub static PEERS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-#[inline(always)]
-pub fn config() -> Config {
-    CONFIG.load()
-}
 
 #[inline(always)]
 pub fn count(index: u32) {
@@ -159,28 +135,26 @@ pub fn emit(kind: tracer_common::EventKind, fill: impl FnOnce(&mut Event)) {
 /// Local side is `saddr`/`sport`, remote side `daddr`/`dport`.
 #[inline(always)]
 pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
-    let k = config().kernel;
-    let family: u16 = read_kernel(sk, k.skc_family).unwrap_or(0);
+    let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
     event.family = family as u8;
     if family == tracer_common::AF_INET6 as u16 {
-        event.saddr = read_kernel(sk, k.skc_v6_rcv_saddr).unwrap_or([0; 16]);
-        event.daddr = read_kernel(sk, k.skc_v6_daddr).unwrap_or([0; 16]);
+        event.saddr = read_kernel(sk, cfg_get!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        event.daddr = read_kernel(sk, cfg_get!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
     } else {
-        let s: [u8; 4] = read_kernel(sk, k.skc_rcv_saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = read_kernel(sk, k.skc_daddr).unwrap_or([0; 4]);
+        let s: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_daddr)).unwrap_or([0; 4]);
         event.saddr[..4].copy_from_slice(&s);
         event.daddr[..4].copy_from_slice(&d);
     }
-    event.sport = read_kernel::<u16>(sk, k.skc_num).unwrap_or(0);
-    event.dport = u16::from_be(read_kernel::<u16>(sk, k.skc_dport).unwrap_or(0));
+    event.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
+    event.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
     event.netns = sock_netns(sk);
 }
 
 #[inline(always)]
 pub fn sock_netns(sk: u64) -> u32 {
-    let k = config().kernel;
-    match read_kernel::<u64>(sk, k.skc_net) {
-        Some(net) if net != 0 => read_kernel::<u32>(net, k.net_ns_inum).unwrap_or(0),
+    match read_kernel::<u64>(sk, cfg_get!(kernel.skc_net)) {
+        Some(net) if net != 0 => read_kernel::<u32>(net, cfg_get!(kernel.net_ns_inum)).unwrap_or(0),
         _ => 0,
     }
 }

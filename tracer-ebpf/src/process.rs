@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use tracer_common::{EventKind, counter};
 
-use crate::maps::{
-    LISTENERS, TRACED, config, count, current_cgroup, current_comm, current_ids, emit,
+use crate::maps::{cfg_get, 
+    LISTENERS, TRACED, count, current_cgroup, current_comm, current_ids, emit,
     is_traced, read_kernel,
 };
 
@@ -20,7 +20,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !traced && !listener {
         return 0;
     }
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(config().tp.fork_child_pid as usize) }) else {
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(cfg_get!(tp.fork_child_pid) as usize) }) else {
         return 0;
     };
     let child = child as u32;
@@ -53,8 +53,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !traced && !listener {
         return 0;
     }
-    let l = config().tp;
-    let group_dead = unsafe { ctx.read_at::<u8>(l.exit_group_dead as usize) }.unwrap_or(1) != 0;
+    let group_dead = unsafe { ctx.read_at::<u8>(cfg_get!(tp.exit_group_dead) as usize) }.unwrap_or(1) != 0;
     if tid != tgid {
         let _ = TRACED.remove(tid);
         let _ = LISTENERS.remove(tid);
@@ -63,7 +62,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let task = unsafe { bpf_get_current_task() };
-    let exit_code: i32 = read_kernel(task, config().kernel.task_exit_code).unwrap_or(0);
+    let exit_code: i32 = read_kernel(task, cfg_get!(kernel.task_exit_code)).unwrap_or(0);
     emit(EventKind::ProcessExit, |e| {
         e.pid = tgid;
         e.tid = tid;
@@ -79,9 +78,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "signal", name = "signal_generate")]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
-    let l = config().tp;
     let (Ok(sig), Ok(pid)) = (unsafe {
-        (ctx.read_at::<i32>(l.signal_sig as usize), ctx.read_at::<i32>(l.signal_pid as usize))
+        (ctx.read_at::<i32>(cfg_get!(tp.signal_sig) as usize), ctx.read_at::<i32>(cfg_get!(tp.signal_pid) as usize))
     }) else {
         return 0;
     };
@@ -97,8 +95,8 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    let comm = unsafe { ctx.read_at::<[u8; 16]>(l.signal_comm as usize) }.unwrap_or([0; 16]);
-    let result = unsafe { ctx.read_at::<i32>(l.signal_result as usize) }.unwrap_or(0);
+    let comm = unsafe { ctx.read_at::<[u8; 16]>(cfg_get!(tp.signal_comm) as usize) }.unwrap_or([0; 16]);
+    let result = unsafe { ctx.read_at::<i32>(cfg_get!(tp.signal_result) as usize) }.unwrap_or(0);
     let (sender, _) = current_ids();
     emit(EventKind::Signal, |e| {
         e.pid = pid as u32;

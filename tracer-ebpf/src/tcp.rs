@@ -4,10 +4,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{EventKind, PHASE_IDLE, SockOwner, counter};
+use tracer_common::{EventKind, PHASE_IDLE, PeerKey, SockOwner, counter};
 
-use crate::maps::{
-    LISTENERS, OWNED, PENDING_CONNECT, config, count, current_cgroup, current_comm, current_ids,
+use crate::maps::{cfg_get, 
+    LISTENERS, OWNED, PEERS, PENDING_CONNECT, now_ns, count, current_cgroup, current_comm, current_ids,
     emit, fill_owner, fill_tuple_from_sock, is_traced, read_kernel, sock_netns,
 };
 
@@ -19,8 +19,7 @@ const TCP_LISTEN: i32 = 10;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let l = config().tp;
-    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(l.set_state_protocol as usize) }) else {
+    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(cfg_get!(tp.set_state_protocol) as usize) }) else {
         return 0;
     };
     if protocol != IPPROTO_TCP {
@@ -28,9 +27,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     let (Ok(sk), Ok(old), Ok(new)) = (unsafe {
         (
-            ctx.read_at::<u64>(l.set_state_skaddr as usize),
-            ctx.read_at::<i32>(l.set_state_oldstate as usize),
-            ctx.read_at::<i32>(l.set_state_newstate as usize),
+            ctx.read_at::<u64>(cfg_get!(tp.set_state_skaddr) as usize),
+            ctx.read_at::<i32>(cfg_get!(tp.set_state_oldstate) as usize),
+            ctx.read_at::<i32>(cfg_get!(tp.set_state_newstate) as usize),
         )
     }) else {
         return 0;
@@ -51,7 +50,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn on_connect_start(sk: u64) {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) || tgid == config().self_tgid {
+    if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
         // A reused socket address must not keep a stale owner.
         let _ = OWNED.remove(sk);
         return;
@@ -72,13 +71,18 @@ fn on_connect_start(sk: u64) {
     if OWNED.insert(sk, owner, 0).is_err() {
         count(counter::OWNED_MAP_FULL);
     }
+    let mut peer = PeerKey::default();
     emit(EventKind::ConnectStart, |e| {
         e.sock = sk;
         fill_owner(e, &owner);
         fill_tuple_from_sock(e, sk);
         e.old_state = TCP_CLOSE as u8;
         e.new_state = TCP_SYN_SENT as u8;
+        peer.addr = e.daddr;
+        peer.port = e.dport;
     });
+    // Let the packet hooks know this endpoint matters (drops, ICMP errors).
+    let _ = PEERS.insert(peer, now_ns(), 0);
 }
 
 fn on_listen(sk: u64) {
@@ -133,8 +137,7 @@ fn emit_owned(sk: u64, kind: EventKind, value: i64) {
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let l = config().tp;
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(l.recv_reset_skaddr as usize) } {
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(cfg_get!(tp.recv_reset_skaddr) as usize) } {
         emit_owned(sk, EventKind::ResetReceived, 0);
     }
     0
@@ -142,11 +145,10 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let l = config().tp;
     let (Ok(sk), Ok(state)) = (unsafe {
         (
-            ctx.read_at::<u64>(l.send_reset_skaddr as usize),
-            ctx.read_at::<i32>(l.send_reset_state as usize),
+            ctx.read_at::<u64>(cfg_get!(tp.send_reset_skaddr) as usize),
+            ctx.read_at::<i32>(cfg_get!(tp.send_reset_state) as usize),
         )
     }) else {
         return 0;
@@ -157,11 +159,10 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let l = config().tp;
     let (Ok(sk), Ok(state)) = (unsafe {
         (
-            ctx.read_at::<u64>(l.retransmit_skaddr as usize),
-            ctx.read_at::<i32>(l.retransmit_state as usize),
+            ctx.read_at::<u64>(cfg_get!(tp.retransmit_skaddr) as usize),
+            ctx.read_at::<i32>(cfg_get!(tp.retransmit_state) as usize),
         )
     }) else {
         return 0;
@@ -178,7 +179,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     if sk == 0 || unsafe { OWNED.get(sk) }.is_none() {
         return 0;
     }
-    let err: i32 = read_kernel(sk, config().kernel.sk_err).unwrap_or(0);
+    let err: i32 = read_kernel(sk, cfg_get!(kernel.sk_err)).unwrap_or(0);
     emit_owned(sk, EventKind::SockError, err as i64);
     0
 }

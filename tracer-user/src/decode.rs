@@ -23,6 +23,8 @@ pub enum Kind {
     Signal,
     ProcessFork,
     Listen,
+    Drop,
+    IcmpError,
 }
 
 impl From<EventKind> for Kind {
@@ -43,6 +45,8 @@ impl From<EventKind> for Kind {
             EventKind::Signal => Kind::Signal,
             EventKind::ProcessFork => Kind::ProcessFork,
             EventKind::Listen => Kind::Listen,
+            EventKind::Drop => Kind::Drop,
+            EventKind::IcmpError => Kind::IcmpError,
         }
     }
 }
@@ -92,6 +96,26 @@ pub fn errno_name(errno: i64) -> &'static str {
         115 => "EINPROGRESS",
         _ => "E?",
     }
+}
+
+/// ICMP (type << 8 | code) as words.
+pub fn icmp_name(type_code: i64) -> String {
+    let (t, c) = (type_code >> 8, type_code & 0xff);
+    let what = match (t, c) {
+        (3, 0) => "net unreachable",
+        (3, 1) => "host unreachable",
+        (3, 2) => "protocol unreachable",
+        (3, 3) => "port unreachable",
+        (3, 4) => "fragmentation needed",
+        (3, 6) => "destination network unknown",
+        (3, 7) => "destination host unknown",
+        (3, 9) => "network administratively prohibited",
+        (3, 10) => "host administratively prohibited",
+        (3, 13) => "communication administratively prohibited",
+        (11, _) => "time exceeded",
+        _ => "error",
+    };
+    format!("{what} (type {t} code {c})")
 }
 
 pub fn signal_name(sig: i64) -> &'static str {
@@ -146,6 +170,9 @@ pub struct KernelEvent {
     /// The head of a status line, for http_status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
+    /// Drop reason name (skb_drop_reason without its prefix), for drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 mod hex_u64 {
@@ -190,6 +217,25 @@ fn ip(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
+/// Decoding context taken from the running kernel (drop reason names differ between kernels).
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    pub drop_reasons: std::collections::HashMap<u32, String>,
+}
+
+impl Decoder {
+    pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+        let mut ev = decode(bytes)?;
+        if ev.kind == Kind::Drop {
+            ev.reason = Some(
+                self.drop_reasons.get(&(ev.value as u32)).cloned().unwrap_or_else(|| format!("reason {}", ev.value)),
+            );
+        }
+        Ok(ev)
+    }
+}
+
+/// Decode one record without kernel context (drop reasons stay numeric).
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     if bytes.len() < EVENT_SIZE {
         return Err(DecodeError::Short(bytes.len()));
@@ -210,6 +256,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             | Kind::RecvEnd
             | Kind::HttpStatus
             | Kind::Listen
+            | Kind::Drop
+            | Kind::IcmpError
     );
     let (mut src, mut dst, mut path) = (None, None, None);
     if socket_kind || kind == Kind::ConnectSyscall {
@@ -250,6 +298,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let head = c_string(&raw.data[..32]);
             head.split(['\r', '\n']).next().unwrap_or_default().to_owned()
         }),
+        reason: None,
     })
 }
 
@@ -317,6 +366,20 @@ impl KernelEvent {
                 self.pid,
                 self.comm,
                 self.aux
+            ),
+            Kind::Drop => format!(
+                "packet {} -> {} dropped by the kernel: {} (netns {})",
+                self.src.map(|a| a.to_string()).unwrap_or_default(),
+                peer,
+                self.reason.clone().unwrap_or_else(|| self.value.to_string()),
+                self.netns
+            ),
+            Kind::IcmpError => format!(
+                "ICMP {} from {} about {} -> {}",
+                icmp_name(self.value),
+                std::net::Ipv4Addr::from(self.aux.to_le_bytes()),
+                self.src.map(|a| a.to_string()).unwrap_or_default(),
+                peer
             ),
             Kind::ProcessFork => format!("{} {} forked child {}", self.comm, self.pid, self.aux),
             Kind::Listen => format!(

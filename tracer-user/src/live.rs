@@ -110,12 +110,13 @@ pub async fn run<W: std::io::Write>(
     tokio::pin!(deadline);
     let mut stats = Stats { events: 0, decode_errors: 0, kernel: vec![] };
 
+    let decoder = probes.decoder.clone();
     let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
                      sink: &mut Sink<W>,
                      stats: &mut Stats|
      -> Result<()> {
         while let Some(item) = ring.next() {
-            match decode::decode(&item) {
+            match decoder.decode(&item) {
                 Ok(ev) => {
                     stats.events += 1;
                     on_event(&ev, sink)?;

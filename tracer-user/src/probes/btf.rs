@@ -217,6 +217,16 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// All enumerators of an enum, by name.
+    pub fn enum_values(&self, enum_name: &str) -> Vec<(String, i64)> {
+        [KIND_ENUM, KIND_ENUM64]
+            .iter()
+            .find_map(|kind| self.by_name.get(&(enum_name.to_owned(), *kind)))
+            .and_then(|id| self.types.get(*id as usize))
+            .map(|t| t.enum_values.iter().map(|(n, v)| (self.string(*n).to_owned(), *v)).collect())
+            .unwrap_or_default()
+    }
+
     /// Value of one enumerator, e.g. (`skb_drop_reason`, `SKB_DROP_REASON_NETFILTER_DROP`).
     pub fn enum_value(&self, enum_name: &str, variant: &str) -> Option<i64> {
         [KIND_ENUM, KIND_ENUM64].iter().find_map(|kind| {

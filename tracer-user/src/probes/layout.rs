@@ -94,6 +94,8 @@ pub fn tracepoint_layout(fs: &Tracefs) -> Result<TracepointLayout> {
     let fork = fs.fields("sched", "sched_process_fork")?;
     let exit = fs.fields("sched", "sched_process_exit")?;
     let signal = fs.fields("signal", "signal_generate")?;
+    let kfree = fs.fields("skb", "kfree_skb")?;
+    let netif = fs.fields("net", "netif_receive_skb")?;
     Ok(TracepointLayout {
         set_state_skaddr: field(&set_state, t, "skaddr", 8)?,
         set_state_oldstate: field(&set_state, t, "oldstate", 4)?,
@@ -123,6 +125,10 @@ pub fn tracepoint_layout(fs: &Tracefs) -> Result<TracepointLayout> {
         signal_pid: field(&signal, "signal:signal_generate", "pid", 4)?,
         signal_comm: field(&signal, "signal:signal_generate", "comm", 16)?,
         signal_result: field(&signal, "signal:signal_generate", "result", 4)?,
+        kfree_skbaddr: field(&kfree, "skb:kfree_skb", "skbaddr", 8)?,
+        kfree_protocol: field(&kfree, "skb:kfree_skb", "protocol", 2)?,
+        kfree_reason: field(&kfree, "skb:kfree_skb", "reason", 4)?,
+        netif_skbaddr: field(&netif, "net:netif_receive_skb", "skbaddr", 8)?,
     })
 }
 
@@ -145,6 +151,12 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout> {
         net_ns_inum: offset16(btf, "net", &["ns", "inum"])?,
         sk_err: offset16(btf, "sock", &["sk_err"])?,
         task_exit_code: offset16(btf, "task_struct", &["exit_code"])?,
+        skb_head: offset16(btf, "sk_buff", &["head"])?,
+        skb_data: offset16(btf, "sk_buff", &["data"])?,
+        skb_network_header: offset16(btf, "sk_buff", &["network_header"])?,
+        skb_protocol: offset16(btf, "sk_buff", &["protocol"])?,
+        skb_dev: offset16(btf, "sk_buff", &["dev"])?,
+        dev_nd_net: offset16(btf, "net_device", &["nd_net", "net"])?,
         _pad: 0,
     })
 }
@@ -176,4 +188,45 @@ mod tests {
         assert!(parse_format("field:").is_err());
         assert!(parse_format("").unwrap().is_empty());
     }
+}
+
+/// Drop reasons upstrace reports (names of enum skb_drop_reason without the prefix). The
+/// numbers differ between kernels, so they are resolved by name from BTF at start.
+pub const WATCHED_DROP_REASONS: &[&str] = &[
+    "NETFILTER_DROP",
+    "NEIGH_FAILED",
+    "NEIGH_QUEUEFULL",
+    "NEIGH_DEAD",
+    "NEIGH_CREATEFAIL",
+    "IP_OUTNOROUTES",
+    "IP_INNOROUTES",
+    "IP_RPFILTER",
+    "NO_SOCKET",
+    "TCP_LISTEN_OVERFLOW",
+    "QDISC_DROP",
+    "QDISC_OVERLIMIT",
+    "QDISC_CONGESTED",
+    "TC_EGRESS",
+    "TC_INGRESS",
+    "TC_DROP",
+    "TC_CHAIN_NOTFOUND",
+    "FULL_RING",
+    "CPU_BACKLOG",
+    "DEV_READY",
+    "XFRM_POLICY",
+];
+
+/// Every drop reason number -> short name, for decoding, and the bitmap of watched ones.
+pub fn drop_reasons(btf: &Btf) -> (std::collections::HashMap<u32, String>, [u64; 8]) {
+    let mut names = std::collections::HashMap::new();
+    let mut mask = [0u64; 8];
+    for (name, value) in btf.enum_values("skb_drop_reason") {
+        let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_owned();
+        let Ok(v) = u32::try_from(value) else { continue };
+        if WATCHED_DROP_REASONS.contains(&short.as_str()) && v < tracer_common::MAX_DROP_REASON {
+            mask[(v / 64) as usize] |= 1 << (v % 64);
+        }
+        names.insert(v, short);
+    }
+    (names, mask)
 }

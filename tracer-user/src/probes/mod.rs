@@ -48,6 +48,8 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "sched_process_fork", hook: Hook::Tracepoint("sched", "sched_process_fork"), required: true },
     ProgramSpec { program: "sched_process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit"), required: false },
     ProgramSpec { program: "signal_generate", hook: Hook::Tracepoint("signal", "signal_generate"), required: false },
+    ProgramSpec { program: "kfree_skb", hook: Hook::Tracepoint("skb", "kfree_skb"), required: false },
+    ProgramSpec { program: "netif_receive_skb", hook: Hook::Tracepoint("net", "netif_receive_skb"), required: false },
 ];
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -73,6 +75,7 @@ pub struct Probes {
     traced: BpfHashMap<MapData, u32, u32>,
     listeners: BpfHashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
+    pub decoder: crate::decode::Decoder,
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -117,11 +120,13 @@ impl Probes {
         preflight(&btf_path)?;
         let btf = btf::Btf::from_file(&btf_path)?;
         let tracefs = layout::Tracefs::open()?;
+        let (drop_reason_names, drop_reasons) = layout::drop_reasons(&btf);
         let config = Config {
             self_tgid: std::process::id(),
             _pad: 0,
             tp: layout::tracepoint_layout(&tracefs)?,
             kernel: layout::kernel_layout(&btf)?,
+            drop_reasons,
         };
         // Raise the memlock limit for kernels that still charge BPF memory to it.
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
@@ -149,7 +154,8 @@ impl Probes {
         let traced = BpfHashMap::try_from(ebpf.take_map("TRACED").context("TRACED map")?)?;
         let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-        Ok((Self { _ebpf: ebpf, report, traced, listeners, counters }, ring))
+        let decoder = crate::decode::Decoder { drop_reasons: drop_reason_names };
+        Ok((Self { _ebpf: ebpf, report, traced, listeners, counters, decoder }, ring))
     }
 
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
