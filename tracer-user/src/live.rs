@@ -11,8 +11,8 @@ use tokio::{
 
 use crate::{
     clock,
-    decode::{self, KernelEvent},
     discover,
+    pipeline::Pipeline,
     probes::Probes,
     sink::Sink,
 };
@@ -63,11 +63,7 @@ impl Stats {
     }
 }
 
-pub async fn run<W: std::io::Write>(
-    opts: Options,
-    sink: &mut Sink<W>,
-    mut on_event: impl FnMut(&KernelEvent, &mut Sink<W>) -> Result<()>,
-) -> Result<Stats> {
+pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -> Result<Stats> {
     for &pid in &opts.pids {
         if !discover::pid_exists(pid) {
             bail!("no such process: {pid}");
@@ -111,28 +107,31 @@ pub async fn run<W: std::io::Write>(
     let mut stats = Stats { events: 0, decode_errors: 0, kernel: vec![] };
 
     let decoder = probes.decoder.clone();
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-                     sink: &mut Sink<W>,
-                     stats: &mut Stats|
+    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+                 pipeline: &mut Pipeline<W>,
+                 stats: &mut Stats|
      -> Result<()> {
         while let Some(item) = ring.next() {
             match decoder.decode(&item) {
                 Ok(ev) => {
                     stats.events += 1;
-                    on_event(&ev, sink)?;
+                    pipeline.event(&ev)?;
                 }
                 Err(_) => stats.decode_errors += 1,
             }
         }
-        sink.flush().context("writing output")?;
+        pipeline.sink.flush().context("writing output")?;
         Ok(())
     };
+    // Verdicts wait a few ms for the events that close a story; this tick releases them
+    // when the ring buffer is quiet.
+    let mut verdict_tick = tokio::time::interval(Duration::from_millis(10));
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), sink, &mut stats)?;
+                drain(guard.get_inner_mut(), pipeline, &mut stats)?;
                 guard.clear_ready();
             }
             _ = rescan.tick() => {
@@ -144,19 +143,21 @@ pub async fn run<W: std::io::Write>(
                 }
                 known.retain(|&pid| discover::pid_exists(pid));
             }
+            _ = verdict_tick.tick() => pipeline.tick(clock::monotonic_ns())?,
             _ = stats_tick.tick() => {
                 stats.kernel = probes.counters();
-                write_stats(sink, &stats, known.len())?;
+                write_stats(&mut pipeline.sink, &stats, known.len())?;
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
-    drain(ring.get_mut(), sink, &mut stats)?;
+    drain(ring.get_mut(), pipeline, &mut stats)?;
+    pipeline.finish()?;
     stats.kernel = probes.counters();
-    write_stats(sink, &stats, known.len())?;
-    sink.flush()?;
+    write_stats(&mut pipeline.sink, &stats, known.len())?;
+    pipeline.sink.flush()?;
     Ok(stats)
 }
 

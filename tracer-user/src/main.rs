@@ -4,6 +4,7 @@ use clap::Parser;
 use upstrace::{
     clock,
     live::{self, Options},
+    pipeline::Pipeline,
     sink::{Format, Sink},
 };
 
@@ -48,8 +49,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stats_interval: seconds("stats-interval", cli.stats_interval.max(0.1))?,
     };
     let format = if cli.json { Format::Json } else { Format::Text };
-    let mut sink = Sink::new(std::io::stdout(), format, !cli.no_events, clock::boot_offset_ns());
-    live::run(opts, &mut sink, |ev, sink| Ok(sink.event(ev)?)).await?;
+    let sink = Sink::new(std::io::stdout(), format, !cli.no_events, clock::boot_offset_ns());
+    let mut pipeline = Pipeline::new(sink);
+    live::run(opts, &mut pipeline).await?;
     Ok(())
 }
 

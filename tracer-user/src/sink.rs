@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde_json::{Map, Value, json};
 
-use crate::{clock, decode::KernelEvent};
+use crate::{attribute::Verdict, clock, decode::KernelEvent};
 
 pub enum Format {
     Json,
@@ -52,6 +52,35 @@ impl<W: Write> Sink<W> {
                     format!("{}[{}]", ev.comm, ev.pid),
                     serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
                     ev.detail()
+                )
+            }
+        }
+    }
+
+    pub fn verdict(&mut self, v: &Verdict) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                let mut obj = Map::new();
+                obj.insert("type".into(), json!("verdict"));
+                obj.insert("time".into(), json!(self.wall_time(v.ts_ns)));
+                if let Value::Object(fields) = serde_json::to_value(v).map_err(io::Error::other)? {
+                    obj.extend(fields);
+                }
+                serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => {
+                let time = self.wall_time(v.ts_ns);
+                writeln!(
+                    self.out,
+                    "{} >>> {} for {} via {}: {}/{}: {}",
+                    &time[11..23],
+                    v.status,
+                    v.client,
+                    v.upstream,
+                    v.class_name(),
+                    v.cause,
+                    v.summary
                 )
             }
         }

@@ -1,0 +1,462 @@
+//! The attribution engine: kernel events in, verdicts out. Pure and deterministic: no I/O,
+//! and the only clock is the one injected through the events' stamps and `advance`.
+//!
+//! Each 5xx status line the gateway writes is linked to the upstream attempts made for that
+//! request (same gateway thread, nearest end in time, and the retries that came just before
+//! it), then the evidence decides a class and cause.
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::{
+    decode::{Kind, KernelEvent, TCP_SYN_SENT, errno_name, icmp_name, signal_name},
+    track::{Attempt, Death, Evidence, Tracker},
+};
+
+/// How long after a status line the engine waits for the events that close the story (the
+/// gateway may close the upstream right after writing): well inside the 100 ms budget.
+pub const SETTLE_NS: u64 = 30_000_000;
+/// Attempts that ended this long before a status can still explain it (gateway timeouts).
+const LOOKBACK_NS: u64 = 120_000_000_000;
+/// A failed attempt ending this close before the next one started was retried.
+const RETRY_GAP_NS: u64 = 200_000_000;
+/// A process death this close to a connection's end explains it.
+const DEATH_WINDOW_NS: u64 = 2_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Upstream,
+    Firewall,
+    Network,
+    Gateway,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gateway {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttemptSummary {
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    pub reused: bool,
+    pub outcome: String,
+    pub t_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retransmits: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvidenceItem {
+    pub t_ms: f64,
+    pub event: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Verdict {
+    /// CLOCK_MONOTONIC stamp of the status line write.
+    pub ts_ns: u64,
+    pub gateway: Gateway,
+    pub client: String,
+    pub status: u16,
+    /// "status": the client got this status; "truncated": it got a cut-short response.
+    pub delivered: String,
+    pub upstream: String,
+    pub class: Class,
+    pub cause: String,
+    pub summary: String,
+    pub attempts: Vec<AttemptSummary>,
+    pub evidence: Vec<EvidenceItem>,
+}
+
+struct PendingStatus {
+    ev: KernelEvent,
+}
+
+#[derive(Default)]
+pub struct Engine {
+    pub tracker: Tracker,
+    pending: Vec<PendingStatus>,
+    now_ns: u64,
+    last_expire_ns: u64,
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed one event; returns the verdicts that became final.
+    pub fn handle(&mut self, ev: &KernelEvent) -> Vec<Verdict> {
+        self.tracker.handle(ev);
+        if ev.kind == Kind::HttpStatus && ev.value >= 500 {
+            self.pending.push(PendingStatus { ev: ev.clone() });
+        }
+        self.advance(ev.ts_ns)
+    }
+
+    /// Move the clock (CLOCK_MONOTONIC ns); returns verdicts whose settle time has passed.
+    pub fn advance(&mut self, now_ns: u64) -> Vec<Verdict> {
+        self.now_ns = self.now_ns.max(now_ns);
+        let mut out = Vec::new();
+        while let Some(pos) = self.pending.iter().position(|p| p.ev.ts_ns + SETTLE_NS <= self.now_ns) {
+            let p = self.pending.remove(pos);
+            out.push(self.judge(&p.ev));
+        }
+        if self.now_ns.saturating_sub(self.last_expire_ns) > 5_000_000_000 {
+            self.last_expire_ns = self.now_ns;
+            self.tracker.expire(self.now_ns);
+        }
+        out
+    }
+
+    /// Decide every pending status now (end of a replay or of a live run).
+    pub fn flush(&mut self) -> Vec<Verdict> {
+        let pending: Vec<PendingStatus> = std::mem::take(&mut self.pending);
+        pending.iter().map(|p| self.judge(&p.ev)).collect()
+    }
+
+    pub fn expire(&mut self) {
+        self.tracker.expire(self.now_ns);
+    }
+
+    /// Attempts of the request behind this status: the one whose end is nearest the write,
+    /// and the failed ones retried just before it, oldest first.
+    fn link(&self, status: &KernelEvent) -> Vec<u64> {
+        let t = status.ts_ns;
+        let by_thread = self.candidates(status, true);
+        let ids = if by_thread.is_empty() { self.candidates(status, false) } else { by_thread };
+        let score = |a: &Attempt| -> u64 {
+            match a.end_ns() {
+                Some(end) => end.abs_diff(t),
+                // Still open: in flight since the request (a stall), ranked after ended ones.
+                None => LOOKBACK_NS + t.saturating_sub(a.request_ns.unwrap_or(a.started_ns)),
+            }
+        };
+        let Some(primary) = ids.iter().filter_map(|id| self.tracker.attempt(*id)).min_by_key(|a| score(a)) else {
+            return vec![];
+        };
+        let mut chain = vec![primary.id];
+        let mut next_start = primary.started_ns;
+        let mut earlier: Vec<&Attempt> = ids
+            .iter()
+            .filter_map(|id| self.tracker.attempt(*id))
+            .filter(|a| a.id != primary.id && a.started_ns < primary.started_ns)
+            .collect();
+        earlier.sort_by_key(|a| std::cmp::Reverse(a.started_ns));
+        for a in earlier {
+            match a.end_ns() {
+                Some(end) if end <= next_start + 1_000_000 && next_start.saturating_sub(end) <= RETRY_GAP_NS => {
+                    chain.push(a.id);
+                    next_start = a.started_ns;
+                }
+                _ => break,
+            }
+        }
+        chain.reverse();
+        chain
+    }
+
+    fn candidates(&self, status: &KernelEvent, same_thread: bool) -> Vec<u64> {
+        let t = status.ts_ns;
+        let ids: Vec<u64> = if same_thread {
+            self.tracker.by_tid.get(&status.tid).map(|q| q.iter().copied().collect()).unwrap_or_default()
+        } else {
+            self.tracker.attempts.values().filter(|a| a.pid == status.pid).map(|a| a.id).collect()
+        };
+        ids.into_iter()
+            .filter(|id| {
+                let Some(a) = self.tracker.attempt(*id) else { return false };
+                !a.consumed
+                    && a.started_ns <= t
+                    && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
+                    && !(a.succeeded() && a.end_ns().is_none_or(|e| e > t))
+                    && !(a.succeeded() && a.response_ns.is_some_and(|r| r < t.saturating_sub(LOOKBACK_NS)))
+                    && a.end_ns().is_none_or(|e| e <= t + SETTLE_NS)
+            })
+            .collect()
+    }
+
+    fn judge(&mut self, status: &KernelEvent) -> Verdict {
+        self.tracker.rematch_loose();
+        let chain = self.link(status);
+        for id in &chain {
+            if let Some(a) = self.tracker.attempts.get_mut(id) {
+                a.consumed = true;
+            }
+        }
+        let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
+        let t = status.ts_ns;
+        let (class, cause, summary, extra) = match attempts.last() {
+            Some(primary) => self.decide(primary, status),
+            None => (
+                Class::Unknown,
+                "no-upstream-attempt".to_string(),
+                format!(
+                    "{} answered {} without any upstream connection attempt seen on this host (no healthy server, a limit, or a protocol upstrace does not follow)",
+                    status.comm, status.value
+                ),
+                vec![],
+            ),
+        };
+        let ms = |ns: u64| (ns as f64 - t as f64) / 1e6;
+        let mut evidence: Vec<EvidenceItem> = attempts
+            .iter()
+            .flat_map(|a| a.evidence.iter())
+            .chain(extra.iter())
+            .map(|e| EvidenceItem { t_ms: round3(ms(e.ts_ns)), event: e.event.clone(), detail: e.detail.clone() })
+            .collect();
+        evidence.push(EvidenceItem {
+            t_ms: 0.0,
+            event: "http_status".into(),
+            detail: status.detail(),
+        });
+        evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
+        Verdict {
+            ts_ns: t,
+            gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
+            client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+            status: status.value as u16,
+            delivered: "status".into(),
+            upstream: attempts.last().map(|a| a.upstream()).unwrap_or_else(|| "?".into()),
+            class,
+            cause,
+            summary,
+            attempts: attempts.iter().map(|a| summarize(a, t)).collect(),
+            evidence,
+        }
+    }
+
+    /// The listener of the attempt's upstream port that died before `until`, if any, and
+    /// no new listener took the port since.
+    fn dead_listener(&self, a: &Attempt, from: u64, until: u64) -> Option<&Death> {
+        let port = a.dst?.port();
+        let listeners = self.tracker.listeners.get(&port)?;
+        let ip = a.dst?.ip();
+        self.tracker
+            .deaths
+            .iter()
+            .rev()
+            .filter(|d| d.ts_ns <= until + 1_000_000 && d.ts_ns + DEATH_WINDOW_NS >= from)
+            .find(|d| {
+                listeners.iter().any(|l| {
+                    l.pid == d.pid
+                        && l.addr.is_none_or(|la| la.ip().is_unspecified() || la.ip() == ip)
+                        && !listeners.iter().any(|n| n.ts_ns > d.ts_ns && n.pid != d.pid)
+                })
+            })
+    }
+
+    fn decide(&self, a: &Attempt, status: &KernelEvent) -> (Class, String, String, Vec<Evidence>) {
+        let up = a.upstream();
+        let gw = format!("{} answered {}", status.comm, status.value);
+        let end = a.end_ns().unwrap_or(status.ts_ns);
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+        let death_note = |d: &Death| {
+            let how = match (d.signal, d.exit_code) {
+                (Some(sig), _) => format!("killed by {}", signal_name(sig)),
+                (None, Some(code)) => format!("exited with code {code}"),
+                _ => "exited".into(),
+            };
+            (format!("upstream process {} ({}) {how}", d.pid, d.comm), vec![d.evidence.clone()])
+        };
+
+        // 1. connect(2) failed at once: routing, local resources, unix sockets.
+        if let Some((_, ret)) = a.connect_err {
+            let errno = -ret;
+            let e = format!("{} ({errno})", errno_name(errno));
+            return match errno {
+                101 => (Class::Network, "no-route".into(), format!("{gw}: no route to {up}: connect failed with {e} (network unreachable from the gateway)"), vec![]),
+                113 => (Class::Network, "no-route".into(), format!("{gw}: no route to {up}: connect failed at once with {e} (unreachable route)"), vec![]),
+                22 => (Class::Network, "no-route".into(), format!("{gw}: route to {up} is a blackhole: connect failed with {e}"), vec![]),
+                13 | 1 => (Class::Network, "no-route".into(), format!("{gw}: route to {up} is prohibited: connect failed with {e}"), vec![]),
+                99 | 24 | 23 | 105 => (Class::Gateway, "local-resources".into(), format!("{gw}: the gateway could not open a connection to {up}: {e} (ephemeral ports or file descriptors exhausted)"), vec![]),
+                11 => (Class::Upstream, "overloaded".into(), format!("{gw}: {up} is overloaded: its listen backlog is full ({e})"), vec![]),
+                111 | 2 => (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection: nothing listening ({e})"), vec![]),
+                _ => (Class::Unknown, "connect-failed".into(), format!("{gw}: connect to {up} failed with {e}"), vec![]),
+            };
+        }
+
+        // 2. ICMP errors about this flow say who answered and why.
+        if let Some((_, type_code, from)) = a.icmp.first() {
+            let (t, c) = (type_code >> 8, type_code & 0xff);
+            let what = icmp_name(*type_code);
+            let fw_drop = a.drops.iter().find(|d| d.1 == "NETFILTER_DROP");
+            if t == 3 && matches!(c, 9 | 10 | 13) {
+                return (Class::Firewall, "rejected".into(), format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from}"), vec![]);
+            }
+            if t == 3 && c == 3 {
+                let where_ = fw_drop.map(|d| format!(", netfilter dropped the SYN in netns {}", d.2)).unwrap_or_default();
+                return (Class::Firewall, "rejected".into(), format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from} for a TCP port{where_}"), vec![]);
+            }
+            if t == 3 {
+                return (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable: ICMP {what} from {from}"), vec![]);
+            }
+            return (Class::Network, "unreachable".into(), format!("{gw}: {up}: ICMP {what} from {from}"), vec![]);
+        }
+
+        // 3. Local packet drops on the flow.
+        if let Some((_, reason, netns)) = a.drops.first() {
+            match reason.as_str() {
+                "NETFILTER_DROP" if a.rst.is_some() => {
+                    return (Class::Firewall, "rejected".into(), format!("{gw}: a firewall rejected the connection to {up} with a TCP reset (netfilter dropped the SYN in netns {netns})"), vec![]);
+                }
+                "NETFILTER_DROP" => {
+                    return (Class::Firewall, "dropped".into(), format!("{gw}: a firewall dropped packets to {up} (netfilter drop in netns {netns}; {} SYN retransmits)", a.syn_retransmits), vec![]);
+                }
+                "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD" | "NEIGH_CREATEFAIL" => {
+                    return (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable: no ARP/neighbour answer ({reason} in netns {netns})"), vec![]);
+                }
+                "IP_OUTNOROUTES" | "IP_INNOROUTES" | "IP_RPFILTER" => {
+                    return (Class::Network, "no-route".into(), format!("{gw}: no route for packets to {up} ({reason} in netns {netns})"), vec![]);
+                }
+                "TCP_LISTEN_OVERFLOW" => {
+                    return (Class::Upstream, "overloaded".into(), format!("{gw}: {up} is overloaded: its listen backlog overflowed and SYNs were dropped"), vec![]);
+                }
+                "NO_SOCKET" => {}
+                _ => {
+                    return (Class::Network, "loss".into(), format!("{gw}: packets to or from {up} were lost on the path ({reason} in netns {netns}; {} retransmits)", a.syn_retransmits + a.retransmits), vec![]);
+                }
+            }
+        }
+
+        let never_connected = a.connected_ns.is_none();
+        let refused = a.rst.is_some_and(|(_, s)| s == TCP_SYN_SENT) || (never_connected && a.sock_err.is_some_and(|(_, e)| e == 111));
+
+        // 4. Refused: a crashed listener, or nothing listening.
+        if refused {
+            if let Some(d) = self.dead_listener(a, 0, end) {
+                let (who, ev) = death_note(d);
+                let ago = ms(d.ts_ns, end);
+                if d.crashed() {
+                    return (Class::Upstream, "crashed".into(), format!("{gw}: {up} refused the connection because its listener died: {who} {ago:.0} ms earlier"), ev);
+                }
+                return (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection: nothing listening since {who} {ago:.0} ms earlier"), ev);
+            }
+            return (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection (RST to SYN): nothing listening on that port, no firewall drop seen on this host"), vec![]);
+        }
+
+        // 5. Never connected, no RST: unreachable, timed out.
+        if never_connected {
+            let retrans = a.syn_retransmits;
+            return match a.sock_err.map(|x| x.1) {
+                Some(113) => (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable (EHOSTUNREACH after {retrans} SYN retransmits, no ICMP seen: the host does not answer ARP)"), vec![]),
+                Some(101) => (Class::Network, "no-route".into(), format!("{gw}: no route to {up} (ENETUNREACH)"), vec![]),
+                Some(110) => (Class::Network, "timeout".into(), format!("{gw}: connect to {up} timed out after {retrans} SYN retransmits (no answer, no local drop seen)"), vec![]),
+                Some(e) => (Class::Unknown, "connect-failed".into(), format!("{gw}: connect to {up} failed: {} ({e})", errno_name(e)), vec![]),
+                None => (Class::Network, "timeout".into(), format!("{gw}: connect to {up} got no answer in {:.0} ms ({retrans} SYN retransmits, no RST, no ICMP, no local drop seen)", ms(a.started_ns, end)), vec![]),
+            };
+        }
+
+        let got = a.bytes_recv;
+        let sent_req = a.request_ns.is_some();
+        let reset = a.rst.map(|x| x.0).or(a.recv_end.filter(|x| x.1 == -104).map(|x| x.0));
+
+        // 6. The upstream ended the connection before a complete response.
+        if let Some(rst_ns) = reset {
+            if let Some(d) = self.dead_listener(a, a.started_ns, rst_ns) {
+                let (who, ev) = death_note(d);
+                return (Class::Upstream, "crashed".into(), format!("{gw}: {who} while handling the request; the connection was reset after {got} response bytes"), ev);
+            }
+            let when = if got == 0 { "before any response byte".to_string() } else { format!("after {got} response bytes") };
+            let reuse = if a.reused { " (reused keep-alive connection)" } else { "" };
+            return (Class::Upstream, "reset".into(), format!("{gw}: {up} reset the connection{reuse} {when}"), vec![]);
+        }
+        if let Some(fin_ns) = a.fin_ns.or(a.recv_end.filter(|x| x.1 == 0).map(|x| x.0)) {
+            if let Some(d) = self.dead_listener(a, a.started_ns, fin_ns) {
+                let (who, ev) = death_note(d);
+                return (Class::Upstream, "crashed".into(), format!("{gw}: {who} while handling the request; its connection closed after {got} response bytes"), ev);
+            }
+            if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
+                return (Class::Upstream, "closed-early".into(), format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused"), vec![]);
+            }
+            let when = if got == 0 { "before sending any response byte".to_string() } else { format!("after {got} response bytes, before a complete response") };
+            return (Class::Upstream, "closed-early".into(), format!("{gw}: {up} closed the connection {when}"), vec![]);
+        }
+        if let Some((_, err)) = a.recv_end.filter(|x| x.1 < 0).or(a.sock_err) {
+            let e = err.abs();
+            return (Class::Unknown, "read-error".into(), format!("{gw}: reading from {up} failed with {} ({e})", errno_name(e)), vec![]);
+        }
+
+        // 7. Bytes came back and the connection is fine: the gateway rejected them.
+        if a.response_ns.is_some() && got > 0 {
+            return (Class::Upstream, "invalid-response".into(), format!("{gw}: {up} answered {got} bytes that the gateway rejected as an invalid HTTP response"), vec![]);
+        }
+
+        // 8. Request sent, nothing back before the gateway gave up.
+        if sent_req {
+            let waited = ms(a.request_ns.unwrap_or(a.started_ns), a.local_close_ns.unwrap_or(status.ts_ns));
+            if a.retransmits > 0 {
+                return (Class::Network, "loss".into(), format!("{gw}: {} retransmits on the connection to {up} and no response in {waited:.0} ms: packets are lost on the path", a.retransmits), vec![]);
+            }
+            return (Class::Upstream, "stalled".into(), format!("{gw}: {up} accepted the request but sent no response byte in {waited:.0} ms"), vec![]);
+        }
+        (Class::Unknown, "undecided".into(), format!("{gw}: the connection to {up} was open but no request was seen on it; evidence does not decide"), vec![])
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn summarize(a: &Attempt, status_ns: u64) -> AttemptSummary {
+    let outcome = if let Some((_, e)) = a.connect_err {
+        format!("connect failed: {}", errno_name(-e))
+    } else if a.rst.is_some_and(|(_, s)| s == TCP_SYN_SENT) {
+        "refused (RST to SYN)".into()
+    } else if !a.icmp.is_empty() {
+        format!("ICMP {}", icmp_name(a.icmp[0].1))
+    } else if a.connected_ns.is_none() {
+        match a.sock_err {
+            Some((_, e)) => format!("connect failed: {}", errno_name(e)),
+            None => "no answer to SYN".into(),
+        }
+    } else if a.rst.is_some() {
+        "reset".into()
+    } else if a.fin_ns.is_some() || a.recv_end.is_some_and(|x| x.1 == 0) {
+        "closed by upstream".into()
+    } else if a.response_ns.is_some() {
+        "response received".into()
+    } else if a.request_ns.is_some() {
+        "no response".into()
+    } else {
+        "open".into()
+    };
+    AttemptSummary {
+        upstream: a.upstream(),
+        src: a.src,
+        reused: a.reused,
+        outcome,
+        t_ms: round3((a.started_ns as f64 - status_ns as f64) / 1e6),
+        connect_ms: a.connected_ns.filter(|_| !a.reused).map(|c| round3((c - a.started_ns) as f64 / 1e6)),
+        bytes_sent: a.bytes_sent,
+        bytes_recv: a.bytes_recv,
+        retransmits: a.syn_retransmits + a.retransmits,
+    }
+}
+
+impl Verdict {
+    pub fn class_name(&self) -> &'static str {
+        match self.class {
+            Class::Upstream => "upstream",
+            Class::Firewall => "firewall",
+            Class::Network => "network",
+            Class::Gateway => "gateway",
+            Class::Unknown => "unknown",
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! Per-connection and per-exchange state, built from typed kernel events. One `Attempt` is
+//! one try to get a response from an upstream: a fresh connection, or one exchange on a
+//! reused keep-alive connection. Host-wide context (process deaths, listeners, packet drops,
+//! ICMP errors) is kept here too, so `attribute` can explain an attempt's end.
+//! Pure: no I/O, no clock but the events' own stamps.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use serde::Serialize;
+
+use crate::decode::{
+    Kind, KernelEvent, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_SYN_SENT, tcp_state_name,
+};
+
+/// How long finished attempts and host context are kept (longer than any gateway timeout
+/// worth explaining).
+pub const KEEP_NS: u64 = 180_000_000_000;
+/// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
+pub const MAX_ATTEMPTS: usize = 200_000;
+const MAX_HOST_FACTS: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Evidence {
+    #[serde(skip)]
+    pub ts_ns: u64,
+    pub event: String,
+    pub detail: String,
+}
+
+impl Evidence {
+    pub fn from_event(ev: &KernelEvent) -> Self {
+        let event = serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(str::to_owned));
+        Self { ts_ns: ev.ts_ns, event: event.unwrap_or_default(), detail: ev.detail() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub id: u64,
+    pub sock: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub netns: u32,
+    pub dst: Option<SocketAddr>,
+    pub src: Option<SocketAddr>,
+    pub path: Option<String>,
+    pub started_ns: u64,
+    /// An exchange on a connection that already carried one (keep-alive reuse).
+    pub reused: bool,
+    pub connected_ns: Option<u64>,
+    pub request_ns: Option<u64>,
+    pub response_ns: Option<u64>,
+    /// Byte counters of the connection when this exchange began (keep-alive reuse).
+    pub base_sent: u64,
+    pub base_recv: u64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub syn_retransmits: u32,
+    pub retransmits: u32,
+    /// First time the peer's FIN was seen (ESTABLISHED -> CLOSE_WAIT).
+    pub fin_ns: Option<u64>,
+    /// RST received: (time, TCP state it arrived in).
+    pub rst: Option<(u64, u8)>,
+    pub rst_sent_ns: Option<u64>,
+    pub sock_err: Option<(u64, i64)>,
+    /// connect(2) failed at once (negative errno as returned).
+    pub connect_err: Option<(u64, i64)>,
+    /// The gateway's read saw EOF (0) or an error (< 0).
+    pub recv_end: Option<(u64, i64)>,
+    /// The gateway closed the connection first (timeout or giving up): ESTABLISHED ->
+    /// FIN_WAIT1 or SYN_SENT -> CLOSE with no error.
+    pub local_close_ns: Option<u64>,
+    pub closed_ns: Option<u64>,
+    /// Packet drops and ICMP errors matched to this flow.
+    pub drops: Vec<(u64, String, u32)>,
+    pub icmp: Vec<(u64, i64, String)>,
+    pub last_state: u8,
+    pub last_ns: u64,
+    /// Claimed by a verdict already.
+    pub consumed: bool,
+    pub evidence: Vec<Evidence>,
+}
+
+impl Attempt {
+    fn new(id: u64, ev: &KernelEvent, reused: bool) -> Self {
+        Attempt {
+            id,
+            sock: ev.sock,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: ev.comm.clone(),
+            netns: ev.netns,
+            dst: ev.dst,
+            src: ev.src.filter(|a| a.port() != 0),
+            path: ev.path.clone(),
+            started_ns: ev.ts_ns,
+            reused,
+            connected_ns: None,
+            request_ns: None,
+            response_ns: None,
+            base_sent: 0,
+            base_recv: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            syn_retransmits: 0,
+            retransmits: 0,
+            fin_ns: None,
+            rst: None,
+            rst_sent_ns: None,
+            sock_err: None,
+            connect_err: None,
+            recv_end: None,
+            local_close_ns: None,
+            closed_ns: None,
+            drops: vec![],
+            icmp: vec![],
+            last_state: TCP_SYN_SENT,
+            last_ns: ev.ts_ns,
+            consumed: false,
+            evidence: vec![],
+        }
+    }
+
+    pub fn upstream(&self) -> String {
+        self.dst
+            .map(|a| a.to_string())
+            .or_else(|| self.path.clone().map(|p| format!("unix:{p}")))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// When the attempt visibly ended (or None while it is still open and quiet).
+    pub fn end_ns(&self) -> Option<u64> {
+        [
+            self.connect_err.map(|x| x.0),
+            self.rst.map(|x| x.0),
+            self.sock_err.map(|x| x.0),
+            self.fin_ns,
+            self.recv_end.map(|x| x.0),
+            self.local_close_ns,
+            self.closed_ns,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Did it deliver a response and end normally? Then it cannot explain an error.
+    pub fn succeeded(&self) -> bool {
+        self.response_ns.is_some() && self.rst.is_none() && self.sock_err.is_none() && self.recv_end.is_none_or(|(_, v)| v == 0)
+    }
+
+    fn touch(&mut self, ev: &KernelEvent) {
+        self.last_ns = self.last_ns.max(ev.ts_ns);
+        if self.src.is_none() {
+            self.src = ev.src.filter(|a| a.port() != 0);
+        }
+        if self.evidence.len() < 64 {
+            self.evidence.push(Evidence::from_event(ev));
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Death {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// Killing signal, if it died of one.
+    pub signal: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub evidence: Evidence,
+}
+
+impl Death {
+    /// Killed by a fault signal or SIGKILL (OOM killer included), or exited with an error:
+    /// not a clean stop (exit 0, SIGTERM, SIGINT, SIGHUP).
+    pub fn crashed(&self) -> bool {
+        match (self.signal, self.exit_code) {
+            (Some(sig), _) => matches!(sig, 4 | 6 | 7 | 8 | 9 | 11 | 31),
+            (None, Some(code)) => code != 0,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub addr: Option<SocketAddr>,
+}
+
+/// Everything the tracker knows, fed one event at a time.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    next_id: u64,
+    pub attempts: HashMap<u64, Attempt>,
+    /// Current attempt per live socket.
+    by_sock: HashMap<u64, u64>,
+    /// Attempt ids per gateway thread, oldest first.
+    pub by_tid: HashMap<u32, VecDeque<u64>>,
+    pub deaths: VecDeque<Death>,
+    /// Signals seen, by target pid (the exit that follows names the death).
+    signals: HashMap<u32, (u64, i64, Evidence)>,
+    pub listeners: HashMap<u16, Vec<Listener>>,
+    /// Drops and ICMP errors not (yet) matched to an attempt, matched again at verdict time.
+    pub loose_packets: VecDeque<KernelEvent>,
+    pub evicted: u64,
+}
+
+impl Tracker {
+    pub fn attempt(&self, id: u64) -> Option<&Attempt> {
+        self.attempts.get(&id)
+    }
+
+    fn add_attempt(&mut self, attempt: Attempt) -> u64 {
+        let id = attempt.id;
+        self.by_tid.entry(attempt.tid).or_default().push_back(id);
+        if attempt.sock != 0 {
+            self.by_sock.insert(attempt.sock, id);
+        }
+        self.attempts.insert(id, attempt);
+        if self.attempts.len() > MAX_ATTEMPTS {
+            self.evict_oldest();
+        }
+        id
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((&id, _)) = self.attempts.iter().min_by_key(|(_, a)| a.last_ns) {
+            self.remove(id);
+            self.evicted += 1;
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(a) = self.attempts.remove(&id) {
+            if self.by_sock.get(&a.sock) == Some(&id) {
+                self.by_sock.remove(&a.sock);
+            }
+            if let Some(q) = self.by_tid.get_mut(&a.tid) {
+                q.retain(|x| *x != id);
+                if q.is_empty() {
+                    self.by_tid.remove(&a.tid);
+                }
+            }
+        }
+    }
+
+    /// Forget what is older than `KEEP_NS` before `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        let horizon = now_ns.saturating_sub(KEEP_NS);
+        let old: Vec<u64> = self.attempts.values().filter(|a| a.last_ns < horizon).map(|a| a.id).collect();
+        for id in old {
+            self.remove(id);
+        }
+        while self.deaths.front().is_some_and(|d| d.ts_ns < horizon) {
+            self.deaths.pop_front();
+        }
+        while self.loose_packets.front().is_some_and(|p| p.ts_ns < horizon) {
+            self.loose_packets.pop_front();
+        }
+        self.signals.retain(|_, (ts, _, _)| *ts >= horizon);
+    }
+
+    fn current(&mut self, sock: u64) -> Option<&mut Attempt> {
+        let id = *self.by_sock.get(&sock)?;
+        self.attempts.get_mut(&id)
+    }
+
+    pub fn handle(&mut self, ev: &KernelEvent) {
+        match ev.kind {
+            Kind::ConnectStart => {
+                let id = self.new_id();
+                let mut a = Attempt::new(id, ev, false);
+                a.touch(ev);
+                self.add_attempt(a);
+            }
+            Kind::ConnectSyscall => self.on_connect_syscall(ev),
+            Kind::StateChange => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                let old = state_num(&ev.old_state);
+                let new = state_num(&ev.new_state);
+                a.last_state = new;
+                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+                match (old, new) {
+                    (TCP_SYN_SENT, TCP_ESTABLISHED) => a.connected_ns = Some(ev.ts_ns),
+                    (TCP_ESTABLISHED, TCP_CLOSE_WAIT) => a.fin_ns = a.fin_ns.or(Some(ev.ts_ns)),
+                    // FIN_WAIT1 = 4: the gateway closed first.
+                    (TCP_ESTABLISHED, 4) => a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns)),
+                    (TCP_SYN_SENT, TCP_CLOSE) if a.rst.is_none() && a.sock_err.is_none() => {
+                        a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns))
+                    }
+                    _ => {}
+                }
+                if new == TCP_CLOSE {
+                    a.closed_ns = Some(ev.ts_ns);
+                }
+            }
+            Kind::SockError => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.sock_err = a.sock_err.or(Some((ev.ts_ns, ev.value)));
+                // An error that arrives with the CLOSE is not a local give-up.
+                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
+                    a.local_close_ns = None;
+                }
+            }
+            Kind::ResetReceived => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                let state = state_num(&ev.new_state);
+                a.rst = a.rst.or(Some((ev.ts_ns, state)));
+                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
+                    a.local_close_ns = None;
+                }
+            }
+            Kind::ResetSent => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.rst_sent_ns = a.rst_sent_ns.or(Some(ev.ts_ns));
+            }
+            Kind::Retransmit => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                if ev.value == TCP_SYN_SENT as i64 {
+                    a.syn_retransmits += 1;
+                } else {
+                    a.retransmits += 1;
+                }
+            }
+            Kind::RequestSent => self.on_request(ev),
+            Kind::ResponseStart => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.response_ns = a.response_ns.or(Some(ev.ts_ns));
+                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+            }
+            Kind::RecvEnd => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.recv_end = a.recv_end.or(Some((ev.ts_ns, ev.value)));
+                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+            }
+            Kind::ProcessExit => {
+                let signal = self.signals.remove(&ev.pid);
+                let killed_by = ev.value & 0x7f;
+                let death = Death {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
+                    signal: if killed_by != 0 { Some(killed_by) } else { signal.as_ref().map(|s| s.1) },
+                    exit_code: (killed_by == 0).then_some((ev.value >> 8) & 0xff),
+                    evidence: Evidence::from_event(ev),
+                };
+                self.deaths.push_back(death);
+                if self.deaths.len() > MAX_HOST_FACTS {
+                    self.deaths.pop_front();
+                }
+            }
+            Kind::Signal => {
+                self.signals.insert(ev.pid, (ev.ts_ns, ev.value, Evidence::from_event(ev)));
+            }
+            Kind::Listen => {
+                let port = ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16);
+                let list = self.listeners.entry(port).or_default();
+                list.push(Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src });
+                if list.len() > 16 {
+                    list.remove(0);
+                }
+            }
+            Kind::Drop | Kind::IcmpError => {
+                if !self.match_packet(ev) {
+                    self.loose_packets.push_back(ev.clone());
+                    if self.loose_packets.len() > MAX_HOST_FACTS {
+                        self.loose_packets.pop_front();
+                    }
+                }
+            }
+            Kind::HttpStatus | Kind::ProcessFork => {}
+        }
+    }
+
+    fn on_connect_syscall(&mut self, ev: &KernelEvent) {
+        if ev.value >= 0 && ev.path.is_none() {
+            return; // a TCP connect that succeeded at once: the TCP hooks tell the rest
+        }
+        // An immediate failure right after a SYN_SENT on the same thread (e.g. no free
+        // ephemeral port) belongs to that attempt.
+        if ev.value < 0 {
+            let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).copied();
+            if let Some(a) = recent.and_then(|id| self.attempts.get_mut(&id)) {
+                if a.dst == ev.dst && ev.ts_ns.saturating_sub(a.started_ns) < 5_000_000 && a.connected_ns.is_none() {
+                    a.touch(ev);
+                    a.connect_err = Some((ev.ts_ns, ev.value));
+                    a.local_close_ns = None;
+                    return;
+                }
+            }
+        }
+        let id = self.new_id();
+        let mut a = Attempt::new(id, ev, false);
+        a.sock = 0;
+        a.touch(ev);
+        if ev.value < 0 {
+            a.connect_err = Some((ev.ts_ns, ev.value));
+            a.closed_ns = Some(ev.ts_ns);
+        } else {
+            a.connected_ns = Some(ev.ts_ns);
+        }
+        self.add_attempt(a);
+    }
+
+    fn on_request(&mut self, ev: &KernelEvent) {
+        let Some(&id) = self.by_sock.get(&ev.sock) else { return };
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        if a.request_ns.is_none() {
+            a.touch(ev);
+            a.request_ns = Some(ev.ts_ns);
+            a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+            return;
+        }
+        // A new exchange on a kept-alive connection: a new attempt that inherits the socket.
+        let prev_bytes = (ev.bytes_sent.saturating_sub(ev.value.max(0) as u64), ev.bytes_recv);
+        let new_id = self.new_id();
+        let prev = self.attempts.get(&id).cloned().unwrap();
+        let mut b = Attempt::new(new_id, ev, true);
+        b.started_ns = ev.ts_ns;
+        b.connected_ns = prev.connected_ns;
+        b.dst = prev.dst.or(ev.dst);
+        b.src = prev.src.or(b.src);
+        b.fin_ns = prev.fin_ns; // a FIN that came while idle explains a failed reuse
+        b.last_state = prev.last_state;
+        b.base_sent = prev_bytes.0;
+        b.base_recv = prev_bytes.1;
+        b.request_ns = Some(ev.ts_ns);
+        if let Some(fin) = prev.fin_ns {
+            b.evidence.push(Evidence {
+                ts_ns: fin,
+                event: "state_change".into(),
+                detail: format!("{}: upstream had closed the idle keep-alive connection", b.upstream()),
+            });
+        }
+        b.touch(ev);
+        b.bytes_sent = ev.bytes_sent.saturating_sub(b.base_sent);
+        self.add_attempt(b);
+    }
+
+    /// Attach a drop or ICMP error to the attempt whose flow it belongs to.
+    fn match_packet(&mut self, ev: &KernelEvent) -> bool {
+        let (Some(src), Some(dst)) = (ev.src, ev.dst) else { return false };
+        let found = self
+            .attempts
+            .values_mut()
+            .filter(|a| a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 1_000_000_000))
+            .filter(|a| {
+                let outbound = a.dst == Some(dst) && a.src.is_none_or(|s| s.port() == src.port());
+                let inbound = a.dst == Some(src) && a.src.is_some_and(|s| s.port() == dst.port());
+                (outbound || inbound) && a.started_ns <= ev.ts_ns + 1_000_000
+            })
+            .max_by_key(|a| a.started_ns);
+        let Some(a) = found else { return false };
+        a.touch(ev);
+        match ev.kind {
+            Kind::Drop => a.drops.push((ev.ts_ns, ev.reason.clone().unwrap_or_default(), ev.netns)),
+            _ => a.icmp.push((ev.ts_ns, ev.value, ev.aux_ip())),
+        }
+        true
+    }
+
+    /// Retry matching loose packets once attempts know their source ports.
+    pub fn rematch_loose(&mut self) {
+        let loose: Vec<KernelEvent> = self.loose_packets.drain(..).collect();
+        for ev in loose {
+            if !self.match_packet(&ev) {
+                self.loose_packets.push_back(ev);
+            }
+        }
+    }
+}
+
+fn state_num(name: &Option<String>) -> u8 {
+    let Some(name) = name else { return 0 };
+    (1..=12).find(|&s| tcp_state_name(s) == name).unwrap_or(0)
+}
+
+impl KernelEvent {
+    /// The IPv4 address carried in `aux` (ICMP sender).
+    pub fn aux_ip(&self) -> String {
+        std::net::Ipv4Addr::from(self.aux.to_le_bytes()).to_string()
+    }
+}
