@@ -18,6 +18,10 @@ const ARG0: usize = 16;
 const ARG1: usize = 24;
 const EXIT_RET: usize = 16;
 const EINPROGRESS: i64 = -115;
+/// Event loops (HAProxy) poll a pending connect by calling connect() again: "still in
+/// progress" and "now connected" answers are noise; the TCP hooks tell the outcome.
+const EALREADY: i64 = -114;
+const EISCONN: i64 = -106;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -79,7 +83,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // In progress: the outcome arrives through the TCP hooks, keyed by socket.
-    if ret == EINPROGRESS && pending.family as u8 != AF_UNIX {
+    if (ret == EINPROGRESS && pending.family as u8 != AF_UNIX) || ret == EALREADY || ret == EISCONN {
         return 0;
     }
     emit(EventKind::ConnectSyscall, |e| {

@@ -91,7 +91,7 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     }) else {
         return 0;
     };
-    let proto = u16::from_be(proto);
+    // The tracepoint already stores ntohs(skb->protocol).
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return 0;
     }

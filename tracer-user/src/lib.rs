@@ -11,5 +11,7 @@ pub mod discover;
 pub mod live;
 pub mod pipeline;
 pub mod probes;
+pub mod record;
+pub mod replay;
 pub mod sink;
 pub mod track;

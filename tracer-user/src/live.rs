@@ -120,7 +120,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                 Err(_) => stats.decode_errors += 1,
             }
         }
-        pipeline.sink.flush().context("writing output")?;
+        pipeline.flush().context("writing output")?;
         Ok(())
     };
     // Verdicts wait a few ms for the events that close a story; this tick releases them

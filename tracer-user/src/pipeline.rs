@@ -2,20 +2,40 @@
 //! Live tracing and replay differ only in where events come from and who moves the clock.
 use anyhow::Result;
 
-use crate::{attribute::Engine, attribute::Verdict, decode::KernelEvent, sink::Sink};
+use crate::{attribute::Engine, attribute::Verdict, decode::KernelEvent, record::Recorder, sink::Sink};
 
 pub struct Pipeline<W: std::io::Write> {
     pub engine: Engine,
     pub sink: Sink<W>,
+    pub recorder: Option<Recorder>,
     pub verdicts: u64,
+    pub collected: Option<Vec<Verdict>>,
 }
 
 impl<W: std::io::Write> Pipeline<W> {
     pub fn new(sink: Sink<W>) -> Self {
-        Self { engine: Engine::new(), sink, verdicts: 0 }
+        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None }
+    }
+
+    /// Keep every verdict in memory too (tests, reports).
+    pub fn collecting(mut self) -> Self {
+        self.collected = Some(Vec::new());
+        self
+    }
+
+    /// End of a batch of events: push output and the trace file.
+    pub fn flush(&mut self) -> Result<()> {
+        self.sink.flush()?;
+        if let Some(r) = self.recorder.as_mut() {
+            r.flush();
+        }
+        Ok(())
     }
 
     pub fn event(&mut self, ev: &KernelEvent) -> Result<()> {
+        if let Some(r) = self.recorder.as_mut() {
+            r.event(ev);
+        }
         self.sink.event(ev)?;
         let verdicts = self.engine.handle(ev);
         self.emit(verdicts)
@@ -31,17 +51,22 @@ impl<W: std::io::Write> Pipeline<W> {
     pub fn finish(&mut self) -> Result<()> {
         let verdicts = self.engine.flush();
         self.emit(verdicts)?;
-        self.sink.flush()?;
-        Ok(())
+        self.flush()
     }
 
     fn emit(&mut self, verdicts: Vec<Verdict>) -> Result<()> {
         for v in &verdicts {
             self.verdicts += 1;
             self.sink.verdict(v)?;
+            if let Some(r) = self.recorder.as_mut() {
+                r.verdict(v);
+            }
         }
         if !verdicts.is_empty() {
-            self.sink.flush()?;
+            self.flush()?;
+        }
+        if let Some(c) = self.collected.as_mut() {
+            c.extend(verdicts);
         }
         Ok(())
     }

@@ -6,6 +6,29 @@ use serde_json::{Map, Value, json};
 
 use crate::{attribute::Verdict, clock, decode::KernelEvent};
 
+/// The JSON object of an event line (`"type":"event"`), as printed and recorded.
+pub fn event_json(ev: &KernelEvent, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!("event"));
+    obj.insert("time".into(), json!(clock::rfc3339(ev.ts_ns as i128 + boot_offset_ns)));
+    if let Value::Object(fields) = serde_json::to_value(ev).map_err(io::Error::other)? {
+        obj.extend(fields);
+    }
+    obj.insert("detail".into(), json!(ev.detail()));
+    Ok(obj)
+}
+
+/// The JSON object of a verdict line (`"type":"verdict"`).
+pub fn verdict_json(v: &Verdict, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!("verdict"));
+    obj.insert("time".into(), json!(clock::rfc3339(v.ts_ns as i128 + boot_offset_ns)));
+    if let Value::Object(fields) = serde_json::to_value(v).map_err(io::Error::other)? {
+        obj.extend(fields);
+    }
+    Ok(obj)
+}
+
 pub enum Format {
     Json,
     Text,
@@ -33,13 +56,7 @@ impl<W: Write> Sink<W> {
         }
         match self.format {
             Format::Json => {
-                let mut obj = Map::new();
-                obj.insert("type".into(), json!("event"));
-                obj.insert("time".into(), json!(self.wall_time(ev.ts_ns)));
-                if let Value::Object(fields) = serde_json::to_value(ev).map_err(io::Error::other)? {
-                    obj.extend(fields);
-                }
-                obj.insert("detail".into(), json!(ev.detail()));
+                let obj = event_json(ev, self.boot_offset_ns)?;
                 serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
                 self.out.write_all(b"\n")
             }
@@ -60,12 +77,7 @@ impl<W: Write> Sink<W> {
     pub fn verdict(&mut self, v: &Verdict) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                let mut obj = Map::new();
-                obj.insert("type".into(), json!("verdict"));
-                obj.insert("time".into(), json!(self.wall_time(v.ts_ns)));
-                if let Value::Object(fields) = serde_json::to_value(v).map_err(io::Error::other)? {
-                    obj.extend(fields);
-                }
+                let obj = verdict_json(v, self.boot_offset_ns)?;
                 serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
                 self.out.write_all(b"\n")
             }

@@ -311,6 +311,15 @@ impl Tracker {
             Kind::SockError => {
                 let Some(a) = self.current(ev.sock) else { return };
                 a.touch(ev);
+                if ev.value == 0 {
+                    return; // the error went to sk_err_soft; the ICMP or RST hooks tell more
+                }
+                // The gateway aborting its own pending connect (close with linger 0) reports
+                // ECONNRESET with no RST from the peer: that is a local give-up.
+                if ev.value == 104 && a.rst.is_none() && a.connected_ns.is_none() {
+                    a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
+                    return;
+                }
                 a.sock_err = a.sock_err.or(Some((ev.ts_ns, ev.value)));
                 // An error that arrives with the CLOSE is not a local give-up.
                 if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {

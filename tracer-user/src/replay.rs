@@ -1,0 +1,124 @@
+//! Replay: a recorded trace (or any `--json` output) as a source for the same pipeline.
+//! Verdicts are re-derived from the raw events, so an improved engine re-judges old
+//! incidents. No root needed.
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{decode::KernelEvent, pipeline::Pipeline};
+
+/// What the file said about itself.
+#[derive(Debug, Default, Clone)]
+pub struct TraceInfo {
+    pub header: Option<Value>,
+    pub boot_offset_ns: Option<i128>,
+    pub events: u64,
+    /// Lines that were not events (verdicts, stats) and were skipped.
+    pub skipped: u64,
+    /// The last line was cut short (writer killed mid-line) and was ignored.
+    pub truncated_tail: bool,
+}
+
+/// Read every event of a trace, in file order. A malformed line is an error naming the
+/// line, except a cut-short last line, which is reported and ignored.
+pub fn read_events(path: &Path, mut each: impl FnMut(KernelEvent) -> Result<()>) -> Result<TraceInfo> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open trace {}", path.display()))?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not a trace file", path.display());
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut info = TraceInfo::default();
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        // Bounded line length: a huge garbage file must not eat memory.
+        let n = std::io::Read::take(&mut reader, 16 << 20).read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let complete = buf.last() == Some(&b'\n');
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) if !complete => {
+                info.truncated_tail = true;
+                break;
+            }
+            Err(e) => bail!("{}:{line_no}: not a trace line ({e})", path.display()),
+        };
+        match value.get("type").and_then(Value::as_str) {
+            Some("header") => {
+                if line_no == 1 {
+                    if value.get("format").and_then(Value::as_str) != Some(crate::record::FORMAT_NAME) {
+                        bail!("{}:1: not an upstrace trace (format {:?})", path.display(), value.get("format"));
+                    }
+                    info.boot_offset_ns = value.get("boot_offset_ns").and_then(Value::as_str).and_then(|s| s.parse().ok());
+                    info.header = Some(value);
+                }
+            }
+            Some("event") => {
+                // Without a header, the first event's wall-clock time gives the offset.
+                if info.boot_offset_ns.is_none() {
+                    let time = value.get("time").and_then(Value::as_str).and_then(crate::clock::parse_rfc3339);
+                    let ts = value.get("ts_ns").and_then(Value::as_u64);
+                    if let (Some(time), Some(ts)) = (time, ts) {
+                        info.boot_offset_ns = Some(time - ts as i128);
+                    }
+                }
+                let ev: KernelEvent = serde_json::from_value(value)
+                    .with_context(|| format!("{}:{line_no}: malformed event", path.display()))?;
+                info.events += 1;
+                each(ev)?;
+            }
+            Some(_) => info.skipped += 1,
+            None => bail!("{}:{line_no}: not a trace line (no \"type\")", path.display()),
+        }
+    }
+    if line_no == 0 {
+        bail!("{} is empty: no trace in it", path.display());
+    }
+    Ok(info)
+}
+
+pub enum Pace {
+    Fast,
+    Speed(f64),
+}
+
+/// Feed a trace through the pipeline, moving the engine's clock with the events.
+pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipeline<W>) -> Result<TraceInfo> {
+    let mut last_ts: Option<u64> = None;
+    let mut events = Vec::new();
+    let info = read_events(path, |ev| {
+        events.push(ev);
+        Ok(())
+    })?;
+    for ev in events {
+        if let (Pace::Speed(speed), Some(prev)) = (&pace, last_ts) {
+            let gap = ev.ts_ns.saturating_sub(prev) as f64 / speed;
+            if gap > 1e5 {
+                tokio::time::sleep(Duration::from_nanos(gap.min(5e9) as u64)).await;
+            }
+        }
+        last_ts = Some(ev.ts_ns);
+        pipeline.tick(ev.ts_ns)?;
+        pipeline.event(&ev)?;
+    }
+    pipeline.finish()?;
+    if info.truncated_tail {
+        eprintln!("upstrace: warning: {}: the last line was cut short (writer stopped mid-line) and was ignored", path.display());
+    }
+    Ok(info)
+}
