@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use crate::maps::{cfg_get, 
-    OWNED, PENDING_STATUS, count, current_cgroup, current_comm, current_ids, emit,
+    OWNED, PENDING_RECV, PENDING_STATUS, count, current_cgroup, current_comm, current_ids, emit,
     fill_owner, fill_tuple_from_sock, is_traced, now_ns,
 };
 
@@ -76,7 +76,7 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
 
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    let (tgid, _) = current_ids();
+    let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return 0;
     }
@@ -93,12 +93,23 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         owner.bytes_recv += ret as u64;
         if owner.phase != PHASE_RECEIVING {
             owner.phase = PHASE_RECEIVING;
+            // The data is already in the caller's buffer: keep its head, so userspace can
+            // tell garbage and broken headers from a valid response.
+            let buf = unsafe { PENDING_RECV.get(tid) }.copied().unwrap_or(0);
             emit(EventKind::ResponseStart, |e| {
                 e.sock = sk;
                 fill_owner(e, owner);
                 fill_tuple_from_sock(e, sk);
                 e.value = ret as i64;
                 e.new_state = owner.tcp_state as u8;
+                if buf != 0 {
+                    let n = if ret < 64 { ret as u32 } else { 64 };
+                    let mut head = [0u8; 64];
+                    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_ok() {
+                        e.data[..64].copy_from_slice(&head);
+                        e.aux = n;
+                    }
+                }
             });
         }
     } else if ret != EAGAIN {
@@ -187,6 +198,32 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
             if let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) } {
                 peek_write(fd, base);
             }
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn remember_recv_buffer(buf: u64) {
+    let (tgid, tid) = current_ids();
+    if is_traced(tgid) && PENDING_RECV.insert(tid, buf, 0).is_err() {
+        count(counter::PENDING_MAP_FULL);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    if let Ok(buf) = unsafe { ctx.read_at::<u64>(ARG1) } {
+        remember_recv_buffer(buf);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    if let Ok(iov) = unsafe { ctx.read_at::<u64>(ARG1) } {
+        if let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) } {
+            remember_recv_buffer(base);
         }
     }
     0

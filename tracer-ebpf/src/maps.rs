@@ -59,6 +59,10 @@ pub static OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> =
     HashMap::with_max_entries(MAX_PENDING, 0);
 
+/// User buffer of the receive call in progress, per thread (to show the response's head).
+#[map]
+pub static PENDING_RECV: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PENDING, 0);
+
 #[map]
 pub static PENDING_STATUS: HashMap<u32, PendingStatus> = HashMap::with_max_entries(MAX_PENDING, 0);
 

@@ -364,6 +364,14 @@ impl Engine {
 
         let got = a.bytes_recv;
         let sent_req = a.request_ns.is_some();
+
+        // 6a. What came back is not HTTP, or breaks the header syntax: the gateway had to
+        // reject it, whatever happened to the connection after.
+        if let Some(head) = a.head.as_deref() {
+            if let Some(why) = invalid_http(head) {
+                return (Class::Upstream, "invalid-response".into(), format!("{gw}: {up} answered with {why}: \"{}\"", crate::decode::escape_bytes(&head[..head.len().min(40)])), vec![]);
+            }
+        }
         let reset = a.rst.map(|x| x.0).or(a.recv_end.filter(|x| x.1 == -104).map(|x| x.0));
 
         // 6. The upstream ended the connection before a complete response.
@@ -384,7 +392,14 @@ impl Engine {
             if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
                 return (Class::Upstream, "closed-early".into(), format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused"), vec![]);
             }
-            let when = if got == 0 { "before sending any response byte".to_string() } else { format!("after {got} response bytes, before a complete response") };
+            let mid_headers = a.head.as_deref().is_some_and(|h| !contains(h, b"\r\n\r\n") && got as usize <= h.len());
+            let when = if got == 0 {
+                "before sending any response byte".to_string()
+            } else if mid_headers {
+                format!("in the middle of the response headers (after {got} bytes)")
+            } else {
+                format!("after {got} response bytes, before a complete response")
+            };
             return (Class::Upstream, "closed-early".into(), format!("{gw}: {up} closed the connection {when}"), vec![]);
         }
         if let Some((_, err)) = a.recv_end.filter(|x| x.1 < 0).or(a.sock_err) {
@@ -407,6 +422,26 @@ impl Engine {
         }
         (Class::Unknown, "undecided".into(), format!("{gw}: the connection to {up} was open but no request was seen on it; evidence does not decide"), vec![])
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Why a response head cannot be valid HTTP/1.x, if it cannot.
+pub fn invalid_http(head: &[u8]) -> Option<&'static str> {
+    if head.is_empty() {
+        return None;
+    }
+    let prefix = &head[..head.len().min(5)];
+    if !b"HTTP/".starts_with(prefix) {
+        return Some("bytes that are not an HTTP response");
+    }
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(head.len());
+    if head[..end].iter().any(|&c| c < 0x20 && c != b'\r' && c != b'\n' && c != b'\t' || c == 0x7f) {
+        return Some("an invalid header (control characters)");
+    }
+    None
 }
 
 fn round3(v: f64) -> f64 {

@@ -170,6 +170,9 @@ pub struct KernelEvent {
     /// The head of a status line, for http_status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
+    /// First bytes of the response (escaped), for response_start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
     /// Drop reason name (skb_drop_reason without its prefix), for drop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -204,6 +207,56 @@ impl std::fmt::Display for DecodeError {
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Printable ASCII as is, everything else as \xNN (and \r \n \t), so a response head
+/// survives JSON and terminals intact and can be decoded back.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+pub fn unescape_bytes(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            let simple = match b[i + 1] {
+                b'r' => Some(b'\r'),
+                b'n' => Some(b'\n'),
+                b't' => Some(b'\t'),
+                b'\\' => Some(b'\\'),
+                _ => None,
+            };
+            if let Some(c) = simple {
+                out.push(c);
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'x' && i + 4 <= b.len() {
+                if let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3])) {
+                    out.push(h << 4 | l);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 fn ip(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
@@ -299,6 +352,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             head.split(['\r', '\n']).next().unwrap_or_default().to_owned()
         }),
         reason: None,
+        head: (kind == Kind::ResponseStart && raw.aux > 0)
+            .then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(64)])),
     })
 }
 
@@ -453,6 +508,16 @@ mod tests {
         let ev = decode(&bytes(&e)).unwrap();
         assert_eq!(ev.line.as_deref(), Some("HTTP/1.1 502 Bad Gateway"));
         assert_eq!(ev.dst, Some("127.0.0.1:5555".parse().unwrap()), "v4-mapped shown as v4");
+    }
+
+    #[test]
+    fn escaping_round_trips_any_bytes() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let text = escape_bytes(&all);
+        assert!(text.is_ascii());
+        assert_eq!(unescape_bytes(&text), all);
+        assert_eq!(escape_bytes(b"HTTP/1.1 200\r\n"), "HTTP/1.1 200\\r\\n");
+        let _ = unescape_bytes("\\x\u{e9}\u{e9}\\"); // malformed input must not panic
     }
 
     #[test]

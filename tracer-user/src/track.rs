@@ -77,6 +77,8 @@ pub struct Attempt {
     /// Packet drops and ICMP errors matched to this flow.
     pub drops: Vec<(u64, String, u32)>,
     pub icmp: Vec<(u64, i64, String)>,
+    /// First bytes of the response, as the gateway read them.
+    pub head: Option<Vec<u8>>,
     pub last_state: u8,
     pub last_ns: u64,
     /// Claimed by a verdict already.
@@ -117,6 +119,7 @@ impl Attempt {
             closed_ns: None,
             drops: vec![],
             icmp: vec![],
+            head: None,
             last_state: TCP_SYN_SENT,
             last_ns: ev.ts_ns,
             consumed: false,
@@ -354,6 +357,9 @@ impl Tracker {
                 let Some(a) = self.current(ev.sock) else { return };
                 a.touch(ev);
                 a.response_ns = a.response_ns.or(Some(ev.ts_ns));
+                if a.head.is_none() {
+                    a.head = ev.head.as_deref().map(crate::decode::unescape_bytes);
+                }
                 a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
                 a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
             }
