@@ -1,0 +1,326 @@
+//! The attribution engine on event streams: pure, deterministic, no kernel needed.
+use upstrace::{
+    attribute::{Class, Engine, SETTLE_NS, Verdict},
+    decode::{Kind, KernelEvent},
+};
+
+const MS: u64 = 1_000_000;
+const UP: &str = "10.0.0.2:8081";
+const GW_TID: u32 = 200;
+
+fn ev(kind: Kind, ts_ms: u64, sock: u64) -> KernelEvent {
+    KernelEvent {
+        kind,
+        ts_ns: 1_000_000 * MS + ts_ms * MS,
+        pid: GW_TID,
+        tid: GW_TID,
+        comm: "nginx".into(),
+        netns: 1,
+        cgroup: 1,
+        sock,
+        src: Some("10.0.0.1:40000".parse().unwrap()),
+        dst: Some(UP.parse().unwrap()),
+        path: None,
+        old_state: None,
+        new_state: None,
+        value: 0,
+        bytes_sent: 0,
+        bytes_recv: 0,
+        aux: 0,
+        line: None,
+        reason: None,
+        head: None,
+    }
+}
+
+fn state(ts: u64, sock: u64, old: &str, new: &str) -> KernelEvent {
+    let mut e = ev(Kind::StateChange, ts, sock);
+    e.old_state = Some(old.into());
+    e.new_state = Some(new.into());
+    e
+}
+
+fn with(mut e: KernelEvent, f: impl FnOnce(&mut KernelEvent)) -> KernelEvent {
+    f(&mut e);
+    e
+}
+
+fn status(ts: u64, code: i64) -> KernelEvent {
+    with(ev(Kind::HttpStatus, ts, 0xc1), |e| {
+        e.value = code;
+        e.dst = Some("127.0.0.1:5555".parse().unwrap());
+        e.line = Some(format!("HTTP/1.1 {code} X"));
+    })
+}
+
+fn connect(ts: u64, sock: u64) -> Vec<KernelEvent> {
+    vec![
+        with(ev(Kind::ConnectStart, ts, sock), |e| e.src = Some("10.0.0.1:0".parse().unwrap())),
+        state(ts, sock, "SYN_SENT", "ESTABLISHED"),
+        with(ev(Kind::RequestSent, ts + 1, sock), |e| {
+            e.value = 80;
+            e.bytes_sent = 80;
+        }),
+    ]
+}
+
+fn refused(ts: u64, sock: u64) -> Vec<KernelEvent> {
+    vec![
+        ev(Kind::ConnectStart, ts, sock),
+        with(ev(Kind::ResetReceived, ts, sock), |e| e.new_state = Some("SYN_SENT".into())),
+        state(ts, sock, "SYN_SENT", "CLOSE"),
+        with(ev(Kind::SockError, ts, sock), |e| e.value = 111),
+    ]
+}
+
+/// Run events through a fresh engine, then let the clock pass the settle time.
+fn judge(events: &[KernelEvent]) -> Vec<Verdict> {
+    let mut engine = Engine::new();
+    let mut out = Vec::new();
+    for e in events {
+        out.extend(engine.handle(e));
+    }
+    let last = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+    out.extend(engine.advance(last + SETTLE_NS + MS));
+    out
+}
+
+fn one(events: &[KernelEvent]) -> Verdict {
+    let v = judge(events);
+    assert_eq!(v.len(), 1, "exactly one verdict per 5xx: {v:#?}");
+    v.into_iter().next().unwrap()
+}
+
+fn listen_and_die(ts_listen: u64, ts_die: u64, signal: i64) -> Vec<KernelEvent> {
+    vec![
+        with(ev(Kind::Listen, ts_listen, 0x99), |e| {
+            e.pid = 777;
+            e.tid = 777;
+            e.comm = "app".into();
+            e.src = Some("0.0.0.0:8081".parse().unwrap());
+            e.dst = None;
+        }),
+        with(ev(Kind::ProcessExit, ts_die, 0), |e| {
+            e.pid = 777;
+            e.tid = 777;
+            e.comm = "app".into();
+            e.value = signal;
+        }),
+    ]
+}
+
+#[test]
+fn refused_connect_is_upstream_refused_with_evidence() {
+    let mut events = refused(10, 0xa1);
+    events.push(status(11, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "refused"));
+    assert_eq!(v.upstream, UP);
+    assert_eq!(v.client, "127.0.0.1:5555");
+    assert_eq!(v.status, 502);
+    assert!(v.evidence.iter().any(|e| e.event == "reset_received" && e.t_ms < 0.0));
+    assert!(v.evidence.iter().any(|e| e.event == "http_status" && e.t_ms == 0.0));
+    assert_eq!(v.attempts.len(), 1);
+    assert!(v.attempts[0].outcome.contains("refused"));
+}
+
+#[test]
+fn no_verdict_before_the_settle_time_and_none_for_success() {
+    let mut engine = Engine::new();
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::ResponseStart, 5, 0xa1), |e| e.bytes_recv = 100));
+    for e in &events {
+        assert!(engine.handle(e).is_empty());
+    }
+    assert!(engine.advance(events[0].ts_ns + 10_000 * MS).is_empty(), "successes give no verdict");
+    for e in refused(20_000, 0xa2) {
+        engine.handle(&e);
+    }
+    let s = status(20_001, 502);
+    assert!(engine.handle(&s).is_empty(), "waits for the story to settle");
+    assert_eq!(engine.advance(s.ts_ns + SETTLE_NS).len(), 1);
+}
+
+#[test]
+fn refused_after_the_listener_was_killed_is_a_crash() {
+    let mut events = listen_and_die(0, 500, 9);
+    events.extend(refused(900, 0xa1));
+    events.push(status(901, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "crashed"));
+    assert!(v.summary.contains("777") && v.summary.contains("SIGKILL"), "{}", v.summary);
+}
+
+#[test]
+fn refused_after_a_clean_stop_is_refused_not_crashed() {
+    let mut events = listen_and_die(0, 500, 0); // exit code 0
+    events.extend(refused(900, 0xa1));
+    events.push(status(901, 502));
+    let v = one(&events);
+    assert_eq!(v.cause, "refused");
+    assert!(v.summary.contains("777"), "names the process that stopped listening: {}", v.summary);
+}
+
+#[test]
+fn death_during_the_request_is_a_crash() {
+    let mut events = listen_and_die(0, 0, 0);
+    events.truncate(1);
+    events.extend(connect(100, 0xa1));
+    events.extend(listen_and_die(0, 200, 9).into_iter().skip(1));
+    events.push(with(state(200, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_sent = 80));
+    events.push(with(ev(Kind::RecvEnd, 200, 0xa1), |e| e.bytes_sent = 80));
+    events.push(status(201, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "crashed"));
+    assert!(v.evidence.iter().any(|e| e.event == "process_exit"));
+}
+
+#[test]
+fn reset_and_early_close_on_an_established_connection() {
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::ResetReceived, 5, 0xa1), |e| e.new_state = Some("ESTABLISHED".into())));
+    events.push(status(6, 502));
+    assert_eq!(one(&events).cause, "reset");
+
+    let mut events = connect(0, 0xa1);
+    events.push(state(5, 0xa1, "ESTABLISHED", "CLOSE_WAIT"));
+    events.push(ev(Kind::RecvEnd, 5, 0xa1));
+    events.push(status(6, 502));
+    let v = one(&events);
+    assert_eq!(v.cause, "closed-early");
+    assert!(v.summary.contains("before sending any response byte"), "{}", v.summary);
+}
+
+#[test]
+fn garbage_and_bad_headers_are_invalid_responses() {
+    for (head, why) in [("this is not http\\r\\n", "not an HTTP response"), ("HTTP/1.1 200 OK\\r\\nX\\x01Bad: y\\r\\n", "invalid header")] {
+        let mut events = connect(0, 0xa1);
+        events.push(with(ev(Kind::ResponseStart, 3, 0xa1), |e| {
+            e.value = 20;
+            e.bytes_recv = 20;
+            e.head = Some(head.into());
+        }));
+        events.push(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"));
+        events.push(status(5, 502));
+        let v = one(&events);
+        assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "invalid-response"), "{head}");
+        assert!(v.summary.contains(why), "{}", v.summary);
+    }
+    // A valid start cut short in the headers is an early close, not an invalid response.
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::ResponseStart, 3, 0xa1), |e| {
+        e.bytes_recv = 27;
+        e.head = Some("HTTP/1.1 200 OK\\r\\nContent-Ty".into());
+    }));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 27));
+    events.push(status(5, 502));
+    let v = one(&events);
+    assert_eq!(v.cause, "closed-early");
+    assert!(v.summary.contains("middle of the response headers"), "{}", v.summary);
+}
+
+#[test]
+fn stall_and_loss_before_a_timeout() {
+    let mut events = connect(0, 0xa1);
+    events.push(state(2000, 0xa1, "ESTABLISHED", "FIN_WAIT1"));
+    events.push(status(2000, 504));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "stalled"));
+
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::Retransmit, 300, 0xa1), |e| e.value = 1));
+    events.push(state(2000, 0xa1, "ESTABLISHED", "FIN_WAIT1"));
+    events.push(status(2000, 504));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Network, "loss"));
+}
+
+#[test]
+fn firewall_and_network_evidence() {
+    // SYN dropped by netfilter, then the gateway's connect timeout.
+    let mut events = vec![ev(Kind::ConnectStart, 0, 0xa1)];
+    events.push(with(ev(Kind::Drop, 1, 0), |e| {
+        e.reason = Some("NETFILTER_DROP".into());
+        e.netns = 4026532000;
+    }));
+    events.push(with(ev(Kind::Retransmit, 1000, 0xa1), |e| e.value = 2));
+    events.push(state(2000, 0xa1, "SYN_SENT", "CLOSE"));
+    events.push(status(2000, 504));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Firewall, "dropped"));
+    assert!(v.summary.contains("4026532000"), "names the netns: {}", v.summary);
+
+    // ICMP admin prohibited vs host unreachable.
+    for (code, class, cause) in [(13, Class::Firewall, "rejected"), (1, Class::Network, "unreachable")] {
+        let mut events = vec![ev(Kind::ConnectStart, 0, 0xa1)];
+        events.push(with(ev(Kind::IcmpError, 1, 0), |e| {
+            e.value = 3 << 8 | code;
+            e.aux = u32::from_le_bytes([10, 0, 0, 254]);
+        }));
+        events.push(with(ev(Kind::SockError, 1, 0xa1), |e| e.value = 113));
+        events.push(state(1, 0xa1, "SYN_SENT", "CLOSE"));
+        events.push(status(2, 502));
+        let v = one(&events);
+        assert_eq!((v.class, v.cause.as_str()), (class, cause), "code {code}");
+        assert!(v.summary.contains("10.0.0.254"), "names the ICMP sender: {}", v.summary);
+    }
+
+    // Immediate connect errors from routing.
+    for (errno, cause) in [(-101, "no-route"), (-22, "no-route"), (-13, "no-route"), (-99, "local-resources")] {
+        let events = vec![with(ev(Kind::ConnectSyscall, 0, 0), |e| e.value = errno), status(1, 502)];
+        let v = one(&events);
+        assert_eq!(v.cause, cause, "errno {errno}");
+    }
+}
+
+#[test]
+fn keepalive_reset_then_retry_is_one_verdict_with_both_attempts() {
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::ResponseStart, 2, 0xa1), |e| {
+        e.bytes_sent = 80;
+        e.bytes_recv = 100;
+    }));
+    // Reuse 5 s later: the request goes out, the upstream resets, nginx retries fresh.
+    events.push(with(ev(Kind::RequestSent, 5000, 0xa1), |e| {
+        e.value = 80;
+        e.bytes_sent = 160;
+        e.bytes_recv = 100;
+    }));
+    events.push(with(ev(Kind::ResetReceived, 5001, 0xa1), |e| e.new_state = Some("ESTABLISHED".into())));
+    events.extend(refused(5002, 0xa2));
+    events.push(status(5003, 502));
+    let v = one(&events);
+    assert_eq!(v.attempts.len(), 2, "{:#?}", v.attempts);
+    assert!(v.attempts[0].reused && !v.attempts[1].reused);
+    assert_eq!(v.cause, "refused", "the last attempt decides");
+}
+
+#[test]
+fn concurrent_requests_link_to_the_attempt_that_failed() {
+    // A slow healthy request in flight on the same worker must not be blamed.
+    let mut events = connect(0, 0xb1);
+    events.extend(refused(100, 0xa1));
+    events.push(status(101, 502));
+    events.push(with(ev(Kind::ResponseStart, 300, 0xb1), |e| e.bytes_recv = 10));
+    let verdicts = judge(&events);
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0].cause, "refused");
+}
+
+#[test]
+fn a_5xx_without_any_attempt_is_unknown_and_says_so() {
+    let v = one(&[status(5, 503)]);
+    assert_eq!(v.class, Class::Unknown);
+    assert!(v.summary.contains("without any upstream connection attempt"));
+}
+
+#[test]
+fn same_events_same_verdicts() {
+    let mut events = listen_and_die(0, 500, 9);
+    events.extend(refused(900, 0xa1));
+    events.push(status(901, 502));
+    events.extend(connect(1000, 0xa2));
+    events.push(state(3000, 0xa2, "ESTABLISHED", "FIN_WAIT1"));
+    events.push(status(3000, 504));
+    assert_eq!(judge(&events), judge(&events));
+}
