@@ -35,6 +35,8 @@ pub enum GatewayKind {
 }
 
 impl GatewayKind {
+    pub const ALL: &[GatewayKind] = &[GatewayKind::Nginx, GatewayKind::Haproxy];
+
     pub fn name(self) -> &'static str {
         match self {
             GatewayKind::Nginx => "nginx",
@@ -42,6 +44,99 @@ impl GatewayKind {
         }
     }
 }
+
+/// A network or firewall fault on the path between the gateway and its upstream, injected with
+/// the real tools (nft, ip link, ip route, ip addr, tc). Upstream *behaviour* faults (resets,
+/// crashes, garbage, stalls) are modes of the lab upstream instead, see `Lab::start_upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// nft in the upstream namespace silently drops SYNs to the upstream port.
+    FwDropSyn,
+    /// nft in the upstream namespace answers with ICMP port unreachable (type 3 code 3).
+    FwRejectPortUnreachable,
+    /// nft in the upstream namespace answers with ICMP communication administratively
+    /// prohibited (type 3 code 13).
+    FwRejectAdminProhibited,
+    /// nft in the upstream namespace answers with a TCP RST.
+    FwRejectTcpReset,
+    /// The upstream's end of the veth is down (the gateway's end loses carrier).
+    LinkDownUpstream,
+    /// The gateway's end of the veth is down (its connected route disappears).
+    LinkDownGateway,
+    /// `ip route add blackhole <up_ip>/32` in the gateway namespace.
+    RouteBlackhole,
+    /// `ip route add unreachable <up_ip>/32` in the gateway namespace.
+    RouteUnreachable,
+    /// `ip route add prohibit <up_ip>/32` in the gateway namespace.
+    RouteProhibit,
+    /// The upstream's address is removed, so ARP for it is never answered; the gateway still
+    /// routes to it on the link.
+    UnreachableHost,
+    /// Packet loss without netem (not in this kernel) and without nft (which would read as a
+    /// firewall): on the upstream's veth egress, an HTB qdisc whose u32 filter sends every
+    /// packet with an odd IP ID to a `pfifo limit 0` leaf, which drops it (a qdisc drop). Linux
+    /// counts IP IDs per connection from a random start, so about every other reply packet is
+    /// lost and its retransmission (next ID) goes through: TCP recovers after an RTO. SYN-ACKs
+    /// from the listener carry ID 0 and always pass.
+    Loss,
+}
+
+impl Fault {
+    pub const ALL: &[Fault] = &[
+        Fault::FwDropSyn,
+        Fault::FwRejectPortUnreachable,
+        Fault::FwRejectAdminProhibited,
+        Fault::FwRejectTcpReset,
+        Fault::LinkDownUpstream,
+        Fault::LinkDownGateway,
+        Fault::RouteBlackhole,
+        Fault::RouteUnreachable,
+        Fault::RouteProhibit,
+        Fault::UnreachableHost,
+        Fault::Loss,
+    ];
+
+    /// Scenario name, as in FAULTS.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::FwDropSyn => "fw-drop",
+            Fault::FwRejectPortUnreachable => "fw-reject-port-unreach",
+            Fault::FwRejectAdminProhibited => "fw-reject-admin-prohib",
+            Fault::FwRejectTcpReset => "fw-reject-tcp-reset",
+            Fault::LinkDownUpstream => "link-down-upstream",
+            Fault::LinkDownGateway => "link-down-gateway",
+            Fault::RouteBlackhole => "route-blackhole",
+            Fault::RouteUnreachable => "route-unreachable",
+            Fault::RouteProhibit => "route-prohibit",
+            Fault::UnreachableHost => "unreachable-host",
+            Fault::Loss => "loss",
+        }
+    }
+
+    /// The nft rule for the firewall faults.
+    fn nft_rule(self) -> Option<&'static str> {
+        Some(match self {
+            Fault::FwDropSyn => "tcp flags & (syn | ack) == syn drop",
+            Fault::FwRejectPortUnreachable => "reject with icmp type port-unreachable",
+            Fault::FwRejectAdminProhibited => "reject with icmp type admin-prohibited",
+            Fault::FwRejectTcpReset => "reject with tcp reset",
+            _ => return None,
+        })
+    }
+
+    /// The route type for the routing faults.
+    fn route_type(self) -> Option<&'static str> {
+        Some(match self {
+            Fault::RouteBlackhole => "blackhole",
+            Fault::RouteUnreachable => "unreachable",
+            Fault::RouteProhibit => "prohibit",
+            _ => return None,
+        })
+    }
+}
+
+/// The nft table the firewall faults live in (in the upstream namespace).
+const NFT_TABLE: &str = "upstrace_lab";
 
 pub struct Gateway {
     pub kind: GatewayKind,
@@ -138,6 +233,81 @@ impl Lab {
         format!("{}:{UPSTREAM_PORT}", self.up_ip)
     }
 
+    /// A lab with the upstream started in `upstream_mode` (none when `None`, so connects are
+    /// refused) and the gateway of `kind` in front of it.
+    pub fn with_gateway(kind: GatewayKind, upstream_mode: Option<&str>) -> Result<Self> {
+        let mut lab = Lab::new()?;
+        if let Some(mode) = upstream_mode {
+            lab.start_upstream(mode)?;
+        }
+        lab.start_gateway(kind)?;
+        Ok(lab)
+    }
+
+    /// Inject one network or firewall fault. Faults add up; `clear_faults` undoes them all.
+    pub fn inject(&mut self, fault: Fault) -> Result<()> {
+        let (gw, up) = (self.gw_ns.clone(), self.up_ns.clone());
+        let (veth_gw, veth_up) = (self.veth_gw(), self.veth_up());
+        let host = format!("{}/32", self.up_ip);
+        let result = if let Some(rule) = fault.nft_rule() {
+            // One nft transaction: table, input chain, rule (the chain may exist already).
+            let script = format!(
+                "add table inet {NFT_TABLE}; \
+                 add chain inet {NFT_TABLE} input {{ type filter hook input priority 0; policy accept; }}; \
+                 add rule inet {NFT_TABLE} input tcp dport {UPSTREAM_PORT} {rule}"
+            );
+            self.exec(&up, &["nft", &script]).map(drop)
+        } else if let Some(kind) = fault.route_type() {
+            sh(&["ip", "-n", &gw, "route", "add", kind, &host]).map(drop)
+        } else {
+            match fault {
+                Fault::LinkDownUpstream => sh(&["ip", "-n", &up, "link", "set", &veth_up, "down"]).map(drop),
+                Fault::LinkDownGateway => sh(&["ip", "-n", &gw, "link", "set", &veth_gw, "down"]).map(drop),
+                Fault::UnreachableHost => sh(&["ip", "-n", &up, "addr", "flush", "dev", &veth_up]).map(drop),
+                Fault::Loss => self.inject_loss(),
+                _ => unreachable!("{fault:?} is an nft or route fault"),
+            }
+        };
+        result.with_context(|| format!("injecting {}", fault.name()))
+    }
+
+    /// See `Fault::Loss`.
+    fn inject_loss(&self) -> Result<()> {
+        let (up, dev) = (self.up_ns.as_str(), self.veth_up());
+        let tc = |args: &[&str]| {
+            let mut all = vec!["tc", "-n", up];
+            all.extend_from_slice(args);
+            sh(&all).map(drop)
+        };
+        tc(&["qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb", "default", "10"])?;
+        tc(&["class", "add", "dev", &dev, "parent", "1:", "classid", "1:10", "htb", "rate", "1gbit"])?;
+        tc(&["class", "add", "dev", &dev, "parent", "1:", "classid", "1:20", "htb", "rate", "1gbit"])?;
+        tc(&["qdisc", "add", "dev", &dev, "parent", "1:20", "handle", "20:", "pfifo", "limit", "0"])?;
+        // IPv4 header bytes 4-5 are the IP ID: odd IDs go to the dropping leaf.
+        tc(&[
+            "filter", "add", "dev", &dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "u16",
+            "0x0001", "0x0001", "at", "4", "flowid", "1:20",
+        ])
+    }
+
+    /// Undo every fault `inject` can add, ignoring what was not there.
+    pub fn clear_faults(&mut self) {
+        let (gw, up) = (self.gw_ns.as_str(), self.up_ns.as_str());
+        let (veth_gw, veth_up) = (self.veth_gw(), self.veth_up());
+        let host = format!("{}/32", self.up_ip);
+        let _ = self.exec(up, &["nft", "delete", "table", "inet", NFT_TABLE]);
+        let _ = sh(&["ip", "-n", up, "link", "set", &veth_up, "up"]);
+        let _ = sh(&["ip", "-n", gw, "link", "set", &veth_gw, "up"]);
+        for kind in ["blackhole", "unreachable", "prohibit"] {
+            let _ = sh(&["ip", "-n", gw, "route", "del", kind, &host]);
+        }
+        let _ = sh(&["tc", "-n", up, "qdisc", "del", "dev", &veth_up, "root"]);
+        // `replace` so an address that is still there is no error.
+        let _ = sh(&["ip", "-n", up, "addr", "replace", &format!("{}/24", self.up_ip), "dev", &veth_up]);
+        // Forget failed ARP lookups, so the next connect does not wait for a stale entry.
+        let _ = sh(&["ip", "-n", gw, "neigh", "flush", "dev", &veth_gw]);
+    }
+
     /// Run a command inside a namespace of this lab and wait for it.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Result<Output> {
         run(Command::new("ip").args(["netns", "exec", ns]).args(args))
@@ -166,8 +336,18 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Stop the upstream the way an operator would (SIGTERM), so it reads as a clean stop,
+    /// not a crash; SIGKILL only if it does not go.
     pub fn stop_upstream(&mut self) {
         if let Some(mut up) = self.upstream.take() {
+            unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = up.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = up.child.kill();
             let _ = up.child.wait();
         }
@@ -186,7 +366,14 @@ impl Lab {
             GatewayKind::Nginx => cmd.args(["nginx", "-c", conf.to_str().unwrap(), "-p", self.dir.to_str().unwrap()]),
             GatewayKind::Haproxy => cmd.args(["haproxy", "-db", "-f", conf.to_str().unwrap()]),
         };
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+        // HAProxy logs to stdout (see its config); nginx writes its own error_log.
+        let stdout = match kind {
+            GatewayKind::Nginx => Stdio::null(),
+            GatewayKind::Haproxy => std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?
+                .into(),
+        };
+        let child = cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn()
             .with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id();
         self.gateway = Some(Gateway { kind, pid, child, log_path });
@@ -256,8 +443,11 @@ http {{
         let conf = format!(
             r#"global
     maxconn 1024
+    log stdout format raw local0 info
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 2s
     timeout client 5s
     timeout server 2s

@@ -19,6 +19,8 @@ const ARG1: usize = 24;
 const EAGAIN: i32 = -11;
 /// A status line must reach the socket within this long of the write that carried it.
 const STATUS_MAX_AGE_NS: u64 = 10_000_000;
+/// Bytes of a response's head kept (status line and the first headers).
+const RESPONSE_HEAD: usize = 128;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -103,11 +105,13 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
                 e.value = ret as i64;
                 e.new_state = owner.tcp_state as u8;
                 if buf != 0 {
-                    let n = if ret < 64 { ret as u32 } else { 64 };
-                    let mut head = [0u8; 64];
-                    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.is_ok() {
-                        e.data[..64].copy_from_slice(&head);
+                    let n = if (ret as usize) < RESPONSE_HEAD { ret as u32 } else { RESPONSE_HEAD as u32 };
+                    let read = unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut e.data[..RESPONSE_HEAD]) };
+                    if read.is_ok() {
                         e.aux = n;
+                    } else if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut e.data[..32]) }.is_ok() {
+                        // The buffer ends close by: settle for less.
+                        e.aux = if n < 32 { n } else { 32 };
                     }
                 }
             });

@@ -87,10 +87,16 @@ struct PendingStatus {
     ev: KernelEvent,
 }
 
+/// A response cut short is judged this long after its connection's last event, so a 5xx
+/// for the same attempt (which takes precedence) has been judged first.
+const TRUNCATION_WAIT_NS: u64 = 200_000_000;
+
 #[derive(Default)]
 pub struct Engine {
     pub tracker: Tracker,
     pending: Vec<PendingStatus>,
+    /// Attempts whose response began and whose connection then ended: maybe cut short.
+    truncation_checks: Vec<u64>,
     now_ns: u64,
     last_expire_ns: u64,
 }
@@ -106,6 +112,13 @@ impl Engine {
         if ev.kind == Kind::HttpStatus && ev.value >= 500 {
             self.pending.push(PendingStatus { ev: ev.clone() });
         }
+        if matches!(ev.kind, Kind::StateChange | Kind::ResetReceived | Kind::RecvEnd) {
+            if let Some(a) = self.tracker.current_attempt(ev.sock) {
+                if a.response_ns.is_some() && a.end_ns().is_some() && !self.truncation_checks.contains(&a.id) {
+                    self.truncation_checks.push(a.id);
+                }
+            }
+        }
         self.advance(ev.ts_ns)
     }
 
@@ -117,6 +130,7 @@ impl Engine {
             let p = self.pending.remove(pos);
             out.push(self.judge(&p.ev));
         }
+        out.extend(self.check_truncations(false));
         if self.now_ns.saturating_sub(self.last_expire_ns) > 5_000_000_000 {
             self.last_expire_ns = self.now_ns;
             self.tracker.expire(self.now_ns);
@@ -127,7 +141,90 @@ impl Engine {
     /// Decide every pending status now (end of a replay or of a live run).
     pub fn flush(&mut self) -> Vec<Verdict> {
         let pending: Vec<PendingStatus> = std::mem::take(&mut self.pending);
-        pending.iter().map(|p| self.judge(&p.ev)).collect()
+        let mut out: Vec<Verdict> = pending.iter().map(|p| self.judge(&p.ev)).collect();
+        out.extend(self.check_truncations(true));
+        out
+    }
+
+    /// Responses whose upstream connection ended before the announced length arrived (or
+    /// with a reset or a crash): the client got the real status and a short body.
+    fn check_truncations(&mut self, all: bool) -> Vec<Verdict> {
+        let now = self.now_ns;
+        let mut out = Vec::new();
+        let mut keep = Vec::new();
+        for id in std::mem::take(&mut self.truncation_checks) {
+            let Some(a) = self.tracker.attempt(id) else { continue };
+            if a.consumed {
+                continue;
+            }
+            if !all && a.last_ns + TRUNCATION_WAIT_NS > now {
+                keep.push(id);
+                continue;
+            }
+            if let Some(v) = self.judge_truncation(a) {
+                out.push(v);
+                if let Some(a) = self.tracker.attempts.get_mut(&id) {
+                    a.consumed = true;
+                }
+            }
+        }
+        self.truncation_checks = keep;
+        out
+    }
+
+    fn judge_truncation(&self, a: &Attempt) -> Option<Verdict> {
+        let head = a.head.as_deref()?;
+        let parsed = ResponseHead::parse(head)?;
+        if matches!(parsed.status, 100..=199 | 204 | 304) {
+            return None;
+        }
+        let end = a.end_ns()?;
+        let crash = self.dead_listener(a, a.started_ns, end + DEATH_WINDOW_NS / 4).filter(|d| d.crashed());
+        let reset = a.rst.is_some() || a.recv_end.is_some_and(|x| x.1 == -104);
+        let expected = parsed.header_len.zip(parsed.content_length).map(|(h, c)| h + c);
+        let short = expected.is_some_and(|total| a.bytes_recv < total);
+        // Without a known length, a FIN is how a response may legitimately end.
+        if !short && !(expected.is_none() && (reset || crash.is_some())) {
+            return None;
+        }
+        let up = a.upstream();
+        let got = match (parsed.header_len, expected) {
+            (Some(h), Some(total)) => format!("{} of {} body bytes", a.bytes_recv.saturating_sub(h), total - h),
+            _ => format!("{} bytes", a.bytes_recv),
+        };
+        let (cause, how, extra) = match crash {
+            Some(d) => {
+                let sig = d.signal.map(signal_name).unwrap_or("an error exit");
+                ("crashed", format!("upstream process {} ({}) died ({sig})", d.pid, d.comm), vec![d.evidence.clone()])
+            }
+            None if reset => ("reset", format!("{up} reset the connection"), vec![]),
+            None => ("closed-early", format!("{up} closed the connection"), vec![]),
+        };
+        let t = end;
+        let ms = |ns: u64| round3((ns as f64 - t as f64) / 1e6);
+        let mut evidence: Vec<EvidenceItem> = a
+            .evidence
+            .iter()
+            .chain(extra.iter())
+            .map(|e| EvidenceItem { t_ms: ms(e.ts_ns), event: e.event.clone(), detail: e.detail.clone() })
+            .collect();
+        evidence.sort_by(|x, y| x.t_ms.total_cmp(&y.t_ms));
+        Some(Verdict {
+            ts_ns: t,
+            gateway: Gateway { pid: a.pid, comm: a.comm.clone() },
+            client: "?".into(),
+            status: parsed.status,
+            delivered: "truncated".into(),
+            upstream: up.clone(),
+            class: Class::Upstream,
+            cause: cause.into(),
+            summary: format!(
+                "a client got {} with a cut-short body: {how} after {got}, once the headers had been passed on",
+                parsed.status
+            ),
+            attempts: vec![summarize(a, t)],
+            evidence,
+        })
     }
 
     pub fn expire(&mut self) {
@@ -421,6 +518,33 @@ impl Engine {
             return (Class::Upstream, "stalled".into(), format!("{gw}: {up} accepted the request but sent no response byte in {waited:.0} ms"), vec![]);
         }
         (Class::Unknown, "undecided".into(), format!("{gw}: the connection to {up} was open but no request was seen on it; evidence does not decide"), vec![])
+    }
+}
+
+/// What the first bytes of a response say about it.
+#[derive(Debug, PartialEq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Length of the header block, if it ended within the captured bytes.
+    pub header_len: Option<u64>,
+    pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    pub fn parse(head: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(head).ok().or_else(|| {
+            let valid = std::str::from_utf8(head).err()?.valid_up_to();
+            std::str::from_utf8(&head[..valid]).ok()
+        })?;
+        let rest = text.strip_prefix("HTTP/1.")?;
+        let status: u16 = rest.get(2..5)?.parse().ok()?;
+        let header_len = text.find("\r\n\r\n").map(|i| (i + 4) as u64);
+        let block = &text[..header_len.map(|h| h as usize).unwrap_or(text.len())];
+        let content_length = block.split("\r\n").find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+        });
+        Some(ResponseHead { status, header_len, content_length })
     }
 }
 

@@ -170,7 +170,7 @@ pub struct KernelEvent {
     /// The head of a status line, for http_status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
-    /// First bytes of the response (escaped), for response_start.
+    /// First bytes of the response (up to 128, escaped), for response_start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
     /// Drop reason name (skb_drop_reason without its prefix), for drop.
@@ -353,11 +353,37 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }),
         reason: None,
         head: (kind == Kind::ResponseStart && raw.aux > 0)
-            .then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(64)])),
+            .then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
     })
 }
 
 impl KernelEvent {
+    /// A `listen` event for a socket that was already listening when tracing began.
+    pub fn listen_snapshot(ts_ns: u64, pid: u32, comm: &str, addr: SocketAddr) -> Self {
+        KernelEvent {
+            kind: Kind::Listen,
+            ts_ns,
+            pid,
+            tid: pid,
+            comm: comm.to_owned(),
+            netns: 0,
+            cgroup: 0,
+            sock: 0,
+            src: Some(addr),
+            dst: None,
+            path: None,
+            old_state: None,
+            new_state: None,
+            value: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            aux: addr.port() as u32,
+            line: None,
+            reason: None,
+            head: None,
+        }
+    }
+
     /// One human sentence for logs and the evidence chain.
     pub fn detail(&self) -> String {
         let peer = self

@@ -1,6 +1,10 @@
 //! Finding the processes to trace in /proc: gateways by pid or by name, and the processes
 //! that hold listening TCP sockets (their deaths explain refusals and resets).
-use std::{collections::BTreeSet, fs};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 /// Gateways upstrace looks for when no --pid or --comm is given.
 pub const DEFAULT_COMMS: &[&str] = &["nginx", "haproxy", "envoy", "caddy", "traefik"];
@@ -27,41 +31,80 @@ pub fn pids_by_comm(comms: &[String]) -> BTreeSet<u32> {
         .collect()
 }
 
-/// Socket inodes of listening TCP sockets (v4 and v6), from /proc/net/tcp*.
-fn listening_inodes() -> BTreeSet<u64> {
-    let mut inodes = BTreeSet::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+/// A process holding a listening TCP socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub addr: SocketAddr,
+}
+
+/// Parse a /proc/net/tcp{,6} address (`0100007F:1F90`).
+fn proc_net_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: IpAddr = match ip.len() {
+        8 => Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes()).into(),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+            }
+            Ipv6Addr::from(bytes).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Listening sockets (inode -> address) in the network namespace `pid` lives in.
+fn listening_sockets(pid: u32) -> HashMap<u64, SocketAddr> {
+    let mut out = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            // st == 0A is TCP_LISTEN; column 9 is the inode.
-            if cols.get(3) == Some(&"0A") {
-                if let Some(inode) = cols.get(9).and_then(|i| i.parse().ok()) {
-                    inodes.insert(inode);
+            // st 0A is TCP_LISTEN; column 9 is the inode.
+            if cols.get(3) != Some(&"0A") {
+                continue;
+            }
+            if let (Some(addr), Some(inode)) = (cols.get(1).and_then(|a| proc_net_addr(a)), cols.get(9).and_then(|i| i.parse().ok())) {
+                out.insert(inode, addr);
+            }
+        }
+    }
+    out
+}
+
+/// Every process holding a listening TCP socket, in every network namespace: the upstreams
+/// whose deaths explain refusals and resets.
+pub fn listeners() -> Vec<ListenerInfo> {
+    let mut by_netns: HashMap<String, HashMap<u64, SocketAddr>> = HashMap::new();
+    let mut found = Vec::new();
+    for pid in all_pids() {
+        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
+        let ns = ns.to_string_lossy().into_owned();
+        let sockets = by_netns.entry(ns).or_insert_with(|| listening_sockets(pid));
+        if sockets.is_empty() {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let mut seen = BTreeSet::new();
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
+                continue;
+            };
+            if let Some(addr) = sockets.get(&inode) {
+                if seen.insert(*addr) {
+                    found.push(ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr: *addr });
                 }
             }
         }
     }
-    inodes
-}
-
-/// Processes (in this netns' view of /proc/net) that hold a listening TCP socket.
-pub fn listener_pids() -> BTreeSet<u32> {
-    let inodes = listening_inodes();
-    if inodes.is_empty() {
-        return BTreeSet::new();
-    }
-    all_pids()
-        .filter(|pid| {
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-            fds.flatten().any(|fd| {
-                fs::read_link(fd.path()).ok().and_then(|t| {
-                    let t = t.to_str()?.to_owned();
-                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
-                }).is_some_and(|i| inodes.contains(&i))
-            })
-        })
-        .collect()
+    found
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -91,6 +134,25 @@ pub fn with_descendants(roots: &BTreeSet<u32>) -> BTreeSet<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_proc_net_addresses() {
+        assert_eq!(proc_net_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            proc_net_addr("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(proc_net_addr("zz:1"), None);
+        assert_eq!(proc_net_addr("0100007F"), None);
+    }
+
+    #[test]
+    fn finds_a_listener_of_this_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let all = listeners();
+        assert!(all.iter().any(|x| x.pid == std::process::id() && x.addr.port() == port), "{all:?}");
+    }
 
     #[test]
     fn finds_children_of_this_process() {

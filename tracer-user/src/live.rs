@@ -11,6 +11,7 @@ use tokio::{
 
 use crate::{
     clock,
+    decode::KernelEvent,
     discover,
     pipeline::Pipeline,
     probes::Probes,
@@ -89,8 +90,12 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
         probes.trace_pid(*pid)?;
         known.insert(*pid);
     }
-    for pid in discover::listener_pids() {
-        probes.watch_listener(pid);
+    // Upstreams already listening (in any netns): watch their deaths, and tell the engine
+    // who owns which port, as if their listen() had been seen.
+    let now = clock::monotonic_ns();
+    for l in discover::listeners() {
+        probes.watch_listener(l.pid);
+        pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
     }
     eprintln!("upstrace: tracing {} ({} processes now)", targets.describe(), known.len());
 

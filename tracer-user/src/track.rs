@@ -275,6 +275,11 @@ impl Tracker {
         self.signals.retain(|_, (ts, _, _)| *ts >= horizon);
     }
 
+    /// The attempt currently on a socket.
+    pub fn current_attempt(&self, sock: u64) -> Option<&Attempt> {
+        self.attempts.get(self.by_sock.get(&sock)?)
+    }
+
     fn current(&mut self, sock: u64) -> Option<&mut Attempt> {
         let id = *self.by_sock.get(&sock)?;
         self.attempts.get_mut(&id)

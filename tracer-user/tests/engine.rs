@@ -81,7 +81,7 @@ fn judge(events: &[KernelEvent]) -> Vec<Verdict> {
         out.extend(engine.handle(e));
     }
     let last = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
-    out.extend(engine.advance(last + SETTLE_NS + MS));
+    out.extend(engine.advance(last + SETTLE_NS + 1000 * MS));
     out
 }
 
@@ -323,4 +323,41 @@ fn same_events_same_verdicts() {
     events.push(state(3000, 0xa2, "ESTABLISHED", "FIN_WAIT1"));
     events.push(status(3000, 504));
     assert_eq!(judge(&events), judge(&events));
+}
+
+#[test]
+fn responses_cut_short_are_flagged_truncated_with_the_real_status() {
+    let head = "HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n";
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::ResponseStart, 3, 0xa1), |e| {
+        e.bytes_recv = 1043;
+        e.head = Some(head.into());
+    }));
+    events.push(with(state(100, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 1043));
+    events.push(with(ev(Kind::RecvEnd, 100, 0xa1), |e| e.bytes_recv = 1043));
+    let v = one(&events);
+    assert_eq!(v.delivered, "truncated");
+    assert_eq!(v.status, 200);
+    assert_eq!(v.cause, "closed-early");
+    assert!(v.summary.contains("1000 of 100000 body bytes"), "{}", v.summary);
+
+    // The whole announced body arrived: a normal end, no verdict.
+    let mut events = connect(0, 0xa1);
+    events.push(with(ev(Kind::ResponseStart, 3, 0xa1), |e| {
+        e.bytes_recv = 47;
+        e.head = Some("HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok".into());
+    }));
+    events.push(with(state(100, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 40));
+    assert!(judge(&events).is_empty());
+}
+
+#[test]
+fn response_heads_are_parsed() {
+    use upstrace::attribute::ResponseHead;
+    let h = ResponseHead::parse(b"HTTP/1.1 206 Partial\r\ncontent-length: 12\r\n\r\nabc").unwrap();
+    assert_eq!(h, ResponseHead { status: 206, header_len: Some(44), content_length: Some(12) });
+    assert_eq!(ResponseHead::parse(b"garbage"), None);
+    assert_eq!(ResponseHead::parse(b"HTTP/1.1 2"), None);
+    let h = ResponseHead::parse(b"HTTP/1.0 200 OK\r\nServer: x\r\nContent-Le").unwrap();
+    assert_eq!((h.header_len, h.content_length), (None, None));
 }
