@@ -79,6 +79,10 @@ pub enum Fault {
     /// lost and its retransmission (next ID) goes through: TCP recovers after an RTO. SYN-ACKs
     /// from the listener carry ID 0 and always pass.
     Loss,
+    /// Loss that stalls an established connection: the same HTB/pfifo-0 trap, but for every
+    /// upstream packet with the PSH flag (all response data, and its retransmissions); SYN-ACKs
+    /// and pure ACKs pass, so the connection opens and the request is acknowledged.
+    LossStall,
 }
 
 impl Fault {
@@ -94,6 +98,7 @@ impl Fault {
         Fault::RouteProhibit,
         Fault::UnreachableHost,
         Fault::Loss,
+        Fault::LossStall,
     ];
 
     /// Scenario name, as in FAULTS.md.
@@ -110,6 +115,7 @@ impl Fault {
             Fault::RouteProhibit => "route-prohibit",
             Fault::UnreachableHost => "unreachable-host",
             Fault::Loss => "loss",
+            Fault::LossStall => "loss-stall",
         }
     }
 
@@ -264,15 +270,17 @@ impl Lab {
                 Fault::LinkDownUpstream => sh(&["ip", "-n", &up, "link", "set", &veth_up, "down"]).map(drop),
                 Fault::LinkDownGateway => sh(&["ip", "-n", &gw, "link", "set", &veth_gw, "down"]).map(drop),
                 Fault::UnreachableHost => sh(&["ip", "-n", &up, "addr", "flush", "dev", &veth_up]).map(drop),
-                Fault::Loss => self.inject_loss(),
+                Fault::Loss => self.inject_loss(&["u16", "0x0001", "0x0001", "at", "4"]),
+                // TCP flags are byte 13 of the TCP header: 33 without IP options; 0x08 = PSH.
+                Fault::LossStall => self.inject_loss(&["u8", "0x08", "0x08", "at", "33"]),
                 _ => unreachable!("{fault:?} is an nft or route fault"),
             }
         };
         result.with_context(|| format!("injecting {}", fault.name()))
     }
 
-    /// See `Fault::Loss`.
-    fn inject_loss(&self) -> Result<()> {
+    /// See `Fault::Loss`: packets matching the u32 `selector` are dropped by a qdisc.
+    fn inject_loss(&self, selector: &[&str]) -> Result<()> {
         let (up, dev) = (self.up_ns.as_str(), self.veth_up());
         let tc = |args: &[&str]| {
             let mut all = vec!["tc", "-n", up];
@@ -283,11 +291,10 @@ impl Lab {
         tc(&["class", "add", "dev", &dev, "parent", "1:", "classid", "1:10", "htb", "rate", "1gbit"])?;
         tc(&["class", "add", "dev", &dev, "parent", "1:", "classid", "1:20", "htb", "rate", "1gbit"])?;
         tc(&["qdisc", "add", "dev", &dev, "parent", "1:20", "handle", "20:", "pfifo", "limit", "0"])?;
-        // IPv4 header bytes 4-5 are the IP ID: odd IDs go to the dropping leaf.
-        tc(&[
-            "filter", "add", "dev", &dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "u16",
-            "0x0001", "0x0001", "at", "4", "flowid", "1:20",
-        ])
+        let mut filter = vec!["filter", "add", "dev", &dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match"];
+        filter.extend_from_slice(selector);
+        filter.extend_from_slice(&["flowid", "1:20"]);
+        tc(&filter)
     }
 
     /// Undo every fault `inject` can add, ignoring what was not there.

@@ -3,6 +3,7 @@
 //! tools (nft, ip route, ip link). Shared by the integration tests, `cargo xtask demo` and the
 //! benchmarks. All traffic stays inside namespaces the lab creates itself.
 pub mod lab;
+pub mod matrix;
 pub mod tracer;
 
 /// True when running as root; otherwise prints why a root test is skipped. In CI (CI set),

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | test | demo`.
 mod demo;
+mod lab;
 mod setup;
 
 use std::process::Command;
@@ -23,6 +24,18 @@ enum Task {
     /// Setup, build, and run every test (root integration tests included).
     Test,
     /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
+    /// Setup, build, and run the fault matrix: every scenario on nginx and HAProxy.
+    Lab {
+        /// Only this gateway (nginx or haproxy).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Only this scenario.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Keep each row's trace in this directory.
+        #[arg(long)]
+        save_traces: Option<std::path::PathBuf>,
+    },
     Demo {
         /// Seconds to run (default: until Ctrl-C or all faults shown).
         #[arg(long = "for")]
@@ -69,6 +82,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             test()
+        }
+        Task::Lab { gateway, scenario, save_traces } => {
+            setup::run()?;
+            build()?;
+            lab::run(gateway, scenario, save_traces)
         }
         Task::Demo { duration } => {
             setup::run()?;

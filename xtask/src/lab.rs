@@ -1,0 +1,45 @@
+//! `cargo xtask lab`: run the fault matrix and print scenario x gateway -> gateway status,
+//! expected verdict, upstrace's verdict, pass/fail.
+use anyhow::{Result, bail};
+use upstrace_lab::{
+    lab::GatewayKind,
+    matrix::{self, SCENARIOS},
+};
+
+pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Option<std::path::PathBuf>) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab creates network namespaces and loads eBPF programs: run it as root");
+    }
+    let root = crate::workspace_root();
+    // SAFETY: single-threaded here.
+    unsafe {
+        std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream"));
+        std::env::set_var("UPSTRACE_BIN", root.join("target/release/upstrace"));
+    }
+    if let Some(dir) = &save_traces {
+        std::fs::create_dir_all(dir)?;
+    }
+    let gateways: Vec<GatewayKind> = [GatewayKind::Nginx, GatewayKind::Haproxy]
+        .into_iter()
+        .filter(|g| gateway.as_deref().is_none_or(|want| want == g.name()))
+        .collect();
+    println!("{}", matrix::table_header());
+    let (mut passed, mut total) = (0, 0);
+    for s in SCENARIOS.iter().filter(|s| scenario.as_deref().is_none_or(|want| want == s.name)) {
+        for &gw in &gateways {
+            total += 1;
+            let trace = save_traces.as_ref().map(|d| d.join(format!("{}-{}.jsonl", s.name, gw.name())));
+            match matrix::run(s, gw, trace.as_deref()) {
+                Ok(row) => {
+                    if row.pass {
+                        passed += 1;
+                    }
+                    println!("{}", matrix::table_line(&row));
+                }
+                Err(e) => println!("{:<24} {:<8} ERROR {e:#}", s.name, gw.name()),
+            }
+        }
+    }
+    println!("\nlab: {passed} of {total} rows as expected");
+    Ok(())
+}
