@@ -324,7 +324,7 @@ impl Tracker {
                 }
                 // The gateway aborting its own pending connect (close with linger 0) reports
                 // ECONNRESET with no RST from the peer: that is a local give-up.
-                if ev.value == 104 && a.rst.is_none() && a.connected_ns.is_none() {
+                if ev.value == 104 && a.rst.is_none() && (a.connected_ns.is_none() || a.rst_sent_ns.is_some()) {
                     a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
                     return;
                 }
@@ -423,10 +423,19 @@ impl Tracker {
         if ev.value < 0 {
             let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).copied();
             if let Some(a) = recent.and_then(|id| self.attempts.get_mut(&id)) {
-                if a.dst == ev.dst && ev.ts_ns.saturating_sub(a.started_ns) < 5_000_000 && a.connected_ns.is_none() {
+                let polled = a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
+                if polled {
                     a.touch(ev);
-                    a.connect_err = Some((ev.ts_ns, ev.value));
-                    a.local_close_ns = None;
+                    let errno = -ev.value;
+                    if matches!(errno, 99 | 24 | 23) {
+                        // The SYN never left: no local port or descriptor.
+                        a.connect_err = Some((ev.ts_ns, ev.value));
+                        a.local_close_ns = None;
+                    } else {
+                        // An event loop polling its pending connect (HAProxy) learns the
+                        // outcome the TCP hooks already saw: the same fact as a socket error.
+                        a.sock_err = a.sock_err.or(Some((ev.ts_ns, errno)));
+                    }
                     return;
                 }
             }
