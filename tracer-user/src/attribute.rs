@@ -358,6 +358,17 @@ impl Engine {
             })
     }
 
+    /// An accept-queue overflow of the attempt's upstream port seen around its lifetime.
+    fn overflow_for(&self, a: &Attempt, from: u64, until: u64) -> Option<&(u64, SocketAddr, Evidence)> {
+        let dst = a.dst?;
+        self.tracker.overflows.iter().rev().find(|(ts, addr, _)| {
+            addr.port() == dst.port()
+                && (addr.ip().is_unspecified() || addr.ip() == dst.ip())
+                && *ts + 2_000_000_000 >= from
+                && *ts <= until + 1_000_000_000
+        })
+    }
+
     fn decide(&self, a: &Attempt, status: &KernelEvent) -> (Class, String, String, Vec<Evidence>) {
         let up = a.upstream();
         let gw = format!("{} answered {}", status.comm, status.value);
@@ -447,8 +458,11 @@ impl Engine {
             return (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection (RST to SYN): nothing listening on that port, no firewall drop seen on this host"), vec![]);
         }
 
-        // 5. Never connected, no RST: unreachable, timed out.
+        // 5. Never connected, no RST: a full accept queue, unreachable, timed out.
         if never_connected {
+            if let Some((_, addr, ev)) = self.overflow_for(a, a.started_ns, end) {
+                return (Class::Upstream, "overloaded".into(), format!("{gw}: {up} is overloaded: the accept queue on {addr} was full, so its SYNs were dropped ({} SYN retransmits)", a.syn_retransmits), vec![ev.clone()]);
+            }
             let retrans = a.syn_retransmits;
             return match a.sock_err.map(|x| x.1) {
                 Some(113) => (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable (EHOSTUNREACH after {retrans} SYN retransmits, no ICMP seen: the host does not answer ARP)"), vec![]),

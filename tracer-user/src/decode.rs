@@ -25,6 +25,9 @@ pub enum Kind {
     Listen,
     Drop,
     IcmpError,
+    /// Sampled by userspace, not the kernel: a listening socket's accept queue is full
+    /// (`value` = queue length, `aux` = its limit).
+    ListenOverflow,
 }
 
 impl From<EventKind> for Kind {
@@ -384,6 +387,14 @@ impl KernelEvent {
         }
     }
 
+    pub fn listen_overflow(ts_ns: u64, pid: u32, comm: &str, addr: SocketAddr, queued: u32, limit: u32) -> Self {
+        let mut ev = Self::listen_snapshot(ts_ns, pid, comm, addr);
+        ev.kind = Kind::ListenOverflow;
+        ev.value = queued as i64;
+        ev.aux = limit;
+        ev
+    }
+
     /// One human sentence for logs and the evidence chain.
     pub fn detail(&self) -> String {
         let peer = self
@@ -461,6 +472,14 @@ impl KernelEvent {
                 std::net::Ipv4Addr::from(self.aux.to_le_bytes()),
                 self.src.map(|a| a.to_string()).unwrap_or_default(),
                 peer
+            ),
+            Kind::ListenOverflow => format!(
+                "accept queue of {} ({}) on {} is full: {} of {} connections waiting, new SYNs are dropped",
+                self.pid,
+                self.comm,
+                self.src.map(|a| a.to_string()).unwrap_or_default(),
+                self.value,
+                self.aux
             ),
             Kind::ProcessFork => format!("{} {} forked child {}", self.comm, self.pid, self.aux),
             Kind::Listen => format!(

@@ -58,6 +58,36 @@ fn proc_net_addr(field: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// Listening sockets whose accept queue is full, in the netns `pid` lives in:
+/// (address, queued, limit). For a LISTEN socket /proc/net/tcp shows the accept queue length
+/// as rx_queue and its limit as tx_queue.
+pub fn full_accept_queues(pid: u32) -> Vec<(SocketAddr, u32, u32)> {
+    let mut out = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(3) != Some(&"0A") {
+                continue;
+            }
+            let Some((tx, rx)) = cols.get(4).and_then(|q| q.split_once(':')) else { continue };
+            let (Ok(limit), Ok(queued)) = (u32::from_str_radix(tx, 16), u32::from_str_radix(rx, 16)) else { continue };
+            // The kernel refuses new connections once the queue holds more than the limit.
+            if queued > limit || (limit > 0 && queued >= limit) {
+                if let Some(addr) = cols.get(1).and_then(|a| proc_net_addr(a)) {
+                    out.push((addr, queued, limit));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Network namespace identity of a process (`net:[4026531840]`).
+pub fn netns_of(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/ns/net")).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
 /// Listening sockets (inode -> address) in the network namespace `pid` lives in.
 fn listening_sockets(pid: u32) -> HashMap<u64, SocketAddr> {
     let mut out = HashMap::new();

@@ -93,10 +93,15 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     // Upstreams already listening (in any netns): watch their deaths, and tell the engine
     // who owns which port, as if their listen() had been seen.
     let now = clock::monotonic_ns();
+    let mut listener_pids = BTreeSet::new();
     for l in discover::listeners() {
         probes.watch_listener(l.pid);
+        listener_pids.insert(l.pid);
         pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
     }
+    let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
+    // Full accept queues, and when each was last reported (again every second while full).
+    let mut overflowing: std::collections::HashMap<std::net::SocketAddr, u64> = Default::default();
     eprintln!("upstrace: tracing {} ({} processes now)", targets.describe(), known.len());
 
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both are dropped.
@@ -149,6 +154,32 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                 known.retain(|&pid| discover::pid_exists(pid));
             }
             _ = verdict_tick.tick() => pipeline.tick(clock::monotonic_ns())?,
+            _ = queue_tick.tick() => {
+                // Accept-queue overflow drops SYNs without a drop reason on some kernels:
+                // sample the listeners' queues instead (one read per network namespace).
+                listener_pids.extend(pipeline.engine.tracker.listener_pids());
+                listener_pids.retain(|&p| discover::pid_exists(p));
+                let mut seen_ns = BTreeSet::new();
+                let mut now_full = std::collections::HashMap::new();
+                let now = clock::monotonic_ns();
+                for &pid in &listener_pids {
+                    let Some(ns) = discover::netns_of(pid) else { continue };
+                    if !seen_ns.insert(ns) {
+                        continue;
+                    }
+                    for (addr, queued, limit) in discover::full_accept_queues(pid) {
+                        let last = overflowing.get(&addr).copied();
+                        if last.is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000) {
+                            let owner = pipeline.engine.tracker.listener_of(addr).unwrap_or((pid, String::new()));
+                            pipeline.event(&KernelEvent::listen_overflow(now, owner.0, &owner.1, addr, queued, limit))?;
+                            now_full.insert(addr, now);
+                        } else {
+                            now_full.insert(addr, last.unwrap_or(now));
+                        }
+                    }
+                }
+                overflowing = now_full;
+            }
             _ = stats_tick.tick() => {
                 stats.kernel = probes.counters();
                 write_stats(&mut pipeline.sink, &stats, known.len())?;

@@ -212,10 +212,27 @@ pub struct Tracker {
     pub listeners: HashMap<u16, Vec<Listener>>,
     /// Drops and ICMP errors not (yet) matched to an attempt, matched again at verdict time.
     pub loose_packets: VecDeque<KernelEvent>,
+    /// Accept queues seen full: (time, listen address, event).
+    pub overflows: VecDeque<(u64, SocketAddr, Evidence)>,
     pub evicted: u64,
 }
 
 impl Tracker {
+    /// Pids known to listen (for sampling their accept queues).
+    pub fn listener_pids(&self) -> Vec<u32> {
+        self.listeners.values().flatten().map(|l| l.pid).collect()
+    }
+
+    /// The latest known owner of a listening address.
+    pub fn listener_of(&self, addr: SocketAddr) -> Option<(u32, String)> {
+        self.listeners
+            .get(&addr.port())?
+            .iter()
+            .rev()
+            .find(|l| l.addr.is_none_or(|a| a.ip() == addr.ip()))
+            .map(|l| (l.pid, l.comm.clone()))
+    }
+
     pub fn attempt(&self, id: u64) -> Option<&Attempt> {
         self.attempts.get(&id)
     }
@@ -268,6 +285,9 @@ impl Tracker {
         }
         while self.deaths.front().is_some_and(|d| d.ts_ns < horizon) {
             self.deaths.pop_front();
+        }
+        while self.overflows.front().is_some_and(|o| o.0 < horizon) {
+            self.overflows.pop_front();
         }
         while self.loose_packets.front().is_some_and(|p| p.ts_ns < horizon) {
             self.loose_packets.pop_front();
@@ -407,6 +427,14 @@ impl Tracker {
                     self.loose_packets.push_back(ev.clone());
                     if self.loose_packets.len() > MAX_HOST_FACTS {
                         self.loose_packets.pop_front();
+                    }
+                }
+            }
+            Kind::ListenOverflow => {
+                if let Some(addr) = ev.src {
+                    self.overflows.push_back((ev.ts_ns, addr, Evidence::from_event(ev)));
+                    if self.overflows.len() > MAX_HOST_FACTS {
+                        self.overflows.pop_front();
                     }
                 }
             }

@@ -361,3 +361,22 @@ fn response_heads_are_parsed() {
     let h = ResponseHead::parse(b"HTTP/1.0 200 OK\r\nServer: x\r\nContent-Le").unwrap();
     assert_eq!((h.header_len, h.content_length), (None, None));
 }
+
+#[test]
+fn a_full_accept_queue_explains_unanswered_syns() {
+    let mut events = vec![KernelEvent::listen_overflow(
+        1_000_000 * MS - 1500 * MS,
+        777,
+        "app",
+        "0.0.0.0:8081".parse().unwrap(),
+        2,
+        1,
+    )];
+    events.push(ev(Kind::ConnectStart, 0, 0xa1));
+    events.push(with(ev(Kind::Retransmit, 1000, 0xa1), |e| e.value = 2));
+    events.push(state(2000, 0xa1, "SYN_SENT", "CLOSE"));
+    events.push(status(2000, 504));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "overloaded"));
+    assert!(v.evidence.iter().any(|e| e.event == "listen_overflow"));
+}
