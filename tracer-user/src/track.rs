@@ -152,7 +152,11 @@ impl Attempt {
 
     /// Did it deliver a response and end normally? Then it cannot explain an error.
     pub fn succeeded(&self) -> bool {
-        self.response_ns.is_some() && self.rst.is_none() && self.sock_err.is_none() && self.recv_end.is_none_or(|(_, v)| v == 0)
+        self.response_ns.is_some()
+            && self.rst.is_none()
+            && self.sock_err.is_none()
+            && self.recv_end.is_none_or(|(_, v)| v == 0)
+            && self.head.as_deref().is_none_or(|h| crate::attribute::invalid_http(h).is_none())
     }
 
     fn touch(&mut self, ev: &KernelEvent) {
