@@ -15,3 +15,4 @@ pub mod record;
 pub mod replay;
 pub mod sink;
 pub mod track;
+pub mod tui;

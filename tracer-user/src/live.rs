@@ -64,27 +64,47 @@ impl Stats {
     }
 }
 
-pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -> Result<Stats> {
+/// The checks that give one clear line, without loading anything.
+pub fn preflight(opts: &Options) -> Result<()> {
     for &pid in &opts.pids {
         if !discover::pid_exists(pid) {
             bail!("no such process: {pid}");
         }
     }
-    let targets = Targets {
+    crate::probes::preflight(&crate::probes::btf_path())?;
+    if !opts.wait && targets(opts).scan().is_empty() {
+        bail!("no gateway process found ({}); start one, pass --pid, or use --wait", targets(opts).describe());
+    }
+    Ok(())
+}
+
+fn targets(opts: &Options) -> Targets {
+    Targets {
         pids: opts.pids.clone(),
         comms: if opts.comms.is_empty() {
             discover::DEFAULT_COMMS.iter().map(|s| s.to_string()).collect()
         } else {
             opts.comms.clone()
         },
-    };
+    }
+}
+
+pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -> Result<Stats> {
+    for &pid in &opts.pids {
+        if !discover::pid_exists(pid) {
+            bail!("no such process: {pid}");
+        }
+    }
+    let targets = targets(&opts);
     let initial = targets.scan();
     if initial.is_empty() && !opts.wait {
         bail!("no gateway process found ({}); start one, pass --pid, or use --wait", targets.describe());
     }
 
     let (mut probes, ring) = Probes::load()?;
-    eprintln!("upstrace: {}", probes.report);
+    if pipeline.observer.is_none() {
+        eprintln!("upstrace: {}", probes.report);
+    }
     let mut known = BTreeSet::new();
     for pid in &initial {
         probes.trace_pid(*pid)?;
@@ -102,7 +122,13 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
     // Full accept queues, and when each was last reported (again every second while full).
     let mut overflowing: std::collections::HashMap<std::net::SocketAddr, u64> = Default::default();
-    eprintln!("upstrace: tracing {} ({} processes now)", targets.describe(), known.len());
+    if pipeline.observer.is_none() {
+        eprintln!("upstrace: tracing {} ({} processes now)", targets.describe(), known.len());
+    }
+    if let Some(o) = pipeline.observer.as_mut() {
+        let traced: Vec<(u32, String)> = known.iter().map(|&p| (p, discover::comm_of(p).unwrap_or_default())).collect();
+        o.started(&probes.report, &traced);
+    }
 
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both are dropped.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -153,7 +179,13 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                 }
                 known.retain(|&pid| discover::pid_exists(pid));
             }
-            _ = verdict_tick.tick() => pipeline.tick(clock::monotonic_ns())?,
+            _ = verdict_tick.tick() => {
+                let now = clock::monotonic_ns();
+                pipeline.tick(now)?;
+                if !pipeline.poll(now)? {
+                    break;
+                }
+            }
             _ = queue_tick.tick() => {
                 // Accept-queue overflow drops SYNs without a drop reason on some kernels:
                 // sample the listeners' queues instead (one read per network namespace).
@@ -179,9 +211,19 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                     }
                 }
                 overflowing = now_full;
+                if let Some(o) = pipeline.observer.as_mut() {
+                    let mut lost: Vec<(String, u64)> = probes.counters().iter().map(|(n, v)| (n.to_string(), *v)).collect();
+                    lost.push(("decode_errors".into(), stats.decode_errors));
+                    o.stats(lost);
+                }
             }
             _ = stats_tick.tick() => {
                 stats.kernel = probes.counters();
+                if let Some(o) = pipeline.observer.as_mut() {
+                    let mut lost: Vec<(String, u64)> = stats.kernel.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+                    lost.push(("decode_errors".into(), stats.decode_errors));
+                    o.stats(lost);
+                }
                 write_stats(&mut pipeline.sink, &stats, known.len())?;
             }
             _ = &mut deadline => break,

@@ -1,4 +1,9 @@
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use upstrace::{
@@ -8,6 +13,7 @@ use upstrace::{
     record::Recorder,
     replay::{self, Pace},
     sink::{Format, Sink},
+    tui::Dashboard,
 };
 
 /// Why is my gateway returning 502? Traces the connections between gateway processes
@@ -24,9 +30,12 @@ struct Cli {
     /// Trace processes with this name (repeatable; default: nginx, haproxy, envoy, caddy, traefik).
     #[arg(long = "comm", value_name = "NAME")]
     comms: Vec<String>,
-    /// Print JSON Lines on stdout (verdicts, events, stats).
-    #[arg(long)]
+    /// Print JSON Lines on stdout (verdicts, events, stats) instead of the dashboard.
+    #[arg(long, conflicts_with = "text")]
     json: bool,
+    /// Print plain text lines instead of the dashboard (the default when stdout is not a terminal).
+    #[arg(long)]
+    text: bool,
     /// Leave raw kernel events out of the output (verdicts and stats only).
     #[arg(long)]
     no_events: bool,
@@ -55,13 +64,28 @@ enum Command {
         /// Replay as fast as possible (the default).
         #[arg(long)]
         fast: bool,
-        /// Print JSON Lines.
-        #[arg(long)]
+        /// Print JSON Lines instead of the dashboard.
+        #[arg(long, conflicts_with = "text")]
         json: bool,
+        /// Print plain text lines instead of the dashboard.
+        #[arg(long)]
+        text: bool,
         /// Print the raw events too.
         #[arg(long)]
         events: bool,
     },
+}
+
+/// Where output goes: JSON or text lines on stdout, or nowhere when the dashboard owns it.
+fn output(json: bool, events: bool, boot: i128, dashboard: bool) -> Pipeline<Box<dyn Write>> {
+    let (out, format): (Box<dyn Write>, Format) = if dashboard {
+        (Box::new(std::io::sink()), Format::Text)
+    } else if json {
+        (Box::new(std::io::stdout()), Format::Json)
+    } else {
+        (Box::new(std::io::stdout()), Format::Text)
+    };
+    Pipeline::new(Sink::new(out, format, events, boot))
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -69,18 +93,21 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::Replay { file, speed, fast: _, json, events }) = cli.command {
+    if let Some(Command::Replay { file, speed, fast: _, json, text, events }) = cli.command {
         let pace = match speed {
             Some(s) if s.is_finite() && s > 0.0 => Pace::Speed(s),
             Some(_) => anyhow::bail!("--speed must be a positive number"),
             None => Pace::Fast,
         };
-        let format = if json { Format::Json } else { Format::Text };
-        // Wall-clock stamps come from the trace's header when it has one.
-        let info = replay::read_events(&file, |_| Ok(())).map(|i| i.boot_offset_ns).unwrap_or(None);
-        let sink = Sink::new(std::io::stdout(), format, events, info.unwrap_or(0));
-        let mut pipeline = Pipeline::new(sink);
+        // Wall-clock stamps come from the trace's header (or its first event).
+        let boot = replay::read_events(&file, |_| Ok(())).map(|i| i.boot_offset_ns)?.unwrap_or(0);
+        let dashboard = !json && !text && std::io::stdout().is_terminal();
+        let mut pipeline = output(json, events, boot, dashboard);
+        if dashboard {
+            pipeline.observer = Some(Box::new(Dashboard::start(&format!("replay {}", file.display()), boot)?));
+        }
         let info = replay::run(&file, pace, &mut pipeline).await?;
+        drop(pipeline.observer.take());
         eprintln!("upstrace: replayed {} events, {} verdicts", info.events, pipeline.verdicts);
         return Ok(());
     }
@@ -91,14 +118,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         duration: cli.duration.map(|d| seconds("for", d)).transpose()?,
         stats_interval: seconds("stats-interval", cli.stats_interval.max(0.1))?,
     };
-    let format = if cli.json { Format::Json } else { Format::Text };
     let boot = clock::boot_offset_ns();
-    let sink = Sink::new(std::io::stdout(), format, !cli.no_events, boot);
-    let mut pipeline = Pipeline::new(sink);
+    let dashboard = !cli.json && !cli.text && std::io::stdout().is_terminal();
+    let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard);
     if let Some(path) = &cli.record {
         pipeline.recorder = Some(Recorder::create(path, boot)?);
     }
-    live::run(opts, &mut pipeline).await?;
+    if dashboard {
+        // Checks that print one clear line must run before the terminal switches screens.
+        live::preflight(&opts)?;
+        pipeline.observer = Some(Box::new(Dashboard::start("live", boot)?));
+    }
+    let result = live::run(opts, &mut pipeline).await;
+    drop(pipeline.observer.take());
+    result?;
     Ok(())
 }
 

@@ -4,17 +4,33 @@ use anyhow::Result;
 
 use crate::{attribute::Engine, attribute::Verdict, decode::KernelEvent, record::Recorder, sink::Sink};
 
+/// A live view of the pipeline (the dashboard). Every method has a do-nothing default.
+pub trait Observer {
+    /// Tracing began: programs attached/skipped, traced (pid, comm).
+    fn started(&mut self, _report: &crate::probes::AttachReport, _traced: &[(u32, String)]) {}
+    fn event(&mut self, _ev: &KernelEvent) {}
+    fn verdict(&mut self, _v: &Verdict) {}
+    fn stats(&mut self, _lost: Vec<(String, u64)>) {}
+    /// Called every few ms with the current CLOCK_MONOTONIC time; false asks to stop.
+    fn poll(&mut self, _now_ns: u64) -> Result<bool> {
+        Ok(true)
+    }
+    /// The source has no more events (end of a replay).
+    fn finished(&mut self, _what: &str) {}
+}
+
 pub struct Pipeline<W: std::io::Write> {
     pub engine: Engine,
     pub sink: Sink<W>,
     pub recorder: Option<Recorder>,
     pub verdicts: u64,
     pub collected: Option<Vec<Verdict>>,
+    pub observer: Option<Box<dyn Observer>>,
 }
 
 impl<W: std::io::Write> Pipeline<W> {
     pub fn new(sink: Sink<W>) -> Self {
-        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None }
+        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None, observer: None }
     }
 
     /// Keep every verdict in memory too (tests, reports).
@@ -37,6 +53,9 @@ impl<W: std::io::Write> Pipeline<W> {
             r.event(ev);
         }
         self.sink.event(ev)?;
+        if let Some(o) = self.observer.as_mut() {
+            o.event(ev);
+        }
         let verdicts = self.engine.handle(ev);
         self.emit(verdicts)
     }
@@ -45,6 +64,14 @@ impl<W: std::io::Write> Pipeline<W> {
     pub fn tick(&mut self, now_ns: u64) -> Result<()> {
         let verdicts = self.engine.advance(now_ns);
         self.emit(verdicts)
+    }
+
+    /// Let the observer run (keys, redraw); false when it asks to stop.
+    pub fn poll(&mut self, now_ns: u64) -> Result<bool> {
+        match self.observer.as_mut() {
+            Some(o) => o.poll(now_ns),
+            None => Ok(true),
+        }
     }
 
     /// Decide what is still pending (end of input).
@@ -60,6 +87,9 @@ impl<W: std::io::Write> Pipeline<W> {
             self.sink.verdict(v)?;
             if let Some(r) = self.recorder.as_mut() {
                 r.verdict(v);
+            }
+            if let Some(o) = self.observer.as_mut() {
+                o.verdict(v);
             }
         }
         if !verdicts.is_empty() {

@@ -105,18 +105,45 @@ pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipe
         events.push(ev);
         Ok(())
     })?;
-    for ev in events {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stopped = false;
+    'events: for ev in events {
         if let (Pace::Speed(speed), Some(prev)) = (&pace, last_ts) {
-            let gap = ev.ts_ns.saturating_sub(prev) as f64 / speed;
-            if gap > 1e5 {
-                tokio::time::sleep(Duration::from_nanos(gap.min(5e9) as u64)).await;
+            // Sleep in small steps so keys stay responsive during long gaps.
+            let mut gap = (ev.ts_ns.saturating_sub(prev) as f64 / speed).min(5e9);
+            while gap > 1e5 {
+                let step = gap.min(5e7);
+                tokio::time::sleep(Duration::from_nanos(step as u64)).await;
+                gap -= step;
+                if !pipeline.poll(prev)? {
+                    stopped = true;
+                    break 'events;
+                }
             }
         }
         last_ts = Some(ev.ts_ns);
         pipeline.tick(ev.ts_ns)?;
         pipeline.event(&ev)?;
+        if !pipeline.poll(ev.ts_ns)? {
+            stopped = true;
+            break;
+        }
     }
     pipeline.finish()?;
+    if let Some(o) = pipeline.observer.as_mut() {
+        o.finished(&format!("replay done: {} events", info.events));
+    }
+    // With a dashboard, stay until the person quits (or SIGTERM).
+    while !stopped && pipeline.observer.is_some() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(30)) => {
+                if !pipeline.poll(last_ts.unwrap_or(0))? {
+                    break;
+                }
+            }
+            _ = sigterm.recv() => break,
+        }
+    }
     if info.truncated_tail {
         eprintln!("upstrace: warning: {}: the last line was cut short (writer stopped mid-line) and was ignored", path.display());
     }
