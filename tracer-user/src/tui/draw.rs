@@ -60,16 +60,16 @@ fn draw_header(frame: &mut Frame, state: &State, area: Rect) {
         h.gateways.iter().map(|(c, p)| format!("{c} ×{}", p.len())).collect::<Vec<_>>().join(" ")
     };
     let up = state.uptime_secs();
-    let mut first = vec![
-        Span::styled(" upstrace ", Style::new().bold().reversed()),
+    let mut first = vec![Span::styled(" upstrace ", Style::new().bold().reversed())];
+    if state.paused {
+        first.push(Span::styled(" PAUSED ", Style::new().bold().fg(Color::Black).bg(Color::Yellow)));
+    }
+    first.extend([
         Span::raw(format!(" {} ", h.source)),
         Span::raw(format!("│ {gateways} ")),
         Span::raw(format!("│ netns {} ", if h.netns.is_empty() { "-".into() } else { h.netns.len().to_string() })),
         Span::raw(format!("│ up {:02}:{:02}:{:02} ", up / 3600, up / 60 % 60, up % 60)),
-    ];
-    if state.paused {
-        first.push(Span::styled(" PAUSED ", Style::new().bold().fg(Color::Black).bg(Color::Yellow)));
-    }
+    ]);
     let lost = if state.lost_total > 0 {
         Span::styled(format!(" LOST {} events ", state.lost_total), Style::new().bold().fg(Color::White).bg(Color::Red))
     } else {
@@ -80,14 +80,15 @@ fn draw_header(frame: &mut Frame, state: &State, area: Rect) {
     } else {
         format!("programs {} attached, {} skipped", h.attached.len(), h.skipped.len())
     };
+    // Losses first on the line, so no terminal width can hide them.
     let second = Line::from(vec![
+        lost,
         Span::raw(format!(
-            " {programs} │ {} events, {:.0}/s │ {} verdicts │ ",
+            " {} events, {:.0}/s │ {} verdicts │ {programs}",
             state.events,
             state.events_per_sec(),
             state.verdicts.len()
         )),
-        lost,
         Span::raw(state.finished.as_deref().map(|f| format!(" │ {f}")).unwrap_or_default()),
     ]);
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
@@ -97,7 +98,7 @@ fn draw_history(frame: &mut Frame, state: &State, area: Rect) {
     let block = Block::bordered().title(" 5xx/s by class ");
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let label_w = 10u16;
+    let label_w = 13u16;
     let width = inner.width.saturating_sub(label_w) as usize;
     let now_s = state.now_ns / 1_000_000_000;
     let rows = Layout::vertical([Constraint::Length(1); 5]).split(inner);
@@ -114,7 +115,7 @@ fn draw_history(frame: &mut Frame, state: &State, area: Rect) {
             .collect();
         let total: u64 = state.history.iter().map(|(_, c)| c[i]).sum();
         let [l, r] = Layout::horizontal([Constraint::Length(label_w), Constraint::Min(1)]).areas(rows[i]);
-        frame.render_widget(Paragraph::new(format!("{:<8}{:>2}", class_name(*class), short(total))).fg(class_color(*class)), l);
+        frame.render_widget(Paragraph::new(format!("{:<9}{:>3} ", class_name(*class), short(total))).fg(class_color(*class)), l);
         frame.render_widget(Sparkline::default().data(&data).style(Style::new().fg(class_color(*class))), r);
     }
 }
