@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod sink;
 pub mod track;
 pub mod tui;

@@ -55,6 +55,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Postmortem of a trace: Markdown on stdout, and optionally a self-contained HTML page.
+    Report {
+        file: PathBuf,
+        /// Also write an HTML page (inline SVG timeline, every verdict) to this file.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
+    },
     /// Re-run a recorded trace through the pipeline (verdicts are re-derived). No root needed.
     Replay {
         file: PathBuf,
@@ -93,6 +100,16 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Report { file, html }) = &cli.command {
+        let report = upstrace::report::Report::from_trace(file)?;
+        if let Some(out) = html {
+            std::fs::write(out, report.html()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(report.markdown().as_bytes())?;
+        stdout.flush()?;
+        return Ok(());
+    }
     if let Some(Command::Replay { file, speed, fast: _, json, text, events }) = cli.command {
         let pace = match speed {
             Some(s) if s.is_finite() && s > 0.0 => Pace::Speed(s),
