@@ -83,6 +83,15 @@ impl Tracer {
         }
     }
 
+    /// Kill without warning (kill -9), as a crash or an OOM kill would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
     /// SIGINT, wait for a clean exit, and return (exit code, all lines).
     pub fn stop(mut self) -> Result<(i32, Vec<Value>)> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };

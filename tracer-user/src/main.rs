@@ -42,6 +42,9 @@ struct Cli {
     /// Record every event and verdict to this trace file (JSON Lines) for postmortems.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// With --record: rotate the trace when it passes this size (FILE -> FILE.1).
+    #[arg(long, value_name = "MB", requires = "record")]
+    record_max_mb: Option<u64>,
     /// Stop after this many seconds (output is flushed). SIGINT/SIGTERM also stop cleanly.
     #[arg(long = "for", value_name = "SECONDS")]
     duration: Option<f64>,
@@ -139,7 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let dashboard = !cli.json && !cli.text && std::io::stdout().is_terminal();
     let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard);
     if let Some(path) = &cli.record {
-        pipeline.recorder = Some(Recorder::create(path, boot)?);
+        let mut recorder = Recorder::create(path, boot)?;
+        recorder.max_bytes = cli.record_max_mb.map(|mb| mb.max(1) * 1024 * 1024);
+        pipeline.recorder = Some(recorder);
     }
     if dashboard {
         // Checks that print one clear line must run before the terminal switches screens.
