@@ -1,22 +1,71 @@
-//! `cargo xtask demo`: the built-in fault lab with upstrace watching it. A newcomer sees each
-//! fault injected, the status the client got, and what upstrace reports about it.
+//! `cargo xtask demo`: the fault lab the attribution tests use, cycling through faults, with
+//! upstrace's dashboard on it. Verdicts of each class arrive within a minute; quitting the
+//! dashboard tears the lab down.
 use std::{
+    io::IsTerminal,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use upstrace_lab::lab::{GatewayKind, Lab};
+use upstrace_lab::lab::{Fault, GatewayKind, Lab};
 
-/// (upstream mode or "refused", what a person should take from it)
-const FAULTS: &[(&str, &str)] = &[
-    ("ok", "healthy upstream: 200, nothing to explain"),
-    ("refused", "nothing listens on the upstream port: nginx answers 502"),
-    ("reset-before-headers", "upstream resets the connection before answering: 502"),
-    ("close-before-headers", "upstream closes before answering: 502"),
-    ("crash-before-headers", "upstream process is SIGKILLed mid-request: 502"),
-    ("stall", "upstream never answers: 504 after nginx's 2 s read timeout"),
+/// One step of the cycle: what to break, and how many requests to send while it is broken.
+enum Step {
+    Healthy,
+    Mode(&'static str),
+    NoUpstream,
+    Fault(Fault),
+}
+
+const CYCLE: &[Step] = &[
+    Step::Healthy,
+    Step::NoUpstream,
+    Step::Fault(Fault::FwDropSyn),
+    Step::Mode("reset-before-headers"),
+    Step::Fault(Fault::RouteBlackhole),
+    Step::Mode("crash-before-headers"),
+    Step::Fault(Fault::FwRejectAdminProhibited),
+    Step::Mode("close-before-headers"),
+    Step::Fault(Fault::LossStall),
+    Step::Mode("stall"),
+    Step::Mode("truncated-body"),
+    Step::Mode("garbage"),
 ];
+
+/// Drive the lab until told to stop (bounded: at most 20 cycles, each request bounded by
+/// curl's own time limit). Traffic stays inside the lab's namespaces.
+fn cycle(lab: &mut Lab, stop: &AtomicBool) -> Result<()> {
+    for _ in 0..20 {
+        for step in CYCLE {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            lab.clear_faults();
+            match step {
+                Step::Healthy => drop(lab.start_upstream("ok")?),
+                Step::Mode(m) => drop(lab.start_upstream(m)?),
+                Step::NoUpstream => lab.stop_upstream(),
+                Step::Fault(f) => {
+                    lab.start_upstream("ok")?;
+                    lab.inject(*f)?;
+                }
+            }
+            for _ in 0..3 {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let _ = lab.request("/")?;
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+    }
+    Ok(())
+}
 
 pub fn run(duration: Option<u64>) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
@@ -26,38 +75,42 @@ pub fn run(duration: Option<u64>) -> Result<()> {
     let upstrace = root.join("target/release/upstrace");
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream")) };
-    let deadline = duration.map(|s| Instant::now() + Duration::from_secs(s));
 
     let mut lab = Lab::new().context("creating the lab")?;
     lab.start_upstream("ok")?;
     let gateway = lab.start_gateway(GatewayKind::Nginx)?;
     eprintln!("demo: nginx (pid {gateway}) in netns {} proxies to {} in netns {}", lab.gw_ns, lab.upstream_addr(), lab.up_ns);
-    let mut tracer = Command::new(&upstrace)
-        .args(["--pid", &gateway.to_string(), "--stats-interval", "30"])
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", upstrace.display()))?;
-    std::thread::sleep(Duration::from_secs(2));
 
-    for (mode, what) in FAULTS {
-        if deadline.is_some_and(|d| Instant::now() > d) {
-            break;
-        }
-        eprintln!("\n=== demo fault: {mode} -- {what}");
-        if *mode == "refused" {
-            lab.stop_upstream();
-        } else {
-            lab.start_upstream(mode)?;
-        }
-        for _ in 0..2 {
-            let (status, _) = lab.request("/")?;
-            eprintln!("=== client got HTTP {status}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        std::thread::sleep(Duration::from_millis(700));
+    let stop = Arc::new(AtomicBool::new(false));
+    let driver = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let result = cycle(&mut lab, &stop);
+            (lab, result)
+        })
+    };
+
+    let mut cmd = Command::new(&upstrace);
+    cmd.args(["--pid", &gateway.to_string()]);
+    let dashboard = std::io::stdout().is_terminal();
+    if !dashboard {
+        // No terminal (CI, a pipe): text lines, and stop by itself.
+        cmd.arg("--text");
     }
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
-    let _ = tracer.wait();
-    eprintln!("\ndemo: done; the lab is torn down");
+    let limit = duration.or(if dashboard { None } else { Some(60) });
+    if let Some(secs) = limit {
+        cmd.args(["--for", &secs.to_string()]);
+    }
+    let status = cmd.stdin(Stdio::inherit()).status().with_context(|| format!("starting {}", upstrace.display()))?;
+
+    stop.store(true, Ordering::Relaxed);
+    let (lab, result) = driver.join().map_err(|_| anyhow::anyhow!("the fault driver panicked"))?;
+    drop(lab);
+    eprintln!("demo: done; the lab is torn down");
+    result?;
+    if !status.success() {
+        bail!("upstrace exited with {status}");
+    }
     Ok(())
 }
