@@ -187,6 +187,8 @@ pub struct Lab {
     pub dir: PathBuf,
     pub upstream: Option<Upstream>,
     pub gateway: Option<Gateway>,
+    /// nginx worker processes (1 by default; benchmarks use more).
+    pub nginx_workers: u32,
 }
 
 impl Lab {
@@ -208,6 +210,7 @@ impl Lab {
             dir,
             upstream: None,
             gateway: None,
+            nginx_workers: 1,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -409,7 +412,7 @@ impl Lab {
         let conf = format!(
             r#"daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log error;
 events {{ worker_connections 1024; }}
@@ -439,6 +442,7 @@ http {{
 "#,
             up = self.upstream_addr(),
             port = GATEWAY_PORT,
+            workers = self.nginx_workers,
         );
         let path = self.dir.join("nginx.conf");
         std::fs::write(&path, conf)?;

@@ -15,11 +15,12 @@ use crate::{
     discover,
     pipeline::Pipeline,
     probes::Probes,
-    sink::Sink,
 };
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Hold the kernel's BPF run-time statistics and report each program's cost.
+    pub bpf_stats: bool,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub wait: bool,
@@ -102,6 +103,10 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     }
 
     let (mut probes, ring) = Probes::load()?;
+    if opts.bpf_stats {
+        probes.enable_run_time_stats()?;
+    }
+    pipeline.latency.get_or_insert_with(Vec::new);
     if pipeline.observer.is_none() {
         eprintln!("upstrace: {}", probes.report);
     }
@@ -224,7 +229,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                     lost.push(("decode_errors".into(), stats.decode_errors));
                     o.stats(lost);
                 }
-                write_stats(&mut pipeline.sink, &stats, known.len())?;
+                write_stats(pipeline, &stats, known.len(), &probes)?;
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
@@ -234,12 +239,12 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     drain(ring.get_mut(), pipeline, &mut stats)?;
     pipeline.finish()?;
     stats.kernel = probes.counters();
-    write_stats(&mut pipeline.sink, &stats, known.len())?;
+    write_stats(pipeline, &stats, known.len(), &probes)?;
     pipeline.sink.flush()?;
     Ok(stats)
 }
 
-fn write_stats<W: std::io::Write>(sink: &mut Sink<W>, stats: &Stats, traced: usize) -> Result<()> {
+fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, traced: usize, probes: &Probes) -> Result<()> {
     let mut lost = Map::new();
     for (name, v) in &stats.kernel {
         lost.insert(name.to_string(), json!(v));
@@ -251,6 +256,24 @@ fn write_stats<W: std::io::Write>(sink: &mut Sink<W>, stats: &Stats, traced: usi
     fields.insert("traced_processes".into(), json!(traced));
     fields.insert("lost_total".into(), json!(stats.lost()));
     fields.insert("lost".into(), json!(lost));
+    fields.insert("verdicts".into(), json!(pipeline.verdicts));
+    if let Some((p50, p99, max)) = pipeline.latency.as_deref().and_then(crate::pipeline::percentiles_ms) {
+        fields.insert("verdict_latency_ms".into(), json!({"p50": p50, "p99": p99, "max": max}));
+    }
+    if let Some(r) = &pipeline.recorder {
+        fields.insert("recorded_lines".into(), json!(r.written));
+        if let Some(f) = &r.failed {
+            fields.insert("record_error".into(), json!(f));
+        }
+    }
+    let costs = probes.program_costs();
+    if !costs.is_empty() {
+        let programs: Vec<_> = costs
+            .iter()
+            .map(|(name, runs, ns)| json!({"name": name, "runs": runs, "avg_ns": if *runs > 0 { *ns as f64 / *runs as f64 } else { 0.0 }}))
+            .collect();
+        fields.insert("programs".into(), json!(programs));
+    }
     let text = format!(
         "-- stats: {} events, {} traced processes, {} lost{}",
         stats.events,
@@ -258,6 +281,6 @@ fn write_stats<W: std::io::Write>(sink: &mut Sink<W>, stats: &Stats, traced: usi
         stats.lost(),
         if stats.lost() > 0 { "  <-- EVENTS WERE LOST" } else { "" }
     );
-    sink.record("stats", fields, &text)?;
+    pipeline.sink.record("stats", fields, &text)?;
     Ok(())
 }

@@ -51,6 +51,9 @@ struct Cli {
     /// Wait for a gateway to start instead of failing when none is running.
     #[arg(long)]
     wait: bool,
+    /// Report each BPF program's run count and average run time in the stats lines.
+    #[arg(long)]
+    bpf_stats: bool,
     /// Seconds between stats lines (events handled, events lost).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     stats_interval: f64,
@@ -132,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let opts = Options {
+        bpf_stats: cli.bpf_stats,
         pids: cli.pids,
         comms: cli.comms,
         wait: cli.wait,

@@ -26,11 +26,13 @@ pub struct Pipeline<W: std::io::Write> {
     pub verdicts: u64,
     pub collected: Option<Vec<Verdict>>,
     pub observer: Option<Box<dyn Observer>>,
+    /// Live only: how long after the status write each verdict left (ns), sampled.
+    pub latency: Option<Vec<u64>>,
 }
 
 impl<W: std::io::Write> Pipeline<W> {
     pub fn new(sink: Sink<W>) -> Self {
-        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None, observer: None }
+        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None, observer: None, latency: None }
     }
 
     /// Keep every verdict in memory too (tests, reports).
@@ -82,6 +84,14 @@ impl<W: std::io::Write> Pipeline<W> {
     }
 
     fn emit(&mut self, verdicts: Vec<Verdict>) -> Result<()> {
+        if let Some(lat) = self.latency.as_mut() {
+            let now = crate::clock::monotonic_ns();
+            for v in verdicts.iter().filter(|v| v.delivered == "status") {
+                if lat.len() < 1_000_000 {
+                    lat.push(now.saturating_sub(v.ts_ns));
+                }
+            }
+        }
         for v in &verdicts {
             self.verdicts += 1;
             self.sink.verdict(v)?;
@@ -100,4 +110,15 @@ impl<W: std::io::Write> Pipeline<W> {
         }
         Ok(())
     }
+}
+
+/// (p50, p99, max) of a sample, in milliseconds.
+pub fn percentiles_ms(samples: &[u64]) -> Option<(f64, f64, f64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
+    Some((at(0.5), at(0.99), *s.last().unwrap() as f64 / 1e6))
 }

@@ -97,27 +97,25 @@ pub enum Pace {
     Speed(f64),
 }
 
-/// Feed a trace through the pipeline, moving the engine's clock with the events.
+/// Feed a trace through the pipeline, moving the engine's clock with the events. The file is
+/// streamed, never loaded whole, so a huge trace costs time, not memory.
 pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipeline<W>) -> Result<TraceInfo> {
     let mut last_ts: Option<u64> = None;
-    let mut events = Vec::new();
-    let info = read_events(path, |ev| {
-        events.push(ev);
-        Ok(())
-    })?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stopped = false;
-    'events: for ev in events {
+    let result = read_events(path, |ev| {
+        if stopped {
+            return Ok(());
+        }
         if let (Pace::Speed(speed), Some(prev)) = (&pace, last_ts) {
             // Sleep in small steps so keys stay responsive during long gaps.
             let mut gap = (ev.ts_ns.saturating_sub(prev) as f64 / speed).min(5e9);
             while gap > 1e5 {
                 let step = gap.min(5e7);
-                tokio::time::sleep(Duration::from_nanos(step as u64)).await;
+                std::thread::sleep(Duration::from_nanos(step as u64));
                 gap -= step;
                 if !pipeline.poll(prev)? {
                     stopped = true;
-                    break 'events;
+                    return Ok(());
                 }
             }
         }
@@ -126,14 +124,16 @@ pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipe
         pipeline.event(&ev)?;
         if !pipeline.poll(ev.ts_ns)? {
             stopped = true;
-            break;
         }
-    }
+        Ok(())
+    });
+    let info = result?;
     pipeline.finish()?;
     if let Some(o) = pipeline.observer.as_mut() {
         o.finished(&format!("replay done: {} events", info.events));
     }
     // With a dashboard, stay until the person quits (or SIGTERM).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     while !stopped && pipeline.observer.is_some() {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(30)) => {

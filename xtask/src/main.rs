@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask setup | build | test | demo`.
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -35,6 +36,16 @@ enum Task {
         /// Keep each row's trace in this directory.
         #[arg(long)]
         save_traces: Option<std::path::PathBuf>,
+    },
+    /// Setup, build, and measure: gateway overhead (A/B), BPF cost per run, failure storms,
+    /// userspace CPU and memory. Writes bench/RESULTS.md and bench/results.json.
+    Bench {
+        /// A/B pairs for the overhead figure.
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
+        /// Seconds per load run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
     },
     Demo {
         /// Seconds to run (default: until Ctrl-C or all faults shown).
@@ -87,6 +98,12 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             lab::run(gateway, scenario, save_traces)
+        }
+        Task::Bench { pairs, seconds } => {
+            setup::run()?;
+            build()?;
+            status(cargo().args(["build", "--release", "-p", "tracer-user", "--example", "engine_rss"]))?;
+            bench::run(pairs.max(1), seconds.clamp(1, 60))
         }
         Task::Demo { duration } => {
             setup::run()?;

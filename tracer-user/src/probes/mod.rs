@@ -72,7 +72,9 @@ impl std::fmt::Display for AttachReport {
 }
 
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Held while BPF run-time statistics are wanted (the kernel counts only while held).
+    stats_fd: Option<std::os::fd::OwnedFd>,
     pub report: AttachReport,
     traced: BpfHashMap<MapData, u32, u32>,
     listeners: BpfHashMap<MapData, u32, u32>,
@@ -157,7 +159,7 @@ impl Probes {
         let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         let decoder = crate::decode::Decoder { drop_reasons: drop_reason_names };
-        Ok((Self { _ebpf: ebpf, report, traced, listeners, counters, decoder }, ring))
+        Ok((Self { ebpf, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
     }
 
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
@@ -174,6 +176,29 @@ impl Probes {
 
     pub fn watch_listener(&mut self, pid: u32) {
         let _ = self.listeners.insert(pid, 1, 0);
+    }
+
+    /// Ask the kernel to count run time and runs of every BPF program while upstrace runs
+    /// (no global sysctl is left on: the counting ends with this process).
+    pub fn enable_run_time_stats(&mut self) -> Result<()> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?;
+        self.stats_fd = Some(fd);
+        Ok(())
+    }
+
+    /// (program, runs, total ns) for each attached program, when stats are enabled.
+    pub fn program_costs(&self) -> Vec<(String, u64, u64)> {
+        if self.stats_fd.is_none() {
+            return vec![];
+        }
+        self.ebpf
+            .programs()
+            .filter(|(name, _)| self.report.attached.iter().any(|a| a == name))
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_owned(), info.run_count(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
     }
 
     /// Kernel-side loss counters, summed over CPUs, by name.

@@ -1,0 +1,266 @@
+//! `cargo xtask bench`: what upstrace costs the gateway, and how it holds up in a failure
+//! storm, measured side by side in one run on this machine (ratios and counts, since absolute
+//! timings are noisy here). Results go to bench/RESULTS.md and bench/results.json.
+//! All traffic goes to the lab's own namespaces; every load run is bounded in time.
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use upstrace_lab::lab::{GATEWAY_PORT, GatewayKind, Lab};
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn parse_ms(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (num, mult) = if let Some(x) = v.strip_suffix("us") {
+        (x, 0.001)
+    } else if let Some(x) = v.strip_suffix("ms") {
+        (x, 1.0)
+    } else if let Some(x) = v.strip_suffix('s') {
+        (x, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Wrk> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.gw_ns, "wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok());
+    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(parse_ms);
+    match (rps, p99) {
+        (Some(rps), Some(p99_ms)) => Ok(Wrk { rps, p99_ms }),
+        _ => bail!("cannot read wrk's output:\n{text}"),
+    }
+}
+
+struct Tracer {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+fn start_tracer(pid: u32) -> Result<Tracer> {
+    let bin = crate::workspace_root().join("target/release/upstrace");
+    let mut child = Command::new(bin)
+        .args(["--pid", &pid.to_string(), "--json", "--no-events", "--bpf-stats", "--stats-interval", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line)? > 0 && !line.contains("upstrace: tracing") {
+        line.clear();
+    }
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = lines.clone();
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["type"] == "stats" {
+                    l.lock().unwrap().push(v);
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Tracer { child, lines, reader: Some(reader) })
+}
+
+impl Tracer {
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+        fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Stop cleanly; returns the final stats line.
+    fn stop(mut self) -> Result<serde_json::Value> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait()?;
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let last = self.lines.lock().unwrap().last().cloned();
+        last.context("upstrace printed no stats line")
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
+}
+
+pub fn run(pairs: usize, secs: u64) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark creates network namespaces and loads eBPF programs: run it as root");
+    }
+    let root = crate::workspace_root();
+    // SAFETY: single-threaded here.
+    unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream")) };
+    let sh = |cmd: &str| {
+        Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    };
+    let cpu = sh("lscpu | sed -n 's/^Model name: *//p' | head -1");
+    let kernel = sh("uname -r");
+    let nginx = sh("nginx -v 2>&1");
+    let cores = sh("nproc");
+
+    // 1. Overhead on a healthy gateway, A/B alternated.
+    eprintln!("bench: overhead, {pairs} pairs of {secs} s runs");
+    let mut lab = Lab::new()?;
+    lab.nginx_workers = 2;
+    lab.start_upstream("ok")?;
+    let gw = lab.start_gateway(GatewayKind::Nginx)?;
+    wrk(&lab, 2, 32)?; // warm-up
+    let (mut rps_ratio, mut p99_ratio, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut costs = serde_json::Value::Null;
+    for i in 0..pairs {
+        let a = wrk(&lab, secs, 32)?;
+        let tracer = start_tracer(gw)?;
+        let b = wrk(&lab, secs, 32)?;
+        let stats = tracer.stop()?;
+        if i == pairs - 1 {
+            costs = stats["programs"].clone();
+        }
+        eprintln!("bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms", i + 1, a.rps, a.p99_ms, b.rps, b.p99_ms);
+        rps_ratio.push(b.rps / a.rps);
+        p99_ratio.push(b.p99_ms / a.p99_ms);
+        runs.push(serde_json::json!({"without": {"rps": a.rps, "p99_ms": a.p99_ms}, "with": {"rps": b.rps, "p99_ms": b.p99_ms}}));
+    }
+
+    // 2 + 3. Failure storms: refused and reset, with upstrace's own accounting.
+    let mut storms = Vec::new();
+    for (name, mode) in [("refused", None), ("reset", Some("reset-before-headers"))] {
+        eprintln!("bench: {name} storm, {secs} s");
+        match mode {
+            None => lab.stop_upstream(),
+            Some(m) => drop(lab.start_upstream(m)?),
+        }
+        let tracer = start_tracer(gw)?;
+        let (t0, c0) = (Instant::now(), tracer.cpu_ticks());
+        let mut rss_max = 0;
+        let load = {
+            let gw_ns = lab.gw_ns.clone();
+            std::thread::spawn(move || {
+                Command::new("ip")
+                    .args(["netns", "exec", &gw_ns, "wrk", "-t2", "-c64", &format!("-d{secs}s"), "--latency"])
+                    .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
+                    .output()
+            })
+        };
+        while !load.is_finished() {
+            rss_max = rss_max.max(tracer.rss_kib());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+        let elapsed = t0.elapsed().as_secs_f64();
+        let ticks = tracer.cpu_ticks() - c0;
+        let hz = 100.0; // USER_HZ
+        let cpu_pct = ticks as f64 / hz / elapsed * 100.0;
+        let stats = tracer.stop()?;
+        let events = stats["events"].as_u64().unwrap_or(0);
+        eprintln!("bench: {name}: {rps:.0} attempts/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB", events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"]);
+        storms.push(serde_json::json!({
+            "storm": name,
+            "attempts_per_s": rps,
+            "events": events,
+            "events_per_s": events as f64 / elapsed,
+            "lost": stats["lost_total"],
+            "lost_by_cause": stats["lost"],
+            "verdicts": stats["verdicts"],
+            "verdict_latency_ms": stats["verdict_latency_ms"],
+            "upstrace_cpu_pct_of_one_core": cpu_pct,
+            "upstrace_cpu_pct_per_10k_rps": if rps > 0.0 { cpu_pct * 10_000.0 / rps } else { 0.0 },
+            "upstrace_rss_kib_max": rss_max,
+        }));
+    }
+    drop(lab);
+
+    // 4. Memory with 100k tracked connections (the engine alone, same code as live).
+    eprintln!("bench: engine memory with 100k connections");
+    let out = Command::new(root.join("target/release/examples/engine_rss")).arg("100000").output().context("engine_rss")?;
+    let rss: serde_json::Value = serde_json::from_slice(&out.stdout).context("engine_rss output")?;
+
+    let result = serde_json::json!({
+        "machine": {"cpu": cpu, "cores": cores, "kernel": kernel, "nginx": nginx, "upstrace": env!("CARGO_PKG_VERSION")},
+        "overhead": {
+            "pairs": runs,
+            "throughput_ratio": {"mean": mean(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
+            "p99_ratio": {"mean": mean(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
+            "bpf_programs": costs,
+        },
+        "storms": storms,
+        "engine_100k_connections": rss,
+    });
+    let dir = root.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(dir.join("RESULTS.md"), markdown(&result))?;
+    println!("{}", markdown(&result));
+    Ok(())
+}
+
+fn markdown(r: &serde_json::Value) -> String {
+    let mut md = String::from("# upstrace benchmark results\n\nMade by `sudo -E cargo xtask bench`; raw figures in `results.json`.\n\n");
+    let m = &r["machine"];
+    let _ = writeln!(md, "Machine: {} ({} cores), kernel {}, {}, upstrace {}.\n", m["cpu"].as_str().unwrap_or("?"), m["cores"].as_str().unwrap_or("?"), m["kernel"].as_str().unwrap_or("?"), m["nginx"].as_str().unwrap_or("?"), m["upstrace"].as_str().unwrap_or("?"));
+    let o = &r["overhead"];
+    md.push_str("## 1. Gateway overhead (nginx, 2 workers, wrk -t2 -c32 from the client namespace)\n\n");
+    let _ = writeln!(md, "| figure | mean | min | max | target |\n|---|---:|---:|---:|---|");
+    let _ = writeln!(md, "| throughput with / without | {:.3} | {:.3} | {:.3} | >= 0.99 |", o["throughput_ratio"]["mean"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["min"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["max"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(md, "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |", o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0), o["p99_ratio"]["min"].as_f64().unwrap_or(0.0), o["p99_ratio"]["max"].as_f64().unwrap_or(0.0));
+    md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n| program | runs | avg ns |\n|---|---:|---:|\n");
+    if let Some(list) = o["bpf_programs"].as_array() {
+        for p in list {
+            let _ = writeln!(md, "| {} | {} | {:.0} |", p["name"].as_str().unwrap_or("?"), p["runs"], p["avg_ns"].as_f64().unwrap_or(0.0));
+        }
+    }
+    md.push_str("\n## 3. Failure storms (wrk -t2 -c64 against a broken upstream)\n\n| storm | attempts/s | events/s | lost | verdicts | verdict latency p50 / p99 ms | upstrace CPU % of a core | per 10k req/s | RSS max KiB |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n");
+    if let Some(list) = r["storms"].as_array() {
+        for s in list {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {} | {} | {} / {} | {:.1} | {:.1} | {} |",
+                s["storm"].as_str().unwrap_or("?"),
+                s["attempts_per_s"].as_f64().unwrap_or(0.0),
+                s["events_per_s"].as_f64().unwrap_or(0.0),
+                s["lost"],
+                s["verdicts"],
+                s["verdict_latency_ms"]["p50"],
+                s["verdict_latency_ms"]["p99"],
+                s["upstrace_cpu_pct_of_one_core"].as_f64().unwrap_or(0.0),
+                s["upstrace_cpu_pct_per_10k_rps"].as_f64().unwrap_or(0.0),
+                s["upstrace_rss_kib_max"]
+            );
+        }
+    }
+    let e = &r["engine_100k_connections"];
+    let _ = writeln!(md, "\n## 4. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.", e["connections"], e["rss_kib_after"], e["rss_kib_before"]);
+    md
+}
