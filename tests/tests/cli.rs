@@ -69,3 +69,23 @@ fn missing_btf_is_refused() {
     assert_ne!(out.status.code(), Some(0));
     one_line_error(&String::from_utf8_lossy(&out.stderr), "no kernel BTF");
 }
+
+#[test]
+fn bpf_not_permitted_is_refused() {
+    if !require_root("bpf_not_permitted_is_refused") {
+        return;
+    }
+    let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
+    // Still uid 0, but without the capabilities BPF needs (as in a locked-down container).
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-bpf,-sys_admin,-perfmon", "--inh-caps=-bpf,-sys_admin,-perfmon"])
+        .arg(&bin)
+        .args(["--pid", "1", "--for", "1", "--json"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("upstrace: error: ") && (last.contains("EPERM") || last.contains("needs root")), "{err}");
+    assert!(!err.contains("panicked"));
+}

@@ -175,3 +175,37 @@ fn workers_forked_after_attach_are_followed() {
     let (_, lines) = tracer.stop().unwrap();
     assert!(events(&lines, "process_fork").iter().any(|f| new_workers.contains(&(f["aux"].as_u64().unwrap() as u32))));
 }
+
+#[test]
+fn a_restarted_gateway_is_followed_by_name() {
+    if !require_root("a_restarted_gateway_is_followed_by_name") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    // Started before any nginx of this lab exists: it waits, then picks gateways up by name.
+    let tracer = Tracer::start(&["--comm", "nginx", "--wait"]).expect("upstrace");
+    let first = lab.start_gateway(GatewayKind::Nginx).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lab.request("/").unwrap().0, 502);
+    tracer
+        .wait_for(Duration::from_secs(5), |v| v["type"] == "verdict" && v["gateway"]["comm"] == "nginx")
+        .expect("verdict from the first nginx");
+    // Kill it and start a new one: new pids, same name.
+    lab.stop_gateway();
+    let second = lab.start_gateway(GatewayKind::Nginx).unwrap();
+    assert_ne!(first, second);
+    let workers = lab.gateway.as_ref().unwrap().workers();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lab.request("/").unwrap().0, 502);
+    let v = tracer
+        .wait_for(Duration::from_secs(5), |v| {
+            v["type"] == "verdict" && workers.contains(&(v["gateway"]["pid"].as_u64().unwrap_or(0) as u32))
+        })
+        .expect("verdict from the restarted nginx's worker");
+    assert_eq!(v["cause"], "refused");
+    let (code, lines) = tracer.stop().unwrap();
+    assert_eq!(code, 0);
+    let verdicts: Vec<_> = lines.iter().filter(|l| l["type"] == "verdict").collect();
+    assert_eq!(verdicts.len(), 2, "one verdict per 502, nothing stale: {verdicts:#?}");
+}

@@ -102,3 +102,48 @@ fn bad_trace_files_give_one_clear_line() {
     assert!(err.contains("cannot open trace"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn huge_traces_stream_and_huge_lines_are_refused() {
+    let dir = std::env::temp_dir().join(format!("upstrace-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // ~25 MB of real events: the replay streams it (it never loads the file whole).
+    let events: String = std::fs::read_to_string(fixtures().join("refused-nginx.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"event\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = dir.join("huge.jsonl");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        while f.get_ref().metadata().unwrap().len() < 25 << 20 {
+            f.write_all(events.as_bytes()).unwrap();
+            f.flush().unwrap();
+        }
+    }
+    let started = std::time::Instant::now();
+    let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v 1048576; {} replay {} --json > /dev/null", bin.display(), path.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    let report = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v 1048576; {} report {} > /dev/null", bin.display(), path.display()))
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+
+    // One 20 MB line without a newline: refused with one line, not swallowed.
+    let path = dir.join("one-line.jsonl");
+    std::fs::write(&path, vec![b'x'; 20 << 20]).unwrap();
+    let (code, _, err) = replay(&path, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("longer than 16 MiB"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

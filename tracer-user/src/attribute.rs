@@ -273,7 +273,14 @@ impl Engine {
         let ids: Vec<u64> = if same_thread {
             self.tracker.by_tid.get(&status.tid).map(|q| q.iter().copied().collect()).unwrap_or_default()
         } else {
-            self.tracker.attempts.values().filter(|a| a.pid == status.pid).map(|a| a.id).collect()
+            // Same process, other threads (bounded by the per-thread indexes).
+            self.tracker
+                .by_tid
+                .values()
+                .flatten()
+                .filter(|id| self.tracker.attempt(**id).is_some_and(|a| a.pid == status.pid))
+                .copied()
+                .collect()
         };
         ids.into_iter()
             .filter(|id| {

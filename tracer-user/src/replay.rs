@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::{decode::KernelEvent, pipeline::Pipeline};
 
+/// No trace line comes near this; longer ones mean the file is not a trace.
+const MAX_LINE: usize = 16 << 20;
+
 /// What the file said about itself.
 #[derive(Debug, Default, Clone)]
 pub struct TraceInfo {
@@ -26,25 +29,32 @@ pub struct TraceInfo {
 
 /// Read every event of a trace, in file order. A malformed line is an error naming the
 /// line, except a cut-short last line, which is reported and ignored.
-pub fn read_events(path: &Path, mut each: impl FnMut(KernelEvent) -> Result<()>) -> Result<TraceInfo> {
+pub fn read_events(path: &Path, each: impl FnMut(KernelEvent) -> Result<()>) -> Result<TraceInfo> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open trace {}", path.display()))?;
     let meta = file.metadata()?;
     if meta.is_dir() {
         bail!("{} is a directory, not a trace file", path.display());
     }
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    read_events_from(BufReader::with_capacity(1 << 20, file), path, each)
+}
+
+/// The same, from any reader (`path` only names it in errors).
+pub fn read_events_from(mut reader: impl BufRead, path: &Path, mut each: impl FnMut(KernelEvent) -> Result<()>) -> Result<TraceInfo> {
     let mut info = TraceInfo::default();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
     loop {
         buf.clear();
         // Bounded line length: a huge garbage file must not eat memory.
-        let n = std::io::Read::take(&mut reader, 16 << 20).read_until(b'\n', &mut buf)?;
+        let n = std::io::Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut buf)?;
         if n == 0 {
             break;
         }
         line_no += 1;
         let complete = buf.last() == Some(&b'\n');
+        if !complete && n == MAX_LINE {
+            bail!("{}:{line_no}: line longer than {} MiB: not a trace", path.display(), MAX_LINE >> 20);
+        }
         let text = String::from_utf8_lossy(&buf);
         let text = text.trim();
         if text.is_empty() {

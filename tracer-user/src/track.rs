@@ -20,6 +20,11 @@ pub const KEEP_NS: u64 = 180_000_000_000;
 /// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
 pub const MAX_ATTEMPTS: usize = 200_000;
 const MAX_HOST_FACTS: usize = 4096;
+/// Attempts remembered per gateway thread for linking (newest kept): a busy worker makes
+/// thousands per second, and only recent ones can explain a status it writes now.
+const PER_THREAD: usize = 512;
+/// Attempts remembered per upstream endpoint for matching packet drops and ICMP errors.
+const PER_ENDPOINT: usize = 64;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Evidence {
@@ -208,8 +213,11 @@ pub struct Tracker {
     pub attempts: HashMap<u64, Attempt>,
     /// Current attempt per live socket.
     by_sock: HashMap<u64, u64>,
-    /// Attempt ids per gateway thread, oldest first.
+    /// Attempt ids per gateway thread, oldest first (bounded; may name removed attempts,
+    /// which readers skip and `expire` sweeps).
     pub by_tid: HashMap<u32, VecDeque<u64>>,
+    /// Attempt ids per upstream endpoint, oldest first (bounded, swept like `by_tid`).
+    by_dst: HashMap<SocketAddr, VecDeque<u64>>,
     pub deaths: VecDeque<Death>,
     /// Signals seen, by target pid (the exit that follows names the death).
     signals: HashMap<u32, (u64, i64, Evidence)>,
@@ -243,7 +251,18 @@ impl Tracker {
 
     fn add_attempt(&mut self, attempt: Attempt) -> u64 {
         let id = attempt.id;
-        self.by_tid.entry(attempt.tid).or_default().push_back(id);
+        let q = self.by_tid.entry(attempt.tid).or_default();
+        q.push_back(id);
+        if q.len() > PER_THREAD {
+            q.pop_front();
+        }
+        if let Some(dst) = attempt.dst {
+            let q = self.by_dst.entry(dst).or_default();
+            q.push_back(id);
+            if q.len() > PER_ENDPOINT {
+                q.pop_front();
+            }
+        }
         if attempt.sock != 0 {
             self.by_sock.insert(attempt.sock, id);
         }
@@ -259,8 +278,11 @@ impl Tracker {
         self.next_id
     }
 
+    /// Over the bound: drop the least recently active tenth at once (amortized cost).
     fn evict_oldest(&mut self) {
-        if let Some((&id, _)) = self.attempts.iter().min_by_key(|(_, a)| a.last_ns) {
+        let mut by_age: Vec<(u64, u64)> = self.attempts.values().map(|a| (a.last_ns, a.id)).collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(MAX_ATTEMPTS / 10) {
             self.remove(id);
             self.evicted += 1;
         }
@@ -271,13 +293,20 @@ impl Tracker {
             if self.by_sock.get(&a.sock) == Some(&id) {
                 self.by_sock.remove(&a.sock);
             }
-            if let Some(q) = self.by_tid.get_mut(&a.tid) {
-                q.retain(|x| *x != id);
-                if q.is_empty() {
-                    self.by_tid.remove(&a.tid);
-                }
-            }
         }
+    }
+
+    /// Drop index entries that name removed attempts.
+    fn sweep_indexes(&mut self) {
+        let attempts = &self.attempts;
+        self.by_tid.retain(|_, q| {
+            q.retain(|id| attempts.contains_key(id));
+            !q.is_empty()
+        });
+        self.by_dst.retain(|_, q| {
+            q.retain(|id| attempts.contains_key(id));
+            !q.is_empty()
+        });
     }
 
     /// Forget what is older than `KEEP_NS` before `now_ns`.
@@ -287,6 +316,7 @@ impl Tracker {
         for id in old {
             self.remove(id);
         }
+        self.sweep_indexes();
         while self.deaths.front().is_some_and(|d| d.ts_ns < horizon) {
             self.deaths.pop_front();
         }
@@ -523,17 +553,19 @@ impl Tracker {
     /// Attach a drop or ICMP error to the attempt whose flow it belongs to.
     fn match_packet(&mut self, ev: &KernelEvent) -> bool {
         let (Some(src), Some(dst)) = (ev.src, ev.dst) else { return false };
-        let found = self
-            .attempts
-            .values_mut()
+        // Outbound packets are addressed to the upstream, replies come from it.
+        let candidates = self.by_dst.get(&dst).into_iter().chain(self.by_dst.get(&src)).flatten();
+        let found = candidates
+            .filter_map(|id| self.attempts.get(id))
             .filter(|a| a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 1_000_000_000))
             .filter(|a| {
                 let outbound = a.dst == Some(dst) && a.src.is_none_or(|s| s.port() == src.port());
                 let inbound = a.dst == Some(src) && a.src.is_some_and(|s| s.port() == dst.port());
                 (outbound || inbound) && a.started_ns <= ev.ts_ns + 1_000_000
             })
-            .max_by_key(|a| a.started_ns);
-        let Some(a) = found else { return false };
+            .max_by_key(|a| a.started_ns)
+            .map(|a| a.id);
+        let Some(a) = found.and_then(|id| self.attempts.get_mut(&id)) else { return false };
         a.touch(ev);
         match ev.kind {
             Kind::Drop => a.drops.push((ev.ts_ns, ev.reason.clone().unwrap_or_default(), ev.netns)),

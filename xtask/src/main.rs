@@ -1,8 +1,10 @@
 //! Project tasks: `cargo xtask setup | build | test | demo`.
 mod bench;
 mod demo;
+mod fuzz;
 mod lab;
 mod setup;
+mod soak;
 
 use std::process::Command;
 
@@ -46,6 +48,21 @@ enum Task {
         /// Seconds per load run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Steady load with rolling faults: every 5xx gets exactly one verdict, nothing is lost,
+    /// memory stays flat.
+    Soak {
+        #[arg(long, default_value_t = 2)]
+        minutes: u64,
     },
     Demo {
         /// Seconds to run (default: until Ctrl-C or all faults shown).
@@ -104,6 +121,15 @@ fn main() -> Result<()> {
             build()?;
             status(cargo().args(["build", "--release", "-p", "tracer-user", "--example", "engine_rss"]))?;
             bench::run(pairs.max(1), seconds.clamp(1, 60))
+        }
+        Task::Fuzz { seconds, target } => {
+            setup::run()?;
+            fuzz::run(seconds, target.as_deref(), 1)
+        }
+        Task::Soak { minutes } => {
+            setup::run()?;
+            build()?;
+            soak::run(minutes)
         }
         Task::Demo { duration } => {
             setup::run()?;

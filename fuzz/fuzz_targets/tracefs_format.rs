@@ -1,0 +1,9 @@
+#![no_main]
+//! tracefs `format` files, as the kernel writes them.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = upstrace::probes::layout::parse_format(text);
+    }
+});

@@ -1,0 +1,153 @@
+//! `cargo xtask soak --minutes N`: the lab at steady load with rolling faults. Checks that
+//! every 5xx in the gateway's access log has exactly one verdict, that no event was lost, and
+//! that upstrace's memory stays flat (< 10% growth after warm-up). Bounded in time and count;
+//! traffic stays inside the lab's namespaces.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use upstrace_lab::lab::{Fault, GATEWAY_PORT, GatewayKind, Lab};
+
+enum Step {
+    Healthy,
+    Mode(&'static str),
+    NoUpstream,
+    Fault(Fault),
+}
+
+const ROLL: &[Step] = &[
+    Step::Healthy,
+    Step::NoUpstream,
+    Step::Mode("reset-before-headers"),
+    Step::Healthy,
+    Step::Mode("close-before-headers"),
+    Step::Fault(Fault::FwRejectTcpReset),
+    Step::Mode("crash-before-headers"),
+    Step::Fault(Fault::RouteBlackhole),
+    Step::Mode("bad-header"),
+    Step::Fault(Fault::FwRejectAdminProhibited),
+];
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub fn run(minutes: u64) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the soak creates network namespaces and loads eBPF programs: run it as root");
+    }
+    let root = crate::workspace_root();
+    // SAFETY: single-threaded here.
+    unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream")) };
+    let total = Duration::from_secs(minutes.max(1) * 60);
+    let step_len = Duration::from_secs(6);
+
+    let mut lab = Lab::new()?;
+    lab.start_upstream("ok")?;
+    let gw = lab.start_gateway(GatewayKind::Nginx)?;
+    let mut tracer = Command::new(root.join("target/release/upstrace"))
+        .args(["--pid", &gw.to_string(), "--json", "--no-events", "--stats-interval", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting upstrace")?;
+    let tracer_pid = tracer.id();
+    let mut err = BufReader::new(tracer.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line)? > 0 && !line.contains("upstrace: tracing") {
+        line.clear();
+    }
+    let lines: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let reader = {
+        let lines = lines.clone();
+        let out = tracer.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                    lines.lock().unwrap().push(v);
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut rss: Vec<(f64, u64)> = Vec::new();
+    let mut step = 0usize;
+    while started.elapsed() < total {
+        lab.clear_faults();
+        match &ROLL[step % ROLL.len()] {
+            Step::Healthy => drop(lab.start_upstream("ok")?),
+            Step::Mode(m) => drop(lab.start_upstream(m)?),
+            Step::NoUpstream => lab.stop_upstream(),
+            Step::Fault(f) => {
+                lab.start_upstream("ok")?;
+                lab.inject(*f)?;
+            }
+        }
+        // Steady load for this step: a bounded curl loop (count and time) in the client netns.
+        let secs = step_len.as_secs().min((total.saturating_sub(started.elapsed())).as_secs().max(1));
+        let status = Command::new("ip")
+            .args(["netns", "exec", &lab.gw_ns, "timeout", &secs.to_string(), "bash", "-c"])
+            .arg(format!(
+                "for i in $(seq 1 2000); do curl -s -o /dev/null --max-time 3 http://127.0.0.1:{GATEWAY_PORT}/; done"
+            ))
+            .status()?;
+        let _ = status;
+        rss.push((started.elapsed().as_secs_f64(), rss_kib(tracer_pid)));
+        step += 1;
+    }
+    lab.clear_faults();
+    // Let the last verdicts out, then stop cleanly.
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(tracer_pid as i32, libc::SIGINT) };
+    tracer.wait()?;
+    let _ = reader.join();
+    let log = std::fs::read_to_string(lab.dir.join("access.log")).unwrap_or_default();
+    drop(lab);
+
+    // nginx's combined log: the status is the 9th field.
+    let statuses: Vec<u16> = log.lines().filter_map(|l| l.split_whitespace().nth(8)?.parse().ok()).collect();
+    let fives = statuses.iter().filter(|s| **s >= 500).count();
+    let lines = lines.lock().unwrap();
+    let verdicts = lines.iter().filter(|v| v["type"] == "verdict" && v["delivered"] == "status").count();
+    let stats = lines.iter().rev().find(|v| v["type"] == "stats").cloned().unwrap_or_default();
+    let lost = stats["lost_total"].as_u64().unwrap_or(u64::MAX);
+    let warm = rss.iter().find(|(t, _)| *t >= total.as_secs_f64() * 0.2).map(|x| x.1).unwrap_or(0).max(1);
+    let peak = rss.iter().filter(|(t, _)| *t >= total.as_secs_f64() * 0.2).map(|x| x.1).max().unwrap_or(0);
+    let growth = peak as f64 / warm as f64 - 1.0;
+    let summary = format!(
+        "soak {minutes} min: {} requests, {fives} 5xx in nginx's access log, {verdicts} status verdicts, lost {lost}, \
+         RSS {warm} KiB after warm-up, peak {peak} KiB ({:+.1}%), verdict latency {}",
+        statuses.len(),
+        growth * 100.0,
+        stats["verdict_latency_ms"]
+    );
+    println!("{summary}");
+    let dir = root.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("SOAK-{minutes}min.txt")), format!("{summary}\nRSS samples (s, KiB): {rss:?}\n"))?;
+    let mut problems = Vec::new();
+    if fives == 0 {
+        problems.push("no 5xx at all: the faults did not bite".to_string());
+    }
+    if fives != verdicts {
+        problems.push(format!("{fives} 5xx answers but {verdicts} verdicts"));
+    }
+    if lost != 0 {
+        problems.push(format!("{lost} events lost"));
+    }
+    if growth > 0.10 {
+        problems.push(format!("RSS grew {:.1}% after warm-up", growth * 100.0));
+    }
+    if !problems.is_empty() {
+        bail!("soak failed: {}", problems.join("; "));
+    }
+    Ok(())
+}
