@@ -18,6 +18,9 @@ use crate::{
 pub const SETTLE_NS: u64 = 30_000_000;
 /// Attempts that ended this long before a status can still explain it (gateway timeouts).
 const LOOKBACK_NS: u64 = 120_000_000_000;
+/// A gateway writes its 5xx within this long of handling the failure (or later, for its own
+/// timeouts, which end the attempt at the status itself).
+const FAILURE_TO_STATUS_NS: u64 = 1_000_000_000;
 /// A failed attempt ending this close before the next one started was retried.
 const RETRY_GAP_NS: u64 = 200_000_000;
 /// A process death this close to a connection's end explains it.
@@ -94,9 +97,12 @@ const TRUNCATION_WAIT_NS: u64 = 200_000_000;
 #[derive(Default)]
 pub struct Engine {
     pub tracker: Tracker,
-    pending: Vec<PendingStatus>,
+    /// Statuses waiting for their settle time, in arrival (= time) order.
+    pending: std::collections::VecDeque<PendingStatus>,
     /// Attempts whose response began and whose connection then ended: maybe cut short.
-    truncation_checks: Vec<u64>,
+    /// (due time, attempt), in the order they were queued; the set keeps it duplicate-free.
+    truncation_checks: std::collections::VecDeque<(u64, u64)>,
+    truncation_queued: std::collections::HashSet<u64>,
     now_ns: u64,
     last_expire_ns: u64,
 }
@@ -110,12 +116,12 @@ impl Engine {
     pub fn handle(&mut self, ev: &KernelEvent) -> Vec<Verdict> {
         self.tracker.handle(ev);
         if ev.kind == Kind::HttpStatus && ev.value >= 500 {
-            self.pending.push(PendingStatus { ev: ev.clone() });
+            self.pending.push_back(PendingStatus { ev: ev.clone() });
         }
         if matches!(ev.kind, Kind::StateChange | Kind::ResetReceived | Kind::RecvEnd) {
             if let Some(a) = self.tracker.current_attempt(ev.sock) {
-                if a.response_ns.is_some() && a.end_ns().is_some() && !self.truncation_checks.contains(&a.id) {
-                    self.truncation_checks.push(a.id);
+                if a.response_ns.is_some() && a.end_ns().is_some() && self.truncation_queued.insert(a.id) {
+                    self.truncation_checks.push_back((a.last_ns + TRUNCATION_WAIT_NS, a.id));
                 }
             }
         }
@@ -126,8 +132,8 @@ impl Engine {
     pub fn advance(&mut self, now_ns: u64) -> Vec<Verdict> {
         self.now_ns = self.now_ns.max(now_ns);
         let mut out = Vec::new();
-        while let Some(pos) = self.pending.iter().position(|p| p.ev.ts_ns + SETTLE_NS <= self.now_ns) {
-            let p = self.pending.remove(pos);
+        while self.pending.front().is_some_and(|p| p.ev.ts_ns + SETTLE_NS <= self.now_ns) {
+            let p = self.pending.pop_front().unwrap();
             out.push(self.judge(&p.ev));
         }
         out.extend(self.check_truncations(false));
@@ -140,7 +146,7 @@ impl Engine {
 
     /// Decide every pending status now (end of a replay or of a live run).
     pub fn flush(&mut self) -> Vec<Verdict> {
-        let pending: Vec<PendingStatus> = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.pending);
         let mut out: Vec<Verdict> = pending.iter().map(|p| self.judge(&p.ev)).collect();
         out.extend(self.check_truncations(true));
         out
@@ -151,16 +157,25 @@ impl Engine {
     fn check_truncations(&mut self, all: bool) -> Vec<Verdict> {
         let now = self.now_ns;
         let mut out = Vec::new();
-        let mut keep = Vec::new();
-        for id in std::mem::take(&mut self.truncation_checks) {
-            let Some(a) = self.tracker.attempt(id) else { continue };
+        while let Some(&(due, id)) = self.truncation_checks.front() {
+            if !all && due > now {
+                break;
+            }
+            self.truncation_checks.pop_front();
+            let Some(a) = self.tracker.attempt(id) else {
+                self.truncation_queued.remove(&id);
+                continue;
+            };
             if a.consumed {
+                self.truncation_queued.remove(&id);
                 continue;
             }
+            // More happened on the connection since it was queued: wait again.
             if !all && a.last_ns + TRUNCATION_WAIT_NS > now {
-                keep.push(id);
+                self.truncation_checks.push_back((a.last_ns + TRUNCATION_WAIT_NS, id));
                 continue;
             }
+            self.truncation_queued.remove(&id);
             if let Some(v) = self.judge_truncation(a) {
                 out.push(v);
                 if let Some(a) = self.tracker.attempts.get_mut(&id) {
@@ -168,7 +183,6 @@ impl Engine {
                 }
             }
         }
-        self.truncation_checks = keep;
         out
     }
 
@@ -231,40 +245,46 @@ impl Engine {
         self.tracker.expire(self.now_ns);
     }
 
-    /// Attempts of the request behind this status: the one whose end is nearest the write,
-    /// and the failed ones retried just before it, oldest first.
+    /// Attempts of the request behind this status. A gateway thread writes a 5xx right after
+    /// it handles the failure, and handles failures in the order they happened; so the status
+    /// takes the oldest unclaimed failure of that thread that ended shortly before it (or its
+    /// own timeout close), then any retries that followed it back to back (the next upstream,
+    /// or a fresh connection after a reused keep-alive one failed). Oldest first.
     fn link(&self, status: &KernelEvent) -> Vec<u64> {
         let t = status.ts_ns;
         let by_thread = self.candidates(status, true);
         let ids = if by_thread.is_empty() { self.candidates(status, false) } else { by_thread };
-        let score = |a: &Attempt| -> u64 {
-            match a.end_ns() {
-                Some(end) => end.abs_diff(t),
-                // Still open: in flight since the request (a stall), ranked after ended ones.
-                None => LOOKBACK_NS + t.saturating_sub(a.request_ns.unwrap_or(a.started_ns)),
-            }
-        };
-        let Some(primary) = ids.iter().filter_map(|id| self.tracker.attempt(*id)).min_by_key(|a| score(a)) else {
-            return vec![];
-        };
-        let mut chain = vec![primary.id];
-        let mut next_start = primary.started_ns;
-        let mut earlier: Vec<&Attempt> = ids
+        let attempts: Vec<&Attempt> = ids.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
+        let ended_recently = |a: &&Attempt| a.end_ns().is_some_and(|e| e + FAILURE_TO_STATUS_NS >= t);
+        let first = attempts
             .iter()
-            .filter_map(|id| self.tracker.attempt(*id))
-            .filter(|a| a.id != primary.id && a.started_ns < primary.started_ns)
-            .collect();
-        earlier.sort_by_key(|a| std::cmp::Reverse(a.started_ns));
-        for a in earlier {
-            match a.end_ns() {
-                Some(end) if end <= next_start + 1_000_000 && next_start.saturating_sub(end) <= RETRY_GAP_NS => {
-                    chain.push(a.id);
-                    next_start = a.started_ns;
+            .copied()
+            .filter(ended_recently)
+            .min_by_key(|a| (a.end_ns(), a.started_ns))
+            // Nothing ended: the oldest request still in flight (a stall the gateway has not
+            // closed yet).
+            .or_else(|| attempts.iter().copied().filter(|a| a.end_ns().is_none()).min_by_key(|a| a.request_ns.unwrap_or(a.started_ns)));
+        let Some(first) = first else { return vec![] };
+        let mut chain = vec![first.id];
+        let mut last = first;
+        while let Some(end) = last.end_ns() {
+            let next = attempts
+                .iter()
+                .copied()
+                // A retry goes to the next upstream, or to a fresh connection after a reused
+                // one failed; back-to-back fresh attempts to the same upstream are other
+                // requests that the thread handled one after another.
+                .filter(|a| last.reused || a.dst != last.dst)
+                .filter(|a| !chain.contains(&a.id) && a.started_ns >= end && a.started_ns - end <= RETRY_GAP_NS && a.started_ns <= t)
+                .min_by_key(|a| a.started_ns);
+            match next {
+                Some(n) => {
+                    chain.push(n.id);
+                    last = n;
                 }
-                _ => break,
+                None => break,
             }
         }
-        chain.reverse();
         chain
     }
 
@@ -296,7 +316,6 @@ impl Engine {
     }
 
     fn judge(&mut self, status: &KernelEvent) -> Verdict {
-        self.tracker.rematch_loose();
         let chain = self.link(status);
         for id in &chain {
             if let Some(a) = self.tracker.attempts.get_mut(id) {

@@ -125,6 +125,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
         pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
     }
     let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ui_tick = tokio::time::interval(Duration::from_secs(1));
     // Full accept queues, and when each was last reported (again every second while full).
     let mut overflowing: std::collections::HashMap<std::net::SocketAddr, u64> = Default::default();
     if pipeline.observer.is_none() {
@@ -185,15 +186,20 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                 known.retain(|&pid| discover::pid_exists(pid));
             }
             _ = verdict_tick.tick() => {
+                // Judge by wall time only once everything the kernel has sent is processed,
+                // or a verdict could miss the events that close its story.
+                drain(ring.get_mut(), pipeline, &mut stats)?;
                 let now = clock::monotonic_ns();
                 pipeline.tick(now)?;
                 if !pipeline.poll(now)? {
                     break;
                 }
             }
-            _ = queue_tick.tick() => {
+            _ = queue_tick.tick(), if pipeline.engine.tracker.syns_unanswered(clock::monotonic_ns()) => {
                 // Accept-queue overflow drops SYNs without a drop reason on some kernels:
-                // sample the listeners' queues instead (one read per network namespace).
+                // while SYNs go unanswered, sample the listeners' queues (one read per
+                // network namespace; reading /proc/net/tcp walks the whole table, so never
+                // while all is well).
                 listener_pids.extend(pipeline.engine.tracker.listener_pids());
                 listener_pids.retain(|&p| discover::pid_exists(p));
                 let mut seen_ns = BTreeSet::new();
@@ -216,6 +222,8 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                     }
                 }
                 overflowing = now_full;
+            }
+            _ = ui_tick.tick(), if pipeline.observer.is_some() => {
                 if let Some(o) = pipeline.observer.as_mut() {
                     let mut lost: Vec<(String, u64)> = probes.counters().iter().map(|(n, v)| (n.to_string(), *v)).collect();
                     lost.push(("decode_errors".into(), stats.decode_errors));

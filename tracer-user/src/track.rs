@@ -14,12 +14,38 @@ use crate::decode::{
     Kind, KernelEvent, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_SYN_SENT, tcp_state_name,
 };
 
+/// Keys here are ids, socket addresses and pids: spread already, attacker-free (they come
+/// from the kernel), so a multiply is hash enough and much cheaper than SipHash.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+}
+
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// How long finished attempts and host context are kept (longer than any gateway timeout
 /// worth explaining).
 pub const KEEP_NS: u64 = 180_000_000_000;
 /// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
 pub const MAX_ATTEMPTS: usize = 200_000;
 const MAX_HOST_FACTS: usize = 4096;
+/// Packets not yet matched to an attempt (kept briefly; the newest win).
+const MAX_LOOSE: usize = 512;
 /// Attempts remembered per gateway thread for linking (newest kept): a busy worker makes
 /// thousands per second, and only recent ones can explain a status it writes now.
 const PER_THREAD: usize = 512;
@@ -210,19 +236,20 @@ pub struct Listener {
 #[derive(Debug, Default)]
 pub struct Tracker {
     next_id: u64,
-    pub attempts: HashMap<u64, Attempt>,
+    pub attempts: IdMap<u64, Attempt>,
     /// Current attempt per live socket.
-    by_sock: HashMap<u64, u64>,
+    by_sock: IdMap<u64, u64>,
     /// Attempt ids per gateway thread, oldest first (bounded; may name removed attempts,
     /// which readers skip and `expire` sweeps).
-    pub by_tid: HashMap<u32, VecDeque<u64>>,
+    pub by_tid: IdMap<u32, VecDeque<u64>>,
     /// Attempt ids per upstream endpoint, oldest first (bounded, swept like `by_tid`).
     by_dst: HashMap<SocketAddr, VecDeque<u64>>,
     pub deaths: VecDeque<Death>,
     /// Signals seen, by target pid (the exit that follows names the death).
     signals: HashMap<u32, (u64, i64, Evidence)>,
     pub listeners: HashMap<u16, Vec<Listener>>,
-    /// Drops and ICMP errors not (yet) matched to an attempt, matched again at verdict time.
+    /// Drops and ICMP errors that matched no attempt (other processes' flows to the same
+    /// upstream, or attempts whose events were lost): kept briefly, bounded, for inspection.
     pub loose_packets: VecDeque<KernelEvent>,
     /// Accept queues seen full: (time, listen address, event).
     pub overflows: VecDeque<(u64, SocketAddr, Evidence)>,
@@ -230,6 +257,14 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// Are SYNs of some recent attempt going unanswered? Only then is a full accept queue a
+    /// question worth the cost of reading the listeners' queues.
+    pub fn syns_unanswered(&self, now_ns: u64) -> bool {
+        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|id| self.attempts.get(id)).any(|a| {
+            a.syn_retransmits > 0 && a.connected_ns.is_none() && a.end_ns().is_none_or(|e| e + 3_000_000_000 >= now_ns)
+        })
+    }
+
     /// Pids known to listen (for sampling their accept queues).
     pub fn listener_pids(&self) -> Vec<u32> {
         self.listeners.values().flatten().map(|l| l.pid).collect()
@@ -459,7 +494,7 @@ impl Tracker {
             Kind::Drop | Kind::IcmpError => {
                 if !self.match_packet(ev) {
                     self.loose_packets.push_back(ev.clone());
-                    if self.loose_packets.len() > MAX_HOST_FACTS {
+                    if self.loose_packets.len() > MAX_LOOSE {
                         self.loose_packets.pop_front();
                     }
                 }
@@ -574,15 +609,6 @@ impl Tracker {
         true
     }
 
-    /// Retry matching loose packets once attempts know their source ports.
-    pub fn rematch_loose(&mut self) {
-        let loose: Vec<KernelEvent> = self.loose_packets.drain(..).collect();
-        for ev in loose {
-            if !self.match_packet(&ev) {
-                self.loose_packets.push_back(ev);
-            }
-        }
-    }
 }
 
 fn state_num(name: &Option<String>) -> u8 {
