@@ -226,6 +226,8 @@ impl Lab {
             sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev])?;
             sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            // Load runs open many short connections: let TIME_WAIT ports be reused.
+            let _ = sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
         }
         Ok(())
     }
@@ -425,7 +427,7 @@ http {{
     scgi_temp_path {d}/scgi;
     upstream backend {{
         server {up};
-        keepalive 8;
+        keepalive 64;
     }}
     server {{
         listen 127.0.0.1:{port};

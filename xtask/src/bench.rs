@@ -135,7 +135,8 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     lab.nginx_workers = 2;
     lab.start_upstream("ok")?;
     let gw = lab.start_gateway(GatewayKind::Nginx)?;
-    wrk(&lab, 2, 32)?; // warm-up
+    // Warm-up until the lab reaches its steady state (connection reuse, TIME_WAIT pool).
+    wrk(&lab, 8, 32)?;
     let (mut rps_ratio, mut p99_ratio, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut costs = serde_json::Value::Null;
     for i in 0..pairs {
