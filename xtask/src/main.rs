@@ -109,7 +109,16 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::run()?;
             build()?;
-            test()
+            test()?;
+            // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
+            // and a short soak (steady load with rolling faults).
+            fuzz::run(10, None, 1)?;
+            if unsafe { libc::geteuid() } == 0 {
+                soak::run(2)?;
+            } else {
+                eprintln!("xtask test: soak skipped: needs root");
+            }
+            Ok(())
         }
         Task::Lab { gateway, scenario, save_traces } => {
             setup::run()?;
