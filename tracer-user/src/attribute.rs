@@ -216,9 +216,11 @@ impl Engine {
         };
         let t = end;
         let ms = |ns: u64| round3((ns as f64 - t as f64) / 1e6);
+        let routine = a.routine_evidence();
         let mut evidence: Vec<EvidenceItem> = a
             .evidence
             .iter()
+            .chain(routine.iter())
             .chain(extra.iter())
             .map(|e| EvidenceItem { t_ms: ms(e.ts_ns), event: e.event.clone(), detail: e.detail.clone() })
             .collect();
@@ -337,9 +339,11 @@ impl Engine {
             ),
         };
         let ms = |ns: u64| (ns as f64 - t as f64) / 1e6;
+        let routine: Vec<Evidence> = attempts.iter().flat_map(|a| a.routine_evidence()).collect();
         let mut evidence: Vec<EvidenceItem> = attempts
             .iter()
             .flat_map(|a| a.evidence.iter())
+            .chain(routine.iter())
             .chain(extra.iter())
             .map(|e| EvidenceItem { t_ms: round3(ms(e.ts_ns)), event: e.event.clone(), detail: e.detail.clone() })
             .collect();

@@ -195,9 +195,41 @@ impl Attempt {
         if self.src.is_none() {
             self.src = ev.src.filter(|a| a.port() != 0);
         }
-        if self.evidence.len() < 64 {
+        // The routine steps of every exchange are kept as fields and written out only for a
+        // verdict (`routine_evidence`): most attempts succeed, so they must cost little.
+        let routine = matches!(ev.kind, Kind::ConnectStart | Kind::RequestSent | Kind::ResponseStart)
+            || (ev.kind == Kind::StateChange && ev.old_state.as_deref() == Some("SYN_SENT") && ev.new_state.as_deref() == Some("ESTABLISHED"));
+        if !routine && self.evidence.len() < 64 {
             self.evidence.push(Evidence::from_event(ev));
         }
+    }
+
+    /// The routine steps (connect, established, request, first response byte) as evidence.
+    pub fn routine_evidence(&self) -> Vec<Evidence> {
+        let up = self.upstream();
+        let mut out = Vec::with_capacity(4);
+        let item = |ts_ns, event: &str, detail: String| Evidence { ts_ns, event: event.into(), detail };
+        if self.reused {
+            out.push(item(self.started_ns, "request_sent", format!("{up}: request sent on a reused keep-alive connection")));
+        } else {
+            if self.sock != 0 || self.connect_err.is_none() {
+                out.push(item(self.started_ns, "connect_start", format!("connect to {up} started (SYN sent)")));
+            }
+            if let Some(c) = self.connected_ns {
+                out.push(item(c, "state_change", format!("{up}: SYN_SENT -> ESTABLISHED")));
+            }
+            if let Some(r) = self.request_ns {
+                out.push(item(r, "request_sent", format!("{up}: request sent")));
+            }
+        }
+        if let Some(r) = self.response_ns {
+            let head = self.head.as_deref().map(|h| {
+                let line = h.split(|&c| c == b'\r' || c == b'\n').next().unwrap_or_default();
+                format!(": \"{}\"", crate::decode::escape_bytes(&line[..line.len().min(60)]))
+            });
+            out.push(item(r, "response_start", format!("{up}: first response bytes{}", head.unwrap_or_default())));
+        }
+        out
     }
 }
 
@@ -236,7 +268,8 @@ pub struct Listener {
 #[derive(Debug, Default)]
 pub struct Tracker {
     next_id: u64,
-    pub attempts: IdMap<u64, Attempt>,
+    /// Boxed: a hash table's empty slots then cost a pointer, not a whole attempt.
+    pub attempts: IdMap<u64, Box<Attempt>>,
     /// Current attempt per live socket.
     by_sock: IdMap<u64, u64>,
     /// Attempt ids per gateway thread, oldest first (bounded; may name removed attempts,
@@ -260,7 +293,7 @@ impl Tracker {
     /// Are SYNs of some recent attempt going unanswered? Only then is a full accept queue a
     /// question worth the cost of reading the listeners' queues.
     pub fn syns_unanswered(&self, now_ns: u64) -> bool {
-        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|id| self.attempts.get(id)).any(|a| {
+        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|id| self.attempt(*id)).any(|a| {
             a.syn_retransmits > 0 && a.connected_ns.is_none() && a.end_ns().is_none_or(|e| e + 3_000_000_000 >= now_ns)
         })
     }
@@ -281,7 +314,7 @@ impl Tracker {
     }
 
     pub fn attempt(&self, id: u64) -> Option<&Attempt> {
-        self.attempts.get(&id)
+        self.attempts.get(&id).map(|a| &**a)
     }
 
     fn add_attempt(&mut self, attempt: Attempt) -> u64 {
@@ -301,7 +334,7 @@ impl Tracker {
         if attempt.sock != 0 {
             self.by_sock.insert(attempt.sock, id);
         }
-        self.attempts.insert(id, attempt);
+        self.attempts.insert(id, Box::new(attempt));
         if self.attempts.len() > MAX_ATTEMPTS {
             self.evict_oldest();
         }
@@ -366,12 +399,12 @@ impl Tracker {
 
     /// The attempt currently on a socket.
     pub fn current_attempt(&self, sock: u64) -> Option<&Attempt> {
-        self.attempts.get(self.by_sock.get(&sock)?)
+        self.attempts.get(self.by_sock.get(&sock)?).map(|a| &**a)
     }
 
     fn current(&mut self, sock: u64) -> Option<&mut Attempt> {
         let id = *self.by_sock.get(&sock)?;
-        self.attempts.get_mut(&id)
+        self.attempts.get_mut(&id).map(|a| &mut **a)
     }
 
     pub fn handle(&mut self, ev: &KernelEvent) {
@@ -622,3 +655,4 @@ impl KernelEvent {
         std::net::Ipv4Addr::from(self.aux.to_le_bytes()).to_string()
     }
 }
+

@@ -159,6 +159,10 @@ impl Probes {
         let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         let decoder = crate::decode::Decoder { drop_reasons: drop_reason_names };
+        drop(btf);
+        drop(aya_btf);
+        // Parsing the kernel's BTF twice took tens of MiB that are garbage now: hand them back.
+        unsafe { libc::malloc_trim(0) };
         Ok((Self { ebpf, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
     }
 
