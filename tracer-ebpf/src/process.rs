@@ -24,10 +24,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    if traced {
-        if TRACED.insert(child, 1, 0).is_err() {
-            count(counter::TRACED_MAP_FULL);
-        }
+    if traced && TRACED.insert(child, 1, 0).is_err() {
+        count(counter::TRACED_MAP_FULL);
+        // Rare and worth a sentence: aya-log stays off every hot path.
+        aya_log_ebpf::warn!(&ctx, "traced-process map full: child {} of {} is not followed", child, tgid);
     }
     // A forked worker of a listening server inherits the listening socket.
     if listener && LISTENERS.insert(child, 1, 0).is_err() {

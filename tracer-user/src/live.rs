@@ -125,6 +125,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
         pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
     }
     let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut log_tick = tokio::time::interval(Duration::from_millis(500));
     let mut ui_tick = tokio::time::interval(Duration::from_secs(1));
     // Full accept queues, and when each was last reported (again every second while full).
     let mut overflowing: std::collections::HashMap<std::net::SocketAddr, u64> = Default::default();
@@ -238,6 +239,11 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                     o.stats(lost);
                 }
                 write_stats(pipeline, &stats, known.len(), &probes)?;
+            }
+            _ = log_tick.tick() => {
+                if let Some(logger) = probes.logger.as_mut() {
+                    logger.flush();
+                }
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,

@@ -153,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if dashboard {
         // Checks that print one clear line must run before the terminal switches screens.
         live::preflight(&opts)?;
+        upstrace::probes::QUIET_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
         pipeline.observer = Some(Box::new(Dashboard::start("live", boot)?));
     }
     let result = live::run(opts, &mut pipeline).await;

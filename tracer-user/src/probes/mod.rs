@@ -71,8 +71,38 @@ impl std::fmt::Display for AttachReport {
     }
 }
 
+/// Messages the kernel programs log through aya-log (rare: maps full). Printed on stderr,
+/// unless the dashboard owns the terminal, then kept for it.
+pub struct KernelLog;
+
+pub static KERNEL_LOG: KernelLog = KernelLog;
+pub static KERNEL_MESSAGES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+pub static QUIET_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let line = format!("upstrace: kernel {}: {}", record.level().as_str().to_lowercase(), record.args());
+        if !QUIET_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{line}");
+        }
+        if let Ok(mut m) = KERNEL_MESSAGES.lock() {
+            if m.len() < 100 {
+                m.push(line);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 pub struct Probes {
     ebpf: Ebpf,
+    /// aya-log's channel from the kernel programs; `poll_kernel_log` drains it.
+    pub logger: Option<aya_log::EbpfLogger<&'static KernelLog>>,
     /// Held while BPF run-time statistics are wanted (the kernel counts only while held).
     stats_fd: Option<std::os::fd::OwnedFd>,
     pub report: AttachReport,
@@ -154,6 +184,7 @@ impl Probes {
                 Err(e) => report.skipped.push((spec.program.to_owned(), format!("{e:#}"))),
             }
         }
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, &KERNEL_LOG).ok();
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let traced = BpfHashMap::try_from(ebpf.take_map("TRACED").context("TRACED map")?)?;
         let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
@@ -163,7 +194,7 @@ impl Probes {
         drop(aya_btf);
         // Parsing the kernel's BTF twice took tens of MiB that are garbage now: hand them back.
         unsafe { libc::malloc_trim(0) };
-        Ok((Self { ebpf, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
+        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
     }
 
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
