@@ -18,7 +18,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
 }
 
 /// Run each target (or one) for `seconds`; fails on the first crash.
-pub fn run(seconds: u64, only: Option<&str>, jobs: u32) -> Result<()> {
+pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     ensure_cargo_fuzz()?;
     let root = crate::workspace_root();
     let targets: Vec<&str> = TARGETS.iter().copied().filter(|t| only.is_none_or(|o| o == *t)).collect();
@@ -33,8 +33,6 @@ pub fn run(seconds: u64, only: Option<&str>, jobs: u32) -> Result<()> {
                 .current_dir(&root)
                 .args(["+nightly", "fuzz", "run", "-O", t, &format!("fuzz/corpus/{t}"), "--"])
                 .arg(format!("-max_total_time={seconds}"))
-                .arg(format!("-jobs={jobs}"))
-                .arg(format!("-workers={jobs}"))
                 .args(["-max_len=65536", "-rss_limit_mb=2048", "-print_final_stats=1"]),
         )?;
     }

@@ -112,7 +112,7 @@ fn main() -> Result<()> {
             test()?;
             // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
             // and a short soak (steady load with rolling faults).
-            fuzz::run(10, None, 1)?;
+            fuzz::run(10, None)?;
             if unsafe { libc::geteuid() } == 0 {
                 soak::run(2)?;
             } else {
@@ -133,7 +133,7 @@ fn main() -> Result<()> {
         }
         Task::Fuzz { seconds, target } => {
             setup::run()?;
-            fuzz::run(seconds, target.as_deref(), 1)
+            fuzz::run(seconds, target.as_deref())
         }
         Task::Soak { minutes } => {
             setup::run()?;
