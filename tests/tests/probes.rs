@@ -186,10 +186,13 @@ fn a_restarted_gateway_is_followed_by_name() {
     // Started before any nginx of this lab exists: it waits, then picks gateways up by name.
     let tracer = Tracer::start(&["--comm", "nginx", "--wait"]).expect("upstrace");
     let first = lab.start_gateway(GatewayKind::Nginx).unwrap();
+    let first_workers = lab.gateway.as_ref().unwrap().workers();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(lab.request("/").unwrap().0, 502);
     tracer
-        .wait_for(Duration::from_secs(5), |v| v["type"] == "verdict" && v["gateway"]["comm"] == "nginx")
+        .wait_for(Duration::from_secs(5), |v| {
+            v["type"] == "verdict" && first_workers.contains(&(v["gateway"]["pid"].as_u64().unwrap_or(0) as u32))
+        })
         .expect("verdict from the first nginx");
     // Kill it and start a new one: new pids, same name.
     lab.stop_gateway();
@@ -206,6 +209,11 @@ fn a_restarted_gateway_is_followed_by_name() {
     assert_eq!(v["cause"], "refused");
     let (code, lines) = tracer.stop().unwrap();
     assert_eq!(code, 0);
-    let verdicts: Vec<_> = lines.iter().filter(|l| l["type"] == "verdict").collect();
+    // Other nginx instances on the machine may be traced too (by name): count ours only.
+    let ours = |v: &&serde_json::Value| {
+        let pid = v["gateway"]["pid"].as_u64().unwrap_or(0) as u32;
+        first_workers.contains(&pid) || workers.contains(&pid)
+    };
+    let verdicts: Vec<_> = lines.iter().filter(|l| l["type"] == "verdict").filter(ours).collect();
     assert_eq!(verdicts.len(), 2, "one verdict per 502, nothing stale: {verdicts:#?}");
 }

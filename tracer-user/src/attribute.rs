@@ -17,7 +17,7 @@ use crate::{
 /// gateway may close the upstream right after writing): well inside the 100 ms budget.
 pub const SETTLE_NS: u64 = 30_000_000;
 /// Attempts that ended this long before a status can still explain it (gateway timeouts).
-const LOOKBACK_NS: u64 = 120_000_000_000;
+const LOOKBACK_NS: u64 = crate::track::KEEP_NS;
 /// A gateway writes its 5xx within this long of handling the failure (or later, for its own
 /// timeouts, which end the attempt at the status itself).
 const FAILURE_TO_STATUS_NS: u64 = 1_000_000_000;

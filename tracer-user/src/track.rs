@@ -38,9 +38,11 @@ impl std::hash::Hasher for IdHasher {
 
 pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// How long finished attempts and host context are kept (longer than any gateway timeout
-/// worth explaining).
-pub const KEEP_NS: u64 = 180_000_000_000;
+/// How long unexplained attempts and host context are kept (longer than nginx's default 60 s
+/// timeouts).
+pub const KEEP_NS: u64 = 75_000_000_000;
+/// Attempts that succeeded or were already explained can explain nothing more: they go soon.
+const DONE_KEEP_NS: u64 = 10_000_000_000;
 /// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
 pub const MAX_ATTEMPTS: usize = 200_000;
 const MAX_HOST_FACTS: usize = 4096;
@@ -380,7 +382,13 @@ impl Tracker {
     /// Forget what is older than `KEEP_NS` before `now_ns`.
     pub fn expire(&mut self, now_ns: u64) {
         let horizon = now_ns.saturating_sub(KEEP_NS);
-        let old: Vec<u64> = self.attempts.values().filter(|a| a.last_ns < horizon).map(|a| a.id).collect();
+        let done_horizon = now_ns.saturating_sub(DONE_KEEP_NS);
+        let old: Vec<u64> = self
+            .attempts
+            .values()
+            .filter(|a| a.last_ns < horizon || ((a.consumed || a.succeeded()) && a.last_ns < done_horizon))
+            .map(|a| a.id)
+            .collect();
         for id in old {
             self.remove(id);
         }
@@ -584,7 +592,22 @@ impl Tracker {
     }
 
     fn on_request(&mut self, ev: &KernelEvent) {
-        let Some(&id) = self.by_sock.get(&ev.sock) else { return };
+        let known = self.by_sock.get(&ev.sock).copied().filter(|id| self.attempts.contains_key(id));
+        let Some(id) = known else {
+            // A kept-alive connection whose earlier exchanges were already forgotten (or
+            // that was open before tracing began): this exchange starts the story.
+            let new_id = self.new_id();
+            let mut b = Attempt::new(new_id, ev, true);
+            b.connected_ns = Some(ev.ts_ns);
+            b.request_ns = Some(ev.ts_ns);
+            b.last_state = crate::decode::TCP_ESTABLISHED;
+            b.base_sent = ev.bytes_sent.saturating_sub(ev.value.max(0) as u64);
+            b.base_recv = ev.bytes_recv;
+            b.touch(ev);
+            b.bytes_sent = ev.bytes_sent.saturating_sub(b.base_sent);
+            self.add_attempt(b);
+            return;
+        };
         let Some(a) = self.attempts.get_mut(&id) else { return };
         if a.request_ns.is_none() {
             a.touch(ev);

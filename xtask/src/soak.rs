@@ -119,8 +119,11 @@ pub fn run(minutes: u64) -> Result<()> {
     let verdicts = lines.iter().filter(|v| v["type"] == "verdict" && v["delivered"] == "status").count();
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").cloned().unwrap_or_default();
     let lost = stats["lost_total"].as_u64().unwrap_or(u64::MAX);
-    let warm = rss.iter().find(|(t, _)| *t >= total.as_secs_f64() * 0.2).map(|x| x.1).unwrap_or(0).max(1);
-    let peak = rss.iter().filter(|(t, _)| *t >= total.as_secs_f64() * 0.2).map(|x| x.1).max().unwrap_or(0);
+    // Warm-up: the engine keeps finished attempts ~10 s and unexplained ones up to 75 s, so
+    // memory settles after the first of those windows; measure growth after it.
+    let warm_s = (total.as_secs_f64() * 0.2).max(30.0);
+    let warm = rss.iter().find(|(t, _)| *t >= warm_s).map(|x| x.1).unwrap_or(0).max(1);
+    let peak = rss.iter().filter(|(t, _)| *t >= warm_s).map(|x| x.1).max().unwrap_or(0);
     let growth = peak as f64 / warm as f64 - 1.0;
     let summary = format!(
         "soak {minutes} min: {} requests, {fives} 5xx in nginx's access log, {verdicts} status verdicts, lost {lost}, \
