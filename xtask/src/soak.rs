@@ -121,7 +121,7 @@ pub fn run(minutes: u64) -> Result<()> {
     let lost = stats["lost_total"].as_u64().unwrap_or(u64::MAX);
     // Warm-up: the engine keeps finished attempts ~10 s and unexplained ones up to 75 s, so
     // memory settles after the first of those windows; measure growth after it.
-    let warm_s = (total.as_secs_f64() * 0.2).max(30.0);
+    let warm_s = (total.as_secs_f64() * 0.2).max(85.0).min(total.as_secs_f64() * 0.7);
     let warm = rss.iter().find(|(t, _)| *t >= warm_s).map(|x| x.1).unwrap_or(0).max(1);
     let peak = rss.iter().filter(|(t, _)| *t >= warm_s).map(|x| x.1).max().unwrap_or(0);
     let growth = peak as f64 / warm as f64 - 1.0;
@@ -146,8 +146,12 @@ pub fn run(minutes: u64) -> Result<()> {
     if lost != 0 {
         problems.push(format!("{lost} events lost"));
     }
-    if growth > 0.10 {
+    // Flat memory can only be judged once the engine's retention window (75 s) has passed
+    // well inside the run; shorter runs (the CI smoke) report the figure without judging it.
+    if minutes >= 5 && growth > 0.10 {
         problems.push(format!("RSS grew {:.1}% after warm-up", growth * 100.0));
+    } else if minutes < 5 {
+        println!("soak: RSS growth is judged on runs of 5 minutes or more (here informational)");
     }
     if !problems.is_empty() {
         bail!("soak failed: {}", problems.join("; "));
