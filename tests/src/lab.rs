@@ -144,6 +144,18 @@ impl Fault {
 /// The nft table the firewall faults live in (in the upstream namespace).
 const NFT_TABLE: &str = "upstrace_lab";
 
+/// One state of the lab's upstream side, for runs that roll through faults (demo, soak).
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    Healthy,
+    /// The lab upstream in this misbehaving mode.
+    Mode(&'static str),
+    /// Nothing listens on the upstream port.
+    NoUpstream,
+    /// A healthy upstream behind this fault.
+    Fault(Fault),
+}
+
 pub struct Gateway {
     pub kind: GatewayKind,
     /// The master process; workers are its children.
@@ -300,6 +312,21 @@ impl Lab {
         filter.extend_from_slice(selector);
         filter.extend_from_slice(&["flowid", "1:20"]);
         tc(&filter)
+    }
+
+    /// Clear the previous step's faults and put the lab in `step`.
+    pub fn apply(&mut self, step: Step) -> Result<()> {
+        self.clear_faults();
+        match step {
+            Step::Healthy => drop(self.start_upstream("ok")?),
+            Step::Mode(m) => drop(self.start_upstream(m)?),
+            Step::NoUpstream => self.stop_upstream(),
+            Step::Fault(f) => {
+                self.start_upstream("ok")?;
+                self.inject(f)?;
+            }
+        }
+        Ok(())
     }
 
     /// Undo every fault `inject` can add, ignoring what was not there.

@@ -11,7 +11,7 @@ use tracer_common::{
 
 use crate::maps::{cfg_get, 
     OWNED, PENDING_RECV, PENDING_STATUS, count, current_cgroup, current_comm, current_ids, emit,
-    fill_owner, fill_tuple_from_sock, is_traced, now_ns,
+    fill_owner, fill_tuple_from_sock, is_traced, now_ns, sock_netns,
 };
 
 const ARG0: usize = 16;
@@ -70,6 +70,7 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
         e.comm = current_comm();
         e.cgroup = current_cgroup();
         fill_tuple_from_sock(e, sk);
+        e.netns = sock_netns(sk);
         e.value = pending.status as i64;
         e.aux = pending.fd;
         e.data[..32].copy_from_slice(&pending.head);

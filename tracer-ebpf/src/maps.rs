@@ -135,8 +135,9 @@ pub fn emit(kind: tracer_common::EventKind, fill: impl FnOnce(&mut Event)) {
     }
 }
 
-/// Fill the 4-tuple and network namespace from the socket itself (offsets come from BTF).
-/// Local side is `saddr`/`sport`, remote side `daddr`/`dport`.
+/// Fill the 4-tuple from the socket itself (offsets come from BTF). Local side is
+/// `saddr`/`sport`, remote side `daddr`/`dport`. The netns comes from the owner record (read
+/// once at connect), or from `sock_netns` for sockets without one.
 #[inline(always)]
 pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
     let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
@@ -152,7 +153,6 @@ pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
     }
     event.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
     event.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
-    event.netns = sock_netns(sk);
 }
 
 #[inline(always)]
@@ -170,6 +170,7 @@ pub fn fill_owner(event: &mut Event, owner: &SockOwner) {
     event.tid = owner.tid;
     event.comm = owner.comm;
     event.cgroup = owner.cgroup;
+    event.netns = owner.netns;
     event.bytes_sent = owner.bytes_sent;
     event.bytes_recv = owner.bytes_recv;
     event.aux = owner.fd;

@@ -98,6 +98,7 @@ fn on_listen(sk: u64) {
         e.comm = current_comm();
         e.cgroup = current_cgroup();
         fill_tuple_from_sock(e, sk);
+        e.netns = sock_netns(sk);
         e.aux = e.sport as u32;
     });
 }

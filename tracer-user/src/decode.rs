@@ -54,6 +54,32 @@ impl From<EventKind> for Kind {
     }
 }
 
+impl Kind {
+    /// The name used in JSON (`connect_start`, ...), without going through serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ConnectStart => "connect_start",
+            Kind::ConnectSyscall => "connect_syscall",
+            Kind::StateChange => "state_change",
+            Kind::SockError => "sock_error",
+            Kind::ResetReceived => "reset_received",
+            Kind::ResetSent => "reset_sent",
+            Kind::Retransmit => "retransmit",
+            Kind::RequestSent => "request_sent",
+            Kind::ResponseStart => "response_start",
+            Kind::RecvEnd => "recv_end",
+            Kind::HttpStatus => "http_status",
+            Kind::ProcessExit => "process_exit",
+            Kind::Signal => "signal",
+            Kind::ProcessFork => "process_fork",
+            Kind::Listen => "listen",
+            Kind::Drop => "drop",
+            Kind::IcmpError => "icmp_error",
+            Kind::ListenOverflow => "listen_overflow",
+        }
+    }
+}
+
 /// TCP states, named as the kernel names them.
 pub fn tcp_state_name(state: u8) -> &'static str {
     match state {
@@ -571,6 +597,13 @@ mod tests {
         let mut e = raw(EventKind::Listen);
         e.kind = 200;
         assert_eq!(decode(&bytes(&e)).unwrap_err(), DecodeError::UnknownKind(200));
+    }
+
+    #[test]
+    fn kind_names_are_the_json_names() {
+        for k in [Kind::ConnectStart, Kind::HttpStatus, Kind::IcmpError, Kind::ListenOverflow, Kind::Drop] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 
     #[test]

@@ -58,29 +58,47 @@ fn proc_net_addr(field: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Listening sockets whose accept queue is full, in the netns `pid` lives in:
-/// (address, queued, limit). For a LISTEN socket /proc/net/tcp shows the accept queue length
-/// as rx_queue and its limit as tx_queue.
-pub fn full_accept_queues(pid: u32) -> Vec<(SocketAddr, u32, u32)> {
-    let mut out = Vec::new();
+/// A LISTEN row of /proc/<pid>/net/tcp{,6} (the netns `pid` lives in): local address, socket
+/// inode, and for a listener the accept queue length (rx_queue) and its limit (tx_queue).
+struct ListenRow {
+    addr: SocketAddr,
+    inode: u64,
+    queued: u32,
+    limit: u32,
+}
+
+fn listen_rows(pid: u32) -> Vec<ListenRow> {
+    let mut rows = Vec::new();
     for file in ["tcp", "tcp6"] {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is TCP_LISTEN.
             if cols.get(3) != Some(&"0A") {
                 continue;
             }
-            let Some((tx, rx)) = cols.get(4).and_then(|q| q.split_once(':')) else { continue };
-            let (Ok(limit), Ok(queued)) = (u32::from_str_radix(tx, 16), u32::from_str_radix(rx, 16)) else { continue };
-            // The kernel refuses new connections once the queue holds more than the limit.
-            if queued > limit || (limit > 0 && queued >= limit) {
-                if let Some(addr) = cols.get(1).and_then(|a| proc_net_addr(a)) {
-                    out.push((addr, queued, limit));
-                }
-            }
+            let Some(addr) = cols.get(1).and_then(|a| proc_net_addr(a)) else { continue };
+            let (tx, rx) = cols.get(4).and_then(|q| q.split_once(':')).unwrap_or(("0", "0"));
+            rows.push(ListenRow {
+                addr,
+                inode: cols.get(9).and_then(|i| i.parse().ok()).unwrap_or(0),
+                queued: u32::from_str_radix(rx, 16).unwrap_or(0),
+                limit: u32::from_str_radix(tx, 16).unwrap_or(0),
+            });
         }
     }
-    out
+    rows
+}
+
+/// Listening sockets whose accept queue is full, in the netns `pid` lives in:
+/// (address, queued, limit).
+pub fn full_accept_queues(pid: u32) -> Vec<(SocketAddr, u32, u32)> {
+    listen_rows(pid)
+        .into_iter()
+        // The kernel refuses new connections once the queue holds more than the limit.
+        .filter(|r| r.queued > r.limit || (r.limit > 0 && r.queued >= r.limit))
+        .map(|r| (r.addr, r.queued, r.limit))
+        .collect()
 }
 
 /// Network namespace identity of a process (`net:[4026531840]`).
@@ -90,21 +108,7 @@ pub fn netns_of(pid: u32) -> Option<String> {
 
 /// Listening sockets (inode -> address) in the network namespace `pid` lives in.
 fn listening_sockets(pid: u32) -> HashMap<u64, SocketAddr> {
-    let mut out = HashMap::new();
-    for file in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // st 0A is TCP_LISTEN; column 9 is the inode.
-            if cols.get(3) != Some(&"0A") {
-                continue;
-            }
-            if let (Some(addr), Some(inode)) = (cols.get(1).and_then(|a| proc_net_addr(a)), cols.get(9).and_then(|i| i.parse().ok())) {
-                out.insert(inode, addr);
-            }
-        }
-    }
-    out
+    listen_rows(pid).into_iter().filter(|r| r.inode != 0).map(|r| (r.inode, r.addr)).collect()
 }
 
 /// Every process holding a listening TCP socket, in every network namespace: the upstreams

@@ -57,8 +57,7 @@ impl<W: Write> Sink<W> {
         match self.format {
             Format::Json => {
                 let obj = event_json(ev, self.boot_offset_ns)?;
-                serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
-                self.out.write_all(b"\n")
+                self.json_line(&obj)
             }
             Format::Text => {
                 let time = self.wall_time(ev.ts_ns);
@@ -67,7 +66,7 @@ impl<W: Write> Sink<W> {
                     "{} {:<15} {:<16} {}",
                     &time[11..23],
                     format!("{}[{}]", ev.comm, ev.pid),
-                    serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                    ev.kind.as_str(),
                     ev.detail()
                 )
             }
@@ -78,8 +77,7 @@ impl<W: Write> Sink<W> {
         match self.format {
             Format::Json => {
                 let obj = verdict_json(v, self.boot_offset_ns)?;
-                serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
-                self.out.write_all(b"\n")
+                self.json_line(&obj)
             }
             Format::Text => {
                 let time = self.wall_time(v.ts_ns);
@@ -105,11 +103,15 @@ impl<W: Write> Sink<W> {
                 let mut obj = Map::new();
                 obj.insert("type".into(), json!(kind));
                 obj.append(&mut fields);
-                serde_json::to_writer(&mut self.out, &obj).map_err(io::Error::other)?;
-                self.out.write_all(b"\n")
+                self.json_line(&obj)
             }
             Format::Text => writeln!(self.out, "{text}"),
         }
+    }
+
+    fn json_line(&mut self, obj: &Map<String, Value>) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, obj).map_err(io::Error::other)?;
+        self.out.write_all(b"\n")
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

@@ -64,8 +64,7 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn from_event(ev: &KernelEvent) -> Self {
-        let event = serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(str::to_owned));
-        Self { ts_ns: ev.ts_ns, event: event.unwrap_or_default(), detail: ev.detail() }
+        Self { ts_ns: ev.ts_ns, event: ev.kind.as_str().to_owned(), detail: ev.detail() }
     }
 }
 

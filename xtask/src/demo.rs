@@ -12,15 +12,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use upstrace_lab::lab::{Fault, GatewayKind, Lab};
+use upstrace_lab::lab::{Fault, GatewayKind, Lab, Step};
 
-/// One step of the cycle: what to break, and how many requests to send while it is broken.
-enum Step {
-    Healthy,
-    Mode(&'static str),
-    NoUpstream,
-    Fault(Fault),
-}
 
 const CYCLE: &[Step] = &[
     Step::Healthy,
@@ -45,16 +38,7 @@ fn cycle(lab: &mut Lab, stop: &AtomicBool) -> Result<()> {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            lab.clear_faults();
-            match step {
-                Step::Healthy => drop(lab.start_upstream("ok")?),
-                Step::Mode(m) => drop(lab.start_upstream(m)?),
-                Step::NoUpstream => lab.stop_upstream(),
-                Step::Fault(f) => {
-                    lab.start_upstream("ok")?;
-                    lab.inject(*f)?;
-                }
-            }
+            lab.apply(*step)?;
             for _ in 0..3 {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(());

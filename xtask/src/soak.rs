@@ -10,14 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use upstrace_lab::lab::{Fault, GATEWAY_PORT, GatewayKind, Lab};
+use upstrace_lab::lab::{Fault, GATEWAY_PORT, GatewayKind, Lab, Step};
 
-enum Step {
-    Healthy,
-    Mode(&'static str),
-    NoUpstream,
-    Fault(Fault),
-}
 
 const ROLL: &[Step] = &[
     Step::Healthy,
@@ -81,16 +75,7 @@ pub fn run(minutes: u64) -> Result<()> {
     let mut rss: Vec<(f64, u64)> = Vec::new();
     let mut step = 0usize;
     while started.elapsed() < total {
-        lab.clear_faults();
-        match &ROLL[step % ROLL.len()] {
-            Step::Healthy => drop(lab.start_upstream("ok")?),
-            Step::Mode(m) => drop(lab.start_upstream(m)?),
-            Step::NoUpstream => lab.stop_upstream(),
-            Step::Fault(f) => {
-                lab.start_upstream("ok")?;
-                lab.inject(*f)?;
-            }
-        }
+        lab.apply(ROLL[step % ROLL.len()])?;
         // Steady load for this step: a bounded curl loop (count and time) in the client netns.
         let secs = step_len.as_secs().min((total.saturating_sub(started.elapsed())).as_secs().max(1));
         let status = Command::new("ip")
