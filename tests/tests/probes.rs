@@ -126,25 +126,82 @@ fn upstream_closing_before_answering_is_fin_with_zero_response_bytes() {
 }
 
 #[test]
-fn successful_requests_send_no_status_event_and_count_bytes() {
-    if !require_root("successful_requests_send_no_status_event_and_count_bytes") {
+fn healthy_keepalive_exchanges_stay_in_the_kernel() {
+    if !require_root("healthy_keepalive_exchanges_stay_in_the_kernel") {
         return;
     }
     setup();
     let mut lab = Lab::new().unwrap();
     let tracer = start(&mut lab, Some("ok"));
-    for _ in 0..3 {
+    const REQUESTS: usize = 12;
+    for _ in 0..REQUESTS {
         assert_eq!(lab.request("/").unwrap().0, 200);
     }
     tracer.wait_for(Duration::from_secs(5), |v| v["kind"] == "response_start");
     std::thread::sleep(Duration::from_millis(300));
     let (_, lines) = tracer.stop().unwrap();
     assert!(events(&lines, "http_status").is_empty(), "only 5xx status lines are reported");
+    // Each upstream connection ships its first exchange; the later ones on a kept-alive
+    // connection stay in the kernel because nothing went wrong with them.
+    let connections: std::collections::BTreeSet<String> =
+        events(&lines, "connect_start").iter().map(|e| e["sock"].to_string()).collect();
     let responses = events(&lines, "response_start");
-    assert!(responses.len() >= 3, "one response_start per exchange on a keep-alive connection: {responses:#?}");
-    assert!(responses.iter().all(|r| r["value"].as_u64().unwrap() > 0));
+    assert!(!connections.is_empty());
+    assert_eq!(responses.len(), connections.len(), "one response_start per connection: {responses:#?}");
+    assert!(connections.len() < REQUESTS, "nginx reused its upstream connections: {connections:?}");
+    assert!(responses.iter().all(|r| r["value"].as_u64().unwrap() > 0 && r["head"].as_str().unwrap_or("").starts_with("HTTP/1.1 200")));
+    assert!(events(&lines, "request_sent").len() == connections.len());
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
     assert_eq!(stats["lost_total"], 0);
+    assert_eq!(stats["exchanges_shipped_early"], 0);
+}
+
+/// Three good exchanges on one kept-alive connection, then a fault on the fourth: the kernel
+/// ships the held fourth exchange (with its own times) and upstrace explains the 5xx.
+fn fault_after_healthy_exchanges(fault: &str, status: u16, cause: &str) {
+    setup();
+    let mut lab = Lab::new().unwrap();
+    let tracer = start(&mut lab, Some(&format!("after-3:{fault}")));
+    for _ in 0..3 {
+        assert_eq!(lab.request("/").unwrap().0, 200);
+    }
+    assert_eq!(lab.request("/").unwrap().0, status, "{}", lab.gateway.as_ref().unwrap().log());
+    let verdict = tracer.wait_for(Duration::from_secs(8), |v| v["type"] == "verdict");
+    let (_, lines) = tracer.stop().unwrap();
+    let verdict = verdict.unwrap_or_else(|| panic!("no verdict: {lines:#?}"));
+    assert_eq!(verdict["status"], status);
+    assert_eq!(verdict["cause"], cause, "{verdict:#}");
+
+    let connects = events(&lines, "connect_start");
+    assert_eq!(connects.len(), 1, "all four requests share one connection: {connects:#?}");
+    let conn = same_sock(&lines, &connects[0]["sock"]);
+    let requests: Vec<_> = conn.iter().filter(|e| e["kind"] == "request_sent").collect();
+    assert_eq!(requests.len(), 2, "the first exchange and the failed fourth, not the two healthy ones: {conn:#?}");
+    let held = requests[1];
+    assert!(held["bytes_recv"].as_u64().unwrap() >= 3 * 60, "the fourth request follows three responses: {held}");
+    // Shipped late, stamped with the time the request was really sent.
+    let status_line = events(&lines, "http_status").into_iter().find(|e| e["value"] == status).expect("status event");
+    let (sent, answered) = (held["ts_ns"].as_u64().unwrap(), status_line["ts_ns"].as_u64().unwrap());
+    assert!(sent < answered, "request at {sent}, status at {answered}");
+    if fault == "stall" {
+        assert!(answered - sent >= 1_500_000_000, "the 504 came after nginx's 2 s read timeout: {sent} -> {answered}");
+    }
+}
+
+#[test]
+fn bad_header_after_healthy_exchanges_is_explained() {
+    if !require_root("bad_header_after_healthy_exchanges_is_explained") {
+        return;
+    }
+    fault_after_healthy_exchanges("bad-header", 502, "invalid-response");
+}
+
+#[test]
+fn stall_after_healthy_exchanges_is_explained() {
+    if !require_root("stall_after_healthy_exchanges_is_explained") {
+        return;
+    }
+    fault_after_healthy_exchanges("stall", 504, "stalled");
 }
 
 #[test]

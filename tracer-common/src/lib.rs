@@ -173,9 +173,40 @@ pub struct SockOwner {
     /// attributed, and are dropped when the socket memory is reused (or by LRU).
     pub tcp_state: u32,
     pub fd: u32,
+    /// Request/response exchanges begun on the connection (the first one is shipped at once,
+    /// later ones are held in `Exchange` records until something goes wrong).
+    pub exchanges: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 64);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 72);
+
+/// Bytes of a response's head kept (status line and the first headers).
+pub const RESPONSE_HEAD: usize = 128;
+/// Capacity of the held-exchange map; when it is full, exchanges are shipped at once instead.
+pub const MAX_EXCHANGES: u32 = 16384;
+
+/// The exchange in progress on a kept-alive upstream connection. The kernel holds it instead
+/// of shipping `RequestSent`/`ResponseStart` for every request, and ships those two events
+/// (with their own times) only ahead of an event that can explain a failure (state change,
+/// reset, error, end of stream, retransmit) or when the response does not look like a plain
+/// HTTP/1.x 1xx-4xx answer. Healthy keep-alive traffic thus crosses no ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Exchange {
+    pub request_ts: u64,
+    pub request_bytes_sent: u64,
+    pub request_bytes_recv: u64,
+    pub response_ts: u64,
+    pub response_bytes_sent: u64,
+    pub response_bytes_recv: u64,
+    pub request_len: i32,
+    pub response_len: i32,
+    pub head_len: u32,
+    pub _pad: u32,
+    pub head: [u8; RESPONSE_HEAD],
+}
+const _: () = assert!(core::mem::size_of::<Exchange>() == 192);
 
 pub const PHASE_IDLE: u32 = 0;
 pub const PHASE_SENDING: u32 = 1;
@@ -214,6 +245,8 @@ pub mod counter {
     pub const PENDING_MAP_FULL: u32 = 3;
     pub const LISTENER_MAP_FULL: u32 = 4;
     pub const READ_FAILED: u32 = 5;
+    /// Not a loss: exchanges were shipped at once because the held-exchange map was full.
+    pub const EXCHANGE_MAP_FULL: u32 = 6;
     pub const COUNT: u32 = 8;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
@@ -222,7 +255,7 @@ pub mod counter {
         "pending_map_full",
         "listener_map_full",
         "kernel_read_failed",
-        "reserved6",
+        "exchange_map_full",
         "reserved7",
     ];
 }
@@ -335,6 +368,7 @@ impl Config {
 mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::Exchange {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::PeerKey {}
 }

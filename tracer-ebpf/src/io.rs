@@ -6,12 +6,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    EventKind, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, counter,
+    EventKind, Exchange, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RESPONSE_HEAD, SockOwner,
+    counter,
 };
 
-use crate::maps::{cfg_get, 
-    OWNED, PENDING_RECV, PENDING_STATUS, count, current_cgroup, current_comm, current_ids, emit,
-    fill_owner, fill_tuple_from_sock, is_traced, now_ns, sock_netns,
+use crate::maps::{
+    HELD, OWNED, PENDING_RECV, PENDING_STATUS, cfg_get, count, current_cgroup, current_comm,
+    current_ids, emit, fill_owner, fill_tuple_from_sock, is_traced, now_ns, ship_held, sock_netns,
 };
 
 const ARG0: usize = 16;
@@ -19,8 +20,6 @@ const ARG1: usize = 24;
 const EAGAIN: i32 = -11;
 /// A status line must reach the socket within this long of the write that carried it.
 const STATUS_MAX_AGE_NS: u64 = 10_000_000;
-/// Bytes of a response's head kept (status line and the first headers).
-const RESPONSE_HEAD: usize = 128;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -39,6 +38,12 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
             owner.bytes_sent += ret as u64;
             if owner.phase != PHASE_SENDING {
                 owner.phase = PHASE_SENDING;
+                owner.exchanges += 1;
+                // The first exchange on a connection goes out at once; later ones on a kept-alive
+                // connection are held, and only shipped if something goes wrong.
+                if owner.exchanges > 1 && hold_request(sk, owner, ret) {
+                    return 0;
+                }
                 emit(EventKind::RequestSent, |e| {
                     e.sock = sk;
                     fill_owner(e, owner);
@@ -52,6 +57,76 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     }
     on_downstream_send(sk, tgid, tid);
     0
+}
+
+#[inline(always)]
+fn hold_request(sk: u64, owner: &SockOwner, len: i32) -> bool {
+    let now = now_ns();
+    if let Some(held) = HELD.get_ptr_mut(sk) {
+        // The previous exchange ended well (the gateway is sending the next request): forget it.
+        let held = unsafe { &mut *held };
+        held.request_ts = now;
+        held.request_bytes_sent = owner.bytes_sent;
+        held.request_bytes_recv = owner.bytes_recv;
+        held.request_len = len;
+        held.response_ts = 0;
+        held.head_len = 0;
+        return true;
+    }
+    let held = Exchange {
+        request_ts: now,
+        request_bytes_sent: owner.bytes_sent,
+        request_bytes_recv: owner.bytes_recv,
+        response_ts: 0,
+        response_bytes_sent: 0,
+        response_bytes_recv: 0,
+        request_len: len,
+        response_len: 0,
+        head_len: 0,
+        _pad: 0,
+        head: [0; RESPONSE_HEAD],
+    };
+    if HELD.insert(sk, held, 0).is_err() {
+        count(counter::EXCHANGE_MAP_FULL);
+        return false;
+    }
+    true
+}
+
+/// Read the head of a response from the caller's buffer; returns how many bytes are valid.
+#[inline(always)]
+fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
+    if buf == 0 {
+        return 0;
+    }
+    let n = if (len as usize) < RESPONSE_HEAD { len as u32 } else { RESPONSE_HEAD as u32 };
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head[..]) }.is_ok() {
+        return n;
+    }
+    // The buffer ends close by: settle for less.
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head[..32]) }.is_ok() {
+        return if n < 32 { n } else { 32 };
+    }
+    0
+}
+
+/// A response that starts like a plain HTTP/1.x 1xx-4xx answer explains no 5xx by itself.
+#[inline(always)]
+fn plain_answer(head: &[u8; RESPONSE_HEAD], len: u32) -> bool {
+    if len == 0 {
+        return true; // nothing to judge by (a read(2) caller): hold it like the rest
+    }
+    len >= 12
+        && head[0] == b'H'
+        && head[1] == b'T'
+        && head[2] == b'T'
+        && head[3] == b'P'
+        && head[4] == b'/'
+        && head[5] == b'1'
+        && head[6] == b'.'
+        && head[8] == b' '
+        && head[9] >= b'1'
+        && head[9] <= b'4'
 }
 
 fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
@@ -99,25 +174,32 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
             // The data is already in the caller's buffer: keep its head, so userspace can
             // tell garbage and broken headers from a valid response.
             let buf = unsafe { PENDING_RECV.get(tid) }.copied().unwrap_or(0);
+            if owner.exchanges > 1 {
+                if let Some(held) = HELD.get_ptr_mut(sk) {
+                    let held = unsafe { &mut *held };
+                    held.response_ts = now_ns();
+                    held.response_bytes_sent = owner.bytes_sent;
+                    held.response_bytes_recv = owner.bytes_recv;
+                    held.response_len = ret;
+                    held.head_len = read_head(buf, ret, &mut held.head);
+                    if !plain_answer(&held.head, held.head_len) {
+                        ship_held(sk, owner);
+                    }
+                    return 0;
+                }
+            }
             emit(EventKind::ResponseStart, |e| {
                 e.sock = sk;
                 fill_owner(e, owner);
                 fill_tuple_from_sock(e, sk);
                 e.value = ret as i64;
                 e.new_state = owner.tcp_state as u8;
-                if buf != 0 {
-                    let n = if (ret as usize) < RESPONSE_HEAD { ret as u32 } else { RESPONSE_HEAD as u32 };
-                    let read = unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut e.data[..RESPONSE_HEAD]) };
-                    if read.is_ok() {
-                        e.aux = n;
-                    } else if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut e.data[..32]) }.is_ok() {
-                        // The buffer ends close by: settle for less.
-                        e.aux = if n < 32 { n } else { 32 };
-                    }
-                }
+                let head = unsafe { &mut *(e.data.as_mut_ptr() as *mut [u8; RESPONSE_HEAD]) };
+                e.aux = read_head(buf, ret, head);
             });
         }
     } else if ret != EAGAIN {
+        ship_held(sk, owner);
         emit(EventKind::RecvEnd, |e| {
             e.sock = sk;
             fill_owner(e, owner);

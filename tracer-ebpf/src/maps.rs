@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, Event, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS, MAX_PENDING, MAX_TRACED_PROCESSES,
-    PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
+    Config, Event, EventKind, Exchange, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
+    MAX_PENDING, MAX_TRACED_PROCESSES, PeerKey, PendingConnect, PendingStatus, RESPONSE_HEAD,
+    RING_BYTES, SockOwner, counter,
 };
 
 /// Written by the loader before the programs load. Fields are read one at a time with
@@ -54,6 +55,11 @@ pub static LISTENERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTENER
 /// Upstream sockets a traced process connected, keyed by kernel socket address.
 #[map]
 pub static OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_OWNED_SOCKETS, 0);
+
+/// Exchanges held back on kept-alive upstream connections, keyed by socket (see `Exchange`).
+/// A plain hash, not LRU: when it is full the exchange is shipped at once, never dropped.
+#[map]
+pub static HELD: HashMap<u64, Exchange> = HashMap::with_max_entries(MAX_EXCHANGES, 0);
 
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> =
@@ -175,3 +181,42 @@ pub fn fill_owner(event: &mut Event, owner: &SockOwner) {
     event.bytes_recv = owner.bytes_recv;
     event.aux = owner.fd;
 }
+
+/// Ship the exchange held for a socket, as the `RequestSent`/`ResponseStart` events it stands
+/// for (stamped with their own times), ahead of the event that makes it worth knowing.
+#[inline(always)]
+pub fn ship_held(sk: u64, owner: &SockOwner) {
+    let Some(held) = HELD.get_ptr(sk) else {
+        return;
+    };
+    let held = unsafe { &*held };
+    if held.request_ts != 0 {
+        emit(EventKind::RequestSent, |e| {
+            e.sock = sk;
+            fill_owner(e, owner);
+            fill_tuple_from_sock(e, sk);
+            e.ts_ns = held.request_ts;
+            e.bytes_sent = held.request_bytes_sent;
+            e.bytes_recv = held.request_bytes_recv;
+            e.value = held.request_len as i64;
+            e.new_state = ESTABLISHED;
+        });
+    }
+    if held.response_ts != 0 {
+        emit(EventKind::ResponseStart, |e| {
+            e.sock = sk;
+            fill_owner(e, owner);
+            fill_tuple_from_sock(e, sk);
+            e.ts_ns = held.response_ts;
+            e.bytes_sent = held.response_bytes_sent;
+            e.bytes_recv = held.response_bytes_recv;
+            e.value = held.response_len as i64;
+            e.new_state = ESTABLISHED;
+            e.aux = held.head_len;
+            e.data[..RESPONSE_HEAD].copy_from_slice(&held.head);
+        });
+    }
+    let _ = HELD.remove(sk);
+}
+
+const ESTABLISHED: u8 = 1;

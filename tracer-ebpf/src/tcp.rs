@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tracer_common::{EventKind, PHASE_IDLE, PeerKey, SockOwner, counter};
 
 use crate::maps::{cfg_get, 
-    LISTENERS, OWNED, PEERS, PENDING_CONNECT, now_ns, count, current_cgroup, current_comm, current_ids,
+    HELD, LISTENERS, OWNED, PEERS, PENDING_CONNECT, now_ns, ship_held, count, current_cgroup, current_comm, current_ids,
     emit, fill_owner, fill_tuple_from_sock, is_traced, read_kernel, sock_netns,
 };
 
@@ -41,6 +41,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // The socket memory is being reused by an accepted socket: forget any old owner.
         TCP_SYN_RECV => {
             let _ = OWNED.remove(sk);
+            let _ = HELD.remove(sk);
         }
         TCP_LISTEN => on_listen(sk),
         _ => on_owned_state_change(sk, old, new),
@@ -49,6 +50,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn on_connect_start(sk: u64) {
+    let _ = HELD.remove(sk);
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
         // A reused socket address must not keep a stale owner.
@@ -66,6 +68,8 @@ fn on_connect_start(sk: u64) {
         phase: PHASE_IDLE,
         tcp_state: TCP_SYN_SENT as u32,
         fd,
+        exchanges: 0,
+        _pad: 0,
         comm: current_comm(),
     };
     if OWNED.insert(sk, owner, 0).is_err() {
@@ -87,6 +91,7 @@ fn on_connect_start(sk: u64) {
 
 fn on_listen(sk: u64) {
     let _ = OWNED.remove(sk);
+    let _ = HELD.remove(sk);
     let (tgid, tid) = current_ids();
     if LISTENERS.insert(tgid, 1, 0).is_err() {
         count(counter::LISTENER_MAP_FULL);
@@ -105,9 +110,14 @@ fn on_listen(sk: u64) {
 
 fn on_owned_state_change(sk: u64, old: i32, new: i32) {
     let Some(owner) = OWNED.get_ptr_mut(sk) else {
+        if new == TCP_CLOSE {
+            // The owner may have been evicted: do not let a held exchange outlive the socket.
+            let _ = HELD.remove(sk);
+        }
         return;
     };
     let owner = unsafe { &mut *owner };
+    ship_held(sk, owner);
     owner.tcp_state = new as u32;
     emit(EventKind::StateChange, |e| {
         e.sock = sk;
@@ -124,9 +134,15 @@ fn emit_owned(sk: u64, kind: EventKind, value: i64) {
     if sk == 0 {
         return;
     }
-    let Some(owner) = (unsafe { OWNED.get(sk) }) else {
-        return;
-    };
+    if let Some(owner) = unsafe { OWNED.get(sk) } {
+        emit_for_owner(sk, owner, kind, value);
+    }
+}
+
+/// Whatever is held for the socket goes first: this event may explain a failure.
+#[inline(always)]
+fn emit_for_owner(sk: u64, owner: &SockOwner, kind: EventKind, value: i64) {
+    ship_held(sk, owner);
     emit(kind, |e| {
         e.sock = sk;
         fill_owner(e, owner);
@@ -177,11 +193,14 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    if sk == 0 || unsafe { OWNED.get(sk) }.is_none() {
+    if sk == 0 {
         return 0;
     }
+    let Some(owner) = (unsafe { OWNED.get(sk) }) else {
+        return 0;
+    };
     let err: i32 = read_kernel(sk, cfg_get!(kernel.sk_err)).unwrap_or(0);
-    emit_owned(sk, EventKind::SockError, err as i64);
+    emit_for_owner(sk, owner, EventKind::SockError, err as i64);
     0
 }
 

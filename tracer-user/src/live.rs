@@ -271,6 +271,9 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
     fields.insert("lost_total".into(), json!(stats.lost()));
     fields.insert("lost".into(), json!(lost));
     fields.insert("verdicts".into(), json!(pipeline.verdicts));
+    // Healthy keep-alive exchanges stay in the kernel; past its map's capacity they are
+    // shipped like failures would be (more events, nothing lost).
+    fields.insert("exchanges_shipped_early".into(), json!(probes.exchanges_shipped_early()));
     if let Some((p50, p99, max)) = pipeline.latency.as_deref().and_then(crate::pipeline::percentiles_ms) {
         fields.insert("verdict_latency_ms".into(), json!({"p50": p50, "p99": p99, "max": max}));
     }

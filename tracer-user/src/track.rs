@@ -637,6 +637,15 @@ impl Tracker {
         }
         b.touch(ev);
         b.bytes_sent = ev.bytes_sent.saturating_sub(b.base_sent);
+        // The kernel ships a kept-alive exchange only once something went wrong, so packets
+        // of this exchange may already sit on the previous one: they belong here.
+        if let Some(p) = self.attempts.get_mut(&id) {
+            let t = ev.ts_ns;
+            b.drops.extend(p.drops.iter().filter(|d| d.0 >= t).cloned());
+            p.drops.retain(|d| d.0 < t);
+            b.icmp.extend(p.icmp.iter().filter(|i| i.0 >= t).cloned());
+            p.icmp.retain(|i| i.0 < t);
+        }
         self.add_attempt(b);
     }
 

@@ -81,12 +81,25 @@ fn die() -> ! {
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
 const LONG_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: text/plain\r\n\r\n";
 
+/// `after-N:MODE` answers the first N requests of each connection well, then misbehaves:
+/// a fault on a kept-alive connection, after healthy exchanges.
+fn split_mode(mode: &str) -> (u32, &str) {
+    mode.strip_prefix("after-")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(n, m)| Some((n.parse().ok()?, m)))
+        .unwrap_or((0, mode))
+}
+
 fn serve(mut s: TcpStream, mode: &str) {
     let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
+    let (healthy_first, fault) = split_mode(mode);
+    let mut served = 0u32;
     loop {
         if !read_request(&mut s) {
             return;
         }
+        served += 1;
+        let mode = if served <= healthy_first { "ok" } else { fault };
         match mode {
             "ok" => {
                 if s.write_all(OK).is_err() {

@@ -239,11 +239,18 @@ impl Probes {
     /// Kernel-side loss counters, summed over CPUs, by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         (0..counter::COUNT)
-            .map(|i| {
-                let sum = self.counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-                (counter::NAMES[i as usize], sum)
-            })
+            .filter(|&i| i != counter::EXCHANGE_MAP_FULL && !counter::NAMES[i as usize].starts_with("reserved"))
+            .map(|i| (counter::NAMES[i as usize], self.counter(i)))
             .collect()
+    }
+
+    /// Exchanges shipped at once because the held-exchange map was full (a cost, not a loss).
+    pub fn exchanges_shipped_early(&self) -> u64 {
+        self.counter(counter::EXCHANGE_MAP_FULL)
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
 
