@@ -11,7 +11,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    HELD, OWNED, PENDING_RECV, PENDING_STATUS, cfg_get, count, current_cgroup, current_comm,
+    HELD, OWNED, PENDING_RECV, PENDING_STATUS, take_recv_buffer, cfg_get, count, current_cgroup, current_comm,
     current_ids, emit, fill_owner, fill_tuple_from_sock, is_traced, now_ns, ship_held, sock_netns,
 };
 
@@ -164,6 +164,8 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let Some(owner) = OWNED.get_ptr_mut(sk) else {
+        // Not an upstream socket: its buffer must not be taken for a later read(2) of one.
+        take_recv_buffer(tid);
         return 0;
     };
     let owner = unsafe { &mut *owner };
@@ -173,7 +175,7 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
             owner.phase = PHASE_RECEIVING;
             // The data is already in the caller's buffer: keep its head, so userspace can
             // tell garbage and broken headers from a valid response.
-            let buf = unsafe { PENDING_RECV.get(tid) }.copied().unwrap_or(0);
+            let buf = take_recv_buffer(tid);
             if owner.exchanges > 1 {
                 if let Some(held) = HELD.get_ptr_mut(sk) {
                     let held = unsafe { &mut *held };
@@ -293,8 +295,10 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn remember_recv_buffer(buf: u64) {
     let (tgid, tid) = current_ids();
-    if is_traced(tgid) && PENDING_RECV.insert(tid, buf, 0).is_err() {
-        count(counter::PENDING_MAP_FULL);
+    if is_traced(tgid) {
+        if let Some(slot) = PENDING_RECV.get_ptr_mut(0) {
+            unsafe { *slot = crate::maps::RecvBuffer { tid, _pad: 0, buf } };
+        }
     }
 }
 

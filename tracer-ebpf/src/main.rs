@@ -5,6 +5,7 @@
 #![no_main]
 
 mod connect;
+mod floor;
 mod io;
 mod maps;
 mod packet;

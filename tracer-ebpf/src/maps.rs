@@ -65,9 +65,31 @@ pub static HELD: HashMap<u64, Exchange> = HashMap::with_max_entries(MAX_EXCHANGE
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> =
     HashMap::with_max_entries(MAX_PENDING, 0);
 
-/// User buffer of the receive call in progress, per thread (to show the response's head).
+/// User buffer of the receive call in progress on this CPU (to show the response's head).
+/// Syscall entry and the socket tracepoint run on the same CPU unless the task migrates in
+/// between, hence the tid check; a per-CPU slot costs a fraction of a hash update.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecvBuffer {
+    pub tid: u32,
+    pub _pad: u32,
+    pub buf: u64,
+}
+
 #[map]
-pub static PENDING_RECV: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PENDING, 0);
+pub static PENDING_RECV: PerCpuArray<RecvBuffer> = PerCpuArray::with_max_entries(1, 0);
+
+/// The buffer remembered at syscall entry, if this thread's; the slot is used once.
+#[inline(always)]
+pub fn take_recv_buffer(tid: u32) -> u64 {
+    let Some(slot) = PENDING_RECV.get_ptr_mut(0) else { return 0 };
+    let slot = unsafe { &mut *slot };
+    if slot.tid != tid {
+        return 0;
+    }
+    slot.tid = 0;
+    slot.buf
+}
 
 #[map]
 pub static PENDING_STATUS: HashMap<u32, PendingStatus> = HashMap::with_max_entries(MAX_PENDING, 0);

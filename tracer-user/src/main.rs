@@ -87,6 +87,13 @@ enum Command {
         #[arg(long)]
         events: bool,
     },
+    /// For `cargo xtask bench`: attach an empty program to the same hooks for N seconds and
+    /// print its cost per run (the floor under upstrace's overhead) as one JSON line.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
 }
 
 /// Where output goes: JSON or text lines on stdout, or nowhere when the dashboard owns it.
@@ -114,6 +121,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(report.markdown().as_bytes())?;
         stdout.flush()?;
+        return Ok(());
+    }
+    if let Some(Command::Floor { seconds: secs }) = &cli.command {
+        let (hooks, runs, ns) = upstrace::probes::Probes::measure_floor(seconds("seconds", *secs)?)?;
+        let avg = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
+        println!("{}", serde_json::json!({"type": "floor", "hooks": hooks, "runs": runs, "avg_ns": avg}));
         return Ok(());
     }
     if let Some(Command::Replay { file, speed, fast: _, json, text, events }) = cli.command {

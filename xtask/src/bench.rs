@@ -106,6 +106,23 @@ impl Tracer {
     }
 }
 
+/// Load under an empty program attached to the same hooks (`upstrace floor`): what running
+/// any BPF program there costs the gateway on this machine. Returns (wrk, floor line).
+fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32) -> Result<(Wrk, serde_json::Value)> {
+    let bin = crate::workspace_root().join("target/release/upstrace");
+    let child = Command::new(bin)
+        .args(["floor", "--seconds", &(secs + 1).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("upstrace floor")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let load = wrk(lab, secs, conns)?;
+    let out = child.wait_with_output()?;
+    let floor = serde_json::from_slice(&out.stdout).context("upstrace floor output")?;
+    Ok((load, floor))
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -138,6 +155,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     // Warm-up until the lab reaches its steady state (connection reuse, TIME_WAIT pool).
     wrk(&lab, 8, 32)?;
     let (mut rps_ratio, mut p99_ratio, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor_ratio, mut floor_ns) = (Vec::new(), Vec::new());
     let mut costs = serde_json::Value::Null;
     for i in 0..pairs {
         let a = wrk(&lab, secs, 32)?;
@@ -147,10 +165,20 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         if i == pairs - 1 {
             costs = stats["programs"].clone();
         }
-        eprintln!("bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms", i + 1, a.rps, a.p99_ms, b.rps, b.p99_ms);
+        let (f, floor) = wrk_at_floor(&lab, secs, 32)?;
+        eprintln!(
+            "bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, empty programs {:.0} req/s ({} ns per run)",
+            i + 1, a.rps, a.p99_ms, b.rps, b.p99_ms, f.rps, floor["avg_ns"]
+        );
         rps_ratio.push(b.rps / a.rps);
         p99_ratio.push(b.p99_ms / a.p99_ms);
-        runs.push(serde_json::json!({"without": {"rps": a.rps, "p99_ms": a.p99_ms}, "with": {"rps": b.rps, "p99_ms": b.p99_ms}}));
+        floor_ratio.push(f.rps / a.rps);
+        floor_ns.push(floor["avg_ns"].as_f64().unwrap_or(0.0));
+        runs.push(serde_json::json!({
+            "without": {"rps": a.rps, "p99_ms": a.p99_ms},
+            "with": {"rps": b.rps, "p99_ms": b.p99_ms},
+            "empty_programs": {"rps": f.rps, "p99_ms": f.p99_ms, "hooks": floor["hooks"], "runs": floor["runs"], "avg_ns": floor["avg_ns"]},
+        }));
     }
 
     // 2 + 3. Failure storms: refused and reset, with upstrace's own accounting.
@@ -215,6 +243,8 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "throughput_ratio": {"mean": mean(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
             "p99_ratio": {"mean": mean(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
             "bpf_programs": costs,
+            "empty_programs_throughput_ratio": {"mean": mean(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
+            "empty_program_avg_ns": mean(&floor_ns),
         },
         "storms": storms,
         "engine_100k_connections": rss,
@@ -236,7 +266,11 @@ fn markdown(r: &serde_json::Value) -> String {
     let _ = writeln!(md, "| figure | mean | min | max | target |\n|---|---:|---:|---:|---|");
     let _ = writeln!(md, "| throughput with / without | {:.3} | {:.3} | {:.3} | >= 0.99 |", o["throughput_ratio"]["mean"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["min"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["max"].as_f64().unwrap_or(0.0));
     let _ = writeln!(md, "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |", o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0), o["p99_ratio"]["min"].as_f64().unwrap_or(0.0), o["p99_ratio"]["max"].as_f64().unwrap_or(0.0));
-    md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n| program | runs | avg ns |\n|---|---:|---:|\n");
+    let fr = &o["empty_programs_throughput_ratio"];
+    let _ = writeln!(md, "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |", fr["mean"].as_f64().unwrap_or(0.0), fr["min"].as_f64().unwrap_or(0.0), fr["max"].as_f64().unwrap_or(0.0));
+    md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n");
+    let _ = writeln!(md, "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n", o["empty_program_avg_ns"].as_f64().unwrap_or(0.0));
+    md.push_str("| program | runs | avg ns |\n|---|---:|---:|\n");
     if let Some(list) = o["bpf_programs"].as_array() {
         for p in list {
             let _ = writeln!(md, "| {} | {} | {:.0} |", p["name"].as_str().unwrap_or("?"), p["runs"], p["avg_ns"].as_f64().unwrap_or(0.0));
@@ -247,14 +281,14 @@ fn markdown(r: &serde_json::Value) -> String {
         for s in list {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.0} | {} | {} | {} / {} | {:.1} | {:.1} | {} |",
+                "| {} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} | {:.1} | {:.1} | {} |",
                 s["storm"].as_str().unwrap_or("?"),
                 s["attempts_per_s"].as_f64().unwrap_or(0.0),
                 s["events_per_s"].as_f64().unwrap_or(0.0),
                 s["lost"],
                 s["verdicts"],
-                s["verdict_latency_ms"]["p50"],
-                s["verdict_latency_ms"]["p99"],
+                s["verdict_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                s["verdict_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
                 s["upstrace_cpu_pct_of_one_core"].as_f64().unwrap_or(0.0),
                 s["upstrace_cpu_pct_per_10k_rps"].as_f64().unwrap_or(0.0),
                 s["upstrace_rss_kib_max"]

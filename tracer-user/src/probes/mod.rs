@@ -197,6 +197,30 @@ impl Probes {
         Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
     }
 
+    /// Attach the empty `floor` program to every tracepoint the real programs use, with
+    /// run-time stats on, hold it for `duration`, and return (hooks, runs, total ns): what
+    /// running any program at these hooks costs here (`cargo xtask bench` compares against it).
+    pub fn measure_floor(duration: std::time::Duration) -> Result<(usize, u64, u64)> {
+        preflight(&btf_path())?;
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+        let mut ebpf = EbpfLoader::new().load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?;
+        let program: &mut TracePoint = ebpf.program_mut("floor").context("floor program missing")?.try_into()?;
+        program.load().map_err(|e| anyhow!("load floor: {e}"))?;
+        let mut hooks = 0;
+        for spec in PROGRAMS {
+            if let Hook::Tracepoint(category, name) = spec.hook {
+                if program.attach(category, name).is_ok() {
+                    hooks += 1;
+                }
+            }
+        }
+        std::thread::sleep(duration);
+        let info = program.info()?;
+        Ok((hooks, info.run_count(), info.run_time().as_nanos() as u64))
+    }
+
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
         self.traced.insert(pid, 1, 0).with_context(|| format!("tracing pid {pid}"))
     }
