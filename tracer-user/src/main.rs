@@ -93,6 +93,8 @@ enum Command {
     Floor {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        #[arg(long, value_enum, default_value = "all")]
+        hooks: upstrace::probes::FloorSet,
     },
 }
 
@@ -123,8 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stdout.flush()?;
         return Ok(());
     }
-    if let Some(Command::Floor { seconds: secs }) = &cli.command {
-        let (hooks, runs, ns) = upstrace::probes::Probes::measure_floor(seconds("seconds", *secs)?)?;
+    if let Some(Command::Floor { seconds: secs, hooks: set }) = &cli.command {
+        let (hooks, runs, ns) = upstrace::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?)?;
         let avg = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
         println!("{}", serde_json::json!({"type": "floor", "hooks": hooks, "runs": runs, "avg_ns": avg}));
         return Ok(());

@@ -108,10 +108,10 @@ impl Tracer {
 
 /// Load under an empty program attached to the same hooks (`upstrace floor`): what running
 /// any BPF program there costs the gateway on this machine. Returns (wrk, floor line).
-fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32) -> Result<(Wrk, serde_json::Value)> {
+fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str) -> Result<(Wrk, serde_json::Value)> {
     let bin = crate::workspace_root().join("target/release/upstrace");
     let child = Command::new(bin)
-        .args(["floor", "--seconds", &(secs + 1).to_string()])
+        .args(["floor", "--seconds", &(secs + 1).to_string(), "--hooks", hooks])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -165,7 +165,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         if i == pairs - 1 {
             costs = stats["programs"].clone();
         }
-        let (f, floor) = wrk_at_floor(&lab, secs, 32)?;
+        let (f, floor) = wrk_at_floor(&lab, secs, 32, "all")?;
         eprintln!(
             "bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, empty programs {:.0} req/s ({} ns per run)",
             i + 1, a.rps, a.p99_ms, b.rps, b.p99_ms, f.rps, floor["avg_ns"]
@@ -179,6 +179,14 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "with": {"rps": b.rps, "p99_ms": b.p99_ms},
             "empty_programs": {"rps": f.rps, "p99_ms": f.p99_ms, "hooks": floor["hooks"], "runs": floor["runs"], "avg_ns": floor["avg_ns"]},
         }));
+    }
+
+    // The socket and packet hooks as classic tracepoints and as tp_btf, side by side.
+    let mut hook_kinds = serde_json::Map::new();
+    for set in ["socket-classic", "socket-btf"] {
+        let (load, floor) = wrk_at_floor(&lab, secs, 32, set)?;
+        eprintln!("bench: empty programs at the socket hooks as {set}: {} ns per run, {:.0} req/s", floor["avg_ns"], load.rps);
+        hook_kinds.insert(set.into(), serde_json::json!({"avg_ns": floor["avg_ns"], "runs": floor["runs"], "rps": load.rps}));
     }
 
     // 2 + 3. Failure storms: refused and reset, with upstrace's own accounting.
@@ -245,6 +253,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "bpf_programs": costs,
             "empty_programs_throughput_ratio": {"mean": mean(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
             "empty_program_avg_ns": mean(&floor_ns),
+            "empty_programs_at_socket_hooks": hook_kinds,
         },
         "storms": storms,
         "engine_100k_connections": rss,
@@ -270,6 +279,13 @@ fn markdown(r: &serde_json::Value) -> String {
     let _ = writeln!(md, "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |", fr["mean"].as_f64().unwrap_or(0.0), fr["min"].as_f64().unwrap_or(0.0), fr["max"].as_f64().unwrap_or(0.0));
     md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n");
     let _ = writeln!(md, "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n", o["empty_program_avg_ns"].as_f64().unwrap_or(0.0));
+    let hk = &o["empty_programs_at_socket_hooks"];
+    let _ = writeln!(
+        md,
+        "At the socket and packet hooks alone (sock_send_length, sock_recv_length, netif_receive_skb, inet_sock_set_state, kfree_skb), an empty program costs {:.0} ns per run as a classic tracepoint and {:.0} ns as tp_btf.\n",
+        hk["socket-classic"]["avg_ns"].as_f64().unwrap_or(0.0),
+        hk["socket-btf"]["avg_ns"].as_f64().unwrap_or(0.0)
+    );
     md.push_str("| program | runs | avg ns |\n|---|---:|---:|\n");
     if let Some(list) = o["bpf_programs"].as_array() {
         for p in list {

@@ -54,6 +54,19 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "netif_receive_skb", hook: Hook::Tracepoint("net", "netif_receive_skb"), required: false },
 ];
 
+/// Which hooks `measure_floor` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorSet {
+    /// Every tracepoint upstrace uses, as classic tracepoints.
+    All,
+    /// The socket and packet hooks only, as classic tracepoints.
+    SocketClassic,
+    /// The same socket and packet hooks, as tp_btf (raw, BTF-typed tracepoints).
+    SocketBtf,
+}
+
+const FLOOR_SOCKET_HOOKS: [&str; 5] = ["sock_send_length", "sock_recv_length", "netif_receive_skb", "inet_sock_set_state", "kfree_skb"];
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AttachReport {
     pub attached: Vec<String>,
@@ -197,28 +210,51 @@ impl Probes {
         Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
     }
 
-    /// Attach the empty `floor` program to every tracepoint the real programs use, with
-    /// run-time stats on, hold it for `duration`, and return (hooks, runs, total ns): what
-    /// running any program at these hooks costs here (`cargo xtask bench` compares against it).
-    pub fn measure_floor(duration: std::time::Duration) -> Result<(usize, u64, u64)> {
-        preflight(&btf_path())?;
+    /// Attach empty programs to the hooks of `set` with run-time stats on, hold them for
+    /// `duration`, and return (hooks, runs, total ns): what running any program at these hooks
+    /// costs here (`cargo xtask bench` compares upstrace against it).
+    pub fn measure_floor(set: FloorSet, duration: std::time::Duration) -> Result<(usize, u64, u64)> {
+        let btf_path = btf_path();
+        preflight(&btf_path)?;
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
-        let mut ebpf = EbpfLoader::new().load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?;
-        let program: &mut TracePoint = ebpf.program_mut("floor").context("floor program missing")?.try_into()?;
-        program.load().map_err(|e| anyhow!("load floor: {e}"))?;
-        let mut hooks = 0;
-        for spec in PROGRAMS {
-            if let Hook::Tracepoint(category, name) = spec.hook {
-                if program.attach(category, name).is_ok() {
-                    hooks += 1;
+        let mut names = vec![];
+        match set {
+            FloorSet::All | FloorSet::SocketClassic => {
+                let program: &mut TracePoint = ebpf.program_mut("floor").context("floor program missing")?.try_into()?;
+                program.load().map_err(|e| anyhow!("load floor: {e}"))?;
+                let mut hooks = 0;
+                for spec in PROGRAMS {
+                    if let Hook::Tracepoint(category, name) = spec.hook {
+                        if (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name)) && program.attach(category, name).is_ok() {
+                            hooks += 1;
+                        }
+                    }
+                }
+                names.push(("floor".to_string(), hooks));
+            }
+            FloorSet::SocketBtf => {
+                for hook in FLOOR_SOCKET_HOOKS {
+                    let name = format!("floor_btf_{hook}");
+                    let program: &mut BtfTracePoint = ebpf.program_mut(&name).context("floor program missing")?.try_into()?;
+                    program.load(hook, &aya_btf).map_err(|e| anyhow!("load {name}: {e}"))?;
+                    program.attach().map_err(|e| anyhow!("attach {name}: {e}"))?;
+                    names.push((name, 1));
                 }
             }
         }
         std::thread::sleep(duration);
-        let info = program.info()?;
-        Ok((hooks, info.run_count(), info.run_time().as_nanos() as u64))
+        let (mut runs, mut ns) = (0, 0);
+        for (name, _) in &names {
+            let info = ebpf.program(name).context("floor program")?.info()?;
+            runs += info.run_count();
+            ns += info.run_time().as_nanos() as u64;
+        }
+        Ok((names.iter().map(|n| n.1).sum(), runs, ns))
     }
 
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
