@@ -5,8 +5,12 @@
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
-/// Capacity of the per-socket ownership map (upstream connections in flight).
+/// Capacity of the per-socket ownership map (open upstream connections). A plain hash: an
+/// open connection is never evicted; a full map is counted (`owned_map_full`).
 pub const MAX_OWNED_SOCKETS: u32 = 65536;
+/// Capacity of the map of recently closed upstream sockets (LRU: the gateway's last reads and
+/// resets after CLOSE are still attributed; the oldest closed sockets make room).
+pub const MAX_CLOSED_SOCKETS: u32 = 16384;
 /// Capacity of the per-thread scratch maps (connect arguments, pending status lines).
 pub const MAX_PENDING: u32 = 16384;
 /// Capacity of the listener-owner map (processes that listen, to report their deaths).
@@ -169,8 +173,8 @@ pub struct SockOwner {
     pub netns: u32,
     /// Request/response phase, see `PHASE_*`: lets the kernel emit one event per exchange.
     pub phase: u32,
-    /// Last TCP state seen; entries stay after CLOSE so the gateway's last reads are still
-    /// attributed, and are dropped when the socket memory is reused (or by LRU).
+    /// Last TCP state seen. At CLOSE the record moves from the open-socket map to the LRU map
+    /// of closed ones, so the gateway's last reads are still attributed.
     pub tcp_state: u32,
     pub fd: u32,
     /// Request/response exchanges begun on the connection (the first one is shipped at once,

@@ -11,7 +11,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    HELD, OWNED, PENDING_RECV, PENDING_STATUS, take_recv_buffer, cfg_get, count, current_cgroup, current_comm,
+    HELD, OWNED, PENDING_RECV, PENDING_STATUS, owner_of, take_recv_buffer, cfg_get, count, current_cgroup, current_comm,
     current_ids, emit, fill_owner, fill_tuple_from_sock, is_traced, now_ns, ship_held, sock_netns,
 };
 
@@ -163,7 +163,8 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     }) else {
         return 0;
     };
-    let Some(owner) = OWNED.get_ptr_mut(sk) else {
+    // Reads after CLOSE (data that arrived before an RST, the error itself) count too.
+    let Some(owner) = owner_of(sk) else {
         // Not an upstream socket: its buffer must not be taken for a later read(2) of one.
         take_recv_buffer(tid);
         return 0;

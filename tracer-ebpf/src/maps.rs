@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, Event, EventKind, Exchange, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
+    Config, Event, EventKind, Exchange, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
     MAX_PENDING, MAX_TRACED_PROCESSES, PeerKey, PendingConnect, PendingStatus, RESPONSE_HEAD,
     RING_BYTES, SockOwner, counter,
 };
@@ -52,9 +52,27 @@ pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACED_PROC
 #[map]
 pub static LISTENERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
-/// Upstream sockets a traced process connected, keyed by kernel socket address.
+/// Open upstream sockets a traced process connected, keyed by kernel socket address.
 #[map]
-pub static OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_OWNED_SOCKETS, 0);
+pub static OWNED: HashMap<u64, SockOwner> = HashMap::with_max_entries(MAX_OWNED_SOCKETS, 0);
+
+/// Upstream sockets that reached CLOSE, kept a while for the events that follow a close.
+#[map]
+pub static CLOSED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_CLOSED_SOCKETS, 0);
+
+/// The owner record of an upstream socket, open or recently closed.
+#[inline(always)]
+pub fn owner_of(sk: u64) -> Option<*mut SockOwner> {
+    OWNED.get_ptr_mut(sk).or_else(|| CLOSED.get_ptr_mut(sk))
+}
+
+/// Forget a socket address entirely (its memory now holds another socket).
+#[inline(always)]
+pub fn forget_socket(sk: u64) {
+    let _ = OWNED.remove(sk);
+    let _ = CLOSED.remove(sk);
+    let _ = HELD.remove(sk);
+}
 
 /// Exchanges held back on kept-alive upstream connections, keyed by socket (see `Exchange`).
 /// A plain hash, not LRU: when it is full the exchange is shipped at once, never dropped.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tracer_common::{EventKind, PHASE_IDLE, PeerKey, SockOwner, counter};
 
 use crate::maps::{cfg_get, 
-    HELD, LISTENERS, OWNED, PEERS, PENDING_CONNECT, now_ns, ship_held, count, current_cgroup, current_comm, current_ids,
+    CLOSED, HELD, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
     emit, fill_owner, fill_tuple_from_sock, is_traced, read_kernel, sock_netns,
 };
 
@@ -39,10 +39,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // connect(): we are in the connecting thread, so pid/comm are the real owner's.
         TCP_SYN_SENT if old == TCP_CLOSE => on_connect_start(sk),
         // The socket memory is being reused by an accepted socket: forget any old owner.
-        TCP_SYN_RECV => {
-            let _ = OWNED.remove(sk);
-            let _ = HELD.remove(sk);
-        }
+        TCP_SYN_RECV => forget_socket(sk),
         TCP_LISTEN => on_listen(sk),
         _ => on_owned_state_change(sk, old, new),
     }
@@ -50,11 +47,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn on_connect_start(sk: u64) {
-    let _ = HELD.remove(sk);
+    // A reused socket address must not keep a stale owner.
+    forget_socket(sk);
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
-        // A reused socket address must not keep a stale owner.
-        let _ = OWNED.remove(sk);
         return;
     }
     let fd = unsafe { PENDING_CONNECT.get(tid) }.map(|p| p.fd).unwrap_or(u32::MAX);
@@ -90,8 +86,7 @@ fn on_connect_start(sk: u64) {
 }
 
 fn on_listen(sk: u64) {
-    let _ = OWNED.remove(sk);
-    let _ = HELD.remove(sk);
+    forget_socket(sk);
     let (tgid, tid) = current_ids();
     if LISTENERS.insert(tgid, 1, 0).is_err() {
         count(counter::LISTENER_MAP_FULL);
@@ -110,10 +105,6 @@ fn on_listen(sk: u64) {
 
 fn on_owned_state_change(sk: u64, old: i32, new: i32) {
     let Some(owner) = OWNED.get_ptr_mut(sk) else {
-        if new == TCP_CLOSE {
-            // The owner may have been evicted: do not let a held exchange outlive the socket.
-            let _ = HELD.remove(sk);
-        }
         return;
     };
     let owner = unsafe { &mut *owner };
@@ -126,6 +117,12 @@ fn on_owned_state_change(sk: u64, old: i32, new: i32) {
         e.old_state = old as u8;
         e.new_state = new as u8;
     });
+    if new == TCP_CLOSE {
+        // Open sockets are never evicted; closed ones make room for each other.
+        let closed = *owner;
+        let _ = CLOSED.insert(sk, closed, 0);
+        let _ = OWNED.remove(sk);
+    }
 }
 
 /// Emit a socket event for an owned socket; softirq context, so identity comes from the map.
@@ -134,8 +131,8 @@ fn emit_owned(sk: u64, kind: EventKind, value: i64) {
     if sk == 0 {
         return;
     }
-    if let Some(owner) = unsafe { OWNED.get(sk) } {
-        emit_for_owner(sk, owner, kind, value);
+    if let Some(owner) = owner_of(sk) {
+        emit_for_owner(sk, unsafe { &*owner }, kind, value);
     }
 }
 
@@ -196,11 +193,11 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     if sk == 0 {
         return 0;
     }
-    let Some(owner) = (unsafe { OWNED.get(sk) }) else {
+    let Some(owner) = owner_of(sk) else {
         return 0;
     };
     let err: i32 = read_kernel(sk, cfg_get!(kernel.sk_err)).unwrap_or(0);
-    emit_for_owner(sk, owner, EventKind::SockError, err as i64);
+    emit_for_owner(sk, unsafe { &*owner }, EventKind::SockError, err as i64);
     0
 }
 
