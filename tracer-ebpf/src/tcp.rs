@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tracer_common::{EventKind, PHASE_IDLE, PeerKey, SockOwner, counter};
 
 use crate::maps::{cfg_get, 
-    CLOSED, HELD, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
+    CLOSED, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
     emit, fill_owner, fill_tuple_from_sock, is_traced, read_kernel, sock_netns,
 };
 

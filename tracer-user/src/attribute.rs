@@ -137,7 +137,7 @@ impl Engine {
             out.push(self.judge(&p.ev));
         }
         out.extend(self.check_truncations(false));
-        if self.now_ns.saturating_sub(self.last_expire_ns) > 5_000_000_000 {
+        if self.now_ns.saturating_sub(self.last_expire_ns) > 1_000_000_000 {
             self.last_expire_ns = self.now_ns;
             self.tracker.expire(self.now_ns);
         }
@@ -293,15 +293,17 @@ impl Engine {
     fn candidates(&self, status: &KernelEvent, same_thread: bool) -> Vec<u64> {
         let t = status.ts_ns;
         let ids: Vec<u64> = if same_thread {
-            self.tracker.by_tid.get(&status.tid).map(|q| q.iter().copied().collect()).unwrap_or_default()
+            let queue = self.tracker.by_tid.get(&status.tid);
+            queue.into_iter().flatten().filter(|&&(started, _)| started <= t).map(|&(_, id)| id).collect()
         } else {
             // Same process, other threads (bounded by the per-thread indexes).
             self.tracker
                 .by_tid
                 .values()
                 .flatten()
-                .filter(|id| self.tracker.attempt(**id).is_some_and(|a| a.pid == status.pid))
-                .copied()
+                .filter(|&&(started, _)| started <= t)
+                .map(|&(_, id)| id)
+                .filter(|id| self.tracker.attempt(*id).is_some_and(|a| a.pid == status.pid))
                 .collect()
         };
         ids.into_iter()
@@ -324,6 +326,7 @@ impl Engine {
                 a.consumed = true;
             }
         }
+        self.tracker.forget_explained(status.tid, &chain);
         let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
         let t = status.ts_ns;
         let (class, cause, summary, extra) = match attempts.last() {

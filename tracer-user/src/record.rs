@@ -15,7 +15,7 @@ use crate::{
     attribute::Verdict,
     clock,
     decode::KernelEvent,
-    sink::{event_json, verdict_json},
+    sink::{EventLine, VerdictLine},
 };
 
 pub const FORMAT_NAME: &str = "upstrace-trace";
@@ -120,19 +120,13 @@ impl Recorder {
 
     pub fn event(&mut self, ev: &KernelEvent) {
         if self.out.is_some() {
-            match event_json(ev, self.boot_offset_ns) {
-                Ok(obj) => self.line(&obj),
-                Err(e) => self.fail(e),
-            }
+            self.line(&EventLine::new(ev, self.boot_offset_ns));
         }
     }
 
     pub fn verdict(&mut self, v: &Verdict) {
         if self.out.is_some() {
-            match verdict_json(v, self.boot_offset_ns) {
-                Ok(obj) => self.line(&obj),
-                Err(e) => self.fail(e),
-            }
+            self.line(&VerdictLine::new(v, self.boot_offset_ns));
         }
     }
 

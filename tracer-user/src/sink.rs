@@ -6,27 +6,55 @@ use serde_json::{Map, Value, json};
 
 use crate::{attribute::Verdict, clock, decode::KernelEvent};
 
-/// The JSON object of an event line (`"type":"event"`), as printed and recorded.
-pub fn event_json(ev: &KernelEvent, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
-    let mut obj = Map::new();
-    obj.insert("type".into(), json!("event"));
-    obj.insert("time".into(), json!(clock::rfc3339(ev.ts_ns as i128 + boot_offset_ns)));
-    if let Value::Object(fields) = serde_json::to_value(ev).map_err(io::Error::other)? {
-        obj.extend(fields);
-    }
-    obj.insert("detail".into(), json!(ev.detail()));
-    Ok(obj)
+/// An event line (`"type":"event"`), as printed and recorded: type, time, the event's own
+/// fields, then a human detail. Serialized straight to the writer (no intermediate map: a
+/// failure storm makes tens of thousands of lines a second).
+#[derive(serde::Serialize)]
+pub struct EventLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    #[serde(flatten)]
+    event: &'a KernelEvent,
+    detail: String,
 }
 
-/// The JSON object of a verdict line (`"type":"verdict"`).
-pub fn verdict_json(v: &Verdict, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
-    let mut obj = Map::new();
-    obj.insert("type".into(), json!("verdict"));
-    obj.insert("time".into(), json!(clock::rfc3339(v.ts_ns as i128 + boot_offset_ns)));
-    if let Value::Object(fields) = serde_json::to_value(v).map_err(io::Error::other)? {
-        obj.extend(fields);
+impl<'a> EventLine<'a> {
+    pub fn new(ev: &'a KernelEvent, boot_offset_ns: i128) -> Self {
+        Self { kind: "event", time: clock::rfc3339(ev.ts_ns as i128 + boot_offset_ns), event: ev, detail: ev.detail() }
     }
-    Ok(obj)
+}
+
+/// A verdict line (`"type":"verdict"`): type, time, then the verdict's fields.
+#[derive(serde::Serialize)]
+pub struct VerdictLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    #[serde(flatten)]
+    verdict: &'a Verdict,
+}
+
+impl<'a> VerdictLine<'a> {
+    pub fn new(v: &'a Verdict, boot_offset_ns: i128) -> Self {
+        Self { kind: "verdict", time: clock::rfc3339(v.ts_ns as i128 + boot_offset_ns), verdict: v }
+    }
+}
+
+/// The JSON object of an event line, for callers that add to it.
+pub fn event_json(ev: &KernelEvent, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
+    match serde_json::to_value(EventLine::new(ev, boot_offset_ns)).map_err(io::Error::other)? {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(io::Error::other("an event is not a JSON object")),
+    }
+}
+
+/// The JSON object of a verdict line, for callers that add to it.
+pub fn verdict_json(v: &Verdict, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
+    match serde_json::to_value(VerdictLine::new(v, boot_offset_ns)).map_err(io::Error::other)? {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(io::Error::other("a verdict is not a JSON object")),
+    }
 }
 
 pub enum Format {
@@ -56,8 +84,8 @@ impl<W: Write> Sink<W> {
         }
         match self.format {
             Format::Json => {
-                let obj = event_json(ev, self.boot_offset_ns)?;
-                self.json_line(&obj)
+                let line = EventLine::new(ev, self.boot_offset_ns);
+                self.json_line(&line)
             }
             Format::Text => {
                 let time = self.wall_time(ev.ts_ns);
@@ -76,8 +104,8 @@ impl<W: Write> Sink<W> {
     pub fn verdict(&mut self, v: &Verdict) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                let obj = verdict_json(v, self.boot_offset_ns)?;
-                self.json_line(&obj)
+                let line = VerdictLine::new(v, self.boot_offset_ns);
+                self.json_line(&line)
             }
             Format::Text => {
                 let time = self.wall_time(v.ts_ns);
@@ -109,7 +137,7 @@ impl<W: Write> Sink<W> {
         }
     }
 
-    fn json_line(&mut self, obj: &Map<String, Value>) -> io::Result<()> {
+    fn json_line(&mut self, obj: &impl serde::Serialize) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, obj).map_err(io::Error::other)?;
         self.out.write_all(b"\n")
     }

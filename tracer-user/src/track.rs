@@ -41,8 +41,9 @@ pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 /// How long unexplained attempts and host context are kept (longer than nginx's default 60 s
 /// timeouts).
 pub const KEEP_NS: u64 = 75_000_000_000;
-/// Attempts that succeeded or were already explained can explain nothing more: they go soon.
-const DONE_KEEP_NS: u64 = 10_000_000_000;
+/// Attempts that succeeded or were already explained can explain nothing more: they go soon
+/// (a failure storm makes tens of thousands a second).
+const DONE_KEEP_NS: u64 = 2_000_000_000;
 /// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
 pub const MAX_ATTEMPTS: usize = 200_000;
 const MAX_HOST_FACTS: usize = 4096;
@@ -50,7 +51,7 @@ const MAX_HOST_FACTS: usize = 4096;
 const MAX_LOOSE: usize = 512;
 /// Attempts remembered per gateway thread for linking (newest kept): a busy worker makes
 /// thousands per second, and only recent ones can explain a status it writes now.
-const PER_THREAD: usize = 512;
+const PER_THREAD: usize = 1024;
 /// Attempts remembered per upstream endpoint for matching packet drops and ICMP errors.
 const PER_ENDPOINT: usize = 64;
 
@@ -273,9 +274,10 @@ pub struct Tracker {
     pub attempts: IdMap<u64, Box<Attempt>>,
     /// Current attempt per live socket.
     by_sock: IdMap<u64, u64>,
-    /// Attempt ids per gateway thread, oldest first (bounded; may name removed attempts,
-    /// which readers skip and `expire` sweeps).
-    pub by_tid: IdMap<u32, VecDeque<u64>>,
+    /// (start time, attempt id) per gateway thread, in arrival order (bounded; may name
+    /// removed attempts, which readers skip and `expire` sweeps). The start time lets a status
+    /// pass over the attempts begun after it without looking them up.
+    pub by_tid: IdMap<u32, VecDeque<(u64, u64)>>,
     /// Attempt ids per upstream endpoint, oldest first (bounded, swept like `by_tid`).
     by_dst: HashMap<SocketAddr, VecDeque<u64>>,
     pub deaths: VecDeque<Death>,
@@ -294,9 +296,22 @@ impl Tracker {
     /// Are SYNs of some recent attempt going unanswered? Only then is a full accept queue a
     /// question worth the cost of reading the listeners' queues.
     pub fn syns_unanswered(&self, now_ns: u64) -> bool {
-        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|id| self.attempt(*id)).any(|a| {
+        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|&(_, id)| self.attempt(id)).any(|a| {
             a.syn_retransmits > 0 && a.connected_ns.is_none() && a.end_ns().is_none_or(|e| e + 3_000_000_000 >= now_ns)
         })
+    }
+
+    /// Take explained attempts out of a thread's linking queue: in a failure storm a worker
+    /// makes thousands a second, and every status would otherwise walk past all of them.
+    pub fn forget_explained(&mut self, tid: u32, ids: &[u64]) {
+        if let Some(q) = self.by_tid.get_mut(&tid) {
+            // The explained ones are usually the oldest: search from the front.
+            for id in ids {
+                if let Some(i) = q.iter().position(|(_, x)| x == id) {
+                    q.remove(i);
+                }
+            }
+        }
     }
 
     /// Pids known to listen (for sampling their accept queues).
@@ -321,7 +336,7 @@ impl Tracker {
     fn add_attempt(&mut self, attempt: Attempt) -> u64 {
         let id = attempt.id;
         let q = self.by_tid.entry(attempt.tid).or_default();
-        q.push_back(id);
+        q.push_back((attempt.started_ns, id));
         if q.len() > PER_THREAD {
             q.pop_front();
         }
@@ -369,7 +384,7 @@ impl Tracker {
     fn sweep_indexes(&mut self) {
         let attempts = &self.attempts;
         self.by_tid.retain(|_, q| {
-            q.retain(|id| attempts.contains_key(id));
+            q.retain(|(_, id)| attempts.contains_key(id));
             !q.is_empty()
         });
         self.by_dst.retain(|_, q| {
@@ -558,7 +573,7 @@ impl Tracker {
         // An immediate failure right after a SYN_SENT on the same thread (e.g. no free
         // ephemeral port) belongs to that attempt.
         if ev.value < 0 {
-            let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).copied();
+            let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).map(|&(_, id)| id);
             if let Some(a) = recent.and_then(|id| self.attempts.get_mut(&id)) {
                 let polled = a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
                 if polled {

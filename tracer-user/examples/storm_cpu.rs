@@ -1,0 +1,90 @@
+//! Userspace cost per kernel event in a refused-connection storm: builds the raw records the
+//! kernel sends for each refused attempt (connect start, RST, ECONNREFUSED, CLOSE, the 502
+//! status line), then decodes them and runs them through the pipeline (JSON verdicts into a
+//! discarded writer), as the live loop does. Prints ns per event and the RSS reached.
+//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second]`
+use std::time::Instant;
+
+use tracer_common::{AF_INET, Event, EventKind};
+use upstrace::{
+    decode::Decoder,
+    pipeline::Pipeline,
+    sink::{Format, Sink},
+};
+
+fn record(kind: EventKind, ts_ns: u64, sock: u64, fill: impl FnOnce(&mut Event)) -> Vec<u8> {
+    let mut e = Event::zeroed();
+    e.kind = kind as u8;
+    e.ts_ns = ts_ns;
+    e.sock = sock;
+    e.pid = 4242;
+    e.tid = 4242;
+    e.comm[..5].copy_from_slice(b"nginx");
+    e.family = AF_INET;
+    e.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+    e.dport = 8081;
+    fill(&mut e);
+    // SAFETY: Event is plain old data.
+    unsafe { std::slice::from_raw_parts((&e as *const Event).cast::<u8>(), size_of::<Event>()) }.to_vec()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let attempts: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let gap = 1_000_000_000 / rate.max(1);
+    let mut stream = Vec::with_capacity(attempts as usize * 5);
+    for i in 0..attempts {
+        let t = 1_000_000_000 + i * gap;
+        let sock = 0xffff_8880_0000_0000 + (i % 50_000) * 0x800;
+        let port = (i % 28_000) as u16 + 32_768;
+        stream.push(record(EventKind::ConnectStart, t, sock, |e| {
+            e.sport = port;
+            e.old_state = 7;
+            e.new_state = 2;
+        }));
+        stream.push(record(EventKind::ResetReceived, t + 40_000, sock, |e| {
+            e.sport = port;
+            e.new_state = 2;
+        }));
+        stream.push(record(EventKind::StateChange, t + 41_000, sock, |e| {
+            e.sport = port;
+            e.old_state = 2;
+            e.new_state = 7;
+        }));
+        stream.push(record(EventKind::SockError, t + 42_000, sock, |e| {
+            e.value = 111;
+            e.new_state = 7;
+        }));
+        stream.push(record(EventKind::HttpStatus, t + 60_000, 0xffff_8881_0000_0000 + i * 0x800, |e| {
+            e.value = 502;
+            e.daddr[..4].copy_from_slice(&[10, 0, 1, 2]);
+            e.dport = 40_000;
+            e.data[..32].copy_from_slice(b"HTTP/1.1 502 Bad Gateway\r\nServer");
+        }));
+    }
+    let decoder = Decoder::default();
+    let mut pipeline = Pipeline::new(Sink::new(std::io::sink(), Format::Json, false, 0));
+    let started = Instant::now();
+    for bytes in &stream {
+        let ev = decoder.decode(bytes).expect("valid record");
+        pipeline.event(&ev).expect("pipeline");
+    }
+    if std::env::var_os("STORM_DEBUG").is_some() {
+        let lens: Vec<usize> = pipeline.engine.tracker.by_tid.values().map(|q| q.len()).collect();
+        eprintln!("queues {lens:?}, attempts {}", pipeline.engine.tracker.attempts.len());
+    }
+    pipeline.finish().expect("finish");
+    let elapsed = started.elapsed();
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    println!(
+        "{{\"attempts\":{attempts},\"events\":{},\"verdicts\":{},\"ns_per_event\":{:.0},\"rss_kib\":{rss_kib}}}",
+        stream.len(),
+        pipeline.verdicts,
+        elapsed.as_nanos() as f64 / stream.len() as f64
+    );
+}
