@@ -17,6 +17,13 @@ fn replay(path: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
     (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// `upstrace report FILE`: (exit code, Markdown, stderr).
+fn report(path: &Path) -> (i32, String, String) {
+    let bin = find_binary("upstrace", "UPSTRACE_BIN").expect("upstrace built");
+    let out = Command::new(bin).arg("report").arg(path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
@@ -87,6 +94,12 @@ fn bad_trace_files_give_one_clear_line() {
         assert_ne!(code, 0, "{name}");
         assert_eq!(err.lines().count(), 1, "{name}: one line: {err:?}");
         assert!(err.contains(needle) && !err.contains("panicked"), "{name}: {err}");
+        // The report reads traces with the same reader, and fails the same way.
+        let (code, markdown, err) = report(&path);
+        assert_ne!(code, 0, "report {name}");
+        assert!(markdown.is_empty(), "report {name}: no half report on stdout: {markdown}");
+        assert_eq!(err.lines().count(), 1, "report {name}: one line: {err:?}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "report {name}: {err}");
     }
     // A cut-short last line (writer killed mid-line) is reported and ignored.
     let good = std::fs::read(fixtures().join("refused-nginx.jsonl")).unwrap();
@@ -97,9 +110,17 @@ fn bad_trace_files_give_one_clear_line() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("cut short"), "{err}");
     assert!(lines.iter().any(|l| l["type"] == "verdict"));
+    let (code, markdown, err) = report(&path);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("cut short"), "{err}");
+    assert!(markdown.contains("refused"), "the report still covers the complete lines: {markdown}");
+    assert!(markdown.contains("last line was cut short"), "{markdown}");
     let (code, _, err) = replay(&dir.join("does-not-exist.jsonl"), &[]);
     assert_ne!(code, 0);
     assert!(err.contains("cannot open trace"), "{err}");
+    let (code, _, err) = report(&dir.join("does-not-exist.jsonl"));
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot open trace") && err.lines().count() == 1, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

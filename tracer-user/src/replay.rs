@@ -27,6 +27,15 @@ pub struct TraceInfo {
     pub truncated_tail: bool,
 }
 
+impl TraceInfo {
+    /// Say on stderr that the last line was cut short and ignored, if it was.
+    pub fn warn_if_cut(&self, path: &Path) {
+        if self.truncated_tail {
+            eprintln!("upstrace: warning: {}: the last line was cut short (writer stopped mid-line) and was ignored", path.display());
+        }
+    }
+}
+
 /// Read every event of a trace, in file order. A malformed line is an error naming the
 /// line, except a cut-short last line, which is reported and ignored.
 pub fn read_events(path: &Path, each: impl FnMut(KernelEvent) -> Result<()>) -> Result<TraceInfo> {
@@ -154,8 +163,6 @@ pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipe
             _ = sigterm.recv() => break,
         }
     }
-    if info.truncated_tail {
-        eprintln!("upstrace: warning: {}: the last line was cut short (writer stopped mid-line) and was ignored", path.display());
-    }
+    info.warn_if_cut(path);
     Ok(info)
 }

@@ -33,6 +33,7 @@ impl Report {
             verdicts.extend(engine.handle(&ev));
             Ok(())
         })?;
+        info.warn_if_cut(path);
         verdicts.extend(engine.flush());
         verdicts.sort_by_key(|v| v.ts_ns);
         let events = info.events;
@@ -106,6 +107,9 @@ impl Report {
         let truncated = self.verdicts.iter().filter(|v| v.delivered == "truncated").count();
         let _ = writeln!(md, "- Window: {} to {} ({secs:.1} s)", self.wall(first), self.wall(last));
         let _ = writeln!(md, "- Kernel events: {}", self.events);
+        if self.info.truncated_tail {
+            let _ = writeln!(md, "- Note: the trace's last line was cut short (its writer stopped mid-line) and was left out");
+        }
         let _ = writeln!(
             md,
             "- Verdicts: {} ({} 5xx answers explained, {} responses cut short)\n",
