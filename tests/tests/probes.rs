@@ -35,8 +35,8 @@ fn assert_status_502(lines: &[Value]) {
 }
 
 #[test]
-fn refused_connect_has_errno_tuple_and_worker_owner() {
-    if !require_root("refused_connect_has_errno_tuple_and_worker_owner") {
+fn refused_connect_is_one_rst_event_with_tuple_and_worker_owner() {
+    if !require_root("refused_connect_is_one_rst_event_with_tuple_and_worker_owner") {
         return;
     }
     setup();
@@ -51,24 +51,26 @@ fn refused_connect_has_errno_tuple_and_worker_owner() {
     assert_eq!(code, 0);
 
     let upstream = lab.upstream_addr();
-    let err = events(&lines, "sock_error")
+    let rst = events(&lines, "reset_received")
         .into_iter()
-        .find(|e| e["value"] == 111 && e["dst"] == upstream.as_str())
-        .unwrap_or_else(|| panic!("no ECONNREFUSED sock_error for {upstream}: {lines:#?}"));
-    let pid = err["pid"].as_u64().unwrap() as u32;
+        .find(|e| e["new_state"] == "SYN_SENT" && e["dst"] == upstream.as_str())
+        .unwrap_or_else(|| panic!("no RST to the SYN for {upstream}: {lines:#?}"));
+    let pid = rst["pid"].as_u64().unwrap() as u32;
     assert!(workers.contains(&pid), "owner {pid} is not an nginx worker {workers:?}");
     assert_ne!(pid, master);
-    assert_eq!(err["comm"], "nginx");
-
-    let conn = same_sock(&lines, &err["sock"]);
-    let start = conn.iter().find(|e| e["kind"] == "connect_start").expect("connect_start on same socket");
-    assert_eq!(start["dst"], upstream.as_str());
-    let rst = conn.iter().find(|e| e["kind"] == "reset_received").expect("RST to SYN");
+    assert_eq!(rst["comm"], "nginx");
     let src: std::net::SocketAddr = rst["src"].as_str().unwrap().parse().unwrap();
     assert_eq!(src.ip().to_string(), lab.gw_ip, "source address is the gateway's veth");
     assert_ne!(src.port(), 0, "ephemeral source port known");
-    assert_eq!(rst["new_state"], "SYN_SENT");
+
+    // The RST says it all: the CLOSE and the ECONNREFUSED that follow it are not sent.
+    let conn = same_sock(&lines, &rst["sock"]);
+    let kinds: Vec<&str> = conn.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["connect_start", "reset_received"], "{conn:#?}");
+    assert_eq!(conn[0]["dst"], upstream.as_str());
     assert_status_502(&lines);
+    let verdict = lines.iter().find(|l| l["type"] == "verdict").expect("a verdict");
+    assert_eq!(verdict["cause"], "refused", "{verdict:#}");
 }
 
 #[test]
@@ -226,7 +228,7 @@ fn workers_forked_after_attach_are_followed() {
     };
     assert_eq!(lab.request("/").unwrap().0, 502);
     let err = tracer
-        .wait_for(Duration::from_secs(5), |v| v["kind"] == "sock_error" && v["value"] == 111)
+        .wait_for(Duration::from_secs(5), |v| v["kind"] == "reset_received" && v["new_state"] == "SYN_SENT")
         .expect("refusal seen from a worker forked after attach");
     assert!(new_workers.contains(&(err["pid"].as_u64().unwrap() as u32)));
     let (_, lines) = tracer.stop().unwrap();

@@ -180,9 +180,14 @@ pub struct SockOwner {
     /// Request/response exchanges begun on the connection (the first one is shipped at once,
     /// later ones are held in `Exchange` records until something goes wrong).
     pub exchanges: u32,
-    pub _pad: u32,
+    /// See `OWNER_*`.
+    pub flags: u32,
     pub comm: [u8; COMM_LEN],
 }
+
+/// An RST answered the SYN (connection refused): the CLOSE and the ECONNREFUSED error that
+/// follow it say nothing new and are not sent (a refused connect is one event, not three).
+pub const OWNER_RST_IN_SYN_SENT: u32 = 1;
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 72);
 
 /// Bytes of a response's head kept (status line and the first headers).

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{EventKind, PHASE_IDLE, PeerKey, SockOwner, counter};
+use tracer_common::{EventKind, OWNER_RST_IN_SYN_SENT, PHASE_IDLE, PeerKey, SockOwner, counter};
 
 use crate::maps::{cfg_get, 
     CLOSED, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
@@ -16,6 +16,7 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const ECONNREFUSED: i32 = 111;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -65,7 +66,7 @@ fn on_connect_start(sk: u64) {
         tcp_state: TCP_SYN_SENT as u32,
         fd,
         exchanges: 0,
-        _pad: 0,
+        flags: 0,
         comm: current_comm(),
     };
     if OWNED.insert(sk, owner, 0).is_err() {
@@ -110,13 +111,16 @@ fn on_owned_state_change(sk: u64, old: i32, new: i32) {
     let owner = unsafe { &mut *owner };
     ship_held(sk, owner);
     owner.tcp_state = new as u32;
-    emit(EventKind::StateChange, |e| {
-        e.sock = sk;
-        fill_owner(e, owner);
-        fill_tuple_from_sock(e, sk);
-        e.old_state = old as u8;
-        e.new_state = new as u8;
-    });
+    let refused = old == TCP_SYN_SENT && new == TCP_CLOSE && owner.flags & OWNER_RST_IN_SYN_SENT != 0;
+    if !refused {
+        emit(EventKind::StateChange, |e| {
+            e.sock = sk;
+            fill_owner(e, owner);
+            fill_tuple_from_sock(e, sk);
+            e.old_state = old as u8;
+            e.new_state = new as u8;
+        });
+    }
     if new == TCP_CLOSE {
         // Open sockets are never evicted; closed ones make room for each other.
         let closed = *owner;
@@ -151,9 +155,17 @@ fn emit_for_owner(sk: u64, owner: &SockOwner, kind: EventKind, value: i64) {
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(cfg_get!(tp.recv_reset_skaddr) as usize) } {
-        emit_owned(sk, EventKind::ResetReceived, 0);
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(cfg_get!(tp.recv_reset_skaddr) as usize) }) else {
+        return 0;
+    };
+    let Some(owner) = owner_of(sk) else {
+        return 0;
+    };
+    let owner = unsafe { &mut *owner };
+    if owner.tcp_state == TCP_SYN_SENT as u32 {
+        owner.flags |= OWNER_RST_IN_SYN_SENT;
     }
+    emit_for_owner(sk, owner, EventKind::ResetReceived, 0);
     0
 }
 
@@ -196,8 +208,12 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     let Some(owner) = owner_of(sk) else {
         return 0;
     };
+    let owner = unsafe { &*owner };
     let err: i32 = read_kernel(sk, cfg_get!(kernel.sk_err)).unwrap_or(0);
-    emit_for_owner(sk, unsafe { &*owner }, EventKind::SockError, err as i64);
+    if err == ECONNREFUSED && owner.flags & OWNER_RST_IN_SYN_SENT != 0 {
+        return 0;
+    }
+    emit_for_owner(sk, owner, EventKind::SockError, err as i64);
     0
 }
 

@@ -483,6 +483,10 @@ impl Tracker {
                 a.touch(ev);
                 let state = state_num(&ev.new_state);
                 a.rst = a.rst.or(Some((ev.ts_ns, state)));
+                if state == TCP_SYN_SENT {
+                    // A refused connect: the kernel sends no separate CLOSE for it.
+                    a.closed_ns = a.closed_ns.or(Some(ev.ts_ns));
+                }
                 if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
                     a.local_close_ns = None;
                 }
