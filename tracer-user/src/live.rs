@@ -277,6 +277,10 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
     if let Some((p50, p99, max)) = pipeline.latency.as_deref().and_then(crate::pipeline::percentiles_ms) {
         fields.insert("verdict_latency_ms".into(), json!({"p50": p50, "p99": p99, "max": max}));
     }
+    if let Some((late, ts_ns, what)) = pipeline.slowest.take() {
+        let time = clock::rfc3339(ts_ns as i128 + clock::boot_offset_ns());
+        fields.insert("slowest_verdict".into(), json!({"latency_ms": late as f64 / 1e6, "status_time": time, "verdict": what}));
+    }
     if let Some(r) = &pipeline.recorder {
         fields.insert("recorded_lines".into(), json!(r.written));
         if let Some(f) = &r.failed {

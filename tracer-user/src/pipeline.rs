@@ -28,11 +28,14 @@ pub struct Pipeline<W: std::io::Write> {
     pub observer: Option<Box<dyn Observer>>,
     /// Live only: how long after the status write each verdict left (ns), sampled.
     pub latency: Option<Vec<u64>>,
+    /// Live only: the slowest verdict since the last stats line (latency ns, status time,
+    /// "class/cause"), so a latency tail can be traced to what was late.
+    pub slowest: Option<(u64, u64, String)>,
 }
 
 impl<W: std::io::Write> Pipeline<W> {
     pub fn new(sink: Sink<W>) -> Self {
-        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None, observer: None, latency: None }
+        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None, observer: None, latency: None, slowest: None }
     }
 
     /// Keep every verdict in memory too (tests, reports).
@@ -87,8 +90,12 @@ impl<W: std::io::Write> Pipeline<W> {
         if let Some(lat) = self.latency.as_mut() {
             let now = crate::clock::monotonic_ns();
             for v in verdicts.iter().filter(|v| v.delivered == "status") {
+                let late = now.saturating_sub(v.ts_ns);
                 if lat.len() < 1_000_000 {
-                    lat.push(now.saturating_sub(v.ts_ns));
+                    lat.push(late);
+                }
+                if self.slowest.as_ref().is_none_or(|s| late > s.0) {
+                    self.slowest = Some((late, v.ts_ns, format!("{}/{}", v.class_name(), v.cause)));
                 }
             }
         }

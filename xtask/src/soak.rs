@@ -118,9 +118,21 @@ pub fn run(minutes: u64) -> Result<()> {
         stats["verdict_latency_ms"]
     );
     println!("{summary}");
+    // Where a latency tail comes from: the slowest verdict of each stats interval.
+    let mut slowest: Vec<&serde_json::Value> = lines.iter().filter_map(|v| v.get("slowest_verdict")).collect();
+    slowest.sort_by(|a, b| b["latency_ms"].as_f64().unwrap_or(0.0).total_cmp(&a["latency_ms"].as_f64().unwrap_or(0.0)));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|v| format!("{:.0} ms {} (status at {})", v["latency_ms"].as_f64().unwrap_or(0.0), v["verdict"].as_str().unwrap_or("?"), v["status_time"].as_str().unwrap_or("?")))
+        .collect();
+    println!("slowest verdicts: {}", slowest.join("; "));
     let dir = root.join("bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(format!("SOAK-{minutes}min.txt")), format!("{summary}\nRSS samples (s, KiB): {rss:?}\n"))?;
+    std::fs::write(
+        dir.join(format!("SOAK-{minutes}min.txt")),
+        format!("{summary}\nSlowest verdicts (one per 5 s stats interval, worst first): {}\nRSS samples (s, KiB): {rss:?}\n", slowest.join("; ")),
+    )?;
     let mut problems = Vec::new();
     if fives == 0 {
         problems.push("no 5xx at all: the faults did not bite".to_string());
