@@ -2,7 +2,8 @@
 //! kernel sends for each refused attempt (connect start, RST, ECONNREFUSED, CLOSE, the 502
 //! status line), then decodes them and runs them through the pipeline (JSON verdicts into a
 //! discarded writer), as the live loop does. Prints ns per event and the RSS reached.
-//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second]`
+//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost]`
+//! (the last one mimics a ring buffer that overflowed: attempts whose status never arrives).
 use std::time::Instant;
 
 use tracer_common::{AF_INET, Event, EventKind};
@@ -33,6 +34,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let attempts: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let lost_pct: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let gap = 1_000_000_000 / rate.max(1);
     let mut stream = Vec::with_capacity(attempts as usize * 5);
     for i in 0..attempts {
@@ -57,6 +59,9 @@ fn main() {
             e.value = 111;
             e.new_state = 7;
         }));
+        if i * 7919 % 100 < lost_pct {
+            continue;
+        }
         stream.push(record(EventKind::HttpStatus, t + 60_000, 0xffff_8881_0000_0000 + i * 0x800, |e| {
             e.value = 502;
             e.daddr[..4].copy_from_slice(&[10, 0, 1, 2]);

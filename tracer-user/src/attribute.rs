@@ -300,8 +300,8 @@ impl Engine {
             self.tracker
                 .by_tid
                 .values()
-                .flatten()
-                .filter(|&&(started, _)| started <= t)
+                // The newest few of each thread: a handoff between threads is immediate.
+                .flat_map(|q| q.iter().rev().filter(|&&(started, _)| started <= t).take(64))
                 .map(|&(_, id)| id)
                 .filter(|id| self.tracker.attempt(*id).is_some_and(|a| a.pid == status.pid))
                 .collect()
@@ -320,6 +320,7 @@ impl Engine {
     }
 
     fn judge(&mut self, status: &KernelEvent) -> Verdict {
+        self.tracker.prune_thread(status.tid, status.ts_ns, FAILURE_TO_STATUS_NS);
         let chain = self.link(status);
         for id in &chain {
             if let Some(a) = self.tracker.attempts.get_mut(id) {

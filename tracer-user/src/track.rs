@@ -52,6 +52,10 @@ const MAX_LOOSE: usize = 512;
 /// Attempts remembered per gateway thread for linking (newest kept): a busy worker makes
 /// thousands per second, and only recent ones can explain a status it writes now.
 const PER_THREAD: usize = 1024;
+/// Ended, unexplained attempts a thread's status may still claim. Without losses only the few
+/// that ended while the previous status was being written are waiting; after a ring-buffer
+/// overflow (statuses lost) this bounds the work per status instead of the whole queue.
+const ENDED_PER_THREAD: usize = 128;
 /// Attempts remembered per upstream endpoint for matching packet drops and ICMP errors.
 const PER_ENDPOINT: usize = 64;
 
@@ -312,6 +316,40 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// Before a status of this thread at `t` is linked: drop from the thread's queue what can
+    /// no longer explain it (gone, explained, ended more than `horizon_ns` before `t`, or
+    /// beyond the newest `ENDED_PER_THREAD` ended ones).
+    /// Attempts begun after `t` are passed over without a lookup. Keeps the queue short when
+    /// statuses were lost (a ring-buffer overflow) and their attempts would linger.
+    pub fn prune_thread(&mut self, tid: u32, t: u64, horizon_ns: u64) {
+        let attempts = &self.attempts;
+        let Some(q) = self.by_tid.get_mut(&tid) else { return };
+        // Attempts begun after `t` are passed over without a lookup; open ones always stay.
+        let claimable = |&(started, id): &(u64, u64)| -> Option<bool> {
+            if started > t {
+                return Some(false);
+            }
+            let a = attempts.get(&id).filter(|a| !a.consumed)?;
+            match a.end_ns() {
+                None => Some(false),
+                Some(e) if e + horizon_ns >= t => Some(true),
+                Some(_) => None,
+            }
+        };
+        let ended = q.iter().filter(|entry| claimable(entry) == Some(true)).count();
+        // Past the bound, the oldest ended ones go.
+        let mut surplus = ended.saturating_sub(ENDED_PER_THREAD);
+        q.retain(|entry| match claimable(entry) {
+            None => false,
+            Some(false) => true,
+            Some(true) if surplus > 0 => {
+                surplus -= 1;
+                false
+            }
+            Some(true) => true,
+        });
     }
 
     /// Pids known to listen (for sampling their accept queues).

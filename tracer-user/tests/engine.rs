@@ -380,3 +380,44 @@ fn a_full_accept_queue_explains_unanswered_syns() {
     assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "overloaded"));
     assert!(v.evidence.iter().any(|e| e.event == "listen_overflow"));
 }
+
+#[test]
+fn a_refused_connect_is_the_rst_alone() {
+    // What the kernel sends for a refusal: the CLOSE and ECONNREFUSED that follow the RST to
+    // the SYN are left out.
+    let v = one(&[
+        ev(Kind::ConnectStart, 0, 0xa1),
+        with(ev(Kind::ResetReceived, 0, 0xa1), |e| e.new_state = Some("SYN_SENT".into())),
+        status(1, 502),
+    ]);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "refused"), "{v:#?}");
+}
+
+#[test]
+fn lost_statuses_keep_a_threads_linking_queue_short() {
+    // A refused storm where 3 statuses in 10 never arrived (ring buffer overflow): every
+    // status that did arrive is explained, and the thread's queue does not fill with the
+    // attempts whose statuses were lost (each status would walk past all of them).
+    let mut engine = Engine::new();
+    let mut verdicts = Vec::new();
+    let mut statuses = 0;
+    for i in 0..5000u64 {
+        let sock = 0x10_0000 + i;
+        let mut events = vec![
+            ev(Kind::ConnectStart, i, sock),
+            with(ev(Kind::ResetReceived, i, sock), |e| e.new_state = Some("SYN_SENT".into())),
+        ];
+        if i % 10 >= 3 {
+            events.push(status(i, 502));
+            statuses += 1;
+        }
+        for e in &events {
+            verdicts.extend(engine.handle(e));
+        }
+    }
+    verdicts.extend(engine.advance(1_000_000 * MS + 6000 * MS));
+    assert_eq!(verdicts.len(), statuses);
+    assert!(verdicts.iter().all(|v| v.cause == "refused"), "{:?}", verdicts.iter().find(|v| v.cause != "refused"));
+    let queue = engine.tracker.by_tid.get(&GW_TID).map_or(0, |q| q.len());
+    assert!(queue <= 200, "the thread's queue holds {queue} attempts");
+}
