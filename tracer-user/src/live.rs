@@ -274,6 +274,16 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
     // Healthy keep-alive exchanges stay in the kernel; past its map's capacity they are
     // shipped like failures would be (more events, nothing lost).
     fields.insert("exchanges_shipped_early".into(), json!(probes.exchanges_shipped_early()));
+    // The engine's own bounds: attempts dropped over its cap are counted, never silent.
+    let tracker = &pipeline.engine.tracker;
+    fields.insert(
+        "engine".into(),
+        json!({
+            "attempts": tracker.attempts.len(),
+            "attempts_evicted": tracker.evicted,
+            "longest_thread_queue": tracker.by_tid.values().map(|q| q.len()).max().unwrap_or(0),
+        }),
+    );
     if let Some((p50, p99, max)) = pipeline.latency.as_deref().and_then(crate::pipeline::percentiles_ms) {
         fields.insert("verdict_latency_ms".into(), json!({"p50": p50, "p99": p99, "max": max}));
     }

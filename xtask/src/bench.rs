@@ -222,7 +222,10 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         let cpu_pct = ticks as f64 / hz / elapsed * 100.0;
         let stats = tracer.stop()?;
         let events = stats["events"].as_u64().unwrap_or(0);
-        eprintln!("bench: {name}: {rps:.0} attempts/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB", events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"]);
+        eprintln!(
+            "bench: {name}: {rps:.0} attempts/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB, engine {}",
+            events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"], stats["engine"]
+        );
         storms.push(serde_json::json!({
             "storm": name,
             "attempts_per_s": rps,
@@ -235,6 +238,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "upstrace_cpu_pct_of_one_core": cpu_pct,
             "upstrace_cpu_pct_per_10k_rps": if rps > 0.0 { cpu_pct * 10_000.0 / rps } else { 0.0 },
             "upstrace_rss_kib_max": rss_max,
+            "engine": stats["engine"],
         }));
     }
     drop(lab);

@@ -201,7 +201,8 @@ pub const WATCHED_DROP_REASONS: &[&str] = &[
     "IP_OUTNOROUTES",
     "IP_INNOROUTES",
     "IP_RPFILTER",
-    "NO_SOCKET",
+    // Not NO_SOCKET: a SYN to a closed port is answered by an RST, which already says
+    // "nothing listening"; watching it too would double the events of a refusal storm.
     "TCP_LISTEN_OVERFLOW",
     "QDISC_DROP",
     "QDISC_OVERLIMIT",
