@@ -357,7 +357,7 @@ impl Engine {
             detail: status.detail(),
         });
         evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-        Verdict {
+        let verdict = Verdict {
             ts_ns: t,
             gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
             client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
@@ -369,7 +369,15 @@ impl Engine {
             summary,
             attempts: attempts.iter().map(|a| summarize(a, t)).collect(),
             evidence,
+        };
+        // The verdict carries the evidence now; explained attempts stay only briefly, as
+        // markers for late events of their sockets, and should weigh little meanwhile.
+        for id in &chain {
+            if let Some(a) = self.tracker.attempts.get_mut(id) {
+                a.evidence = Vec::new();
+            }
         }
+        verdict
     }
 
     /// The listener of the attempt's upstream port that died before `until`, if any, and

@@ -43,7 +43,7 @@ pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 pub const KEEP_NS: u64 = 75_000_000_000;
 /// Attempts that succeeded or were already explained can explain nothing more: they go soon
 /// (a failure storm makes tens of thousands a second).
-const DONE_KEEP_NS: u64 = 2_000_000_000;
+const DONE_KEEP_NS: u64 = 1_000_000_000;
 /// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
 pub const MAX_ATTEMPTS: usize = 200_000;
 const MAX_HOST_FACTS: usize = 4096;
