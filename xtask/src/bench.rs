@@ -158,12 +158,15 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     // Warm-up until the lab reaches its steady state (connection reuse, TIME_WAIT pool).
     wrk(&lab, 8, 32)?;
     let (mut rps_ratio, mut p99_ratio, mut runs) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut floor_ratio, mut floor_ns) = (Vec::new(), Vec::new());
+    let (mut floor_ratio, mut floor_ns, mut healthy_cpu_per_10k) = (Vec::new(), Vec::new(), Vec::new());
     let mut costs = serde_json::Value::Null;
     for i in 0..pairs {
         let a = wrk(&lab, secs, 32)?;
         let tracer = start_tracer(gw)?;
+        let (t0, c0) = (Instant::now(), tracer.cpu_ticks());
         let b = wrk(&lab, secs, 32)?;
+        let healthy_cpu = (tracer.cpu_ticks() - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+        healthy_cpu_per_10k.push(healthy_cpu * 10_000.0 / b.rps.max(1.0));
         let stats = tracer.stop()?;
         if i == pairs - 1 {
             costs = stats["programs"].clone();
@@ -260,6 +263,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "bpf_programs": costs,
             "empty_programs_throughput_ratio": {"mean": mean(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
             "empty_program_avg_ns": mean(&floor_ns),
+            "upstrace_cpu_pct_per_10k_rps_healthy": mean(&healthy_cpu_per_10k),
             "empty_programs_at_socket_hooks": hook_kinds,
         },
         "storms": storms,
@@ -284,6 +288,7 @@ fn markdown(r: &serde_json::Value) -> String {
     let _ = writeln!(md, "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |", o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0), o["p99_ratio"]["min"].as_f64().unwrap_or(0.0), o["p99_ratio"]["max"].as_f64().unwrap_or(0.0));
     let fr = &o["empty_programs_throughput_ratio"];
     let _ = writeln!(md, "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |", fr["mean"].as_f64().unwrap_or(0.0), fr["min"].as_f64().unwrap_or(0.0), fr["max"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(md, "\nupstrace's own CPU under this healthy load: {:.2}% of one core per 10k req/s (target < 2%).\n", o["upstrace_cpu_pct_per_10k_rps_healthy"].as_f64().unwrap_or(0.0));
     md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n");
     let _ = writeln!(md, "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n", o["empty_program_avg_ns"].as_f64().unwrap_or(0.0));
     let hk = &o["empty_programs_at_socket_hooks"];

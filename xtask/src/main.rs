@@ -42,8 +42,8 @@ enum Task {
     /// Setup, build, and measure: gateway overhead (A/B), BPF cost per run, failure storms,
     /// userspace CPU and memory. Writes bench/RESULTS.md and bench/results.json.
     Bench {
-        /// A/B pairs for the overhead figure.
-        #[arg(long, default_value_t = 3)]
+        /// A/B pairs for the overhead figure (this VM's throughput varies by ~10% run to run).
+        #[arg(long, default_value_t = 5)]
         pairs: usize,
         /// Seconds per load run.
         #[arg(long, default_value_t = 5)]
