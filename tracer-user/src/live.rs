@@ -196,11 +196,14 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                     break;
                 }
             }
-            _ = queue_tick.tick(), if pipeline.engine.tracker.syns_unanswered(clock::monotonic_ns()) => {
+            _ = queue_tick.tick() => {
                 // Accept-queue overflow drops SYNs without a drop reason on some kernels:
                 // while SYNs go unanswered, sample the listeners' queues (one read per
                 // network namespace; reading /proc/net/tcp walks the whole table, so never
                 // while all is well).
+                if !pipeline.engine.tracker.syns_unanswered(clock::monotonic_ns()) {
+                    continue;
+                }
                 listener_pids.extend(pipeline.engine.tracker.listener_pids());
                 listener_pids.retain(|&p| discover::pid_exists(p));
                 let mut seen_ns = BTreeSet::new();

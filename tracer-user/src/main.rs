@@ -95,6 +95,9 @@ enum Command {
         seconds: f64,
         #[arg(long, value_enum, default_value = "all")]
         hooks: upstrace::probes::FloorSet,
+        /// Count runs and run time (the counting itself costs two clock reads per run).
+        #[arg(long)]
+        stats: bool,
     },
 }
 
@@ -125,8 +128,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stdout.flush()?;
         return Ok(());
     }
-    if let Some(Command::Floor { seconds: secs, hooks: set }) = &cli.command {
-        let (hooks, runs, ns) = upstrace::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?)?;
+    if let Some(Command::Floor { seconds: secs, hooks: set, stats }) = &cli.command {
+        let (hooks, runs, ns) = upstrace::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?, *stats)?;
         let avg = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
         println!("{}", serde_json::json!({"type": "floor", "hooks": hooks, "runs": runs, "avg_ns": avg}));
         return Ok(());

@@ -210,10 +210,10 @@ impl Probes {
         Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
     }
 
-    /// Attach empty programs to the hooks of `set` with run-time stats on, hold them for
-    /// `duration`, and return (hooks, runs, total ns): what running any program at these hooks
-    /// costs here (`cargo xtask bench` compares upstrace against it).
-    pub fn measure_floor(set: FloorSet, duration: std::time::Duration) -> Result<(usize, u64, u64)> {
+    /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
+    /// (hooks, runs, total ns; the last two with `stats` only): what running any program at
+    /// these hooks costs here (`cargo xtask bench` compares upstrace against it).
+    pub fn measure_floor(set: FloorSet, duration: std::time::Duration, stats: bool) -> Result<(usize, u64, u64)> {
         let btf_path = btf_path();
         preflight(&btf_path)?;
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
@@ -221,7 +221,11 @@ impl Probes {
         let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
             .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
         let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
-        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?;
+        // Counting run time costs two clock reads per run: only when asked.
+        let _stats = match stats {
+            true => Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?),
+            false => None,
+        };
         let mut names = vec![];
         match set {
             FloorSet::All | FloorSet::SocketClassic => {
