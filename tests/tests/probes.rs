@@ -156,6 +156,8 @@ fn healthy_keepalive_exchanges_stay_in_the_kernel() {
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
     assert_eq!(stats["lost_total"], 0);
     assert_eq!(stats["exchanges_shipped_early"], 0);
+    assert_eq!(stats["evicted"]["closed_sockets"], 0, "{stats}");
+    assert!(stats["engine"]["attempts"].as_u64().is_some_and(|n| n >= 1), "{stats}");
 }
 
 /// Three good exchanges on one kept-alive connection, then a fault on the fourth: the kernel

@@ -246,7 +246,8 @@ pub struct PendingStatus {
 }
 const _: () = assert!(core::mem::size_of::<PendingStatus>() == 48);
 
-/// Indexes into the per-CPU `COUNTERS` array: everything the kernel side had to drop.
+/// Indexes into the per-CPU `COUNTERS` array: everything the kernel side had to drop (the
+/// losses, `0..LOSSES`), and the bookkeeping that lets userspace count LRU evictions.
 pub mod counter {
     pub const RINGBUF_FULL: u32 = 0;
     pub const OWNED_MAP_FULL: u32 = 1;
@@ -254,9 +255,16 @@ pub mod counter {
     pub const PENDING_MAP_FULL: u32 = 3;
     pub const LISTENER_MAP_FULL: u32 = 4;
     pub const READ_FAILED: u32 = 5;
+    /// Counters below this index are losses.
+    pub const LOSSES: u32 = 6;
     /// Not a loss: exchanges were shipped at once because the held-exchange map was full.
     pub const EXCHANGE_MAP_FULL: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// Entries added to and removed from the LRU map of closed sockets, and endpoints added to
+    /// the LRU endpoint map: with the maps' sizes they give the number of evictions.
+    pub const CLOSED_ADDED: u32 = 7;
+    pub const CLOSED_REMOVED: u32 = 8;
+    pub const PEERS_ADDED: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -265,7 +273,9 @@ pub mod counter {
         "listener_map_full",
         "kernel_read_failed",
         "exchange_map_full",
-        "reserved7",
+        "closed_added",
+        "closed_removed",
+        "peers_added",
     ];
 }
 

@@ -70,7 +70,9 @@ pub fn owner_of(sk: u64) -> Option<*mut SockOwner> {
 #[inline(always)]
 pub fn forget_socket(sk: u64) {
     let _ = OWNED.remove(sk);
-    let _ = CLOSED.remove(sk);
+    if CLOSED.remove(sk).is_ok() {
+        count(counter::CLOSED_REMOVED);
+    }
     let _ = HELD.remove(sk);
 }
 

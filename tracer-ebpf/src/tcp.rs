@@ -83,6 +83,9 @@ fn on_connect_start(sk: u64) {
         peer.port = e.dport;
     });
     // Let the packet hooks know this endpoint matters (drops, ICMP errors).
+    if unsafe { PEERS.get(peer) }.is_none() {
+        count(counter::PEERS_ADDED);
+    }
     let _ = PEERS.insert(peer, now_ns(), 0);
 }
 
@@ -124,7 +127,9 @@ fn on_owned_state_change(sk: u64, old: i32, new: i32) {
     if new == TCP_CLOSE {
         // Open sockets are never evicted; closed ones make room for each other.
         let closed = *owner;
-        let _ = CLOSED.insert(sk, closed, 0);
+        if CLOSED.insert(sk, closed, 0).is_ok() {
+            count(counter::CLOSED_ADDED);
+        }
         let _ = OWNED.remove(sk);
     }
 }

@@ -231,6 +231,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                 if let Some(o) = pipeline.observer.as_mut() {
                     let mut lost: Vec<(String, u64)> = probes.counters().iter().map(|(n, v)| (n.to_string(), *v)).collect();
                     lost.push(("decode_errors".into(), stats.decode_errors));
+                    push_evictions(&mut lost, &probes, &pipeline.engine.tracker);
                     o.stats(lost);
                 }
             }
@@ -239,6 +240,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
                 if let Some(o) = pipeline.observer.as_mut() {
                     let mut lost: Vec<(String, u64)> = stats.kernel.iter().map(|(n, v)| (n.to_string(), *v)).collect();
                     lost.push(("decode_errors".into(), stats.decode_errors));
+                    push_evictions(&mut lost, &probes, &pipeline.engine.tracker);
                     o.stats(lost);
                 }
                 write_stats(pipeline, &stats, known.len(), &probes)?;
@@ -261,6 +263,14 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     Ok(stats)
 }
 
+/// Evictions for the dashboard (named `evicted_*`: it shows them apart from losses).
+fn push_evictions(list: &mut Vec<(String, u64)>, probes: &Probes, tracker: &crate::track::Tracker) {
+    let (closed, endpoints) = probes.lru_evictions();
+    list.push(("evicted_closed_sockets".into(), closed));
+    list.push(("evicted_upstream_endpoints".into(), endpoints));
+    list.push(("evicted_attempts".into(), tracker.evicted));
+}
+
 fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, traced: usize, probes: &Probes) -> Result<()> {
     let mut lost = Map::new();
     for (name, v) in &stats.kernel {
@@ -277,6 +287,10 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
     // Healthy keep-alive exchanges stay in the kernel; past its map's capacity they are
     // shipped like failures would be (more events, nothing lost).
     fields.insert("exchanges_shipped_early".into(), json!(probes.exchanges_shipped_early()));
+    // LRU evictions: the oldest closed sockets and upstream endpoints made room (by design;
+    // counted so a loss of late events is never silent).
+    let (closed, endpoints) = probes.lru_evictions();
+    fields.insert("evicted".into(), json!({"closed_sockets": closed, "upstream_endpoints": endpoints}));
     // The engine's own bounds: attempts dropped over its cap are counted, never silent.
     let tracker = &pipeline.engine.tracker;
     fields.insert(

@@ -170,6 +170,20 @@ fn lost_events_are_impossible_to_miss() {
 }
 
 #[test]
+fn evictions_are_shown_apart_from_losses() {
+    let mut state = loaded();
+    state.on_stats(vec![
+        ("ringbuf_full".into(), 0),
+        ("evicted_closed_sockets".into(), 300),
+        ("evicted_upstream_endpoints".into(), 0),
+        ("evicted_attempts".into(), 20),
+    ]);
+    let text = render(&state, 80, 24);
+    assert!(text.contains("lost 0") && !text.contains("LOST"), "evictions are not lost events: {text}");
+    assert!(text.contains("evicted 320"), "{text}");
+}
+
+#[test]
 fn history_counts_5xx_per_second_by_class() {
     let state = loaded();
     let total: u64 = state.history.iter().map(|(_, c)| c.iter().sum::<u64>()).sum();

@@ -122,6 +122,10 @@ pub struct Probes {
     traced: BpfHashMap<MapData, u32, u32>,
     listeners: BpfHashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// The LRU maps, only counted (their evictions: added - removed - present).
+    closed: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
+    peers: BpfHashMap<MapData, tracer_common::PeerKey, u64>,
+    evicted: std::cell::Cell<(u64, u64)>,
     pub decoder: crate::decode::Decoder,
 }
 
@@ -202,12 +206,15 @@ impl Probes {
         let traced = BpfHashMap::try_from(ebpf.take_map("TRACED").context("TRACED map")?)?;
         let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        let closed = BpfHashMap::try_from(ebpf.take_map("CLOSED").context("CLOSED map")?)?;
+        let peers = BpfHashMap::try_from(ebpf.take_map("PEERS").context("PEERS map")?)?;
         let decoder = crate::decode::Decoder { drop_reasons: drop_reason_names };
         drop(btf);
         drop(aya_btf);
         // Parsing the kernel's BTF twice took tens of MiB that are garbage now: hand them back.
         unsafe { libc::malloc_trim(0) };
-        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, decoder }, ring))
+        let evicted = std::cell::Cell::new((0, 0));
+        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, closed, peers, evicted, decoder }, ring))
     }
 
     /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
@@ -303,7 +310,7 @@ impl Probes {
     /// Kernel-side loss counters, summed over CPUs, by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         (0..counter::COUNT)
-            .filter(|&i| i != counter::EXCHANGE_MAP_FULL && !counter::NAMES[i as usize].starts_with("reserved"))
+            .filter(|&i| i < counter::LOSSES)
             .map(|i| (counter::NAMES[i as usize], self.counter(i)))
             .collect()
     }
@@ -313,9 +320,33 @@ impl Probes {
         self.counter(counter::EXCHANGE_MAP_FULL)
     }
 
+    /// Entries the kernel's LRU maps evicted so far: (closed sockets, upstream endpoints).
+    /// BPF does not count evictions, so they are derived: entries added - removed - present.
+    /// The maps are walked only once the additions exceed their capacity (before that no
+    /// eviction can have happened), and the result never goes down.
+    pub fn lru_evictions(&self) -> (u64, u64) {
+        let (closed, peers) = self.evicted.get();
+        let live = self.counter(counter::CLOSED_ADDED).saturating_sub(self.counter(counter::CLOSED_REMOVED));
+        let closed = lru_evicted(closed, live, tracer_common::MAX_CLOSED_SOCKETS, || self.closed.keys().filter(|k| k.is_ok()).count());
+        let live = self.counter(counter::PEERS_ADDED);
+        let peers = lru_evicted(peers, live, tracer_common::MAX_PEERS, || self.peers.keys().filter(|k| k.is_ok()).count());
+        self.evicted.set((closed, peers));
+        (closed, peers)
+    }
+
     fn counter(&self, index: u32) -> u64 {
         self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
+}
+
+/// Evictions of an LRU map so far: entries that would be there without eviction (`live` =
+/// added - removed) minus those that are. `present` walks the map, so it is called only when
+/// `live` exceeds the capacity (before that, nothing can have been evicted). Never decreases.
+fn lru_evicted(previous: u64, live: u64, capacity: u32, present: impl FnOnce() -> usize) -> u64 {
+    if live <= u64::from(capacity) {
+        return previous;
+    }
+    previous.max(live.saturating_sub(present() as u64))
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
@@ -344,5 +375,25 @@ fn map_load_error(e: anyhow::Error) -> anyhow::Error {
         anyhow!("the kernel refused to load eBPF programs (EPERM): run as root, or check kernel.unprivileged_bpf_disabled and lockdown ({text})")
     } else {
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lru_evicted;
+
+    #[test]
+    fn lru_evictions_are_derived_from_additions_and_the_map_walked_only_when_it_can_be_full() {
+        let walked = std::cell::Cell::new(false);
+        let walk = |n| {
+            walked.set(true);
+            n
+        };
+        assert_eq!(lru_evicted(0, 16_000, 16_384, || walk(16_000)), 0);
+        assert!(!walked.get(), "no walk while the map cannot have filled");
+        assert_eq!(lru_evicted(0, 20_000, 16_384, || walk(16_300)), 3_700);
+        assert!(walked.get());
+        // Entries removed since (a socket address reused) never make the count go down.
+        assert_eq!(lru_evicted(3_700, 18_000, 16_384, || 16_384), 3_700);
     }
 }

@@ -80,9 +80,14 @@ fn draw_header(frame: &mut Frame, state: &State, area: Rect) {
     } else {
         format!("programs {} attached, {} skipped", h.attached.len(), h.skipped.len())
     };
+    let evicted = match state.evicted_total {
+        0 => Span::raw(""),
+        n => Span::styled(format!(" evicted {n} "), Style::new().fg(Color::Yellow)),
+    };
     // Losses first on the line, so no terminal width can hide them.
     let second = Line::from(vec![
         lost,
+        evicted,
         Span::raw(format!(
             " {} events, {:.0}/s │ {} verdicts │ {programs}",
             state.events,

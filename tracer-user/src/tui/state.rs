@@ -120,6 +120,8 @@ pub struct State {
     rate: VecDeque<(u64, u64)>,
     pub lost: Vec<(String, u64)>,
     pub lost_total: u64,
+    /// Entries the kernel's LRU maps and the engine evicted to stay bounded.
+    pub evicted_total: u64,
     /// Per second: 5xx count by class.
     pub history: VecDeque<(u64, [u64; 5])>,
     pub causes: BTreeMap<String, u64>,
@@ -152,6 +154,7 @@ impl State {
             rate: VecDeque::new(),
             lost: vec![],
             lost_total: 0,
+            evicted_total: 0,
             history: VecDeque::new(),
             causes: BTreeMap::new(),
             upstreams: HashMap::new(),
@@ -257,9 +260,13 @@ impl State {
         }
     }
 
-    pub fn on_stats(&mut self, lost: Vec<(String, u64)>) {
+    /// Loss counters by name; those named `evicted_*` are LRU and engine evictions, shown apart
+    /// (old state made room by design: not lost events).
+    pub fn on_stats(&mut self, counters: Vec<(String, u64)>) {
+        let (evicted, lost): (Vec<_>, Vec<_>) = counters.into_iter().partition(|(n, _)| n.starts_with("evicted_"));
         self.lost_total = lost.iter().map(|(_, v)| v).sum();
         self.lost = lost;
+        self.evicted_total = evicted.iter().map(|(_, v)| v).sum();
     }
 
     pub fn events_per_sec(&self) -> f64 {
