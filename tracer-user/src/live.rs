@@ -106,7 +106,7 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     if opts.bpf_stats {
         probes.enable_run_time_stats()?;
     }
-    pipeline.latency.get_or_insert_with(Vec::new);
+    pipeline.latency.get_or_insert_with(Default::default);
     if pipeline.observer.is_none() {
         eprintln!("upstrace: {}", probes.report);
     }
@@ -301,7 +301,7 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
             "longest_thread_queue": tracker.by_tid.values().map(|q| q.len()).max().unwrap_or(0),
         }),
     );
-    if let Some((p50, p99, max)) = pipeline.latency.as_deref().and_then(crate::pipeline::percentiles_ms) {
+    if let Some((p50, p99, max)) = pipeline.latency.as_ref().and_then(|h| h.percentiles_ms()) {
         fields.insert("verdict_latency_ms".into(), json!({"p50": p50, "p99": p99, "max": max}));
     }
     if let Some((late, ts_ns, what)) = pipeline.slowest.take() {
