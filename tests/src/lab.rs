@@ -201,6 +201,8 @@ pub struct Lab {
     pub gateway: Option<Gateway>,
     /// nginx worker processes (1 by default; benchmarks use more).
     pub nginx_workers: u32,
+    /// The upstream listens on a unix socket (`unix_socket_path`) instead of its TCP port.
+    pub unix_upstream: bool,
 }
 
 impl Lab {
@@ -223,6 +225,7 @@ impl Lab {
             upstream: None,
             gateway: None,
             nginx_workers: 1,
+            unix_upstream: false,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -254,6 +257,17 @@ impl Lab {
 
     pub fn upstream_addr(&self) -> String {
         format!("{}:{UPSTREAM_PORT}", self.up_ip)
+    }
+
+    /// The unix socket a unix upstream listens on. Stopping the upstream leaves the file, as a
+    /// crashed server does: connects to it are refused, while a missing file is ENOENT.
+    pub fn unix_socket_path(&self) -> PathBuf {
+        self.dir.join("upstream.sock")
+    }
+
+    /// Where the upstream listens, in `upstrace-lab-upstream --listen` form.
+    fn upstream_listen(&self) -> String {
+        if self.unix_upstream { format!("unix:{}", self.unix_socket_path().display()) } else { self.upstream_addr() }
     }
 
     /// A lab with the upstream started in `upstream_mode` (none when `None`, so connects are
@@ -359,7 +373,7 @@ impl Lab {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.up_ns])
             .arg(&bin)
-            .args(["--listen", &self.upstream_addr(), "--mode", mode, "--backlog", if mode == "no-accept" { "1" } else { "128" }])
+            .args(["--listen", &self.upstream_listen(), "--mode", mode, "--backlog", if mode == "no-accept" { "1" } else { "128" }])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -469,7 +483,8 @@ http {{
     }}
 }}
 "#,
-            up = self.upstream_addr(),
+            // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
+            up = self.upstream_listen(),
             port = GATEWAY_PORT,
             workers = self.nginx_workers,
         );
@@ -499,7 +514,8 @@ backend be
     http-reuse safe
     server up1 {up}
 "#,
-            up = self.upstream_addr(),
+            // HAProxy takes a unix socket as its absolute path.
+            up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.upstream_addr() },
             port = GATEWAY_PORT,
         );
         let path = self.dir.join("haproxy.cfg");

@@ -209,6 +209,55 @@ fn stall_after_healthy_exchanges_is_explained() {
 }
 
 #[test]
+fn unix_socket_upstream_is_followed_on_its_socket() {
+    if !require_root("unix_socket_upstream_is_followed_on_its_socket") {
+        return;
+    }
+    setup();
+    let mut lab = Lab::new().unwrap();
+    lab.unix_upstream = true;
+    let tracer = start(&mut lab, Some("ok"));
+    assert_eq!(lab.request("/").unwrap().0, 200);
+    // A new server that closes before answering (not a failed reuse, which nginx would retry).
+    lab.start_upstream("close-before-headers").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(lab.request("/").unwrap().0, 502, "{}", lab.gateway.as_ref().unwrap().log());
+    let verdict = tracer.wait_for(Duration::from_secs(5), |v| v["type"] == "verdict");
+    let (_, lines) = tracer.stop().unwrap();
+    let verdict = verdict.unwrap_or_else(|| panic!("no verdict: {lines:#?}"));
+
+    let path = lab.unix_socket_path().display().to_string();
+    let connects: Vec<_> = events(&lines, "connect_syscall")
+        .into_iter()
+        .filter(|e| e["path"] == path.as_str() && e["value"] == 0)
+        .collect();
+    assert_eq!(connects.len(), 2, "one connection per server: {lines:#?}");
+    assert!(connects.iter().all(|c| c["sock"] != "0x0"), "connected unix sockets are known to the kernel side: {connects:#?}");
+    // Their I/O is seen on their sockets (a freed socket's address may come back, hence the
+    // time bounds).
+    let ts = |e: &Value| e["ts_ns"].as_u64().unwrap();
+    let on = |c: &Value, until: u64| -> Vec<&Value> {
+        same_sock(&lines, &c["sock"]).into_iter().filter(|e| ts(e) >= ts(c) && ts(e) < until).collect()
+    };
+    let first = on(connects[0], ts(connects[1]));
+    let response = first.iter().find(|e| e["kind"] == "response_start").unwrap_or_else(|| panic!("{first:#?}"));
+    assert!(response["head"].as_str().unwrap_or("").starts_with("HTTP/1.1 200"), "{response:#}");
+    assert!(first.iter().any(|e| e["kind"] == "request_sent"), "{first:#?}");
+    let second = on(connects[1], u64::MAX);
+    let kinds: Vec<&str> = second.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["connect_syscall", "request_sent", "recv_end"], "{second:#?}");
+    assert_eq!(second[2]["value"], 0, "nginx read EOF");
+    assert_eq!(second[2]["bytes_recv"], 0);
+    assert_status_502(&lines);
+
+    assert_eq!(verdict["upstream"], format!("unix:{path}"), "{verdict:#}");
+    assert_eq!(verdict["class"], "upstream", "{verdict:#}");
+    assert_eq!(verdict["cause"], "closed-early", "{verdict:#}");
+    let evidence = verdict["evidence"].to_string();
+    assert!(evidence.contains("recv_end") && evidence.contains(&format!("unix:{path}")), "{verdict:#}");
+}
+
+#[test]
 fn workers_forked_after_attach_are_followed() {
     if !require_root("workers_forked_after_attach_are_followed") {
         return;

@@ -11,6 +11,9 @@ pub const MAX_OWNED_SOCKETS: u32 = 65536;
 /// Capacity of the map of recently closed upstream sockets (LRU: the gateway's last reads and
 /// resets after CLOSE are still attributed; the oldest closed sockets make room).
 pub const MAX_CLOSED_SOCKETS: u32 = 16384;
+/// Capacity of the LRU map of unix-socket upstream connections (no close event exists for
+/// them, so the least recently used make room; evictions are counted).
+pub const MAX_UNIX_SOCKETS: u32 = 4096;
 /// Capacity of the per-thread scratch maps (connect arguments, pending status lines).
 pub const MAX_PENDING: u32 = 16384;
 /// Capacity of the listener-owner map (processes that listen, to report their deaths).
@@ -183,12 +186,14 @@ pub struct SockOwner {
     /// See `OWNER_*`.
     pub flags: u32,
     pub comm: [u8; COMM_LEN],
+    /// Unix sockets: the socket's inode number, to recognise the same socket later (0 for TCP).
+    pub ino: u64,
 }
 
 /// An RST answered the SYN (connection refused): the CLOSE and the ECONNREFUSED error that
 /// follow it say nothing new and are not sent (a refused connect is one event, not three).
 pub const OWNER_RST_IN_SYN_SENT: u32 = 1;
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 72);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
@@ -264,7 +269,9 @@ pub mod counter {
     pub const CLOSED_ADDED: u32 = 7;
     pub const CLOSED_REMOVED: u32 = 8;
     pub const PEERS_ADDED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Unix-socket upstream connections added to their LRU map (evictions derived the same way).
+    pub const UNIX_ADDED: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -276,6 +283,7 @@ pub mod counter {
         "closed_added",
         "closed_removed",
         "peers_added",
+        "unix_added",
     ];
 }
 
@@ -312,6 +320,8 @@ pub struct TracepointLayout {
     pub signal_pid: u16,
     pub signal_comm: u16,
     pub signal_result: u16,
+    pub send_len_family: u16,
+    pub recv_len_family: u16,
     pub kfree_skbaddr: u16,
     pub kfree_protocol: u16,
     pub kfree_reason: u16,
@@ -340,6 +350,19 @@ pub struct KernelLayout {
     pub skb_protocol: u16,
     pub skb_dev: u16,
     pub dev_nd_net: u16,
+    /// fd -> socket, for unix-socket upstreams (which have no TCP hook to show their socket).
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdtable_max_fds: u16,
+    pub fdtable_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
+    pub socket_type: u16,
+    /// sock -> socket -> its inode number: tells a unix socket from a later one at the same
+    /// address (no hook sees unix sockets close).
+    pub sk_socket: u16,
+    pub socket_alloc_inode: u16,
+    pub inode_ino: u16,
     pub _pad: u16,
 }
 

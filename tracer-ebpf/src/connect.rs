@@ -2,15 +2,17 @@
 //! paths, which have no TCP events), and results that never reach the TCP state machine
 //! (no route, EACCES from a prohibit route, EAGAIN from a full unix backlog, ...).
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EventKind, PATH_LEN, PendingConnect, counter};
+use tracer_common::{
+    AF_INET, AF_INET6, AF_UNIX, EventKind, PATH_LEN, PHASE_IDLE, PendingConnect, SockOwner, counter,
+};
 
-use crate::maps::{cfg_get, 
-    PENDING_CONNECT, count, current_cgroup, current_comm, current_ids, emit, is_traced,
-    now_ns,
+use crate::maps::{
+    HELD, PENDING_CONNECT, UNIX_OWNED, cfg_get, count, current_cgroup, current_comm, current_ids, emit,
+    is_traced, now_ns, read_kernel, sock_netns, socket_ino,
 };
 
 // Syscall tracepoints have a fixed ABI: 8-byte header, syscall nr, then 8-byte args from 16.
@@ -22,6 +24,9 @@ const EINPROGRESS: i64 = -115;
 /// progress" and "now connected" answers are noise; the TCP hooks tell the outcome.
 const EALREADY: i64 = -114;
 const EISCONN: i64 = -106;
+const SOCK_STREAM: u16 = 1;
+/// Unix stream sockets are connected when connect(2) returns: recorded as ESTABLISHED.
+const TCP_ESTABLISHED: u32 = 1;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -86,7 +91,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if (ret == EINPROGRESS && pending.family as u8 != AF_UNIX) || ret == EALREADY || ret == EISCONN {
         return 0;
     }
+    let sk = if pending.family as u8 == AF_UNIX && ret == 0 { adopt_unix_socket(pending.fd, tgid, tid) } else { 0 };
     emit(EventKind::ConnectSyscall, |e| {
+        e.sock = sk;
         e.pid = tgid;
         e.tid = tid;
         e.comm = current_comm();
@@ -99,4 +106,60 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         e.data[..PATH_LEN].copy_from_slice(&pending.path);
     });
     0
+}
+
+/// A connected unix-socket upstream: find its socket (the socket hooks know only that) and
+/// record it like a TCP upstream, so its requests, responses and end of stream are seen.
+/// Unix connects are rare next to the I/O on them, so the walk from fd to socket is cheap here.
+fn adopt_unix_socket(fd: u32, tgid: u32, tid: u32) -> u64 {
+    let sk = socket_of_fd(fd);
+    if sk == 0 {
+        return 0;
+    }
+    let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
+    if family != AF_UNIX as u16 {
+        return 0;
+    }
+    let owner = SockOwner {
+        bytes_sent: 0,
+        bytes_recv: 0,
+        cgroup: current_cgroup(),
+        pid: tgid,
+        tid,
+        netns: sock_netns(sk),
+        phase: PHASE_IDLE,
+        tcp_state: TCP_ESTABLISHED,
+        fd,
+        exchanges: 0,
+        flags: 0,
+        comm: current_comm(),
+        ino: socket_ino(sk),
+    };
+    // A socket address seen before belongs to a socket since freed.
+    let _ = HELD.remove(sk);
+    if unsafe { UNIX_OWNED.get(sk) }.is_none() {
+        count(counter::UNIX_ADDED);
+    }
+    let _ = UNIX_OWNED.insert(sk, owner, 0);
+    sk
+}
+
+/// The calling task's stream socket's `struct sock` behind `fd`, or 0:
+/// task->files->fdt->fd[fd]->private_data (the `struct socket`)->sk. Datagram sockets (syslog
+/// over /dev/log) are not upstreams.
+fn socket_of_fd(fd: u32) -> u64 {
+    let task = unsafe { bpf_get_current_task() };
+    let Some(files) = read_kernel::<u64>(task, cfg_get!(kernel.task_files)).filter(|&p| p != 0) else { return 0 };
+    let Some(fdt) = read_kernel::<u64>(files, cfg_get!(kernel.files_fdt)).filter(|&p| p != 0) else { return 0 };
+    let max_fds: u32 = read_kernel(fdt, cfg_get!(kernel.fdtable_max_fds)).unwrap_or(0);
+    if fd >= max_fds {
+        return 0;
+    }
+    let Some(fds) = read_kernel::<u64>(fdt, cfg_get!(kernel.fdtable_fd)).filter(|&p| p != 0) else { return 0 };
+    let Some(file) = read_kernel::<u64>(fds + fd as u64 * 8, 0).filter(|&p| p != 0) else { return 0 };
+    let Some(socket) = read_kernel::<u64>(file, cfg_get!(kernel.file_private_data)).filter(|&p| p != 0) else { return 0 };
+    if read_kernel::<u16>(socket, cfg_get!(kernel.socket_type)) != Some(SOCK_STREAM) {
+        return 0;
+    }
+    read_kernel::<u64>(socket, cfg_get!(kernel.socket_sk)).unwrap_or(0)
 }

@@ -11,15 +11,19 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    HELD, OWNED, PENDING_RECV, PENDING_STATUS, owner_of, take_recv_buffer, cfg_get, count, current_cgroup, current_comm,
+    HELD, OWNED, PENDING_RECV, PENDING_STATUS, owner_of, take_recv_buffer, unix_owner_of, cfg_get, count, current_cgroup, current_comm,
     current_ids, emit, fill_owner, fill_tuple_from_sock, is_traced, now_ns, ship_held, sock_netns,
 };
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const EAGAIN: i32 = -11;
-/// A status line must reach the socket within this long of the write that carried it.
-const STATUS_MAX_AGE_NS: u64 = 10_000_000;
+/// A status line must reach the socket within this long of the write(2) that carried it
+/// (else it went to something that is not a socket and must not stick to a later send).
+/// Generous: a thread preempted, or a vCPU descheduled by the hypervisor, between syscall
+/// entry and the socket send can take tens of milliseconds (10 ms lost one 5xx in 205k in a
+/// 30-minute soak).
+const STATUS_MAX_AGE_NS: u64 = 1_000_000_000;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -32,7 +36,11 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     }) else {
         return 0;
     };
-    if let Some(owner) = OWNED.get_ptr_mut(sk) {
+    let owner = OWNED.get_ptr_mut(sk).or_else(|| {
+        let family = unsafe { ctx.read_at::<u16>(cfg_get!(tp.send_len_family) as usize) }.unwrap_or(0);
+        unix_owner_of(sk, family)
+    });
+    if let Some(owner) = owner {
         let owner = unsafe { &mut *owner };
         if ret > 0 {
             owner.bytes_sent += ret as u64;
@@ -164,7 +172,11 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // Reads after CLOSE (data that arrived before an RST, the error itself) count too.
-    let Some(owner) = owner_of(sk) else {
+    let owner = owner_of(sk).or_else(|| {
+        let family = unsafe { ctx.read_at::<u16>(cfg_get!(tp.recv_len_family) as usize) }.unwrap_or(0);
+        unix_owner_of(sk, family)
+    });
+    let Some(owner) = owner else {
         // Not an upstream socket: its buffer must not be taken for a later read(2) of one.
         take_recv_buffer(tid);
         return 0;

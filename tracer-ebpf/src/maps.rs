@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, Event, EventKind, Exchange, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
+    Config, Event, EventKind, Exchange, MAX_UNIX_SOCKETS, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
     MAX_PENDING, MAX_TRACED_PROCESSES, PeerKey, PendingConnect, PendingStatus, RESPONSE_HEAD,
     RING_BYTES, SockOwner, counter,
 };
@@ -59,6 +59,41 @@ pub static OWNED: HashMap<u64, SockOwner> = HashMap::with_max_entries(MAX_OWNED_
 /// Upstream sockets that reached CLOSE, kept a while for the events that follow a close.
 #[map]
 pub static CLOSED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_CLOSED_SOCKETS, 0);
+
+/// Unix-socket upstream connections (adopted at connect(2), see `connect.rs`). No hook sees
+/// them close, so the least recently used make room for new ones (counted: `UNIX_ADDED`).
+#[map]
+pub static UNIX_OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_UNIX_SOCKETS, 0);
+
+/// The owner record of a unix-socket upstream; looked up only for AF_UNIX sockets, so TCP
+/// and the gateway's client sockets pay nothing for it. A record left by a closed socket whose
+/// memory now holds another one (say, a client of a gateway listening on a unix socket) is
+/// recognised by the inode number and forgotten.
+#[inline(always)]
+pub fn unix_owner_of(sk: u64, family: u16) -> Option<*mut SockOwner> {
+    if family != tracer_common::AF_UNIX as u16 {
+        return None;
+    }
+    let owner = UNIX_OWNED.get_ptr_mut(sk)?;
+    if unsafe { (*owner).ino } != socket_ino(sk) {
+        let _ = UNIX_OWNED.remove(sk);
+        let _ = HELD.remove(sk);
+        return None;
+    }
+    Some(owner)
+}
+
+/// Inode number of the socket that `sk` belongs to (0 if unknown): sk->sk_socket, whose inode
+/// is allocated with it (`struct socket_alloc`).
+#[inline(always)]
+pub fn socket_ino(sk: u64) -> u64 {
+    match read_kernel::<u64>(sk, cfg_get!(kernel.sk_socket)) {
+        Some(socket) if socket != 0 => {
+            read_kernel::<u64>(socket + cfg_get!(kernel.socket_alloc_inode) as u64, cfg_get!(kernel.inode_ino)).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
 
 /// The owner record of an upstream socket, open or recently closed.
 #[inline(always)]

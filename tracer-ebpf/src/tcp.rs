@@ -68,6 +68,7 @@ fn on_connect_start(sk: u64) {
         exchanges: 0,
         flags: 0,
         comm: current_comm(),
+        ino: 0,
     };
     if OWNED.insert(sk, owner, 0).is_err() {
         count(counter::OWNED_MAP_FULL);

@@ -344,7 +344,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let (mut src, mut dst, mut path) = (None, None, None);
     if socket_kind || kind == Kind::ConnectSyscall {
         if raw.family == AF_UNIX {
-            path = Some(c_string(&raw.data)).filter(|p| !p.is_empty());
+            // Only connect(2) carries the path; a unix socket's I/O events carry other data.
+            if kind == Kind::ConnectSyscall {
+                path = Some(c_string(&raw.data)).filter(|p| !p.is_empty());
+            }
         } else {
             if socket_kind {
                 src = ip(raw.family, &raw.saddr).map(|a| SocketAddr::new(a, raw.sport));
@@ -569,6 +572,15 @@ mod tests {
         let ev = decode(&bytes(&e)).unwrap();
         assert_eq!(ev.path.as_deref(), Some("/run/php/fpm.sock"));
         assert!(ev.detail().contains("EAGAIN"));
+
+        // The response head of a unix-socket upstream is data, not a path.
+        let mut e = raw(EventKind::ResponseStart);
+        e.family = AF_UNIX;
+        e.aux = 15;
+        e.data[..15].copy_from_slice(b"HTTP/1.1 200 OK");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!((ev.path.as_deref(), ev.dst), (None, None));
+        assert_eq!(ev.head.as_deref(), Some("HTTP/1.1 200 OK"));
 
         let mut e = raw(EventKind::HttpStatus);
         e.family = AF_INET6;

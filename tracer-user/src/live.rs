@@ -265,9 +265,10 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
 
 /// Evictions for the dashboard (named `evicted_*`: it shows them apart from losses).
 fn push_evictions(list: &mut Vec<(String, u64)>, probes: &Probes, tracker: &crate::track::Tracker) {
-    let (closed, endpoints) = probes.lru_evictions();
-    list.push(("evicted_closed_sockets".into(), closed));
-    list.push(("evicted_upstream_endpoints".into(), endpoints));
+    let evicted = probes.lru_evictions();
+    list.push(("evicted_closed_sockets".into(), evicted.closed_sockets));
+    list.push(("evicted_upstream_endpoints".into(), evicted.upstream_endpoints));
+    list.push(("evicted_unix_sockets".into(), evicted.unix_sockets));
     list.push(("evicted_attempts".into(), tracker.evicted));
 }
 
@@ -289,8 +290,7 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
     fields.insert("exchanges_shipped_early".into(), json!(probes.exchanges_shipped_early()));
     // LRU evictions: the oldest closed sockets and upstream endpoints made room (by design;
     // counted so a loss of late events is never silent).
-    let (closed, endpoints) = probes.lru_evictions();
-    fields.insert("evicted".into(), json!({"closed_sockets": closed, "upstream_endpoints": endpoints}));
+    fields.insert("evicted".into(), json!(probes.lru_evictions()));
     // The engine's own bounds: attempts dropped over its cap are counted, never silent.
     let tracker = &pipeline.engine.tracker;
     fields.insert(

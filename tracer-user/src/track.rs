@@ -206,7 +206,14 @@ impl Attempt {
         let routine = matches!(ev.kind, Kind::ConnectStart | Kind::RequestSent | Kind::ResponseStart)
             || (ev.kind == Kind::StateChange && ev.old_state.as_deref() == Some("SYN_SENT") && ev.new_state.as_deref() == Some("ESTABLISHED"));
         if !routine && self.evidence.len() < 64 {
-            self.evidence.push(Evidence::from_event(ev));
+            let mut evidence = Evidence::from_event(ev);
+            // Socket events of a unix-socket upstream carry no address: name it by its path.
+            if let (None, None, Some(path)) = (ev.dst, &ev.path, &self.path) {
+                if let Some(rest) = evidence.detail.strip_prefix('?') {
+                    evidence.detail = format!("unix:{path}{rest}");
+                }
+            }
+            self.evidence.push(evidence);
         }
     }
 
@@ -218,10 +225,12 @@ impl Attempt {
         if self.reused {
             out.push(item(self.started_ns, "request_sent", format!("{up}: request sent on a reused keep-alive connection")));
         } else {
-            if self.sock != 0 || self.connect_err.is_none() {
+            // A unix-socket connect is one step, already in the evidence as `connect_syscall`.
+            let tcp = self.path.is_none();
+            if tcp && (self.sock != 0 || self.connect_err.is_none()) {
                 out.push(item(self.started_ns, "connect_start", format!("connect to {up} started (SYN sent)")));
             }
-            if let Some(c) = self.connected_ns {
+            if let Some(c) = self.connected_ns.filter(|_| tcp) {
                 out.push(item(c, "state_change", format!("{up}: SYN_SENT -> ESTABLISHED")));
             }
             if let Some(r) = self.request_ns {
@@ -635,8 +644,8 @@ impl Tracker {
             }
         }
         let id = self.new_id();
+        // A connected unix socket carries its kernel socket (its I/O events follow on it).
         let mut a = Attempt::new(id, ev, false);
-        a.sock = 0;
         a.touch(ev);
         if ev.value < 0 {
             a.connect_err = Some((ev.ts_ns, ev.value));
@@ -679,6 +688,7 @@ impl Tracker {
         b.started_ns = ev.ts_ns;
         b.connected_ns = prev.connected_ns;
         b.dst = prev.dst.or(ev.dst);
+        b.path = prev.path.clone().or(b.path);
         b.src = prev.src.or(b.src);
         b.fin_ns = prev.fin_ns; // a FIN that came while idle explains a failed reuse
         b.last_state = prev.last_state;

@@ -421,3 +421,63 @@ fn lost_statuses_keep_a_threads_linking_queue_short() {
     let queue = engine.tracker.by_tid.get(&GW_TID).map_or(0, |q| q.len());
     assert!(queue <= 200, "the thread's queue holds {queue} attempts");
 }
+
+/// A unix-socket upstream: connect(2) names the path and the socket; the I/O events that
+/// follow carry only the socket.
+fn unix_connect(ts: u64, sock: u64, path: &str) -> Vec<KernelEvent> {
+    let unix = |mut e: KernelEvent| {
+        e.src = None;
+        e.dst = None;
+        e
+    };
+    vec![
+        with(unix(ev(Kind::ConnectSyscall, ts, sock)), |e| e.path = Some(path.into())),
+        with(unix(ev(Kind::RequestSent, ts + 1, sock)), |e| {
+            e.value = 80;
+            e.bytes_sent = 80;
+        }),
+    ]
+}
+
+#[test]
+fn a_unix_socket_upstream_is_judged_on_its_socket_events() {
+    const FPM: &str = "/run/php/fpm.sock";
+    let unix_event = |kind, ts, f: fn(&mut KernelEvent)| {
+        with(ev(kind, ts, 0xb1), |e| {
+            e.src = None;
+            e.dst = None;
+            f(e)
+        })
+    };
+    // The server closed before answering: EOF on the gateway's read.
+    let mut events = unix_connect(0, 0xb1, FPM);
+    events.push(unix_event(Kind::RecvEnd, 5, |e| e.bytes_sent = 80));
+    events.push(status(6, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "closed-early"), "{v:#?}");
+    assert_eq!(v.upstream, format!("unix:{FPM}"));
+    assert!(v.summary.contains("before sending any response byte"), "{}", v.summary);
+    assert!(
+        v.evidence.iter().any(|e| e.event == "recv_end" && e.detail.starts_with(&format!("unix:{FPM}"))),
+        "socket events are named by the path: {:#?}",
+        v.evidence
+    );
+    assert!(!v.evidence.iter().any(|e| e.detail.contains("SYN")), "no TCP steps for a unix socket: {:#?}", v.evidence);
+
+    // A response head the gateway rejects, then the close.
+    let mut events = unix_connect(0, 0xb1, FPM);
+    events.push(unix_event(Kind::ResponseStart, 3, |e| {
+        e.value = 30;
+        e.bytes_recv = 30;
+        e.head = Some("HTTP/1.1 200 OK\\r\\nX\\x01Bad: y\\r\\n".into());
+    }));
+    events.push(unix_event(Kind::RecvEnd, 4, |e| e.bytes_recv = 30));
+    events.push(status(6, 502));
+    assert_eq!(one(&events).cause, "invalid-response");
+
+    // Request sent, nothing back before the gateway's timeout.
+    let mut events = unix_connect(0, 0xb1, FPM);
+    events.push(status(2000, 504));
+    let v = one(&events);
+    assert_eq!((v.status, v.cause.as_str()), (504, "stalled"), "{v:#?}");
+}

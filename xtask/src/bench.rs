@@ -207,7 +207,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         hook_kinds.insert(set.into(), serde_json::json!({"avg_ns": floor["avg_ns"], "runs": floor["runs"], "rps": load.rps}));
     }
 
-    // 2 + 3. Failure storms: refused and reset, with upstrace's own accounting.
+    // 3. Failure storms: refused and reset, with upstrace's own accounting.
     let mut storms = Vec::new();
     for (name, mode) in [("refused", None), ("reset", Some("reset-before-headers"))] {
         eprintln!("bench: {name} storm, {secs} s");
@@ -215,53 +215,22 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             None => lab.stop_upstream(),
             Some(m) => drop(lab.start_upstream(m)?),
         }
-        let tracer = start_tracer(gw, false)?;
-        let (t0, c0) = (Instant::now(), tracer.cpu_ticks());
-        let mut rss_max = 0;
-        let load = {
-            let gw_ns = lab.gw_ns.clone();
-            std::thread::spawn(move || {
-                Command::new("ip")
-                    .args(["netns", "exec", &gw_ns, "wrk", "-t2", "-c64", &format!("-d{secs}s"), "--latency"])
-                    .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
-                    .output()
-            })
-        };
-        while !load.is_finished() {
-            rss_max = rss_max.max(tracer.rss_kib());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
-        let elapsed = t0.elapsed().as_secs_f64();
-        let ticks = tracer.cpu_ticks() - c0;
-        let hz = 100.0; // USER_HZ
-        let cpu_pct = ticks as f64 / hz / elapsed * 100.0;
-        let stats = tracer.stop()?;
-        let events = stats["events"].as_u64().unwrap_or(0);
-        eprintln!(
-            "bench: {name}: {rps:.0} attempts/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB, engine {}",
-            events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"], stats["engine"]
-        );
-        storms.push(serde_json::json!({
-            "storm": name,
-            "attempts_per_s": rps,
-            "events": events,
-            "events_per_s": events as f64 / elapsed,
-            "lost": stats["lost_total"],
-            "lost_by_cause": stats["lost"],
-            "verdicts": stats["verdicts"],
-            "verdict_latency_ms": stats["verdict_latency_ms"],
-            "upstrace_cpu_pct_of_one_core": cpu_pct,
-            "upstrace_cpu_pct_per_10k_rps": if rps > 0.0 { cpu_pct * 10_000.0 / rps } else { 0.0 },
-            "upstrace_rss_kib_max": rss_max,
-            "engine": stats["engine"],
-        }));
+        storms.push(traced_load(&lab, gw, name, secs, 64)?);
+    }
+    // 4. A gateway at full healthy load with a share of failures mixed in: what upstrace
+    // costs during an ordinary incident rather than a total outage.
+    let mut mixed = Vec::new();
+    for every in [100u32, 20] {
+        let name = format!("1 in {every} reset");
+        eprintln!("bench: {name}, {secs} s");
+        lab.start_upstream(&format!("every-{every}:reset-before-headers"))?;
+        let mut run = traced_load(&lab, gw, &name, secs, 32)?;
+        run["failing_share"] = serde_json::json!(1.0 / every as f64);
+        mixed.push(run);
     }
     drop(lab);
 
-    // 4. Memory with 100k tracked connections (the engine alone, same code as live).
+    // 5. Memory with 100k tracked connections (the engine alone, same code as live).
     eprintln!("bench: engine memory with 100k connections");
     let out = Command::new(root.join("target/release/examples/engine_rss")).arg("100000").output().context("engine_rss")?;
     let rss: serde_json::Value = serde_json::from_slice(&out.stdout).context("engine_rss output")?;
@@ -279,6 +248,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "empty_programs_at_socket_hooks": hook_kinds,
         },
         "storms": storms,
+        "mixed": mixed,
         "engine_100k_connections": rss,
     });
     let dir = root.join("bench");
@@ -287,6 +257,55 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     std::fs::write(dir.join("RESULTS.md"), markdown(&result))?;
     println!("{}", markdown(&result));
     Ok(())
+}
+
+/// wrk against the gateway for `secs` with upstrace attached: its throughput, upstrace's
+/// accounting (events, losses, verdicts, latency, engine), CPU and peak RSS.
+fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<serde_json::Value> {
+    let tracer = start_tracer(gw, false)?;
+    let (t0, c0) = (Instant::now(), tracer.cpu_ticks());
+    let mut rss_max = 0;
+    let load = {
+        let gw_ns = lab.gw_ns.clone();
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &gw_ns, "wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"])
+                .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
+                .output()
+        })
+    };
+    while !load.is_finished() {
+        rss_max = rss_max.max(tracer.rss_kib());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let ticks = tracer.cpu_ticks() - c0;
+    let hz = 100.0; // USER_HZ
+    let cpu_pct = ticks as f64 / hz / elapsed * 100.0;
+    let stats = tracer.stop()?;
+    let events = stats["events"].as_u64().unwrap_or(0);
+    eprintln!(
+        "bench: {name}: {rps:.0} req/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB, engine {}",
+        events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"], stats["engine"]
+    );
+    Ok(serde_json::json!({
+        "storm": name,
+        "attempts_per_s": rps,
+        "events": events,
+        "events_per_s": events as f64 / elapsed,
+        "lost": stats["lost_total"],
+        "lost_by_cause": stats["lost"],
+        "verdicts": stats["verdicts"],
+        "verdicts_per_s": stats["verdicts"].as_f64().unwrap_or(0.0) / elapsed,
+        "verdict_latency_ms": stats["verdict_latency_ms"],
+        "upstrace_cpu_pct_of_one_core": cpu_pct,
+        "upstrace_cpu_pct_per_10k_rps": if rps > 0.0 { cpu_pct * 10_000.0 / rps } else { 0.0 },
+        "upstrace_rss_kib_max": rss_max,
+        "engine": stats["engine"],
+    }))
 }
 
 fn markdown(r: &serde_json::Value) -> String {
@@ -336,7 +355,26 @@ fn markdown(r: &serde_json::Value) -> String {
             );
         }
     }
+    md.push_str("\n## 4. Failures mixed into a healthy load (wrk -t2 -c32; the upstream resets every Nth request)\n\n| load | req/s | failed req/s (verdicts) | events/s | lost | verdict latency p50 / p99 ms | upstrace CPU % of a core | per 10k req/s | RSS max KiB |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n");
+    if let Some(list) = r["mixed"].as_array() {
+        for s in list {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.2} | {:.2} | {} |",
+                s["storm"].as_str().unwrap_or("?"),
+                s["attempts_per_s"].as_f64().unwrap_or(0.0),
+                s["verdicts_per_s"].as_f64().unwrap_or(0.0),
+                s["events_per_s"].as_f64().unwrap_or(0.0),
+                s["lost"],
+                s["verdict_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                s["verdict_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                s["upstrace_cpu_pct_of_one_core"].as_f64().unwrap_or(0.0),
+                s["upstrace_cpu_pct_per_10k_rps"].as_f64().unwrap_or(0.0),
+                s["upstrace_rss_kib_max"]
+            );
+        }
+    }
     let e = &r["engine_100k_connections"];
-    let _ = writeln!(md, "\n## 4. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.", e["connections"], e["rss_kib_after"], e["rss_kib_before"]);
+    let _ = writeln!(md, "\n## 5. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.", e["connections"], e["rss_kib_after"], e["rss_kib_before"]);
     md
 }

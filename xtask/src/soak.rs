@@ -139,6 +139,7 @@ pub fn run(minutes: u64) -> Result<()> {
     }
     if fives != verdicts {
         problems.push(format!("{fives} 5xx answers but {verdicts} verdicts"));
+        println!("soak: where the counts differ (second, status: 5xx logged / verdicts): {}", mismatched_seconds(&log, &lines));
     }
     if lost != 0 {
         problems.push(format!("{lost} events lost"));
@@ -154,4 +155,32 @@ pub fn run(minutes: u64) -> Result<()> {
         bail!("soak failed: {}", problems.join("; "));
     }
     Ok(())
+}
+
+/// Seconds (HH:MM:SS, UTC) in which nginx logged a different number of 5xx of a status than
+/// upstrace gave verdicts for: where to look when the totals differ. nginx stamps the end of
+/// the request and upstrace the status write, so a pair of neighbouring seconds that cancel
+/// out is a boundary effect, not a miss.
+fn mismatched_seconds(log: &str, lines: &[serde_json::Value]) -> String {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<(String, u16), (i64, i64)> = BTreeMap::new();
+    for l in log.lines() {
+        // ... [25/Nov/2026:00:30:43 +0000] "GET / HTTP/1.1" 502 ...
+        let second = l.split_once('[').and_then(|(_, r)| r.get(12..20)).unwrap_or("?").to_owned();
+        if let Some(status) = l.split_whitespace().nth(8).and_then(|s| s.parse::<u16>().ok()).filter(|s| *s >= 500) {
+            counts.entry((second, status)).or_default().0 += 1;
+        }
+    }
+    for v in lines.iter().filter(|v| v["type"] == "verdict" && v["delivered"] == "status") {
+        let second = v["time"].as_str().and_then(|t| t.get(11..19)).unwrap_or("?").to_owned();
+        let status = v["status"].as_u64().unwrap_or(0) as u16;
+        counts.entry((second, status)).or_default().1 += 1;
+    }
+    let differing: Vec<String> = counts
+        .iter()
+        .filter(|(_, (logged, judged))| logged != judged)
+        .take(20)
+        .map(|((second, status), (logged, judged))| format!("{second} {status}: {logged}/{judged}"))
+        .collect();
+    if differing.is_empty() { "none by second".into() } else { differing.join(", ") }
 }

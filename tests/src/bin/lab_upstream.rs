@@ -1,9 +1,12 @@
 //! The fault lab's upstream: a tiny HTTP/1.1 server that misbehaves on command.
-//! `upstrace-lab-upstream --listen ADDR --mode MODE`; prints "ready" once listening.
+//! `upstrace-lab-upstream --listen ADDR --mode MODE`; prints "ready" once listening. ADDR is
+//! `ip:port`, or `unix:/path` for a unix-socket upstream (left behind on exit, like a crashed
+//! server's).
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::{fs::PermissionsExt, net::UnixListener}},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -30,21 +33,52 @@ fn main() {
         // Overloaded: never accept, so the tiny backlog fills up.
         std::thread::sleep(Duration::from_secs(3600));
     }
-    for stream in listener.incoming().flatten() {
-        let mode = mode.clone();
-        std::thread::spawn(move || serve(stream, &mode));
+    match listener {
+        Listener::Tcp(l) => accept_loop(l.incoming(), &mode, reset),
+        Listener::Unix(l) => accept_loop(l.incoming(), &mode, drop),
     }
 }
 
-fn bind(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)?;
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+fn bind(addr: &str, backlog: i32) -> std::io::Result<Listener> {
+    let listener = match addr.strip_prefix("unix:") {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path)?;
+            // The gateway's workers run unprivileged.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            Listener::Unix(l)
+        }
+        None => Listener::Tcp(TcpListener::bind(addr)?),
+    };
     // std listens with a fixed backlog; re-listen with the requested one.
-    unsafe { libc::listen(listener.as_raw_fd(), backlog) };
+    let fd = match &listener {
+        Listener::Tcp(l) => l.as_raw_fd(),
+        Listener::Unix(l) => l.as_raw_fd(),
+    };
+    unsafe { libc::listen(fd, backlog) };
     Ok(listener)
 }
 
+/// Serve each connection on its own thread; `abort` ends a connection abruptly (an RST for
+/// TCP; unix sockets have none, so there it is a plain close).
+fn accept_loop<S, I>(incoming: I, mode: &str, abort: fn(S))
+where
+    S: Read + Write + Send + 'static,
+    I: Iterator<Item = std::io::Result<S>>,
+{
+    for stream in incoming.flatten() {
+        let mode = mode.to_owned();
+        std::thread::spawn(move || serve(stream, &mode, abort));
+    }
+}
+
 /// Read one request head (up to the blank line). Returns false on EOF.
-fn read_request(stream: &mut TcpStream) -> bool {
+fn read_request(stream: &mut impl Read) -> bool {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -81,25 +115,55 @@ fn die() -> ! {
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
 const LONG_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: text/plain\r\n\r\n";
 
-/// `after-N:MODE` answers the first N requests of each connection well, then misbehaves:
-/// a fault on a kept-alive connection, after healthy exchanges.
-fn split_mode(mode: &str) -> (u32, &str) {
-    mode.strip_prefix("after-")
-        .and_then(|rest| rest.split_once(':'))
-        .and_then(|(n, m)| Some((n.parse().ok()?, m)))
-        .unwrap_or((0, mode))
+/// Requests served by the whole process, for `every-N:MODE`.
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// When a mode misbehaves. `after-N:MODE` answers the first N requests of each connection
+/// well, then misbehaves (a fault on a kept-alive connection, after healthy exchanges);
+/// `every-N:MODE` misbehaves on every Nth request the process serves and answers the rest
+/// well (a gateway under load with a share of failures).
+enum Schedule<'a> {
+    Always(&'a str),
+    AfterPerConnection(u64, &'a str),
+    EveryNth(u64, &'a str),
 }
 
-fn serve(mut s: TcpStream, mode: &str) {
+impl<'a> Schedule<'a> {
+    fn parse(mode: &'a str) -> Self {
+        let counted = |prefix: &str| {
+            mode.strip_prefix(prefix)
+                .and_then(|rest| rest.split_once(':'))
+                .and_then(|(n, m)| Some((n.parse::<u64>().ok()?, m)))
+        };
+        match (counted("after-"), counted("every-")) {
+            (Some((n, m)), _) => Schedule::AfterPerConnection(n, m),
+            (_, Some((n, m))) if n > 0 => Schedule::EveryNth(n, m),
+            _ => Schedule::Always(mode),
+        }
+    }
+
+    /// The mode for a connection's `served`-th request (from 1).
+    fn mode_for(&self, served: u64) -> &'a str {
+        match *self {
+            Schedule::Always(m) => m,
+            Schedule::AfterPerConnection(n, m) => if served <= n { "ok" } else { m },
+            Schedule::EveryNth(n, m) => {
+                if (SERVED.fetch_add(1, Ordering::Relaxed) + 1) % n == 0 { m } else { "ok" }
+            }
+        }
+    }
+}
+
+fn serve<S: Read + Write>(mut s: S, mode: &str, abort: fn(S)) {
     let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
-    let (healthy_first, fault) = split_mode(mode);
-    let mut served = 0u32;
+    let schedule = Schedule::parse(mode);
+    let mut served = 0u64;
     loop {
         if !read_request(&mut s) {
             return;
         }
         served += 1;
-        let mode = if served <= healthy_first { "ok" } else { fault };
+        let mode = schedule.mode_for(served);
         match mode {
             "ok" => {
                 if s.write_all(OK).is_err() {
@@ -114,11 +178,11 @@ fn serve(mut s: TcpStream, mode: &str) {
                 die();
             }
             "close-before-headers" => return,
-            "reset-before-headers" => return reset(s),
+            "reset-before-headers" => return abort(s),
             "reset-partial-headers" => {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
                 pause(200);
-                return reset(s);
+                return abort(s);
             }
             "truncated-headers" => {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Ty");

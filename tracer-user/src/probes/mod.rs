@@ -125,7 +125,8 @@ pub struct Probes {
     /// The LRU maps, only counted (their evictions: added - removed - present).
     closed: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
     peers: BpfHashMap<MapData, tracer_common::PeerKey, u64>,
-    evicted: std::cell::Cell<(u64, u64)>,
+    unix: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
+    evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::decode::Decoder,
 }
 
@@ -208,13 +209,14 @@ impl Probes {
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         let closed = BpfHashMap::try_from(ebpf.take_map("CLOSED").context("CLOSED map")?)?;
         let peers = BpfHashMap::try_from(ebpf.take_map("PEERS").context("PEERS map")?)?;
+        let unix = BpfHashMap::try_from(ebpf.take_map("UNIX_OWNED").context("UNIX_OWNED map")?)?;
         let decoder = crate::decode::Decoder { drop_reasons: drop_reason_names };
         drop(btf);
         drop(aya_btf);
         // Parsing the kernel's BTF twice took tens of MiB that are garbage now: hand them back.
         unsafe { libc::malloc_trim(0) };
-        let evicted = std::cell::Cell::new((0, 0));
-        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, closed, peers, evicted, decoder }, ring))
+        let evicted = std::cell::Cell::new(LruEvictions::default());
+        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, closed, peers, unix, evicted, decoder }, ring))
     }
 
     /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
@@ -320,23 +322,37 @@ impl Probes {
         self.counter(counter::EXCHANGE_MAP_FULL)
     }
 
-    /// Entries the kernel's LRU maps evicted so far: (closed sockets, upstream endpoints).
+    /// Entries the kernel's LRU maps evicted so far.
     /// BPF does not count evictions, so they are derived: entries added - removed - present.
     /// The maps are walked only once the additions exceed their capacity (before that no
     /// eviction can have happened), and the result never goes down.
-    pub fn lru_evictions(&self) -> (u64, u64) {
-        let (closed, peers) = self.evicted.get();
+    pub fn lru_evictions(&self) -> LruEvictions {
+        let before = self.evicted.get();
         let live = self.counter(counter::CLOSED_ADDED).saturating_sub(self.counter(counter::CLOSED_REMOVED));
-        let closed = lru_evicted(closed, live, tracer_common::MAX_CLOSED_SOCKETS, || self.closed.keys().filter(|k| k.is_ok()).count());
+        let closed_sockets = lru_evicted(before.closed_sockets, live, tracer_common::MAX_CLOSED_SOCKETS, || self.closed.keys().filter(|k| k.is_ok()).count());
         let live = self.counter(counter::PEERS_ADDED);
-        let peers = lru_evicted(peers, live, tracer_common::MAX_PEERS, || self.peers.keys().filter(|k| k.is_ok()).count());
-        self.evicted.set((closed, peers));
-        (closed, peers)
+        let upstream_endpoints = lru_evicted(before.upstream_endpoints, live, tracer_common::MAX_PEERS, || self.peers.keys().filter(|k| k.is_ok()).count());
+        let live = self.counter(counter::UNIX_ADDED);
+        let unix_sockets = lru_evicted(before.unix_sockets, live, tracer_common::MAX_UNIX_SOCKETS, || self.unix.keys().filter(|k| k.is_ok()).count());
+        let now = LruEvictions { closed_sockets, upstream_endpoints, unix_sockets };
+        self.evicted.set(now);
+        now
     }
 
     fn counter(&self, index: u32) -> u64 {
         self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
+}
+
+/// Evictions from the kernel's LRU maps (see `Probes::lru_evictions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LruEvictions {
+    /// Closed upstream sockets (their late events are lost).
+    pub closed_sockets: u64,
+    /// Upstream endpoints (drops and ICMP errors for them are missed until the next connect).
+    pub upstream_endpoints: u64,
+    /// Unix-socket upstream connections (closed ones, or long-idle ones whose later events are lost).
+    pub unix_sockets: u64,
 }
 
 /// Evictions of an LRU map so far: entries that would be there without eviction (`live` =
