@@ -327,3 +327,47 @@ fn a_restarted_gateway_is_followed_by_name() {
     let verdicts: Vec<_> = lines.iter().filter(|l| l["type"] == "verdict").filter(ours).collect();
     assert_eq!(verdicts.len(), 2, "one verdict per 502, nothing stale: {verdicts:#?}");
 }
+
+#[test]
+fn a_status_line_that_reaches_no_socket_is_counted_not_reported() {
+    if !require_root("a_status_line_that_reaches_no_socket_is_counted_not_reported") {
+        return;
+    }
+    // A traced process writes a 5xx status line to a file, then, over a second later, sends on
+    // a client socket (fd 3, one end of a loopback connection of this test, like a gateway's
+    // accepted connection): that send must not be taken for the status line's, and the line
+    // that went nowhere is counted.
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let accepted_fd = accepted.as_raw_fd();
+    let dir = std::env::temp_dir().join(format!("upstrace-expired-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(format!(
+        // Bounded wait (10 s) for the tracer to be attached.
+        "for i in $(seq 200); do [ -e {go} ] && break; sleep 0.05; done; \
+         printf 'HTTP/1.1 502 Bad Gateway\\r\\n' > {file}; sleep 1.3; printf x >&3; sleep 0.3",
+        go = dir.join("go").display(),
+        file = dir.join("not-a-socket").display()
+    ));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(accepted_fd, 3);
+            Ok(())
+        })
+    };
+    let mut writer = cmd.spawn().unwrap();
+    let tracer = Tracer::start(&["--pid", &writer.id().to_string(), "--stats-interval", "1"]).expect("upstrace");
+    std::fs::write(dir.join("go"), "").unwrap();
+    assert!(writer.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, lines) = tracer.stop().unwrap();
+    drop((client, accepted));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(events(&lines, "http_status").is_empty(), "{lines:#?}");
+    let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
+    assert_eq!(stats["status_lines_expired"], 1, "{stats}");
+}

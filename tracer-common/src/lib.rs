@@ -271,7 +271,10 @@ pub mod counter {
     pub const PEERS_ADDED: u32 = 9;
     /// Unix-socket upstream connections added to their LRU map (evictions derived the same way).
     pub const UNIX_ADDED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A 5xx status line whose write reached no socket send within `STATUS_MAX_AGE_NS` (it
+    /// went to a file or pipe, or the thread stalled that long): not reported.
+    pub const STATUS_EXPIRED: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -284,6 +287,7 @@ pub mod counter {
         "closed_removed",
         "peers_added",
         "unix_added",
+        "status_expired",
     ];
 }
 

@@ -144,6 +144,7 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
     let pending = *pending;
     let _ = PENDING_STATUS.remove(tid);
     if now_ns().saturating_sub(pending.ts_ns) > STATUS_MAX_AGE_NS {
+        count(counter::STATUS_EXPIRED);
         return;
     }
     emit(EventKind::HttpStatus, |e| {

@@ -288,6 +288,9 @@ fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, tra
     // Healthy keep-alive exchanges stay in the kernel; past its map's capacity they are
     // shipped like failures would be (more events, nothing lost).
     fields.insert("exchanges_shipped_early".into(), json!(probes.exchanges_shipped_early()));
+    // A status line written to something other than a socket (or a thread stalled for a
+    // second between the write and the send): counted, since it may be a 5xx left unexplained.
+    fields.insert("status_lines_expired".into(), json!(probes.status_lines_expired()));
     // LRU evictions: the oldest closed sockets and upstream endpoints made room (by design;
     // counted so a loss of late events is never silent).
     fields.insert("evicted".into(), json!(probes.lru_evictions()));

@@ -48,6 +48,9 @@ enum Task {
         /// Seconds per load run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Only rewrite bench/RESULTS.md from bench/results.json (no measuring).
+        #[arg(long)]
+        render_only: bool,
     },
     /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
     Fuzz {
@@ -125,7 +128,8 @@ fn main() -> Result<()> {
             build()?;
             lab::run(gateway, scenario, save_traces)
         }
-        Task::Bench { pairs, seconds } => {
+        Task::Bench { render_only: true, .. } => bench::render(),
+        Task::Bench { pairs, seconds, .. } => {
             setup::run()?;
             build()?;
             status(cargo().args(["build", "--release", "-p", "tracer-user", "--example", "engine_rss"]))?;

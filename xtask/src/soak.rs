@@ -184,3 +184,23 @@ fn mismatched_seconds(log: &str, lines: &[serde_json::Value]) -> String {
         .collect();
     if differing.is_empty() { "none by second".into() } else { differing.join(", ") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mismatched_seconds;
+
+    #[test]
+    fn seconds_where_logged_5xx_and_verdicts_differ_are_named() {
+        let log = "\
+127.0.0.1 - - [25/Nov/2026:00:30:43 +0000] \"GET / HTTP/1.1\" 502 157 \"-\" \"curl/7.88.1\"
+127.0.0.1 - - [25/Nov/2026:00:30:43 +0000] \"GET / HTTP/1.1\" 502 157 \"-\" \"curl/7.88.1\"
+127.0.0.1 - - [25/Nov/2026:00:30:44 +0000] \"GET / HTTP/1.1\" 200 2 \"-\" \"curl/7.88.1\"
+127.0.0.1 - - [25/Nov/2026:00:30:44 +0000] \"GET / HTTP/1.1\" 504 167 \"-\" \"curl/7.88.1\"
+";
+        let verdict = |time: &str, status: u16| serde_json::json!({"type": "verdict", "delivered": "status", "time": time, "status": status});
+        let mut lines = vec![verdict("2026-11-25T00:30:43.100Z", 502), verdict("2026-11-25T00:30:43.900Z", 502)];
+        assert_eq!(mismatched_seconds(log, &lines), "00:30:44 504: 1/0");
+        lines.push(verdict("2026-11-25T00:30:44.500Z", 504));
+        assert_eq!(mismatched_seconds(log, &lines), "none by second");
+    }
+}

@@ -317,6 +317,11 @@ impl Probes {
             .collect()
     }
 
+    /// 5xx status lines not reported because no socket send followed their write in time.
+    pub fn status_lines_expired(&self) -> u64 {
+        self.counter(counter::STATUS_EXPIRED)
+    }
+
     /// Exchanges shipped at once because the held-exchange map was full (a cost, not a loss).
     pub fn exchanges_shipped_early(&self) -> u64 {
         self.counter(counter::EXCHANGE_MAP_FULL)
