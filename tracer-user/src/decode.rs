@@ -542,7 +542,7 @@ mod tests {
     #[test]
     fn abi_sizes_match_the_kernel_side() {
         assert_eq!(std::mem::size_of::<Event>(), EVENT_SIZE);
-        assert_eq!(std::mem::size_of::<tracer_common::SockOwner>(), 72);
+        assert_eq!(std::mem::size_of::<tracer_common::SockOwner>(), 80);
     }
 
     #[test]
