@@ -6,13 +6,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{
-    AF_INET, AF_INET6, AF_UNIX, EventKind, PATH_LEN, PHASE_IDLE, PendingConnect, SockOwner, counter,
-};
+use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EventKind, PATH_LEN, PendingConnect, counter};
 
 use crate::maps::{
     HELD, PENDING_CONNECT, UNIX_OWNED, cfg_get, count, current_cgroup, current_comm, current_ids, emit,
-    is_traced, now_ns, read_kernel, sock_netns, socket_ino,
+    is_traced, new_owner, now_ns, read_kernel, socket_ino,
 };
 
 // Syscall tracepoints have a fixed ABI: 8-byte header, syscall nr, then 8-byte args from 16.
@@ -112,29 +110,12 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 /// record it like a TCP upstream, so its requests, responses and end of stream are seen.
 /// Unix connects are rare next to the I/O on them, so the walk from fd to socket is cheap here.
 fn adopt_unix_socket(fd: u32, tgid: u32, tid: u32) -> u64 {
+    // connect(2) with a unix address succeeds only on a unix socket: no family check needed.
     let sk = socket_of_fd(fd);
     if sk == 0 {
         return 0;
     }
-    let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
-    if family != AF_UNIX as u16 {
-        return 0;
-    }
-    let owner = SockOwner {
-        bytes_sent: 0,
-        bytes_recv: 0,
-        cgroup: current_cgroup(),
-        pid: tgid,
-        tid,
-        netns: sock_netns(sk),
-        phase: PHASE_IDLE,
-        tcp_state: TCP_ESTABLISHED,
-        fd,
-        exchanges: 0,
-        flags: 0,
-        comm: current_comm(),
-        ino: socket_ino(sk),
-    };
+    let owner = new_owner(sk, tgid, tid, fd, TCP_ESTABLISHED, socket_ino(sk));
     // A socket address seen before belongs to a socket since freed.
     let _ = HELD.remove(sk);
     if unsafe { UNIX_OWNED.get(sk) }.is_none() {

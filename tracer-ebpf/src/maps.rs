@@ -246,6 +246,27 @@ pub fn sock_netns(sk: u64) -> u32 {
     }
 }
 
+/// The owner record of an upstream socket `sk`, made in the connecting thread's own context
+/// (pid, comm and cgroup are the real owner's), with no bytes or exchanges yet.
+#[inline(always)]
+pub fn new_owner(sk: u64, tgid: u32, tid: u32, fd: u32, tcp_state: u32, ino: u64) -> SockOwner {
+    SockOwner {
+        bytes_sent: 0,
+        bytes_recv: 0,
+        cgroup: current_cgroup(),
+        pid: tgid,
+        tid,
+        netns: sock_netns(sk),
+        phase: tracer_common::PHASE_IDLE,
+        tcp_state,
+        fd,
+        exchanges: 0,
+        flags: 0,
+        comm: current_comm(),
+        ino,
+    }
+}
+
 /// Copy the owner's identity and byte counters into a socket event.
 #[inline(always)]
 pub fn fill_owner(event: &mut Event, owner: &SockOwner) {

@@ -4,10 +4,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{EventKind, OWNER_RST_IN_SYN_SENT, PHASE_IDLE, PeerKey, SockOwner, counter};
+use tracer_common::{EventKind, OWNER_RST_IN_SYN_SENT, PeerKey, SockOwner, counter};
 
 use crate::maps::{cfg_get, 
-    CLOSED, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
+    CLOSED, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, new_owner, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
     emit, fill_owner, fill_tuple_from_sock, is_traced, read_kernel, sock_netns,
 };
 
@@ -55,21 +55,7 @@ fn on_connect_start(sk: u64) {
         return;
     }
     let fd = unsafe { PENDING_CONNECT.get(tid) }.map(|p| p.fd).unwrap_or(u32::MAX);
-    let owner = SockOwner {
-        bytes_sent: 0,
-        bytes_recv: 0,
-        cgroup: current_cgroup(),
-        pid: tgid,
-        tid,
-        netns: sock_netns(sk),
-        phase: PHASE_IDLE,
-        tcp_state: TCP_SYN_SENT as u32,
-        fd,
-        exchanges: 0,
-        flags: 0,
-        comm: current_comm(),
-        ino: 0,
-    };
+    let owner = new_owner(sk, tgid, tid, fd, TCP_SYN_SENT as u32, 0);
     if OWNED.insert(sk, owner, 0).is_err() {
         count(counter::OWNED_MAP_FULL);
     }

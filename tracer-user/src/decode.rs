@@ -431,6 +431,12 @@ impl KernelEvent {
             .map(|a| a.to_string())
             .or_else(|| self.path.clone())
             .unwrap_or_else(|| "?".into());
+        self.detail_naming(&peer)
+    }
+
+    /// `detail`, naming the peer as given (the I/O events of a unix socket carry no address:
+    /// the attempt knows its path).
+    pub fn detail_naming(&self, peer: &str) -> String {
         let state = |s: &Option<String>| s.clone().unwrap_or_default();
         match self.kind {
             Kind::ConnectStart => format!("connect to {peer} started (SYN sent)"),

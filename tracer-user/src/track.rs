@@ -206,14 +206,12 @@ impl Attempt {
         let routine = matches!(ev.kind, Kind::ConnectStart | Kind::RequestSent | Kind::ResponseStart)
             || (ev.kind == Kind::StateChange && ev.old_state.as_deref() == Some("SYN_SENT") && ev.new_state.as_deref() == Some("ESTABLISHED"));
         if !routine && self.evidence.len() < 64 {
-            let mut evidence = Evidence::from_event(ev);
             // Socket events of a unix-socket upstream carry no address: name it by its path.
-            if let (None, None, Some(path)) = (ev.dst, &ev.path, &self.path) {
-                if let Some(rest) = evidence.detail.strip_prefix('?') {
-                    evidence.detail = format!("unix:{path}{rest}");
-                }
-            }
-            self.evidence.push(evidence);
+            let detail = match (ev.dst, &ev.path, &self.path) {
+                (None, None, Some(path)) => ev.detail_naming(&format!("unix:{path}")),
+                _ => ev.detail(),
+            };
+            self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.as_str().to_owned(), detail });
         }
     }
 

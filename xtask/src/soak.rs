@@ -97,8 +97,7 @@ pub fn run(minutes: u64) -> Result<()> {
     let log = std::fs::read_to_string(lab.dir.join("access.log")).unwrap_or_default();
     drop(lab);
 
-    // nginx's combined log: the status is the 9th field.
-    let statuses: Vec<u16> = log.lines().filter_map(|l| l.split_whitespace().nth(8)?.parse().ok()).collect();
+    let statuses: Vec<u16> = log.lines().filter_map(logged_status).collect();
     let fives = statuses.iter().filter(|s| **s >= 500).count();
     let lines = lines.lock().unwrap();
     let verdicts = lines.iter().filter(|v| v["type"] == "verdict" && v["delivered"] == "status").count();
@@ -157,6 +156,11 @@ pub fn run(minutes: u64) -> Result<()> {
     Ok(())
 }
 
+/// The status of a request in nginx's combined log (the 9th field).
+fn logged_status(line: &str) -> Option<u16> {
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// Seconds (HH:MM:SS, UTC) in which nginx logged a different number of 5xx of a status than
 /// upstrace gave verdicts for: where to look when the totals differ. nginx stamps the end of
 /// the request and upstrace the status write, so a pair of neighbouring seconds that cancel
@@ -167,7 +171,7 @@ fn mismatched_seconds(log: &str, lines: &[serde_json::Value]) -> String {
     for l in log.lines() {
         // ... [25/Nov/2026:00:30:43 +0000] "GET / HTTP/1.1" 502 ...
         let second = l.split_once('[').and_then(|(_, r)| r.get(12..20)).unwrap_or("?").to_owned();
-        if let Some(status) = l.split_whitespace().nth(8).and_then(|s| s.parse::<u16>().ok()).filter(|s| *s >= 500) {
+        if let Some(status) = logged_status(l).filter(|s| *s >= 500) {
             counts.entry((second, status)).or_default().0 += 1;
         }
     }

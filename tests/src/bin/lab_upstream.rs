@@ -45,23 +45,23 @@ enum Listener {
 }
 
 fn bind(addr: &str, backlog: i32) -> std::io::Result<Listener> {
-    let listener = match addr.strip_prefix("unix:") {
+    // std listens with a fixed backlog; re-listen with the requested one.
+    let relisten = |fd| unsafe { libc::listen(fd, backlog) };
+    Ok(match addr.strip_prefix("unix:") {
         Some(path) => {
             let _ = std::fs::remove_file(path);
             let l = UnixListener::bind(path)?;
             // The gateway's workers run unprivileged.
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            relisten(l.as_raw_fd());
             Listener::Unix(l)
         }
-        None => Listener::Tcp(TcpListener::bind(addr)?),
-    };
-    // std listens with a fixed backlog; re-listen with the requested one.
-    let fd = match &listener {
-        Listener::Tcp(l) => l.as_raw_fd(),
-        Listener::Unix(l) => l.as_raw_fd(),
-    };
-    unsafe { libc::listen(fd, backlog) };
-    Ok(listener)
+        None => {
+            let l = TcpListener::bind(addr)?;
+            relisten(l.as_raw_fd());
+            Listener::Tcp(l)
+        }
+    })
 }
 
 /// Serve each connection on its own thread; `abort` ends a connection abruptly (an RST for

@@ -334,11 +334,11 @@ impl Probes {
     pub fn lru_evictions(&self) -> LruEvictions {
         let before = self.evicted.get();
         let live = self.counter(counter::CLOSED_ADDED).saturating_sub(self.counter(counter::CLOSED_REMOVED));
-        let closed_sockets = lru_evicted(before.closed_sockets, live, tracer_common::MAX_CLOSED_SOCKETS, || self.closed.keys().filter(|k| k.is_ok()).count());
+        let closed_sockets = lru_evicted(before.closed_sockets, live, tracer_common::MAX_CLOSED_SOCKETS, || entries(&self.closed));
         let live = self.counter(counter::PEERS_ADDED);
-        let upstream_endpoints = lru_evicted(before.upstream_endpoints, live, tracer_common::MAX_PEERS, || self.peers.keys().filter(|k| k.is_ok()).count());
+        let upstream_endpoints = lru_evicted(before.upstream_endpoints, live, tracer_common::MAX_PEERS, || entries(&self.peers));
         let live = self.counter(counter::UNIX_ADDED);
-        let unix_sockets = lru_evicted(before.unix_sockets, live, tracer_common::MAX_UNIX_SOCKETS, || self.unix.keys().filter(|k| k.is_ok()).count());
+        let unix_sockets = lru_evicted(before.unix_sockets, live, tracer_common::MAX_UNIX_SOCKETS, || entries(&self.unix));
         let now = LruEvictions { closed_sockets, upstream_endpoints, unix_sockets };
         self.evicted.set(now);
         now
@@ -358,6 +358,11 @@ pub struct LruEvictions {
     pub upstream_endpoints: u64,
     /// Unix-socket upstream connections (closed ones, or long-idle ones whose later events are lost).
     pub unix_sockets: u64,
+}
+
+/// Entries a kernel map holds now (a walk of its keys).
+fn entries<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>) -> usize {
+    map.keys().filter(|k| k.is_ok()).count()
 }
 
 /// Evictions of an LRU map so far: entries that would be there without eviction (`live` =
