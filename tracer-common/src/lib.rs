@@ -95,6 +95,151 @@ impl EventKind {
     }
 }
 
+/// TCP states as the kernel numbers them (include/net/tcp_states.h), shared by the programs
+/// that compare them and userspace that names them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(Hash))]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        if v >= 1 && v <= 12 { Some(Self::ALL[v as usize - 1]) } else { None }
+    }
+
+    /// The kernel's own name (`SYN_SENT`), as traces spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+/// Signal numbers (x86-64 and arm64 agree on these) and which ones end a process abnormally:
+/// one list, so the kernel's filter and userspace's "crashed" cannot disagree.
+pub mod signal {
+    pub const SIGILL: i32 = 4;
+    pub const SIGABRT: i32 = 6;
+    pub const SIGBUS: i32 = 7;
+    pub const SIGFPE: i32 = 8;
+    pub const SIGKILL: i32 = 9;
+    pub const SIGSEGV: i32 = 11;
+    pub const SIGTERM: i32 = 15;
+    pub const SIGSYS: i32 = 31;
+    /// Signals that kill a process without its consent: a crash (or the OOM killer's SIGKILL).
+    pub const FATAL: [i32; 7] = [SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGSEGV, SIGSYS];
+
+    pub const fn is_fatal(sig: i32) -> bool {
+        let mut i = 0;
+        while i < FATAL.len() {
+            if FATAL[i] == sig {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    pub const fn name(sig: i32) -> &'static str {
+        match sig {
+            SIGILL => "SIGILL",
+            SIGABRT => "SIGABRT",
+            SIGBUS => "SIGBUS",
+            SIGFPE => "SIGFPE",
+            SIGKILL => "SIGKILL",
+            SIGSEGV => "SIGSEGV",
+            SIGTERM => "SIGTERM",
+            SIGSYS => "SIGSYS",
+            _ => "SIG?",
+        }
+    }
+}
+
+/// errno values the programs and the engine decide on (positive; syscalls return them negated).
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EINTR: i32 = 4;
+    pub const EAGAIN: i32 = 11;
+    pub const EACCES: i32 = 13;
+    pub const EINVAL: i32 = 22;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const EPIPE: i32 = 32;
+    pub const EADDRNOTAVAIL: i32 = 99;
+    pub const ENETUNREACH: i32 = 101;
+    pub const ECONNABORTED: i32 = 103;
+    pub const ECONNRESET: i32 = 104;
+    pub const ENOBUFS: i32 = 105;
+    pub const ETIMEDOUT: i32 = 110;
+    pub const ECONNREFUSED: i32 = 111;
+    pub const EHOSTUNREACH: i32 = 113;
+    pub const EINPROGRESS: i32 = 115;
+
+    pub const fn name(errno: i32) -> &'static str {
+        match errno {
+            EPERM => "EPERM",
+            ENOENT => "ENOENT",
+            EINTR => "EINTR",
+            EAGAIN => "EAGAIN",
+            EACCES => "EACCES",
+            EINVAL => "EINVAL",
+            ENFILE => "ENFILE",
+            EMFILE => "EMFILE",
+            EPIPE => "EPIPE",
+            EADDRNOTAVAIL => "EADDRNOTAVAIL",
+            ENETUNREACH => "ENETUNREACH",
+            ECONNABORTED => "ECONNABORTED",
+            ECONNRESET => "ECONNRESET",
+            ENOBUFS => "ENOBUFS",
+            ETIMEDOUT => "ETIMEDOUT",
+            ECONNREFUSED => "ECONNREFUSED",
+            EHOSTUNREACH => "EHOSTUNREACH",
+            EINPROGRESS => "EINPROGRESS",
+            _ => "E?",
+        }
+    }
+}
+
 pub const AF_UNIX: u8 = 1;
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;

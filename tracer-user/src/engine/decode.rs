@@ -1,0 +1,641 @@
+//! Raw ring-buffer records -> typed `KernelEvent`s. This is the only place that knows the
+//! byte layout; everything downstream (tracking, attribution, sinks, replay) uses the type.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    ConnectStart,
+    ConnectSyscall,
+    StateChange,
+    SockError,
+    ResetReceived,
+    ResetSent,
+    Retransmit,
+    RequestSent,
+    ResponseStart,
+    RecvEnd,
+    HttpStatus,
+    ProcessExit,
+    Signal,
+    ProcessFork,
+    Listen,
+    Drop,
+    IcmpError,
+    /// Sampled by userspace, not the kernel: a listening socket's accept queue is full
+    /// (`value` = queue length, `aux` = its limit).
+    ListenOverflow,
+}
+
+impl From<EventKind> for Kind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::ConnectStart => Kind::ConnectStart,
+            EventKind::ConnectSyscall => Kind::ConnectSyscall,
+            EventKind::StateChange => Kind::StateChange,
+            EventKind::SockError => Kind::SockError,
+            EventKind::ResetReceived => Kind::ResetReceived,
+            EventKind::ResetSent => Kind::ResetSent,
+            EventKind::Retransmit => Kind::Retransmit,
+            EventKind::RequestSent => Kind::RequestSent,
+            EventKind::ResponseStart => Kind::ResponseStart,
+            EventKind::RecvEnd => Kind::RecvEnd,
+            EventKind::HttpStatus => Kind::HttpStatus,
+            EventKind::ProcessExit => Kind::ProcessExit,
+            EventKind::Signal => Kind::Signal,
+            EventKind::ProcessFork => Kind::ProcessFork,
+            EventKind::Listen => Kind::Listen,
+            EventKind::Drop => Kind::Drop,
+            EventKind::IcmpError => Kind::IcmpError,
+        }
+    }
+}
+
+impl Kind {
+    /// The name used in JSON (`connect_start`, ...), without going through serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ConnectStart => "connect_start",
+            Kind::ConnectSyscall => "connect_syscall",
+            Kind::StateChange => "state_change",
+            Kind::SockError => "sock_error",
+            Kind::ResetReceived => "reset_received",
+            Kind::ResetSent => "reset_sent",
+            Kind::Retransmit => "retransmit",
+            Kind::RequestSent => "request_sent",
+            Kind::ResponseStart => "response_start",
+            Kind::RecvEnd => "recv_end",
+            Kind::HttpStatus => "http_status",
+            Kind::ProcessExit => "process_exit",
+            Kind::Signal => "signal",
+            Kind::ProcessFork => "process_fork",
+            Kind::Listen => "listen",
+            Kind::Drop => "drop",
+            Kind::IcmpError => "icmp_error",
+            Kind::ListenOverflow => "listen_overflow",
+        }
+    }
+}
+
+/// TCP states, named as the kernel names them.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+
+pub fn errno_name(errno: i64) -> &'static str {
+    match errno.unsigned_abs() {
+        1 => "EPERM",
+        2 => "ENOENT",
+        4 => "EINTR",
+        11 => "EAGAIN",
+        13 => "EACCES",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        32 => "EPIPE",
+        99 => "EADDRNOTAVAIL",
+        101 => "ENETUNREACH",
+        103 => "ECONNABORTED",
+        104 => "ECONNRESET",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        115 => "EINPROGRESS",
+        _ => "E?",
+    }
+}
+
+/// ICMP (type << 8 | code) as words.
+pub fn icmp_name(type_code: i64) -> String {
+    let (t, c) = (type_code >> 8, type_code & 0xff);
+    let what = match (t, c) {
+        (3, 0) => "net unreachable",
+        (3, 1) => "host unreachable",
+        (3, 2) => "protocol unreachable",
+        (3, 3) => "port unreachable",
+        (3, 4) => "fragmentation needed",
+        (3, 6) => "destination network unknown",
+        (3, 7) => "destination host unknown",
+        (3, 9) => "network administratively prohibited",
+        (3, 10) => "host administratively prohibited",
+        (3, 13) => "communication administratively prohibited",
+        (11, _) => "time exceeded",
+        _ => "error",
+    };
+    format!("{what} (type {t} code {c})")
+}
+
+pub fn signal_name(sig: i64) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "SIG?",
+    }
+}
+
+/// One kernel observation, typed. Serialized as-is into traces, so replay reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelEvent {
+    pub kind: Kind,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub netns: u32,
+    #[serde(default)]
+    pub cgroup: u64,
+    /// Kernel socket address (hex in JSON): the connection's identity while it lives.
+    #[serde(default, with = "hex_u64")]
+    pub sock: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<String>,
+    /// Kind-specific: return code, errno, status, signal, byte count.
+    #[serde(default)]
+    pub value: i64,
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_recv: u64,
+    /// Kind-specific: fd, child pid, sender pid, port.
+    #[serde(default)]
+    pub aux: u32,
+    /// The head of a status line, for http_status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    /// First bytes of the response (up to 128, escaped), for response_start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Drop reason name (skb_drop_reason without its prefix), for drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short(usize),
+    UnknownKind(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(f, "event record of {n} bytes, expected {EVENT_SIZE}"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+        }
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Printable ASCII as is, everything else as \xNN (and \r \n \t), so a response head
+/// survives JSON and terminals intact and can be decoded back.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+pub fn unescape_bytes(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            let simple = match b[i + 1] {
+                b'r' => Some(b'\r'),
+                b'n' => Some(b'\n'),
+                b't' => Some(b'\t'),
+                b'\\' => Some(b'\\'),
+                _ => None,
+            };
+            if let Some(c) = simple {
+                out.push(c);
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'x' && i + 4 <= b.len() {
+                if let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3])) {
+                    out.push(h << 4 | l);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn ip(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*raw);
+            Some(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+        }
+        _ => None,
+    }
+}
+
+/// Decoding context taken from the running kernel (drop reason names differ between kernels).
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    pub drop_reasons: std::collections::HashMap<u32, String>,
+}
+
+impl Decoder {
+    pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+        let mut ev = decode(bytes)?;
+        if ev.kind == Kind::Drop {
+            ev.reason = Some(
+                self.drop_reasons.get(&(ev.value as u32)).cloned().unwrap_or_else(|| format!("reason {}", ev.value)),
+            );
+        }
+        Ok(ev)
+    }
+}
+
+/// Decode one record without kernel context (drop reasons stay numeric).
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    if bytes.len() < EVENT_SIZE {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; Event is plain old data and read unaligned.
+    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    let kind: Kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?.into();
+    let socket_kind = matches!(
+        kind,
+        Kind::ConnectStart
+            | Kind::StateChange
+            | Kind::SockError
+            | Kind::ResetReceived
+            | Kind::ResetSent
+            | Kind::Retransmit
+            | Kind::RequestSent
+            | Kind::ResponseStart
+            | Kind::RecvEnd
+            | Kind::HttpStatus
+            | Kind::Listen
+            | Kind::Drop
+            | Kind::IcmpError
+    );
+    let (mut src, mut dst, mut path) = (None, None, None);
+    if socket_kind || kind == Kind::ConnectSyscall {
+        if raw.family == AF_UNIX {
+            // Only connect(2) carries the path; a unix socket's I/O events carry other data.
+            if kind == Kind::ConnectSyscall {
+                path = Some(c_string(&raw.data)).filter(|p| !p.is_empty());
+            }
+        } else {
+            if socket_kind {
+                src = ip(raw.family, &raw.saddr).map(|a| SocketAddr::new(a, raw.sport));
+            }
+            dst = ip(raw.family, &raw.daddr).map(|a| SocketAddr::new(a, raw.dport));
+        }
+    }
+    let states = matches!(kind, Kind::ConnectStart | Kind::StateChange);
+    let has_state = states
+        || matches!(
+            kind,
+            Kind::SockError | Kind::ResetReceived | Kind::RequestSent | Kind::ResponseStart | Kind::RecvEnd
+        );
+    Ok(KernelEvent {
+        kind,
+        ts_ns: raw.ts_ns,
+        pid: raw.pid,
+        tid: raw.tid,
+        comm: c_string(&raw.comm),
+        netns: raw.netns,
+        cgroup: raw.cgroup,
+        sock: raw.sock,
+        src,
+        dst,
+        path,
+        old_state: states.then(|| tcp_state_name(raw.old_state).to_owned()),
+        new_state: has_state.then(|| tcp_state_name(raw.new_state).to_owned()),
+        value: raw.value,
+        bytes_sent: raw.bytes_sent,
+        bytes_recv: raw.bytes_recv,
+        aux: raw.aux,
+        line: (kind == Kind::HttpStatus).then(|| {
+            let head = c_string(&raw.data[..32]);
+            head.split(['\r', '\n']).next().unwrap_or_default().to_owned()
+        }),
+        reason: None,
+        head: (kind == Kind::ResponseStart && raw.aux > 0)
+            .then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
+    })
+}
+
+impl KernelEvent {
+    /// A `listen` event for a socket that was already listening when tracing began.
+    pub fn listen_snapshot(ts_ns: u64, pid: u32, comm: &str, addr: SocketAddr) -> Self {
+        KernelEvent {
+            kind: Kind::Listen,
+            ts_ns,
+            pid,
+            tid: pid,
+            comm: comm.to_owned(),
+            netns: 0,
+            cgroup: 0,
+            sock: 0,
+            src: Some(addr),
+            dst: None,
+            path: None,
+            old_state: None,
+            new_state: None,
+            value: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            aux: addr.port() as u32,
+            line: None,
+            reason: None,
+            head: None,
+        }
+    }
+
+    pub fn listen_overflow(ts_ns: u64, pid: u32, comm: &str, addr: SocketAddr, queued: u32, limit: u32) -> Self {
+        let mut ev = Self::listen_snapshot(ts_ns, pid, comm, addr);
+        ev.kind = Kind::ListenOverflow;
+        ev.value = queued as i64;
+        ev.aux = limit;
+        ev
+    }
+
+    /// One human sentence for logs and the evidence chain.
+    pub fn detail(&self) -> String {
+        let peer = self
+            .dst
+            .map(|a| a.to_string())
+            .or_else(|| self.path.clone())
+            .unwrap_or_else(|| "?".into());
+        self.detail_naming(&peer)
+    }
+
+    /// `detail`, naming the peer as given (the I/O events of a unix socket carry no address:
+    /// the attempt knows its path).
+    pub fn detail_naming(&self, peer: &str) -> String {
+        let state = |s: &Option<String>| s.clone().unwrap_or_default();
+        match self.kind {
+            Kind::ConnectStart => format!("connect to {peer} started (SYN sent)"),
+            Kind::ConnectSyscall if self.value == 0 => format!("connect to {peer} succeeded"),
+            Kind::ConnectSyscall => {
+                format!("connect to {peer} failed: {} ({})", errno_name(self.value), -self.value)
+            }
+            Kind::StateChange => format!(
+                "{peer}: {} -> {} (sent {} B, received {} B)",
+                state(&self.old_state),
+                state(&self.new_state),
+                self.bytes_sent,
+                self.bytes_recv
+            ),
+            Kind::SockError => {
+                format!("{peer}: socket error {} ({})", errno_name(self.value), self.value)
+            }
+            Kind::ResetReceived => format!("{peer}: RST received in {}", state(&self.new_state)),
+            Kind::ResetSent => format!("{peer}: RST sent in {}", tcp_state_name(self.value as u8)),
+            Kind::Retransmit => {
+                format!("{peer}: retransmit in {}", tcp_state_name(self.value as u8))
+            }
+            Kind::RequestSent => format!("{peer}: request sent ({} B so far)", self.bytes_sent),
+            Kind::ResponseStart => format!("{peer}: first response bytes ({} B)", self.value),
+            Kind::RecvEnd if self.value == 0 => format!(
+                "{peer}: upstream closed (read returned EOF after {} B)",
+                self.bytes_recv
+            ),
+            Kind::RecvEnd => format!(
+                "{peer}: read failed: {} ({}) after {} B",
+                errno_name(self.value),
+                -self.value,
+                self.bytes_recv
+            ),
+            Kind::HttpStatus => format!(
+                "{} {} wrote {} to client {peer}",
+                self.comm,
+                self.pid,
+                self.line.clone().unwrap_or_else(|| self.value.to_string())
+            ),
+            Kind::ProcessExit => format!(
+                "process {} ({}) exited, exit word {:#x}{}",
+                self.pid,
+                self.comm,
+                self.value,
+                match self.value & 0x7f {
+                    0 => String::new(),
+                    sig => format!(" (killed by {})", signal_name(sig)),
+                }
+            ),
+            Kind::Signal => format!(
+                "{} sent to process {} ({}) by pid {}",
+                signal_name(self.value),
+                self.pid,
+                self.comm,
+                self.aux
+            ),
+            Kind::Drop => format!(
+                "packet {} -> {} dropped by the kernel: {} (netns {})",
+                self.src.map(|a| a.to_string()).unwrap_or_default(),
+                peer,
+                self.reason.clone().unwrap_or_else(|| self.value.to_string()),
+                self.netns
+            ),
+            Kind::IcmpError => format!(
+                "ICMP {} from {} about {} -> {}",
+                icmp_name(self.value),
+                std::net::Ipv4Addr::from(self.aux.to_le_bytes()),
+                self.src.map(|a| a.to_string()).unwrap_or_default(),
+                peer
+            ),
+            Kind::ListenOverflow => format!(
+                "accept queue of {} ({}) on {} is full: {} of {} connections waiting, new SYNs are dropped",
+                self.pid,
+                self.comm,
+                self.src.map(|a| a.to_string()).unwrap_or_default(),
+                self.value,
+                self.aux
+            ),
+            Kind::ProcessFork => format!("{} {} forked child {}", self.comm, self.pid, self.aux),
+            Kind::Listen => format!(
+                "{} {} listens on {}",
+                self.comm,
+                self.pid,
+                self.src.map(|a| a.to_string()).unwrap_or_else(|| format!("port {}", self.aux))
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: EventKind) -> Event {
+        let mut e = Event::zeroed();
+        e.kind = kind as u8;
+        e.ts_ns = 42;
+        e.pid = 100;
+        e.tid = 101;
+        e.comm[..5].copy_from_slice(b"nginx");
+        e
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), EVENT_SIZE) }.to_vec()
+    }
+
+    #[test]
+    fn abi_sizes_match_the_kernel_side() {
+        assert_eq!(std::mem::size_of::<Event>(), EVENT_SIZE);
+        assert_eq!(std::mem::size_of::<tracer_common::SockOwner>(), 80);
+    }
+
+    #[test]
+    fn decodes_a_refused_connect() {
+        let mut e = raw(EventKind::SockError);
+        e.family = AF_INET;
+        e.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e.sport = 40000;
+        e.dport = 8080;
+        e.value = 111;
+        e.new_state = TCP_SYN_SENT;
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.kind, Kind::SockError);
+        assert_eq!(ev.comm, "nginx");
+        assert_eq!(ev.dst, Some("10.0.0.2:8080".parse().unwrap()));
+        assert_eq!(ev.src, Some("10.0.0.1:40000".parse().unwrap()));
+        assert!(ev.detail().contains("ECONNREFUSED"), "{}", ev.detail());
+    }
+
+    #[test]
+    fn decodes_unix_paths_and_status_lines() {
+        let mut e = raw(EventKind::ConnectSyscall);
+        e.family = AF_UNIX;
+        e.value = -11;
+        e.data[..17].copy_from_slice(b"/run/php/fpm.sock");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.path.as_deref(), Some("/run/php/fpm.sock"));
+        assert!(ev.detail().contains("EAGAIN"));
+
+        // The response head of a unix-socket upstream is data, not a path.
+        let mut e = raw(EventKind::ResponseStart);
+        e.family = AF_UNIX;
+        e.aux = 15;
+        e.data[..15].copy_from_slice(b"HTTP/1.1 200 OK");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!((ev.path.as_deref(), ev.dst), (None, None));
+        assert_eq!(ev.head.as_deref(), Some("HTTP/1.1 200 OK"));
+
+        let mut e = raw(EventKind::HttpStatus);
+        e.family = AF_INET6;
+        e.daddr = Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]).octets();
+        e.dport = 5555;
+        e.value = 502;
+        e.data[..26].copy_from_slice(b"HTTP/1.1 502 Bad Gateway\r\n");
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.line.as_deref(), Some("HTTP/1.1 502 Bad Gateway"));
+        assert_eq!(ev.dst, Some("127.0.0.1:5555".parse().unwrap()), "v4-mapped shown as v4");
+    }
+
+    #[test]
+    fn escaping_round_trips_any_bytes() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let text = escape_bytes(&all);
+        assert!(text.is_ascii());
+        assert_eq!(unescape_bytes(&text), all);
+        assert_eq!(escape_bytes(b"HTTP/1.1 200\r\n"), "HTTP/1.1 200\\r\\n");
+        let _ = unescape_bytes("\\x\u{e9}\u{e9}\\"); // malformed input must not panic
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_kinds() {
+        assert_eq!(decode(&[0u8; 10]).unwrap_err(), DecodeError::Short(10));
+        let mut e = raw(EventKind::Listen);
+        e.kind = 200;
+        assert_eq!(decode(&bytes(&e)).unwrap_err(), DecodeError::UnknownKind(200));
+    }
+
+    #[test]
+    fn kind_names_are_the_json_names() {
+        for k in [Kind::ConnectStart, Kind::HttpStatus, Kind::IcmpError, Kind::ListenOverflow, Kind::Drop] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut e = raw(EventKind::StateChange);
+        e.family = AF_INET;
+        e.sock = 0xffff_8880_1234_5678;
+        e.old_state = TCP_ESTABLISHED;
+        e.new_state = TCP_CLOSE_WAIT;
+        let ev = decode(&bytes(&e)).unwrap();
+        let text = serde_json::to_string(&ev).unwrap();
+        assert!(text.contains("\"sock\":\"0xffff888012345678\""), "{text}");
+        assert!(text.contains("CLOSE_WAIT"));
+        let back: KernelEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ev);
+    }
+}

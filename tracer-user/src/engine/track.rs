@@ -1,0 +1,754 @@
+//! Per-connection and per-exchange state, built from typed kernel events. One `Attempt` is
+//! one try to get a response from an upstream: a fresh connection, or one exchange on a
+//! reused keep-alive connection. Host-wide context (process deaths, listeners, packet drops,
+//! ICMP errors) is kept here too, so `attribute` can explain an attempt's end.
+//! Pure: no I/O, no clock but the events' own stamps.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use serde::Serialize;
+
+use crate::engine::decode::{
+    Kind, KernelEvent, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_SYN_SENT, tcp_state_name,
+};
+
+/// Keys here are ids, socket addresses and pids: spread already, attacker-free (they come
+/// from the kernel), so a multiply is hash enough and much cheaper than SipHash.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+}
+
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// How long unexplained attempts and host context are kept (longer than nginx's default 60 s
+/// timeouts).
+pub const KEEP_NS: u64 = 75_000_000_000;
+/// Attempts that succeeded or were already explained can explain nothing more: they go soon
+/// (a failure storm makes tens of thousands a second).
+const DONE_KEEP_NS: u64 = 1_000_000_000;
+/// Bounds, so a flood cannot grow memory without limit (oldest dropped first, counted).
+pub const MAX_ATTEMPTS: usize = 200_000;
+const MAX_HOST_FACTS: usize = 4096;
+/// Packets not yet matched to an attempt (kept briefly; the newest win).
+const MAX_LOOSE: usize = 512;
+/// Attempts remembered per gateway thread for linking (newest kept): a busy worker makes
+/// thousands per second, and only recent ones can explain a status it writes now.
+const PER_THREAD: usize = 1024;
+/// Ended, unexplained attempts a thread's status may still claim. Without losses only the few
+/// that ended while the previous status was being written are waiting; after a ring-buffer
+/// overflow (statuses lost) this bounds the work per status instead of the whole queue.
+const ENDED_PER_THREAD: usize = 128;
+/// Attempts remembered per upstream endpoint for matching packet drops and ICMP errors.
+const PER_ENDPOINT: usize = 64;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Evidence {
+    #[serde(skip)]
+    pub ts_ns: u64,
+    pub event: String,
+    pub detail: String,
+}
+
+impl Evidence {
+    pub fn from_event(ev: &KernelEvent) -> Self {
+        Self { ts_ns: ev.ts_ns, event: ev.kind.as_str().to_owned(), detail: ev.detail() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub id: u64,
+    pub sock: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub netns: u32,
+    pub dst: Option<SocketAddr>,
+    pub src: Option<SocketAddr>,
+    pub path: Option<String>,
+    pub started_ns: u64,
+    /// An exchange on a connection that already carried one (keep-alive reuse).
+    pub reused: bool,
+    pub connected_ns: Option<u64>,
+    pub request_ns: Option<u64>,
+    pub response_ns: Option<u64>,
+    /// Byte counters of the connection when this exchange began (keep-alive reuse).
+    pub base_sent: u64,
+    pub base_recv: u64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub syn_retransmits: u32,
+    pub retransmits: u32,
+    /// First time the peer's FIN was seen (ESTABLISHED -> CLOSE_WAIT).
+    pub fin_ns: Option<u64>,
+    /// RST received: (time, TCP state it arrived in).
+    pub rst: Option<(u64, u8)>,
+    pub rst_sent_ns: Option<u64>,
+    pub sock_err: Option<(u64, i64)>,
+    /// connect(2) failed at once (negative errno as returned).
+    pub connect_err: Option<(u64, i64)>,
+    /// The gateway's read saw EOF (0) or an error (< 0).
+    pub recv_end: Option<(u64, i64)>,
+    /// The gateway closed the connection first (timeout or giving up): ESTABLISHED ->
+    /// FIN_WAIT1 or SYN_SENT -> CLOSE with no error.
+    pub local_close_ns: Option<u64>,
+    pub closed_ns: Option<u64>,
+    /// Packet drops and ICMP errors matched to this flow.
+    pub drops: Vec<(u64, String, u32)>,
+    pub icmp: Vec<(u64, i64, String)>,
+    /// First bytes of the response, as the gateway read them.
+    pub head: Option<Vec<u8>>,
+    pub last_state: u8,
+    pub last_ns: u64,
+    /// Claimed by a verdict already.
+    pub consumed: bool,
+    pub evidence: Vec<Evidence>,
+}
+
+impl Attempt {
+    fn new(id: u64, ev: &KernelEvent, reused: bool) -> Self {
+        Attempt {
+            id,
+            sock: ev.sock,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: ev.comm.clone(),
+            netns: ev.netns,
+            dst: ev.dst,
+            src: ev.src.filter(|a| a.port() != 0),
+            path: ev.path.clone(),
+            started_ns: ev.ts_ns,
+            reused,
+            connected_ns: None,
+            request_ns: None,
+            response_ns: None,
+            base_sent: 0,
+            base_recv: 0,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            syn_retransmits: 0,
+            retransmits: 0,
+            fin_ns: None,
+            rst: None,
+            rst_sent_ns: None,
+            sock_err: None,
+            connect_err: None,
+            recv_end: None,
+            local_close_ns: None,
+            closed_ns: None,
+            drops: vec![],
+            icmp: vec![],
+            head: None,
+            last_state: TCP_SYN_SENT,
+            last_ns: ev.ts_ns,
+            consumed: false,
+            evidence: vec![],
+        }
+    }
+
+    pub fn upstream(&self) -> String {
+        self.dst
+            .map(|a| a.to_string())
+            .or_else(|| self.path.clone().map(|p| format!("unix:{p}")))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// When the attempt visibly ended (or None while it is still open and quiet).
+    pub fn end_ns(&self) -> Option<u64> {
+        [
+            self.connect_err.map(|x| x.0),
+            self.rst.map(|x| x.0),
+            self.sock_err.map(|x| x.0),
+            self.fin_ns,
+            self.recv_end.map(|x| x.0),
+            self.local_close_ns,
+            self.closed_ns,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Did it deliver a response and end normally? Then it cannot explain an error.
+    pub fn succeeded(&self) -> bool {
+        self.response_ns.is_some()
+            && self.rst.is_none()
+            && self.sock_err.is_none()
+            && self.recv_end.is_none_or(|(_, v)| v == 0)
+            && self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none())
+    }
+
+    fn touch(&mut self, ev: &KernelEvent) {
+        self.last_ns = self.last_ns.max(ev.ts_ns);
+        if self.src.is_none() {
+            self.src = ev.src.filter(|a| a.port() != 0);
+        }
+        // The routine steps of every exchange are kept as fields and written out only for a
+        // verdict (`routine_evidence`): most attempts succeed, so they must cost little.
+        let routine = matches!(ev.kind, Kind::ConnectStart | Kind::RequestSent | Kind::ResponseStart)
+            || (ev.kind == Kind::StateChange && ev.old_state.as_deref() == Some("SYN_SENT") && ev.new_state.as_deref() == Some("ESTABLISHED"));
+        if !routine && self.evidence.len() < 64 {
+            // Socket events of a unix-socket upstream carry no address: name it by its path.
+            let detail = match (ev.dst, &ev.path, &self.path) {
+                (None, None, Some(path)) => ev.detail_naming(&format!("unix:{path}")),
+                _ => ev.detail(),
+            };
+            self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.as_str().to_owned(), detail });
+        }
+    }
+
+    /// The routine steps (connect, established, request, first response byte) as evidence.
+    pub fn routine_evidence(&self) -> Vec<Evidence> {
+        let up = self.upstream();
+        let mut out = Vec::with_capacity(4);
+        let item = |ts_ns, event: &str, detail: String| Evidence { ts_ns, event: event.into(), detail };
+        if self.reused {
+            out.push(item(self.started_ns, "request_sent", format!("{up}: request sent on a reused keep-alive connection")));
+        } else {
+            // A unix-socket connect is one step, already in the evidence as `connect_syscall`.
+            let tcp = self.path.is_none();
+            if tcp && (self.sock != 0 || self.connect_err.is_none()) {
+                out.push(item(self.started_ns, "connect_start", format!("connect to {up} started (SYN sent)")));
+            }
+            if let Some(c) = self.connected_ns.filter(|_| tcp) {
+                out.push(item(c, "state_change", format!("{up}: SYN_SENT -> ESTABLISHED")));
+            }
+            if let Some(r) = self.request_ns {
+                out.push(item(r, "request_sent", format!("{up}: request sent")));
+            }
+        }
+        if let Some(r) = self.response_ns {
+            let head = self.head.as_deref().map(|h| {
+                let line = h.split(|&c| c == b'\r' || c == b'\n').next().unwrap_or_default();
+                format!(": \"{}\"", crate::engine::decode::escape_bytes(&line[..line.len().min(60)]))
+            });
+            out.push(item(r, "response_start", format!("{up}: first response bytes{}", head.unwrap_or_default())));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Death {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// Killing signal, if it died of one.
+    pub signal: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub evidence: Evidence,
+}
+
+impl Death {
+    /// Killed by a fault signal or SIGKILL (OOM killer included), or exited with an error:
+    /// not a clean stop (exit 0, SIGTERM, SIGINT, SIGHUP).
+    pub fn crashed(&self) -> bool {
+        match (self.signal, self.exit_code) {
+            (Some(sig), _) => matches!(sig, 4 | 6 | 7 | 8 | 9 | 11 | 31),
+            (None, Some(code)) => code != 0,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub addr: Option<SocketAddr>,
+}
+
+/// Everything the tracker knows, fed one event at a time.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    next_id: u64,
+    /// Boxed: a hash table's empty slots then cost a pointer, not a whole attempt.
+    pub attempts: IdMap<u64, Box<Attempt>>,
+    /// Current attempt per live socket.
+    by_sock: IdMap<u64, u64>,
+    /// (start time, attempt id) per gateway thread, in arrival order (bounded; may name
+    /// removed attempts, which readers skip and `expire` sweeps). The start time lets a status
+    /// pass over the attempts begun after it without looking them up.
+    pub by_tid: IdMap<u32, VecDeque<(u64, u64)>>,
+    /// Attempt ids per upstream endpoint, oldest first (bounded, swept like `by_tid`).
+    by_dst: HashMap<SocketAddr, VecDeque<u64>>,
+    pub deaths: VecDeque<Death>,
+    /// Signals seen, by target pid (the exit that follows names the death).
+    signals: HashMap<u32, (u64, i64, Evidence)>,
+    pub listeners: HashMap<u16, Vec<Listener>>,
+    /// Drops and ICMP errors that matched no attempt (other processes' flows to the same
+    /// upstream, or attempts whose events were lost): kept briefly, bounded, for inspection.
+    pub loose_packets: VecDeque<KernelEvent>,
+    /// Accept queues seen full: (time, listen address, event).
+    pub overflows: VecDeque<(u64, SocketAddr, Evidence)>,
+    pub evicted: u64,
+}
+
+impl Tracker {
+    /// Are SYNs of some recent attempt going unanswered? Only then is a full accept queue a
+    /// question worth the cost of reading the listeners' queues.
+    pub fn syns_unanswered(&self, now_ns: u64) -> bool {
+        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|&(_, id)| self.attempt(id)).any(|a| {
+            a.syn_retransmits > 0 && a.connected_ns.is_none() && a.end_ns().is_none_or(|e| e + 3_000_000_000 >= now_ns)
+        })
+    }
+
+    /// Take explained attempts out of a thread's linking queue: in a failure storm a worker
+    /// makes thousands a second, and every status would otherwise walk past all of them.
+    pub fn forget_explained(&mut self, tid: u32, ids: &[u64]) {
+        if let Some(q) = self.by_tid.get_mut(&tid) {
+            // The explained ones are usually the oldest: search from the front.
+            for id in ids {
+                if let Some(i) = q.iter().position(|(_, x)| x == id) {
+                    q.remove(i);
+                }
+            }
+        }
+    }
+
+    /// Before a status of this thread at `t` is linked: drop from the thread's queue what can
+    /// no longer explain it (gone, explained, ended more than `horizon_ns` before `t`, or
+    /// beyond the newest `ENDED_PER_THREAD` ended ones).
+    /// Attempts begun after `t` are passed over without a lookup. Keeps the queue short when
+    /// statuses were lost (a ring-buffer overflow) and their attempts would linger.
+    pub fn prune_thread(&mut self, tid: u32, t: u64, horizon_ns: u64) {
+        let attempts = &self.attempts;
+        let Some(q) = self.by_tid.get_mut(&tid) else { return };
+        // Attempts begun after `t` are passed over without a lookup; open ones always stay.
+        let claimable = |&(started, id): &(u64, u64)| -> Option<bool> {
+            if started > t {
+                return Some(false);
+            }
+            let a = attempts.get(&id).filter(|a| !a.consumed)?;
+            match a.end_ns() {
+                None => Some(false),
+                Some(e) if e + horizon_ns >= t => Some(true),
+                Some(_) => None,
+            }
+        };
+        let ended = q.iter().filter(|entry| claimable(entry) == Some(true)).count();
+        // Past the bound, the oldest ended ones go.
+        let mut surplus = ended.saturating_sub(ENDED_PER_THREAD);
+        q.retain(|entry| match claimable(entry) {
+            None => false,
+            Some(false) => true,
+            Some(true) if surplus > 0 => {
+                surplus -= 1;
+                false
+            }
+            Some(true) => true,
+        });
+    }
+
+    /// Pids known to listen (for sampling their accept queues).
+    pub fn listener_pids(&self) -> Vec<u32> {
+        self.listeners.values().flatten().map(|l| l.pid).collect()
+    }
+
+    /// The latest known owner of a listening address.
+    pub fn listener_of(&self, addr: SocketAddr) -> Option<(u32, String)> {
+        self.listeners
+            .get(&addr.port())?
+            .iter()
+            .rev()
+            .find(|l| l.addr.is_none_or(|a| a.ip() == addr.ip()))
+            .map(|l| (l.pid, l.comm.clone()))
+    }
+
+    pub fn attempt(&self, id: u64) -> Option<&Attempt> {
+        self.attempts.get(&id).map(|a| &**a)
+    }
+
+    fn add_attempt(&mut self, attempt: Attempt) -> u64 {
+        let id = attempt.id;
+        let q = self.by_tid.entry(attempt.tid).or_default();
+        q.push_back((attempt.started_ns, id));
+        if q.len() > PER_THREAD {
+            q.pop_front();
+        }
+        if let Some(dst) = attempt.dst {
+            let q = self.by_dst.entry(dst).or_default();
+            q.push_back(id);
+            if q.len() > PER_ENDPOINT {
+                q.pop_front();
+            }
+        }
+        if attempt.sock != 0 {
+            self.by_sock.insert(attempt.sock, id);
+        }
+        self.attempts.insert(id, Box::new(attempt));
+        if self.attempts.len() > MAX_ATTEMPTS {
+            self.evict_oldest();
+        }
+        id
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Over the bound: drop the least recently active tenth at once (amortized cost).
+    fn evict_oldest(&mut self) {
+        let mut by_age: Vec<(u64, u64)> = self.attempts.values().map(|a| (a.last_ns, a.id)).collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(MAX_ATTEMPTS / 10) {
+            self.remove(id);
+            self.evicted += 1;
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(a) = self.attempts.remove(&id) {
+            if self.by_sock.get(&a.sock) == Some(&id) {
+                self.by_sock.remove(&a.sock);
+            }
+        }
+    }
+
+    /// Drop index entries that name removed attempts.
+    fn sweep_indexes(&mut self) {
+        let attempts = &self.attempts;
+        self.by_tid.retain(|_, q| {
+            q.retain(|(_, id)| attempts.contains_key(id));
+            !q.is_empty()
+        });
+        self.by_dst.retain(|_, q| {
+            q.retain(|id| attempts.contains_key(id));
+            !q.is_empty()
+        });
+    }
+
+    /// Forget what is older than `KEEP_NS` before `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        let horizon = now_ns.saturating_sub(KEEP_NS);
+        let done_horizon = now_ns.saturating_sub(DONE_KEEP_NS);
+        let old: Vec<u64> = self
+            .attempts
+            .values()
+            .filter(|a| a.last_ns < horizon || ((a.consumed || a.succeeded()) && a.last_ns < done_horizon))
+            .map(|a| a.id)
+            .collect();
+        for id in old {
+            self.remove(id);
+        }
+        self.sweep_indexes();
+        while self.deaths.front().is_some_and(|d| d.ts_ns < horizon) {
+            self.deaths.pop_front();
+        }
+        while self.overflows.front().is_some_and(|o| o.0 < horizon) {
+            self.overflows.pop_front();
+        }
+        while self.loose_packets.front().is_some_and(|p| p.ts_ns < horizon) {
+            self.loose_packets.pop_front();
+        }
+        self.signals.retain(|_, (ts, _, _)| *ts >= horizon);
+    }
+
+    /// The attempt currently on a socket.
+    pub fn current_attempt(&self, sock: u64) -> Option<&Attempt> {
+        self.attempts.get(self.by_sock.get(&sock)?).map(|a| &**a)
+    }
+
+    fn current(&mut self, sock: u64) -> Option<&mut Attempt> {
+        let id = *self.by_sock.get(&sock)?;
+        self.attempts.get_mut(&id).map(|a| &mut **a)
+    }
+
+    pub fn handle(&mut self, ev: &KernelEvent) {
+        match ev.kind {
+            Kind::ConnectStart => {
+                let id = self.new_id();
+                let mut a = Attempt::new(id, ev, false);
+                a.touch(ev);
+                self.add_attempt(a);
+            }
+            Kind::ConnectSyscall => self.on_connect_syscall(ev),
+            Kind::StateChange => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                let old = state_num(&ev.old_state);
+                let new = state_num(&ev.new_state);
+                a.last_state = new;
+                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+                match (old, new) {
+                    (TCP_SYN_SENT, TCP_ESTABLISHED) => a.connected_ns = Some(ev.ts_ns),
+                    (TCP_ESTABLISHED, TCP_CLOSE_WAIT) => a.fin_ns = a.fin_ns.or(Some(ev.ts_ns)),
+                    // FIN_WAIT1 = 4: the gateway closed first.
+                    (TCP_ESTABLISHED, 4) => a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns)),
+                    (TCP_SYN_SENT, TCP_CLOSE) if a.rst.is_none() && a.sock_err.is_none() => {
+                        a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns))
+                    }
+                    _ => {}
+                }
+                if new == TCP_CLOSE {
+                    a.closed_ns = Some(ev.ts_ns);
+                }
+            }
+            Kind::SockError => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                if ev.value == 0 {
+                    return; // the error went to sk_err_soft; the ICMP or RST hooks tell more
+                }
+                // The gateway aborting its own pending connect (close with linger 0) reports
+                // ECONNRESET with no RST from the peer: that is a local give-up.
+                if ev.value == 104 && a.rst.is_none() && (a.connected_ns.is_none() || a.rst_sent_ns.is_some()) {
+                    a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
+                    return;
+                }
+                a.sock_err = a.sock_err.or(Some((ev.ts_ns, ev.value)));
+                // An error that arrives with the CLOSE is not a local give-up.
+                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
+                    a.local_close_ns = None;
+                }
+            }
+            Kind::ResetReceived => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                let state = state_num(&ev.new_state);
+                a.rst = a.rst.or(Some((ev.ts_ns, state)));
+                if state == TCP_SYN_SENT {
+                    // A refused connect: the kernel sends no separate CLOSE for it.
+                    a.closed_ns = a.closed_ns.or(Some(ev.ts_ns));
+                }
+                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
+                    a.local_close_ns = None;
+                }
+            }
+            Kind::ResetSent => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.rst_sent_ns = a.rst_sent_ns.or(Some(ev.ts_ns));
+            }
+            Kind::Retransmit => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                if ev.value == TCP_SYN_SENT as i64 {
+                    a.syn_retransmits += 1;
+                } else {
+                    a.retransmits += 1;
+                }
+            }
+            Kind::RequestSent => self.on_request(ev),
+            Kind::ResponseStart => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.response_ns = a.response_ns.or(Some(ev.ts_ns));
+                if a.head.is_none() {
+                    a.head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+                }
+                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+            }
+            Kind::RecvEnd => {
+                let Some(a) = self.current(ev.sock) else { return };
+                a.touch(ev);
+                a.recv_end = a.recv_end.or(Some((ev.ts_ns, ev.value)));
+                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+            }
+            Kind::ProcessExit => {
+                let signal = self.signals.remove(&ev.pid);
+                let killed_by = ev.value & 0x7f;
+                let death = Death {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
+                    signal: if killed_by != 0 { Some(killed_by) } else { signal.as_ref().map(|s| s.1) },
+                    exit_code: (killed_by == 0).then_some((ev.value >> 8) & 0xff),
+                    evidence: Evidence::from_event(ev),
+                };
+                self.deaths.push_back(death);
+                if self.deaths.len() > MAX_HOST_FACTS {
+                    self.deaths.pop_front();
+                }
+            }
+            Kind::Signal => {
+                self.signals.insert(ev.pid, (ev.ts_ns, ev.value, Evidence::from_event(ev)));
+            }
+            Kind::Listen => {
+                let port = ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16);
+                let list = self.listeners.entry(port).or_default();
+                list.push(Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src });
+                if list.len() > 16 {
+                    list.remove(0);
+                }
+            }
+            Kind::Drop | Kind::IcmpError => {
+                if !self.match_packet(ev) {
+                    self.loose_packets.push_back(ev.clone());
+                    if self.loose_packets.len() > MAX_LOOSE {
+                        self.loose_packets.pop_front();
+                    }
+                }
+            }
+            Kind::ListenOverflow => {
+                if let Some(addr) = ev.src {
+                    self.overflows.push_back((ev.ts_ns, addr, Evidence::from_event(ev)));
+                    if self.overflows.len() > MAX_HOST_FACTS {
+                        self.overflows.pop_front();
+                    }
+                }
+            }
+            Kind::HttpStatus | Kind::ProcessFork => {}
+        }
+    }
+
+    fn on_connect_syscall(&mut self, ev: &KernelEvent) {
+        if ev.value >= 0 && ev.path.is_none() {
+            return; // a TCP connect that succeeded at once: the TCP hooks tell the rest
+        }
+        // An immediate failure right after a SYN_SENT on the same thread (e.g. no free
+        // ephemeral port) belongs to that attempt.
+        if ev.value < 0 {
+            let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).map(|&(_, id)| id);
+            if let Some(a) = recent.and_then(|id| self.attempts.get_mut(&id)) {
+                let polled = a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
+                if polled {
+                    a.touch(ev);
+                    let errno = -ev.value;
+                    if matches!(errno, 99 | 24 | 23) {
+                        // The SYN never left: no local port or descriptor.
+                        a.connect_err = Some((ev.ts_ns, ev.value));
+                        a.local_close_ns = None;
+                    } else {
+                        // An event loop polling its pending connect (HAProxy) learns the
+                        // outcome the TCP hooks already saw: the same fact as a socket error.
+                        a.sock_err = a.sock_err.or(Some((ev.ts_ns, errno)));
+                    }
+                    return;
+                }
+            }
+        }
+        let id = self.new_id();
+        // A connected unix socket carries its kernel socket (its I/O events follow on it).
+        let mut a = Attempt::new(id, ev, false);
+        a.touch(ev);
+        if ev.value < 0 {
+            a.connect_err = Some((ev.ts_ns, ev.value));
+            a.closed_ns = Some(ev.ts_ns);
+        } else {
+            a.connected_ns = Some(ev.ts_ns);
+        }
+        self.add_attempt(a);
+    }
+
+    fn on_request(&mut self, ev: &KernelEvent) {
+        let known = self.by_sock.get(&ev.sock).copied().filter(|id| self.attempts.contains_key(id));
+        let Some(id) = known else {
+            // A kept-alive connection whose earlier exchanges were already forgotten (or
+            // that was open before tracing began): this exchange starts the story.
+            let new_id = self.new_id();
+            let mut b = Attempt::new(new_id, ev, true);
+            b.connected_ns = Some(ev.ts_ns);
+            b.request_ns = Some(ev.ts_ns);
+            b.last_state = crate::engine::decode::TCP_ESTABLISHED;
+            b.base_sent = ev.bytes_sent.saturating_sub(ev.value.max(0) as u64);
+            b.base_recv = ev.bytes_recv;
+            b.touch(ev);
+            b.bytes_sent = ev.bytes_sent.saturating_sub(b.base_sent);
+            self.add_attempt(b);
+            return;
+        };
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        if a.request_ns.is_none() {
+            a.touch(ev);
+            a.request_ns = Some(ev.ts_ns);
+            a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+            return;
+        }
+        // A new exchange on a kept-alive connection: a new attempt that inherits the socket.
+        let prev_bytes = (ev.bytes_sent.saturating_sub(ev.value.max(0) as u64), ev.bytes_recv);
+        let new_id = self.new_id();
+        let prev = self.attempts.get(&id).cloned().unwrap();
+        let mut b = Attempt::new(new_id, ev, true);
+        b.started_ns = ev.ts_ns;
+        b.connected_ns = prev.connected_ns;
+        b.dst = prev.dst.or(ev.dst);
+        b.path = prev.path.clone().or(b.path);
+        b.src = prev.src.or(b.src);
+        b.fin_ns = prev.fin_ns; // a FIN that came while idle explains a failed reuse
+        b.last_state = prev.last_state;
+        b.base_sent = prev_bytes.0;
+        b.base_recv = prev_bytes.1;
+        b.request_ns = Some(ev.ts_ns);
+        if let Some(fin) = prev.fin_ns {
+            b.evidence.push(Evidence {
+                ts_ns: fin,
+                event: "state_change".into(),
+                detail: format!("{}: upstream had closed the idle keep-alive connection", b.upstream()),
+            });
+        }
+        b.touch(ev);
+        b.bytes_sent = ev.bytes_sent.saturating_sub(b.base_sent);
+        // The kernel ships a kept-alive exchange only once something went wrong, so packets
+        // of this exchange may already sit on the previous one: they belong here.
+        if let Some(p) = self.attempts.get_mut(&id) {
+            let t = ev.ts_ns;
+            b.drops.extend(p.drops.iter().filter(|d| d.0 >= t).cloned());
+            p.drops.retain(|d| d.0 < t);
+            b.icmp.extend(p.icmp.iter().filter(|i| i.0 >= t).cloned());
+            p.icmp.retain(|i| i.0 < t);
+        }
+        self.add_attempt(b);
+    }
+
+    /// Attach a drop or ICMP error to the attempt whose flow it belongs to.
+    fn match_packet(&mut self, ev: &KernelEvent) -> bool {
+        let (Some(src), Some(dst)) = (ev.src, ev.dst) else { return false };
+        // Outbound packets are addressed to the upstream, replies come from it.
+        let candidates = self.by_dst.get(&dst).into_iter().chain(self.by_dst.get(&src)).flatten();
+        let found = candidates
+            .filter_map(|id| self.attempts.get(id))
+            .filter(|a| a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 1_000_000_000))
+            .filter(|a| {
+                let outbound = a.dst == Some(dst) && a.src.is_none_or(|s| s.port() == src.port());
+                let inbound = a.dst == Some(src) && a.src.is_some_and(|s| s.port() == dst.port());
+                (outbound || inbound) && a.started_ns <= ev.ts_ns + 1_000_000
+            })
+            .max_by_key(|a| a.started_ns)
+            .map(|a| a.id);
+        let Some(a) = found.and_then(|id| self.attempts.get_mut(&id)) else { return false };
+        a.touch(ev);
+        match ev.kind {
+            Kind::Drop => a.drops.push((ev.ts_ns, ev.reason.clone().unwrap_or_default(), ev.netns)),
+            _ => a.icmp.push((ev.ts_ns, ev.value, ev.aux_ip())),
+        }
+        true
+    }
+
+}
+
+fn state_num(name: &Option<String>) -> u8 {
+    let Some(name) = name else { return 0 };
+    (1..=12).find(|&s| tcp_state_name(s) == name).unwrap_or(0)
+}
+
+impl KernelEvent {
+    /// The IPv4 address carried in `aux` (ICMP sender).
+    pub fn aux_ip(&self) -> String {
+        std::net::Ipv4Addr::from(self.aux.to_le_bytes()).to_string()
+    }
+}
+

@@ -1,0 +1,171 @@
+//! `--record FILE`: a trace for postmortems, JSON Lines. First a header line, then every raw
+//! event and verdict. Written in batches (one per ring-buffer drain), so after a kill -9 the
+//! file is readable up to the last batch. A write failure (full disk) is reported once and
+//! recording stops; tracing goes on.
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+use crate::{
+    engine::attribute::Verdict,
+    clock,
+    engine::decode::KernelEvent,
+    output::sink::{EventLine, VerdictLine},
+};
+
+pub const FORMAT_NAME: &str = "upstrace-trace";
+pub const FORMAT_VERSION: u32 = 1;
+
+pub struct Recorder {
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    boot_offset_ns: i128,
+    pub failed: Option<String>,
+    pub written: u64,
+    /// Rotate when the file grows past this many bytes: FILE becomes FILE.1 (the previous
+    /// FILE.1 is dropped) and a fresh FILE starts with its own header.
+    pub max_bytes: Option<u64>,
+    bytes: u64,
+    pub rotations: u64,
+}
+
+fn uname() -> (String, String) {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    (read("/proc/sys/kernel/hostname"), read("/proc/sys/kernel/osrelease"))
+}
+
+impl Recorder {
+    pub fn create(path: &Path, boot_offset_ns: i128) -> Result<Self> {
+        let mut rec = Recorder {
+            path: path.to_owned(),
+            out: None,
+            boot_offset_ns,
+            failed: None,
+            written: 0,
+            max_bytes: None,
+            bytes: 0,
+            rotations: 0,
+        };
+        rec.open()?;
+        Ok(rec)
+    }
+
+    fn open(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let file = File::create(&path).with_context(|| format!("cannot create trace file {}", path.display()))?;
+        self.out = Some(BufWriter::with_capacity(256 * 1024, file));
+        self.bytes = 0;
+        let boot_offset_ns = self.boot_offset_ns;
+        let rec = self;
+        let (host, kernel) = uname();
+        let header = json!({
+            "type": "header",
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "upstrace": env!("CARGO_PKG_VERSION"),
+            "host": host,
+            "kernel": kernel,
+            "boot_offset_ns": boot_offset_ns.to_string(),
+            "started": clock::rfc3339(clock::monotonic_ns() as i128 + boot_offset_ns),
+        });
+        rec.line(&header);
+        rec.flush();
+        if let Some(e) = &rec.failed {
+            anyhow::bail!("cannot write trace file {}: {e}", path.display());
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) {
+        if let Some(mut out) = self.out.take() {
+            let _ = out.flush();
+        }
+        let old = PathBuf::from(format!("{}.1", self.path.display()));
+        let _ = std::fs::rename(&self.path, &old);
+        self.rotations += 1;
+        if let Err(e) = self.open() {
+            self.fail(std::io::Error::other(format!("{e:#}")));
+        }
+    }
+
+    fn line(&mut self, value: &impl serde::Serialize) {
+        let Some(out) = self.out.as_mut() else { return };
+        let text = match serde_json::to_vec(value) {
+            Ok(t) => t,
+            Err(e) => return self.fail(std::io::Error::other(e)),
+        };
+        self.bytes += text.len() as u64 + 1;
+        let result = out.write_all(&text).and_then(|_| out.write_all(b"\n"));
+        match result {
+            Ok(()) => self.written += 1,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: std::io::Error) {
+        let msg = if e.raw_os_error() == Some(libc::ENOSPC) {
+            format!("disk full writing {}: recording stopped, tracing continues", self.path.display())
+        } else {
+            format!("writing {} failed: {e}: recording stopped, tracing continues", self.path.display())
+        };
+        eprintln!("upstrace: warning: {msg}");
+        self.failed = Some(msg);
+        self.out = None;
+    }
+
+    pub fn event(&mut self, ev: &KernelEvent) {
+        if self.out.is_some() {
+            self.line(&EventLine::new(ev, self.boot_offset_ns));
+        }
+    }
+
+    pub fn verdict(&mut self, v: &Verdict) {
+        if self.out.is_some() {
+            self.line(&VerdictLine::new(v, self.boot_offset_ns));
+        }
+    }
+
+    /// End of a batch: push it to the file (and rotate if it grew past the cap).
+    pub fn flush(&mut self) {
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.flush() {
+                self.fail(e);
+                return;
+            }
+        }
+        if self.max_bytes.is_some_and(|m| self.bytes > m) && self.out.is_some() {
+            self.rotate();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_past_the_size_cap_and_each_file_has_a_header() {
+        let dir = std::env::temp_dir().join(format!("upstrace-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.jsonl");
+        let mut rec = Recorder::create(&path, 0).unwrap();
+        rec.max_bytes = Some(4096);
+        let ev = KernelEvent::listen_snapshot(1, 2, "x", "127.0.0.1:80".parse().unwrap());
+        for _ in 0..200 {
+            rec.event(&ev);
+            rec.flush();
+        }
+        assert!(rec.rotations >= 1);
+        for p in [path.clone(), dir.join("t.jsonl.1")] {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(text.lines().next().unwrap().contains("\"upstrace-trace\""), "{}", p.display());
+            assert!(text.len() < 4096 + 1024);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,450 @@
+//! Everything the dashboard shows, updated from events, verdicts, stats, keys and ticks.
+//! No terminal here: drawing reads this state only, so all of it is testable as data.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::{
+    engine::attribute::{Class, Verdict},
+    engine::decode::{Kind, KernelEvent},
+};
+
+pub const CLASSES: [Class; 5] = [Class::Upstream, Class::Firewall, Class::Network, Class::Gateway, Class::Unknown];
+/// Seconds of 5xx history kept for the chart.
+pub const HISTORY_SECS: usize = 300;
+/// Verdicts kept in the list (the trace file keeps everything).
+pub const MAX_VERDICTS: usize = 2000;
+
+pub fn class_index(c: Class) -> usize {
+    CLASSES.iter().position(|x| *x == c).unwrap_or(4)
+}
+
+pub fn class_name(c: Class) -> &'static str {
+    match c {
+        Class::Upstream => "upstream",
+        Class::Firewall => "firewall",
+        Class::Network => "network",
+        Class::Gateway => "gateway",
+        Class::Unknown => "unknown",
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamRow {
+    pub upstream: String,
+    pub attempts: u64,
+    pub failures: u64,
+    pub by_cause: BTreeMap<String, u64>,
+    pub retransmits: u64,
+    pub last_failure_ns: Option<u64>,
+    pub last_cause: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Verdicts,
+    Upstreams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    Failures,
+    Attempts,
+    Retransmits,
+    Recent,
+    Name,
+}
+
+impl SortBy {
+    fn next(self) -> Self {
+        match self {
+            SortBy::Failures => SortBy::Attempts,
+            SortBy::Attempts => SortBy::Retransmits,
+            SortBy::Retransmits => SortBy::Recent,
+            SortBy::Recent => SortBy::Name,
+            SortBy::Name => SortBy::Failures,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortBy::Failures => "failures",
+            SortBy::Attempts => "attempts",
+            SortBy::Retransmits => "retransmits",
+            SortBy::Recent => "last failure",
+            SortBy::Name => "name",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Normal,
+    Filter(String),
+    Search(String),
+}
+
+/// A key, as the dashboard understands it (mapped from the terminal's key events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Char(char),
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+    Enter,
+    Esc,
+    Tab,
+    Backspace,
+    CtrlC,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Header {
+    pub source: String,
+    /// comm -> pids
+    pub gateways: BTreeMap<String, Vec<u32>>,
+    pub netns: Vec<u32>,
+    pub attached: Vec<String>,
+    pub skipped: Vec<(String, String)>,
+}
+
+pub struct State {
+    pub header: Header,
+    /// Added to CLOCK_MONOTONIC stamps to show wall-clock time.
+    pub boot_offset_ns: i128,
+    pub started_ns: Option<u64>,
+    pub now_ns: u64,
+    pub events: u64,
+    /// (second, events) for the events/s figure.
+    rate: VecDeque<(u64, u64)>,
+    pub lost: Vec<(String, u64)>,
+    pub lost_total: u64,
+    /// Entries the kernel's LRU maps and the engine evicted to stay bounded.
+    pub evicted_total: u64,
+    /// Per second: 5xx count by class.
+    pub history: VecDeque<(u64, [u64; 5])>,
+    pub causes: BTreeMap<String, u64>,
+    pub upstreams: HashMap<String, UpstreamRow>,
+    pub verdicts: VecDeque<Verdict>,
+    /// The list as shown: frozen while paused.
+    frozen: Option<Vec<Verdict>>,
+    pub selected: usize,
+    pub upstream_selected: usize,
+    pub focus: Focus,
+    pub sort: SortBy,
+    pub detail: bool,
+    pub help: bool,
+    pub paused: bool,
+    pub filter: String,
+    pub search: String,
+    pub input: Input,
+    pub quit: bool,
+    pub finished: Option<String>,
+}
+
+impl State {
+    pub fn new(header: Header) -> Self {
+        State {
+            header,
+            boot_offset_ns: 0,
+            started_ns: None,
+            now_ns: 0,
+            events: 0,
+            rate: VecDeque::new(),
+            lost: vec![],
+            lost_total: 0,
+            evicted_total: 0,
+            history: VecDeque::new(),
+            causes: BTreeMap::new(),
+            upstreams: HashMap::new(),
+            verdicts: VecDeque::new(),
+            frozen: None,
+            selected: 0,
+            upstream_selected: 0,
+            focus: Focus::Verdicts,
+            sort: SortBy::Failures,
+            detail: false,
+            help: false,
+            paused: false,
+            filter: String::new(),
+            search: String::new(),
+            input: Input::Normal,
+            quit: false,
+            finished: None,
+        }
+    }
+
+    fn second(ts_ns: u64) -> u64 {
+        ts_ns / 1_000_000_000
+    }
+
+    pub fn tick(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        self.started_ns.get_or_insert(now_ns);
+        let now_s = Self::second(self.now_ns);
+        while self.rate.front().is_some_and(|(s, _)| *s + 5 < now_s) {
+            self.rate.pop_front();
+        }
+        while self.history.front().is_some_and(|(s, _)| *s + HISTORY_SECS as u64 <= now_s) {
+            self.history.pop_front();
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &KernelEvent) {
+        self.tick(ev.ts_ns);
+        self.events += 1;
+        let s = Self::second(ev.ts_ns);
+        match self.rate.back_mut() {
+            Some((sec, n)) if *sec == s => *n += 1,
+            _ => self.rate.push_back((s, 1)),
+        }
+        let upstream = ev.dst.map(|a| a.to_string()).or_else(|| ev.path.clone().map(|p| format!("unix:{p}")));
+        match ev.kind {
+            Kind::ConnectStart | Kind::ConnectSyscall => {
+                if let Some(u) = upstream {
+                    self.upstreams.entry(u.clone()).or_insert_with(|| UpstreamRow { upstream: u, ..Default::default() }).attempts += 1;
+                }
+            }
+            Kind::Retransmit => {
+                if let Some(u) = upstream {
+                    self.upstreams.entry(u.clone()).or_insert_with(|| UpstreamRow { upstream: u, ..Default::default() }).retransmits += 1;
+                }
+            }
+            Kind::ProcessFork => {
+                let pids = self.header.gateways.entry(ev.comm.clone()).or_default();
+                if !pids.contains(&ev.aux) {
+                    pids.push(ev.aux);
+                }
+            }
+            // A replayed trace names its gateways only through their events.
+            Kind::HttpStatus if !ev.comm.is_empty() => {
+                let pids = self.header.gateways.entry(ev.comm.clone()).or_default();
+                if !pids.contains(&ev.pid) {
+                    pids.push(ev.pid);
+                }
+            }
+            _ => {}
+        }
+        if ev.netns != 0 && matches!(ev.kind, Kind::ConnectStart) && !self.header.netns.contains(&ev.netns) {
+            self.header.netns.push(ev.netns);
+        }
+    }
+
+    pub fn on_verdict(&mut self, v: &Verdict) {
+        self.tick(v.ts_ns);
+        let s = Self::second(v.ts_ns);
+        let i = class_index(v.class);
+        match self.history.iter_mut().find(|(sec, _)| *sec == s) {
+            Some((_, counts)) => counts[i] += 1,
+            None => {
+                let mut counts = [0; 5];
+                counts[i] = 1;
+                self.history.push_back((s, counts));
+                self.history.make_contiguous().sort_by_key(|(sec, _)| *sec);
+            }
+        }
+        *self.causes.entry(format!("{}/{}", class_name(v.class), v.cause)).or_default() += 1;
+        let row = self.upstreams.entry(v.upstream.clone()).or_insert_with(|| UpstreamRow { upstream: v.upstream.clone(), ..Default::default() });
+        row.failures += 1;
+        *row.by_cause.entry(v.cause.clone()).or_default() += 1;
+        row.last_failure_ns = Some(v.ts_ns);
+        row.last_cause = v.cause.clone();
+        self.verdicts.push_front(v.clone());
+        if self.verdicts.len() > MAX_VERDICTS {
+            self.verdicts.pop_back();
+        }
+        if !self.paused && self.selected > 0 {
+            // Keep the same verdict selected as new ones arrive on top.
+            self.selected += 1;
+        }
+    }
+
+    /// Loss counters by name; those named `evicted_*` are LRU and engine evictions, shown apart
+    /// (old state made room by design: not lost events).
+    pub fn on_stats(&mut self, counters: Vec<(String, u64)>) {
+        let (evicted, lost): (Vec<_>, Vec<_>) = counters.into_iter().partition(|(n, _)| n.starts_with("evicted_"));
+        self.lost_total = lost.iter().map(|(_, v)| v).sum();
+        self.lost = lost;
+        self.evicted_total = evicted.iter().map(|(_, v)| v).sum();
+    }
+
+    pub fn events_per_sec(&self) -> f64 {
+        let now_s = Self::second(self.now_ns);
+        let total: u64 = self.rate.iter().filter(|(s, _)| *s < now_s && *s + 5 >= now_s).map(|(_, n)| n).sum();
+        total as f64 / 5.0
+    }
+
+    pub fn uptime_secs(&self) -> u64 {
+        self.started_ns.map(|s| self.now_ns.saturating_sub(s) / 1_000_000_000).unwrap_or(0)
+    }
+
+    fn matches(&self, v: &Verdict) -> bool {
+        let f = self.filter.to_lowercase();
+        let hay_f = format!("{} {} {}", class_name(v.class), v.cause, v.upstream).to_lowercase();
+        let s = self.search.to_lowercase();
+        let hay_s = format!("{} {} {} {} {}", v.summary, v.client, v.upstream, v.cause, v.status).to_lowercase();
+        (f.is_empty() || f.split_whitespace().all(|w| hay_f.contains(w))) && (s.is_empty() || hay_s.contains(&s))
+    }
+
+    /// The verdicts as listed: newest first, filtered, frozen while paused.
+    pub fn visible(&self) -> Vec<&Verdict> {
+        match &self.frozen {
+            Some(list) => list.iter().filter(|v| self.matches(v)).collect(),
+            None => self.verdicts.iter().filter(|v| self.matches(v)).collect(),
+        }
+    }
+
+    pub fn selected_verdict(&self) -> Option<Verdict> {
+        self.visible().get(self.selected).map(|v| (*v).clone())
+    }
+
+    pub fn upstream_rows(&self) -> Vec<&UpstreamRow> {
+        let mut rows: Vec<&UpstreamRow> = self.upstreams.values().collect();
+        rows.sort_by(|a, b| {
+            let ord = match self.sort {
+                SortBy::Failures => b.failures.cmp(&a.failures),
+                SortBy::Attempts => b.attempts.cmp(&a.attempts),
+                SortBy::Retransmits => b.retransmits.cmp(&a.retransmits),
+                SortBy::Recent => b.last_failure_ns.cmp(&a.last_failure_ns),
+                SortBy::Name => a.upstream.cmp(&b.upstream),
+            };
+            ord.then_with(|| a.upstream.cmp(&b.upstream))
+        });
+        rows
+    }
+
+    fn clamp(&mut self) {
+        let n = self.visible().len();
+        self.selected = self.selected.min(n.saturating_sub(1));
+        let m = self.upstreams.len();
+        self.upstream_selected = self.upstream_selected.min(m.saturating_sub(1));
+    }
+
+    fn move_by(&mut self, delta: i64) {
+        let (cur, n) = match self.focus {
+            Focus::Verdicts => (self.selected, self.visible().len()),
+            Focus::Upstreams => (self.upstream_selected, self.upstreams.len()),
+        };
+        let next = (cur as i64 + delta).clamp(0, n.saturating_sub(1) as i64) as usize;
+        match self.focus {
+            Focus::Verdicts => self.selected = next,
+            Focus::Upstreams => self.upstream_selected = next,
+        }
+    }
+
+    pub fn on_key(&mut self, key: Key) {
+        if key == Key::CtrlC {
+            self.quit = true;
+            return;
+        }
+        match self.input.clone() {
+            Input::Filter(mut text) | Input::Search(mut text) => {
+                let is_filter = matches!(self.input, Input::Filter(_));
+                match key {
+                    Key::Enter | Key::Esc => {
+                        if key == Key::Enter {
+                            if is_filter {
+                                self.filter = text;
+                            } else {
+                                self.search = text;
+                            }
+                            self.selected = 0;
+                        }
+                        self.input = Input::Normal;
+                    }
+                    Key::Backspace => {
+                        text.pop();
+                        self.input = if is_filter { Input::Filter(text) } else { Input::Search(text) };
+                    }
+                    Key::Char(c) => {
+                        text.push(c);
+                        self.input = if is_filter { Input::Filter(text) } else { Input::Search(text) };
+                    }
+                    _ => {}
+                }
+                self.clamp();
+                return;
+            }
+            Input::Normal => {}
+        }
+        if self.help {
+            self.help = false;
+            if matches!(key, Key::Char('q')) {
+                self.quit = true;
+            }
+            return;
+        }
+        match key {
+            Key::Char('q') => self.quit = true,
+            Key::Esc => {
+                if self.detail {
+                    self.detail = false;
+                } else if !self.filter.is_empty() || !self.search.is_empty() {
+                    self.filter.clear();
+                    self.search.clear();
+                } else {
+                    self.quit = true;
+                }
+            }
+            Key::Up | Key::Char('k') => self.move_by(-1),
+            Key::Down | Key::Char('j') => self.move_by(1),
+            Key::PageUp => self.move_by(-10),
+            Key::PageDown => self.move_by(10),
+            Key::Home | Key::Char('g') => self.move_by(-(MAX_VERDICTS as i64)),
+            Key::End | Key::Char('G') => self.move_by(MAX_VERDICTS as i64),
+            Key::Enter => {
+                if self.focus == Focus::Verdicts && !self.visible().is_empty() {
+                    self.detail = !self.detail;
+                } else if self.focus == Focus::Upstreams {
+                    // Filter the verdict list to the selected upstream.
+                    if let Some(row) = self.upstream_rows().get(self.upstream_selected) {
+                        self.filter = row.upstream.clone();
+                        self.focus = Focus::Verdicts;
+                        self.selected = 0;
+                    }
+                }
+            }
+            Key::Tab => {
+                self.focus = match self.focus {
+                    Focus::Verdicts => Focus::Upstreams,
+                    Focus::Upstreams => Focus::Verdicts,
+                };
+                self.detail = false;
+            }
+            Key::Char('p') => {
+                self.paused = !self.paused;
+                self.frozen = self.paused.then(|| self.verdicts.iter().cloned().collect());
+            }
+            Key::Char('f') => self.input = Input::Filter(self.filter.clone()),
+            Key::Char('/') => self.input = Input::Search(self.search.clone()),
+            Key::Char('s') => self.sort = self.sort.next(),
+            Key::Char('?') => self.help = true,
+            _ => {}
+        }
+        self.clamp();
+    }
+
+    /// What a person should look at next for this verdict.
+    pub fn next_check(v: &Verdict) -> String {
+        let port = v.upstream.rsplit(':').next().unwrap_or("");
+        let ip = v.upstream.rsplit_once(':').map(|x| x.0).unwrap_or(&v.upstream);
+        match v.cause.as_str() {
+            "refused" => format!("Is the upstream service running and listening on port {port}? On its host: ss -ltnp 'sport = :{port}'."),
+            "crashed" => "The upstream process died (pid and signal above): check its logs, core dumps, and the kernel log for the OOM killer (dmesg).".into(),
+            "reset" => "The upstream (or a proxy/load balancer in between) aborted the connection: check its logs at that time and idle/keep-alive timeouts on both sides.".into(),
+            "closed-early" => "The upstream closed before a complete response: check its logs for errors or worker restarts, and keep-alive timeouts (upstream shorter than gateway?).".into(),
+            "stalled" => "The upstream accepted the request but did not answer in time: check its latency, worker pool and dependencies; compare with the gateway's read timeout.".into(),
+            "invalid-response" => format!("The upstream answered something that is not valid HTTP: request it directly (curl -v http://{}/) and check the protocol/port.", v.upstream),
+            "overloaded" => "The upstream's accept queue was full: add workers or raise its listen backlog (and net.core.somaxconn).".into(),
+            "dropped" => "A firewall dropped the packets: list the rules in the network namespace named in the summary (ip netns exec ... nft list ruleset), look for a drop on the upstream port.".into(),
+            "rejected" => "A firewall rejected the connection: check the rules (nft list ruleset / iptables -S) on the host that sent the ICMP or RST named above.".into(),
+            "unreachable" => format!("The upstream host does not answer: check it is up, then neighbours and routes from the gateway (ip neigh; ip route get {ip})."),
+            "no-route" => format!("Routing on the gateway refuses this destination: ip route get {ip}; check for blackhole/prohibit/unreachable routes and interfaces that are down."),
+            "timeout" => format!("SYNs went unanswered with no local drop: check the path and remote firewalls (a silent drop), and that {ip} is up."),
+            "loss" => "Packets were lost on the path: check interface and qdisc drops (ip -s link; tc -s qdisc) on both ends.".into(),
+            "local-resources" => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
+            _ => "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into(),
+        }
+    }
+}

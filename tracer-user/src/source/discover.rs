@@ -1,0 +1,201 @@
+//! Finding the processes to trace in /proc: gateways by pid or by name, and the processes
+//! that hold listening TCP sockets (their deaths explain refusals and resets).
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+/// Gateways upstrace looks for when no --pid or --comm is given.
+pub const DEFAULT_COMMS: &[&str] = &["nginx", "haproxy", "envoy", "caddy", "traefik"];
+
+pub fn pid_exists(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
+pub fn comm_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+}
+
+/// Processes whose comm is one of `comms`.
+pub fn pids_by_comm(comms: &[String]) -> BTreeSet<u32> {
+    all_pids()
+        .filter(|&pid| comm_of(pid).is_some_and(|c| comms.iter().any(|w| *w == c)))
+        .collect()
+}
+
+/// A process holding a listening TCP socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub addr: SocketAddr,
+}
+
+/// Parse a /proc/net/tcp{,6} address (`0100007F:1F90`).
+fn proc_net_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: IpAddr = match ip.len() {
+        8 => Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes()).into(),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+            }
+            Ipv6Addr::from(bytes).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A LISTEN row of /proc/<pid>/net/tcp{,6} (the netns `pid` lives in): local address, socket
+/// inode, and for a listener the accept queue length (rx_queue) and its limit (tx_queue).
+struct ListenRow {
+    addr: SocketAddr,
+    inode: u64,
+    queued: u32,
+    limit: u32,
+}
+
+fn listen_rows(pid: u32) -> Vec<ListenRow> {
+    let mut rows = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is TCP_LISTEN.
+            if cols.get(3) != Some(&"0A") {
+                continue;
+            }
+            let Some(addr) = cols.get(1).and_then(|a| proc_net_addr(a)) else { continue };
+            let (tx, rx) = cols.get(4).and_then(|q| q.split_once(':')).unwrap_or(("0", "0"));
+            rows.push(ListenRow {
+                addr,
+                inode: cols.get(9).and_then(|i| i.parse().ok()).unwrap_or(0),
+                queued: u32::from_str_radix(rx, 16).unwrap_or(0),
+                limit: u32::from_str_radix(tx, 16).unwrap_or(0),
+            });
+        }
+    }
+    rows
+}
+
+/// Listening sockets whose accept queue is full, in the netns `pid` lives in:
+/// (address, queued, limit).
+pub fn full_accept_queues(pid: u32) -> Vec<(SocketAddr, u32, u32)> {
+    listen_rows(pid)
+        .into_iter()
+        // The kernel refuses new connections once the queue holds more than the limit.
+        .filter(|r| r.queued > r.limit || (r.limit > 0 && r.queued >= r.limit))
+        .map(|r| (r.addr, r.queued, r.limit))
+        .collect()
+}
+
+/// Network namespace identity of a process (`net:[4026531840]`).
+pub fn netns_of(pid: u32) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/ns/net")).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Listening sockets (inode -> address) in the network namespace `pid` lives in.
+fn listening_sockets(pid: u32) -> HashMap<u64, SocketAddr> {
+    listen_rows(pid).into_iter().filter(|r| r.inode != 0).map(|r| (r.inode, r.addr)).collect()
+}
+
+/// Every process holding a listening TCP socket, in every network namespace: the upstreams
+/// whose deaths explain refusals and resets.
+pub fn listeners() -> Vec<ListenerInfo> {
+    let mut by_netns: HashMap<String, HashMap<u64, SocketAddr>> = HashMap::new();
+    let mut found = Vec::new();
+    for pid in all_pids() {
+        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
+        let ns = ns.to_string_lossy().into_owned();
+        let sockets = by_netns.entry(ns).or_insert_with(|| listening_sockets(pid));
+        if sockets.is_empty() {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let mut seen = BTreeSet::new();
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
+                continue;
+            };
+            if let Some(addr) = sockets.get(&inode) {
+                if seen.insert(*addr) {
+                    found.push(ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr: *addr });
+                }
+            }
+        }
+    }
+    found
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `roots` and all their living descendants (a gateway's workers were usually forked before
+/// upstrace started; later forks are followed in the kernel).
+pub fn with_descendants(roots: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let parents: Vec<(u32, u32)> = all_pids().filter_map(|p| Some((p, parent_of(p)?))).collect();
+    let mut found = roots.clone();
+    loop {
+        let before = found.len();
+        for (pid, ppid) in &parents {
+            if found.contains(ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_addresses() {
+        assert_eq!(proc_net_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            proc_net_addr("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(proc_net_addr("zz:1"), None);
+        assert_eq!(proc_net_addr("0100007F"), None);
+    }
+
+    #[test]
+    fn finds_a_listener_of_this_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let all = listeners();
+        assert!(all.iter().any(|x| x.pid == std::process::id() && x.addr.port() == port), "{all:?}");
+    }
+
+    #[test]
+    fn finds_children_of_this_process() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let me = BTreeSet::from([std::process::id()]);
+        let all = with_descendants(&me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(all.contains(&child.id()), "{all:?}");
+        assert!(all.contains(&std::process::id()));
+    }
+}

@@ -1,0 +1,425 @@
+//! Loading and attaching the kernel programs, and the userspace handles to their maps.
+pub mod btf;
+pub mod layout;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tracer_common::{Config, counter};
+
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/upstrace-ebpf"));
+
+pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// How a program attaches. Only tracepoints and tp_btf: kprobes and BPF trampolines are not
+/// available everywhere (this project's reference kernel has neither).
+enum Hook {
+    Tracepoint(&'static str, &'static str),
+    TpBtf(&'static str),
+}
+
+struct ProgramSpec {
+    program: &'static str,
+    hook: Hook,
+    /// Without a required program upstrace cannot do its job, so it refuses to start.
+    required: bool,
+}
+
+const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec { program: "inet_sock_set_state", hook: Hook::Tracepoint("sock", "inet_sock_set_state"), required: true },
+    ProgramSpec { program: "tcp_receive_reset", hook: Hook::Tracepoint("tcp", "tcp_receive_reset"), required: false },
+    ProgramSpec { program: "tcp_send_reset", hook: Hook::Tracepoint("tcp", "tcp_send_reset"), required: false },
+    ProgramSpec { program: "tcp_retransmit_skb", hook: Hook::Tracepoint("tcp", "tcp_retransmit_skb"), required: false },
+    ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false },
+    ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true },
+    ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true },
+    ProgramSpec { program: "sys_enter_write", hook: Hook::Tracepoint("syscalls", "sys_enter_write"), required: false },
+    ProgramSpec { program: "sys_enter_writev", hook: Hook::Tracepoint("syscalls", "sys_enter_writev"), required: false },
+    ProgramSpec { program: "sys_enter_sendto", hook: Hook::Tracepoint("syscalls", "sys_enter_sendto"), required: false },
+    ProgramSpec { program: "sys_enter_sendmsg", hook: Hook::Tracepoint("syscalls", "sys_enter_sendmsg"), required: false },
+    ProgramSpec { program: "sys_enter_recvfrom", hook: Hook::Tracepoint("syscalls", "sys_enter_recvfrom"), required: false },
+    ProgramSpec { program: "sys_enter_readv", hook: Hook::Tracepoint("syscalls", "sys_enter_readv"), required: false },
+    ProgramSpec { program: "sys_enter_connect", hook: Hook::Tracepoint("syscalls", "sys_enter_connect"), required: false },
+    ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
+    ProgramSpec { program: "sched_process_fork", hook: Hook::Tracepoint("sched", "sched_process_fork"), required: true },
+    ProgramSpec { program: "sched_process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit"), required: false },
+    ProgramSpec { program: "signal_generate", hook: Hook::Tracepoint("signal", "signal_generate"), required: false },
+    ProgramSpec { program: "kfree_skb", hook: Hook::Tracepoint("skb", "kfree_skb"), required: false },
+    ProgramSpec { program: "netif_receive_skb", hook: Hook::Tracepoint("net", "netif_receive_skb"), required: false },
+];
+
+/// Which hooks `measure_floor` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorSet {
+    /// Every tracepoint upstrace uses, as classic tracepoints.
+    All,
+    /// The socket and packet hooks only, as classic tracepoints.
+    SocketClassic,
+    /// The same socket and packet hooks, as tp_btf (raw, BTF-typed tracepoints).
+    SocketBtf,
+}
+
+const FLOOR_SOCKET_HOOKS: [&str; 5] = ["sock_send_length", "sock_recv_length", "netif_receive_skb", "inet_sock_set_state", "kfree_skb"];
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AttachReport {
+    pub attached: Vec<String>,
+    /// (program, the kernel's reason)
+    pub skipped: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for AttachReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attached {} programs: {}", self.attached.len(), self.attached.join(", "))?;
+        for (name, why) in &self.skipped {
+            write!(f, "\nskipped {name}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Messages the kernel programs log through aya-log (rare: maps full). Printed on stderr,
+/// unless the dashboard owns the terminal, then kept for it.
+pub struct KernelLog;
+
+pub static KERNEL_LOG: KernelLog = KernelLog;
+pub static KERNEL_MESSAGES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+pub static QUIET_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let line = format!("upstrace: kernel {}: {}", record.level().as_str().to_lowercase(), record.args());
+        if !QUIET_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{line}");
+        }
+        if let Ok(mut m) = KERNEL_MESSAGES.lock() {
+            if m.len() < 100 {
+                m.push(line);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    /// aya-log's channel from the kernel programs; `poll_kernel_log` drains it.
+    pub logger: Option<aya_log::EbpfLogger<&'static KernelLog>>,
+    /// Held while BPF run-time statistics are wanted (the kernel counts only while held).
+    stats_fd: Option<std::os::fd::OwnedFd>,
+    pub report: AttachReport,
+    traced: BpfHashMap<MapData, u32, u32>,
+    listeners: BpfHashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    /// The LRU maps, only counted (their evictions: added - removed - present).
+    closed: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
+    peers: BpfHashMap<MapData, tracer_common::PeerKey, u64>,
+    unix: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
+    evicted: std::cell::Cell<LruEvictions>,
+    pub decoder: crate::engine::decode::Decoder,
+}
+
+/// Refuse early, with one clear line, when the machine cannot run upstrace.
+pub fn preflight(btf_path: &std::path::Path) -> Result<()> {
+    if !has_bpf_privileges() {
+        bail!("upstrace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
+    }
+    if !btf_path.exists() {
+        bail!(
+            "no kernel BTF at {}: upstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            btf_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn has_bpf_privileges() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+pub fn btf_path() -> PathBuf {
+    std::env::var_os("UPSTRACE_BTF").map(PathBuf::from).unwrap_or_else(|| DEFAULT_BTF.into())
+}
+
+impl Probes {
+    /// Load and attach every program; returns the probes and the ring buffer of events.
+    pub fn load() -> Result<(Self, RingBuf<MapData>)> {
+        let btf_path = btf_path();
+        preflight(&btf_path)?;
+        let btf = btf::Btf::from_file(&btf_path)?;
+        let tracefs = layout::Tracefs::open()?;
+        let (drop_reason_names, drop_reasons) = layout::drop_reasons(&btf);
+        let config = Config {
+            self_tgid: std::process::id(),
+            _pad: 0,
+            tp: layout::tracepoint_layout(&tracefs)?,
+            kernel: layout::kernel_layout(&btf)?,
+            drop_reasons,
+        };
+        // Raise the memlock limit for kernels that still charge BPF memory to it.
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("CONFIG", &config, true)
+            .load(PROBES_OBJECT)
+            .map_err(|e| map_load_error(anyhow!(e)))?;
+
+        let mut report = AttachReport::default();
+        for spec in PROGRAMS {
+            match attach(&mut ebpf, spec, &aya_btf) {
+                Ok(()) => report.attached.push(spec.program.to_owned()),
+                Err(e) if spec.required => {
+                    return Err(map_load_error(e.context(format!("required program {}", spec.program))));
+                }
+                Err(e) => report.skipped.push((spec.program.to_owned(), format!("{e:#}"))),
+            }
+        }
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, &KERNEL_LOG).ok();
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let traced = BpfHashMap::try_from(ebpf.take_map("TRACED").context("TRACED map")?)?;
+        let listeners = BpfHashMap::try_from(ebpf.take_map("LISTENERS").context("LISTENERS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        let closed = BpfHashMap::try_from(ebpf.take_map("CLOSED").context("CLOSED map")?)?;
+        let peers = BpfHashMap::try_from(ebpf.take_map("PEERS").context("PEERS map")?)?;
+        let unix = BpfHashMap::try_from(ebpf.take_map("UNIX_OWNED").context("UNIX_OWNED map")?)?;
+        let decoder = crate::engine::decode::Decoder { drop_reasons: drop_reason_names };
+        drop(btf);
+        drop(aya_btf);
+        // Parsing the kernel's BTF twice took tens of MiB that are garbage now: hand them back.
+        unsafe { libc::malloc_trim(0) };
+        let evicted = std::cell::Cell::new(LruEvictions::default());
+        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, closed, peers, unix, evicted, decoder }, ring))
+    }
+
+    /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
+    /// (hooks, runs, total ns; the last two with `stats` only): what running any program at
+    /// these hooks costs here (`cargo xtask bench` compares upstrace against it).
+    pub fn measure_floor(set: FloorSet, duration: std::time::Duration, stats: bool) -> Result<(usize, u64, u64)> {
+        let btf_path = btf_path();
+        preflight(&btf_path)?;
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
+        // Counting run time costs two clock reads per run: only when asked.
+        let _stats = match stats {
+            true => Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?),
+            false => None,
+        };
+        let mut names = vec![];
+        match set {
+            FloorSet::All | FloorSet::SocketClassic => {
+                let program: &mut TracePoint = ebpf.program_mut("floor").context("floor program missing")?.try_into()?;
+                program.load().map_err(|e| anyhow!("load floor: {e}"))?;
+                let mut hooks = 0;
+                for spec in PROGRAMS {
+                    if let Hook::Tracepoint(category, name) = spec.hook {
+                        if (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name)) && program.attach(category, name).is_ok() {
+                            hooks += 1;
+                        }
+                    }
+                }
+                names.push(("floor".to_string(), hooks));
+            }
+            FloorSet::SocketBtf => {
+                for hook in FLOOR_SOCKET_HOOKS {
+                    let name = format!("floor_btf_{hook}");
+                    let program: &mut BtfTracePoint = ebpf.program_mut(&name).context("floor program missing")?.try_into()?;
+                    program.load(hook, &aya_btf).map_err(|e| anyhow!("load {name}: {e}"))?;
+                    program.attach().map_err(|e| anyhow!("attach {name}: {e}"))?;
+                    names.push((name, 1));
+                }
+            }
+        }
+        std::thread::sleep(duration);
+        let (mut runs, mut ns) = (0, 0);
+        for (name, _) in &names {
+            let info = ebpf.program(name).context("floor program")?.info()?;
+            runs += info.run_count();
+            ns += info.run_time().as_nanos() as u64;
+        }
+        Ok((names.iter().map(|n| n.1).sum(), runs, ns))
+    }
+
+    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        self.traced.insert(pid, 1, 0).with_context(|| format!("tracing pid {pid}"))
+    }
+
+    pub fn untrace_pid(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
+    }
+
+    pub fn traced_pids(&self) -> Vec<u32> {
+        self.traced.keys().filter_map(|k| k.ok()).collect()
+    }
+
+    pub fn watch_listener(&mut self, pid: u32) {
+        let _ = self.listeners.insert(pid, 1, 0);
+    }
+
+    /// Ask the kernel to count run time and runs of every BPF program while upstrace runs
+    /// (no global sysctl is left on: the counting ends with this process).
+    pub fn enable_run_time_stats(&mut self) -> Result<()> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?;
+        self.stats_fd = Some(fd);
+        Ok(())
+    }
+
+    /// (program, runs, total ns) for each attached program, when stats are enabled.
+    pub fn program_costs(&self) -> Vec<(String, u64, u64)> {
+        if self.stats_fd.is_none() {
+            return vec![];
+        }
+        self.ebpf
+            .programs()
+            .filter(|(name, _)| self.report.attached.iter().any(|a| a == name))
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_owned(), info.run_count(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
+    }
+
+    /// Kernel-side loss counters, summed over CPUs, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        (0..counter::COUNT)
+            .filter(|&i| i < counter::LOSSES)
+            .map(|i| (counter::NAMES[i as usize], self.counter(i)))
+            .collect()
+    }
+
+    /// 5xx status lines not reported because no socket send followed their write in time.
+    pub fn status_lines_expired(&self) -> u64 {
+        self.counter(counter::STATUS_EXPIRED)
+    }
+
+    /// Exchanges shipped at once because the held-exchange map was full (a cost, not a loss).
+    pub fn exchanges_shipped_early(&self) -> u64 {
+        self.counter(counter::EXCHANGE_MAP_FULL)
+    }
+
+    /// Entries the kernel's LRU maps evicted so far.
+    /// BPF does not count evictions, so they are derived: entries added - removed - present.
+    /// The maps are walked only once the additions exceed their capacity (before that no
+    /// eviction can have happened), and the result never goes down.
+    pub fn lru_evictions(&self) -> LruEvictions {
+        let before = self.evicted.get();
+        let live = self.counter(counter::CLOSED_ADDED).saturating_sub(self.counter(counter::CLOSED_REMOVED));
+        let closed_sockets = lru_evicted(before.closed_sockets, live, tracer_common::MAX_CLOSED_SOCKETS, || entries(&self.closed));
+        let live = self.counter(counter::PEERS_ADDED);
+        let upstream_endpoints = lru_evicted(before.upstream_endpoints, live, tracer_common::MAX_PEERS, || entries(&self.peers));
+        let live = self.counter(counter::UNIX_ADDED);
+        let unix_sockets = lru_evicted(before.unix_sockets, live, tracer_common::MAX_UNIX_SOCKETS, || entries(&self.unix));
+        let now = LruEvictions { closed_sockets, upstream_endpoints, unix_sockets };
+        self.evicted.set(now);
+        now
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Evictions from the kernel's LRU maps (see `Probes::lru_evictions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LruEvictions {
+    /// Closed upstream sockets (their late events are lost).
+    pub closed_sockets: u64,
+    /// Upstream endpoints (drops and ICMP errors for them are missed until the next connect).
+    pub upstream_endpoints: u64,
+    /// Unix-socket upstream connections (closed ones, or long-idle ones whose later events are lost).
+    pub unix_sockets: u64,
+}
+
+/// Entries a kernel map holds now (a walk of its keys).
+fn entries<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>) -> usize {
+    map.keys().filter(|k| k.is_ok()).count()
+}
+
+/// Evictions of an LRU map so far: entries that would be there without eviction (`live` =
+/// added - removed) minus those that are. `present` walks the map, so it is called only when
+/// `live` exceeds the capacity (before that, nothing can have been evicted). Never decreases.
+fn lru_evicted(previous: u64, live: u64, capacity: u32, present: impl FnOnce() -> usize) -> u64 {
+    if live <= u64::from(capacity) {
+        return previous;
+    }
+    previous.max(live.saturating_sub(present() as u64))
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?;
+    match spec.hook {
+        Hook::Tracepoint(category, name) => {
+            let tp: &mut TracePoint = program.try_into()?;
+            tp.load().map_err(|e| anyhow!("load: {e}"))?;
+            tp.attach(category, name).map_err(|e| anyhow!("attach {category}:{name}: {e}"))?;
+        }
+        Hook::TpBtf(name) => {
+            let tp: &mut BtfTracePoint = program.try_into()?;
+            tp.load(name, btf).map_err(|e| anyhow!("load: {e}"))?;
+            tp.attach().map_err(|e| anyhow!("attach tp_btf/{name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Turn a permission failure into the one line a user needs.
+fn map_load_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        anyhow!("the kernel refused to load eBPF programs (EPERM): run as root, or check kernel.unprivileged_bpf_disabled and lockdown ({text})")
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lru_evicted;
+
+    #[test]
+    fn lru_evictions_are_derived_from_additions_and_the_map_walked_only_when_it_can_be_full() {
+        let walked = std::cell::Cell::new(false);
+        let walk = |n| {
+            walked.set(true);
+            n
+        };
+        assert_eq!(lru_evicted(0, 16_000, 16_384, || walk(16_000)), 0);
+        assert!(!walked.get(), "no walk while the map cannot have filled");
+        assert_eq!(lru_evicted(0, 20_000, 16_384, || walk(16_300)), 3_700);
+        assert!(walked.get());
+        // Entries removed since (a socket address reused) never make the count go down.
+        assert_eq!(lru_evicted(3_700, 18_000, 16_384, || 16_384), 3_700);
+    }
+}
