@@ -1,7 +1,7 @@
 #![no_main]
 //! BTF bytes are read from the kernel (or a file named by UPSTRACE_BTF).
 use libfuzzer_sys::fuzz_target;
-use upstrace::probes::btf::Btf;
+use upstrace::source::probes::btf::Btf;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(btf) = Btf::parse(data) {

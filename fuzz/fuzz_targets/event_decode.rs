@@ -1,7 +1,7 @@
 #![no_main]
 //! Ring-buffer records from the kernel: decode, describe, serialize and read back.
 use libfuzzer_sys::fuzz_target;
-use upstrace::decode::{Decoder, KernelEvent};
+use upstrace::engine::decode::{Decoder, KernelEvent};
 
 fuzz_target!(|data: &[u8]| {
     let decoder = Decoder::default();

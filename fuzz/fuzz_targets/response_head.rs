@@ -2,8 +2,8 @@
 //! Response heads captured from the upstream's bytes, and their escaped form in traces.
 use libfuzzer_sys::fuzz_target;
 use upstrace::{
-    attribute::{ResponseHead, invalid_http},
-    decode::{escape_bytes, unescape_bytes},
+    engine::http::{ResponseHead, invalid_http},
+    engine::decode::{escape_bytes, unescape_bytes},
 };
 
 fuzz_target!(|data: &[u8]| {

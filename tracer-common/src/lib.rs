@@ -26,10 +26,12 @@ pub const COMM_LEN: usize = 16;
 pub const DATA_LEN: usize = 136;
 pub const PATH_LEN: usize = 108;
 
-/// What an [`Event`] reports. The numeric values are part of the trace file format.
+/// What an [`Event`] reports: the one list of event kinds. The numeric values are the
+/// kernel/user ABI and part of the trace file format; the JSON names (`connect_start`, ...)
+/// are [`EventKind::name`]. Userspace adds the detail sentence and the fields each kind carries.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(Hash))]
+#[cfg_attr(feature = "user", derive(Hash, serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum EventKind {
     /// A traced process started a TCP connect (CLOSE -> SYN_SENT, in its own context).
     ConnectStart = 1,
@@ -68,32 +70,66 @@ pub enum EventKind {
     /// An ICMP error arrived about a packet of a traced flow; `value` = type << 8 | code, the
     /// tuple is the offending packet's (src = this side), `aux` the ICMP sender's IPv4 address.
     IcmpError = 17,
+    /// Never sent by the kernel: userspace samples a listening socket's accept queue and finds
+    /// it full (`value` = queue length, `aux` = its limit).
+    ListenOverflow = 18,
 }
 
 impl EventKind {
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::ConnectStart,
-            2 => Self::ConnectSyscall,
-            3 => Self::StateChange,
-            4 => Self::SockError,
-            5 => Self::ResetReceived,
-            6 => Self::ResetSent,
-            7 => Self::Retransmit,
-            8 => Self::RequestSent,
-            9 => Self::ResponseStart,
-            10 => Self::RecvEnd,
-            11 => Self::HttpStatus,
-            12 => Self::ProcessExit,
-            13 => Self::Signal,
-            14 => Self::ProcessFork,
-            15 => Self::Listen,
-            16 => Self::Drop,
-            17 => Self::IcmpError,
-            _ => return None,
-        })
+    pub const ALL: [EventKind; 18] = [
+        Self::ConnectStart,
+        Self::ConnectSyscall,
+        Self::StateChange,
+        Self::SockError,
+        Self::ResetReceived,
+        Self::ResetSent,
+        Self::Retransmit,
+        Self::RequestSent,
+        Self::ResponseStart,
+        Self::RecvEnd,
+        Self::HttpStatus,
+        Self::ProcessExit,
+        Self::Signal,
+        Self::ProcessFork,
+        Self::Listen,
+        Self::Drop,
+        Self::IcmpError,
+        Self::ListenOverflow,
+    ];
+
+    /// The kinds a kernel record may carry (all but the ones userspace makes itself).
+    pub const fn from_kernel(v: u8) -> Option<Self> {
+        if v >= 1 && v < Self::ListenOverflow as u8 { Some(Self::ALL[v as usize - 1]) } else { None }
+    }
+
+    /// The JSON name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConnectStart => "connect_start",
+            Self::ConnectSyscall => "connect_syscall",
+            Self::StateChange => "state_change",
+            Self::SockError => "sock_error",
+            Self::ResetReceived => "reset_received",
+            Self::ResetSent => "reset_sent",
+            Self::Retransmit => "retransmit",
+            Self::RequestSent => "request_sent",
+            Self::ResponseStart => "response_start",
+            Self::RecvEnd => "recv_end",
+            Self::HttpStatus => "http_status",
+            Self::ProcessExit => "process_exit",
+            Self::Signal => "signal",
+            Self::ProcessFork => "process_fork",
+            Self::Listen => "listen",
+            Self::Drop => "drop",
+            Self::IcmpError => "icmp_error",
+            Self::ListenOverflow => "listen_overflow",
+        }
     }
 }
+
+pub const AF_UNIX: u8 = 1;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h), shared by the programs
 /// that compare them and userspace that names them.
@@ -239,10 +275,6 @@ pub mod errno {
         }
     }
 }
-
-pub const AF_UNIX: u8 = 1;
-pub const AF_INET: u8 = 2;
-pub const AF_INET6: u8 = 10;
 
 /// One kernel observation. Fixed size, so the ring buffer never needs length prefixes.
 /// Addresses are in network byte order as the kernel keeps them; ports in host order.

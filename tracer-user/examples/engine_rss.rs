@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use upstrace::{
-    attribute::Engine,
-    decode::{Kind, KernelEvent},
+    engine::attribute::Engine,
+    engine::decode::{Kind, KernelEvent, TcpState},
 };
 
 fn rss_kib() -> u64 {
@@ -29,8 +29,8 @@ fn main() {
         ev.tid = ev.pid;
         engine.handle(&ev);
         ev.kind = Kind::StateChange;
-        ev.old_state = Some("SYN_SENT".into());
-        ev.new_state = Some("ESTABLISHED".into());
+        ev.old_state = Some(TcpState::SynSent);
+        ev.new_state = Some(TcpState::Established);
         engine.handle(&ev);
         ev.kind = Kind::RequestSent;
         ev.bytes_sent = 80;

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use tracer_common::{AF_INET, Event, EventKind};
 use upstrace::{
-    decode::Decoder,
+    engine::decode::Decoder,
     pipeline::Pipeline,
-    sink::{Format, Sink},
+    output::sink::{Format, Sink},
 };
 
 fn record(kind: EventKind, ts_ns: u64, sock: u64, fill: impl FnOnce(&mut Event)) -> Vec<u8> {
@@ -70,7 +70,7 @@ fn main() {
         }));
     }
     let decoder = Decoder::default();
-    let mut pipeline = Pipeline::new(Sink::new(std::io::sink(), Format::Json, false, 0));
+    let mut pipeline = Pipeline::new().with(Sink::new(std::io::sink(), Format::Json, false, 0));
     let started = Instant::now();
     for bytes in &stream {
         let ev = decoder.decode(bytes).expect("valid record");

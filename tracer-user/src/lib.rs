@@ -1,19 +1,12 @@
 //! upstrace: why is my gateway returning 502?
 //!
-//! Data flows one way:
-//! `probes` (kernel programs, ring buffer) -> `decode` (typed events) -> `track` (per
-//! connection and exchange) -> `attribute` (verdicts) -> `sink` (JSON Lines / text).
-//! `pipeline` strings them together; `live` is the source that feeds it from the kernel.
-pub mod attribute;
+//! Data flows one way, and the module tree follows it:
+//! `source` (kernel programs and their ring buffer, or a recorded trace) -> `engine`
+//! (`decode` typed events -> `track` per connection and exchange -> `attribute` verdicts,
+//! with `http` reading the bytes) -> `output` (JSON/text lines, the trace file, the
+//! dashboard, behind one trait). `pipeline` strings them together.
 pub mod clock;
-pub mod decode;
-pub mod discover;
-pub mod live;
+pub mod engine;
+pub mod output;
 pub mod pipeline;
-pub mod probes;
-pub mod record;
-pub mod replay;
-pub mod report;
-pub mod sink;
-pub mod track;
-pub mod tui;
+pub mod source;

@@ -8,12 +8,12 @@ use std::{
 use clap::{Parser, Subcommand};
 use upstrace::{
     clock,
-    live::{self, Options},
+    source::live::{self, Options},
     pipeline::Pipeline,
-    record::Recorder,
-    replay::{self, Pace},
-    sink::{Format, Sink},
-    tui::Dashboard,
+    output::record::Recorder,
+    source::replay::{self, Pace},
+    output::sink::{Format, Sink},
+    output::tui::Dashboard,
 };
 
 /// Why is my gateway returning 502? Traces the connections between gateway processes
@@ -94,23 +94,23 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
         #[arg(long, value_enum, default_value = "all")]
-        hooks: upstrace::probes::FloorSet,
+        hooks: upstrace::source::probes::FloorSet,
         /// Count runs and run time (the counting itself costs two clock reads per run).
         #[arg(long)]
         stats: bool,
     },
 }
 
-/// Where output goes: JSON or text lines on stdout, or nowhere when the dashboard owns it.
-fn output(json: bool, events: bool, boot: i128, dashboard: bool) -> Pipeline<Box<dyn Write>> {
-    let (out, format): (Box<dyn Write>, Format) = if dashboard {
-        (Box::new(std::io::sink()), Format::Text)
-    } else if json {
-        (Box::new(std::io::stdout()), Format::Json)
-    } else {
-        (Box::new(std::io::stdout()), Format::Text)
-    };
-    Pipeline::new(Sink::new(out, format, events, boot))
+/// Where output goes: JSON or text lines on stdout, or the dashboard.
+fn output(json: bool, events: bool, boot: i128, dashboard: Option<&str>) -> anyhow::Result<Pipeline> {
+    let pipeline = Pipeline::new();
+    Ok(match dashboard {
+        Some(source) => pipeline.with(Dashboard::start(source, boot)?),
+        None => {
+            let format = if json { Format::Json } else { Format::Text };
+            pipeline.with(Sink::new(std::io::stdout(), format, events, boot))
+        }
+    })
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -119,7 +119,7 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Report { file, html }) = &cli.command {
-        let report = upstrace::report::Report::from_trace(file)?;
+        let report = upstrace::output::report::Report::from_trace(file)?;
         if let Some(out) = html {
             std::fs::write(out, report.html()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
         }
@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(Command::Floor { seconds: secs, hooks: set, stats }) = &cli.command {
-        let (hooks, runs, ns) = upstrace::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?, *stats)?;
+        let (hooks, runs, ns) = upstrace::source::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?, *stats)?;
         let avg = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
         println!("{}", serde_json::json!({"type": "floor", "hooks": hooks, "runs": runs, "avg_ns": avg}));
         return Ok(());
@@ -143,12 +143,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Wall-clock stamps come from the trace's header (or its first event).
         let boot = replay::read_events(&file, |_| Ok(())).map(|i| i.boot_offset_ns)?.unwrap_or(0);
         let dashboard = !json && !text && std::io::stdout().is_terminal();
-        let mut pipeline = output(json, events, boot, dashboard);
-        if dashboard {
-            pipeline.observer = Some(Box::new(Dashboard::start(&format!("replay {}", file.display()), boot)?));
-        }
-        let info = replay::run(&file, pace, &mut pipeline).await?;
-        drop(pipeline.observer.take());
+        let title = format!("replay {}", file.display());
+        let mut pipeline = output(json, events, boot, dashboard.then_some(title.as_str()))?;
+        let result = replay::run(&file, pace, &mut pipeline).await;
+        // The dashboard gives the terminal back before anything is printed.
+        pipeline.outputs.clear();
+        let info = result?;
         eprintln!("upstrace: replayed {} events, {} verdicts", info.events, pipeline.verdicts);
         return Ok(());
     }
@@ -162,20 +162,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let boot = clock::boot_offset_ns();
     let dashboard = !cli.json && !cli.text && std::io::stdout().is_terminal();
-    let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard);
-    if let Some(path) = &cli.record {
-        let mut recorder = Recorder::create(path, boot)?;
-        recorder.max_bytes = cli.record_max_mb.map(|mb| mb.max(1) * 1024 * 1024);
-        pipeline.recorder = Some(recorder);
-    }
+    let recorder = match &cli.record {
+        Some(path) => {
+            let mut recorder = Recorder::create(path, boot)?;
+            recorder.max_bytes = cli.record_max_mb.map(|mb| mb.max(1) * 1024 * 1024);
+            Some(recorder)
+        }
+        None => None,
+    };
     if dashboard {
         // Checks that print one clear line must run before the terminal switches screens.
         live::preflight(&opts)?;
-        upstrace::probes::QUIET_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
-        pipeline.observer = Some(Box::new(Dashboard::start("live", boot)?));
+        upstrace::source::probes::QUIET_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard.then_some("live"))?;
+    if let Some(recorder) = recorder {
+        pipeline = pipeline.with(recorder);
     }
     let result = live::run(opts, &mut pipeline).await;
-    drop(pipeline.observer.take());
+    // The dashboard gives the terminal back before an error is printed.
+    pipeline.outputs.clear();
     result?;
     Ok(())
 }

@@ -1,65 +1,73 @@
-//! The one-way flow every source feeds: typed events -> track/attribute -> sinks.
+//! The one-way flow every source feeds: typed events -> track/attribute -> outputs.
 //! Live tracing and replay differ only in where events come from and who moves the clock.
 use anyhow::Result;
 
-use crate::{attribute::Engine, attribute::Verdict, decode::KernelEvent, record::Recorder, sink::Sink};
+use crate::{
+    clock,
+    engine::{
+        attribute::{Delivered, Engine, Verdict},
+        decode::KernelEvent,
+    },
+    output::{LatencyMs, Output, SlowestVerdict, Stats},
+    source::probes::AttachReport,
+};
 
-/// A live view of the pipeline (the dashboard). Every method has a do-nothing default.
-pub trait Observer {
-    /// Tracing began: programs attached/skipped, traced (pid, comm).
-    fn started(&mut self, _report: &crate::probes::AttachReport, _traced: &[(u32, String)]) {}
-    fn event(&mut self, _ev: &KernelEvent) {}
-    fn verdict(&mut self, _v: &Verdict) {}
-    fn stats(&mut self, _lost: Vec<(String, u64)>) {}
-    /// Called every few ms with the current CLOCK_MONOTONIC time; false asks to stop.
-    fn poll(&mut self, _now_ns: u64) -> Result<bool> {
-        Ok(true)
-    }
-    /// The source has no more events (end of a replay).
-    fn finished(&mut self, _what: &str) {}
-}
-
-pub struct Pipeline<W: std::io::Write> {
+pub struct Pipeline {
     pub engine: Engine,
-    pub sink: Sink<W>,
-    pub recorder: Option<Recorder>,
+    pub outputs: Vec<Box<dyn Output>>,
     pub verdicts: u64,
+    /// Keep every verdict in memory too (tests, reports).
     pub collected: Option<Vec<Verdict>>,
-    pub observer: Option<Box<dyn Observer>>,
     /// Live only: how long after the status write each verdict left.
     pub latency: Option<LatencyHistogram>,
     /// Live only: the slowest verdict since the last stats line (latency ns, status time,
     /// "class/cause"), so a latency tail can be traced to what was late.
-    pub slowest: Option<(u64, u64, String)>,
+    slowest: Option<(u64, u64, String)>,
 }
 
-impl<W: std::io::Write> Pipeline<W> {
-    pub fn new(sink: Sink<W>) -> Self {
-        Self { engine: Engine::new(), sink, recorder: None, verdicts: 0, collected: None, observer: None, latency: None, slowest: None }
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Self { engine: Engine::new(), outputs: Vec::new(), verdicts: 0, collected: None, latency: None, slowest: None }
     }
 
-    /// Keep every verdict in memory too (tests, reports).
+    pub fn with(mut self, output: impl Output + 'static) -> Self {
+        self.outputs.push(Box::new(output));
+        self
+    }
+
     pub fn collecting(mut self) -> Self {
         self.collected = Some(Vec::new());
         self
     }
 
+    /// An output draws on the terminal (the dashboard).
+    pub fn interactive(&self) -> bool {
+        self.outputs.iter().any(|o| o.owns_terminal())
+    }
+
+    pub fn started(&mut self, report: &AttachReport, traced: &[(u32, String)]) {
+        for o in &mut self.outputs {
+            o.started(report, traced);
+        }
+    }
+
     /// End of a batch of events: push output and the trace file.
     pub fn flush(&mut self) -> Result<()> {
-        self.sink.flush()?;
-        if let Some(r) = self.recorder.as_mut() {
-            r.flush();
+        for o in &mut self.outputs {
+            o.flush()?;
         }
         Ok(())
     }
 
     pub fn event(&mut self, ev: &KernelEvent) -> Result<()> {
-        if let Some(r) = self.recorder.as_mut() {
-            r.event(ev);
-        }
-        self.sink.event(ev)?;
-        if let Some(o) = self.observer.as_mut() {
-            o.event(ev);
+        for o in &mut self.outputs {
+            o.event(ev)?;
         }
         let verdicts = self.engine.handle(ev);
         self.emit(verdicts)
@@ -71,12 +79,13 @@ impl<W: std::io::Write> Pipeline<W> {
         self.emit(verdicts)
     }
 
-    /// Let the observer run (keys, redraw); false when it asks to stop.
+    /// Let the outputs run (keys, redraw); false when one asks to stop.
     pub fn poll(&mut self, now_ns: u64) -> Result<bool> {
-        match self.observer.as_mut() {
-            Some(o) => o.poll(now_ns),
-            None => Ok(true),
+        let mut go_on = true;
+        for o in &mut self.outputs {
+            go_on &= o.poll(now_ns)?;
         }
+        Ok(go_on)
     }
 
     /// Decide what is still pending (end of input).
@@ -86,25 +95,66 @@ impl<W: std::io::Write> Pipeline<W> {
         self.flush()
     }
 
+    pub fn finished(&mut self, what: &str) {
+        for o in &mut self.outputs {
+            o.finished(what);
+        }
+    }
+
+    /// Complete a snapshot with what the pipeline and its outputs know. Takes the slowest
+    /// verdict of the interval when `line` (a stats line starts a new interval).
+    pub fn snapshot(&mut self, mut s: Stats, line: bool) -> Stats {
+        s.verdicts = self.verdicts;
+        let tracker = &self.engine.tracker;
+        s.engine.attempts = tracker.attempts.len();
+        s.engine.attempts_evicted = tracker.evicted;
+        s.engine.longest_thread_queue = tracker.by_tid.values().map(|q| q.len()).max().unwrap_or(0);
+        s.verdict_latency_ms = self.latency.as_ref().and_then(|h| h.percentiles_ms()).map(|(p50, p99, max)| LatencyMs { p50, p99, max });
+        if line {
+            s.slowest_verdict = self.slowest.take().map(|(late, ts_ns, verdict)| SlowestVerdict {
+                latency_ms: late as f64 / 1e6,
+                status_time: clock::rfc3339(ts_ns as i128 + clock::boot_offset_ns()),
+                verdict,
+            });
+        }
+        for o in &self.outputs {
+            o.contribute(&mut s);
+        }
+        s
+    }
+
+    /// A stats line to every output.
+    pub fn stats(&mut self, s: Stats) -> Result<()> {
+        let s = self.snapshot(s, true);
+        for o in &mut self.outputs {
+            o.stats(&s)?;
+        }
+        Ok(())
+    }
+
+    /// A fresher snapshot for live views.
+    pub fn refresh(&mut self, s: Stats) {
+        let s = self.snapshot(s, false);
+        for o in &mut self.outputs {
+            o.refresh(&s);
+        }
+    }
+
     fn emit(&mut self, verdicts: Vec<Verdict>) -> Result<()> {
         if let Some(lat) = self.latency.as_mut() {
-            let now = crate::clock::monotonic_ns();
-            for v in verdicts.iter().filter(|v| v.delivered == "status") {
+            let now = clock::monotonic_ns();
+            for v in verdicts.iter().filter(|v| v.delivered == Delivered::Status) {
                 let late = now.saturating_sub(v.ts_ns);
                 lat.record(late);
                 if self.slowest.as_ref().is_none_or(|s| late > s.0) {
-                    self.slowest = Some((late, v.ts_ns, format!("{}/{}", v.class_name(), v.cause)));
+                    self.slowest = Some((late, v.ts_ns, v.label()));
                 }
             }
         }
         for v in &verdicts {
             self.verdicts += 1;
-            self.sink.verdict(v)?;
-            if let Some(r) = self.recorder.as_mut() {
-                r.verdict(v);
-            }
-            if let Some(o) = self.observer.as_mut() {
-                o.verdict(v);
+            for o in &mut self.outputs {
+                o.verdict(v)?;
             }
         }
         if !verdicts.is_empty() {

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use ratatui::{Terminal, backend::TestBackend};
 use upstrace::{
-    attribute::{Class, Engine},
-    replay,
-    tui::{
+    engine::attribute::{Class, Engine},
+    output::Stats,
+    source::replay,
+    output::tui::{
         draw,
         state::{Focus, Header, Input, Key, State},
     },
@@ -159,7 +160,7 @@ fn keys_move_filter_search_pause_and_quit() {
 fn lost_events_are_impossible_to_miss() {
     let mut state = loaded();
     assert!(render(&state, 80, 24).contains("lost 0"));
-    state.on_stats(vec![("ringbuf_full".into(), 12), ("decode_errors".into(), 0)]);
+    state.on_stats(&Stats { lost_total: 12, lost: vec![("ringbuf_full", 12), ("decode_errors", 0)], ..Stats::default() });
     let text = render(&state, 80, 24);
     assert!(text.contains("LOST 12 events"), "{text}");
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
@@ -172,12 +173,10 @@ fn lost_events_are_impossible_to_miss() {
 #[test]
 fn evictions_are_shown_apart_from_losses() {
     let mut state = loaded();
-    state.on_stats(vec![
-        ("ringbuf_full".into(), 0),
-        ("evicted_closed_sockets".into(), 300),
-        ("evicted_upstream_endpoints".into(), 0),
-        ("evicted_attempts".into(), 20),
-    ]);
+    let mut stats = Stats { lost: vec![("ringbuf_full", 0)], ..Stats::default() };
+    stats.evicted.closed_sockets = 300;
+    stats.engine.attempts_evicted = 20;
+    state.on_stats(&stats);
     let text = render(&state, 80, 24);
     assert!(text.contains("lost 0") && !text.contains("LOST"), "evictions are not lost events: {text}");
     assert!(text.contains("evicted 320"), "{text}");

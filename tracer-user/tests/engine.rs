@@ -1,7 +1,7 @@
 //! The attribution engine on event streams: pure, deterministic, no kernel needed.
 use upstrace::{
-    attribute::{Class, Engine, SETTLE_NS, Verdict},
-    decode::{Kind, KernelEvent},
+    engine::attribute::{Cause, Class, Engine, SETTLE_NS, Verdict},
+    engine::decode::{Kind, KernelEvent, TcpState},
 };
 
 const MS: u64 = 1_000_000;
@@ -35,8 +35,9 @@ fn ev(kind: Kind, ts_ms: u64, sock: u64) -> KernelEvent {
 
 fn state(ts: u64, sock: u64, old: &str, new: &str) -> KernelEvent {
     let mut e = ev(Kind::StateChange, ts, sock);
-    e.old_state = Some(old.into());
-    e.new_state = Some(new.into());
+    let named = |name: &str| TcpState::ALL.into_iter().find(|s| s.name() == name);
+    e.old_state = named(old);
+    e.new_state = named(new);
     e
 }
 
@@ -67,7 +68,7 @@ fn connect(ts: u64, sock: u64) -> Vec<KernelEvent> {
 fn refused(ts: u64, sock: u64) -> Vec<KernelEvent> {
     vec![
         ev(Kind::ConnectStart, ts, sock),
-        with(ev(Kind::ResetReceived, ts, sock), |e| e.new_state = Some("SYN_SENT".into())),
+        with(ev(Kind::ResetReceived, ts, sock), |e| e.new_state = Some(TcpState::SynSent)),
         state(ts, sock, "SYN_SENT", "CLOSE"),
         with(ev(Kind::SockError, ts, sock), |e| e.value = 111),
     ]
@@ -157,7 +158,7 @@ fn refused_after_a_clean_stop_is_refused_not_crashed() {
     events.extend(refused(900, 0xa1));
     events.push(status(901, 502));
     let v = one(&events);
-    assert_eq!(v.cause, "refused");
+    assert_eq!(v.cause.as_str(), "refused");
     assert!(v.summary.contains("777"), "names the process that stopped listening: {}", v.summary);
 }
 
@@ -178,16 +179,16 @@ fn death_during_the_request_is_a_crash() {
 #[test]
 fn reset_and_early_close_on_an_established_connection() {
     let mut events = connect(0, 0xa1);
-    events.push(with(ev(Kind::ResetReceived, 5, 0xa1), |e| e.new_state = Some("ESTABLISHED".into())));
+    events.push(with(ev(Kind::ResetReceived, 5, 0xa1), |e| e.new_state = Some(TcpState::Established)));
     events.push(status(6, 502));
-    assert_eq!(one(&events).cause, "reset");
+    assert_eq!(one(&events).cause.as_str(), "reset");
 
     let mut events = connect(0, 0xa1);
     events.push(state(5, 0xa1, "ESTABLISHED", "CLOSE_WAIT"));
     events.push(ev(Kind::RecvEnd, 5, 0xa1));
     events.push(status(6, 502));
     let v = one(&events);
-    assert_eq!(v.cause, "closed-early");
+    assert_eq!(v.cause.as_str(), "closed-early");
     assert!(v.summary.contains("before sending any response byte"), "{}", v.summary);
 }
 
@@ -215,7 +216,7 @@ fn garbage_and_bad_headers_are_invalid_responses() {
     events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 27));
     events.push(status(5, 502));
     let v = one(&events);
-    assert_eq!(v.cause, "closed-early");
+    assert_eq!(v.cause.as_str(), "closed-early");
     assert!(v.summary.contains("middle of the response headers"), "{}", v.summary);
 }
 
@@ -269,7 +270,7 @@ fn firewall_and_network_evidence() {
     for (errno, cause) in [(-101, "no-route"), (-22, "no-route"), (-13, "no-route"), (-99, "local-resources")] {
         let events = vec![with(ev(Kind::ConnectSyscall, 0, 0), |e| e.value = errno), status(1, 502)];
         let v = one(&events);
-        assert_eq!(v.cause, cause, "errno {errno}");
+        assert_eq!(v.cause.as_str(), cause, "errno {errno}");
     }
 }
 
@@ -286,13 +287,13 @@ fn keepalive_reset_then_retry_is_one_verdict_with_both_attempts() {
         e.bytes_sent = 160;
         e.bytes_recv = 100;
     }));
-    events.push(with(ev(Kind::ResetReceived, 5001, 0xa1), |e| e.new_state = Some("ESTABLISHED".into())));
+    events.push(with(ev(Kind::ResetReceived, 5001, 0xa1), |e| e.new_state = Some(TcpState::Established)));
     events.extend(refused(5002, 0xa2));
     events.push(status(5003, 502));
     let v = one(&events);
     assert_eq!(v.attempts.len(), 2, "{:#?}", v.attempts);
     assert!(v.attempts[0].reused && !v.attempts[1].reused);
-    assert_eq!(v.cause, "refused", "the last attempt decides");
+    assert_eq!(v.cause.as_str(), "refused", "the last attempt decides");
 }
 
 #[test]
@@ -304,7 +305,7 @@ fn concurrent_requests_link_to_the_attempt_that_failed() {
     events.push(with(ev(Kind::ResponseStart, 300, 0xb1), |e| e.bytes_recv = 10));
     let verdicts = judge(&events);
     assert_eq!(verdicts.len(), 1);
-    assert_eq!(verdicts[0].cause, "refused");
+    assert_eq!(verdicts[0].cause.as_str(), "refused");
 }
 
 #[test]
@@ -336,9 +337,9 @@ fn responses_cut_short_are_flagged_truncated_with_the_real_status() {
     events.push(with(state(100, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 1043));
     events.push(with(ev(Kind::RecvEnd, 100, 0xa1), |e| e.bytes_recv = 1043));
     let v = one(&events);
-    assert_eq!(v.delivered, "truncated");
+    assert_eq!(v.delivered, upstrace::engine::attribute::Delivered::Truncated);
     assert_eq!(v.status, 200);
-    assert_eq!(v.cause, "closed-early");
+    assert_eq!(v.cause.as_str(), "closed-early");
     assert!(v.summary.contains("1000 of 100000 body bytes"), "{}", v.summary);
 
     // The whole announced body arrived: a normal end, no verdict.
@@ -353,7 +354,7 @@ fn responses_cut_short_are_flagged_truncated_with_the_real_status() {
 
 #[test]
 fn response_heads_are_parsed() {
-    use upstrace::attribute::ResponseHead;
+    use upstrace::engine::http::ResponseHead;
     let h = ResponseHead::parse(b"HTTP/1.1 206 Partial\r\ncontent-length: 12\r\n\r\nabc").unwrap();
     assert_eq!(h, ResponseHead { status: 206, header_len: Some(44), content_length: Some(12) });
     assert_eq!(ResponseHead::parse(b"garbage"), None);
@@ -387,7 +388,7 @@ fn a_refused_connect_is_the_rst_alone() {
     // the SYN are left out.
     let v = one(&[
         ev(Kind::ConnectStart, 0, 0xa1),
-        with(ev(Kind::ResetReceived, 0, 0xa1), |e| e.new_state = Some("SYN_SENT".into())),
+        with(ev(Kind::ResetReceived, 0, 0xa1), |e| e.new_state = Some(TcpState::SynSent)),
         status(1, 502),
     ]);
     assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "refused"), "{v:#?}");
@@ -405,7 +406,7 @@ fn lost_statuses_keep_a_threads_linking_queue_short() {
         let sock = 0x10_0000 + i;
         let mut events = vec![
             ev(Kind::ConnectStart, i, sock),
-            with(ev(Kind::ResetReceived, i, sock), |e| e.new_state = Some("SYN_SENT".into())),
+            with(ev(Kind::ResetReceived, i, sock), |e| e.new_state = Some(TcpState::SynSent)),
         ];
         if i % 10 >= 3 {
             events.push(status(i, 502));
@@ -417,7 +418,7 @@ fn lost_statuses_keep_a_threads_linking_queue_short() {
     }
     verdicts.extend(engine.advance(1_000_000 * MS + 6000 * MS));
     assert_eq!(verdicts.len(), statuses);
-    assert!(verdicts.iter().all(|v| v.cause == "refused"), "{:?}", verdicts.iter().find(|v| v.cause != "refused"));
+    assert!(verdicts.iter().all(|v| v.cause == Cause::Refused), "{:?}", verdicts.iter().find(|v| v.cause != Cause::Refused));
     let queue = engine.tracker.by_tid.get(&GW_TID).map_or(0, |q| q.len());
     assert!(queue <= 200, "the thread's queue holds {queue} attempts");
 }
@@ -473,7 +474,7 @@ fn a_unix_socket_upstream_is_judged_on_its_socket_events() {
     }));
     events.push(unix_event(Kind::RecvEnd, 4, |e| e.bytes_recv = 30));
     events.push(status(6, 502));
-    assert_eq!(one(&events).cause, "invalid-response");
+    assert_eq!(one(&events).cause.as_str(), "invalid-response");
 
     // Request sent, nothing back before the gateway's timeout.
     let mut events = unix_connect(0, 0xb1, FPM);

@@ -2,7 +2,7 @@
 //! page that parses, is self-contained, and holds the SVG timeline and every verdict.
 use std::path::Path;
 
-use upstrace::report::Report;
+use upstrace::output::report::Report;
 
 fn report() -> Report {
     Report::from_trace(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/lab-mix.trace.jsonl")).unwrap()

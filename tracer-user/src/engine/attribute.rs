@@ -4,14 +4,16 @@
 //! Each 5xx status line the gateway writes is linked to the upstream attempts made for that
 //! request (same gateway thread, nearest end in time, and the retries that came just before
 //! it), then the evidence decides a class and cause.
-use std::net::SocketAddr;
+use tracer_common::errno::{
+    EACCES, EADDRNOTAVAIL, EAGAIN, EHOSTUNREACH, EINVAL, EMFILE, ENETUNREACH, ENFILE, ENOBUFS, ENOENT, EPERM, ETIMEDOUT,
+    ECONNREFUSED,
+};
 
-use serde::Serialize;
-
+pub use crate::engine::verdict::{AttemptSummary, Cause, Class, Delivered, EvidenceItem, Gateway, Verdict};
 use crate::engine::{
-    decode::{Kind, KernelEvent, TCP_SYN_SENT, errno_name, icmp_name, signal_name},
+    decode::{Kind, KernelEvent, errno_name, signal_name},
     http::{self, ResponseHead, invalid_http},
-    track::{Attempt, Death, Evidence, Tracker},
+    track::{Attempt, Death, Evidence, Overflow, Tracker},
 };
 
 /// How long after a status line the engine waits for the events that close the story (the
@@ -26,66 +28,6 @@ const FAILURE_TO_STATUS_NS: u64 = 1_000_000_000;
 const RETRY_GAP_NS: u64 = 200_000_000;
 /// A process death this close to a connection's end explains it.
 const DEATH_WINDOW_NS: u64 = 2_000_000_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Class {
-    Upstream,
-    Firewall,
-    Network,
-    Gateway,
-    Unknown,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Gateway {
-    pub pid: u32,
-    pub comm: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AttemptSummary {
-    pub upstream: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<SocketAddr>,
-    pub reused: bool,
-    pub outcome: String,
-    pub t_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_ms: Option<f64>,
-    pub bytes_sent: u64,
-    pub bytes_recv: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub retransmits: u32,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct EvidenceItem {
-    pub t_ms: f64,
-    pub event: String,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Verdict {
-    /// CLOCK_MONOTONIC stamp of the status line write.
-    pub ts_ns: u64,
-    pub gateway: Gateway,
-    pub client: String,
-    pub status: u16,
-    /// "status": the client got this status; "truncated": it got a cut-short response.
-    pub delivered: String,
-    pub upstream: String,
-    pub class: Class,
-    pub cause: String,
-    pub summary: String,
-    pub attempts: Vec<AttemptSummary>,
-    pub evidence: Vec<EvidenceItem>,
-}
 
 struct PendingStatus {
     ev: KernelEvent,
@@ -195,7 +137,7 @@ impl Engine {
         }
         let end = a.end_ns()?;
         let crash = self.dead_listener(a, a.started_ns, end + DEATH_WINDOW_NS / 4).filter(|d| d.crashed());
-        let reset = a.rst.is_some() || a.recv_end.is_some_and(|x| x.1 == -104);
+        let reset = a.rst.is_some() || a.recv_end.is_some_and(|r| r.reset());
         let expected = parsed.header_len.zip(parsed.content_length).map(|(h, c)| h + c);
         let short = expected.is_some_and(|total| a.bytes_recv < total);
         // Without a known length, a FIN is how a response may legitimately end.
@@ -209,11 +151,11 @@ impl Engine {
         };
         let (cause, how, extra) = match crash {
             Some(d) => {
-                let sig = d.signal.map(signal_name).unwrap_or("an error exit");
-                ("crashed", format!("upstream process {} ({}) died ({sig})", d.pid, d.comm), vec![d.evidence.clone()])
+                let sig = d.signal.map_or("an error exit", |s| signal_name(s.into()));
+                (Cause::Crashed, format!("upstream process {} ({}) died ({sig})", d.pid, d.comm), vec![d.evidence.clone()])
             }
-            None if reset => ("reset", format!("{up} reset the connection"), vec![]),
-            None => ("closed-early", format!("{up} closed the connection"), vec![]),
+            None if reset => (Cause::Reset, format!("{up} reset the connection"), vec![]),
+            None => (Cause::ClosedEarly, format!("{up} closed the connection"), vec![]),
         };
         let t = end;
         let ms = |ns: u64| round3((ns as f64 - t as f64) / 1e6);
@@ -231,10 +173,10 @@ impl Engine {
             gateway: Gateway { pid: a.pid, comm: a.comm.clone() },
             client: "?".into(),
             status: parsed.status,
-            delivered: "truncated".into(),
+            delivered: Delivered::Truncated,
             upstream: up.clone(),
-            class: Class::Upstream,
-            cause: cause.into(),
+            class: cause.class(),
+            cause,
             summary: format!(
                 "a client got {} with a cut-short body: {how} after {got}, once the headers had been passed on",
                 parsed.status
@@ -331,16 +273,14 @@ impl Engine {
         self.tracker.forget_explained(status.tid, &chain);
         let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
         let t = status.ts_ns;
-        let (class, cause, summary, extra) = match attempts.last() {
+        let Finding { cause, summary, extra } = match attempts.last() {
             Some(primary) => self.decide(primary, status),
-            None => (
-                Class::Unknown,
-                "no-upstream-attempt".to_string(),
+            None => Finding::new(
+                Cause::NoUpstreamAttempt,
                 format!(
                     "{} answered {} without any upstream connection attempt seen on this host (no healthy server, a limit, or a protocol upstrace does not follow)",
                     status.comm, status.value
                 ),
-                vec![],
             ),
         };
         let ms = |ns: u64| (ns as f64 - t as f64) / 1e6;
@@ -363,9 +303,9 @@ impl Engine {
             gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
             client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
             status: status.value as u16,
-            delivered: "status".into(),
+            delivered: Delivered::Status,
             upstream: attempts.last().map(|a| a.upstream()).unwrap_or_else(|| "?".into()),
-            class,
+            class: cause.class(),
             cause,
             summary,
             attempts: attempts.iter().map(|a| summarize(a, t)).collect(),
@@ -402,180 +342,302 @@ impl Engine {
     }
 
     /// An accept-queue overflow of the attempt's upstream port seen around its lifetime.
-    fn overflow_for(&self, a: &Attempt, from: u64, until: u64) -> Option<&(u64, SocketAddr, Evidence)> {
+    fn overflow_for(&self, a: &Attempt, from: u64, until: u64) -> Option<&Overflow> {
         let dst = a.dst?;
-        self.tracker.overflows.iter().rev().find(|(ts, addr, _)| {
-            addr.port() == dst.port()
-                && (addr.ip().is_unspecified() || addr.ip() == dst.ip())
-                && *ts + 2_000_000_000 >= from
-                && *ts <= until + 1_000_000_000
+        self.tracker.overflows.iter().rev().find(|o| {
+            o.addr.port() == dst.port()
+                && (o.addr.ip().is_unspecified() || o.addr.ip() == dst.ip())
+                && o.ts_ns + 2_000_000_000 >= from
+                && o.ts_ns <= until + 1_000_000_000
         })
     }
 
-    fn decide(&self, a: &Attempt, status: &KernelEvent) -> (Class, String, String, Vec<Evidence>) {
-        let up = a.upstream();
-        let gw = format!("{} answered {}", status.comm, status.value);
-        let end = a.end_ns().unwrap_or(status.ts_ns);
-        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
-        let death_note = |d: &Death| {
-            let how = match (d.signal, d.exit_code) {
-                (Some(sig), _) => format!("killed by {}", signal_name(sig)),
-                (None, Some(code)) => format!("exited with code {code}"),
-                _ => "exited".into(),
-            };
-            (format!("upstream process {} ({}) {how}", d.pid, d.comm), vec![d.evidence.clone()])
+    /// The cause of a failed request, from its last attempt: the first rule that decides.
+    fn decide(&self, a: &Attempt, status: &KernelEvent) -> Finding {
+        let case = Case {
+            engine: self,
+            a,
+            status,
+            up: a.upstream(),
+            gw: format!("{} answered {}", status.comm, status.value),
+            end: a.end_ns().unwrap_or(status.ts_ns),
         };
-
-        // 1. connect(2) failed at once: routing, local resources, unix sockets.
-        if let Some((_, ret)) = a.connect_err {
-            let errno = -ret;
-            let e = format!("{} ({errno})", errno_name(errno));
-            return match errno {
-                101 => (Class::Network, "no-route".into(), format!("{gw}: no route to {up}: connect failed with {e} (network unreachable from the gateway)"), vec![]),
-                113 => (Class::Network, "no-route".into(), format!("{gw}: no route to {up}: connect failed at once with {e} (unreachable route)"), vec![]),
-                22 => (Class::Network, "no-route".into(), format!("{gw}: route to {up} is a blackhole: connect failed with {e}"), vec![]),
-                13 | 1 => (Class::Network, "no-route".into(), format!("{gw}: route to {up} is prohibited: connect failed with {e}"), vec![]),
-                99 | 24 | 23 | 105 => (Class::Gateway, "local-resources".into(), format!("{gw}: the gateway could not open a connection to {up}: {e} (ephemeral ports or file descriptors exhausted)"), vec![]),
-                11 => (Class::Upstream, "overloaded".into(), format!("{gw}: {up} is overloaded: its listen backlog is full ({e})"), vec![]),
-                111 | 2 => (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection: nothing listening ({e})"), vec![]),
-                _ => (Class::Unknown, "connect-failed".into(), format!("{gw}: connect to {up} failed with {e}"), vec![]),
-            };
-        }
-
-        // 2. ICMP errors about this flow say who answered and why.
-        if let Some((_, type_code, from)) = a.icmp.first() {
-            let (t, c) = (type_code >> 8, type_code & 0xff);
-            let what = icmp_name(*type_code);
-            let fw_drop = a.drops.iter().find(|d| d.1 == "NETFILTER_DROP");
-            if t == 3 && matches!(c, 9 | 10 | 13) {
-                return (Class::Firewall, "rejected".into(), format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from}"), vec![]);
-            }
-            if t == 3 && c == 3 {
-                let where_ = fw_drop.map(|d| format!(", netfilter dropped the SYN in netns {}", d.2)).unwrap_or_default();
-                return (Class::Firewall, "rejected".into(), format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from} for a TCP port{where_}"), vec![]);
-            }
-            if t == 3 {
-                return (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable: ICMP {what} from {from}"), vec![]);
-            }
-            return (Class::Network, "unreachable".into(), format!("{gw}: {up}: ICMP {what} from {from}"), vec![]);
-        }
-
-        // 3. Local packet drops on the flow.
-        if let Some((_, reason, netns)) = a.drops.first() {
-            match reason.as_str() {
-                "NETFILTER_DROP" if a.rst.is_some() => {
-                    return (Class::Firewall, "rejected".into(), format!("{gw}: a firewall rejected the connection to {up} with a TCP reset (netfilter dropped the SYN in netns {netns})"), vec![]);
-                }
-                "NETFILTER_DROP" => {
-                    return (Class::Firewall, "dropped".into(), format!("{gw}: a firewall dropped packets to {up} (netfilter drop in netns {netns}; {} SYN retransmits)", a.syn_retransmits), vec![]);
-                }
-                "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD" | "NEIGH_CREATEFAIL" => {
-                    return (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable: no ARP/neighbour answer ({reason} in netns {netns})"), vec![]);
-                }
-                "IP_OUTNOROUTES" | "IP_INNOROUTES" | "IP_RPFILTER" => {
-                    return (Class::Network, "no-route".into(), format!("{gw}: no route for packets to {up} ({reason} in netns {netns})"), vec![]);
-                }
-                "TCP_LISTEN_OVERFLOW" => {
-                    return (Class::Upstream, "overloaded".into(), format!("{gw}: {up} is overloaded: its listen backlog overflowed and SYNs were dropped"), vec![]);
-                }
-                "NO_SOCKET" => {}
-                _ => {
-                    return (Class::Network, "loss".into(), format!("{gw}: packets to or from {up} were lost on the path ({reason} in netns {netns}; {} retransmits)", a.syn_retransmits + a.retransmits), vec![]);
-                }
-            }
-        }
-
-        let never_connected = a.connected_ns.is_none();
-        let refused = a.rst.is_some_and(|(_, s)| s == TCP_SYN_SENT) || (never_connected && a.sock_err.is_some_and(|(_, e)| e == 111));
-
-        // 4. Refused: a crashed listener, or nothing listening.
-        if refused {
-            if let Some(d) = self.dead_listener(a, 0, end) {
-                let (who, ev) = death_note(d);
-                let ago = ms(d.ts_ns, end);
-                if d.crashed() {
-                    return (Class::Upstream, "crashed".into(), format!("{gw}: {up} refused the connection because its listener died: {who} {ago:.0} ms earlier"), ev);
-                }
-                return (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection: nothing listening since {who} {ago:.0} ms earlier"), ev);
-            }
-            return (Class::Upstream, "refused".into(), format!("{gw}: {up} refused the connection (RST to SYN): nothing listening on that port, no firewall drop seen on this host"), vec![]);
-        }
-
-        // 5. Never connected, no RST: a full accept queue, unreachable, timed out.
-        if never_connected {
-            if let Some((_, addr, ev)) = self.overflow_for(a, a.started_ns, end) {
-                return (Class::Upstream, "overloaded".into(), format!("{gw}: {up} is overloaded: the accept queue on {addr} was full, so its SYNs were dropped ({} SYN retransmits)", a.syn_retransmits), vec![ev.clone()]);
-            }
-            let retrans = a.syn_retransmits;
-            return match a.sock_err.map(|x| x.1) {
-                Some(113) => (Class::Network, "unreachable".into(), format!("{gw}: {up} is unreachable (EHOSTUNREACH after {retrans} SYN retransmits, no ICMP seen: the host does not answer ARP)"), vec![]),
-                Some(101) => (Class::Network, "no-route".into(), format!("{gw}: no route to {up} (ENETUNREACH)"), vec![]),
-                Some(110) => (Class::Network, "timeout".into(), format!("{gw}: connect to {up} timed out after {retrans} SYN retransmits (no answer, no local drop seen)"), vec![]),
-                Some(e) => (Class::Unknown, "connect-failed".into(), format!("{gw}: connect to {up} failed: {} ({e})", errno_name(e)), vec![]),
-                None => (Class::Network, "timeout".into(), format!("{gw}: connect to {up} got no answer in {:.0} ms ({retrans} SYN retransmits, no RST, no ICMP, no local drop seen)", ms(a.started_ns, end)), vec![]),
-            };
-        }
-
-        let got = a.bytes_recv;
-        let sent_req = a.request_ns.is_some();
-
-        // 6a. What came back is not HTTP, or breaks the header syntax: the gateway had to
-        // reject it, whatever happened to the connection after.
-        if let Some(head) = a.head.as_deref() {
-            if let Some(why) = invalid_http(head) {
-                return (Class::Upstream, "invalid-response".into(), format!("{gw}: {up} answered with {why}: \"{}\"", crate::engine::decode::escape_bytes(&head[..head.len().min(40)])), vec![]);
-            }
-        }
-        let reset = a.rst.map(|x| x.0).or(a.recv_end.filter(|x| x.1 == -104).map(|x| x.0));
-
-        // 6. The upstream ended the connection before a complete response.
-        if let Some(rst_ns) = reset {
-            if let Some(d) = self.dead_listener(a, a.started_ns, rst_ns) {
-                let (who, ev) = death_note(d);
-                return (Class::Upstream, "crashed".into(), format!("{gw}: {who} while handling the request; the connection was reset after {got} response bytes"), ev);
-            }
-            let when = if got == 0 { "before any response byte".to_string() } else { format!("after {got} response bytes") };
-            let reuse = if a.reused { " (reused keep-alive connection)" } else { "" };
-            return (Class::Upstream, "reset".into(), format!("{gw}: {up} reset the connection{reuse} {when}"), vec![]);
-        }
-        if let Some(fin_ns) = a.fin_ns.or(a.recv_end.filter(|x| x.1 == 0).map(|x| x.0)) {
-            if let Some(d) = self.dead_listener(a, a.started_ns, fin_ns) {
-                let (who, ev) = death_note(d);
-                return (Class::Upstream, "crashed".into(), format!("{gw}: {who} while handling the request; its connection closed after {got} response bytes"), ev);
-            }
-            if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
-                return (Class::Upstream, "closed-early".into(), format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused"), vec![]);
-            }
-            let mid_headers = a.head.as_deref().is_some_and(|h| !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
-            let when = if got == 0 {
-                "before sending any response byte".to_string()
-            } else if mid_headers {
-                format!("in the middle of the response headers (after {got} bytes)")
-            } else {
-                format!("after {got} response bytes, before a complete response")
-            };
-            return (Class::Upstream, "closed-early".into(), format!("{gw}: {up} closed the connection {when}"), vec![]);
-        }
-        if let Some((_, err)) = a.recv_end.filter(|x| x.1 < 0).or(a.sock_err) {
-            let e = err.abs();
-            return (Class::Unknown, "read-error".into(), format!("{gw}: reading from {up} failed with {} ({e})", errno_name(e)), vec![]);
-        }
-
-        // 7. Bytes came back and the connection is fine: the gateway rejected them.
-        if a.response_ns.is_some() && got > 0 {
-            return (Class::Upstream, "invalid-response".into(), format!("{gw}: {up} answered {got} bytes that the gateway rejected as an invalid HTTP response"), vec![]);
-        }
-
-        // 8. Request sent, nothing back before the gateway gave up.
-        if sent_req {
-            let waited = ms(a.request_ns.unwrap_or(a.started_ns), a.local_close_ns.unwrap_or(status.ts_ns));
-            if a.retransmits > 0 {
-                return (Class::Network, "loss".into(), format!("{gw}: {} retransmits on the connection to {up} and no response in {waited:.0} ms: packets are lost on the path", a.retransmits), vec![]);
-            }
-            return (Class::Upstream, "stalled".into(), format!("{gw}: {up} accepted the request but sent no response byte in {waited:.0} ms"), vec![]);
-        }
-        (Class::Unknown, "undecided".into(), format!("{gw}: the connection to {up} was open but no request was seen on it; evidence does not decide"), vec![])
+        RULES.iter().find_map(|rule| rule(&case)).unwrap_or_else(|| {
+            Finding::new(
+                Cause::Undecided,
+                format!("{}: the connection to {} was open but no request was seen on it; evidence does not decide", case.gw, case.up),
+            )
+        })
     }
+}
+
+/// What a rule concluded: the cause, one sentence, and evidence beyond the attempt's own.
+pub struct Finding {
+    pub cause: Cause,
+    pub summary: String,
+    pub extra: Vec<Evidence>,
+}
+
+impl Finding {
+    fn new(cause: Cause, summary: String) -> Self {
+        Self { cause, summary, extra: vec![] }
+    }
+
+    fn with(mut self, evidence: Evidence) -> Self {
+        self.extra.push(evidence);
+        self
+    }
+}
+
+/// One failed attempt being judged, with what every rule names.
+struct Case<'a> {
+    engine: &'a Engine,
+    a: &'a Attempt,
+    status: &'a KernelEvent,
+    /// The upstream (`ip:port` or `unix:/path`).
+    up: String,
+    /// "nginx answered 502".
+    gw: String,
+    /// When the attempt ended (or the status time, if it had not).
+    end: u64,
+}
+
+type Rule = fn(&Case) -> Option<Finding>;
+
+/// The rules, in the order they are asked: what fails earliest in a connection's life and
+/// says the most decides first.
+const RULES: [Rule; 8] = [
+    connect_failed,
+    icmp_error,
+    packet_dropped,
+    refused,
+    never_connected,
+    invalid_bytes,
+    ended_by_upstream,
+    no_valid_answer,
+];
+
+fn ms_between(from: u64, to: u64) -> f64 {
+    to.saturating_sub(from) as f64 / 1e6
+}
+
+/// "upstream process 1234 (app) killed by SIGKILL", and the death as evidence.
+fn death_note(d: &Death) -> (String, Evidence) {
+    let how = match (d.signal, d.exit_code) {
+        (Some(sig), _) => format!("killed by {}", signal_name(sig.into())),
+        (None, Some(code)) => format!("exited with code {code}"),
+        _ => "exited".into(),
+    };
+    (format!("upstream process {} ({}) {how}", d.pid, d.comm), d.evidence.clone())
+}
+
+/// 1. connect(2) failed at once: routing, local resources, unix sockets.
+fn connect_failed(c: &Case) -> Option<Finding> {
+    let errno = c.a.connect_err?.errno;
+    let (gw, up) = (&c.gw, &c.up);
+    let e = format!("{} ({errno})", errno_name(errno.into()));
+    Some(match errno {
+        ENETUNREACH => Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed with {e} (network unreachable from the gateway)")),
+        EHOSTUNREACH => Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed at once with {e} (unreachable route)")),
+        EINVAL => Finding::new(Cause::NoRoute, format!("{gw}: route to {up} is a blackhole: connect failed with {e}")),
+        EACCES | EPERM => Finding::new(Cause::NoRoute, format!("{gw}: route to {up} is prohibited: connect failed with {e}")),
+        EADDRNOTAVAIL | EMFILE | ENFILE | ENOBUFS => Finding::new(
+            Cause::LocalResources,
+            format!("{gw}: the gateway could not open a connection to {up}: {e} (ephemeral ports or file descriptors exhausted)"),
+        ),
+        EAGAIN => Finding::new(Cause::Overloaded, format!("{gw}: {up} is overloaded: its listen backlog is full ({e})")),
+        ECONNREFUSED | ENOENT => Finding::new(Cause::Refused, format!("{gw}: {up} refused the connection: nothing listening ({e})")),
+        _ => Finding::new(Cause::ConnectFailed, format!("{gw}: connect to {up} failed with {e}")),
+    })
+}
+
+/// 2. ICMP errors about this flow say who answered and why.
+fn icmp_error(c: &Case) -> Option<Finding> {
+    let seen = c.a.icmp.first()?;
+    let (gw, up, from) = (&c.gw, &c.up, &seen.from);
+    let (icmp, what) = (seen.icmp, seen.icmp.name());
+    Some(if icmp.prohibited() {
+        Finding::new(Cause::Rejected, format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from}"))
+    } else if icmp.port_unreachable() {
+        let fw_drop = c.a.drops.iter().find(|d| d.by_netfilter());
+        let where_ = fw_drop.map(|d| format!(", netfilter dropped the SYN in netns {}", d.netns)).unwrap_or_default();
+        Finding::new(Cause::Rejected, format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from} for a TCP port{where_}"))
+    } else if icmp.destination_unreachable() {
+        Finding::new(Cause::Unreachable, format!("{gw}: {up} is unreachable: ICMP {what} from {from}"))
+    } else {
+        Finding::new(Cause::Unreachable, format!("{gw}: {up}: ICMP {what} from {from}"))
+    })
+}
+
+/// 3. Local packet drops on the flow.
+fn packet_dropped(c: &Case) -> Option<Finding> {
+    let drop = c.a.drops.first()?;
+    let (gw, up, reason, netns) = (&c.gw, &c.up, drop.reason.as_str(), drop.netns);
+    Some(match reason {
+        "NETFILTER_DROP" if c.a.rst.is_some() => Finding::new(
+            Cause::Rejected,
+            format!("{gw}: a firewall rejected the connection to {up} with a TCP reset (netfilter dropped the SYN in netns {netns})"),
+        ),
+        "NETFILTER_DROP" => Finding::new(
+            Cause::Dropped,
+            format!("{gw}: a firewall dropped packets to {up} (netfilter drop in netns {netns}; {} SYN retransmits)", c.a.syn_retransmits),
+        ),
+        "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD" | "NEIGH_CREATEFAIL" => {
+            Finding::new(Cause::Unreachable, format!("{gw}: {up} is unreachable: no ARP/neighbour answer ({reason} in netns {netns})"))
+        }
+        "IP_OUTNOROUTES" | "IP_INNOROUTES" | "IP_RPFILTER" => {
+            Finding::new(Cause::NoRoute, format!("{gw}: no route for packets to {up} ({reason} in netns {netns})"))
+        }
+        "TCP_LISTEN_OVERFLOW" => {
+            Finding::new(Cause::Overloaded, format!("{gw}: {up} is overloaded: its listen backlog overflowed and SYNs were dropped"))
+        }
+        // An RST to a socket that is gone says nothing the RST itself does not.
+        "NO_SOCKET" => return None,
+        _ => Finding::new(
+            Cause::Loss,
+            format!(
+                "{gw}: packets to or from {up} were lost on the path ({reason} in netns {netns}; {} retransmits)",
+                c.a.syn_retransmits + c.a.retransmits
+            ),
+        ),
+    })
+}
+
+/// 4. Refused: a crashed listener, or nothing listening.
+fn refused(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let never_connected = a.connected_ns.is_none();
+    let refused = a.rst.is_some_and(|r| r.refused()) || (never_connected && a.sock_err.is_some_and(|f| f.errno == ECONNREFUSED));
+    if !refused {
+        return None;
+    }
+    let (gw, up) = (&c.gw, &c.up);
+    if let Some(d) = c.engine.dead_listener(a, 0, c.end) {
+        let (who, ev) = death_note(d);
+        let ago = ms_between(d.ts_ns, c.end);
+        let finding = if d.crashed() {
+            Finding::new(Cause::Crashed, format!("{gw}: {up} refused the connection because its listener died: {who} {ago:.0} ms earlier"))
+        } else {
+            Finding::new(Cause::Refused, format!("{gw}: {up} refused the connection: nothing listening since {who} {ago:.0} ms earlier"))
+        };
+        return Some(finding.with(ev));
+    }
+    Some(Finding::new(
+        Cause::Refused,
+        format!("{gw}: {up} refused the connection (RST to SYN): nothing listening on that port, no firewall drop seen on this host"),
+    ))
+}
+
+/// 5. Never connected, no RST: a full accept queue, unreachable, timed out.
+fn never_connected(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    if a.connected_ns.is_some() {
+        return None;
+    }
+    let (gw, up, retrans) = (&c.gw, &c.up, a.syn_retransmits);
+    if let Some(o) = c.engine.overflow_for(a, a.started_ns, c.end) {
+        return Some(
+            Finding::new(
+                Cause::Overloaded,
+                format!("{gw}: {up} is overloaded: the accept queue on {} was full, so its SYNs were dropped ({retrans} SYN retransmits)", o.addr),
+            )
+            .with(o.evidence.clone()),
+        );
+    }
+    Some(match a.sock_err.map(|f| f.errno) {
+        Some(EHOSTUNREACH) => Finding::new(
+            Cause::Unreachable,
+            format!("{gw}: {up} is unreachable (EHOSTUNREACH after {retrans} SYN retransmits, no ICMP seen: the host does not answer ARP)"),
+        ),
+        Some(ENETUNREACH) => Finding::new(Cause::NoRoute, format!("{gw}: no route to {up} (ENETUNREACH)")),
+        Some(ETIMEDOUT) => Finding::new(
+            Cause::Timeout,
+            format!("{gw}: connect to {up} timed out after {retrans} SYN retransmits (no answer, no local drop seen)"),
+        ),
+        Some(e) => Finding::new(Cause::ConnectFailed, format!("{gw}: connect to {up} failed: {} ({e})", errno_name(e.into()))),
+        None => Finding::new(
+            Cause::Timeout,
+            format!(
+                "{gw}: connect to {up} got no answer in {:.0} ms ({retrans} SYN retransmits, no RST, no ICMP, no local drop seen)",
+                ms_between(a.started_ns, c.end)
+            ),
+        ),
+    })
+}
+
+/// 6a. What came back is not HTTP, or breaks the header syntax: the gateway had to reject it,
+/// whatever happened to the connection after.
+fn invalid_bytes(c: &Case) -> Option<Finding> {
+    let head = c.a.head.as_deref()?;
+    let why = invalid_http(head)?;
+    let shown = crate::engine::decode::escape_bytes(&head[..head.len().min(40)]);
+    Some(Finding::new(Cause::InvalidResponse, format!("{}: {} answered with {why}: \"{shown}\"", c.gw, c.up)))
+}
+
+/// 6. The upstream ended the connection before a complete response: reset, crash, close.
+fn ended_by_upstream(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let (gw, up, got) = (&c.gw, &c.up, a.bytes_recv);
+    let reset = a.rst.map(|r| r.ts_ns).or(a.recv_end.filter(|r| r.reset()).map(|r| r.ts_ns));
+    if let Some(rst_ns) = reset {
+        if let Some(d) = c.engine.dead_listener(a, a.started_ns, rst_ns) {
+            let (who, ev) = death_note(d);
+            return Some(
+                Finding::new(Cause::Crashed, format!("{gw}: {who} while handling the request; the connection was reset after {got} response bytes"))
+                    .with(ev),
+            );
+        }
+        let when = if got == 0 { "before any response byte".to_string() } else { format!("after {got} response bytes") };
+        let reuse = if a.reused { " (reused keep-alive connection)" } else { "" };
+        return Some(Finding::new(Cause::Reset, format!("{gw}: {up} reset the connection{reuse} {when}")));
+    }
+    let fin_ns = a.fin_ns.or(a.recv_end.filter(|r| r.eof()).map(|r| r.ts_ns))?;
+    if let Some(d) = c.engine.dead_listener(a, a.started_ns, fin_ns) {
+        let (who, ev) = death_note(d);
+        return Some(
+            Finding::new(Cause::Crashed, format!("{gw}: {who} while handling the request; its connection closed after {got} response bytes"))
+                .with(ev),
+        );
+    }
+    if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
+        return Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused")));
+    }
+    let mid_headers = a.head.as_deref().is_some_and(|h| !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
+    let when = if got == 0 {
+        "before sending any response byte".to_string()
+    } else if mid_headers {
+        format!("in the middle of the response headers (after {got} bytes)")
+    } else {
+        format!("after {got} response bytes, before a complete response")
+    };
+    Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} closed the connection {when}")))
+}
+
+/// 7. The connection is open (or failed on a read), and no valid answer came: a read error,
+/// bytes the gateway rejected, or nothing at all before it gave up.
+fn no_valid_answer(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let (gw, up, got) = (&c.gw, &c.up, a.bytes_recv);
+    if let Some(e) = a.recv_end.and_then(|r| r.errno).or(a.sock_err.map(|f| f.errno)) {
+        return Some(Finding::new(Cause::ReadError, format!("{gw}: reading from {up} failed with {} ({e})", errno_name(e.into()))));
+    }
+    // Bytes came back and the connection is fine: the gateway rejected them.
+    if a.response_ns.is_some() && got > 0 {
+        return Some(Finding::new(
+            Cause::InvalidResponse,
+            format!("{gw}: {up} answered {got} bytes that the gateway rejected as an invalid HTTP response"),
+        ));
+    }
+    // Request sent, nothing back before the gateway gave up.
+    let request_ns = a.request_ns?;
+    let waited = ms_between(request_ns, a.local_close_ns.unwrap_or(c.status.ts_ns));
+    if a.retransmits > 0 {
+        return Some(Finding::new(
+            Cause::Loss,
+            format!("{gw}: {} retransmits on the connection to {up} and no response in {waited:.0} ms: packets are lost on the path", a.retransmits),
+        ));
+    }
+    Some(Finding::new(Cause::Stalled, format!("{gw}: {up} accepted the request but sent no response byte in {waited:.0} ms")))
 }
 
 fn round3(v: f64) -> f64 {
@@ -583,20 +645,20 @@ fn round3(v: f64) -> f64 {
 }
 
 fn summarize(a: &Attempt, status_ns: u64) -> AttemptSummary {
-    let outcome = if let Some((_, e)) = a.connect_err {
-        format!("connect failed: {}", errno_name(-e))
-    } else if a.rst.is_some_and(|(_, s)| s == TCP_SYN_SENT) {
+    let outcome = if let Some(f) = a.connect_err {
+        format!("connect failed: {}", errno_name(f.errno.into()))
+    } else if a.rst.is_some_and(|r| r.refused()) {
         "refused (RST to SYN)".into()
-    } else if !a.icmp.is_empty() {
-        format!("ICMP {}", icmp_name(a.icmp[0].1))
+    } else if let Some(i) = a.icmp.first() {
+        format!("ICMP {}", i.icmp.name())
     } else if a.connected_ns.is_none() {
         match a.sock_err {
-            Some((_, e)) => format!("connect failed: {}", errno_name(e)),
+            Some(f) => format!("connect failed: {}", errno_name(f.errno.into())),
             None => "no answer to SYN".into(),
         }
     } else if a.rst.is_some() {
         "reset".into()
-    } else if a.fin_ns.is_some() || a.recv_end.is_some_and(|x| x.1 == 0) {
+    } else if a.fin_ns.is_some() || a.recv_end.is_some_and(|r| r.eof()) {
         "closed by upstream".into()
     } else if a.response_ns.is_some() {
         "response received".into()
@@ -615,17 +677,5 @@ fn summarize(a: &Attempt, status_ns: u64) -> AttemptSummary {
         bytes_sent: a.bytes_sent,
         bytes_recv: a.bytes_recv,
         retransmits: a.syn_retransmits + a.retransmits,
-    }
-}
-
-impl Verdict {
-    pub fn class_name(&self) -> &'static str {
-        match self.class {
-            Class::Upstream => "upstream",
-            Class::Firewall => "firewall",
-            Class::Network => "network",
-            Class::Gateway => "gateway",
-            Class::Unknown => "unknown",
-        }
     }
 }

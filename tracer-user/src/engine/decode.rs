@@ -5,125 +5,75 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    ConnectStart,
-    ConnectSyscall,
-    StateChange,
-    SockError,
-    ResetReceived,
-    ResetSent,
-    Retransmit,
-    RequestSent,
-    ResponseStart,
-    RecvEnd,
-    HttpStatus,
-    ProcessExit,
-    Signal,
-    ProcessFork,
-    Listen,
-    Drop,
-    IcmpError,
-    /// Sampled by userspace, not the kernel: a listening socket's accept queue is full
-    /// (`value` = queue length, `aux` = its limit).
-    ListenOverflow,
+/// The one list of event kinds lives in the ABI crate (numbers, JSON names); this module adds
+/// what each carries ([`Carries`]) and its sentence ([`KernelEvent::detail`]).
+pub use tracer_common::{EventKind as Kind, TcpState};
+use tracer_common::{errno, signal};
+
+/// Which of the record's fields a kind fills, beyond the common ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carries {
+    /// The socket's own address (src) beside its peer (dst).
+    pub tuple: bool,
+    /// The peer only (a connect(2) result) or, for unix sockets, the path.
+    pub peer: bool,
+    pub old_state: bool,
+    pub new_state: bool,
 }
 
-impl From<EventKind> for Kind {
-    fn from(k: EventKind) -> Self {
-        match k {
-            EventKind::ConnectStart => Kind::ConnectStart,
-            EventKind::ConnectSyscall => Kind::ConnectSyscall,
-            EventKind::StateChange => Kind::StateChange,
-            EventKind::SockError => Kind::SockError,
-            EventKind::ResetReceived => Kind::ResetReceived,
-            EventKind::ResetSent => Kind::ResetSent,
-            EventKind::Retransmit => Kind::Retransmit,
-            EventKind::RequestSent => Kind::RequestSent,
-            EventKind::ResponseStart => Kind::ResponseStart,
-            EventKind::RecvEnd => Kind::RecvEnd,
-            EventKind::HttpStatus => Kind::HttpStatus,
-            EventKind::ProcessExit => Kind::ProcessExit,
-            EventKind::Signal => Kind::Signal,
-            EventKind::ProcessFork => Kind::ProcessFork,
-            EventKind::Listen => Kind::Listen,
-            EventKind::Drop => Kind::Drop,
-            EventKind::IcmpError => Kind::IcmpError,
-        }
-    }
+pub fn carries(kind: Kind) -> Carries {
+    use Kind as K;
+    let tuple = matches!(
+        kind,
+        K::ConnectStart
+            | K::StateChange
+            | K::SockError
+            | K::ResetReceived
+            | K::ResetSent
+            | K::Retransmit
+            | K::RequestSent
+            | K::ResponseStart
+            | K::RecvEnd
+            | K::HttpStatus
+            | K::Listen
+            | K::Drop
+            | K::IcmpError
+    );
+    let old_state = matches!(kind, K::ConnectStart | K::StateChange);
+    let new_state = old_state || matches!(kind, K::SockError | K::ResetReceived | K::RequestSent | K::ResponseStart | K::RecvEnd);
+    Carries { tuple, peer: tuple || kind == K::ConnectSyscall, old_state, new_state }
 }
 
-impl Kind {
-    /// The name used in JSON (`connect_start`, ...), without going through serde.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::ConnectStart => "connect_start",
-            Kind::ConnectSyscall => "connect_syscall",
-            Kind::StateChange => "state_change",
-            Kind::SockError => "sock_error",
-            Kind::ResetReceived => "reset_received",
-            Kind::ResetSent => "reset_sent",
-            Kind::Retransmit => "retransmit",
-            Kind::RequestSent => "request_sent",
-            Kind::ResponseStart => "response_start",
-            Kind::RecvEnd => "recv_end",
-            Kind::HttpStatus => "http_status",
-            Kind::ProcessExit => "process_exit",
-            Kind::Signal => "signal",
-            Kind::ProcessFork => "process_fork",
-            Kind::Listen => "listen",
-            Kind::Drop => "drop",
-            Kind::IcmpError => "icmp_error",
-            Kind::ListenOverflow => "listen_overflow",
-        }
-    }
-}
-
-/// TCP states, named as the kernel names them.
+/// A state number as the kernel names it (`UNKNOWN` for a number it does not use).
 pub fn tcp_state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
+    TcpState::from_u8(state).map_or("UNKNOWN", TcpState::name)
 }
 
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_SYN_SENT: u8 = 2;
-pub const TCP_CLOSE: u8 = 7;
-pub const TCP_CLOSE_WAIT: u8 = 8;
-
+/// Names of errno values, whichever sign the kernel reported them with.
 pub fn errno_name(errno: i64) -> &'static str {
-    match errno.unsigned_abs() {
-        1 => "EPERM",
-        2 => "ENOENT",
-        4 => "EINTR",
-        11 => "EAGAIN",
-        13 => "EACCES",
-        22 => "EINVAL",
-        23 => "ENFILE",
-        24 => "EMFILE",
-        32 => "EPIPE",
-        99 => "EADDRNOTAVAIL",
-        101 => "ENETUNREACH",
-        103 => "ECONNABORTED",
-        104 => "ECONNRESET",
-        110 => "ETIMEDOUT",
-        111 => "ECONNREFUSED",
-        113 => "EHOSTUNREACH",
-        115 => "EINPROGRESS",
-        _ => "E?",
+    i32::try_from(errno.unsigned_abs()).map_or("E?", errno::name)
+}
+
+pub fn signal_name(sig: i64) -> &'static str {
+    i32::try_from(sig).map_or("SIG?", signal::name)
+}
+
+/// TCP states in traces are the kernel's names (`"SYN_SENT"`); a name this build does not
+/// know reads as no state rather than failing the whole trace.
+mod state_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tracer_common::TcpState;
+
+    pub fn serialize<S: Serializer>(v: &Option<TcpState>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(state) => s.serialize_str(state.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TcpState>, D::Error> {
+        let name = Option::<String>::deserialize(d)?;
+        Ok(name.and_then(|n| TcpState::ALL.into_iter().find(|s| s.name() == n)))
     }
 }
 
@@ -145,19 +95,6 @@ pub fn icmp_name(type_code: i64) -> String {
         _ => "error",
     };
     format!("{what} (type {t} code {c})")
-}
-
-pub fn signal_name(sig: i64) -> &'static str {
-    match sig {
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        15 => "SIGTERM",
-        _ => "SIG?",
-    }
 }
 
 /// One kernel observation, typed. Serialized as-is into traces, so replay reads it back.
@@ -182,10 +119,10 @@ pub struct KernelEvent {
     pub dst: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub old_state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "state_name")]
+    pub old_state: Option<TcpState>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "state_name")]
+    pub new_state: Option<TcpState>,
     /// Kind-specific: return code, errno, status, signal, byte count.
     #[serde(default)]
     pub value: i64,
@@ -324,43 +261,22 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     }
     // SAFETY: length checked; Event is plain old data and read unaligned.
     let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
-    let kind: Kind = EventKind::from_u8(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?.into();
-    let socket_kind = matches!(
-        kind,
-        Kind::ConnectStart
-            | Kind::StateChange
-            | Kind::SockError
-            | Kind::ResetReceived
-            | Kind::ResetSent
-            | Kind::Retransmit
-            | Kind::RequestSent
-            | Kind::ResponseStart
-            | Kind::RecvEnd
-            | Kind::HttpStatus
-            | Kind::Listen
-            | Kind::Drop
-            | Kind::IcmpError
-    );
+    let kind = EventKind::from_kernel(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+    let carries = carries(kind);
     let (mut src, mut dst, mut path) = (None, None, None);
-    if socket_kind || kind == Kind::ConnectSyscall {
+    if carries.peer {
         if raw.family == AF_UNIX {
             // Only connect(2) carries the path; a unix socket's I/O events carry other data.
             if kind == Kind::ConnectSyscall {
                 path = Some(c_string(&raw.data)).filter(|p| !p.is_empty());
             }
         } else {
-            if socket_kind {
+            if carries.tuple {
                 src = ip(raw.family, &raw.saddr).map(|a| SocketAddr::new(a, raw.sport));
             }
             dst = ip(raw.family, &raw.daddr).map(|a| SocketAddr::new(a, raw.dport));
         }
     }
-    let states = matches!(kind, Kind::ConnectStart | Kind::StateChange);
-    let has_state = states
-        || matches!(
-            kind,
-            Kind::SockError | Kind::ResetReceived | Kind::RequestSent | Kind::ResponseStart | Kind::RecvEnd
-        );
     Ok(KernelEvent {
         kind,
         ts_ns: raw.ts_ns,
@@ -373,8 +289,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         src,
         dst,
         path,
-        old_state: states.then(|| tcp_state_name(raw.old_state).to_owned()),
-        new_state: has_state.then(|| tcp_state_name(raw.new_state).to_owned()),
+        old_state: TcpState::from_u8(raw.old_state).filter(|_| carries.old_state),
+        new_state: TcpState::from_u8(raw.new_state).filter(|_| carries.new_state),
         value: raw.value,
         bytes_sent: raw.bytes_sent,
         bytes_recv: raw.bytes_recv,
@@ -437,7 +353,7 @@ impl KernelEvent {
     /// `detail`, naming the peer as given (the I/O events of a unix socket carry no address:
     /// the attempt knows its path).
     pub fn detail_naming(&self, peer: &str) -> String {
-        let state = |s: &Option<String>| s.clone().unwrap_or_default();
+        let state = |s: &Option<TcpState>| s.map_or("", TcpState::name);
         match self.kind {
             Kind::ConnectStart => format!("connect to {peer} started (SYN sent)"),
             Kind::ConnectSyscall if self.value == 0 => format!("connect to {peer} succeeded"),
@@ -560,7 +476,7 @@ mod tests {
         e.sport = 40000;
         e.dport = 8080;
         e.value = 111;
-        e.new_state = TCP_SYN_SENT;
+        e.new_state = TcpState::SynSent as u8;
         let ev = decode(&bytes(&e)).unwrap();
         assert_eq!(ev.kind, Kind::SockError);
         assert_eq!(ev.comm, "nginx");
@@ -619,8 +535,8 @@ mod tests {
 
     #[test]
     fn kind_names_are_the_json_names() {
-        for k in [Kind::ConnectStart, Kind::HttpStatus, Kind::IcmpError, Kind::ListenOverflow, Kind::Drop] {
-            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
     }
 
@@ -629,8 +545,8 @@ mod tests {
         let mut e = raw(EventKind::StateChange);
         e.family = AF_INET;
         e.sock = 0xffff_8880_1234_5678;
-        e.old_state = TCP_ESTABLISHED;
-        e.new_state = TCP_CLOSE_WAIT;
+        e.old_state = TcpState::Established as u8;
+        e.new_state = TcpState::CloseWait as u8;
         let ev = decode(&bytes(&e)).unwrap();
         let text = serde_json::to_string(&ev).unwrap();
         assert!(text.contains("\"sock\":\"0xffff888012345678\""), "{text}");

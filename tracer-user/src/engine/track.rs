@@ -10,9 +10,9 @@ use std::{
 
 use serde::Serialize;
 
-use crate::engine::decode::{
-    Kind, KernelEvent, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_SYN_SENT, tcp_state_name,
-};
+use tracer_common::{errno, signal};
+
+use crate::engine::decode::{Kind, KernelEvent, TcpState, icmp_name};
 
 /// Keys here are ids, socket addresses and pids: spread already, attacker-free (they come
 /// from the kernel), so a multiply is hash enough and much cheaper than SipHash.
@@ -69,8 +69,112 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn from_event(ev: &KernelEvent) -> Self {
-        Self { ts_ns: ev.ts_ns, event: ev.kind.as_str().to_owned(), detail: ev.detail() }
+        Self { ts_ns: ev.ts_ns, event: ev.kind.name().to_owned(), detail: ev.detail() }
     }
+}
+
+/// An RST that arrived, and the state the connection was in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResetSeen {
+    pub ts_ns: u64,
+    pub state: Option<TcpState>,
+}
+
+impl ResetSeen {
+    /// An RST answering the SYN: the connection was refused.
+    pub fn refused(&self) -> bool {
+        self.state == Some(TcpState::SynSent)
+    }
+}
+
+/// An error the kernel reported (positive errno), and when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Failure {
+    pub ts_ns: u64,
+    pub errno: i32,
+}
+
+/// How the gateway's read of the upstream ended: end of stream, or an error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadEnd {
+    pub ts_ns: u64,
+    /// None: the read returned 0 (the upstream's FIN).
+    pub errno: Option<i32>,
+}
+
+impl ReadEnd {
+    fn from_event(ev: &KernelEvent) -> Self {
+        let errno = (ev.value < 0).then(|| i32::try_from(-ev.value).unwrap_or(i32::MAX));
+        Self { ts_ns: ev.ts_ns, errno }
+    }
+
+    pub fn eof(&self) -> bool {
+        self.errno.is_none()
+    }
+
+    pub fn reset(&self) -> bool {
+        self.errno == Some(errno::ECONNRESET)
+    }
+}
+
+/// A packet of the flow that the kernel dropped, why (the kernel's drop reason name) and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacketDrop {
+    pub ts_ns: u64,
+    pub reason: String,
+    pub netns: u32,
+}
+
+impl PacketDrop {
+    pub fn by_netfilter(&self) -> bool {
+        self.reason == "NETFILTER_DROP"
+    }
+}
+
+/// An ICMP error's type and code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Icmp {
+    pub kind: u8,
+    pub code: u8,
+}
+
+impl Icmp {
+    const DEST_UNREACHABLE: u8 = 3;
+    const PORT_UNREACHABLE: u8 = 3;
+
+    /// From an event's `value` (type << 8 | code).
+    pub fn from_value(v: i64) -> Self {
+        Self { kind: (v >> 8) as u8, code: (v & 0xff) as u8 }
+    }
+
+    pub fn value(self) -> i64 {
+        (self.kind as i64) << 8 | self.code as i64
+    }
+
+    pub fn name(self) -> String {
+        icmp_name(self.value())
+    }
+
+    pub fn destination_unreachable(self) -> bool {
+        self.kind == Self::DEST_UNREACHABLE
+    }
+
+    /// Network, host or communication administratively prohibited: a firewall's answer.
+    pub fn prohibited(self) -> bool {
+        self.destination_unreachable() && matches!(self.code, 9 | 10 | 13)
+    }
+
+    pub fn port_unreachable(self) -> bool {
+        self.destination_unreachable() && self.code == Self::PORT_UNREACHABLE
+    }
+}
+
+/// An ICMP error about the flow, and who sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IcmpSeen {
+    pub ts_ns: u64,
+    pub icmp: Icmp,
+    pub from: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,24 +203,22 @@ pub struct Attempt {
     pub retransmits: u32,
     /// First time the peer's FIN was seen (ESTABLISHED -> CLOSE_WAIT).
     pub fin_ns: Option<u64>,
-    /// RST received: (time, TCP state it arrived in).
-    pub rst: Option<(u64, u8)>,
+    pub rst: Option<ResetSeen>,
     pub rst_sent_ns: Option<u64>,
-    pub sock_err: Option<(u64, i64)>,
-    /// connect(2) failed at once (negative errno as returned).
-    pub connect_err: Option<(u64, i64)>,
-    /// The gateway's read saw EOF (0) or an error (< 0).
-    pub recv_end: Option<(u64, i64)>,
+    pub sock_err: Option<Failure>,
+    /// connect(2) failed at once.
+    pub connect_err: Option<Failure>,
+    pub recv_end: Option<ReadEnd>,
     /// The gateway closed the connection first (timeout or giving up): ESTABLISHED ->
     /// FIN_WAIT1 or SYN_SENT -> CLOSE with no error.
     pub local_close_ns: Option<u64>,
     pub closed_ns: Option<u64>,
     /// Packet drops and ICMP errors matched to this flow.
-    pub drops: Vec<(u64, String, u32)>,
-    pub icmp: Vec<(u64, i64, String)>,
+    pub drops: Vec<PacketDrop>,
+    pub icmp: Vec<IcmpSeen>,
     /// First bytes of the response, as the gateway read them.
     pub head: Option<Vec<u8>>,
-    pub last_state: u8,
+    pub last_state: TcpState,
     pub last_ns: u64,
     /// Claimed by a verdict already.
     pub consumed: bool,
@@ -157,7 +259,7 @@ impl Attempt {
             drops: vec![],
             icmp: vec![],
             head: None,
-            last_state: TCP_SYN_SENT,
+            last_state: TcpState::SynSent,
             last_ns: ev.ts_ns,
             consumed: false,
             evidence: vec![],
@@ -174,11 +276,11 @@ impl Attempt {
     /// When the attempt visibly ended (or None while it is still open and quiet).
     pub fn end_ns(&self) -> Option<u64> {
         [
-            self.connect_err.map(|x| x.0),
-            self.rst.map(|x| x.0),
-            self.sock_err.map(|x| x.0),
+            self.connect_err.map(|x| x.ts_ns),
+            self.rst.map(|x| x.ts_ns),
+            self.sock_err.map(|x| x.ts_ns),
             self.fin_ns,
-            self.recv_end.map(|x| x.0),
+            self.recv_end.map(|x| x.ts_ns),
             self.local_close_ns,
             self.closed_ns,
         ]
@@ -192,7 +294,7 @@ impl Attempt {
         self.response_ns.is_some()
             && self.rst.is_none()
             && self.sock_err.is_none()
-            && self.recv_end.is_none_or(|(_, v)| v == 0)
+            && self.recv_end.is_none_or(|r| r.eof())
             && self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none())
     }
 
@@ -204,14 +306,14 @@ impl Attempt {
         // The routine steps of every exchange are kept as fields and written out only for a
         // verdict (`routine_evidence`): most attempts succeed, so they must cost little.
         let routine = matches!(ev.kind, Kind::ConnectStart | Kind::RequestSent | Kind::ResponseStart)
-            || (ev.kind == Kind::StateChange && ev.old_state.as_deref() == Some("SYN_SENT") && ev.new_state.as_deref() == Some("ESTABLISHED"));
+            || (ev.kind == Kind::StateChange && ev.old_state == Some(TcpState::SynSent) && ev.new_state == Some(TcpState::Established));
         if !routine && self.evidence.len() < 64 {
             // Socket events of a unix-socket upstream carry no address: name it by its path.
             let detail = match (ev.dst, &ev.path, &self.path) {
                 (None, None, Some(path)) => ev.detail_naming(&format!("unix:{path}")),
                 _ => ev.detail(),
             };
-            self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.as_str().to_owned(), detail });
+            self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.name().to_owned(), detail });
         }
     }
 
@@ -252,7 +354,7 @@ pub struct Death {
     pub pid: u32,
     pub comm: String,
     /// Killing signal, if it died of one.
-    pub signal: Option<i64>,
+    pub signal: Option<i32>,
     pub exit_code: Option<i64>,
     pub evidence: Evidence,
 }
@@ -262,11 +364,19 @@ impl Death {
     /// not a clean stop (exit 0, SIGTERM, SIGINT, SIGHUP).
     pub fn crashed(&self) -> bool {
         match (self.signal, self.exit_code) {
-            (Some(sig), _) => matches!(sig, 4 | 6 | 7 | 8 | 9 | 11 | 31),
+            (Some(sig), _) => signal::is_fatal(sig),
             (None, Some(code)) => code != 0,
             _ => false,
         }
     }
+}
+
+/// A listening socket's accept queue seen full.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overflow {
+    pub ts_ns: u64,
+    pub addr: SocketAddr,
+    pub evidence: Evidence,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -293,13 +403,13 @@ pub struct Tracker {
     by_dst: HashMap<SocketAddr, VecDeque<u64>>,
     pub deaths: VecDeque<Death>,
     /// Signals seen, by target pid (the exit that follows names the death).
-    signals: HashMap<u32, (u64, i64, Evidence)>,
+    /// The last fatal signal generated for a pid, and when (its exit names the death).
+    signals: HashMap<u32, (u64, i32)>,
     pub listeners: HashMap<u16, Vec<Listener>>,
     /// Drops and ICMP errors that matched no attempt (other processes' flows to the same
     /// upstream, or attempts whose events were lost): kept briefly, bounded, for inspection.
     pub loose_packets: VecDeque<KernelEvent>,
-    /// Accept queues seen full: (time, listen address, event).
-    pub overflows: VecDeque<(u64, SocketAddr, Evidence)>,
+    pub overflows: VecDeque<Overflow>,
     pub evicted: u64,
 }
 
@@ -455,13 +565,13 @@ impl Tracker {
         while self.deaths.front().is_some_and(|d| d.ts_ns < horizon) {
             self.deaths.pop_front();
         }
-        while self.overflows.front().is_some_and(|o| o.0 < horizon) {
+        while self.overflows.front().is_some_and(|o| o.ts_ns < horizon) {
             self.overflows.pop_front();
         }
         while self.loose_packets.front().is_some_and(|p| p.ts_ns < horizon) {
             self.loose_packets.pop_front();
         }
-        self.signals.retain(|_, (ts, _, _)| *ts >= horizon);
+        self.signals.retain(|_, (ts, _)| *ts >= horizon);
     }
 
     /// The attempt currently on a socket.
@@ -476,142 +586,173 @@ impl Tracker {
 
     pub fn handle(&mut self, ev: &KernelEvent) {
         match ev.kind {
-            Kind::ConnectStart => {
-                let id = self.new_id();
-                let mut a = Attempt::new(id, ev, false);
-                a.touch(ev);
-                self.add_attempt(a);
-            }
+            Kind::ConnectStart => self.on_connect_start(ev),
             Kind::ConnectSyscall => self.on_connect_syscall(ev),
-            Kind::StateChange => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                let old = state_num(&ev.old_state);
-                let new = state_num(&ev.new_state);
-                a.last_state = new;
-                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
-                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
-                match (old, new) {
-                    (TCP_SYN_SENT, TCP_ESTABLISHED) => a.connected_ns = Some(ev.ts_ns),
-                    (TCP_ESTABLISHED, TCP_CLOSE_WAIT) => a.fin_ns = a.fin_ns.or(Some(ev.ts_ns)),
-                    // FIN_WAIT1 = 4: the gateway closed first.
-                    (TCP_ESTABLISHED, 4) => a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns)),
-                    (TCP_SYN_SENT, TCP_CLOSE) if a.rst.is_none() && a.sock_err.is_none() => {
-                        a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns))
-                    }
-                    _ => {}
-                }
-                if new == TCP_CLOSE {
-                    a.closed_ns = Some(ev.ts_ns);
-                }
-            }
-            Kind::SockError => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                if ev.value == 0 {
-                    return; // the error went to sk_err_soft; the ICMP or RST hooks tell more
-                }
-                // The gateway aborting its own pending connect (close with linger 0) reports
-                // ECONNRESET with no RST from the peer: that is a local give-up.
-                if ev.value == 104 && a.rst.is_none() && (a.connected_ns.is_none() || a.rst_sent_ns.is_some()) {
-                    a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
-                    return;
-                }
-                a.sock_err = a.sock_err.or(Some((ev.ts_ns, ev.value)));
-                // An error that arrives with the CLOSE is not a local give-up.
-                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
-                    a.local_close_ns = None;
-                }
-            }
-            Kind::ResetReceived => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                let state = state_num(&ev.new_state);
-                a.rst = a.rst.or(Some((ev.ts_ns, state)));
-                if state == TCP_SYN_SENT {
-                    // A refused connect: the kernel sends no separate CLOSE for it.
-                    a.closed_ns = a.closed_ns.or(Some(ev.ts_ns));
-                }
-                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
-                    a.local_close_ns = None;
-                }
-            }
-            Kind::ResetSent => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                a.rst_sent_ns = a.rst_sent_ns.or(Some(ev.ts_ns));
-            }
-            Kind::Retransmit => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                if ev.value == TCP_SYN_SENT as i64 {
-                    a.syn_retransmits += 1;
-                } else {
-                    a.retransmits += 1;
-                }
-            }
+            Kind::StateChange => self.on_state_change(ev),
+            Kind::SockError => self.on_sock_error(ev),
+            Kind::ResetReceived => self.on_reset_received(ev),
+            Kind::ResetSent => self.on_reset_sent(ev),
+            Kind::Retransmit => self.on_retransmit(ev),
             Kind::RequestSent => self.on_request(ev),
-            Kind::ResponseStart => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                a.response_ns = a.response_ns.or(Some(ev.ts_ns));
-                if a.head.is_none() {
-                    a.head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
-                }
-                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
-                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
-            }
-            Kind::RecvEnd => {
-                let Some(a) = self.current(ev.sock) else { return };
-                a.touch(ev);
-                a.recv_end = a.recv_end.or(Some((ev.ts_ns, ev.value)));
-                a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
-                a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
-            }
-            Kind::ProcessExit => {
-                let signal = self.signals.remove(&ev.pid);
-                let killed_by = ev.value & 0x7f;
-                let death = Death {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.pid,
-                    comm: ev.comm.clone(),
-                    signal: if killed_by != 0 { Some(killed_by) } else { signal.as_ref().map(|s| s.1) },
-                    exit_code: (killed_by == 0).then_some((ev.value >> 8) & 0xff),
-                    evidence: Evidence::from_event(ev),
-                };
-                self.deaths.push_back(death);
-                if self.deaths.len() > MAX_HOST_FACTS {
-                    self.deaths.pop_front();
-                }
-            }
-            Kind::Signal => {
-                self.signals.insert(ev.pid, (ev.ts_ns, ev.value, Evidence::from_event(ev)));
-            }
-            Kind::Listen => {
-                let port = ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16);
-                let list = self.listeners.entry(port).or_default();
-                list.push(Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src });
-                if list.len() > 16 {
-                    list.remove(0);
-                }
-            }
-            Kind::Drop | Kind::IcmpError => {
-                if !self.match_packet(ev) {
-                    self.loose_packets.push_back(ev.clone());
-                    if self.loose_packets.len() > MAX_LOOSE {
-                        self.loose_packets.pop_front();
-                    }
-                }
-            }
-            Kind::ListenOverflow => {
-                if let Some(addr) = ev.src {
-                    self.overflows.push_back((ev.ts_ns, addr, Evidence::from_event(ev)));
-                    if self.overflows.len() > MAX_HOST_FACTS {
-                        self.overflows.pop_front();
-                    }
-                }
-            }
+            Kind::ResponseStart => self.on_response_start(ev),
+            Kind::RecvEnd => self.on_recv_end(ev),
+            Kind::ProcessExit => self.on_process_exit(ev),
+            Kind::Signal => self.on_signal(ev),
+            Kind::Listen => self.on_listen(ev),
+            Kind::Drop | Kind::IcmpError => self.on_packet(ev),
+            Kind::ListenOverflow => self.on_listen_overflow(ev),
             Kind::HttpStatus | Kind::ProcessFork => {}
+        }
+    }
+
+    fn on_connect_start(&mut self, ev: &KernelEvent) {
+        let id = self.new_id();
+        let mut a = Attempt::new(id, ev, false);
+        a.touch(ev);
+        self.add_attempt(a);
+    }
+
+    fn on_state_change(&mut self, ev: &KernelEvent) {
+        use TcpState::{Close, CloseWait, Established, FinWait1, SynSent};
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        let Some(new) = ev.new_state else { return };
+        a.last_state = new;
+        a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+        a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+        match (ev.old_state, new) {
+            (Some(SynSent), Established) => a.connected_ns = Some(ev.ts_ns),
+            (Some(Established), CloseWait) => a.fin_ns = a.fin_ns.or(Some(ev.ts_ns)),
+            // The gateway closed first.
+            (Some(Established), FinWait1) => a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns)),
+            (Some(SynSent), Close) if a.rst.is_none() && a.sock_err.is_none() => {
+                a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
+            }
+            _ => {}
+        }
+        if new == Close {
+            a.closed_ns = Some(ev.ts_ns);
+        }
+    }
+
+    fn on_sock_error(&mut self, ev: &KernelEvent) {
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        let Ok(err) = i32::try_from(ev.value) else { return };
+        if err == 0 {
+            return; // the error went to sk_err_soft; the ICMP or RST hooks tell more
+        }
+        // The gateway aborting its own pending connect (close with linger 0) reports
+        // ECONNRESET with no RST from the peer: that is a local give-up.
+        if err == errno::ECONNRESET && a.rst.is_none() && (a.connected_ns.is_none() || a.rst_sent_ns.is_some()) {
+            a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
+            return;
+        }
+        a.sock_err = a.sock_err.or(Some(Failure { ts_ns: ev.ts_ns, errno: err }));
+        // An error that arrives with the CLOSE is not a local give-up.
+        if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
+            a.local_close_ns = None;
+        }
+    }
+
+    fn on_reset_received(&mut self, ev: &KernelEvent) {
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        let rst = ResetSeen { ts_ns: ev.ts_ns, state: ev.new_state };
+        a.rst = a.rst.or(Some(rst));
+        if rst.refused() {
+            // A refused connect: the kernel sends no separate CLOSE for it.
+            a.closed_ns = a.closed_ns.or(Some(ev.ts_ns));
+        }
+        if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) && a.connected_ns.is_none() {
+            a.local_close_ns = None;
+        }
+    }
+
+    fn on_reset_sent(&mut self, ev: &KernelEvent) {
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        a.rst_sent_ns = a.rst_sent_ns.or(Some(ev.ts_ns));
+    }
+
+    fn on_retransmit(&mut self, ev: &KernelEvent) {
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        // `value` is the TCP state the segment was retransmitted in.
+        if ev.value == TcpState::SynSent as i64 {
+            a.syn_retransmits += 1;
+        } else {
+            a.retransmits += 1;
+        }
+    }
+
+    fn on_response_start(&mut self, ev: &KernelEvent) {
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        a.response_ns = a.response_ns.or(Some(ev.ts_ns));
+        if a.head.is_none() {
+            a.head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+        }
+        a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+        a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+    }
+
+    fn on_recv_end(&mut self, ev: &KernelEvent) {
+        let Some(a) = self.current(ev.sock) else { return };
+        a.touch(ev);
+        a.recv_end = a.recv_end.or(Some(ReadEnd::from_event(ev)));
+        a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
+        a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
+    }
+
+    fn on_process_exit(&mut self, ev: &KernelEvent) {
+        let signal = self.signals.remove(&ev.pid);
+        // The exit word: the killing signal in the low 7 bits, else the exit code above.
+        let killed_by = (ev.value & 0x7f) as i32;
+        let death = Death {
+            ts_ns: ev.ts_ns,
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            signal: if killed_by != 0 { Some(killed_by) } else { signal.map(|(_, sig)| sig) },
+            exit_code: (killed_by == 0).then_some((ev.value >> 8) & 0xff),
+            evidence: Evidence::from_event(ev),
+        };
+        self.deaths.push_back(death);
+        if self.deaths.len() > MAX_HOST_FACTS {
+            self.deaths.pop_front();
+        }
+    }
+
+    fn on_signal(&mut self, ev: &KernelEvent) {
+        if let Ok(sig) = i32::try_from(ev.value) {
+            self.signals.insert(ev.pid, (ev.ts_ns, sig));
+        }
+    }
+
+    fn on_listen(&mut self, ev: &KernelEvent) {
+        let port = ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16);
+        let list = self.listeners.entry(port).or_default();
+        list.push(Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src });
+        if list.len() > 16 {
+            list.remove(0);
+        }
+    }
+
+    fn on_packet(&mut self, ev: &KernelEvent) {
+        if !self.match_packet(ev) {
+            self.loose_packets.push_back(ev.clone());
+            if self.loose_packets.len() > MAX_LOOSE {
+                self.loose_packets.pop_front();
+            }
+        }
+    }
+
+    fn on_listen_overflow(&mut self, ev: &KernelEvent) {
+        if let Some(addr) = ev.src {
+            self.overflows.push_back(Overflow { ts_ns: ev.ts_ns, addr, evidence: Evidence::from_event(ev) });
+            if self.overflows.len() > MAX_HOST_FACTS {
+                self.overflows.pop_front();
+            }
         }
     }
 
@@ -627,15 +768,15 @@ impl Tracker {
                 let polled = a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
                 if polled {
                     a.touch(ev);
-                    let errno = -ev.value;
-                    if matches!(errno, 99 | 24 | 23) {
+                    let failure = Failure { ts_ns: ev.ts_ns, errno: i32::try_from(-ev.value).unwrap_or(i32::MAX) };
+                    if matches!(failure.errno, errno::EADDRNOTAVAIL | errno::EMFILE | errno::ENFILE) {
                         // The SYN never left: no local port or descriptor.
-                        a.connect_err = Some((ev.ts_ns, ev.value));
+                        a.connect_err = Some(failure);
                         a.local_close_ns = None;
                     } else {
                         // An event loop polling its pending connect (HAProxy) learns the
                         // outcome the TCP hooks already saw: the same fact as a socket error.
-                        a.sock_err = a.sock_err.or(Some((ev.ts_ns, errno)));
+                        a.sock_err = a.sock_err.or(Some(failure));
                     }
                     return;
                 }
@@ -646,7 +787,7 @@ impl Tracker {
         let mut a = Attempt::new(id, ev, false);
         a.touch(ev);
         if ev.value < 0 {
-            a.connect_err = Some((ev.ts_ns, ev.value));
+            a.connect_err = Some(Failure { ts_ns: ev.ts_ns, errno: i32::try_from(-ev.value).unwrap_or(i32::MAX) });
             a.closed_ns = Some(ev.ts_ns);
         } else {
             a.connected_ns = Some(ev.ts_ns);
@@ -663,7 +804,7 @@ impl Tracker {
             let mut b = Attempt::new(new_id, ev, true);
             b.connected_ns = Some(ev.ts_ns);
             b.request_ns = Some(ev.ts_ns);
-            b.last_state = crate::engine::decode::TCP_ESTABLISHED;
+            b.last_state = TcpState::Established;
             b.base_sent = ev.bytes_sent.saturating_sub(ev.value.max(0) as u64);
             b.base_recv = ev.bytes_recv;
             b.touch(ev);
@@ -706,10 +847,10 @@ impl Tracker {
         // of this exchange may already sit on the previous one: they belong here.
         if let Some(p) = self.attempts.get_mut(&id) {
             let t = ev.ts_ns;
-            b.drops.extend(p.drops.iter().filter(|d| d.0 >= t).cloned());
-            p.drops.retain(|d| d.0 < t);
-            b.icmp.extend(p.icmp.iter().filter(|i| i.0 >= t).cloned());
-            p.icmp.retain(|i| i.0 < t);
+            b.drops.extend(p.drops.iter().filter(|d| d.ts_ns >= t).cloned());
+            p.drops.retain(|d| d.ts_ns < t);
+            b.icmp.extend(p.icmp.iter().filter(|i| i.ts_ns >= t).cloned());
+            p.icmp.retain(|i| i.ts_ns < t);
         }
         self.add_attempt(b);
     }
@@ -732,17 +873,12 @@ impl Tracker {
         let Some(a) = found.and_then(|id| self.attempts.get_mut(&id)) else { return false };
         a.touch(ev);
         match ev.kind {
-            Kind::Drop => a.drops.push((ev.ts_ns, ev.reason.clone().unwrap_or_default(), ev.netns)),
-            _ => a.icmp.push((ev.ts_ns, ev.value, ev.aux_ip())),
+            Kind::Drop => a.drops.push(PacketDrop { ts_ns: ev.ts_ns, reason: ev.reason.clone().unwrap_or_default(), netns: ev.netns }),
+            _ => a.icmp.push(IcmpSeen { ts_ns: ev.ts_ns, icmp: Icmp::from_value(ev.value), from: ev.aux_ip() }),
         }
         true
     }
 
-}
-
-fn state_num(name: &Option<String>) -> u8 {
-    let Some(name) = name else { return 0 };
-    (1..=12).find(|&s| tcp_state_name(s) == name).unwrap_or(0)
 }
 
 impl KernelEvent {

@@ -12,10 +12,12 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 
 use crate::{
-    engine::attribute::Verdict,
     clock,
-    engine::decode::KernelEvent,
-    output::sink::{EventLine, VerdictLine},
+    engine::{attribute::Verdict, decode::KernelEvent},
+    output::{
+        Output, Stats,
+        sink::{EventLine, VerdictLine},
+    },
 };
 
 pub const FORMAT_NAME: &str = "upstrace-trace";
@@ -74,7 +76,7 @@ impl Recorder {
             "started": clock::rfc3339(clock::monotonic_ns() as i128 + boot_offset_ns),
         });
         rec.line(&header);
-        rec.flush();
+        rec.push();
         if let Some(e) = &rec.failed {
             anyhow::bail!("cannot write trace file {}: {e}", path.display());
         }
@@ -118,20 +120,20 @@ impl Recorder {
         self.out = None;
     }
 
-    pub fn event(&mut self, ev: &KernelEvent) {
+    fn write_event(&mut self, ev: &KernelEvent) {
         if self.out.is_some() {
             self.line(&EventLine::new(ev, self.boot_offset_ns));
         }
     }
 
-    pub fn verdict(&mut self, v: &Verdict) {
+    fn write_verdict(&mut self, v: &Verdict) {
         if self.out.is_some() {
             self.line(&VerdictLine::new(v, self.boot_offset_ns));
         }
     }
 
     /// End of a batch: push it to the file (and rotate if it grew past the cap).
-    pub fn flush(&mut self) {
+    fn push(&mut self) {
         if let Some(out) = self.out.as_mut() {
             if let Err(e) = out.flush() {
                 self.fail(e);
@@ -141,6 +143,30 @@ impl Recorder {
         if self.max_bytes.is_some_and(|m| self.bytes > m) && self.out.is_some() {
             self.rotate();
         }
+    }
+}
+
+/// A failing disk stops the recording, never the tracing: write errors are kept and shown in
+/// the stats, not returned.
+impl Output for Recorder {
+    fn event(&mut self, ev: &KernelEvent) -> Result<()> {
+        self.write_event(ev);
+        Ok(())
+    }
+
+    fn verdict(&mut self, v: &Verdict) -> Result<()> {
+        self.write_verdict(v);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.push();
+        Ok(())
+    }
+
+    fn contribute(&self, s: &mut Stats) {
+        s.recorded_lines = Some(self.written);
+        s.record_error = self.failed.clone();
     }
 }
 
@@ -157,8 +183,8 @@ mod tests {
         rec.max_bytes = Some(4096);
         let ev = KernelEvent::listen_snapshot(1, 2, "x", "127.0.0.1:80".parse().unwrap());
         for _ in 0..200 {
-            rec.event(&ev);
-            rec.flush();
+            rec.write_event(&ev);
+            rec.push();
         }
         assert!(rec.rotations >= 1);
         for p in [path.clone(), dir.join("t.jsonl.1")] {

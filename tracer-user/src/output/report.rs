@@ -6,10 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use anyhow::Result;
 
 use crate::{
-    engine::attribute::{Engine, Verdict},
     clock,
+    engine::attribute::{Class, Delivered, Engine, Verdict},
     source::replay::{self, TraceInfo},
-    output::tui::state::{CLASSES, class_index, class_name},
 };
 
 pub struct Report {
@@ -26,7 +25,7 @@ impl Report {
         let mut engine = Engine::new();
         let mut verdicts = Vec::new();
         let (mut first, mut last) = (None, None);
-        let info = source::replay::read_events(path, |ev| {
+        let info = replay::read_events(path, |ev| {
             first.get_or_insert(ev.ts_ns);
             last = Some(ev.ts_ns);
             verdicts.extend(engine.advance(ev.ts_ns));
@@ -47,7 +46,7 @@ impl Report {
     fn by_class(&self) -> [u64; 5] {
         let mut counts = [0; 5];
         for v in &self.verdicts {
-            counts[class_index(v.class)] += 1;
+            counts[v.class.index()] += 1;
         }
         counts
     }
@@ -56,7 +55,7 @@ impl Report {
     fn by_cause(&self) -> BTreeMap<String, Vec<&Verdict>> {
         let mut map: BTreeMap<String, Vec<&Verdict>> = BTreeMap::new();
         for v in &self.verdicts {
-            map.entry(format!("{}/{}", class_name(v.class), v.cause)).or_default().push(v);
+            map.entry(v.label()).or_default().push(v);
         }
         map
     }
@@ -66,7 +65,7 @@ impl Report {
         for v in &self.verdicts {
             let e = map.entry(v.upstream.clone()).or_default();
             e.0 += 1;
-            *e.1.entry(v.cause.clone()).or_default() += 1;
+            *e.1.entry(v.cause.as_str().to_owned()).or_default() += 1;
         }
         let mut list: Vec<_> = map.into_iter().map(|(u, (n, c))| (u, n, c)).collect();
         list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -79,7 +78,7 @@ impl Report {
         let mut minutes: BTreeMap<u64, [u64; 5]> = BTreeMap::new();
         for v in &self.verdicts {
             let m = (v.ts_ns.saturating_sub(start)) / 60_000_000_000;
-            minutes.entry(m).or_default()[class_index(v.class)] += 1;
+            minutes.entry(m).or_default()[v.class.index()] += 1;
         }
         minutes
             .into_iter()
@@ -104,7 +103,7 @@ impl Report {
             return md;
         };
         let secs = (last - first) as f64 / 1e9;
-        let truncated = self.verdicts.iter().filter(|v| v.delivered == "truncated").count();
+        let truncated = self.verdicts.iter().filter(|v| v.delivered == Delivered::Truncated).count();
         let _ = writeln!(md, "- Window: {} to {} ({secs:.1} s)", self.wall(first), self.wall(last));
         let _ = writeln!(md, "- Kernel events: {}", self.events);
         if self.info.truncated_tail {
@@ -120,9 +119,9 @@ impl Report {
         md.push_str("## Totals by class\n\n| class | verdicts | share |\n|---|---:|---:|\n");
         let counts = self.by_class();
         let total = self.verdicts.len().max(1) as f64;
-        for (i, c) in CLASSES.iter().enumerate() {
+        for (i, c) in Class::ALL.iter().enumerate() {
             if counts[i] > 0 {
-                let _ = writeln!(md, "| {} | {} | {:.0}% |", class_name(*c), counts[i], counts[i] as f64 * 100.0 / total);
+                let _ = writeln!(md, "| {} | {} | {:.0}% |", c.as_str(), counts[i], counts[i] as f64 * 100.0 / total);
             }
         }
         md.push_str("\n## Causes\n\n| class/cause | verdicts | first | last |\n|---|---:|---|---|\n");
@@ -138,11 +137,11 @@ impl Report {
             let _ = writeln!(md, "| {u} | {n} | {causes} |");
         }
         if let Some((start, n, by)) = self.worst_minute() {
-            let classes = CLASSES
+            let classes = Class::ALL
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| by[*i] > 0)
-                .map(|(i, c)| format!("{} {}", class_name(*c), by[i]))
+                .map(|(i, c)| format!("{} {}", c.as_str(), by[i]))
                 .collect::<Vec<_>>()
                 .join(", ");
             let _ = writeln!(md, "\n## Worst minute\n\nFrom {}: {n} verdicts ({classes}).", self.wall(start));
@@ -159,9 +158,10 @@ impl Report {
                 v.status,
                 v.client,
                 v.upstream,
-                if v.delivered == "truncated" { " (cut short)" } else { "" }
+                if v.delivered == Delivered::Truncated { " (cut short)" } else { "" }
             );
             let _ = writeln!(md, "> {}\n", v.summary);
+            let _ = writeln!(md, "What to check next: {}\n", v.next_check());
             md.push_str("| t (ms) | event | detail |\n|---:|---|---|\n");
             for e in &v.evidence {
                 let _ = writeln!(md, "| {:.1} | {} | {} |", e.t_ms, e.event, e.detail.replace('|', "\\|"));
@@ -177,7 +177,11 @@ impl Report {
         let mut h = String::new();
         h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n");
         let _ = writeln!(h, "<title>upstrace report: {}</title>", esc(&self.file));
-        h.push_str("<style>\nbody{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}\ntd,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}\nth{background:#eee}.upstream{color:#c0392b}.firewall{color:#8e44ad}.network{color:#b7950b}.gateway{color:#16a085}.unknown{color:#7f8c8d}\n</style>\n</head>\n<body>\n");
+        h.push_str("<style>\nbody{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}\ntd,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}\nth{background:#eee}");
+        for c in Class::ALL {
+            let _ = write!(h, ".{}{{color:{}}}", c.as_str(), c.hue().css());
+        }
+        h.push_str("\n</style>\n</head>\n<body>\n");
         let _ = writeln!(h, "<h1>upstrace report: {}</h1>", esc(&self.file));
         let (first, last) = (self.first_ns.unwrap_or(0), self.last_ns.unwrap_or(0));
         let _ = writeln!(
@@ -197,12 +201,12 @@ impl Report {
                 "<tr class=\"verdict\"><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}/{}</td><td>{}</td></tr>",
                 esc(&self.wall(v.ts_ns)),
                 v.status,
-                if v.delivered == "truncated" { " (cut short)" } else { "" },
+                if v.delivered == Delivered::Truncated { " (cut short)" } else { "" },
                 esc(&v.client),
                 esc(&v.upstream),
-                class_name(v.class),
-                class_name(v.class),
-                esc(&v.cause),
+                v.class.as_str(),
+                v.class.as_str(),
+                v.cause.as_str(),
                 esc(&v.summary)
             );
         }
@@ -218,10 +222,9 @@ impl Report {
         let mut buckets = vec![[0u64; 5]; BUCKETS];
         for v in &self.verdicts {
             let i = (((v.ts_ns.saturating_sub(first)) as f64 / span) * (BUCKETS as f64 - 1.0)).round() as usize;
-            buckets[i.min(BUCKETS - 1)][class_index(v.class)] += 1;
+            buckets[i.min(BUCKETS - 1)][v.class.index()] += 1;
         }
         let max = buckets.iter().map(|b| b.iter().sum::<u64>()).max().unwrap_or(0).max(1) as f64;
-        let colors = ["#c0392b", "#8e44ad", "#b7950b", "#16a085", "#7f8c8d"];
         let bw = W / BUCKETS as f64;
         let mut s = String::new();
         let _ = writeln!(s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\" role=\"img\">", H + 40.0, H + 40.0);
@@ -239,16 +242,16 @@ impl Report {
                     "<rect class=\"bar\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{hh:.1}\" fill=\"{}\"><title>{} {}</title></rect>",
                     i as f64 * bw + 1.0,
                     bw - 2.0,
-                    colors[c],
+                    Class::ALL[c].hue().css(),
                     n,
-                    class_name(CLASSES[c])
+                    Class::ALL[c].as_str()
                 );
             }
         }
-        for (c, class) in CLASSES.iter().enumerate() {
+        for (c, class) in Class::ALL.iter().enumerate() {
             let x = 10.0 + c as f64 * 120.0;
-            let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/>", H + 14.0, colors[c]);
-            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>", x + 16.0, H + 25.0, class_name(*class));
+            let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/>", H + 14.0, class.hue().css());
+            let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>", x + 16.0, H + 25.0, class.as_str());
         }
         s.push_str("</svg>\n");
         s

@@ -2,9 +2,13 @@
 //! human lines. Writes are buffered and flushed per ring-buffer batch.
 use std::io::{self, Write};
 
-use serde_json::{Map, Value, json};
+use anyhow::Result;
 
-use crate::{engine::attribute::Verdict, clock, engine::decode::KernelEvent};
+use crate::{
+    clock,
+    engine::{attribute::Verdict, decode::KernelEvent},
+    output::{Output, Stats},
+};
 
 /// An event line (`"type":"event"`), as printed and recorded: type, time, the event's own
 /// fields, then a human detail. Serialized straight to the writer (no intermediate map: a
@@ -41,20 +45,14 @@ impl<'a> VerdictLine<'a> {
     }
 }
 
-/// The JSON object of an event line, for callers that add to it.
-pub fn event_json(ev: &KernelEvent, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
-    match serde_json::to_value(EventLine::new(ev, boot_offset_ns)).map_err(io::Error::other)? {
-        Value::Object(obj) => Ok(obj),
-        _ => Err(io::Error::other("an event is not a JSON object")),
-    }
-}
-
-/// The JSON object of a verdict line, for callers that add to it.
-pub fn verdict_json(v: &Verdict, boot_offset_ns: i128) -> io::Result<Map<String, Value>> {
-    match serde_json::to_value(VerdictLine::new(v, boot_offset_ns)).map_err(io::Error::other)? {
-        Value::Object(obj) => Ok(obj),
-        _ => Err(io::Error::other("a verdict is not a JSON object")),
-    }
+/// A stats line (`"type":"stats"`): type, time, then the snapshot's fields.
+#[derive(serde::Serialize)]
+pub struct StatsLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    #[serde(flatten)]
+    stats: &'a Stats,
 }
 
 pub enum Format {
@@ -78,14 +76,21 @@ impl<W: Write> Sink<W> {
         clock::rfc3339(ts_ns as i128 + self.boot_offset_ns)
     }
 
-    pub fn event(&mut self, ev: &KernelEvent) -> io::Result<()> {
+    fn json_line(&mut self, obj: &impl serde::Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, obj).map_err(io::Error::other)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+impl<W: Write> Output for Sink<W> {
+    fn event(&mut self, ev: &KernelEvent) -> Result<()> {
         if !self.show_events {
             return Ok(());
         }
         match self.format {
             Format::Json => {
                 let line = EventLine::new(ev, self.boot_offset_ns);
-                self.json_line(&line)
+                self.json_line(&line)?;
             }
             Format::Text => {
                 let time = self.wall_time(ev.ts_ns);
@@ -94,55 +99,44 @@ impl<W: Write> Sink<W> {
                     "{} {:<15} {:<16} {}",
                     &time[11..23],
                     format!("{}[{}]", ev.comm, ev.pid),
-                    ev.kind.as_str(),
+                    ev.kind.name(),
                     ev.detail()
-                )
+                )?;
             }
         }
+        Ok(())
     }
 
-    pub fn verdict(&mut self, v: &Verdict) -> io::Result<()> {
+    fn verdict(&mut self, v: &Verdict) -> Result<()> {
         match self.format {
             Format::Json => {
                 let line = VerdictLine::new(v, self.boot_offset_ns);
-                self.json_line(&line)
+                self.json_line(&line)?;
             }
             Format::Text => {
                 let time = self.wall_time(v.ts_ns);
-                writeln!(
-                    self.out,
-                    "{} >>> {} for {} via {}: {}/{}: {}",
-                    &time[11..23],
-                    v.status,
-                    v.client,
-                    v.upstream,
-                    v.class_name(),
-                    v.cause,
-                    v.summary
-                )
+                writeln!(self.out, "{} >>> {} for {} via {}: {}: {}", &time[11..23], v.status, v.client, v.upstream, v.label(), v.summary)?;
             }
         }
+        Ok(())
     }
 
-    /// A JSON object of another type (verdict, stats, ...), or its text form.
-    pub fn record(&mut self, kind: &str, mut fields: Map<String, Value>, text: &str) -> io::Result<()> {
+    fn stats(&mut self, s: &Stats) -> Result<()> {
         match self.format {
             Format::Json => {
-                let mut obj = Map::new();
-                obj.insert("type".into(), json!(kind));
-                obj.append(&mut fields);
-                self.json_line(&obj)
+                let time = clock::rfc3339(clock::monotonic_ns() as i128 + self.boot_offset_ns);
+                self.json_line(&StatsLine { kind: "stats", time, stats: s })?;
             }
-            Format::Text => writeln!(self.out, "{text}"),
+            Format::Text => {
+                let warn = if s.lost_total > 0 { "  <-- EVENTS WERE LOST" } else { "" };
+                writeln!(self.out, "-- stats: {} events, {} traced processes, {} lost{warn}", s.events, s.traced_processes, s.lost_total)?;
+            }
         }
+        Ok(())
     }
 
-    fn json_line(&mut self, obj: &impl serde::Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, obj).map_err(io::Error::other)?;
-        self.out.write_all(b"\n")
-    }
-
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()?;
+        Ok(())
     }
 }

@@ -1,9 +1,13 @@
 //! The live source: load the probes, pick the gateway processes, and pump ring-buffer events
 //! through the pipeline until the time limit or a signal.
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Map, json};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -11,10 +15,10 @@ use tokio::{
 
 use crate::{
     clock,
-    engine::decode::KernelEvent,
-    source::discover,
+    engine::decode::{Decoder, KernelEvent},
+    output::{ProgramCost, Stats},
     pipeline::Pipeline,
-    source::probes::Probes,
+    source::{discover, probes::Probes},
 };
 
 #[derive(Debug, Clone)]
@@ -53,16 +57,11 @@ impl Targets {
     }
 }
 
-pub struct Stats {
+/// What the live source counts itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
     pub events: u64,
     pub decode_errors: u64,
-    pub kernel: Vec<(&'static str, u64)>,
-}
-
-impl Stats {
-    pub fn lost(&self) -> u64 {
-        self.kernel.iter().map(|(_, v)| v).sum::<u64>() + self.decode_errors
-    }
 }
 
 /// The checks that give one clear line, without loading anything.
@@ -90,7 +89,21 @@ fn targets(opts: &Options) -> Targets {
     }
 }
 
-pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -> Result<Stats> {
+/// The live source's state between its ticks.
+struct Live {
+    probes: Probes,
+    targets: Targets,
+    /// Traced gateway processes.
+    known: BTreeSet<u32>,
+    /// Processes that listen (upstreams on this host), for their accept queues.
+    listener_pids: BTreeSet<u32>,
+    /// Full accept queues, and when each was last reported (again every second while full).
+    overflowing: HashMap<SocketAddr, u64>,
+    decoder: Decoder,
+    counts: Counts,
+}
+
+pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     for &pid in &opts.pids {
         if !discover::pid_exists(pid) {
             bail!("no such process: {pid}");
@@ -107,39 +120,33 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
         probes.enable_run_time_stats()?;
     }
     pipeline.latency.get_or_insert_with(Default::default);
-    if pipeline.observer.is_none() {
+    let quiet = pipeline.interactive();
+    if !quiet {
         eprintln!("upstrace: {}", probes.report);
     }
-    let mut known = BTreeSet::new();
+    let decoder = probes.decoder.clone();
+    let mut live = Live {
+        probes,
+        targets,
+        known: BTreeSet::new(),
+        listener_pids: BTreeSet::new(),
+        overflowing: HashMap::new(),
+        decoder,
+        counts: Counts::default(),
+    };
     for pid in &initial {
-        probes.trace_pid(*pid)?;
-        known.insert(*pid);
+        live.probes.trace_pid(*pid)?;
+        live.known.insert(*pid);
     }
-    // Upstreams already listening (in any netns): watch their deaths, and tell the engine
-    // who owns which port, as if their listen() had been seen.
-    let now = clock::monotonic_ns();
-    let mut listener_pids = BTreeSet::new();
-    for l in discover::listeners() {
-        probes.watch_listener(l.pid);
-        listener_pids.insert(l.pid);
-        pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
+    live.adopt_listeners(pipeline)?;
+    if !quiet {
+        eprintln!("upstrace: tracing {} ({} processes now)", live.targets.describe(), live.known.len());
     }
-    let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
-    let mut log_tick = tokio::time::interval(Duration::from_millis(500));
-    let mut ui_tick = tokio::time::interval(Duration::from_secs(1));
-    // Full accept queues, and when each was last reported (again every second while full).
-    let mut overflowing: std::collections::HashMap<std::net::SocketAddr, u64> = Default::default();
-    if pipeline.observer.is_none() {
-        eprintln!("upstrace: tracing {} ({} processes now)", targets.describe(), known.len());
-    }
-    if let Some(o) = pipeline.observer.as_mut() {
-        let traced: Vec<(u32, String)> = known.iter().map(|&p| (p, discover::comm_of(p).unwrap_or_default())).collect();
-        o.started(&probes.report, &traced);
-    }
+    let traced: Vec<(u32, String)> = live.known.iter().map(|&p| (p, discover::comm_of(p).unwrap_or_default())).collect();
+    pipeline.started(&live.probes.report, &traced);
 
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both are dropped.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(1));
@@ -147,106 +154,42 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
     stats_tick.tick().await;
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
-    let mut stats = Stats { events: 0, decode_errors: 0, kernel: vec![] };
-
-    let decoder = probes.decoder.clone();
-    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-                 pipeline: &mut Pipeline<W>,
-                 stats: &mut Stats|
-     -> Result<()> {
-        while let Some(item) = ring.next() {
-            match decoder.decode(&item) {
-                Ok(ev) => {
-                    stats.events += 1;
-                    pipeline.event(&ev)?;
-                }
-                Err(_) => stats.decode_errors += 1,
-            }
-        }
-        pipeline.flush().context("writing output")?;
-        Ok(())
-    };
     // Verdicts wait a few ms for the events that close a story; this tick releases them
     // when the ring buffer is quiet.
     let mut verdict_tick = tokio::time::interval(Duration::from_millis(10));
+    let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut log_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ui_tick = tokio::time::interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), pipeline, &mut stats)?;
+                live.drain(guard.get_inner_mut(), pipeline)?;
                 guard.clear_ready();
             }
-            _ = rescan.tick() => {
-                // Gateways restart and reload: pick up new processes, forget dead ones.
-                for pid in targets.scan() {
-                    if known.insert(pid) {
-                        probes.trace_pid(pid)?;
-                    }
-                }
-                known.retain(|&pid| discover::pid_exists(pid));
-            }
+            _ = rescan.tick() => live.rescan()?,
             _ = verdict_tick.tick() => {
                 // Judge by wall time only once everything the kernel has sent is processed,
                 // or a verdict could miss the events that close its story.
-                drain(ring.get_mut(), pipeline, &mut stats)?;
+                live.drain(ring.get_mut(), pipeline)?;
                 let now = clock::monotonic_ns();
                 pipeline.tick(now)?;
                 if !pipeline.poll(now)? {
                     break;
                 }
             }
-            _ = queue_tick.tick() => {
-                // Accept-queue overflow drops SYNs without a drop reason on some kernels:
-                // while SYNs go unanswered, sample the listeners' queues (one read per
-                // network namespace; reading /proc/net/tcp walks the whole table, so never
-                // while all is well).
-                if !pipeline.engine.tracker.syns_unanswered(clock::monotonic_ns()) {
-                    continue;
-                }
-                listener_pids.extend(pipeline.engine.tracker.listener_pids());
-                listener_pids.retain(|&p| discover::pid_exists(p));
-                let mut seen_ns = BTreeSet::new();
-                let mut now_full = std::collections::HashMap::new();
-                let now = clock::monotonic_ns();
-                for &pid in &listener_pids {
-                    let Some(ns) = discover::netns_of(pid) else { continue };
-                    if !seen_ns.insert(ns) {
-                        continue;
-                    }
-                    for (addr, queued, limit) in discover::full_accept_queues(pid) {
-                        let last = overflowing.get(&addr).copied();
-                        if last.is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000) {
-                            let owner = pipeline.engine.tracker.listener_of(addr).unwrap_or((pid, String::new()));
-                            pipeline.event(&KernelEvent::listen_overflow(now, owner.0, &owner.1, addr, queued, limit))?;
-                            now_full.insert(addr, now);
-                        } else {
-                            now_full.insert(addr, last.unwrap_or(now));
-                        }
-                    }
-                }
-                overflowing = now_full;
-            }
-            _ = ui_tick.tick(), if pipeline.observer.is_some() => {
-                if let Some(o) = pipeline.observer.as_mut() {
-                    let mut lost: Vec<(String, u64)> = probes.counters().iter().map(|(n, v)| (n.to_string(), *v)).collect();
-                    lost.push(("decode_errors".into(), stats.decode_errors));
-                    push_evictions(&mut lost, &probes, &pipeline.engine.tracker);
-                    o.stats(lost);
-                }
+            _ = queue_tick.tick() => live.sample_accept_queues(pipeline)?,
+            _ = ui_tick.tick(), if quiet => {
+                let snapshot = live.snapshot();
+                pipeline.refresh(snapshot);
             }
             _ = stats_tick.tick() => {
-                stats.kernel = probes.counters();
-                if let Some(o) = pipeline.observer.as_mut() {
-                    let mut lost: Vec<(String, u64)> = stats.kernel.iter().map(|(n, v)| (n.to_string(), *v)).collect();
-                    lost.push(("decode_errors".into(), stats.decode_errors));
-                    push_evictions(&mut lost, &probes, &pipeline.engine.tracker);
-                    o.stats(lost);
-                }
-                write_stats(pipeline, &stats, known.len(), &probes)?;
+                let snapshot = live.snapshot();
+                pipeline.stats(snapshot)?;
             }
             _ = log_tick.tick() => {
-                if let Some(logger) = probes.logger.as_mut() {
+                if let Some(logger) = live.probes.logger.as_mut() {
                     logger.flush();
                 }
             }
@@ -255,83 +198,102 @@ pub async fn run<W: std::io::Write>(opts: Options, pipeline: &mut Pipeline<W>) -
             _ = sigterm.recv() => break,
         }
     }
-    drain(ring.get_mut(), pipeline, &mut stats)?;
+    live.drain(ring.get_mut(), pipeline)?;
     pipeline.finish()?;
-    stats.kernel = probes.counters();
-    write_stats(pipeline, &stats, known.len(), &probes)?;
-    pipeline.sink.flush()?;
-    Ok(stats)
+    let snapshot = live.snapshot();
+    pipeline.stats(snapshot)?;
+    pipeline.flush()?;
+    Ok(live.counts)
 }
 
-/// Evictions for the dashboard (named `evicted_*`: it shows them apart from losses).
-fn push_evictions(list: &mut Vec<(String, u64)>, probes: &Probes, tracker: &crate::engine::track::Tracker) {
-    let evicted = probes.lru_evictions();
-    list.push(("evicted_closed_sockets".into(), evicted.closed_sockets));
-    list.push(("evicted_upstream_endpoints".into(), evicted.upstream_endpoints));
-    list.push(("evicted_unix_sockets".into(), evicted.unix_sockets));
-    list.push(("evicted_attempts".into(), tracker.evicted));
-}
+impl Live {
+    /// Upstreams already listening (in any netns): watch their deaths, and tell the engine
+    /// who owns which port, as if their listen() had been seen.
+    fn adopt_listeners(&mut self, pipeline: &mut Pipeline) -> Result<()> {
+        let now = clock::monotonic_ns();
+        for l in discover::listeners() {
+            self.probes.watch_listener(l.pid);
+            self.listener_pids.insert(l.pid);
+            pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
+        }
+        Ok(())
+    }
 
-fn write_stats<W: std::io::Write>(pipeline: &mut Pipeline<W>, stats: &Stats, traced: usize, probes: &Probes) -> Result<()> {
-    let mut lost = Map::new();
-    for (name, v) in &stats.kernel {
-        lost.insert(name.to_string(), json!(v));
+    /// Everything in the ring buffer, through the pipeline.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> Result<()> {
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(ev) => {
+                    self.counts.events += 1;
+                    pipeline.event(&ev)?;
+                }
+                Err(_) => self.counts.decode_errors += 1,
+            }
+        }
+        pipeline.flush().context("writing output")
     }
-    lost.insert("decode_errors".into(), json!(stats.decode_errors));
-    let mut fields = Map::new();
-    fields.insert("time".into(), json!(clock::rfc3339(clock::monotonic_ns() as i128 + clock::boot_offset_ns())));
-    fields.insert("events".into(), json!(stats.events));
-    fields.insert("traced_processes".into(), json!(traced));
-    fields.insert("lost_total".into(), json!(stats.lost()));
-    fields.insert("lost".into(), json!(lost));
-    fields.insert("verdicts".into(), json!(pipeline.verdicts));
-    // Healthy keep-alive exchanges stay in the kernel; past its map's capacity they are
-    // shipped like failures would be (more events, nothing lost).
-    fields.insert("exchanges_shipped_early".into(), json!(probes.exchanges_shipped_early()));
-    // A status line written to something other than a socket (or a thread stalled for a
-    // second between the write and the send): counted, since it may be a 5xx left unexplained.
-    fields.insert("status_lines_expired".into(), json!(probes.status_lines_expired()));
-    // LRU evictions: the oldest closed sockets and upstream endpoints made room (by design;
-    // counted so a loss of late events is never silent).
-    fields.insert("evicted".into(), json!(probes.lru_evictions()));
-    // The engine's own bounds: attempts dropped over its cap are counted, never silent.
-    let tracker = &pipeline.engine.tracker;
-    fields.insert(
-        "engine".into(),
-        json!({
-            "attempts": tracker.attempts.len(),
-            "attempts_evicted": tracker.evicted,
-            "longest_thread_queue": tracker.by_tid.values().map(|q| q.len()).max().unwrap_or(0),
-        }),
-    );
-    if let Some((p50, p99, max)) = pipeline.latency.as_ref().and_then(|h| h.percentiles_ms()) {
-        fields.insert("verdict_latency_ms".into(), json!({"p50": p50, "p99": p99, "max": max}));
+
+    /// Gateways restart and reload: pick up new processes, forget dead ones.
+    fn rescan(&mut self) -> Result<()> {
+        for pid in self.targets.scan() {
+            if self.known.insert(pid) {
+                self.probes.trace_pid(pid)?;
+            }
+        }
+        self.known.retain(|&pid| discover::pid_exists(pid));
+        Ok(())
     }
-    if let Some((late, ts_ns, what)) = pipeline.slowest.take() {
-        let time = clock::rfc3339(ts_ns as i128 + clock::boot_offset_ns());
-        fields.insert("slowest_verdict".into(), json!({"latency_ms": late as f64 / 1e6, "status_time": time, "verdict": what}));
+
+    /// Accept-queue overflow drops SYNs without a drop reason on some kernels: while SYNs go
+    /// unanswered, sample the listeners' queues (one read per network namespace; reading
+    /// /proc/net/tcp walks the whole table, so never while all is well).
+    fn sample_accept_queues(&mut self, pipeline: &mut Pipeline) -> Result<()> {
+        if !pipeline.engine.tracker.syns_unanswered(clock::monotonic_ns()) {
+            return Ok(());
+        }
+        self.listener_pids.extend(pipeline.engine.tracker.listener_pids());
+        self.listener_pids.retain(|&p| discover::pid_exists(p));
+        let mut seen_ns = BTreeSet::new();
+        let mut now_full = HashMap::new();
+        let now = clock::monotonic_ns();
+        for &pid in &self.listener_pids {
+            let Some(ns) = discover::netns_of(pid) else { continue };
+            if !seen_ns.insert(ns) {
+                continue;
+            }
+            for (addr, queued, limit) in discover::full_accept_queues(pid) {
+                let last = self.overflowing.get(&addr).copied();
+                if last.is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000) {
+                    let owner = pipeline.engine.tracker.listener_of(addr).unwrap_or((pid, String::new()));
+                    pipeline.event(&KernelEvent::listen_overflow(now, owner.0, &owner.1, addr, queued, limit))?;
+                    now_full.insert(addr, now);
+                } else {
+                    now_full.insert(addr, last.unwrap_or(now));
+                }
+            }
+        }
+        self.overflowing = now_full;
+        Ok(())
     }
-    if let Some(r) = &pipeline.recorder {
-        fields.insert("recorded_lines".into(), json!(r.written));
-        if let Some(f) = &r.failed {
-            fields.insert("record_error".into(), json!(f));
+
+    /// The source's part of a stats snapshot (the pipeline adds its own).
+    fn snapshot(&self) -> Stats {
+        let mut lost = self.probes.counters();
+        lost.push(("decode_errors", self.counts.decode_errors));
+        let costs = self.probes.program_costs();
+        Stats {
+            events: self.counts.events,
+            traced_processes: self.known.len(),
+            lost_total: lost.iter().map(|(_, n)| n).sum(),
+            lost,
+            exchanges_shipped_early: self.probes.exchanges_shipped_early(),
+            status_lines_expired: self.probes.status_lines_expired(),
+            evicted: self.probes.lru_evictions(),
+            programs: costs
+                .into_iter()
+                .map(|(name, runs, ns)| ProgramCost { name, runs, avg_ns: if runs > 0 { ns as f64 / runs as f64 } else { 0.0 } })
+                .collect(),
+            ..Stats::default()
         }
     }
-    let costs = probes.program_costs();
-    if !costs.is_empty() {
-        let programs: Vec<_> = costs
-            .iter()
-            .map(|(name, runs, ns)| json!({"name": name, "runs": runs, "avg_ns": if *runs > 0 { *ns as f64 / *runs as f64 } else { 0.0 }}))
-            .collect();
-        fields.insert("programs".into(), json!(programs));
-    }
-    let text = format!(
-        "-- stats: {} events, {} traced processes, {} lost{}",
-        stats.events,
-        traced,
-        stats.lost(),
-        if stats.lost() > 0 { "  <-- EVENTS WERE LOST" } else { "" }
-    );
-    pipeline.sink.record("stats", fields, &text)?;
-    Ok(())
 }

@@ -118,7 +118,7 @@ pub enum Pace {
 
 /// Feed a trace through the pipeline, moving the engine's clock with the events. The file is
 /// streamed, never loaded whole, so a huge trace costs time, not memory.
-pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipeline<W>) -> Result<TraceInfo> {
+pub async fn run(path: &Path, pace: Pace, pipeline: &mut Pipeline) -> Result<TraceInfo> {
     let mut last_ts: Option<u64> = None;
     let mut stopped = false;
     let result = read_events(path, |ev| {
@@ -148,12 +148,10 @@ pub async fn run<W: std::io::Write>(path: &Path, pace: Pace, pipeline: &mut Pipe
     });
     let info = result?;
     pipeline.finish()?;
-    if let Some(o) = pipeline.observer.as_mut() {
-        o.finished(&format!("replay done: {} events", info.events));
-    }
+    pipeline.finished(&format!("replay done: {} events", info.events));
     // With a dashboard, stay until the person quits (or SIGTERM).
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    while !stopped && pipeline.observer.is_some() {
+    while !stopped && pipeline.interactive() {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(30)) => {
                 if !pipeline.poll(last_ts.unwrap_or(0))? {

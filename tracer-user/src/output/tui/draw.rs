@@ -7,16 +7,20 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap},
 };
 
-use super::state::{CLASSES, Focus, Input, State, class_name};
-use crate::{engine::attribute::Class, clock};
+use super::state::{Focus, Input, State};
+use crate::{
+    clock,
+    engine::verdict::{Cause, Class, Delivered, Hue},
+};
 
+/// The terminal colour of a class's hue.
 pub fn class_color(c: Class) -> Color {
-    match c {
-        Class::Upstream => Color::Red,
-        Class::Firewall => Color::Magenta,
-        Class::Network => Color::Yellow,
-        Class::Gateway => Color::Cyan,
-        Class::Unknown => Color::Gray,
+    match c.hue() {
+        Hue::Red => Color::Red,
+        Hue::Magenta => Color::Magenta,
+        Hue::Yellow => Color::Yellow,
+        Hue::Cyan => Color::Cyan,
+        Hue::Gray => Color::Gray,
     }
 }
 
@@ -107,7 +111,7 @@ fn draw_history(frame: &mut Frame, state: &State, area: Rect) {
     let width = inner.width.saturating_sub(label_w) as usize;
     let now_s = state.now_ns / 1_000_000_000;
     let rows = Layout::vertical([Constraint::Length(1); 5]).split(inner);
-    for (i, class) in CLASSES.iter().enumerate() {
+    for (i, class) in Class::ALL.iter().enumerate() {
         if i >= rows.len() {
             break;
         }
@@ -120,7 +124,7 @@ fn draw_history(frame: &mut Frame, state: &State, area: Rect) {
             .collect();
         let total: u64 = state.history.iter().map(|(_, c)| c[i]).sum();
         let [l, r] = Layout::horizontal([Constraint::Length(label_w), Constraint::Min(1)]).areas(rows[i]);
-        frame.render_widget(Paragraph::new(format!("{:<9}{:>3} ", class_name(*class), short(total))).fg(class_color(*class)), l);
+        frame.render_widget(Paragraph::new(format!("{:<9}{:>3} ", class.as_str(), short(total))).fg(class_color(*class)), l);
         frame.render_widget(Sparkline::default().data(&data).style(Style::new().fg(class_color(*class))), r);
     }
 }
@@ -142,8 +146,8 @@ fn draw_causes(frame: &mut Frame, state: &State, area: Rect) {
         .iter()
         .take(inner.height as usize)
         .map(|(name, n)| {
-            let class = name.split('/').next().unwrap_or("");
-            let color = CLASSES.iter().find(|c| class_name(**c) == class).map(|c| class_color(*c)).unwrap_or(Color::Gray);
+            let cause = name.split('/').nth(1).and_then(Cause::from_name);
+            let color = cause.map_or(Color::Gray, |c| class_color(c.class()));
             let len = ((**n as usize) * bar_w).div_ceil(max as usize).max(1);
             Line::from(vec![
                 Span::raw(format!("{:<name_w$.name_w$} ", name)),
@@ -210,13 +214,13 @@ fn draw_verdicts(frame: &mut Frame, state: &State, area: Rect) {
         .map(|(i, v)| {
             let selected = state.focus == Focus::Verdicts && i == state.selected;
             let style = if selected { Style::new().reversed() } else { Style::new() };
-            let status = if v.delivered == "truncated" { format!("{}✂", v.status) } else { v.status.to_string() };
+            let status = if v.delivered == Delivered::Truncated { format!("{}✂", v.status) } else { v.status.to_string() };
             Row::new(vec![
                 Cell::from(hms(state, v.ts_ns)),
                 Cell::from(status),
                 Cell::from(v.client.clone()),
                 Cell::from(v.upstream.clone()),
-                Cell::from(Span::styled(format!("{}/{}", class_name(v.class), v.cause), Style::new().fg(class_color(v.class)))),
+                Cell::from(Span::styled(v.label(), Style::new().fg(class_color(v.class)))),
                 Cell::from(v.summary.clone()),
             ])
             .style(style)
@@ -253,8 +257,8 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
         Line::from(vec![
             Span::styled(format!("{} ", v.status), Style::new().bold()),
             Span::raw(format!("at {} to client {} via {} ", hms(state, v.ts_ns), v.client, v.upstream)),
-            Span::styled(format!("{}/{}", class_name(v.class), v.cause), Style::new().bold().fg(class_color(v.class))),
-            Span::raw(if v.delivered == "truncated" { "  (client got a cut-short response)" } else { "" }),
+            Span::styled(v.label(), Style::new().bold().fg(class_color(v.class))),
+            Span::raw(if v.delivered == Delivered::Truncated { "  (client got a cut-short response)" } else { "" }),
         ]),
         Line::from(v.summary.clone()),
         Line::from(""),
@@ -281,7 +285,7 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
         ]));
     }
     lines.push(Line::from("next check:").bold());
-    lines.push(Line::from(format!("  {}", State::next_check(&v))));
+    lines.push(Line::from(format!("  {}", v.next_check())));
     let block = Block::bordered().title(" verdict detail (Enter/Esc: back) ").border_style(Style::new().fg(Color::Cyan));
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), area);
 }

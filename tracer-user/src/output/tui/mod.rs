@@ -21,7 +21,11 @@ use ratatui::{
     },
 };
 
-use crate::{engine::attribute::Verdict, engine::decode::KernelEvent, pipeline::Observer, source::probes::AttachReport};
+use crate::{
+    engine::{attribute::Verdict, decode::KernelEvent},
+    output::{Output, Stats},
+    source::probes::AttachReport,
+};
 use state::{Header, Key, State};
 
 enum Input {
@@ -112,7 +116,7 @@ impl Drop for Dashboard {
     }
 }
 
-impl Observer for Dashboard {
+impl Output for Dashboard {
     fn started(&mut self, report: &AttachReport, traced: &[(u32, String)]) {
         self.state.header.attached = report.attached.clone();
         self.state.header.skipped = report.skipped.clone();
@@ -122,18 +126,29 @@ impl Observer for Dashboard {
         self.dirty = true;
     }
 
-    fn event(&mut self, ev: &KernelEvent) {
+    fn event(&mut self, ev: &KernelEvent) -> Result<()> {
         self.state.on_event(ev);
         self.dirty = true;
+        Ok(())
     }
 
-    fn verdict(&mut self, v: &Verdict) {
+    fn verdict(&mut self, v: &Verdict) -> Result<()> {
         self.state.on_verdict(v);
         self.dirty = true;
+        Ok(())
     }
 
-    fn stats(&mut self, lost: Vec<(String, u64)>) {
-        self.state.on_stats(lost);
+    fn stats(&mut self, s: &Stats) -> Result<()> {
+        self.state.on_stats(s);
+        Ok(())
+    }
+
+    fn refresh(&mut self, s: &Stats) {
+        self.state.on_stats(s);
+    }
+
+    fn owns_terminal(&self) -> bool {
+        true
     }
 
     fn finished(&mut self, what: &str) {

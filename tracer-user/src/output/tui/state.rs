@@ -3,39 +3,28 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
-    engine::attribute::{Class, Verdict},
-    engine::decode::{Kind, KernelEvent},
+    engine::{
+        attribute::{Cause, Verdict},
+        decode::{Kind, KernelEvent},
+    },
+    output::Stats,
 };
 
-pub const CLASSES: [Class; 5] = [Class::Upstream, Class::Firewall, Class::Network, Class::Gateway, Class::Unknown];
 /// Seconds of 5xx history kept for the chart.
 pub const HISTORY_SECS: usize = 300;
 /// Verdicts kept in the list (the trace file keeps everything).
 pub const MAX_VERDICTS: usize = 2000;
-
-pub fn class_index(c: Class) -> usize {
-    CLASSES.iter().position(|x| *x == c).unwrap_or(4)
-}
-
-pub fn class_name(c: Class) -> &'static str {
-    match c {
-        Class::Upstream => "upstream",
-        Class::Firewall => "firewall",
-        Class::Network => "network",
-        Class::Gateway => "gateway",
-        Class::Unknown => "unknown",
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UpstreamRow {
     pub upstream: String,
     pub attempts: u64,
     pub failures: u64,
-    pub by_cause: BTreeMap<String, u64>,
+    /// By cause name (alphabetical, as shown).
+    pub by_cause: BTreeMap<&'static str, u64>,
     pub retransmits: u64,
     pub last_failure_ns: Option<u64>,
-    pub last_cause: String,
+    pub last_cause: Option<Cause>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +107,7 @@ pub struct State {
     pub events: u64,
     /// (second, events) for the events/s figure.
     rate: VecDeque<(u64, u64)>,
-    pub lost: Vec<(String, u64)>,
+    pub lost: Vec<(&'static str, u64)>,
     pub lost_total: u64,
     /// Entries the kernel's LRU maps and the engine evicted to stay bounded.
     pub evicted_total: u64,
@@ -234,7 +223,7 @@ impl State {
     pub fn on_verdict(&mut self, v: &Verdict) {
         self.tick(v.ts_ns);
         let s = Self::second(v.ts_ns);
-        let i = class_index(v.class);
+        let i = v.class.index();
         match self.history.iter_mut().find(|(sec, _)| *sec == s) {
             Some((_, counts)) => counts[i] += 1,
             None => {
@@ -244,12 +233,12 @@ impl State {
                 self.history.make_contiguous().sort_by_key(|(sec, _)| *sec);
             }
         }
-        *self.causes.entry(format!("{}/{}", class_name(v.class), v.cause)).or_default() += 1;
+        *self.causes.entry(v.label()).or_default() += 1;
         let row = self.upstreams.entry(v.upstream.clone()).or_insert_with(|| UpstreamRow { upstream: v.upstream.clone(), ..Default::default() });
         row.failures += 1;
-        *row.by_cause.entry(v.cause.clone()).or_default() += 1;
+        *row.by_cause.entry(v.cause.as_str()).or_default() += 1;
         row.last_failure_ns = Some(v.ts_ns);
-        row.last_cause = v.cause.clone();
+        row.last_cause = Some(v.cause);
         self.verdicts.push_front(v.clone());
         if self.verdicts.len() > MAX_VERDICTS {
             self.verdicts.pop_back();
@@ -260,13 +249,11 @@ impl State {
         }
     }
 
-    /// Loss counters by name; those named `evicted_*` are LRU and engine evictions, shown apart
-    /// (old state made room by design: not lost events).
-    pub fn on_stats(&mut self, counters: Vec<(String, u64)>) {
-        let (evicted, lost): (Vec<_>, Vec<_>) = counters.into_iter().partition(|(n, _)| n.starts_with("evicted_"));
-        self.lost_total = lost.iter().map(|(_, v)| v).sum();
-        self.lost = lost;
-        self.evicted_total = evicted.iter().map(|(_, v)| v).sum();
+    /// Losses, and apart from them the evictions (old state made room by design).
+    pub fn on_stats(&mut self, s: &Stats) {
+        self.lost_total = s.lost_total;
+        self.lost = s.lost.clone();
+        self.evicted_total = s.evicted_total();
     }
 
     pub fn events_per_sec(&self) -> f64 {
@@ -281,7 +268,7 @@ impl State {
 
     fn matches(&self, v: &Verdict) -> bool {
         let f = self.filter.to_lowercase();
-        let hay_f = format!("{} {} {}", class_name(v.class), v.cause, v.upstream).to_lowercase();
+        let hay_f = format!("{} {} {}", v.class, v.cause, v.upstream).to_lowercase();
         let s = self.search.to_lowercase();
         let hay_s = format!("{} {} {} {} {}", v.summary, v.client, v.upstream, v.cause, v.status).to_lowercase();
         (f.is_empty() || f.split_whitespace().all(|w| hay_f.contains(w))) && (s.is_empty() || hay_s.contains(&s))
@@ -423,28 +410,5 @@ impl State {
             _ => {}
         }
         self.clamp();
-    }
-
-    /// What a person should look at next for this verdict.
-    pub fn next_check(v: &Verdict) -> String {
-        let port = v.upstream.rsplit(':').next().unwrap_or("");
-        let ip = v.upstream.rsplit_once(':').map(|x| x.0).unwrap_or(&v.upstream);
-        match v.cause.as_str() {
-            "refused" => format!("Is the upstream service running and listening on port {port}? On its host: ss -ltnp 'sport = :{port}'."),
-            "crashed" => "The upstream process died (pid and signal above): check its logs, core dumps, and the kernel log for the OOM killer (dmesg).".into(),
-            "reset" => "The upstream (or a proxy/load balancer in between) aborted the connection: check its logs at that time and idle/keep-alive timeouts on both sides.".into(),
-            "closed-early" => "The upstream closed before a complete response: check its logs for errors or worker restarts, and keep-alive timeouts (upstream shorter than gateway?).".into(),
-            "stalled" => "The upstream accepted the request but did not answer in time: check its latency, worker pool and dependencies; compare with the gateway's read timeout.".into(),
-            "invalid-response" => format!("The upstream answered something that is not valid HTTP: request it directly (curl -v http://{}/) and check the protocol/port.", v.upstream),
-            "overloaded" => "The upstream's accept queue was full: add workers or raise its listen backlog (and net.core.somaxconn).".into(),
-            "dropped" => "A firewall dropped the packets: list the rules in the network namespace named in the summary (ip netns exec ... nft list ruleset), look for a drop on the upstream port.".into(),
-            "rejected" => "A firewall rejected the connection: check the rules (nft list ruleset / iptables -S) on the host that sent the ICMP or RST named above.".into(),
-            "unreachable" => format!("The upstream host does not answer: check it is up, then neighbours and routes from the gateway (ip neigh; ip route get {ip})."),
-            "no-route" => format!("Routing on the gateway refuses this destination: ip route get {ip}; check for blackhole/prohibit/unreachable routes and interfaces that are down."),
-            "timeout" => format!("SYNs went unanswered with no local drop: check the path and remote firewalls (a silent drop), and that {ip} is up."),
-            "loss" => "Packets were lost on the path: check interface and qdisc drops (ip -s link; tc -s qdisc) on both ends.".into(),
-            "local-resources" => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
-            _ => "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into(),
-        }
     }
 }

@@ -1,0 +1,8 @@
+//! Events in, verdicts out: `decode` (ring records -> typed events), `track` (per-connection
+//! and per-request state), `attribute` (the pure, clock-injected judge), `http` (what the
+//! gateway's and the upstream's bytes say).
+pub mod attribute;
+pub mod decode;
+pub mod http;
+pub mod track;
+pub mod verdict;

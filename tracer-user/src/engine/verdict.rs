@@ -1,0 +1,303 @@
+//! What the engine concludes: a verdict per 5xx (or cut-short response), its class and cause.
+//! Every fact about a cause lives here, once: its JSON name, its class, and what to check
+//! next; every output (lines, dashboard, report, metrics) takes them from here.
+use std::net::SocketAddr;
+
+use serde::{Serialize, Serializer};
+
+/// Who is to blame, broadly. The JSON names are the lowercase variant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    Upstream,
+    Firewall,
+    Network,
+    Gateway,
+    Unknown,
+}
+
+/// A colour family per class, for outputs that draw (the dashboard, the HTML report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hue {
+    Red,
+    Magenta,
+    Yellow,
+    Cyan,
+    Gray,
+}
+
+impl Hue {
+    /// The same hue for HTML.
+    pub fn css(self) -> &'static str {
+        match self {
+            Hue::Red => "#c0392b",
+            Hue::Magenta => "#8e44ad",
+            Hue::Yellow => "#b7950b",
+            Hue::Cyan => "#16a085",
+            Hue::Gray => "#7f8c8d",
+        }
+    }
+}
+
+impl Class {
+    /// In display order.
+    pub const ALL: [Class; 5] = [Class::Upstream, Class::Firewall, Class::Network, Class::Gateway, Class::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Upstream => "upstream",
+            Class::Firewall => "firewall",
+            Class::Network => "network",
+            Class::Gateway => "gateway",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    /// Position in [`Class::ALL`], for per-class counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn hue(self) -> Hue {
+        match self {
+            Class::Upstream => Hue::Red,
+            Class::Firewall => Hue::Magenta,
+            Class::Network => Hue::Yellow,
+            Class::Gateway => Hue::Cyan,
+            Class::Unknown => Hue::Gray,
+        }
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why, precisely. Each cause belongs to exactly one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cause {
+    // upstream
+    Refused,
+    Crashed,
+    Reset,
+    ClosedEarly,
+    Stalled,
+    InvalidResponse,
+    Overloaded,
+    // firewall
+    Rejected,
+    Dropped,
+    // network
+    NoRoute,
+    Unreachable,
+    Timeout,
+    Loss,
+    // gateway
+    LocalResources,
+    // unknown
+    ConnectFailed,
+    ReadError,
+    Undecided,
+    NoUpstreamAttempt,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 18] = [
+        Cause::Refused,
+        Cause::Crashed,
+        Cause::Reset,
+        Cause::ClosedEarly,
+        Cause::Stalled,
+        Cause::InvalidResponse,
+        Cause::Overloaded,
+        Cause::Rejected,
+        Cause::Dropped,
+        Cause::NoRoute,
+        Cause::Unreachable,
+        Cause::Timeout,
+        Cause::Loss,
+        Cause::LocalResources,
+        Cause::ConnectFailed,
+        Cause::ReadError,
+        Cause::Undecided,
+        Cause::NoUpstreamAttempt,
+    ];
+
+    /// The JSON name (part of the output contract).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Refused => "refused",
+            Cause::Crashed => "crashed",
+            Cause::Reset => "reset",
+            Cause::ClosedEarly => "closed-early",
+            Cause::Stalled => "stalled",
+            Cause::InvalidResponse => "invalid-response",
+            Cause::Overloaded => "overloaded",
+            Cause::Rejected => "rejected",
+            Cause::Dropped => "dropped",
+            Cause::NoRoute => "no-route",
+            Cause::Unreachable => "unreachable",
+            Cause::Timeout => "timeout",
+            Cause::Loss => "loss",
+            Cause::LocalResources => "local-resources",
+            Cause::ConnectFailed => "connect-failed",
+            Cause::ReadError => "read-error",
+            Cause::Undecided => "undecided",
+            Cause::NoUpstreamAttempt => "no-upstream-attempt",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Cause> {
+        Cause::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    pub fn class(self) -> Class {
+        match self {
+            Cause::Refused
+            | Cause::Crashed
+            | Cause::Reset
+            | Cause::ClosedEarly
+            | Cause::Stalled
+            | Cause::InvalidResponse
+            | Cause::Overloaded => Class::Upstream,
+            Cause::Rejected | Cause::Dropped => Class::Firewall,
+            Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
+            Cause::LocalResources => Class::Gateway,
+            Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => Class::Unknown,
+        }
+    }
+
+    /// What a person should look at next, for this upstream (`ip:port` or `unix:/path`).
+    pub fn next_check(self, upstream: &str) -> String {
+        let port = upstream.rsplit(':').next().unwrap_or("");
+        let ip = upstream.rsplit_once(':').map(|x| x.0).unwrap_or(upstream);
+        match self {
+            Cause::Refused => format!("Is the upstream service running and listening on port {port}? On its host: ss -ltnp 'sport = :{port}'."),
+            Cause::Crashed => "The upstream process died (pid and signal above): check its logs, core dumps, and the kernel log for the OOM killer (dmesg).".into(),
+            Cause::Reset => "The upstream (or a proxy/load balancer in between) aborted the connection: check its logs at that time and idle/keep-alive timeouts on both sides.".into(),
+            Cause::ClosedEarly => "The upstream closed before a complete response: check its logs for errors or worker restarts, and keep-alive timeouts (upstream shorter than gateway?).".into(),
+            Cause::Stalled => "The upstream accepted the request but did not answer in time: check its latency, worker pool and dependencies; compare with the gateway's read timeout.".into(),
+            Cause::InvalidResponse => format!("The upstream answered something that is not valid HTTP: request it directly (curl -v http://{upstream}/) and check the protocol/port."),
+            Cause::Overloaded => "The upstream's accept queue was full: add workers or raise its listen backlog (and net.core.somaxconn).".into(),
+            Cause::Dropped => "A firewall dropped the packets: list the rules in the network namespace named in the summary (ip netns exec ... nft list ruleset), look for a drop on the upstream port.".into(),
+            Cause::Rejected => "A firewall rejected the connection: check the rules (nft list ruleset / iptables -S) on the host that sent the ICMP or RST named above.".into(),
+            Cause::Unreachable => format!("The upstream host does not answer: check it is up, then neighbours and routes from the gateway (ip neigh; ip route get {ip})."),
+            Cause::NoRoute => format!("Routing on the gateway refuses this destination: ip route get {ip}; check for blackhole/prohibit/unreachable routes and interfaces that are down."),
+            Cause::Timeout => format!("SYNs went unanswered with no local drop: check the path and remote firewalls (a silent drop), and that {ip} is up."),
+            Cause::Loss => "Packets were lost on the path: check interface and qdisc drops (ip -s link; tc -s qdisc) on both ends.".into(),
+            Cause::LocalResources => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
+            Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => {
+                "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Cause {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// What the client got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivered {
+    /// The status line the verdict names.
+    Status,
+    /// The real status, then a cut-short body.
+    Truncated,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gateway {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttemptSummary {
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    pub reused: bool,
+    pub outcome: String,
+    pub t_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retransmits: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvidenceItem {
+    pub t_ms: f64,
+    pub event: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Verdict {
+    /// CLOCK_MONOTONIC stamp of the status line write.
+    pub ts_ns: u64,
+    pub gateway: Gateway,
+    pub client: String,
+    pub status: u16,
+    pub delivered: Delivered,
+    pub upstream: String,
+    pub class: Class,
+    pub cause: Cause,
+    pub summary: String,
+    pub attempts: Vec<AttemptSummary>,
+    pub evidence: Vec<EvidenceItem>,
+}
+
+impl Verdict {
+    /// `class/cause`, as the dashboard and the report group verdicts.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.class, self.cause)
+    }
+
+    pub fn next_check(&self) -> String {
+        self.cause.next_check(&self.upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        for c in Cause::ALL {
+            assert_eq!(Cause::from_name(c.as_str()), Some(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(c.as_str()));
+        }
+        for (i, c) in Class::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(c.as_str()));
+        }
+        assert_eq!(serde_json::to_value(Delivered::Truncated).unwrap(), serde_json::json!("truncated"));
+    }
+
+    #[test]
+    fn every_class_has_a_cause() {
+        for class in Class::ALL {
+            assert!(Cause::ALL.iter().any(|c| c.class() == class), "{class}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Where events come from: the kernel (`probes` loads and attaches the programs, `live` drains
+//! their ring buffer, `discover` finds the gateways) or a recorded trace (`replay`).
+pub mod discover;
+pub mod live;
+pub mod probes;
+pub mod replay;
