@@ -8,8 +8,8 @@ use crate::{
         attribute::{Delivered, Engine, Verdict},
         decode::KernelEvent,
     },
-    output::{LatencyMs, Output, SlowestVerdict, Stats},
-    source::probes::AttachReport,
+    health::{AttachReport, LatencyMs, SlowestVerdict, Stats},
+    output::Output,
 };
 
 pub struct Pipeline {

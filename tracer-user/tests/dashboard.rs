@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ratatui::{Terminal, backend::TestBackend};
 use upstrace::{
     engine::attribute::{Class, Engine},
-    output::Stats,
+    health::Stats,
     source::replay,
     output::tui::{
         draw,

@@ -14,14 +14,14 @@ use serde_json::json;
 use crate::{
     clock,
     engine::{attribute::Verdict, decode::KernelEvent},
+    health::Stats,
     output::{
-        Output, Stats,
+        Output,
         sink::{EventLine, VerdictLine},
     },
+    trace_format::{FORMAT_NAME, FORMAT_VERSION},
 };
 
-pub const FORMAT_NAME: &str = "upstrace-trace";
-pub const FORMAT_VERSION: u32 = 1;
 
 pub struct Recorder {
     path: PathBuf,

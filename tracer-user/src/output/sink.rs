@@ -7,7 +7,8 @@ use anyhow::Result;
 use crate::{
     clock,
     engine::{attribute::Verdict, decode::KernelEvent},
-    output::{Output, Stats},
+    health::Stats,
+    output::Output,
 };
 
 /// An event line (`"type":"event"`), as printed and recorded: type, time, the event's own

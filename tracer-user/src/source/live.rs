@@ -16,7 +16,7 @@ use tokio::{
 use crate::{
     clock,
     engine::decode::{Decoder, KernelEvent},
-    output::{ProgramCost, Stats},
+    health::{ProgramCost, Stats},
     pipeline::Pipeline,
     source::{discover, probes::Probes},
 };

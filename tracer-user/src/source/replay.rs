@@ -80,7 +80,7 @@ pub fn read_events_from(mut reader: impl BufRead, path: &Path, mut each: impl Fn
         match value.get("type").and_then(Value::as_str) {
             Some("header") => {
                 if line_no == 1 {
-                    if value.get("format").and_then(Value::as_str) != Some(crate::output::record::FORMAT_NAME) {
+                    if value.get("format").and_then(Value::as_str) != Some(crate::trace_format::FORMAT_NAME) {
                         bail!("{}:1: not an upstrace trace (format {:?})", path.display(), value.get("format"));
                     }
                     info.boot_offset_ns = value.get("boot_offset_ns").and_then(Value::as_str).and_then(|s| s.parse().ok());

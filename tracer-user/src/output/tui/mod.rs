@@ -23,8 +23,8 @@ use ratatui::{
 
 use crate::{
     engine::{attribute::Verdict, decode::KernelEvent},
-    output::{Output, Stats},
-    source::probes::AttachReport,
+    health::{AttachReport, Stats},
+    output::Output,
 };
 use state::{Header, Key, State};
 

@@ -7,7 +7,7 @@ use crate::{
         attribute::{Cause, Verdict},
         decode::{Kind, KernelEvent},
     },
-    output::Stats,
+    health::Stats,
 };
 
 /// Seconds of 5xx history kept for the chart.

@@ -11,6 +11,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use tracer_common::{Config, counter};
+use crate::health::{AttachReport, LruEvictions};
 
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/upstrace-ebpf"));
@@ -66,23 +67,6 @@ pub enum FloorSet {
 }
 
 const FLOOR_SOCKET_HOOKS: [&str; 5] = ["sock_send_length", "sock_recv_length", "netif_receive_skb", "inet_sock_set_state", "kfree_skb"];
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct AttachReport {
-    pub attached: Vec<String>,
-    /// (program, the kernel's reason)
-    pub skipped: Vec<(String, String)>,
-}
-
-impl std::fmt::Display for AttachReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "attached {} programs: {}", self.attached.len(), self.attached.join(", "))?;
-        for (name, why) in &self.skipped {
-            write!(f, "\nskipped {name}: {why}")?;
-        }
-        Ok(())
-    }
-}
 
 /// Messages the kernel programs log through aya-log (rare: maps full). Printed on stderr,
 /// unless the dashboard owns the terminal, then kept for it.
@@ -349,16 +333,6 @@ impl Probes {
     }
 }
 
-/// Evictions from the kernel's LRU maps (see `Probes::lru_evictions`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LruEvictions {
-    /// Closed upstream sockets (their late events are lost).
-    pub closed_sockets: u64,
-    /// Upstream endpoints (drops and ICMP errors for them are missed until the next connect).
-    pub upstream_endpoints: u64,
-    /// Unix-socket upstream connections (closed ones, or long-idle ones whose later events are lost).
-    pub unix_sockets: u64,
-}
 
 /// Entries a kernel map holds now (a walk of its keys).
 fn entries<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>) -> usize {
