@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use upstrace::{
     engine::attribute::Engine,
-    engine::decode::{Kind, KernelEvent, TcpState},
+    engine::decode::{KernelEvent, Kind, TcpState},
 };
 
 fn rss_kib() -> u64 {
@@ -37,5 +37,8 @@ fn main() {
         engine.handle(&ev);
     }
     let after = rss_kib();
-    println!("{{\"connections\":{n},\"rss_kib_before\":{before},\"rss_kib_after\":{after},\"attempts_tracked\":{}}}", engine.tracker.attempts.len());
+    println!(
+        "{{\"connections\":{n},\"rss_kib_before\":{before},\"rss_kib_after\":{after},\"attempts_tracked\":{}}}",
+        engine.tracker.attempts.len()
+    );
 }

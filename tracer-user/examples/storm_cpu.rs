@@ -9,8 +9,8 @@ use std::time::Instant;
 use tracer_common::{AF_INET, Event, EventKind};
 use upstrace::{
     engine::decode::Decoder,
-    pipeline::Pipeline,
     output::sink::{Format, Sink},
+    pipeline::Pipeline,
 };
 
 fn record(kind: EventKind, ts_ns: u64, sock: u64, fill: impl FnOnce(&mut Event)) -> Vec<u8> {

@@ -6,9 +6,9 @@
 //! with `http` reading the bytes) -> `output` (JSON/text lines, the trace file, the
 //! dashboard, behind one trait). `pipeline` strings them together.
 pub mod clock;
-pub mod health;
-pub mod trace_format;
 pub mod engine;
+pub mod health;
 pub mod output;
 pub mod pipeline;
 pub mod source;
+pub mod trace_format;

@@ -8,12 +8,12 @@ use std::{
 use clap::{Parser, Subcommand};
 use upstrace::{
     clock,
-    source::live::{self, Options},
-    pipeline::Pipeline,
     output::record::Recorder,
-    source::replay::{self, Pace},
     output::sink::{Format, Sink},
     output::tui::Dashboard,
+    pipeline::Pipeline,
+    source::live::{self, Options},
+    source::replay::{self, Pace},
 };
 
 /// Why is my gateway returning 502? Traces the connections between gateway processes

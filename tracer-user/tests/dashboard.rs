@@ -7,11 +7,11 @@ use ratatui::{Terminal, backend::TestBackend};
 use upstrace::{
     engine::attribute::{Class, Engine},
     health::Stats,
-    source::replay,
     output::tui::{
         draw,
         state::{Focus, Header, Input, Key, State},
     },
+    source::replay,
 };
 
 fn fixture() -> PathBuf {

@@ -1,7 +1,7 @@
 //! The attribution engine on event streams: pure, deterministic, no kernel needed.
 use upstrace::{
     engine::attribute::{Cause, Class, Engine, SETTLE_NS, Verdict},
-    engine::decode::{Kind, KernelEvent, TcpState},
+    engine::decode::{KernelEvent, Kind, TcpState},
 };
 
 const MS: u64 = 1_000_000;
@@ -365,14 +365,7 @@ fn response_heads_are_parsed() {
 
 #[test]
 fn a_full_accept_queue_explains_unanswered_syns() {
-    let mut events = vec![KernelEvent::listen_overflow(
-        1_000_000 * MS - 1500 * MS,
-        777,
-        "app",
-        "0.0.0.0:8081".parse().unwrap(),
-        2,
-        1,
-    )];
+    let mut events = vec![KernelEvent::listen_overflow(1_000_000 * MS - 1500 * MS, 777, "app", "0.0.0.0:8081".parse().unwrap(), 2, 1)];
     events.push(ev(Kind::ConnectStart, 0, 0xa1));
     events.push(with(ev(Kind::Retransmit, 1000, 0xa1), |e| e.value = 2));
     events.push(state(2000, 0xa1, "SYN_SENT", "CLOSE"));
@@ -404,10 +397,8 @@ fn lost_statuses_keep_a_threads_linking_queue_short() {
     let mut statuses = 0;
     for i in 0..5000u64 {
         let sock = 0x10_0000 + i;
-        let mut events = vec![
-            ev(Kind::ConnectStart, i, sock),
-            with(ev(Kind::ResetReceived, i, sock), |e| e.new_state = Some(TcpState::SynSent)),
-        ];
+        let mut events =
+            vec![ev(Kind::ConnectStart, i, sock), with(ev(Kind::ResetReceived, i, sock), |e| e.new_state = Some(TcpState::SynSent))];
         if i % 10 >= 3 {
             events.push(status(i, 502));
             statuses += 1;

@@ -12,7 +12,15 @@ fn report() -> Report {
 fn markdown_has_window_totals_causes_upstreams_worst_minute_and_examples() {
     let r = report();
     let md = r.markdown();
-    for section in ["# upstrace report", "- Window:", "## Totals by class", "## Causes", "## Top upstreams", "## Worst minute", "## Each cause, one example"] {
+    for section in [
+        "# upstrace report",
+        "- Window:",
+        "## Totals by class",
+        "## Causes",
+        "## Top upstreams",
+        "## Worst minute",
+        "## Each cause, one example",
+    ] {
         assert!(md.contains(section), "missing {section}:\n{md}");
     }
     assert_eq!(r.verdicts.len(), 45);

@@ -5,13 +5,12 @@
 //! request (same gateway thread, nearest end in time, and the retries that came just before
 //! it), then the evidence decides a class and cause.
 use tracer_common::errno::{
-    EACCES, EADDRNOTAVAIL, EAGAIN, EHOSTUNREACH, EINVAL, EMFILE, ENETUNREACH, ENFILE, ENOBUFS, ENOENT, EPERM, ETIMEDOUT,
-    ECONNREFUSED,
+    EACCES, EADDRNOTAVAIL, EAGAIN, ECONNREFUSED, EHOSTUNREACH, EINVAL, EMFILE, ENETUNREACH, ENFILE, ENOBUFS, ENOENT, EPERM, ETIMEDOUT,
 };
 
 pub use crate::engine::verdict::{AttemptSummary, Cause, Class, Delivered, EvidenceItem, Gateway, Verdict};
 use crate::engine::{
-    decode::{Kind, KernelEvent, errno_name, signal_name},
+    decode::{KernelEvent, Kind, errno_name, signal_name},
     http::{self, ResponseHead, invalid_http},
     track::{Attempt, Death, Evidence, Overflow, Tracker},
 };
@@ -61,12 +60,13 @@ impl Engine {
         if ev.kind == Kind::HttpStatus && ev.value >= 500 {
             self.pending.push_back(PendingStatus { ev: ev.clone() });
         }
-        if matches!(ev.kind, Kind::StateChange | Kind::ResetReceived | Kind::RecvEnd) {
-            if let Some(a) = self.tracker.current_attempt(ev.sock) {
-                if a.response_ns.is_some() && a.end_ns().is_some() && self.truncation_queued.insert(a.id) {
-                    self.truncation_checks.push_back((a.last_ns + TRUNCATION_WAIT_NS, a.id));
-                }
-            }
+        if matches!(ev.kind, Kind::StateChange | Kind::ResetReceived | Kind::RecvEnd)
+            && let Some(a) = self.tracker.current_attempt(ev.sock)
+            && a.response_ns.is_some()
+            && a.end_ns().is_some()
+            && self.truncation_queued.insert(a.id)
+        {
+            self.truncation_checks.push_back((a.last_ns + TRUNCATION_WAIT_NS, a.id));
         }
         self.advance(ev.ts_ns)
     }
@@ -292,11 +292,7 @@ impl Engine {
             .chain(extra.iter())
             .map(|e| EvidenceItem { t_ms: round3(ms(e.ts_ns)), event: e.event.clone(), detail: e.detail.clone() })
             .collect();
-        evidence.push(EvidenceItem {
-            t_ms: 0.0,
-            event: "http_status".into(),
-            detail: status.detail(),
-        });
+        evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status".into(), detail: status.detail() });
         evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         let verdict = Verdict {
             ts_ns: t,
@@ -327,18 +323,13 @@ impl Engine {
         let port = a.dst?.port();
         let listeners = self.tracker.listeners.get(&port)?;
         let ip = a.dst?.ip();
-        self.tracker
-            .deaths
-            .iter()
-            .rev()
-            .filter(|d| d.ts_ns <= until + 1_000_000 && d.ts_ns + DEATH_WINDOW_NS >= from)
-            .find(|d| {
-                listeners.iter().any(|l| {
-                    l.pid == d.pid
-                        && l.addr.is_none_or(|la| la.ip().is_unspecified() || la.ip() == ip)
-                        && !listeners.iter().any(|n| n.ts_ns > d.ts_ns && n.pid != d.pid)
-                })
+        self.tracker.deaths.iter().rev().filter(|d| d.ts_ns <= until + 1_000_000 && d.ts_ns + DEATH_WINDOW_NS >= from).find(|d| {
+            listeners.iter().any(|l| {
+                l.pid == d.pid
+                    && l.addr.is_none_or(|la| la.ip().is_unspecified() || la.ip() == ip)
+                    && !listeners.iter().any(|n| n.ts_ns > d.ts_ns && n.pid != d.pid)
             })
+        })
     }
 
     /// An accept-queue overflow of the attempt's upstream port seen around its lifetime.
@@ -406,16 +397,8 @@ type Rule = fn(&Case) -> Option<Finding>;
 
 /// The rules, in the order they are asked: what fails earliest in a connection's life and
 /// says the most decides first.
-const RULES: [Rule; 8] = [
-    connect_failed,
-    icmp_error,
-    packet_dropped,
-    refused,
-    never_connected,
-    invalid_bytes,
-    ended_by_upstream,
-    no_valid_answer,
-];
+const RULES: [Rule; 8] =
+    [connect_failed, icmp_error, packet_dropped, refused, never_connected, invalid_bytes, ended_by_upstream, no_valid_answer];
 
 fn ms_between(from: u64, to: u64) -> f64 {
     to.saturating_sub(from) as f64 / 1e6
@@ -437,8 +420,12 @@ fn connect_failed(c: &Case) -> Option<Finding> {
     let (gw, up) = (&c.gw, &c.up);
     let e = format!("{} ({errno})", errno_name(errno.into()));
     Some(match errno {
-        ENETUNREACH => Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed with {e} (network unreachable from the gateway)")),
-        EHOSTUNREACH => Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed at once with {e} (unreachable route)")),
+        ENETUNREACH => {
+            Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed with {e} (network unreachable from the gateway)"))
+        }
+        EHOSTUNREACH => {
+            Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed at once with {e} (unreachable route)"))
+        }
         EINVAL => Finding::new(Cause::NoRoute, format!("{gw}: route to {up} is a blackhole: connect failed with {e}")),
         EACCES | EPERM => Finding::new(Cause::NoRoute, format!("{gw}: route to {up} is prohibited: connect failed with {e}")),
         EADDRNOTAVAIL | EMFILE | ENFILE | ENOBUFS => Finding::new(
@@ -461,7 +448,10 @@ fn icmp_error(c: &Case) -> Option<Finding> {
     } else if icmp.port_unreachable() {
         let fw_drop = c.a.drops.iter().find(|d| d.by_netfilter());
         let where_ = fw_drop.map(|d| format!(", netfilter dropped the SYN in netns {}", d.netns)).unwrap_or_default();
-        Finding::new(Cause::Rejected, format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from} for a TCP port{where_}"))
+        Finding::new(
+            Cause::Rejected,
+            format!("{gw}: a firewall rejected the connection to {up}: ICMP {what} from {from} for a TCP port{where_}"),
+        )
     } else if icmp.destination_unreachable() {
         Finding::new(Cause::Unreachable, format!("{gw}: {up} is unreachable: ICMP {what} from {from}"))
     } else {
@@ -539,7 +529,10 @@ fn never_connected(c: &Case) -> Option<Finding> {
         return Some(
             Finding::new(
                 Cause::Overloaded,
-                format!("{gw}: {up} is overloaded: the accept queue on {} was full, so its SYNs were dropped ({retrans} SYN retransmits)", o.addr),
+                format!(
+                    "{gw}: {up} is overloaded: the accept queue on {} was full, so its SYNs were dropped ({retrans} SYN retransmits)",
+                    o.addr
+                ),
             )
             .with(o.evidence.clone()),
         );
@@ -583,8 +576,11 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
         if let Some(d) = c.engine.dead_listener(a, a.started_ns, rst_ns) {
             let (who, ev) = death_note(d);
             return Some(
-                Finding::new(Cause::Crashed, format!("{gw}: {who} while handling the request; the connection was reset after {got} response bytes"))
-                    .with(ev),
+                Finding::new(
+                    Cause::Crashed,
+                    format!("{gw}: {who} while handling the request; the connection was reset after {got} response bytes"),
+                )
+                .with(ev),
             );
         }
         let when = if got == 0 { "before any response byte".to_string() } else { format!("after {got} response bytes") };
@@ -595,8 +591,11 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     if let Some(d) = c.engine.dead_listener(a, a.started_ns, fin_ns) {
         let (who, ev) = death_note(d);
         return Some(
-            Finding::new(Cause::Crashed, format!("{gw}: {who} while handling the request; its connection closed after {got} response bytes"))
-                .with(ev),
+            Finding::new(
+                Cause::Crashed,
+                format!("{gw}: {who} while handling the request; its connection closed after {got} response bytes"),
+            )
+            .with(ev),
         );
     }
     if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
@@ -613,8 +612,8 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} closed the connection {when}")))
 }
 
-/// 7. The connection is open (or failed on a read), and no valid answer came: a read error,
-/// bytes the gateway rejected, or nothing at all before it gave up.
+/// 7. No valid answer came on an open connection: a read error, bytes the gateway rejected,
+/// or nothing at all before it gave up.
 fn no_valid_answer(c: &Case) -> Option<Finding> {
     let a = c.a;
     let (gw, up, got) = (&c.gw, &c.up, a.bytes_recv);
@@ -634,7 +633,10 @@ fn no_valid_answer(c: &Case) -> Option<Finding> {
     if a.retransmits > 0 {
         return Some(Finding::new(
             Cause::Loss,
-            format!("{gw}: {} retransmits on the connection to {up} and no response in {waited:.0} ms: packets are lost on the path", a.retransmits),
+            format!(
+                "{gw}: {} retransmits on the connection to {up} and no response in {waited:.0} ms: packets are lost on the path",
+                a.retransmits
+            ),
         ));
     }
     Some(Finding::new(Cause::Stalled, format!("{gw}: {up} accepted the request but sent no response byte in {waited:.0} ms")))

@@ -211,12 +211,13 @@ pub fn unescape_bytes(s: &str) -> Vec<u8> {
                 i += 2;
                 continue;
             }
-            if b[i + 1] == b'x' && i + 4 <= b.len() {
-                if let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3])) {
-                    out.push(h << 4 | l);
-                    i += 4;
-                    continue;
-                }
+            if b[i + 1] == b'x'
+                && i + 4 <= b.len()
+                && let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3]))
+            {
+                out.push(h << 4 | l);
+                i += 4;
+                continue;
             }
         }
         out.push(b[i]);
@@ -246,9 +247,7 @@ impl Decoder {
     pub fn decode(&self, bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         let mut ev = decode(bytes)?;
         if ev.kind == Kind::Drop {
-            ev.reason = Some(
-                self.drop_reasons.get(&(ev.value as u32)).cloned().unwrap_or_else(|| format!("reason {}", ev.value)),
-            );
+            ev.reason = Some(self.drop_reasons.get(&(ev.value as u32)).cloned().unwrap_or_else(|| format!("reason {}", ev.value)));
         }
         Ok(ev)
     }
@@ -300,8 +299,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             head.split(['\r', '\n']).next().unwrap_or_default().to_owned()
         }),
         reason: None,
-        head: (kind == Kind::ResponseStart && raw.aux > 0)
-            .then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
+        head: (kind == Kind::ResponseStart && raw.aux > 0).then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
     })
 }
 
@@ -342,11 +340,7 @@ impl KernelEvent {
 
     /// One human sentence for logs and the evidence chain.
     pub fn detail(&self) -> String {
-        let peer = self
-            .dst
-            .map(|a| a.to_string())
-            .or_else(|| self.path.clone())
-            .unwrap_or_else(|| "?".into());
+        let peer = self.dst.map(|a| a.to_string()).or_else(|| self.path.clone()).unwrap_or_else(|| "?".into());
         self.detail_naming(&peer)
     }
 
@@ -377,22 +371,11 @@ impl KernelEvent {
             }
             Kind::RequestSent => format!("{peer}: request sent ({} B so far)", self.bytes_sent),
             Kind::ResponseStart => format!("{peer}: first response bytes ({} B)", self.value),
-            Kind::RecvEnd if self.value == 0 => format!(
-                "{peer}: upstream closed (read returned EOF after {} B)",
-                self.bytes_recv
-            ),
-            Kind::RecvEnd => format!(
-                "{peer}: read failed: {} ({}) after {} B",
-                errno_name(self.value),
-                -self.value,
-                self.bytes_recv
-            ),
-            Kind::HttpStatus => format!(
-                "{} {} wrote {} to client {peer}",
-                self.comm,
-                self.pid,
-                self.line.clone().unwrap_or_else(|| self.value.to_string())
-            ),
+            Kind::RecvEnd if self.value == 0 => format!("{peer}: upstream closed (read returned EOF after {} B)", self.bytes_recv),
+            Kind::RecvEnd => format!("{peer}: read failed: {} ({}) after {} B", errno_name(self.value), -self.value, self.bytes_recv),
+            Kind::HttpStatus => {
+                format!("{} {} wrote {} to client {peer}", self.comm, self.pid, self.line.clone().unwrap_or_else(|| self.value.to_string()))
+            }
             Kind::ProcessExit => format!(
                 "process {} ({}) exited, exit word {:#x}{}",
                 self.pid,
@@ -403,13 +386,7 @@ impl KernelEvent {
                     sig => format!(" (killed by {})", signal_name(sig)),
                 }
             ),
-            Kind::Signal => format!(
-                "{} sent to process {} ({}) by pid {}",
-                signal_name(self.value),
-                self.pid,
-                self.comm,
-                self.aux
-            ),
+            Kind::Signal => format!("{} sent to process {} ({}) by pid {}", signal_name(self.value), self.pid, self.comm, self.aux),
             Kind::Drop => format!(
                 "packet {} -> {} dropped by the kernel: {} (netns {})",
                 self.src.map(|a| a.to_string()).unwrap_or_default(),

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use tracer_common::{errno, signal};
 
-use crate::engine::decode::{Kind, KernelEvent, TcpState, icmp_name};
+use crate::engine::decode::{KernelEvent, Kind, TcpState, icmp_name};
 
 /// Keys here are ids, socket addresses and pids: spread already, attacker-free (they come
 /// from the kernel), so a multiply is hash enough and much cheaper than SipHash.
@@ -267,10 +267,7 @@ impl Attempt {
     }
 
     pub fn upstream(&self) -> String {
-        self.dst
-            .map(|a| a.to_string())
-            .or_else(|| self.path.clone().map(|p| format!("unix:{p}")))
-            .unwrap_or_else(|| "?".into())
+        self.dst.map(|a| a.to_string()).or_else(|| self.path.clone().map(|p| format!("unix:{p}"))).unwrap_or_else(|| "?".into())
     }
 
     /// When the attempt visibly ended (or None while it is still open and quiet).
@@ -417,9 +414,11 @@ impl Tracker {
     /// Are SYNs of some recent attempt going unanswered? Only then is a full accept queue a
     /// question worth the cost of reading the listeners' queues.
     pub fn syns_unanswered(&self, now_ns: u64) -> bool {
-        self.by_tid.values().flat_map(|q| q.iter().rev().take(16)).filter_map(|&(_, id)| self.attempt(id)).any(|a| {
-            a.syn_retransmits > 0 && a.connected_ns.is_none() && a.end_ns().is_none_or(|e| e + 3_000_000_000 >= now_ns)
-        })
+        self.by_tid
+            .values()
+            .flat_map(|q| q.iter().rev().take(16))
+            .filter_map(|&(_, id)| self.attempt(id))
+            .any(|a| a.syn_retransmits > 0 && a.connected_ns.is_none() && a.end_ns().is_none_or(|e| e + 3_000_000_000 >= now_ns))
     }
 
     /// Take explained attempts out of a thread's linking queue: in a failure storm a worker
@@ -476,12 +475,7 @@ impl Tracker {
 
     /// The latest known owner of a listening address.
     pub fn listener_of(&self, addr: SocketAddr) -> Option<(u32, String)> {
-        self.listeners
-            .get(&addr.port())?
-            .iter()
-            .rev()
-            .find(|l| l.addr.is_none_or(|a| a.ip() == addr.ip()))
-            .map(|l| (l.pid, l.comm.clone()))
+        self.listeners.get(&addr.port())?.iter().rev().find(|l| l.addr.is_none_or(|a| a.ip() == addr.ip())).map(|l| (l.pid, l.comm.clone()))
     }
 
     pub fn attempt(&self, id: u64) -> Option<&Attempt> {
@@ -528,10 +522,10 @@ impl Tracker {
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(a) = self.attempts.remove(&id) {
-            if self.by_sock.get(&a.sock) == Some(&id) {
-                self.by_sock.remove(&a.sock);
-            }
+        if let Some(a) = self.attempts.remove(&id)
+            && self.by_sock.get(&a.sock) == Some(&id)
+        {
+            self.by_sock.remove(&a.sock);
         }
     }
 
@@ -765,7 +759,8 @@ impl Tracker {
         if ev.value < 0 {
             let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).map(|&(_, id)| id);
             if let Some(a) = recent.and_then(|id| self.attempts.get_mut(&id)) {
-                let polled = a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
+                let polled =
+                    a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
                 if polled {
                     a.touch(ev);
                     let failure = Failure { ts_ns: ev.ts_ns, errno: i32::try_from(-ev.value).unwrap_or(i32::MAX) };
@@ -878,7 +873,6 @@ impl Tracker {
         }
         true
     }
-
 }
 
 impl KernelEvent {
@@ -887,4 +881,3 @@ impl KernelEvent {
         std::net::Ipv4Addr::from(self.aux.to_le_bytes()).to_string()
     }
 }
-

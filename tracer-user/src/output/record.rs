@@ -22,7 +22,6 @@ use crate::{
     trace_format::{FORMAT_NAME, FORMAT_VERSION},
 };
 
-
 pub struct Recorder {
     path: PathBuf,
     out: Option<BufWriter<File>>,
@@ -134,11 +133,11 @@ impl Recorder {
 
     /// End of a batch: push it to the file (and rotate if it grew past the cap).
     fn push(&mut self) {
-        if let Some(out) = self.out.as_mut() {
-            if let Err(e) = out.flush() {
-                self.fail(e);
-                return;
-            }
+        if let Some(out) = self.out.as_mut()
+            && let Err(e) = out.flush()
+        {
+            self.fail(e);
+            return;
         }
         if self.max_bytes.is_some_and(|m| self.bytes > m) && self.out.is_some() {
             self.rotate();

@@ -227,7 +227,12 @@ impl Report {
         let max = buckets.iter().map(|b| b.iter().sum::<u64>()).max().unwrap_or(0).max(1) as f64;
         let bw = W / BUCKETS as f64;
         let mut s = String::new();
-        let _ = writeln!(s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\" role=\"img\">", H + 40.0, H + 40.0);
+        let _ = writeln!(
+            s,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\" role=\"img\">",
+            H + 40.0,
+            H + 40.0
+        );
         let _ = writeln!(s, "<rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#fafafa\" stroke=\"#ccc\"/>");
         for (i, b) in buckets.iter().enumerate() {
             let mut y = H;

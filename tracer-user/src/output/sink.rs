@@ -95,14 +95,7 @@ impl<W: Write> Output for Sink<W> {
             }
             Format::Text => {
                 let time = self.wall_time(ev.ts_ns);
-                writeln!(
-                    self.out,
-                    "{} {:<15} {:<16} {}",
-                    &time[11..23],
-                    format!("{}[{}]", ev.comm, ev.pid),
-                    ev.kind.name(),
-                    ev.detail()
-                )?;
+                writeln!(self.out, "{} {:<15} {:<16} {}", &time[11..23], format!("{}[{}]", ev.comm, ev.pid), ev.kind.name(), ev.detail())?;
             }
         }
         Ok(())

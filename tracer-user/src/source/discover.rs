@@ -18,17 +18,12 @@ pub fn comm_of(pid: u32) -> Option<String> {
 }
 
 fn all_pids() -> impl Iterator<Item = u32> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+    fs::read_dir("/proc").into_iter().flatten().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
 }
 
 /// Processes whose comm is one of `comms`.
 pub fn pids_by_comm(comms: &[String]) -> BTreeSet<u32> {
-    all_pids()
-        .filter(|&pid| comm_of(pid).is_some_and(|c| comms.iter().any(|w| *w == c)))
-        .collect()
+    all_pids().filter(|&pid| comm_of(pid).is_some_and(|c| comms.contains(&c))).collect()
 }
 
 /// A process holding a listening TCP socket.
@@ -131,10 +126,10 @@ pub fn listeners() -> Vec<ListenerInfo> {
             let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
                 continue;
             };
-            if let Some(addr) = sockets.get(&inode) {
-                if seen.insert(*addr) {
-                    found.push(ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr: *addr });
-                }
+            if let Some(addr) = sockets.get(&inode)
+                && seen.insert(*addr)
+            {
+                found.push(ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr: *addr });
             }
         }
     }
@@ -172,10 +167,7 @@ mod tests {
     #[test]
     fn parses_proc_net_addresses() {
         assert_eq!(proc_net_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(
-            proc_net_addr("00000000000000000000000001000000:0050"),
-            Some("[::1]:80".parse().unwrap())
-        );
+        assert_eq!(proc_net_addr("00000000000000000000000001000000:0050"), Some("[::1]:80".parse().unwrap()));
         assert_eq!(proc_net_addr("zz:1"), None);
         assert_eq!(proc_net_addr("0100007F"), None);
     }

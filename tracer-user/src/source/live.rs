@@ -49,11 +49,7 @@ impl Targets {
     }
 
     fn describe(&self) -> String {
-        if self.pids.is_empty() {
-            format!("processes named {}", self.comms.join(", "))
-        } else {
-            format!("pids {:?}", self.pids)
-        }
+        if self.pids.is_empty() { format!("processes named {}", self.comms.join(", ")) } else { format!("pids {:?}", self.pids) }
     }
 }
 
@@ -81,11 +77,7 @@ pub fn preflight(opts: &Options) -> Result<()> {
 fn targets(opts: &Options) -> Targets {
     Targets {
         pids: opts.pids.clone(),
-        comms: if opts.comms.is_empty() {
-            discover::DEFAULT_COMMS.iter().map(|s| s.to_string()).collect()
-        } else {
-            opts.comms.clone()
-        },
+        comms: if opts.comms.is_empty() { discover::DEFAULT_COMMS.iter().map(|s| s.to_string()).collect() } else { opts.comms.clone() },
     }
 }
 

@@ -31,13 +31,8 @@ fn hms(state: &State, ts_ns: u64) -> String {
 
 pub fn draw(frame: &mut Frame, state: &State) {
     let area = frame.area();
-    let [header, charts, lower, footer] = Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Length(7),
-        Constraint::Min(6),
-        Constraint::Length(1),
-    ])
-    .areas(area);
+    let [header, charts, lower, footer] =
+        Layout::vertical([Constraint::Length(2), Constraint::Length(7), Constraint::Min(6), Constraint::Length(1)]).areas(area);
     draw_header(frame, state, header);
     let [left, right] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(charts);
     draw_history(frame, state, left);
@@ -92,12 +87,7 @@ fn draw_header(frame: &mut Frame, state: &State, area: Rect) {
     let second = Line::from(vec![
         lost,
         evicted,
-        Span::raw(format!(
-            " {} events, {:.0}/s │ {} verdicts │ {programs}",
-            state.events,
-            state.events_per_sec(),
-            state.verdicts.len()
-        )),
+        Span::raw(format!(" {} events, {:.0}/s │ {} verdicts │ {programs}", state.events, state.events_per_sec(), state.verdicts.len())),
         Span::raw(state.finished.as_deref().map(|f| format!(" │ {f}")).unwrap_or_default()),
     ]);
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
@@ -172,11 +162,8 @@ fn draw_upstreams(frame: &mut Frame, state: &State, area: Rect) {
         .map(|(i, u)| {
             let causes = u.by_cause.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ");
             let last = u.last_failure_ns.map(|t| hms(state, t)).unwrap_or_else(|| "-".into());
-            let style = if state.focus == Focus::Upstreams && i == state.upstream_selected {
-                Style::new().reversed()
-            } else {
-                Style::new()
-            };
+            let style =
+                if state.focus == Focus::Upstreams && i == state.upstream_selected { Style::new().reversed() } else { Style::new() };
             Row::new(vec![
                 Cell::from(u.upstream.clone()),
                 Cell::from(u.attempts.to_string()),
@@ -198,7 +185,11 @@ fn draw_upstreams(frame: &mut Frame, state: &State, area: Rect) {
     ];
     let table = Table::new(rows, widths)
         .header(Row::new(vec!["upstream", "tries", "fail", "retx", "last fail", "failures by cause"]).style(Style::new().bold()))
-        .block(Block::bordered().title(format!(" upstreams (sort: {}) ", state.sort.name())).border_style(focus_style(state, Focus::Upstreams)));
+        .block(
+            Block::bordered()
+                .title(format!(" upstreams (sort: {}) ", state.sort.name()))
+                .border_style(focus_style(state, Focus::Upstreams)),
+        );
     frame.render_widget(table, area);
 }
 
@@ -247,7 +238,10 @@ fn draw_verdicts(frame: &mut Frame, state: &State, area: Rect) {
     frame.render_widget(table, area);
     if visible.is_empty() && area.height > 3 {
         let msg = if state.verdicts.is_empty() { " no 5xx yet: every request so far was answered" } else { " nothing matches the filter" };
-        frame.render_widget(Paragraph::new(msg).dim(), Rect { x: area.x + 1, y: area.y + 2, width: area.width.saturating_sub(2), height: 1 });
+        frame.render_widget(
+            Paragraph::new(msg).dim(),
+            Rect { x: area.x + 1, y: area.y + 2, width: area.width.saturating_sub(2), height: 1 },
+        );
     }
 }
 
@@ -292,12 +286,15 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
 
 fn draw_footer(frame: &mut Frame, state: &State, area: Rect) {
     let line = match &state.input {
-        Input::Filter(t) => Line::from(vec![Span::styled(" filter (class cause upstream): ", Style::new().bold()), Span::raw(t.clone()), Span::raw("█  Enter apply, Esc cancel")]),
-        Input::Search(t) => Line::from(vec![Span::styled(" search: ", Style::new().bold()), Span::raw(t.clone()), Span::raw("█  Enter apply, Esc cancel")]),
-        Input::Normal => Line::from(
-            " q quit  ↑↓/jk move  Enter detail  Tab focus  p pause  f filter  / search  s sort  ? help",
-        )
-        .dim(),
+        Input::Filter(t) => Line::from(vec![
+            Span::styled(" filter (class cause upstream): ", Style::new().bold()),
+            Span::raw(t.clone()),
+            Span::raw("█  Enter apply, Esc cancel"),
+        ]),
+        Input::Search(t) => {
+            Line::from(vec![Span::styled(" search: ", Style::new().bold()), Span::raw(t.clone()), Span::raw("█  Enter apply, Esc cancel")])
+        }
+        Input::Normal => Line::from(" q quit  ↑↓/jk move  Enter detail  Tab focus  p pause  f filter  / search  s sort  ? help").dim(),
     };
     frame.render_widget(Paragraph::new(line), area);
 }

@@ -89,10 +89,10 @@ impl Dashboard {
                     Ok(_) => None,
                     Err(_) => return,
                 };
-                if let Some(input) = input {
-                    if tx.send(input).is_err() {
-                        return;
-                    }
+                if let Some(input) = input
+                    && tx.send(input).is_err()
+                {
+                    return;
                 }
             }
         });
@@ -172,7 +172,10 @@ impl Output for Dashboard {
         }
         self.state.tick(now_ns);
         // Keys redraw at once; data at most 10 times a second.
-        if force || (self.dirty && self.last_draw.elapsed() >= Duration::from_millis(100)) || self.last_draw.elapsed() >= Duration::from_secs(1) {
+        if force
+            || (self.dirty && self.last_draw.elapsed() >= Duration::from_millis(100))
+            || self.last_draw.elapsed() >= Duration::from_secs(1)
+        {
             self.redraw()?;
         }
         Ok(true)

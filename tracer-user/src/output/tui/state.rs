@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::{
     engine::{
         attribute::{Cause, Verdict},
-        decode::{Kind, KernelEvent},
+        decode::{KernelEvent, Kind},
     },
     health::Stats,
 };
@@ -234,7 +234,8 @@ impl State {
             }
         }
         *self.causes.entry(v.label()).or_default() += 1;
-        let row = self.upstreams.entry(v.upstream.clone()).or_insert_with(|| UpstreamRow { upstream: v.upstream.clone(), ..Default::default() });
+        let row =
+            self.upstreams.entry(v.upstream.clone()).or_insert_with(|| UpstreamRow { upstream: v.upstream.clone(), ..Default::default() });
         row.failures += 1;
         *row.by_cause.entry(v.cause.as_str()).or_default() += 1;
         row.last_failure_ns = Some(v.ts_ns);

@@ -81,13 +81,7 @@ impl Btf {
         let type_data = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?.to_vec();
 
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            size_or_type: 0,
-            members: vec![],
-            enum_values: vec![],
-        }];
+        let mut types = vec![Type { name: 0, kind: 0, size_or_type: 0, members: vec![], enum_values: vec![] }];
         let mut pos = 0usize;
         while pos < type_data.len() {
             let name = u32_at(type_data, pos)?;
@@ -133,8 +127,8 @@ impl Btf {
                 }
                 KIND_FUNC_PROTO => pos += vlen * 8,
                 KIND_DATASEC => pos += vlen * 12,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT
+                | KIND_TYPE_TAG => {}
                 other => bail!("unknown BTF kind {other} at type {}", types.len()),
             }
             if pos > type_data.len() {
@@ -168,9 +162,7 @@ impl Btf {
         for _ in 0..32 {
             let t = self.get(id)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.size_or_type
-                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
                 _ => return Ok(id),
             }
         }
@@ -189,10 +181,10 @@ impl Btf {
         for m in &t.members {
             if m.name == 0 {
                 let inner = self.get(self.resolve(m.type_id)?)?;
-                if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                    if let Some((off, ty)) = self.find_member(m.type_id, name, depth + 1)? {
-                        return Ok(Some((m.bit_offset + off, ty)));
-                    }
+                if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && let Some((off, ty)) = self.find_member(m.type_id, name, depth + 1)?
+                {
+                    return Ok(Some((m.bit_offset + off, ty)));
                 }
             }
         }
@@ -201,19 +193,16 @@ impl Btf {
 
     /// Byte offset of a member path such as `sock` -> [`__sk_common`, `skc_daddr`].
     pub fn member_offset(&self, struct_name: &str, path: &[&str]) -> Result<u32> {
-        let mut id = *self
-            .by_name
-            .get(&(struct_name.to_owned(), KIND_STRUCT))
-            .ok_or_else(|| anyhow!("struct {struct_name} not in kernel BTF"))?;
+        let mut id =
+            *self.by_name.get(&(struct_name.to_owned(), KIND_STRUCT)).ok_or_else(|| anyhow!("struct {struct_name} not in kernel BTF"))?;
         let mut bits = 0u32;
         for name in path {
-            let (off, ty) = self
-                .find_member(id, name, 0)?
-                .ok_or_else(|| anyhow!("no member {name} in struct {struct_name} (kernel BTF)"))?;
+            let (off, ty) =
+                self.find_member(id, name, 0)?.ok_or_else(|| anyhow!("no member {name} in struct {struct_name} (kernel BTF)"))?;
             bits += off;
             id = ty;
         }
-        ensure!(bits % 8 == 0, "{struct_name}.{} is a bitfield", path.join("."));
+        ensure!(bits.is_multiple_of(8), "{struct_name}.{} is a bitfield", path.join("."));
         Ok(bits / 8)
     }
 

@@ -55,9 +55,7 @@ impl Tracefs {
                 return Ok(Self { root: root.into() });
             }
         }
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status();
+        let status = std::process::Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]).status();
         ensure!(
             matches!(status, Ok(s) if s.success()) && Path::new("/sys/kernel/tracing/events").is_dir(),
             "tracefs is not mounted and could not be mounted at /sys/kernel/tracing"
@@ -67,8 +65,7 @@ impl Tracefs {
 
     pub fn fields(&self, category: &str, name: &str) -> Result<HashMap<String, Field>> {
         let path = self.root.join("events").join(category).join(name).join("format");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("tracepoint {category}:{name} missing ({})", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("tracepoint {category}:{name} missing ({})", path.display()))?;
         parse_format(&text).with_context(|| format!("tracepoint {category}:{name}"))
     }
 
@@ -173,35 +170,6 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SAMPLE: &str = "name: inet_sock_set_state\nID: 1\nformat:\n\
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
-\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n\
-\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
-\nprint fmt: \"x\"\n";
-
-    #[test]
-    fn parses_tracefs_format() {
-        let f = parse_format(SAMPLE).unwrap();
-        assert_eq!(f["skaddr"], Field { offset: 8, size: 8 });
-        assert_eq!(f["saddr_v6"], Field { offset: 40, size: 16 });
-        assert_eq!(f["parent_comm"], Field { offset: 8, size: 4 });
-        assert!(field(&f, "t", "skaddr", 4).is_err(), "size mismatch must be refused");
-        assert!(field(&f, "t", "nope", 8).is_err());
-    }
-
-    #[test]
-    fn malformed_format_is_an_error_not_a_panic() {
-        assert!(parse_format("\tfield:int x;\toffset:zz;\tsize:4;").is_err());
-        assert!(parse_format("field:").is_err());
-        assert!(parse_format("").unwrap().is_empty());
-    }
-}
-
 /// Drop reasons upstrace reports (names of enum skb_drop_reason without the prefix). The
 /// numbers differ between kernels, so they are resolved by name from BTF at start.
 pub const WATCHED_DROP_REASONS: &[&str] = &[
@@ -242,4 +210,33 @@ pub fn drop_reasons(btf: &Btf) -> (std::collections::HashMap<u32, String>, [u64;
         names.insert(v, short);
     }
     (names, mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "name: inet_sock_set_state\nID: 1\nformat:\n\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n\
+\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+\nprint fmt: \"x\"\n";
+
+    #[test]
+    fn parses_tracefs_format() {
+        let f = parse_format(SAMPLE).unwrap();
+        assert_eq!(f["skaddr"], Field { offset: 8, size: 8 });
+        assert_eq!(f["saddr_v6"], Field { offset: 40, size: 16 });
+        assert_eq!(f["parent_comm"], Field { offset: 8, size: 4 });
+        assert!(field(&f, "t", "skaddr", 4).is_err(), "size mismatch must be refused");
+        assert!(field(&f, "t", "nope", 8).is_err());
+    }
+
+    #[test]
+    fn malformed_format_is_an_error_not_a_panic() {
+        assert!(parse_format("\tfield:int x;\toffset:zz;\tsize:4;").is_err());
+        assert!(parse_format("field:").is_err());
+        assert!(parse_format("").unwrap().is_empty());
+    }
 }

@@ -4,6 +4,7 @@ pub mod layout;
 
 use std::path::PathBuf;
 
+use crate::health::{AttachReport, LruEvictions};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,10 +12,8 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use tracer_common::{Config, counter};
-use crate::health::{AttachReport, LruEvictions};
 
-static PROBES_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/upstrace-ebpf"));
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/upstrace-ebpf"));
 
 pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -86,10 +85,10 @@ impl log::Log for KernelLog {
         if !QUIET_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("{line}");
         }
-        if let Ok(mut m) = KERNEL_MESSAGES.lock() {
-            if m.len() < 100 {
-                m.push(line);
-            }
+        if let Ok(mut m) = KERNEL_MESSAGES.lock()
+            && m.len() < 100
+        {
+            m.push(line);
         }
     }
 
@@ -120,10 +119,7 @@ pub fn preflight(btf_path: &std::path::Path) -> Result<()> {
         bail!("upstrace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
     }
     if !btf_path.exists() {
-        bail!(
-            "no kernel BTF at {}: upstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
-            btf_path.display()
-        );
+        bail!("no kernel BTF at {}: upstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y", btf_path.display());
     }
     Ok(())
 }
@@ -136,11 +132,7 @@ fn has_bpf_privileges() -> bool {
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let caps = status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0);
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
@@ -168,8 +160,8 @@ impl Probes {
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 
-        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
-            .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
+        let aya_btf =
+            aya::Btf::parse_file(&btf_path, aya::Endianness::default()).map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("CONFIG", &config, true)
@@ -211,8 +203,8 @@ impl Probes {
         preflight(&btf_path)?;
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
-        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
-            .map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
+        let aya_btf =
+            aya::Btf::parse_file(&btf_path, aya::Endianness::default()).map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
         let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
         // Counting run time costs two clock reads per run: only when asked.
         let _stats = match stats {
@@ -226,10 +218,11 @@ impl Probes {
                 program.load().map_err(|e| anyhow!("load floor: {e}"))?;
                 let mut hooks = 0;
                 for spec in PROGRAMS {
-                    if let Hook::Tracepoint(category, name) = spec.hook {
-                        if (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name)) && program.attach(category, name).is_ok() {
-                            hooks += 1;
-                        }
+                    if let Hook::Tracepoint(category, name) = spec.hook
+                        && (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name))
+                        && program.attach(category, name).is_ok()
+                    {
+                        hooks += 1;
                     }
                 }
                 names.push(("floor".to_string(), hooks));
@@ -295,10 +288,7 @@ impl Probes {
 
     /// Kernel-side loss counters, summed over CPUs, by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        (0..counter::COUNT)
-            .filter(|&i| i < counter::LOSSES)
-            .map(|i| (counter::NAMES[i as usize], self.counter(i)))
-            .collect()
+        (0..counter::COUNT).filter(|&i| i < counter::LOSSES).map(|i| (counter::NAMES[i as usize], self.counter(i))).collect()
     }
 
     /// 5xx status lines not reported because no socket send followed their write in time.
@@ -333,7 +323,6 @@ impl Probes {
     }
 }
 
-
 /// Entries a kernel map holds now (a walk of its keys).
 fn entries<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>) -> usize {
     map.keys().filter(|k| k.is_ok()).count()
@@ -350,9 +339,7 @@ fn lru_evicted(previous: u64, live: u64, capacity: u32, present: impl FnOnce() -
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
-    let program = ebpf
-        .program_mut(spec.program)
-        .ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?;
+    let program = ebpf.program_mut(spec.program).ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?;
     match spec.hook {
         Hook::Tracepoint(category, name) => {
             let tp: &mut TracePoint = program.try_into()?;
@@ -372,7 +359,9 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
 fn map_load_error(e: anyhow::Error) -> anyhow::Error {
     let text = format!("{e:#}");
     if text.contains("Operation not permitted") || text.contains("EPERM") {
-        anyhow!("the kernel refused to load eBPF programs (EPERM): run as root, or check kernel.unprivileged_bpf_disabled and lockdown ({text})")
+        anyhow!(
+            "the kernel refused to load eBPF programs (EPERM): run as root, or check kernel.unprivileged_bpf_disabled and lockdown ({text})"
+        )
     } else {
         e
     }
