@@ -3,6 +3,8 @@
 //! compile time on both sides.
 #![no_std]
 
+pub mod status;
+
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
 /// Capacity of the per-socket ownership map (open upstream connections). A plain hash: an
