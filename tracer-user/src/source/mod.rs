@@ -4,3 +4,4 @@ pub mod discover;
 pub mod live;
 pub mod probes;
 pub mod replay;
+pub mod tls;
