@@ -24,7 +24,14 @@ fn main() -> Result<()> {
             let after = lab.request("/")?;
             let ok = after.0 == 200;
             failed += usize::from(!ok);
-            println!("{:<8} {:<24} during {:?} after clear {:?} {}", kind.name(), fault.name(), during, after, if ok { "ok" } else { "NOT RESTORED" });
+            println!(
+                "{:<8} {:<24} during {:?} after clear {:?} {}",
+                kind.name(),
+                fault.name(),
+                during,
+                after,
+                if ok { "ok" } else { "NOT RESTORED" }
+            );
         }
     }
     if failed > 0 {

@@ -47,10 +47,7 @@ struct Scenario {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let mut all = vec![
-        Scenario { name: "baseline", setup: Setup::Mode("ok") },
-        Scenario { name: "refused", setup: Setup::Refused },
-    ];
+    let mut all = vec![Scenario { name: "baseline", setup: Setup::Mode("ok") }, Scenario { name: "refused", setup: Setup::Refused }];
     all.extend(Fault::ALL.iter().map(|&f| Scenario { name: f.name(), setup: Setup::Fault(f) }));
     for (name, mode) in [
         ("close-before-headers", "close-before-headers"),
@@ -146,18 +143,10 @@ fn run(scenario: &Scenario, kind: GatewayKind) -> Result<Outcome> {
 fn token(ev: &Value) -> String {
     let kind = ev["kind"].as_str().unwrap_or("?");
     let value = ev["value"].as_i64().unwrap_or(0);
-    let port = |key: &str| {
-        ev[key]
-            .as_str()
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or(0)
-    };
+    let port = |key: &str| ev[key].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
     // Mark the client side (curl <-> gateway on 8080) so the upstream side stands out.
     let side = if port("dst") == 8080 || port("src") == 8080 { "c:" } else { "" };
-    let states = || {
-        format!("{}->{}", ev["old_state"].as_str().unwrap_or("?"), ev["new_state"].as_str().unwrap_or("?"))
-    };
+    let states = || format!("{}->{}", ev["old_state"].as_str().unwrap_or("?"), ev["new_state"].as_str().unwrap_or("?"));
     let detail = match kind {
         "state_change" => states(),
         "connect_start" => String::new(),
@@ -195,9 +184,7 @@ fn main() -> Result<()> {
     if !upstrace_lab::require_root("fault_survey") {
         return Ok(());
     }
-    for (var, default) in
-        [("UPSTRACE_BIN", "/tmp/upstrace-snap"), ("UPSTRACE_LAB_UPSTREAM", "/tmp/upstrace-lab-upstream-snap")]
-    {
+    for (var, default) in [("UPSTRACE_BIN", "/tmp/upstrace-snap"), ("UPSTRACE_LAB_UPSTREAM", "/tmp/upstrace-lab-upstream-snap")] {
         if std::env::var_os(var).is_none() {
             // SAFETY: still single-threaded here.
             unsafe { std::env::set_var(var, default) };
@@ -222,10 +209,8 @@ fn main() -> Result<()> {
                     std::fs::write(format!("{base}.jsonl"), jsonl)?;
                     std::fs::write(format!("{base}.stderr"), &o.stderr)?;
                     std::fs::write(format!("{base}.gwlog"), &o.gateway_log)?;
-                    let tokens: Vec<String> =
-                        o.lines.iter().filter(|l| l["type"] == "event").map(token).collect();
-                    let others: Vec<&str> =
-                        o.lines.iter().filter_map(|l| l["type"].as_str()).filter(|t| *t != "event").collect();
+                    let tokens: Vec<String> = o.lines.iter().filter(|l| l["type"] == "event").map(token).collect();
+                    let others: Vec<&str> = o.lines.iter().filter_map(|l| l["type"].as_str()).filter(|t| *t != "event").collect();
                     let mut other_counts: Vec<(String, usize)> = Vec::new();
                     for t in others {
                         match other_counts.iter_mut().find(|(n, _)| n == t) {

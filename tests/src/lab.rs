@@ -422,12 +422,10 @@ impl Lab {
         // HAProxy logs to stdout (see its config); nginx writes its own error_log.
         let stdout = match kind {
             GatewayKind::Nginx => Stdio::null(),
-            GatewayKind::Haproxy => std::fs::File::create(&log_path)
-                .with_context(|| format!("creating {}", log_path.display()))?
-                .into(),
+            GatewayKind::Haproxy => std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into(),
         };
-        let child = cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn()
-            .with_context(|| format!("starting {}", kind.name()))?;
+        let child =
+            cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn().with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id();
         self.gateway = Some(Gateway { kind, pid, child, log_path });
         // Ready when its port accepts connections (checked from inside its namespace).

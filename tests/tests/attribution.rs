@@ -26,7 +26,15 @@ fn run_matrix(gw: GatewayKind) {
         println!("{}", matrix::table_line(&row));
         assert_eq!(row.lost, 0, "{}: events lost", scenario.name);
         if !row.pass {
-            failures.push(format!("{} on {}: expected {}, got {} ({})\n  gateway log: {}", row.scenario, gw.name(), row.expected(), row.got(), row.why, row.gateway_log.trim()));
+            failures.push(format!(
+                "{} on {}: expected {}, got {} ({})\n  gateway log: {}",
+                row.scenario,
+                gw.name(),
+                row.expected(),
+                row.got(),
+                row.why,
+                row.gateway_log.trim()
+            ));
         }
     }
     assert!(failures.is_empty(), "rows not as expected:\n{}", failures.join("\n"));

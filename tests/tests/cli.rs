@@ -61,11 +61,7 @@ fn missing_btf_is_refused() {
         return;
     }
     let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
-    let out = Command::new(&bin)
-        .env("UPSTRACE_BTF", "/nonexistent/vmlinux")
-        .args(["--pid", "1", "--for", "1"])
-        .output()
-        .unwrap();
+    let out = Command::new(&bin).env("UPSTRACE_BTF", "/nonexistent/vmlinux").args(["--pid", "1", "--for", "1"]).output().unwrap();
     assert_ne!(out.status.code(), Some(0));
     one_line_error(&String::from_utf8_lossy(&out.stderr), "no kernel BTF");
 }

@@ -95,10 +95,7 @@ fn reset_before_response_is_rst_received_on_established() {
     assert_eq!(rst["bytes_recv"], 0, "no response byte before the reset");
     let conn = same_sock(&lines, &rst["sock"]);
     assert!(conn.iter().any(|e| e["kind"] == "request_sent"));
-    assert!(
-        conn.iter().any(|e| e["kind"] == "recv_end" && e["value"] == -104),
-        "nginx's read saw ECONNRESET: {conn:#?}"
-    );
+    assert!(conn.iter().any(|e| e["kind"] == "recv_end" && e["value"] == -104), "nginx's read saw ECONNRESET: {conn:#?}");
     assert_status_502(&lines);
 }
 
@@ -145,8 +142,7 @@ fn healthy_keepalive_exchanges_stay_in_the_kernel() {
     assert!(events(&lines, "http_status").is_empty(), "only 5xx status lines are reported");
     // Each upstream connection ships its first exchange; the later ones on a kept-alive
     // connection stay in the kernel because nothing went wrong with them.
-    let connections: std::collections::BTreeSet<String> =
-        events(&lines, "connect_start").iter().map(|e| e["sock"].to_string()).collect();
+    let connections: std::collections::BTreeSet<String> = events(&lines, "connect_start").iter().map(|e| e["sock"].to_string()).collect();
     let responses = events(&lines, "response_start");
     assert!(!connections.is_empty());
     assert_eq!(responses.len(), connections.len(), "one response_start per connection: {responses:#?}");
@@ -227,10 +223,8 @@ fn unix_socket_upstream_is_followed_on_its_socket() {
     let verdict = verdict.unwrap_or_else(|| panic!("no verdict: {lines:#?}"));
 
     let path = lab.unix_socket_path().display().to_string();
-    let connects: Vec<_> = events(&lines, "connect_syscall")
-        .into_iter()
-        .filter(|e| e["path"] == path.as_str() && e["value"] == 0)
-        .collect();
+    let connects: Vec<_> =
+        events(&lines, "connect_syscall").into_iter().filter(|e| e["path"] == path.as_str() && e["value"] == 0).collect();
     assert_eq!(connects.len(), 2, "one connection per server: {lines:#?}");
     assert!(connects.iter().all(|c| c["sock"] != "0x0"), "connected unix sockets are known to the kernel side: {connects:#?}");
     // Their I/O is seen on their sockets (a freed socket's address may come back, hence the

@@ -18,12 +18,7 @@ fn setup() {
 }
 
 fn replay_verdicts(path: &std::path::Path) -> Vec<Value> {
-    let out = Command::new(find_binary("upstrace", "UPSTRACE_BIN").unwrap())
-        .arg("replay")
-        .arg(path)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = Command::new(find_binary("upstrace", "UPSTRACE_BIN").unwrap()).arg("replay").arg(path).arg("--json").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -41,12 +41,16 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
             let verdicts: Vec<&Value> = lines.iter().filter(|l| l["type"] == "verdict").collect();
             let ok = match s.expect(gw) {
                 Expect::NoVerdict => verdicts.is_empty(),
-                Expect::Verdict { class, causes, delivered } => verdicts.last().is_some_and(|v| {
-                    v["class"] == class && causes.iter().any(|c| v["cause"] == *c) && v["delivered"] == delivered
-                }),
+                Expect::Verdict { class, causes, delivered } => verdicts
+                    .last()
+                    .is_some_and(|v| v["class"] == class && causes.iter().any(|c| v["cause"] == *c) && v["delivered"] == delivered),
             };
             if !ok {
-                failures.push(format!("{}: {:?}", path.display(), verdicts.iter().map(|v| format!("{}/{}", v["class"], v["cause"])).collect::<Vec<_>>()));
+                failures.push(format!(
+                    "{}: {:?}",
+                    path.display(),
+                    verdicts.iter().map(|v| format!("{}/{}", v["class"], v["cause"])).collect::<Vec<_>>()
+                ));
             }
             checked += 1;
         }
@@ -69,11 +73,7 @@ fn replayed_verdicts_equal_the_recorded_live_verdicts() {
         let replayed: Vec<&Value> = lines.iter().filter(|l| l["type"] == "verdict").collect();
         assert!(!recorded.is_empty(), "{name}: the live run recorded verdicts");
         let key = |v: &Value| (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone());
-        assert_eq!(
-            recorded.iter().map(key).collect::<Vec<_>>(),
-            replayed.iter().map(|v| key(v)).collect::<Vec<_>>(),
-            "{name}"
-        );
+        assert_eq!(recorded.iter().map(key).collect::<Vec<_>>(), replayed.iter().map(|v| key(v)).collect::<Vec<_>>(), "{name}");
     }
 }
 

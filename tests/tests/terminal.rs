@@ -64,7 +64,8 @@ impl Drop for Tmux {
 fn replay_dashboard_in_a_real_terminal() {
     let bin = find_binary("upstrace", "UPSTRACE_BIN").expect("upstrace built");
     let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lab-mix.trace.jsonl");
-    let cmd = format!("clear; {} replay {}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'", bin.display(), trace.display());
+    let cmd =
+        format!("clear; {} replay {}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'", bin.display(), trace.display());
     let Some(t) = Tmux::start(&cmd) else { return };
 
     let main = t.wait_for("replay done");

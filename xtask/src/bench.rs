@@ -60,11 +60,7 @@ fn start_tracer(pid: u32, bpf_stats: bool) -> Result<Tracer> {
     if bpf_stats {
         args.push("--bpf-stats".into());
     }
-    let mut child = Command::new(bin)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = Command::new(bin).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while err.read_line(&mut line)? > 0 && !line.contains("upstrace: tracing") {
@@ -123,12 +119,7 @@ fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> R
     if stats {
         args.push("--stats".into());
     }
-    let child = Command::new(bin)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("upstrace floor")?;
+    let child = Command::new(bin).args(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("upstrace floor")?;
     std::thread::sleep(Duration::from_millis(500));
     let load = wrk(lab, secs, conns)?;
     let out = child.wait_with_output()?;
@@ -180,7 +171,12 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         let (f, _) = wrk_at_floor(&lab, secs, 32, "all", false)?;
         eprintln!(
             "bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, empty programs {:.0} req/s",
-            i + 1, a.rps, a.p99_ms, b.rps, b.p99_ms, f.rps
+            i + 1,
+            a.rps,
+            a.p99_ms,
+            b.rps,
+            b.p99_ms,
+            f.rps
         );
         rps_ratio.push(b.rps / a.rps);
         p99_ratio.push(b.p99_ms / a.p99_ms);
@@ -319,18 +315,52 @@ pub fn render() -> Result<()> {
 fn markdown(r: &serde_json::Value) -> String {
     let mut md = String::from("# upstrace benchmark results\n\nMade by `sudo -E cargo xtask bench`; raw figures in `results.json`.\n\n");
     let m = &r["machine"];
-    let _ = writeln!(md, "Machine: {} ({} cores), kernel {}, {}, upstrace {}.\n", m["cpu"].as_str().unwrap_or("?"), m["cores"].as_str().unwrap_or("?"), m["kernel"].as_str().unwrap_or("?"), m["nginx"].as_str().unwrap_or("?"), m["upstrace"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores), kernel {}, {}, upstrace {}.\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"),
+        m["nginx"].as_str().unwrap_or("?"),
+        m["upstrace"].as_str().unwrap_or("?")
+    );
     let o = &r["overhead"];
     md.push_str("## 1. Gateway overhead (nginx, 2 workers, wrk -t2 -c32 from the client namespace)\n\n");
     md.push_str("Throughput runs are made without BPF run-time statistics (counting costs two clock reads per program run); the costs per run in section 2 come from runs of their own with them.\n\n");
     let _ = writeln!(md, "| figure | mean | min | max | target |\n|---|---:|---:|---:|---|");
-    let _ = writeln!(md, "| throughput with / without | {:.3} | {:.3} | {:.3} | >= 0.99 |", o["throughput_ratio"]["mean"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["min"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["max"].as_f64().unwrap_or(0.0));
-    let _ = writeln!(md, "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |", o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0), o["p99_ratio"]["min"].as_f64().unwrap_or(0.0), o["p99_ratio"]["max"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(
+        md,
+        "| throughput with / without | {:.3} | {:.3} | {:.3} | >= 0.99 |",
+        o["throughput_ratio"]["mean"].as_f64().unwrap_or(0.0),
+        o["throughput_ratio"]["min"].as_f64().unwrap_or(0.0),
+        o["throughput_ratio"]["max"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |",
+        o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0),
+        o["p99_ratio"]["min"].as_f64().unwrap_or(0.0),
+        o["p99_ratio"]["max"].as_f64().unwrap_or(0.0)
+    );
     let fr = &o["empty_programs_throughput_ratio"];
-    let _ = writeln!(md, "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |", fr["mean"].as_f64().unwrap_or(0.0), fr["min"].as_f64().unwrap_or(0.0), fr["max"].as_f64().unwrap_or(0.0));
-    let _ = writeln!(md, "\nupstrace's own CPU under this healthy load: {:.2}% of one core per 10k req/s (target < 2%).\n", o["upstrace_cpu_pct_per_10k_rps_healthy"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(
+        md,
+        "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |",
+        fr["mean"].as_f64().unwrap_or(0.0),
+        fr["min"].as_f64().unwrap_or(0.0),
+        fr["max"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "\nupstrace's own CPU under this healthy load: {:.2}% of one core per 10k req/s (target < 2%).\n",
+        o["upstrace_cpu_pct_per_10k_rps_healthy"].as_f64().unwrap_or(0.0)
+    );
     md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n");
-    let _ = writeln!(md, "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n", o["empty_program_avg_ns"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(
+        md,
+        "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n",
+        o["empty_program_avg_ns"].as_f64().unwrap_or(0.0)
+    );
     let hk = &o["empty_programs_at_socket_hooks"];
     let _ = writeln!(
         md,
@@ -387,6 +417,10 @@ fn markdown(r: &serde_json::Value) -> String {
         }
     }
     let e = &r["engine_100k_connections"];
-    let _ = writeln!(md, "\n## 5. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.", e["connections"], e["rss_kib_after"], e["rss_kib_before"]);
+    let _ = writeln!(
+        md,
+        "\n## 5. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.",
+        e["connections"], e["rss_kib_after"], e["rss_kib_before"]
+    );
     md
 }

@@ -14,7 +14,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use upstrace_lab::lab::{Fault, GatewayKind, Lab, Step};
 
-
 const CYCLE: &[Step] = &[
     Step::Healthy,
     Step::NoUpstream,

@@ -19,10 +19,8 @@ pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Optio
     if let Some(dir) = &save_traces {
         std::fs::create_dir_all(dir)?;
     }
-    let gateways: Vec<GatewayKind> = [GatewayKind::Nginx, GatewayKind::Haproxy]
-        .into_iter()
-        .filter(|g| gateway.as_deref().is_none_or(|want| want == g.name()))
-        .collect();
+    let gateways: Vec<GatewayKind> =
+        [GatewayKind::Nginx, GatewayKind::Haproxy].into_iter().filter(|g| gateway.as_deref().is_none_or(|want| want == g.name())).collect();
     println!("{}", matrix::table_header());
     let (mut passed, mut total) = (0, 0);
     for s in SCENARIOS.iter().filter(|s| scenario.as_deref().is_none_or(|want| want == s.name)) {

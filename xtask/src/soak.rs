@@ -12,7 +12,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use upstrace_lab::lab::{Fault, GATEWAY_PORT, GatewayKind, Lab, Step};
 
-
 const ROLL: &[Step] = &[
     Step::Healthy,
     Step::NoUpstream,
@@ -80,9 +79,7 @@ pub fn run(minutes: u64) -> Result<()> {
         let secs = step_len.as_secs().min((total.saturating_sub(started.elapsed())).as_secs().max(1));
         let status = Command::new("ip")
             .args(["netns", "exec", &lab.gw_ns, "timeout", &secs.to_string(), "bash", "-c"])
-            .arg(format!(
-                "for i in $(seq 1 2000); do curl -s -o /dev/null --max-time 3 http://127.0.0.1:{GATEWAY_PORT}/; done"
-            ))
+            .arg(format!("for i in $(seq 1 2000); do curl -s -o /dev/null --max-time 3 http://127.0.0.1:{GATEWAY_PORT}/; done"))
             .status()?;
         let _ = status;
         rss.push((started.elapsed().as_secs_f64(), rss_kib(tracer_pid)));
@@ -123,14 +120,24 @@ pub fn run(minutes: u64) -> Result<()> {
     let slowest: Vec<String> = slowest
         .iter()
         .take(5)
-        .map(|v| format!("{:.0} ms {} (status at {})", v["latency_ms"].as_f64().unwrap_or(0.0), v["verdict"].as_str().unwrap_or("?"), v["status_time"].as_str().unwrap_or("?")))
+        .map(|v| {
+            format!(
+                "{:.0} ms {} (status at {})",
+                v["latency_ms"].as_f64().unwrap_or(0.0),
+                v["verdict"].as_str().unwrap_or("?"),
+                v["status_time"].as_str().unwrap_or("?")
+            )
+        })
         .collect();
     println!("slowest verdicts: {}", slowest.join("; "));
     let dir = root.join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join(format!("SOAK-{minutes}min.txt")),
-        format!("{summary}\nSlowest verdicts (one per 5 s stats interval, worst first): {}\nRSS samples (s, KiB): {rss:?}\n", slowest.join("; ")),
+        format!(
+            "{summary}\nSlowest verdicts (one per 5 s stats interval, worst first): {}\nRSS samples (s, KiB): {rss:?}\n",
+            slowest.join("; ")
+        ),
     )?;
     let mut problems = Vec::new();
     if fives == 0 {
@@ -201,7 +208,8 @@ mod tests {
 127.0.0.1 - - [25/Nov/2026:00:30:44 +0000] \"GET / HTTP/1.1\" 200 2 \"-\" \"curl/7.88.1\"
 127.0.0.1 - - [25/Nov/2026:00:30:44 +0000] \"GET / HTTP/1.1\" 504 167 \"-\" \"curl/7.88.1\"
 ";
-        let verdict = |time: &str, status: u16| serde_json::json!({"type": "verdict", "delivered": "status", "time": time, "status": status});
+        let verdict =
+            |time: &str, status: u16| serde_json::json!({"type": "verdict", "delivered": "status", "time": time, "status": status});
         let mut lines = vec![verdict("2026-11-25T00:30:43.100Z", 502), verdict("2026-11-25T00:30:43.900Z", 502)];
         assert_eq!(mismatched_seconds(log, &lines), "00:30:44 504: 1/0");
         lines.push(verdict("2026-11-25T00:30:44.500Z", 504));
