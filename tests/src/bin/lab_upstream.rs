@@ -155,7 +155,7 @@ impl<'a> Schedule<'a> {
                 }
             }
             Schedule::EveryNth(n, m) => {
-                if (SERVED.fetch_add(1, Ordering::Relaxed) + 1) % n == 0 {
+                if (SERVED.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n) {
                     m
                 } else {
                     "ok"
