@@ -1,8 +1,8 @@
-//! Checks that every lab fault can be injected and that `clear_faults` undoes it: one lab,
-//! nginx in front of an "ok" upstream; per fault: inject, one request, clear, one request
-//! (must be 200 again). Runs as root:
+//! Checks that every lab fault can be injected and that `clear_faults` undoes it: per gateway
+//! (nginx, HAProxy) one lab in front of an "ok" upstream; per fault: inject, one request,
+//! clear, one request (must be 200 again). Runs as root, after a build:
 //!
-//!     CARGO_TARGET_DIR=/tmp/helper-target cargo run -p upstrace-tests --example fault_clear_check
+//!     cargo run --release -p upstrace-tests --example fault_clear_check
 use anyhow::{Result, bail};
 use upstrace_lab::lab::{Fault, GatewayKind, Lab};
 

@@ -172,16 +172,16 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
         Setup::Unix(None) => {}
-        Setup::Unix(Some(mode)) => drop(lab.start_upstream(mode)?),
+        Setup::Unix(Some(mode)) => lab.start_upstream(mode)?,
         Setup::UnixAbandoned => {
             lab.start_upstream("ok")?;
             lab.stop_upstream();
         }
         Setup::NoUpstream => {}
-        Setup::Mode(mode) => drop(lab.start_upstream(mode)?),
-        Setup::Fault(_) => drop(lab.start_upstream("ok")?),
-        Setup::KeepaliveCrash => drop(lab.start_upstream("ok-then-crash")?),
-        Setup::BacklogFull => drop(lab.start_upstream("no-accept")?),
+        Setup::Mode(mode) => lab.start_upstream(mode)?,
+        Setup::Fault(_) => lab.start_upstream("ok")?,
+        Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,
+        Setup::BacklogFull => lab.start_upstream("no-accept")?,
     }
     let pid = lab.start_gateway(gw)?;
     let mut args = vec!["--pid".to_string(), pid.to_string()];

@@ -209,7 +209,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         eprintln!("bench: {name} storm, {secs} s");
         match mode {
             None => lab.stop_upstream(),
-            Some(m) => drop(lab.start_upstream(m)?),
+            Some(m) => lab.start_upstream(m)?,
         }
         storms.push(traced_load(&lab, gw, name, secs, 64)?);
     }

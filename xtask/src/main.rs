@@ -26,7 +26,6 @@ enum Task {
     Build,
     /// Setup, build, and run every test (root integration tests included).
     Test,
-    /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
     /// Setup, build, and run the fault matrix: every scenario on nginx and HAProxy.
     Lab {
         /// Only this gateway (nginx or haproxy).
@@ -67,6 +66,7 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         minutes: u64,
     },
+    /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
     Demo {
         /// Seconds to run (default: until Ctrl-C or all faults shown).
         #[arg(long = "for")]
