@@ -7,13 +7,7 @@ use anyhow::{Result, bail};
 use upstrace_lab::lab::{Fault, GatewayKind, Lab};
 
 fn main() -> Result<()> {
-    if !upstrace_lab::require_root("fault_clear_check") {
-        return Ok(());
-    }
-    if std::env::var_os("UPSTRACE_LAB_UPSTREAM").is_none() {
-        // SAFETY: single-threaded here.
-        unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", "/tmp/upstrace-lab-upstream-snap") };
-    }
+    upstrace_lab::ensure_root("fault_clear_check")?;
     let mut failed = 0;
     for kind in GatewayKind::ALL.iter().copied() {
         let mut lab = Lab::with_gateway(kind, Some("ok"))?;

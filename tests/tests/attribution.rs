@@ -41,15 +41,15 @@ fn run_matrix(gw: GatewayKind) {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn every_fault_gets_the_right_verdict_on_nginx() {
-    if require_root("every_fault_gets_the_right_verdict_on_nginx") {
-        run_matrix(GatewayKind::Nginx);
-    }
+    require_root();
+    run_matrix(GatewayKind::Nginx);
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn every_fault_gets_the_right_verdict_on_haproxy() {
-    if require_root("every_fault_gets_the_right_verdict_on_haproxy") {
-        run_matrix(GatewayKind::Haproxy);
-    }
+    require_root();
+    run_matrix(GatewayKind::Haproxy);
 }

@@ -116,7 +116,7 @@ fn main() -> Result<()> {
             // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
             // and a short soak (steady load with rolling faults).
             fuzz::run(10, None)?;
-            if unsafe { libc::geteuid() } == 0 {
+            if upstrace_lab::is_root() {
                 soak::run(2)?;
             } else {
                 eprintln!("xtask test: soak skipped: needs root");

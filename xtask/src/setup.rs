@@ -50,7 +50,7 @@ fn ensure_apt() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !upstrace_lab::is_root() {
         bail!("missing packages {missing:?}: run `sudo cargo xtask setup` (or install them with apt-get)");
     }
     eprintln!("xtask setup: installing {}", missing.join(" "));
@@ -127,7 +127,7 @@ fn ensure_tracefs() -> Result<()> {
     if std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
         return Ok(());
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !upstrace_lab::is_root() {
         eprintln!("xtask setup: tracefs is not mounted; upstrace mounts it itself when run as root");
         return Ok(());
     }
