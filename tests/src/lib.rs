@@ -5,9 +5,12 @@
 //! traffic stays inside namespaces the lab creates itself.
 pub mod lab;
 pub mod matrix;
+pub mod rss;
 pub mod tracer;
 
 use std::path::PathBuf;
+
+pub use rss::rss_kib;
 
 /// True when running as root (effective uid 0).
 pub fn is_root() -> bool {

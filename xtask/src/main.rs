@@ -92,6 +92,16 @@ pub fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Point the lab harness at this workspace's release build (`build` makes it).
+pub fn use_release_build() {
+    let release = upstrace_lab::target_dir().join("release");
+    // SAFETY: called before the task starts any thread.
+    unsafe {
+        std::env::set_var("UPSTRACE_BIN", release.join("upstrace"));
+        std::env::set_var("UPSTRACE_LAB_UPSTREAM", release.join("upstrace-lab-upstream"));
+    }
+}
+
 fn build() -> Result<()> {
     status(cargo().args(["build", "--release"]))
 }
