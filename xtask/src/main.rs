@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo`.
+//! Project tasks: `cargo xtask setup | build | lint | test | demo | lab | bench | fuzz | soak`.
 mod bench;
 mod demo;
 mod fuzz;
@@ -24,7 +24,9 @@ enum Task {
     Setup,
     /// Setup, then build everything in release mode.
     Build,
-    /// Setup, build, and run every test (root integration tests included).
+    /// Setup, then the lint gate: rustfmt and clippy (warnings are errors).
+    Lint,
+    /// Setup, lint, build, and run every test (root integration tests included).
     Test,
     /// Setup, build, and run the fault matrix: every scenario on nginx and HAProxy.
     Lab {
@@ -106,6 +108,20 @@ fn build() -> Result<()> {
     status(cargo().args(["build", "--release"]))
 }
 
+/// The lint gate: formatting and clippy on the host crates (tracer-ebpf builds only for the
+/// BPF target, so it is left out here), then the eBPF crate's own lint.
+fn lint() -> Result<()> {
+    status(cargo().args(["fmt", "--all", "--check"]))?;
+    status(cargo().args(["clippy", "--workspace", "--exclude", "tracer-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    lint_ebpf()
+}
+
+/// Clippy for tracer-ebpf on the BPF target.
+// TODO(lint-ebpf): the eBPF crate's clippy command (nightly, bpfel-unknown-none) goes here.
+fn lint_ebpf() -> Result<()> {
+    Ok(())
+}
+
 fn test() -> Result<()> {
     // Unit tests and root integration tests; one test at a time, since each loads the eBPF
     // programs and they share the machine's 2 cores.
@@ -119,8 +135,13 @@ fn main() -> Result<()> {
             setup::run()?;
             build()
         }
+        Task::Lint => {
+            setup::run()?;
+            lint()
+        }
         Task::Test => {
             setup::run()?;
+            lint()?;
             build()?;
             test()?;
             // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
