@@ -1,19 +1,13 @@
-//! Checks that every lab fault can be injected and that `clear_faults` undoes it: one lab,
-//! nginx in front of an "ok" upstream; per fault: inject, one request, clear, one request
-//! (must be 200 again). Runs as root:
+//! Checks that every lab fault can be injected and that `clear_faults` undoes it: per gateway
+//! (nginx, HAProxy) one lab in front of an "ok" upstream; per fault: inject, one request,
+//! clear, one request (must be 200 again). Runs as root, after a build:
 //!
-//!     CARGO_TARGET_DIR=/tmp/helper-target cargo run -p upstrace-tests --example fault_clear_check
+//!     cargo run --release -p upstrace-tests --example fault_clear_check
 use anyhow::{Result, bail};
 use upstrace_lab::lab::{Fault, GatewayKind, Lab};
 
 fn main() -> Result<()> {
-    if !upstrace_lab::require_root("fault_clear_check") {
-        return Ok(());
-    }
-    if std::env::var_os("UPSTRACE_LAB_UPSTREAM").is_none() {
-        // SAFETY: single-threaded here.
-        unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", "/tmp/upstrace-lab-upstream-snap") };
-    }
+    upstrace_lab::ensure_root("fault_clear_check")?;
     let mut failed = 0;
     for kind in GatewayKind::ALL.iter().copied() {
         let mut lab = Lab::with_gateway(kind, Some("ok"))?;
@@ -24,7 +18,14 @@ fn main() -> Result<()> {
             let after = lab.request("/")?;
             let ok = after.0 == 200;
             failed += usize::from(!ok);
-            println!("{:<8} {:<24} during {:?} after clear {:?} {}", kind.name(), fault.name(), during, after, if ok { "ok" } else { "NOT RESTORED" });
+            println!(
+                "{:<8} {:<24} during {:?} after clear {:?} {}",
+                kind.name(),
+                fault.name(),
+                during,
+                after,
+                if ok { "ok" } else { "NOT RESTORED" }
+            );
         }
     }
     if failed > 0 {

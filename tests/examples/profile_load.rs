@@ -4,6 +4,7 @@
 use upstrace_lab::lab::{GatewayKind, Lab};
 
 fn main() -> anyhow::Result<()> {
+    upstrace_lab::ensure_root("profile_load")?;
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("ok");
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);

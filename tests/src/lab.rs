@@ -157,7 +157,6 @@ pub enum Step {
 }
 
 pub struct Gateway {
-    pub kind: GatewayKind,
     /// The master process; workers are its children.
     pub pid: u32,
     child: Child,
@@ -179,17 +178,6 @@ impl Gateway {
     }
 }
 
-pub struct Upstream {
-    pub child: Child,
-    pub mode: String,
-}
-
-impl Upstream {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
 pub struct Lab {
     pub id: String,
     pub gw_ns: String,
@@ -197,7 +185,8 @@ pub struct Lab {
     pub gw_ip: String,
     pub up_ip: String,
     pub dir: PathBuf,
-    pub upstream: Option<Upstream>,
+    /// The lab upstream process (`start_upstream`).
+    upstream: Option<Child>,
     pub gateway: Option<Gateway>,
     /// nginx worker processes (1 by default; benchmarks use more).
     pub nginx_workers: u32,
@@ -332,8 +321,8 @@ impl Lab {
     pub fn apply(&mut self, step: Step) -> Result<()> {
         self.clear_faults();
         match step {
-            Step::Healthy => drop(self.start_upstream("ok")?),
-            Step::Mode(m) => drop(self.start_upstream(m)?),
+            Step::Healthy => self.start_upstream("ok")?,
+            Step::Mode(m) => self.start_upstream(m)?,
             Step::NoUpstream => self.stop_upstream(),
             Step::Fault(f) => {
                 self.start_upstream("ok")?;
@@ -367,7 +356,7 @@ impl Lab {
     }
 
     /// Start the misbehaving upstream in the upstream namespace and wait until it listens.
-    pub fn start_upstream(&mut self, mode: &str) -> Result<u32> {
+    pub fn start_upstream(&mut self, mode: &str) -> Result<()> {
         self.stop_upstream();
         let bin = crate::find_binary("upstrace-lab-upstream", "UPSTRACE_LAB_UPSTREAM")?;
         let mut child = Command::new("ip")
@@ -384,25 +373,24 @@ impl Lab {
             let _ = child.kill();
             bail!("lab upstream did not start (mode {mode})");
         }
-        let pid = child.id();
-        self.upstream = Some(Upstream { child, mode: mode.into() });
-        Ok(pid)
+        self.upstream = Some(child);
+        Ok(())
     }
 
     /// Stop the upstream the way an operator would (SIGTERM), so it reads as a clean stop,
     /// not a crash; SIGKILL only if it does not go.
     pub fn stop_upstream(&mut self) {
         if let Some(mut up) = self.upstream.take() {
-            unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(2);
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = up.child.try_wait() {
+                if let Ok(Some(_)) = up.try_wait() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = up.child.kill();
-            let _ = up.child.wait();
+            let _ = up.kill();
+            let _ = up.wait();
         }
     }
 
@@ -422,14 +410,12 @@ impl Lab {
         // HAProxy logs to stdout (see its config); nginx writes its own error_log.
         let stdout = match kind {
             GatewayKind::Nginx => Stdio::null(),
-            GatewayKind::Haproxy => std::fs::File::create(&log_path)
-                .with_context(|| format!("creating {}", log_path.display()))?
-                .into(),
+            GatewayKind::Haproxy => std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into(),
         };
-        let child = cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn()
-            .with_context(|| format!("starting {}", kind.name()))?;
+        let child =
+            cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn().with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id();
-        self.gateway = Some(Gateway { kind, pid, child, log_path });
+        self.gateway = Some(Gateway { pid, child, log_path });
         // Ready when its port accepts connections (checked from inside its namespace).
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

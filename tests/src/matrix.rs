@@ -172,16 +172,16 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
         Setup::Unix(None) => {}
-        Setup::Unix(Some(mode)) => drop(lab.start_upstream(mode)?),
+        Setup::Unix(Some(mode)) => lab.start_upstream(mode)?,
         Setup::UnixAbandoned => {
             lab.start_upstream("ok")?;
             lab.stop_upstream();
         }
         Setup::NoUpstream => {}
-        Setup::Mode(mode) => drop(lab.start_upstream(mode)?),
-        Setup::Fault(_) => drop(lab.start_upstream("ok")?),
-        Setup::KeepaliveCrash => drop(lab.start_upstream("ok-then-crash")?),
-        Setup::BacklogFull => drop(lab.start_upstream("no-accept")?),
+        Setup::Mode(mode) => lab.start_upstream(mode)?,
+        Setup::Fault(_) => lab.start_upstream("ok")?,
+        Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,
+        Setup::BacklogFull => lab.start_upstream("no-accept")?,
     }
     let pid = lab.start_gateway(gw)?;
     let mut args = vec!["--pid".to_string(), pid.to_string()];
@@ -223,7 +223,10 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
     // Verdicts come within ~30 ms of a status and ~200 ms after a cut-short response.
     let deadline = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < deadline {
-        if !matches!(expect, Expect::NoVerdict) && count_verdicts(&tracer.lines()) >= 1 && Instant::now() + Duration::from_millis(1100) > deadline {
+        if !matches!(expect, Expect::NoVerdict)
+            && count_verdicts(&tracer.lines()) >= 1
+            && Instant::now() + Duration::from_millis(1100) > deadline
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -260,9 +263,7 @@ fn judge_row(expect: &Expect, statuses: &[u16], verdicts: &[Value]) -> (bool, St
                 return (false, format!("{fives} 5xx answers but {status_verdicts} status verdicts"));
             }
             let Some(last) = verdicts.last() else { return (false, "no verdict".into()) };
-            let ok = last["class"] == *class
-                && causes.iter().any(|c| last["cause"] == *c)
-                && last["delivered"] == *delivered;
+            let ok = last["class"] == *class && causes.iter().any(|c| last["cause"] == *c) && last["delivered"] == *delivered;
             if ok { (true, String::new()) } else { (false, format!("summary: {}", last["summary"].as_str().unwrap_or(""))) }
         }
     }

@@ -1,4 +1,6 @@
-//! Runs the real `upstrace` binary and collects its JSON Lines output.
+//! The one way the harness runs `upstrace`: start it with `--json`, wait until it says it is
+//! tracing, collect its output lines and stderr, stop it. Used by the tests, the fault matrix
+//! and `cargo xtask soak` and `bench`.
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -19,7 +21,14 @@ pub struct Tracer {
 impl Tracer {
     /// Start `upstrace --json <args>` and wait until it says it is tracing.
     pub fn start(args: &[&str]) -> Result<Self> {
-        let bin = crate::find_binary("upstrace", "UPSTRACE_BIN")?;
+        Self::start_keeping(args, |_| true)
+    }
+
+    /// As `start`, but only output lines whose raw text `keep` accepts are parsed and kept: in
+    /// a storm thousands of lines a second come through, and a harness that parses them all
+    /// takes CPU from what it measures.
+    pub fn start_keeping(args: &[&str], keep: fn(&str) -> bool) -> Result<Self> {
+        let bin = crate::upstrace_binary()?;
         let mut child = Command::new(&bin)
             .arg("--json")
             .args(args)
@@ -36,6 +45,9 @@ impl Tracer {
         let l = lines.clone();
         let r1 = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if !keep(&line) {
+                    continue;
+                }
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     l.lock().unwrap().push(v);
                 }
@@ -47,8 +59,9 @@ impl Tracer {
                 if line.contains("upstrace: tracing") {
                     let _ = ready_tx.send(());
                 }
-                e.lock().unwrap().push_str(&line);
-                e.lock().unwrap().push('\n');
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
             }
         });
         let mut tracer = Tracer { child, lines, stderr, readers: vec![r1, r2] };
@@ -58,6 +71,11 @@ impl Tracer {
             bail!("upstrace did not start: {}", tracer.stderr());
         }
         Ok(tracer)
+    }
+
+    /// The upstrace process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr(&self) -> String {

@@ -26,22 +26,30 @@ fn run_matrix(gw: GatewayKind) {
         println!("{}", matrix::table_line(&row));
         assert_eq!(row.lost, 0, "{}: events lost", scenario.name);
         if !row.pass {
-            failures.push(format!("{} on {}: expected {}, got {} ({})\n  gateway log: {}", row.scenario, gw.name(), row.expected(), row.got(), row.why, row.gateway_log.trim()));
+            failures.push(format!(
+                "{} on {}: expected {}, got {} ({})\n  gateway log: {}",
+                row.scenario,
+                gw.name(),
+                row.expected(),
+                row.got(),
+                row.why,
+                row.gateway_log.trim()
+            ));
         }
     }
     assert!(failures.is_empty(), "rows not as expected:\n{}", failures.join("\n"));
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn every_fault_gets_the_right_verdict_on_nginx() {
-    if require_root("every_fault_gets_the_right_verdict_on_nginx") {
-        run_matrix(GatewayKind::Nginx);
-    }
+    require_root();
+    run_matrix(GatewayKind::Nginx);
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn every_fault_gets_the_right_verdict_on_haproxy() {
-    if require_root("every_fault_gets_the_right_verdict_on_haproxy") {
-        run_matrix(GatewayKind::Haproxy);
-    }
+    require_root();
+    run_matrix(GatewayKind::Haproxy);
 }

@@ -1,10 +1,10 @@
 //! Bad input gets one clear line and a non-zero exit, never a panic or a hang.
 use std::process::Command;
 
-use upstrace_lab::{find_binary, require_root};
+use upstrace_lab::{require_root, upstrace_binary};
 
 fn upstrace(args: &[&str]) -> (i32, String) {
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").expect("upstrace built");
+    let bin = upstrace_binary().expect("upstrace built");
     let out = Command::new(bin).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -39,11 +39,10 @@ fn bad_duration_is_refused() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: runs upstrace as root, or with root's privileges dropped")]
 fn not_root_is_refused() {
-    if !require_root("not_root_is_refused") {
-        return;
-    }
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
+    require_root();
+    let bin = upstrace_binary().unwrap();
     // Drop to nobody with no capabilities; init (pid 1) always exists.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
@@ -56,26 +55,20 @@ fn not_root_is_refused() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: runs upstrace as root, or with root's privileges dropped")]
 fn missing_btf_is_refused() {
-    if !require_root("missing_btf_is_refused") {
-        return;
-    }
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
-    let out = Command::new(&bin)
-        .env("UPSTRACE_BTF", "/nonexistent/vmlinux")
-        .args(["--pid", "1", "--for", "1"])
-        .output()
-        .unwrap();
+    require_root();
+    let bin = upstrace_binary().unwrap();
+    let out = Command::new(&bin).env("UPSTRACE_BTF", "/nonexistent/vmlinux").args(["--pid", "1", "--for", "1"]).output().unwrap();
     assert_ne!(out.status.code(), Some(0));
     one_line_error(&String::from_utf8_lossy(&out.stderr), "no kernel BTF");
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: runs upstrace as root, or with root's privileges dropped")]
 fn bpf_not_permitted_is_refused() {
-    if !require_root("bpf_not_permitted_is_refused") {
-        return;
-    }
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
+    require_root();
+    let bin = upstrace_binary().unwrap();
     // Still uid 0, but without the capabilities BPF needs (as in a locked-down container).
     let out = Command::new("setpriv")
         .args(["--bounding-set=-bpf,-sys_admin,-perfmon", "--inh-caps=-bpf,-sys_admin,-perfmon"])

@@ -35,10 +35,9 @@ fn assert_status_502(lines: &[Value]) {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn refused_connect_is_one_rst_event_with_tuple_and_worker_owner() {
-    if !require_root("refused_connect_is_one_rst_event_with_tuple_and_worker_owner") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     let tracer = start(&mut lab, None);
@@ -74,10 +73,9 @@ fn refused_connect_is_one_rst_event_with_tuple_and_worker_owner() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn reset_before_response_is_rst_received_on_established() {
-    if !require_root("reset_before_response_is_rst_received_on_established") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     let tracer = start(&mut lab, Some("reset-before-headers"));
@@ -95,18 +93,14 @@ fn reset_before_response_is_rst_received_on_established() {
     assert_eq!(rst["bytes_recv"], 0, "no response byte before the reset");
     let conn = same_sock(&lines, &rst["sock"]);
     assert!(conn.iter().any(|e| e["kind"] == "request_sent"));
-    assert!(
-        conn.iter().any(|e| e["kind"] == "recv_end" && e["value"] == -104),
-        "nginx's read saw ECONNRESET: {conn:#?}"
-    );
+    assert!(conn.iter().any(|e| e["kind"] == "recv_end" && e["value"] == -104), "nginx's read saw ECONNRESET: {conn:#?}");
     assert_status_502(&lines);
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn upstream_closing_before_answering_is_fin_with_zero_response_bytes() {
-    if !require_root("upstream_closing_before_answering_is_fin_with_zero_response_bytes") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     let tracer = start(&mut lab, Some("close-before-headers"));
@@ -128,10 +122,9 @@ fn upstream_closing_before_answering_is_fin_with_zero_response_bytes() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn healthy_keepalive_exchanges_stay_in_the_kernel() {
-    if !require_root("healthy_keepalive_exchanges_stay_in_the_kernel") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     let tracer = start(&mut lab, Some("ok"));
@@ -145,8 +138,7 @@ fn healthy_keepalive_exchanges_stay_in_the_kernel() {
     assert!(events(&lines, "http_status").is_empty(), "only 5xx status lines are reported");
     // Each upstream connection ships its first exchange; the later ones on a kept-alive
     // connection stay in the kernel because nothing went wrong with them.
-    let connections: std::collections::BTreeSet<String> =
-        events(&lines, "connect_start").iter().map(|e| e["sock"].to_string()).collect();
+    let connections: std::collections::BTreeSet<String> = events(&lines, "connect_start").iter().map(|e| e["sock"].to_string()).collect();
     let responses = events(&lines, "response_start");
     assert!(!connections.is_empty());
     assert_eq!(responses.len(), connections.len(), "one response_start per connection: {responses:#?}");
@@ -193,26 +185,23 @@ fn fault_after_healthy_exchanges(fault: &str, status: u16, cause: &str) {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn bad_header_after_healthy_exchanges_is_explained() {
-    if !require_root("bad_header_after_healthy_exchanges_is_explained") {
-        return;
-    }
+    require_root();
     fault_after_healthy_exchanges("bad-header", 502, "invalid-response");
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn stall_after_healthy_exchanges_is_explained() {
-    if !require_root("stall_after_healthy_exchanges_is_explained") {
-        return;
-    }
+    require_root();
     fault_after_healthy_exchanges("stall", 504, "stalled");
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn unix_socket_upstream_is_followed_on_its_socket() {
-    if !require_root("unix_socket_upstream_is_followed_on_its_socket") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     lab.unix_upstream = true;
@@ -227,10 +216,8 @@ fn unix_socket_upstream_is_followed_on_its_socket() {
     let verdict = verdict.unwrap_or_else(|| panic!("no verdict: {lines:#?}"));
 
     let path = lab.unix_socket_path().display().to_string();
-    let connects: Vec<_> = events(&lines, "connect_syscall")
-        .into_iter()
-        .filter(|e| e["path"] == path.as_str() && e["value"] == 0)
-        .collect();
+    let connects: Vec<_> =
+        events(&lines, "connect_syscall").into_iter().filter(|e| e["path"] == path.as_str() && e["value"] == 0).collect();
     assert_eq!(connects.len(), 2, "one connection per server: {lines:#?}");
     assert!(connects.iter().all(|c| c["sock"] != "0x0"), "connected unix sockets are known to the kernel side: {connects:#?}");
     // Their I/O is seen on their sockets (a freed socket's address may come back, hence the
@@ -258,10 +245,9 @@ fn unix_socket_upstream_is_followed_on_its_socket() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn workers_forked_after_attach_are_followed() {
-    if !require_root("workers_forked_after_attach_are_followed") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     let tracer = start(&mut lab, None);
@@ -287,10 +273,9 @@ fn workers_forked_after_attach_are_followed() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn a_restarted_gateway_is_followed_by_name() {
-    if !require_root("a_restarted_gateway_is_followed_by_name") {
-        return;
-    }
+    require_root();
     setup();
     let mut lab = Lab::new().unwrap();
     // Started before any nginx of this lab exists: it waits, then picks gateways up by name.
@@ -329,10 +314,9 @@ fn a_restarted_gateway_is_followed_by_name() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn a_status_line_that_reaches_no_socket_is_counted_not_reported() {
-    if !require_root("a_status_line_that_reaches_no_socket_is_counted_not_reported") {
-        return;
-    }
+    require_root();
     // A traced process writes a 5xx status line to a file, then, over a second later, sends on
     // a client socket (fd 3, one end of a loopback connection of this test, like a gateway's
     // accepted connection): that send must not be taken for the status line's, and the line

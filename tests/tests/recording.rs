@@ -5,11 +5,11 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use upstrace_lab::{
-    find_binary,
     lab::{GatewayKind, Lab},
     matrix::{self, SCENARIOS},
     require_root,
     tracer::Tracer,
+    upstrace_binary,
 };
 
 fn setup() {
@@ -18,12 +18,7 @@ fn setup() {
 }
 
 fn replay_verdicts(path: &std::path::Path) -> Vec<Value> {
-    let out = Command::new(find_binary("upstrace", "UPSTRACE_BIN").unwrap())
-        .arg("replay")
-        .arg(path)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = Command::new(upstrace_binary().unwrap()).arg("replay").arg(path).arg("--json").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -37,10 +32,9 @@ fn key(v: &Value) -> (Value, Value, Value, Value, Value) {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn live_verdicts_equal_replayed_verdicts() {
-    if !require_root("live_verdicts_equal_replayed_verdicts") {
-        return;
-    }
+    require_root();
     setup();
     let dir = tempdir("roundtrip");
     for (name, gw) in [("refused", GatewayKind::Nginx), ("crash-before-headers", GatewayKind::Haproxy), ("fw-drop", GatewayKind::Nginx)] {
@@ -64,10 +58,9 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn a_trace_is_readable_after_kill_9() {
-    if !require_root("a_trace_is_readable_after_kill_9") {
-        return;
-    }
+    require_root();
     setup();
     let dir = tempdir("kill9");
     let path = dir.join("t.jsonl");
@@ -87,10 +80,9 @@ fn a_trace_is_readable_after_kill_9() {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
 fn a_full_disk_stops_recording_not_tracing() {
-    if !require_root("a_full_disk_stops_recording_not_tracing") {
-        return;
-    }
+    require_root();
     setup();
     let dir = tempdir("fulldisk");
     let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=12k", "tmpfs"]).arg(&dir).status().unwrap().success();

@@ -5,13 +5,13 @@ use std::{path::Path, process::Command};
 
 use serde_json::Value;
 use upstrace_lab::{
-    find_binary,
     lab::GatewayKind,
     matrix::{Expect, SCENARIOS},
+    upstrace_binary,
 };
 
 fn replay(path: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").expect("upstrace built");
+    let bin = upstrace_binary().expect("upstrace built");
     let out = Command::new(bin).arg("replay").arg(path).arg("--json").args(extra).output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
@@ -19,7 +19,7 @@ fn replay(path: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
 
 /// `upstrace report FILE`: (exit code, Markdown, stderr).
 fn report(path: &Path) -> (i32, String, String) {
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").expect("upstrace built");
+    let bin = upstrace_binary().expect("upstrace built");
     let out = Command::new(bin).arg("report").arg(path).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -41,12 +41,16 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
             let verdicts: Vec<&Value> = lines.iter().filter(|l| l["type"] == "verdict").collect();
             let ok = match s.expect(gw) {
                 Expect::NoVerdict => verdicts.is_empty(),
-                Expect::Verdict { class, causes, delivered } => verdicts.last().is_some_and(|v| {
-                    v["class"] == class && causes.iter().any(|c| v["cause"] == *c) && v["delivered"] == delivered
-                }),
+                Expect::Verdict { class, causes, delivered } => verdicts
+                    .last()
+                    .is_some_and(|v| v["class"] == class && causes.iter().any(|c| v["cause"] == *c) && v["delivered"] == delivered),
             };
             if !ok {
-                failures.push(format!("{}: {:?}", path.display(), verdicts.iter().map(|v| format!("{}/{}", v["class"], v["cause"])).collect::<Vec<_>>()));
+                failures.push(format!(
+                    "{}: {:?}",
+                    path.display(),
+                    verdicts.iter().map(|v| format!("{}/{}", v["class"], v["cause"])).collect::<Vec<_>>()
+                ));
             }
             checked += 1;
         }
@@ -69,11 +73,7 @@ fn replayed_verdicts_equal_the_recorded_live_verdicts() {
         let replayed: Vec<&Value> = lines.iter().filter(|l| l["type"] == "verdict").collect();
         assert!(!recorded.is_empty(), "{name}: the live run recorded verdicts");
         let key = |v: &Value| (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone());
-        assert_eq!(
-            recorded.iter().map(key).collect::<Vec<_>>(),
-            replayed.iter().map(|v| key(v)).collect::<Vec<_>>(),
-            "{name}"
-        );
+        assert_eq!(recorded.iter().map(key).collect::<Vec<_>>(), replayed.iter().map(|v| key(v)).collect::<Vec<_>>(), "{name}");
     }
 }
 
@@ -145,7 +145,7 @@ fn huge_traces_stream_and_huge_lines_are_refused() {
         }
     }
     let started = std::time::Instant::now();
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").unwrap();
+    let bin = upstrace_binary().unwrap();
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -v 1048576; {} replay {} --json > /dev/null", bin.display(), path.display()))

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use upstrace_lab::find_binary;
+use upstrace_lab::upstrace_binary;
 
 struct Tmux {
     session: String,
@@ -62,9 +62,10 @@ impl Drop for Tmux {
 
 #[test]
 fn replay_dashboard_in_a_real_terminal() {
-    let bin = find_binary("upstrace", "UPSTRACE_BIN").expect("upstrace built");
+    let bin = upstrace_binary().expect("upstrace built");
     let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lab-mix.trace.jsonl");
-    let cmd = format!("clear; {} replay {}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'", bin.display(), trace.display());
+    let cmd =
+        format!("clear; {} replay {}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'", bin.display(), trace.display());
     let Some(t) = Tmux::start(&cmd) else { return };
 
     let main = t.wait_for("replay done");

@@ -8,11 +8,12 @@ use upstrace::{
     engine::decode::{KernelEvent, Kind, TcpState},
 };
 
+// The harness's RSS reader (upstrace-tests), shared by path: one copy.
+#[path = "../../tests/src/rss.rs"]
+mod rss;
+
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
+    rss::rss_kib(std::process::id())
 }
 
 fn main() {

@@ -13,6 +13,10 @@ use upstrace::{
     pipeline::Pipeline,
 };
 
+// The harness's RSS reader (upstrace-tests), shared by path: one copy.
+#[path = "../../tests/src/rss.rs"]
+mod rss;
+
 fn record(kind: EventKind, ts_ns: u64, sock: u64, fill: impl FnOnce(&mut Event)) -> Vec<u8> {
     let mut e = Event::zeroed();
     e.kind = kind as u8;
@@ -82,10 +86,7 @@ fn main() {
     }
     pipeline.finish().expect("finish");
     let elapsed = started.elapsed();
-    let rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .unwrap_or(0);
+    let rss_kib = rss::rss_kib(std::process::id());
     println!(
         "{{\"attempts\":{attempts},\"events\":{},\"verdicts\":{},\"ns_per_event\":{:.0},\"rss_kib\":{rss_kib}}}",
         stream.len(),

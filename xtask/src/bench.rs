@@ -4,13 +4,16 @@
 //! All traffic goes to the lab's own namespaces; every load run is bounded in time.
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use upstrace_lab::lab::{GATEWAY_PORT, GatewayKind, Lab};
+use upstrace_lab::{
+    lab::{GATEWAY_PORT, GatewayKind, Lab},
+    rss_kib,
+    tracer::Tracer,
+};
 
 struct Wrk {
     rps: f64,
@@ -46,89 +49,42 @@ fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Wrk> {
     }
 }
 
-struct Tracer {
-    child: Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-/// upstrace on the gateway; `bpf_stats` also counts each program's runs and run time, which
-/// costs two clock reads per run: throughput is measured without it.
+/// upstrace on the gateway, keeping only its stats lines (one a second); `bpf_stats` also
+/// counts each program's runs and run time, which costs two clock reads per run: throughput
+/// is measured without it.
 fn start_tracer(pid: u32, bpf_stats: bool) -> Result<Tracer> {
-    let bin = crate::workspace_root().join("target/release/upstrace");
-    let mut args = vec!["--pid".to_string(), pid.to_string(), "--json".into(), "--no-events".into(), "--stats-interval".into(), "1".into()];
+    let pid = pid.to_string();
+    let mut args = vec!["--pid", &pid, "--no-events", "--stats-interval", "1"];
     if bpf_stats {
-        args.push("--bpf-stats".into());
+        args.push("--bpf-stats");
     }
-    let mut child = Command::new(bin)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line)? > 0 && !line.contains("upstrace: tracing") {
-        line.clear();
-    }
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let l = lines.clone();
-    let out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        // Only stats lines are parsed: in a storm thousands of verdict lines a second come
-        // through here, and the harness must not take CPU from what it measures.
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if !line.starts_with("{\"type\":\"stats\"") {
-                continue;
-            }
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                l.lock().unwrap().push(v);
-            }
-        }
-    });
+    let tracer = Tracer::start_keeping(&args, |line| line.starts_with("{\"type\":\"stats\""))?;
     std::thread::sleep(Duration::from_millis(500));
-    Ok(Tracer { child, lines, reader: Some(reader) })
+    Ok(tracer)
 }
 
-impl Tracer {
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
-        fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    }
+/// Stop upstrace cleanly; returns its final stats line.
+fn stop_tracer(tracer: Tracer) -> Result<serde_json::Value> {
+    let (_, lines) = tracer.stop()?;
+    lines.last().cloned().context("upstrace printed no stats line")
+}
 
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-            .unwrap_or(0)
-    }
-
-    /// Stop cleanly; returns the final stats line.
-    fn stop(mut self) -> Result<serde_json::Value> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait()?;
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let last = self.lines.lock().unwrap().last().cloned();
-        last.context("upstrace printed no stats line")
-    }
+/// CPU time of a process so far, in clock ticks (user + system, from /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// Load under an empty program attached to the same hooks (`upstrace floor`): what running
 /// any BPF program there costs the gateway on this machine. Returns (wrk, floor line).
 fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> Result<(Wrk, serde_json::Value)> {
-    let bin = crate::workspace_root().join("target/release/upstrace");
+    let bin = upstrace_lab::upstrace_binary()?;
     let mut args = vec!["floor".to_string(), "--seconds".into(), (secs + 1).to_string(), "--hooks".into(), hooks.into()];
     if stats {
         args.push("--stats".into());
     }
-    let child = Command::new(bin)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("upstrace floor")?;
+    let child = Command::new(bin).args(&args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("upstrace floor")?;
     std::thread::sleep(Duration::from_millis(500));
     let load = wrk(lab, secs, conns)?;
     let out = child.wait_with_output()?;
@@ -145,12 +101,8 @@ fn spread(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(pairs: usize, secs: u64) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark creates network namespaces and loads eBPF programs: run it as root");
-    }
-    let root = crate::workspace_root();
-    // SAFETY: single-threaded here.
-    unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream")) };
+    upstrace_lab::ensure_root("the benchmark")?;
+    crate::use_release_build();
     let sh = |cmd: &str| {
         Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
     };
@@ -172,15 +124,20 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     for i in 0..pairs {
         let a = wrk(&lab, secs, 32)?;
         let tracer = start_tracer(gw, false)?;
-        let (t0, c0) = (Instant::now(), tracer.cpu_ticks());
+        let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
         let b = wrk(&lab, secs, 32)?;
-        let healthy_cpu = (tracer.cpu_ticks() - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+        let healthy_cpu = (cpu_ticks(tracer.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
         healthy_cpu_per_10k.push(healthy_cpu * 10_000.0 / b.rps.max(1.0));
-        tracer.stop()?;
+        stop_tracer(tracer)?;
         let (f, _) = wrk_at_floor(&lab, secs, 32, "all", false)?;
         eprintln!(
             "bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, empty programs {:.0} req/s",
-            i + 1, a.rps, a.p99_ms, b.rps, b.p99_ms, f.rps
+            i + 1,
+            a.rps,
+            a.p99_ms,
+            b.rps,
+            b.p99_ms,
+            f.rps
         );
         rps_ratio.push(b.rps / a.rps);
         p99_ratio.push(b.p99_ms / a.p99_ms);
@@ -191,11 +148,11 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
             "empty_programs": {"rps": f.rps, "p99_ms": f.p99_ms},
         }));
     }
-    // Cost per run, with the kernel's run-time statistics on (a run of its own: counting
+    // 2. Cost per run, with the kernel's run-time statistics on (a run of its own: counting
     // costs two clock reads per program run).
     let tracer = start_tracer(gw, true)?;
     wrk(&lab, secs, 32)?;
-    let costs = tracer.stop()?["programs"].clone();
+    let costs = stop_tracer(tracer)?["programs"].clone();
     let (_, floor) = wrk_at_floor(&lab, secs, 32, "all", true)?;
     floor_ns.push(floor["avg_ns"].as_f64().unwrap_or(0.0));
 
@@ -213,7 +170,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         eprintln!("bench: {name} storm, {secs} s");
         match mode {
             None => lab.stop_upstream(),
-            Some(m) => drop(lab.start_upstream(m)?),
+            Some(m) => lab.start_upstream(m)?,
         }
         storms.push(traced_load(&lab, gw, name, secs, 64)?);
     }
@@ -232,7 +189,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
 
     // 5. Memory with 100k tracked connections (the engine alone, same code as live).
     eprintln!("bench: engine memory with 100k connections");
-    let out = Command::new(root.join("target/release/examples/engine_rss")).arg("100000").output().context("engine_rss")?;
+    let out = Command::new(upstrace_lab::target_dir().join("release/examples/engine_rss")).arg("100000").output().context("engine_rss")?;
     let rss: serde_json::Value = serde_json::from_slice(&out.stdout).context("engine_rss output")?;
 
     let result = serde_json::json!({
@@ -251,7 +208,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         "mixed": mixed,
         "engine_100k_connections": rss,
     });
-    let dir = root.join("bench");
+    let dir = crate::workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&result)? + "\n")?;
     std::fs::write(dir.join("RESULTS.md"), markdown(&result))?;
@@ -263,7 +220,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
 /// accounting (events, losses, verdicts, latency, engine), CPU and peak RSS.
 fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<serde_json::Value> {
     let tracer = start_tracer(gw, false)?;
-    let (t0, c0) = (Instant::now(), tracer.cpu_ticks());
+    let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
     let mut rss_max = 0;
     let load = {
         let gw_ns = lab.gw_ns.clone();
@@ -275,17 +232,17 @@ fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<
         })
     };
     while !load.is_finished() {
-        rss_max = rss_max.max(tracer.rss_kib());
+        rss_max = rss_max.max(rss_kib(tracer.pid()));
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
     let elapsed = t0.elapsed().as_secs_f64();
-    let ticks = tracer.cpu_ticks() - c0;
+    let ticks = cpu_ticks(tracer.pid()) - c0;
     let hz = 100.0; // USER_HZ
     let cpu_pct = ticks as f64 / hz / elapsed * 100.0;
-    let stats = tracer.stop()?;
+    let stats = stop_tracer(tracer)?;
     let events = stats["events"].as_u64().unwrap_or(0);
     eprintln!(
         "bench: {name}: {rps:.0} req/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB, engine {}",
@@ -319,18 +276,52 @@ pub fn render() -> Result<()> {
 fn markdown(r: &serde_json::Value) -> String {
     let mut md = String::from("# upstrace benchmark results\n\nMade by `sudo -E cargo xtask bench`; raw figures in `results.json`.\n\n");
     let m = &r["machine"];
-    let _ = writeln!(md, "Machine: {} ({} cores), kernel {}, {}, upstrace {}.\n", m["cpu"].as_str().unwrap_or("?"), m["cores"].as_str().unwrap_or("?"), m["kernel"].as_str().unwrap_or("?"), m["nginx"].as_str().unwrap_or("?"), m["upstrace"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores), kernel {}, {}, upstrace {}.\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"),
+        m["nginx"].as_str().unwrap_or("?"),
+        m["upstrace"].as_str().unwrap_or("?")
+    );
     let o = &r["overhead"];
     md.push_str("## 1. Gateway overhead (nginx, 2 workers, wrk -t2 -c32 from the client namespace)\n\n");
     md.push_str("Throughput runs are made without BPF run-time statistics (counting costs two clock reads per program run); the costs per run in section 2 come from runs of their own with them.\n\n");
     let _ = writeln!(md, "| figure | mean | min | max | target |\n|---|---:|---:|---:|---|");
-    let _ = writeln!(md, "| throughput with / without | {:.3} | {:.3} | {:.3} | >= 0.99 |", o["throughput_ratio"]["mean"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["min"].as_f64().unwrap_or(0.0), o["throughput_ratio"]["max"].as_f64().unwrap_or(0.0));
-    let _ = writeln!(md, "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |", o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0), o["p99_ratio"]["min"].as_f64().unwrap_or(0.0), o["p99_ratio"]["max"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(
+        md,
+        "| throughput with / without | {:.3} | {:.3} | {:.3} | >= 0.99 |",
+        o["throughput_ratio"]["mean"].as_f64().unwrap_or(0.0),
+        o["throughput_ratio"]["min"].as_f64().unwrap_or(0.0),
+        o["throughput_ratio"]["max"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "| p99 latency with / without | {:.3} | {:.3} | {:.3} | <= 1.01 |",
+        o["p99_ratio"]["mean"].as_f64().unwrap_or(0.0),
+        o["p99_ratio"]["min"].as_f64().unwrap_or(0.0),
+        o["p99_ratio"]["max"].as_f64().unwrap_or(0.0)
+    );
     let fr = &o["empty_programs_throughput_ratio"];
-    let _ = writeln!(md, "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |", fr["mean"].as_f64().unwrap_or(0.0), fr["min"].as_f64().unwrap_or(0.0), fr["max"].as_f64().unwrap_or(0.0));
-    let _ = writeln!(md, "\nupstrace's own CPU under this healthy load: {:.2}% of one core per 10k req/s (target < 2%).\n", o["upstrace_cpu_pct_per_10k_rps_healthy"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(
+        md,
+        "| throughput with an empty program at the same hooks / without | {:.3} | {:.3} | {:.3} | (the floor) |",
+        fr["mean"].as_f64().unwrap_or(0.0),
+        fr["min"].as_f64().unwrap_or(0.0),
+        fr["max"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "\nupstrace's own CPU under this healthy load: {:.2}% of one core per 10k req/s (target < 2%).\n",
+        o["upstrace_cpu_pct_per_10k_rps_healthy"].as_f64().unwrap_or(0.0)
+    );
     md.push_str("\n## 2. Cost per BPF program run (kernel run-time stats held by upstrace)\n\n");
-    let _ = writeln!(md, "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n", o["empty_program_avg_ns"].as_f64().unwrap_or(0.0));
+    let _ = writeln!(
+        md,
+        "An empty program attached to the same tracepoints costs {:.0} ns per run here (the floor).\n",
+        o["empty_program_avg_ns"].as_f64().unwrap_or(0.0)
+    );
     let hk = &o["empty_programs_at_socket_hooks"];
     let _ = writeln!(
         md,
@@ -387,6 +378,10 @@ fn markdown(r: &serde_json::Value) -> String {
         }
     }
     let e = &r["engine_100k_connections"];
-    let _ = writeln!(md, "\n## 5. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.", e["connections"], e["rss_kib_after"], e["rss_kib_before"]);
+    let _ = writeln!(
+        md,
+        "\n## 5. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.",
+        e["connections"], e["rss_kib_after"], e["rss_kib_before"]
+    );
     md
 }

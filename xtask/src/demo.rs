@@ -14,7 +14,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use upstrace_lab::lab::{Fault, GatewayKind, Lab, Step};
 
-
 const CYCLE: &[Step] = &[
     Step::Healthy,
     Step::NoUpstream,
@@ -52,13 +51,9 @@ fn cycle(lab: &mut Lab, stop: &AtomicBool) -> Result<()> {
 }
 
 pub fn run(duration: Option<u64>) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the demo creates network namespaces and loads eBPF programs: run it as root (sudo -E cargo xtask demo)");
-    }
-    let root = crate::workspace_root();
-    let upstrace = root.join("target/release/upstrace");
-    // SAFETY: single-threaded at this point.
-    unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream")) };
+    upstrace_lab::ensure_root("the demo")?;
+    crate::use_release_build();
+    let upstrace = upstrace_lab::upstrace_binary()?;
 
     let mut lab = Lab::new().context("creating the lab")?;
     lab.start_upstream("ok")?;
@@ -75,6 +70,8 @@ pub fn run(duration: Option<u64>) -> Result<()> {
         })
     };
 
+    // Not `tracer::Tracer`: the dashboard needs the terminal, and it does not announce on
+    // stderr when it starts tracing; the driver's first second covers the start.
     let mut cmd = Command::new(&upstrace);
     cmd.args(["--pid", &gateway.to_string()]);
     let dashboard = std::io::stdout().is_terminal();

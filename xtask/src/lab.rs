@@ -1,28 +1,19 @@
 //! `cargo xtask lab`: run the fault matrix and print scenario x gateway -> gateway status,
 //! expected verdict, upstrace's verdict, pass/fail.
-use anyhow::{Result, bail};
+use anyhow::Result;
 use upstrace_lab::{
     lab::GatewayKind,
     matrix::{self, SCENARIOS},
 };
 
 pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Option<std::path::PathBuf>) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the lab creates network namespaces and loads eBPF programs: run it as root");
-    }
-    let root = crate::workspace_root();
-    // SAFETY: single-threaded here.
-    unsafe {
-        std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream"));
-        std::env::set_var("UPSTRACE_BIN", root.join("target/release/upstrace"));
-    }
+    upstrace_lab::ensure_root("the lab")?;
+    crate::use_release_build();
     if let Some(dir) = &save_traces {
         std::fs::create_dir_all(dir)?;
     }
-    let gateways: Vec<GatewayKind> = [GatewayKind::Nginx, GatewayKind::Haproxy]
-        .into_iter()
-        .filter(|g| gateway.as_deref().is_none_or(|want| want == g.name()))
-        .collect();
+    let gateways: Vec<GatewayKind> =
+        [GatewayKind::Nginx, GatewayKind::Haproxy].into_iter().filter(|g| gateway.as_deref().is_none_or(|want| want == g.name())).collect();
     println!("{}", matrix::table_header());
     let (mut passed, mut total) = (0, 0);
     for s in SCENARIOS.iter().filter(|s| scenario.as_deref().is_none_or(|want| want == s.name)) {

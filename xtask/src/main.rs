@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo`.
+//! Project tasks: `cargo xtask setup | build | lint | test | demo | lab | bench | fuzz | soak`.
 mod bench;
 mod demo;
 mod fuzz;
@@ -24,9 +24,10 @@ enum Task {
     Setup,
     /// Setup, then build everything in release mode.
     Build,
-    /// Setup, build, and run every test (root integration tests included).
+    /// Setup, then the lint gate: rustfmt and clippy (warnings are errors).
+    Lint,
+    /// Setup, lint, build, and run every test (root integration tests included).
     Test,
-    /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
     /// Setup, build, and run the fault matrix: every scenario on nginx and HAProxy.
     Lab {
         /// Only this gateway (nginx or haproxy).
@@ -67,6 +68,7 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         minutes: u64,
     },
+    /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
     Demo {
         /// Seconds to run (default: until Ctrl-C or all faults shown).
         #[arg(long = "for")]
@@ -92,8 +94,32 @@ pub fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Point the lab harness at this workspace's release build (`build` makes it).
+pub fn use_release_build() {
+    let release = upstrace_lab::target_dir().join("release");
+    // SAFETY: called before the task starts any thread.
+    unsafe {
+        std::env::set_var("UPSTRACE_BIN", release.join("upstrace"));
+        std::env::set_var("UPSTRACE_LAB_UPSTREAM", release.join("upstrace-lab-upstream"));
+    }
+}
+
 fn build() -> Result<()> {
     status(cargo().args(["build", "--release"]))
+}
+
+/// The lint gate: formatting and clippy on the host crates (tracer-ebpf builds only for the
+/// BPF target, so it is left out here), then the eBPF crate's own lint.
+fn lint() -> Result<()> {
+    status(cargo().args(["fmt", "--all", "--check"]))?;
+    status(cargo().args(["clippy", "--workspace", "--exclude", "tracer-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    lint_ebpf()
+}
+
+/// Clippy for tracer-ebpf on the BPF target.
+// TODO(lint-ebpf): the eBPF crate's clippy command (nightly, bpfel-unknown-none) goes here.
+fn lint_ebpf() -> Result<()> {
+    Ok(())
 }
 
 fn test() -> Result<()> {
@@ -109,14 +135,19 @@ fn main() -> Result<()> {
             setup::run()?;
             build()
         }
+        Task::Lint => {
+            setup::run()?;
+            lint()
+        }
         Task::Test => {
             setup::run()?;
+            lint()?;
             build()?;
             test()?;
             // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
             // and a short soak (steady load with rolling faults).
             fuzz::run(10, None)?;
-            if unsafe { libc::geteuid() } == 0 {
+            if upstrace_lab::is_root() {
                 soak::run(2)?;
             } else {
                 eprintln!("xtask test: soak skipped: needs root");

@@ -9,8 +9,22 @@ use crate::status;
 /// Debian packages: the LLVM 22 libraries bpf-linker links against, bpftool, the gateways
 /// and tools the fault lab drives, and tmux for terminal tests.
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "clang-22", "bpftool", "nginx", "haproxy",
-    "nftables", "iproute2", "iptables", "curl", "wrk", "tmux", "util-linux", "procps", "ethtool",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "clang-22",
+    "bpftool",
+    "nginx",
+    "haproxy",
+    "nftables",
+    "iproute2",
+    "iptables",
+    "curl",
+    "wrk",
+    "tmux",
+    "util-linux",
+    "procps",
+    "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;
@@ -36,7 +50,7 @@ fn ensure_apt() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !upstrace_lab::is_root() {
         bail!("missing packages {missing:?}: run `sudo cargo xtask setup` (or install them with apt-get)");
     }
     eprintln!("xtask setup: installing {}", missing.join(" "));
@@ -83,9 +97,7 @@ fn ensure_bpf_linker() -> Result<()> {
         let v = output(Command::new(&p).arg("--version"))?;
         Some((p, v))
     });
-    let ok = current.as_ref().is_some_and(|(p, v)| {
-        v.contains(BPF_LINKER_VERSION) && bpf_linker_llvm_major(p) == Some(LLVM_MAJOR)
-    });
+    let ok = current.as_ref().is_some_and(|(p, v)| v.contains(BPF_LINKER_VERSION) && bpf_linker_llvm_major(p) == Some(LLVM_MAJOR));
     if !ok {
         eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)");
         let llvm = format!("/usr/lib/llvm-{LLVM_MAJOR}");
@@ -115,7 +127,7 @@ fn ensure_tracefs() -> Result<()> {
     if std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
         return Ok(());
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !upstrace_lab::is_root() {
         eprintln!("xtask setup: tracefs is not mounted; upstrace mounts it itself when run as root");
         return Ok(());
     }

@@ -3,15 +3,16 @@
 //! that upstrace's memory stays flat (< 10% growth after warm-up). Bounded in time and count;
 //! traffic stays inside the lab's namespaces.
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-use upstrace_lab::lab::{Fault, GATEWAY_PORT, GatewayKind, Lab, Step};
-
+use anyhow::{Result, bail};
+use upstrace_lab::{
+    lab::{Fault, GATEWAY_PORT, GatewayKind, Lab, Step},
+    rss_kib,
+    tracer::Tracer,
+};
 
 const ROLL: &[Step] = &[
     Step::Healthy,
@@ -26,50 +27,16 @@ const ROLL: &[Step] = &[
     Step::Fault(Fault::FwRejectAdminProhibited),
 ];
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
 pub fn run(minutes: u64) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the soak creates network namespaces and loads eBPF programs: run it as root");
-    }
-    let root = crate::workspace_root();
-    // SAFETY: single-threaded here.
-    unsafe { std::env::set_var("UPSTRACE_LAB_UPSTREAM", root.join("target/release/upstrace-lab-upstream")) };
+    upstrace_lab::ensure_root("the soak")?;
+    crate::use_release_build();
     let total = Duration::from_secs(minutes.max(1) * 60);
     let step_len = Duration::from_secs(6);
 
     let mut lab = Lab::new()?;
     lab.start_upstream("ok")?;
     let gw = lab.start_gateway(GatewayKind::Nginx)?;
-    let mut tracer = Command::new(root.join("target/release/upstrace"))
-        .args(["--pid", &gw.to_string(), "--json", "--no-events", "--stats-interval", "5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting upstrace")?;
-    let tracer_pid = tracer.id();
-    let mut err = BufReader::new(tracer.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line)? > 0 && !line.contains("upstrace: tracing") {
-        line.clear();
-    }
-    let lines: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let reader = {
-        let lines = lines.clone();
-        let out = tracer.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
-                    lines.lock().unwrap().push(v);
-                }
-            }
-        })
-    };
+    let tracer = Tracer::start(&["--pid", &gw.to_string(), "--no-events", "--stats-interval", "5"])?;
 
     let started = Instant::now();
     let mut rss: Vec<(f64, u64)> = Vec::new();
@@ -78,28 +45,23 @@ pub fn run(minutes: u64) -> Result<()> {
         lab.apply(ROLL[step % ROLL.len()])?;
         // Steady load for this step: a bounded curl loop (count and time) in the client netns.
         let secs = step_len.as_secs().min((total.saturating_sub(started.elapsed())).as_secs().max(1));
-        let status = Command::new("ip")
+        // Its exit status is timeout's, telling only which bound ended the loop.
+        Command::new("ip")
             .args(["netns", "exec", &lab.gw_ns, "timeout", &secs.to_string(), "bash", "-c"])
-            .arg(format!(
-                "for i in $(seq 1 2000); do curl -s -o /dev/null --max-time 3 http://127.0.0.1:{GATEWAY_PORT}/; done"
-            ))
+            .arg(format!("for i in $(seq 1 2000); do curl -s -o /dev/null --max-time 3 http://127.0.0.1:{GATEWAY_PORT}/; done"))
             .status()?;
-        let _ = status;
-        rss.push((started.elapsed().as_secs_f64(), rss_kib(tracer_pid)));
+        rss.push((started.elapsed().as_secs_f64(), rss_kib(tracer.pid())));
         step += 1;
     }
     lab.clear_faults();
     // Let the last verdicts out, then stop cleanly.
     std::thread::sleep(Duration::from_millis(500));
-    unsafe { libc::kill(tracer_pid as i32, libc::SIGINT) };
-    tracer.wait()?;
-    let _ = reader.join();
+    let (_, lines) = tracer.stop()?;
     let log = std::fs::read_to_string(lab.dir.join("access.log")).unwrap_or_default();
     drop(lab);
 
     let statuses: Vec<u16> = log.lines().filter_map(logged_status).collect();
     let fives = statuses.iter().filter(|s| **s >= 500).count();
-    let lines = lines.lock().unwrap();
     let verdicts = lines.iter().filter(|v| v["type"] == "verdict" && v["delivered"] == "status").count();
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").cloned().unwrap_or_default();
     let lost = stats["lost_total"].as_u64().unwrap_or(u64::MAX);
@@ -123,14 +85,24 @@ pub fn run(minutes: u64) -> Result<()> {
     let slowest: Vec<String> = slowest
         .iter()
         .take(5)
-        .map(|v| format!("{:.0} ms {} (status at {})", v["latency_ms"].as_f64().unwrap_or(0.0), v["verdict"].as_str().unwrap_or("?"), v["status_time"].as_str().unwrap_or("?")))
+        .map(|v| {
+            format!(
+                "{:.0} ms {} (status at {})",
+                v["latency_ms"].as_f64().unwrap_or(0.0),
+                v["verdict"].as_str().unwrap_or("?"),
+                v["status_time"].as_str().unwrap_or("?")
+            )
+        })
         .collect();
     println!("slowest verdicts: {}", slowest.join("; "));
-    let dir = root.join("bench");
+    let dir = crate::workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join(format!("SOAK-{minutes}min.txt")),
-        format!("{summary}\nSlowest verdicts (one per 5 s stats interval, worst first): {}\nRSS samples (s, KiB): {rss:?}\n", slowest.join("; ")),
+        format!(
+            "{summary}\nSlowest verdicts (one per 5 s stats interval, worst first): {}\nRSS samples (s, KiB): {rss:?}\n",
+            slowest.join("; ")
+        ),
     )?;
     let mut problems = Vec::new();
     if fives == 0 {
@@ -201,7 +173,8 @@ mod tests {
 127.0.0.1 - - [25/Nov/2026:00:30:44 +0000] \"GET / HTTP/1.1\" 200 2 \"-\" \"curl/7.88.1\"
 127.0.0.1 - - [25/Nov/2026:00:30:44 +0000] \"GET / HTTP/1.1\" 504 167 \"-\" \"curl/7.88.1\"
 ";
-        let verdict = |time: &str, status: u16| serde_json::json!({"type": "verdict", "delivered": "status", "time": time, "status": status});
+        let verdict =
+            |time: &str, status: u16| serde_json::json!({"type": "verdict", "delivered": "status", "time": time, "status": status});
         let mut lines = vec![verdict("2026-11-25T00:30:43.100Z", 502), verdict("2026-11-25T00:30:43.900Z", 502)];
         assert_eq!(mismatched_seconds(log, &lines), "00:30:44 504: 1/0");
         lines.push(verdict("2026-11-25T00:30:44.500Z", 504));

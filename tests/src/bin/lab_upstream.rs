@@ -5,7 +5,10 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::{fs::PermissionsExt, net::UnixListener}},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::PermissionsExt, net::UnixListener},
+    },
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -131,9 +134,7 @@ enum Schedule<'a> {
 impl<'a> Schedule<'a> {
     fn parse(mode: &'a str) -> Self {
         let counted = |prefix: &str| {
-            mode.strip_prefix(prefix)
-                .and_then(|rest| rest.split_once(':'))
-                .and_then(|(n, m)| Some((n.parse::<u64>().ok()?, m)))
+            mode.strip_prefix(prefix).and_then(|rest| rest.split_once(':')).and_then(|(n, m)| Some((n.parse::<u64>().ok()?, m)))
         };
         match (counted("after-"), counted("every-")) {
             (Some((n, m)), _) => Schedule::AfterPerConnection(n, m),
@@ -146,9 +147,19 @@ impl<'a> Schedule<'a> {
     fn mode_for(&self, served: u64) -> &'a str {
         match *self {
             Schedule::Always(m) => m,
-            Schedule::AfterPerConnection(n, m) => if served <= n { "ok" } else { m },
+            Schedule::AfterPerConnection(n, m) => {
+                if served <= n {
+                    "ok"
+                } else {
+                    m
+                }
+            }
             Schedule::EveryNth(n, m) => {
-                if (SERVED.fetch_add(1, Ordering::Relaxed) + 1) % n == 0 { m } else { "ok" }
+                if (SERVED.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n) {
+                    m
+                } else {
+                    "ok"
+                }
             }
         }
     }
