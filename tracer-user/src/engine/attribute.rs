@@ -558,8 +558,7 @@ fn never_connected(c: &Case) -> Option<Finding> {
     })
 }
 
-/// 6a. What came back is not HTTP, or breaks the header syntax: the gateway had to reject it,
-/// whatever happened to the connection after.
+/// 6. What came back is not HTTP, or breaks the header syntax: the gateway had to reject it.
 fn invalid_bytes(c: &Case) -> Option<Finding> {
     let head = c.a.head.as_deref()?;
     let why = invalid_http(head)?;
@@ -567,7 +566,7 @@ fn invalid_bytes(c: &Case) -> Option<Finding> {
     Some(Finding::new(Cause::InvalidResponse, format!("{}: {} answered with {why}: \"{shown}\"", c.gw, c.up)))
 }
 
-/// 6. The upstream ended the connection before a complete response: reset, crash, close.
+/// 7. The upstream ended the connection before a complete response: reset, crash, close.
 fn ended_by_upstream(c: &Case) -> Option<Finding> {
     let a = c.a;
     let (gw, up, got) = (&c.gw, &c.up, a.bytes_recv);
@@ -612,8 +611,7 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} closed the connection {when}")))
 }
 
-/// 7. No valid answer came on an open connection: a read error, bytes the gateway rejected,
-/// or nothing at all before it gave up.
+/// 8. No valid answer came on an open connection: a read error, rejected bytes, or silence.
 fn no_valid_answer(c: &Case) -> Option<Finding> {
     let a = c.a;
     let (gw, up, got) = (&c.gw, &c.up, a.bytes_recv);
