@@ -1,7 +1,7 @@
 //! The live source: load the probes, pick the gateway processes, and pump ring-buffer events
 //! through the pipeline until the time limit or a signal.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     time::Duration,
 };
@@ -18,7 +18,11 @@ use crate::{
     engine::decode::{Decoder, KernelEvent},
     health::{ProgramCost, Stats},
     pipeline::Pipeline,
-    source::{discover, probes::Probes},
+    source::{
+        discover,
+        probes::{Probes, uprobes::OpenSsl},
+        tls::{self, ClientView},
+    },
 };
 
 #[derive(Debug, Clone)]
@@ -93,6 +97,10 @@ struct Live {
     overflowing: HashMap<SocketAddr, u64>,
     decoder: Decoder,
     counts: Counts,
+    openssl: OpenSsl,
+    /// The client-side view of each gateway (by name), as said at start and when it changes.
+    views: BTreeMap<String, ClientView>,
+    quiet: bool,
 }
 
 pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
@@ -125,10 +133,14 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         overflowing: HashMap::new(),
         decoder,
         counts: Counts::default(),
+        openssl: OpenSsl::default(),
+        views: BTreeMap::new(),
+        quiet,
     };
     for pid in &initial {
         live.probes.trace_pid(*pid)?;
         live.known.insert(*pid);
+        live.adopt_client_view(*pid);
     }
     live.adopt_listeners(pipeline)?;
     if !quiet {
@@ -211,6 +223,32 @@ impl Live {
         Ok(())
     }
 
+    /// Read what this gateway process answers its clients: at its writes always, and at
+    /// OpenSSL's `SSL_write` when it maps a libssl. Said once per gateway name and view.
+    fn adopt_client_view(&mut self, pid: u32) {
+        let comm = discover::comm_of(pid).unwrap_or_default();
+        let mut view = ClientView::Plaintext;
+        let mut via = Vec::new();
+        for lib in tls::libssl_of(pid) {
+            match self.openssl.attach(&mut self.probes, &lib) {
+                Ok(_) => {
+                    view = ClientView::OpenSsl;
+                    via.push(lib.path);
+                }
+                Err(e) if !self.quiet => eprintln!("upstrace: {comm} {pid}: TLS plaintext not readable: {e:#}"),
+                Err(_) => {}
+            }
+        }
+        let known = self.views.get(&comm).copied();
+        if known.is_none_or(|v| v == ClientView::Plaintext && view != v) {
+            self.views.insert(comm.clone(), view);
+            if !self.quiet {
+                let via = if via.is_empty() { String::new() } else { format!(" ({})", via.join(", ")) };
+                eprintln!("upstrace: {comm}: client view {}{via}", view.as_str());
+            }
+        }
+    }
+
     /// Everything in the ring buffer, through the pipeline.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> Result<()> {
         while let Some(item) = ring.next() {
@@ -230,6 +268,7 @@ impl Live {
         for pid in self.targets.scan() {
             if self.known.insert(pid) {
                 self.probes.trace_pid(pid)?;
+                self.adopt_client_view(pid);
             }
         }
         self.known.retain(|&pid| discover::pid_exists(pid));

@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs, and the userspace handles to their maps.
 pub mod btf;
 pub mod layout;
+pub mod uprobes;
 
 use std::path::PathBuf;
 
