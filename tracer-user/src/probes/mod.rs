@@ -175,7 +175,6 @@ impl Probes {
         let (drop_reason_names, drop_reasons) = layout::drop_reasons(&btf);
         let config = Config {
             self_tgid: std::process::id(),
-            _pad: 0,
             tp: layout::tracepoint_layout(&tracefs)?,
             kernel: layout::kernel_layout(&btf)?,
             drop_reasons,
