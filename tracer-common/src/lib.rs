@@ -3,6 +3,11 @@
 //! its size is asserted at compile time on both sides.
 #![no_std]
 
+/// Version of the types below as the kernel programs and userspace share them. Bump it with
+/// every change to a shared type (a field, its size or its meaning): the eBPF object carries
+/// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
+pub const ABI_VERSION: u32 = 1;
+
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
 /// Capacity of the per-socket ownership map (open upstream connections). A plain hash: an

@@ -18,6 +18,12 @@ mod process;
 mod read;
 mod tcp;
 
+/// The shared types' version this object was built with (`tracer_common::ABI_VERSION`). No
+/// program reads it: the loader reads it back from the object's symbol table before loading,
+/// and refuses an object built against other shared types (a stale build).
+#[unsafe(no_mangle)]
+static UPSTRACE_ABI_VERSION: u32 = tracer_common::ABI_VERSION;
+
 /// Every program's return value. The kernel ignores what tracepoint and tp_btf programs return,
 /// and an `Err` (a failed read of the hook's own record) only means there is nothing to report.
 #[inline(always)]
