@@ -1,9 +1,14 @@
 //! The kernel/user ABI of upstrace: every type here crosses the boundary between the eBPF
-//! programs and userspace, so it is `#[repr(C)]`, plain old data, and its size is asserted at
-//! compile time on both sides.
+//! programs and userspace, so it is `#[repr(C)]`, plain old data without implicit padding, and
+//! its size is asserted at compile time on both sides.
 #![no_std]
 
 pub mod status;
+
+/// Version of the types below as the kernel programs and userspace share them. Bump it with
+/// every change to a shared type (a field, its size or its meaning): the eBPF object carries
+/// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
+pub const ABI_VERSION: u32 = 1;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -248,9 +253,11 @@ pub mod errno {
     pub const ECONNABORTED: i32 = 103;
     pub const ECONNRESET: i32 = 104;
     pub const ENOBUFS: i32 = 105;
+    pub const EISCONN: i32 = 106;
     pub const ETIMEDOUT: i32 = 110;
     pub const ECONNREFUSED: i32 = 111;
     pub const EHOSTUNREACH: i32 = 113;
+    pub const EALREADY: i32 = 114;
     pub const EINPROGRESS: i32 = 115;
 
     pub const fn name(errno: i32) -> &'static str {
@@ -269,9 +276,11 @@ pub mod errno {
             ECONNABORTED => "ECONNABORTED",
             ECONNRESET => "ECONNRESET",
             ENOBUFS => "ENOBUFS",
+            EISCONN => "EISCONN",
             ETIMEDOUT => "ETIMEDOUT",
             ECONNREFUSED => "ECONNREFUSED",
             EHOSTUNREACH => "EHOSTUNREACH",
+            EALREADY => "EALREADY",
             EINPROGRESS => "EINPROGRESS",
             _ => "E?",
         }
@@ -314,7 +323,7 @@ pub struct Event {
 }
 
 pub const EVENT_SIZE: usize = 256;
-const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 impl Event {
     pub const fn zeroed() -> Self {
@@ -372,7 +381,7 @@ pub struct SockOwner {
 /// An RST answered the SYN (connection refused): the CLOSE and the ECONNREFUSED error that
 /// follow it say nothing new and are not sent (a refused connect is one event, not three).
 pub const OWNER_RST_IN_SYN_SENT: u32 = 1;
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 80);
+const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
@@ -399,7 +408,7 @@ pub struct Exchange {
     pub _pad: u32,
     pub head: [u8; RESPONSE_HEAD],
 }
-const _: () = assert!(core::mem::size_of::<Exchange>() == 192);
+const _: () = assert!(size_of::<Exchange>() == 192);
 
 pub const PHASE_IDLE: u32 = 0;
 pub const PHASE_SENDING: u32 = 1;
@@ -417,7 +426,7 @@ pub struct PendingConnect {
     pub path: [u8; PATH_LEN],
     pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<PendingConnect>() == 144);
+const _: () = assert!(size_of::<PendingConnect>() == 144);
 
 /// A 5xx status line seen at write entry, waiting for the socket send that carries it.
 #[repr(C)]
@@ -428,7 +437,7 @@ pub struct PendingStatus {
     pub fd: u32,
     pub head: [u8; 32],
 }
-const _: () = assert!(core::mem::size_of::<PendingStatus>() == 48);
+const _: () = assert!(size_of::<PendingStatus>() == 48);
 
 /// Indexes into the per-CPU `COUNTERS` array: everything the kernel side had to drop (the
 /// losses, `0..LOSSES`), and the bookkeeping that lets userspace count LRU evictions.
@@ -510,6 +519,7 @@ pub struct TracepointLayout {
     pub kfree_reason: u16,
     pub netif_skbaddr: u16,
 }
+const _: () = assert!(size_of::<TracepointLayout>() == 68);
 
 /// Byte offsets inside kernel structs, read by userspace from /sys/kernel/btf/vmlinux
 /// (Rust eBPF has no CO-RE field relocations).
@@ -548,6 +558,7 @@ pub struct KernelLayout {
     pub inode_ino: u16,
     pub _pad: u16,
 }
+const _: () = assert!(size_of::<KernelLayout>() == 56);
 
 /// Key of the map of upstream endpoints (address, port) that traced sockets connect to: the
 /// packet hooks only report drops and ICMP errors for flows to or from these.
@@ -558,7 +569,7 @@ pub struct PeerKey {
     pub port: u16,
     pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<PeerKey>() == 24);
+const _: () = assert!(size_of::<PeerKey>() == 24);
 
 /// Capacity of the upstream-endpoint map.
 pub const MAX_PEERS: u32 = 16384;
@@ -571,21 +582,18 @@ pub const MAX_DROP_REASON: u32 = 512;
 pub struct Config {
     /// upstrace's own tgid, never traced.
     pub self_tgid: u32,
-    pub _pad: u32,
     pub tp: TracepointLayout,
     pub kernel: KernelLayout,
     /// Bitmap over enum skb_drop_reason values (resolved by name from BTF at start).
     pub drop_reasons: [u64; (MAX_DROP_REASON / 64) as usize],
 }
+// 4 + 68 + 56 = 128 bytes before the bitmap: it needs no padding to be 8-aligned.
+const _: () = assert!(size_of::<Config>() == 192);
 
 impl Config {
     pub const fn zeroed() -> Self {
         // SAFETY: every field is an integer or an array of integers.
         unsafe { core::mem::zeroed() }
-    }
-
-    pub fn wants_drop_reason(&self, reason: u32) -> bool {
-        reason < MAX_DROP_REASON && self.drop_reasons[(reason / 64) as usize] & (1 << (reason % 64)) != 0
     }
 }
 
@@ -596,4 +604,28 @@ mod user {
     unsafe impl aya::Pod for super::Exchange {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::PeerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_states_round_trip_through_their_kernel_numbers() {
+        for (i, state) in TcpState::ALL.into_iter().enumerate() {
+            assert_eq!(state as usize, i + 1);
+            assert_eq!(TcpState::from_u8(state as u8), Some(state));
+        }
+        assert_eq!(TcpState::from_u8(0), None);
+        assert_eq!(TcpState::from_u8(13), None);
+    }
+
+    #[test]
+    fn the_fatal_signal_list_is_what_is_fatal_answers() {
+        for sig in 0..65 {
+            assert_eq!(signal::is_fatal(sig), signal::FATAL.contains(&sig), "signal {sig}");
+        }
+        assert!(signal::is_fatal(signal::SIGSYS));
+        assert!(!signal::is_fatal(signal::SIGTERM));
+    }
 }

@@ -1,17 +1,15 @@
-//! Maps shared by all hook families, the load-time configuration, and small helpers.
+//! The load-time configuration and the maps shared by all hook families, with their accessors.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Config, Event, EventKind, Exchange, MAX_UNIX_SOCKETS, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
-    MAX_PENDING, MAX_TRACED_PROCESSES, PeerKey, PendingConnect, PendingStatus, RESPONSE_HEAD,
-    RING_BYTES, SockOwner, counter,
+    AF_UNIX, Config, Exchange, MAX_CLOSED_SOCKETS, MAX_DROP_REASON, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
+    MAX_PENDING, MAX_TRACED_PROCESSES, MAX_UNIX_SOCKETS, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner,
+    counter,
 };
+
+use crate::read::{current_cgroup, current_comm, sock_netns, socket_ino};
 
 /// Written by the loader before the programs load. Fields are read one at a time with
 /// volatile loads: copying the whole struct would cost stack, and plain reads of an
@@ -22,22 +20,24 @@ pub static CONFIG: Config = Config::zeroed();
 macro_rules! cfg_get {
     ($($field:ident).+) => {
         {
-            #[allow(unused_unsafe)]
-            let value = unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($field).+) };
-            value
+            let field = &raw const $crate::maps::CONFIG.$($field).+;
+            // SAFETY: a field of a static: valid and aligned; the loader writes CONFIG before
+            // the programs load and nothing writes it afterwards.
+            unsafe { core::ptr::read_volatile(field) }
         }
     };
 }
 pub(crate) use cfg_get;
 
+/// Whether drop reason `reason` is one userspace asked for (a bit of `CONFIG.drop_reasons`).
 #[inline(always)]
 pub fn wants_drop_reason(reason: u32) -> bool {
-    if reason >= tracer_common::MAX_DROP_REASON {
+    if reason >= MAX_DROP_REASON {
         return false;
     }
-    let word = unsafe {
-        core::ptr::read_volatile((&raw const CONFIG.drop_reasons).cast::<u64>().add((reason / 64) as usize))
-    };
+    // SAFETY: reason / 64 < MAX_DROP_REASON / 64, the bitmap's length, so the word is inside
+    // CONFIG (see `cfg_get`).
+    let word = unsafe { core::ptr::read_volatile((&raw const CONFIG.drop_reasons).cast::<u64>().add((reason / 64) as usize)) };
     word & (1 << (reason % 64)) != 0
 }
 
@@ -65,60 +65,14 @@ pub static CLOSED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX
 #[map]
 pub static UNIX_OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_UNIX_SOCKETS, 0);
 
-/// The owner record of a unix-socket upstream; looked up only for AF_UNIX sockets, so TCP
-/// and the gateway's client sockets pay nothing for it. A record left by a closed socket whose
-/// memory now holds another one (say, a client of a gateway listening on a unix socket) is
-/// recognised by the inode number and forgotten.
-#[inline(always)]
-pub fn unix_owner_of(sk: u64, family: u16) -> Option<*mut SockOwner> {
-    if family != tracer_common::AF_UNIX as u16 {
-        return None;
-    }
-    let owner = UNIX_OWNED.get_ptr_mut(sk)?;
-    if unsafe { (*owner).ino } != socket_ino(sk) {
-        let _ = UNIX_OWNED.remove(sk);
-        let _ = HELD.remove(sk);
-        return None;
-    }
-    Some(owner)
-}
-
-/// Inode number of the socket that `sk` belongs to (0 if unknown): sk->sk_socket, whose inode
-/// is allocated with it (`struct socket_alloc`).
-#[inline(always)]
-pub fn socket_ino(sk: u64) -> u64 {
-    match read_kernel::<u64>(sk, cfg_get!(kernel.sk_socket)) {
-        Some(socket) if socket != 0 => {
-            read_kernel::<u64>(socket + cfg_get!(kernel.socket_alloc_inode) as u64, cfg_get!(kernel.inode_ino)).unwrap_or(0)
-        }
-        _ => 0,
-    }
-}
-
-/// The owner record of an upstream socket, open or recently closed.
-#[inline(always)]
-pub fn owner_of(sk: u64) -> Option<*mut SockOwner> {
-    OWNED.get_ptr_mut(sk).or_else(|| CLOSED.get_ptr_mut(sk))
-}
-
-/// Forget a socket address entirely (its memory now holds another socket).
-#[inline(always)]
-pub fn forget_socket(sk: u64) {
-    let _ = OWNED.remove(sk);
-    if CLOSED.remove(sk).is_ok() {
-        count(counter::CLOSED_REMOVED);
-    }
-    let _ = HELD.remove(sk);
-}
-
 /// Exchanges held back on kept-alive upstream connections, keyed by socket (see `Exchange`).
 /// A plain hash, not LRU: when it is full the exchange is shipped at once, never dropped.
 #[map]
 pub static HELD: HashMap<u64, Exchange> = HashMap::with_max_entries(MAX_EXCHANGES, 0);
 
+/// connect(2) arguments between sys_enter and sys_exit, keyed by thread id.
 #[map]
-pub static PENDING_CONNECT: HashMap<u32, PendingConnect> =
-    HashMap::with_max_entries(MAX_PENDING, 0);
+pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(MAX_PENDING, 0);
 
 /// User buffer of the receive call in progress on this CPU (to show the response's head).
 /// Syscall entry and the socket tracepoint run on the same CPU unless the task migrates in
@@ -134,18 +88,7 @@ pub struct RecvBuffer {
 #[map]
 pub static PENDING_RECV: PerCpuArray<RecvBuffer> = PerCpuArray::with_max_entries(1, 0);
 
-/// The buffer remembered at syscall entry, if this thread's; the slot is used once.
-#[inline(always)]
-pub fn take_recv_buffer(tid: u32) -> u64 {
-    let Some(slot) = PENDING_RECV.get_ptr_mut(0) else { return 0 };
-    let slot = unsafe { &mut *slot };
-    if slot.tid != tid {
-        return 0;
-    }
-    slot.tid = 0;
-    slot.buf
-}
-
+/// 5xx status lines written by a thread, waiting for the socket send that carries them.
 #[map]
 pub static PENDING_STATUS: HashMap<u32, PendingStatus> = HashMap::with_max_entries(MAX_PENDING, 0);
 
@@ -156,94 +99,161 @@ pub static PEERS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(MAX_PE
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+// The map accessors below turn the maps' raw value pointers into references. That is sound
+// for the life of one program run: the kernel frees a removed element only after an RCU grace
+// period, and a program holds no second reference to the same element. (What BPF cannot
+// rule out is another CPU updating the same element at the same time; the records here are
+// per socket or per thread, so that only happens when a socket is used by two threads at once,
+// and then a counter may be off, never memory.)
+
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: see above; a per-CPU slot is this CPU's alone.
         unsafe { *slot += 1 };
     }
 }
 
 #[inline(always)]
-pub fn now_ns() -> u64 {
-    unsafe { bpf_ktime_get_ns() }
-}
-
-/// (tgid, tid) of the current task.
-#[inline(always)]
-pub fn current_ids() -> (u32, u32) {
-    let id = bpf_get_current_pid_tgid();
-    ((id >> 32) as u32, id as u32)
-}
-
-#[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
+    // SAFETY: see above (only the presence of the key is used).
     tgid != 0 && unsafe { TRACED.get(tgid) }.is_some()
 }
 
 #[inline(always)]
-pub fn current_comm() -> [u8; 16] {
-    bpf_get_current_comm().unwrap_or([0; 16])
+pub fn is_listener(tgid: u32) -> bool {
+    // SAFETY: see above (only the presence of the key is used).
+    unsafe { LISTENERS.get(tgid) }.is_some()
 }
 
+/// The owner record of an upstream socket, open or recently closed.
 #[inline(always)]
-pub fn current_cgroup() -> u64 {
-    unsafe { bpf_get_current_cgroup_id() }
+pub fn owner_of(sk: u64) -> Option<&'static mut SockOwner> {
+    let owner = OWNED.get_ptr_mut(sk).or_else(|| CLOSED.get_ptr_mut(sk))?;
+    // SAFETY: see above.
+    Some(unsafe { &mut *owner })
 }
 
+/// The owner record of an open TCP upstream socket.
 #[inline(always)]
-pub fn read_kernel<T>(base: u64, offset: u16) -> Option<T> {
-    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            count(counter::READ_FAILED);
-            None
-        }
+pub fn open_owner_of(sk: u64) -> Option<&'static mut SockOwner> {
+    let owner = OWNED.get_ptr_mut(sk)?;
+    // SAFETY: see above.
+    Some(unsafe { &mut *owner })
+}
+
+/// The owner record of a unix-socket upstream; looked up only for AF_UNIX sockets, so TCP
+/// and the gateway's client sockets pay nothing for it. A record left by a closed socket whose
+/// memory now holds another one (say, a client of a gateway listening on a unix socket) is
+/// recognised by the inode number and forgotten.
+#[inline(always)]
+pub fn unix_owner_of(sk: u64, family: u16) -> Option<&'static mut SockOwner> {
+    if family != AF_UNIX as u16 {
+        return None;
+    }
+    let owner = UNIX_OWNED.get_ptr_mut(sk)?;
+    // SAFETY: see above.
+    let owner = unsafe { &mut *owner };
+    if owner.ino != socket_ino(sk) {
+        let _ = UNIX_OWNED.remove(sk);
+        let _ = HELD.remove(sk);
+        return None;
+    }
+    Some(owner)
+}
+
+/// Record a connected unix-socket upstream. A socket address seen before belongs to a socket
+/// since freed: whatever was held for it goes.
+#[inline(always)]
+pub fn add_unix_owner(sk: u64, owner: SockOwner) {
+    let _ = HELD.remove(sk);
+    // SAFETY: see above (only the presence of the key is used).
+    if unsafe { UNIX_OWNED.get(sk) }.is_none() {
+        count(counter::UNIX_ADDED);
+    }
+    let _ = UNIX_OWNED.insert(sk, owner, 0);
+}
+
+/// Forget a socket address entirely (its memory now holds another socket).
+#[inline(always)]
+pub fn forget_socket(sk: u64) {
+    let _ = OWNED.remove(sk);
+    if CLOSED.remove(sk).is_ok() {
+        count(counter::CLOSED_REMOVED);
+    }
+    let _ = HELD.remove(sk);
+}
+
+/// The exchange held for a socket, if any.
+#[inline(always)]
+pub fn held(sk: u64) -> Option<&'static mut Exchange> {
+    let held = HELD.get_ptr_mut(sk)?;
+    // SAFETY: see above.
+    Some(unsafe { &mut *held })
+}
+
+/// The fd of this thread's connect(2) in progress, if any.
+#[inline(always)]
+pub fn pending_connect_fd(tid: u32) -> Option<u32> {
+    // SAFETY: see above; the value is copied out at once.
+    unsafe { PENDING_CONNECT.get(tid) }.map(|p| p.fd)
+}
+
+/// Take this thread's connect(2) arguments (the slot is used once).
+#[inline(always)]
+pub fn take_pending_connect(tid: u32) -> Option<PendingConnect> {
+    // SAFETY: see above; the value is copied out before the element is removed.
+    let pending = *unsafe { PENDING_CONNECT.get(tid) }?;
+    let _ = PENDING_CONNECT.remove(tid);
+    Some(pending)
+}
+
+/// Take this thread's pending 5xx status line (the slot is used once).
+#[inline(always)]
+pub fn take_pending_status(tid: u32) -> Option<PendingStatus> {
+    // SAFETY: see above; the value is copied out before the element is removed.
+    let pending = *unsafe { PENDING_STATUS.get(tid) }?;
+    let _ = PENDING_STATUS.remove(tid);
+    Some(pending)
+}
+
+/// Remember the user buffer of a receive call starting on this CPU.
+#[inline(always)]
+pub fn remember_recv_buffer(tid: u32, buf: u64) {
+    if let Some(slot) = PENDING_RECV.get_ptr_mut(0) {
+        // SAFETY: see above; a per-CPU slot is this CPU's alone.
+        unsafe { *slot = RecvBuffer { tid, _pad: 0, buf } };
     }
 }
 
-/// Reserve an event in the ring buffer, zero it, let `fill` write it, and submit it.
-/// A full ring buffer is counted, never silent.
+/// The buffer remembered at syscall entry, if this thread's; the slot is used once.
 #[inline(always)]
-pub fn emit(kind: tracer_common::EventKind, fill: impl FnOnce(&mut Event)) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            let event = unsafe { &mut *entry.as_mut_ptr() };
-            *event = Event::zeroed();
-            event.ts_ns = now_ns();
-            event.kind = kind as u8;
-            fill(event);
-            entry.submit(0);
-        }
-        None => count(counter::RINGBUF_FULL),
+pub fn take_recv_buffer(tid: u32) -> u64 {
+    let Some(slot) = PENDING_RECV.get_ptr_mut(0) else { return 0 };
+    // SAFETY: see above; a per-CPU slot is this CPU's alone.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != tid {
+        return 0;
     }
+    slot.tid = 0;
+    slot.buf
 }
 
-/// Fill the 4-tuple from the socket itself (offsets come from BTF). Local side is
-/// `saddr`/`sport`, remote side `daddr`/`dport`. The netns comes from the owner record (read
-/// once at connect), or from `sock_netns` for sockets without one.
+/// Note an upstream endpoint, so the packet hooks report its drops and ICMP errors.
 #[inline(always)]
-pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
-    let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
-    event.family = family as u8;
-    if family == tracer_common::AF_INET6 as u16 {
-        event.saddr = read_kernel(sk, cfg_get!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
-        event.daddr = read_kernel(sk, cfg_get!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
-    } else {
-        let s: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_rcv_saddr)).unwrap_or([0; 4]);
-        let d: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_daddr)).unwrap_or([0; 4]);
-        event.saddr[..4].copy_from_slice(&s);
-        event.daddr[..4].copy_from_slice(&d);
+pub fn add_peer(peer: PeerKey, now: u64) {
+    // SAFETY: see above (only the presence of the key is used).
+    if unsafe { PEERS.get(peer) }.is_none() {
+        count(counter::PEERS_ADDED);
     }
-    event.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
-    event.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
+    let _ = PEERS.insert(peer, now, 0);
 }
 
 #[inline(always)]
-pub fn sock_netns(sk: u64) -> u32 {
-    match read_kernel::<u64>(sk, cfg_get!(kernel.skc_net)) {
-        Some(net) if net != 0 => read_kernel::<u32>(net, cfg_get!(kernel.net_ns_inum)).unwrap_or(0),
-        _ => 0,
-    }
+pub fn is_peer(addr: &[u8; 16], port: u16) -> bool {
+    let key = PeerKey { addr: *addr, port, _pad: [0; 6] };
+    // SAFETY: see above (only the presence of the key is used).
+    unsafe { PEERS.get(key) }.is_some()
 }
 
 /// The owner record of an upstream socket `sk`, made in the connecting thread's own context
@@ -257,7 +267,7 @@ pub fn new_owner(sk: u64, tgid: u32, tid: u32, fd: u32, tcp_state: u32, ino: u64
         pid: tgid,
         tid,
         netns: sock_netns(sk),
-        phase: tracer_common::PHASE_IDLE,
+        phase: PHASE_IDLE,
         tcp_state,
         fd,
         exchanges: 0,
@@ -266,55 +276,3 @@ pub fn new_owner(sk: u64, tgid: u32, tid: u32, fd: u32, tcp_state: u32, ino: u64
         ino,
     }
 }
-
-/// Copy the owner's identity and byte counters into a socket event.
-#[inline(always)]
-pub fn fill_owner(event: &mut Event, owner: &SockOwner) {
-    event.pid = owner.pid;
-    event.tid = owner.tid;
-    event.comm = owner.comm;
-    event.cgroup = owner.cgroup;
-    event.netns = owner.netns;
-    event.bytes_sent = owner.bytes_sent;
-    event.bytes_recv = owner.bytes_recv;
-    event.aux = owner.fd;
-}
-
-/// Ship the exchange held for a socket, as the `RequestSent`/`ResponseStart` events it stands
-/// for (stamped with their own times), ahead of the event that makes it worth knowing.
-#[inline(always)]
-pub fn ship_held(sk: u64, owner: &SockOwner) {
-    let Some(held) = HELD.get_ptr(sk) else {
-        return;
-    };
-    let held = unsafe { &*held };
-    if held.request_ts != 0 {
-        emit(EventKind::RequestSent, |e| {
-            e.sock = sk;
-            fill_owner(e, owner);
-            fill_tuple_from_sock(e, sk);
-            e.ts_ns = held.request_ts;
-            e.bytes_sent = held.request_bytes_sent;
-            e.bytes_recv = held.request_bytes_recv;
-            e.value = held.request_len as i64;
-            e.new_state = ESTABLISHED;
-        });
-    }
-    if held.response_ts != 0 {
-        emit(EventKind::ResponseStart, |e| {
-            e.sock = sk;
-            fill_owner(e, owner);
-            fill_tuple_from_sock(e, sk);
-            e.ts_ns = held.response_ts;
-            e.bytes_sent = held.response_bytes_sent;
-            e.bytes_recv = held.response_bytes_recv;
-            e.value = held.response_len as i64;
-            e.new_state = ESTABLISHED;
-            e.aux = held.head_len;
-            e.data[..RESPONSE_HEAD].copy_from_slice(&held.head);
-        });
-    }
-    let _ = HELD.remove(sk);
-}
-
-const ESTABLISHED: u8 = 1;

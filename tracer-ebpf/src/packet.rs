@@ -2,20 +2,22 @@
 //! qdisc and tc drops, listen overflow) and ICMP errors received. Both hooks are hot, so they
 //! return at once unless the packet touches an endpoint in `PEERS`.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{AF_INET, AF_INET6, Event, EventKind, PeerKey};
+use tracer_common::{AF_INET, AF_INET6, Event, EventKind};
 
-use crate::maps::{cfg_get, wants_drop_reason, PEERS, emit, read_kernel};
+use crate::{
+    done,
+    event::{Who, emit},
+    maps::{cfg_get, is_peer, wants_drop_reason},
+    read::{read_kernel, tp_field},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-
-#[inline(always)]
-fn is_peer(addr: &[u8; 16], port: u16) -> bool {
-    let key = PeerKey { addr: *addr, port, _pad: [0; 6] };
-    unsafe { PEERS.get(key) }.is_some()
-}
+pub const IPPROTO_TCP: u8 = 6;
+/// The ICMP errors that quote the offending packet's headers.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
 
 /// Parsed addressing of an IP packet carrying TCP.
 struct Tuple {
@@ -89,64 +91,67 @@ fn fill_tuple(e: &mut Event, t: &Tuple) {
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
-    let Ok(reason) = (unsafe { ctx.read_at::<u32>(cfg_get!(tp.kfree_reason) as usize) }) else {
-        return 0;
-    };
+    done(try_kfree_skb(&ctx))
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
+    let reason: u32 = tp_field(ctx, cfg_get!(tp.kfree_reason))?;
     if !wants_drop_reason(reason) {
-        return 0;
+        return Ok(());
     }
-    let (Ok(skb), Ok(proto)) = (unsafe {
-        (ctx.read_at::<u64>(cfg_get!(tp.kfree_skbaddr) as usize), ctx.read_at::<u16>(cfg_get!(tp.kfree_protocol) as usize))
-    }) else {
-        return 0;
-    };
+    let skb: u64 = tp_field(ctx, cfg_get!(tp.kfree_skbaddr))?;
+    let proto: u16 = tp_field(ctx, cfg_get!(tp.kfree_protocol))?;
     // The tracepoint already stores ntohs(skb->protocol).
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
-        return 0;
+        return Ok(());
     }
-    let (Some(head), Some(nh)) = (read_kernel::<u64>(skb, cfg_get!(kernel.skb_head)), read_kernel::<u16>(skb, cfg_get!(kernel.skb_network_header)))
+    let (Some(head), Some(nh)) =
+        (read_kernel::<u64>(skb, cfg_get!(kernel.skb_head)), read_kernel::<u16>(skb, cfg_get!(kernel.skb_network_header)))
     else {
-        return 0;
+        return Ok(());
     };
-    let Some(t) = parse_ip(head + nh as u64, proto == ETH_P_IPV6) else { return 0 };
+    let Some(t) = parse_ip(head + nh as u64, proto == ETH_P_IPV6) else { return Ok(()) };
     if t.proto != IPPROTO_TCP || !(is_peer(&t.daddr, t.dport) || is_peer(&t.saddr, t.sport)) {
-        return 0;
+        return Ok(());
     }
-    emit(EventKind::Drop, |e| {
+    emit(EventKind::Drop, Who::Nobody, |e| {
         fill_tuple(e, &t);
         e.value = reason as i64;
         e.netns = skb_netns(skb);
         e.aux = t.proto as u32;
     });
-    0
+    Ok(())
 }
 
 #[tracepoint(category = "net", name = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: TracePointContext) -> u32 {
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(cfg_get!(tp.netif_skbaddr) as usize) }) else { return 0 };
+    done(try_netif_receive_skb(&ctx))
+}
+
+fn try_netif_receive_skb(ctx: &TracePointContext) -> Result<(), i32> {
+    let skb: u64 = tp_field(ctx, cfg_get!(tp.netif_skbaddr))?;
     // At this point skb->data is the network header. Every packet on the host comes here:
     // one read of the IP header decides, and only ICMP goes further.
-    let Some(data) = read_kernel::<u64>(skb, cfg_get!(kernel.skb_data)) else { return 0 };
+    let Some(data) = read_kernel::<u64>(skb, cfg_get!(kernel.skb_data)) else { return Ok(()) };
     // (The version nibble stands in for skb->protocol: one read fewer per packet.)
-    let Some(header) = read_kernel::<[u8; 20]>(data, 0) else { return 0 };
+    let Some(header) = read_kernel::<[u8; 20]>(data, 0) else { return Ok(()) };
     if header[0] >> 4 != 4 || header[9] != IPPROTO_ICMP {
-        return 0;
+        return Ok(());
     }
-    let Some(outer) = ipv4_tuple(data, &header) else { return 0 };
-    let Some(icmp) = read_kernel::<[u8; 2]>(outer.l4, 0) else { return 0 };
-    // Destination unreachable (3) and time exceeded (11) quote the offending packet.
-    if icmp[0] != 3 && icmp[0] != 11 {
-        return 0;
+    let Some(outer) = ipv4_tuple(data, &header) else { return Ok(()) };
+    let Some(icmp) = read_kernel::<[u8; 2]>(outer.l4, 0) else { return Ok(()) };
+    if icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED {
+        return Ok(());
     }
-    let Some(inner) = parse_ip(outer.l4 + 8, false) else { return 0 };
+    let Some(inner) = parse_ip(outer.l4 + 8, false) else { return Ok(()) };
     if inner.proto != IPPROTO_TCP || !is_peer(&inner.daddr, inner.dport) {
-        return 0;
+        return Ok(());
     }
-    emit(EventKind::IcmpError, |e| {
+    emit(EventKind::IcmpError, Who::Nobody, |e| {
         fill_tuple(e, &inner);
         e.value = ((icmp[0] as i64) << 8) | icmp[1] as i64;
         e.netns = skb_netns(skb);
         e.aux = u32::from_le_bytes([outer.saddr[0], outer.saddr[1], outer.saddr[2], outer.saddr[3]]);
     });
-    0
+    Ok(())
 }

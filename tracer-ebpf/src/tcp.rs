@@ -4,47 +4,47 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{EventKind, OWNER_RST_IN_SYN_SENT, PeerKey, SockOwner, counter};
+use tracer_common::{EventKind, OWNER_RST_IN_SYN_SENT, PeerKey, SockOwner, TcpState, counter, errno};
 
-use crate::maps::{cfg_get, 
-    CLOSED, LISTENERS, OWNED, PEERS, PENDING_CONNECT, forget_socket, new_owner, now_ns, owner_of, ship_held, count, current_cgroup, current_comm, current_ids,
-    emit, fill_owner, fill_tuple_from_sock, is_traced, read_kernel, sock_netns,
+use crate::{
+    done,
+    event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
+    maps::{
+        CLOSED, LISTENERS, OWNED, add_peer, cfg_get, count, forget_socket, is_traced, new_owner, open_owner_of, owner_of,
+        pending_connect_fd,
+    },
+    packet::IPPROTO_TCP,
+    read::{current_ids, now_ns, read_kernel, sock_netns, tp_field},
 };
 
-const IPPROTO_TCP: u16 = 6;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
-const ECONNREFUSED: i32 = 111;
+const SYN_SENT: i32 = TcpState::SynSent as i32;
+const CLOSE: i32 = TcpState::Close as i32;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(cfg_get!(tp.set_state_protocol) as usize) }) else {
-        return 0;
-    };
-    if protocol != IPPROTO_TCP {
-        return 0;
-    }
-    let (Ok(sk), Ok(old), Ok(new)) = (unsafe {
-        (
-            ctx.read_at::<u64>(cfg_get!(tp.set_state_skaddr) as usize),
-            ctx.read_at::<i32>(cfg_get!(tp.set_state_oldstate) as usize),
-            ctx.read_at::<i32>(cfg_get!(tp.set_state_newstate) as usize),
-        )
-    }) else {
-        return 0;
-    };
+    done(try_inet_sock_set_state(&ctx))
+}
 
-    match new {
-        // connect(): we are in the connecting thread, so pid/comm are the real owner's.
-        TCP_SYN_SENT if old == TCP_CLOSE => on_connect_start(sk),
-        // The socket memory is being reused by an accepted socket: forget any old owner.
-        TCP_SYN_RECV => forget_socket(sk),
-        TCP_LISTEN => on_listen(sk),
-        _ => on_owned_state_change(sk, old, new),
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let protocol: u16 = tp_field(ctx, cfg_get!(tp.set_state_protocol))?;
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
     }
-    0
+    let sk: u64 = tp_field(ctx, cfg_get!(tp.set_state_skaddr))?;
+    let old: i32 = tp_field(ctx, cfg_get!(tp.set_state_oldstate))?;
+    let new: i32 = tp_field(ctx, cfg_get!(tp.set_state_newstate))?;
+    if new == SYN_SENT && old == CLOSE {
+        // connect(): we are in the connecting thread, so pid/comm are the real owner's.
+        on_connect_start(sk);
+    } else if new == TcpState::SynRecv as i32 {
+        // The socket memory is being reused by an accepted socket: forget any old owner.
+        forget_socket(sk);
+    } else if new == TcpState::Listen as i32 {
+        on_listen(sk);
+    } else {
+        on_owned_state_change(sk, old, new);
+    }
+    Ok(())
 }
 
 fn on_connect_start(sk: u64) {
@@ -54,26 +54,20 @@ fn on_connect_start(sk: u64) {
     if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
         return;
     }
-    let fd = unsafe { PENDING_CONNECT.get(tid) }.map(|p| p.fd).unwrap_or(u32::MAX);
-    let owner = new_owner(sk, tgid, tid, fd, TCP_SYN_SENT as u32, 0);
+    let fd = pending_connect_fd(tid).unwrap_or(u32::MAX);
+    let owner = new_owner(sk, tgid, tid, fd, SYN_SENT as u32, 0);
     if OWNED.insert(sk, owner, 0).is_err() {
         count(counter::OWNED_MAP_FULL);
     }
     let mut peer = PeerKey::default();
-    emit(EventKind::ConnectStart, |e| {
-        e.sock = sk;
-        fill_owner(e, &owner);
-        fill_tuple_from_sock(e, sk);
-        e.old_state = TCP_CLOSE as u8;
-        e.new_state = TCP_SYN_SENT as u8;
+    emit_socket(EventKind::ConnectStart, sk, &owner, |e| {
+        e.old_state = CLOSE as u8;
+        e.new_state = SYN_SENT as u8;
         peer.addr = e.daddr;
         peer.port = e.dport;
     });
     // Let the packet hooks know this endpoint matters (drops, ICMP errors).
-    if unsafe { PEERS.get(peer) }.is_none() {
-        count(counter::PEERS_ADDED);
-    }
-    let _ = PEERS.insert(peer, now_ns(), 0);
+    add_peer(peer, now_ns());
 }
 
 fn on_listen(sk: u64) {
@@ -82,12 +76,8 @@ fn on_listen(sk: u64) {
     if LISTENERS.insert(tgid, 1, 0).is_err() {
         count(counter::LISTENER_MAP_FULL);
     }
-    emit(EventKind::Listen, |e| {
+    emit(EventKind::Listen, Who::Current(tgid, tid), |e| {
         e.sock = sk;
-        e.pid = tgid;
-        e.tid = tid;
-        e.comm = current_comm();
-        e.cgroup = current_cgroup();
         fill_tuple_from_sock(e, sk);
         e.netns = sock_netns(sk);
         e.aux = e.sport as u32;
@@ -95,23 +85,19 @@ fn on_listen(sk: u64) {
 }
 
 fn on_owned_state_change(sk: u64, old: i32, new: i32) {
-    let Some(owner) = OWNED.get_ptr_mut(sk) else {
+    let Some(owner) = open_owner_of(sk) else {
         return;
     };
-    let owner = unsafe { &mut *owner };
     ship_held(sk, owner);
     owner.tcp_state = new as u32;
-    let refused = old == TCP_SYN_SENT && new == TCP_CLOSE && owner.flags & OWNER_RST_IN_SYN_SENT != 0;
+    let refused = old == SYN_SENT && new == CLOSE && owner.flags & OWNER_RST_IN_SYN_SENT != 0;
     if !refused {
-        emit(EventKind::StateChange, |e| {
-            e.sock = sk;
-            fill_owner(e, owner);
-            fill_tuple_from_sock(e, sk);
+        emit_socket(EventKind::StateChange, sk, owner, |e| {
             e.old_state = old as u8;
             e.new_state = new as u8;
         });
     }
-    if new == TCP_CLOSE {
+    if new == CLOSE {
         // Open sockets are never evicted; closed ones make room for each other.
         let closed = *owner;
         if CLOSED.insert(sk, closed, 0).is_ok() {
@@ -128,7 +114,7 @@ fn emit_owned(sk: u64, kind: EventKind, value: i64) {
         return;
     }
     if let Some(owner) = owner_of(sk) {
-        emit_for_owner(sk, unsafe { &*owner }, kind, value);
+        emit_for_owner(sk, owner, kind, value);
     }
 }
 
@@ -136,10 +122,7 @@ fn emit_owned(sk: u64, kind: EventKind, value: i64) {
 #[inline(always)]
 fn emit_for_owner(sk: u64, owner: &SockOwner, kind: EventKind, value: i64) {
     ship_held(sk, owner);
-    emit(kind, |e| {
-        e.sock = sk;
-        fill_owner(e, owner);
-        fill_tuple_from_sock(e, sk);
+    emit_socket(kind, sk, owner, |e| {
         e.new_state = owner.tcp_state as u8;
         e.value = value;
     });
@@ -147,65 +130,64 @@ fn emit_for_owner(sk: u64, owner: &SockOwner, kind: EventKind, value: i64) {
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(cfg_get!(tp.recv_reset_skaddr) as usize) }) else {
-        return 0;
-    };
+    done(try_tcp_receive_reset(&ctx))
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let sk: u64 = tp_field(ctx, cfg_get!(tp.recv_reset_skaddr))?;
     let Some(owner) = owner_of(sk) else {
-        return 0;
+        return Ok(());
     };
-    let owner = unsafe { &mut *owner };
-    if owner.tcp_state == TCP_SYN_SENT as u32 {
+    if owner.tcp_state == SYN_SENT as u32 {
         owner.flags |= OWNER_RST_IN_SYN_SENT;
     }
     emit_for_owner(sk, owner, EventKind::ResetReceived, 0);
-    0
+    Ok(())
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let (Ok(sk), Ok(state)) = (unsafe {
-        (
-            ctx.read_at::<u64>(cfg_get!(tp.send_reset_skaddr) as usize),
-            ctx.read_at::<i32>(cfg_get!(tp.send_reset_state) as usize),
-        )
-    }) else {
-        return 0;
-    };
+    done(try_tcp_send_reset(&ctx))
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let sk: u64 = tp_field(ctx, cfg_get!(tp.send_reset_skaddr))?;
+    let state: i32 = tp_field(ctx, cfg_get!(tp.send_reset_state))?;
     emit_owned(sk, EventKind::ResetSent, state as i64);
-    0
+    Ok(())
 }
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let (Ok(sk), Ok(state)) = (unsafe {
-        (
-            ctx.read_at::<u64>(cfg_get!(tp.retransmit_skaddr) as usize),
-            ctx.read_at::<i32>(cfg_get!(tp.retransmit_state) as usize),
-        )
-    }) else {
-        return 0;
-    };
+    done(try_tcp_retransmit_skb(&ctx))
+}
+
+fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
+    let sk: u64 = tp_field(ctx, cfg_get!(tp.retransmit_skaddr))?;
+    let state: i32 = tp_field(ctx, cfg_get!(tp.retransmit_state))?;
     emit_owned(sk, EventKind::Retransmit, state as i64);
-    0
+    Ok(())
 }
 
 /// The tp_btf flavour gives the socket pointer (the plain tracepoint only has the tuple, whose
 /// source port is already cleared after close).
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    if sk == 0 {
-        return 0;
-    }
-    let Some(owner) = owner_of(sk) else {
-        return 0;
-    };
-    let owner = unsafe { &*owner };
-    let err: i32 = read_kernel(sk, cfg_get!(kernel.sk_err)).unwrap_or(0);
-    if err == ECONNREFUSED && owner.flags & OWNER_RST_IN_SYN_SENT != 0 {
-        return 0;
-    }
-    emit_for_owner(sk, owner, EventKind::SockError, err as i64);
-    0
+    done(try_inet_sk_error_report(&ctx))
 }
 
+fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 {
+        return Ok(());
+    }
+    let Some(owner) = owner_of(sk) else {
+        return Ok(());
+    };
+    let err: i32 = read_kernel(sk, cfg_get!(kernel.sk_err)).unwrap_or(0);
+    if err == errno::ECONNREFUSED && owner.flags & OWNER_RST_IN_SYN_SENT != 0 {
+        return Ok(());
+    }
+    emit_for_owner(sk, owner, EventKind::SockError, err as i64);
+    Ok(())
+}

@@ -152,7 +152,6 @@ impl Probes {
         let (drop_reason_names, drop_reasons) = layout::drop_reasons(&btf);
         let config = Config {
             self_tgid: std::process::id(),
-            _pad: 0,
             tp: layout::tracepoint_layout(&tracefs)?,
             kernel: layout::kernel_layout(&btf)?,
             drop_reasons,
@@ -166,7 +165,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("CONFIG", &config, true)
-            .load(PROBES_OBJECT)
+            .load(probes_object()?)
             .map_err(|e| map_load_error(anyhow!(e)))?;
 
         let mut report = AttachReport::default();
@@ -206,7 +205,7 @@ impl Probes {
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
         let aya_btf =
             aya::Btf::parse_file(&btf_path, aya::Endianness::default()).map_err(|e| anyhow!("kernel BTF {}: {e}", btf_path.display()))?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(PROBES_OBJECT).map_err(|e| map_load_error(anyhow!(e)))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).load(probes_object()?).map_err(|e| map_load_error(anyhow!(e)))?;
         // Counting run time costs two clock reads per run: only when asked.
         let _stats = match stats {
             true => Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| anyhow!("enabling BPF run-time stats: {e}"))?),
@@ -356,6 +355,52 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
     Ok(())
 }
 
+/// The embedded eBPF object, unless it was built against other shared types than this binary
+/// (a stale build): then one clear line instead of a confusing failure at load or, worse,
+/// events decoded with the wrong layout.
+fn probes_object() -> Result<&'static [u8]> {
+    let expected = tracer_common::ABI_VERSION;
+    match object_abi_version(PROBES_OBJECT) {
+        Some(found) if found == expected => Ok(PROBES_OBJECT),
+        found => {
+            let found = found.map_or_else(|| "unknown".to_owned(), |v| v.to_string());
+            bail!("eBPF object ABI version {found}, this binary expects {expected}: rebuild (cargo xtask build)")
+        }
+    }
+}
+
+/// The value of the object's `UPSTRACE_ABI_VERSION` symbol (a u32 the eBPF crate sets to
+/// `tracer_common::ABI_VERSION`), read straight from the ELF64 little-endian file:
+/// e_shoff/e_shentsize/e_shnum locate the section headers, the SHT_SYMTAB section and its
+/// string table (sh_link) locate the symbol, and st_shndx/st_value its bytes.
+fn object_abi_version(elf: &[u8]) -> Option<u32> {
+    let bytes = |at: usize, n: usize| elf.get(at..at.checked_add(n)?);
+    let u16_at = |at| Some(u16::from_le_bytes(bytes(at, 2)?.try_into().ok()?));
+    let u32_at = |at| Some(u32::from_le_bytes(bytes(at, 4)?.try_into().ok()?));
+    let usize_at = |at| usize::try_from(u64::from_le_bytes(bytes(at, 8)?.try_into().ok()?)).ok();
+    if bytes(0, 6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (shoff, shentsize, shnum) = (usize_at(0x28)?, usize::from(u16_at(0x3a)?), usize::from(u16_at(0x3c)?));
+    // (sh_type, sh_offset, sh_size, sh_link) of section `i`.
+    let section = |i: usize| {
+        let header = shoff.checked_add(i.checked_mul(shentsize)?)?;
+        Some((u32_at(header + 4)?, usize_at(header + 0x18)?, usize_at(header + 0x20)?, u32_at(header + 0x28)?))
+    };
+    const SHT_SYMTAB: u32 = 2;
+    let (_, symtab, symtab_size, strtab) = (0..shnum).filter_map(section).find(|s| s.0 == SHT_SYMTAB)?;
+    let (_, strtab, strtab_size, _) = section(strtab as usize)?;
+    let names = bytes(strtab, strtab_size)?;
+    (symtab..symtab.saturating_add(symtab_size)).step_by(24).find_map(|sym| {
+        let name = names.get(u32_at(sym)? as usize..)?;
+        if name.split(|&b| b == 0).next()? != b"UPSTRACE_ABI_VERSION" {
+            return None;
+        }
+        let (_, data, _, _) = section(usize::from(u16_at(sym + 6)?))?;
+        u32_at(data.checked_add(usize_at(sym + 8)?)?)
+    })
+}
+
 /// Turn a permission failure into the one line a user needs.
 fn map_load_error(e: anyhow::Error) -> anyhow::Error {
     let text = format!("{e:#}");
@@ -370,7 +415,13 @@ fn map_load_error(e: anyhow::Error) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::lru_evicted;
+    use super::{PROBES_OBJECT, lru_evicted, object_abi_version};
+
+    #[test]
+    fn the_embedded_ebpf_object_carries_this_binarys_abi_version() {
+        assert_eq!(object_abi_version(PROBES_OBJECT), Some(tracer_common::ABI_VERSION));
+        assert_eq!(object_abi_version(b"not an ELF file"), None);
+    }
 
     #[test]
     fn lru_evictions_are_derived_from_additions_and_the_map_walked_only_when_it_can_be_full() {

@@ -1,0 +1,126 @@
+//! Building and sending events: `emit` is the one place that fills an `Event`'s time, kind and
+//! identity (pid, tid, comm, cgroup), for every program that sends one.
+use tracer_common::{COMM_LEN, Event, EventKind, RESPONSE_HEAD, SockOwner, TcpState, counter};
+
+use crate::{
+    maps::{EVENTS, HELD, cfg_get, count, held},
+    read::{current_cgroup, current_comm, now_ns, read_kernel},
+};
+
+/// Whom an event is about.
+pub enum Who<'a> {
+    /// The task running the hook, in its own context (tgid, tid); comm and cgroup are read now.
+    Current(u32, u32),
+    /// The process that connected a socket, as recorded then (socket hooks often run in
+    /// softirq context, on behalf of whatever task is on the CPU): identity, netns, the
+    /// socket's byte counters and fd.
+    Owner(&'a SockOwner),
+    /// Another process, as the hook's record names it (pid, comm): a signal's target.
+    Process(u32, [u8; COMM_LEN]),
+    /// No process (packet events).
+    Nobody,
+}
+
+/// Reserve an event in the ring buffer, zero it, stamp it with the time, `kind` and `who`, let
+/// `fill` write the rest, and submit it. A full ring buffer is counted, never silent.
+#[inline(always)]
+pub fn emit(kind: EventKind, who: Who, fill: impl FnOnce(&mut Event)) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    let event = entry.write(Event::zeroed());
+    event.ts_ns = now_ns();
+    event.kind = kind as u8;
+    match who {
+        Who::Current(tgid, tid) => {
+            event.pid = tgid;
+            event.tid = tid;
+            event.comm = current_comm();
+            event.cgroup = current_cgroup();
+        }
+        Who::Owner(owner) => fill_owner(event, owner),
+        Who::Process(pid, comm) => {
+            event.pid = pid;
+            event.tid = pid;
+            event.comm = comm;
+        }
+        Who::Nobody => {}
+    }
+    fill(event);
+    entry.submit(0);
+}
+
+/// Copy a socket owner's identity and the socket's byte counters into an event.
+#[inline(always)]
+fn fill_owner(event: &mut Event, owner: &SockOwner) {
+    event.pid = owner.pid;
+    event.tid = owner.tid;
+    // A non-overlapping copy, which the BPF backend inlines (`event.comm = owner.comm` here
+    // became a call to memmove: the compiler cannot tell the two records apart).
+    event.comm.copy_from_slice(&owner.comm);
+    event.cgroup = owner.cgroup;
+    event.netns = owner.netns;
+    event.bytes_sent = owner.bytes_sent;
+    event.bytes_recv = owner.bytes_recv;
+    event.aux = owner.fd;
+}
+
+/// `emit` for an event on upstream socket `sk`: the owner's identity and the socket's tuple.
+#[inline(always)]
+pub fn emit_socket(kind: EventKind, sk: u64, owner: &SockOwner, fill: impl FnOnce(&mut Event)) {
+    emit(kind, Who::Owner(owner), |e| {
+        e.sock = sk;
+        fill_tuple_from_sock(e, sk);
+        fill(e);
+    });
+}
+
+/// Fill the 4-tuple from the socket itself (offsets come from BTF). Local side is
+/// `saddr`/`sport`, remote side `daddr`/`dport`.
+#[inline(always)]
+pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
+    let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
+    event.family = family as u8;
+    if family == tracer_common::AF_INET6 as u16 {
+        event.saddr = read_kernel(sk, cfg_get!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        event.daddr = read_kernel(sk, cfg_get!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_daddr)).unwrap_or([0; 4]);
+        event.saddr[..4].copy_from_slice(&s);
+        event.daddr[..4].copy_from_slice(&d);
+    }
+    event.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
+    event.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
+}
+
+/// Ship the exchange held for a socket, as the `RequestSent`/`ResponseStart` events it stands
+/// for (stamped with their own times), ahead of the event that makes it worth knowing.
+#[inline(always)]
+pub fn ship_held(sk: u64, owner: &SockOwner) {
+    let Some(held) = held(sk) else {
+        return;
+    };
+    if held.request_ts != 0 {
+        emit_socket(EventKind::RequestSent, sk, owner, |e| {
+            e.ts_ns = held.request_ts;
+            e.bytes_sent = held.request_bytes_sent;
+            e.bytes_recv = held.request_bytes_recv;
+            e.value = held.request_len as i64;
+            e.new_state = TcpState::Established as u8;
+        });
+    }
+    if held.response_ts != 0 {
+        emit_socket(EventKind::ResponseStart, sk, owner, |e| {
+            e.ts_ns = held.response_ts;
+            e.bytes_sent = held.response_bytes_sent;
+            e.bytes_recv = held.response_bytes_recv;
+            e.value = held.response_len as i64;
+            e.new_state = TcpState::Established as u8;
+            e.aux = held.head_len;
+            e.data[..RESPONSE_HEAD].copy_from_slice(&held.head);
+        });
+    }
+    let _ = HELD.remove(sk);
+}

@@ -1,0 +1,160 @@
+//! Reading what the programs look at: the hook's tracepoint record, kernel and user memory, and
+//! the current task. The unsafe BPF reads live here, each with the reason it is sound; the hook
+//! families call these safe helpers.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{COMM_LEN, counter};
+
+use crate::maps::{cfg_get, count};
+
+/// Types for which every bit pattern is a valid value (integers and byte arrays): what a probe
+/// read may return, since it copies whatever bytes the kernel or the process holds there.
+///
+/// # Safety
+///
+/// Implement it only for types without padding, pointers, references or invalid bit patterns.
+pub unsafe trait Plain: Copy {}
+
+// SAFETY: integers and byte arrays are valid for every bit pattern and have no padding.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for u16 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}
+// SAFETY: as above.
+unsafe impl Plain for i32 {}
+// SAFETY: as above.
+unsafe impl Plain for i64 {}
+// SAFETY: as above.
+unsafe impl<const N: usize> Plain for [u8; N] {}
+
+/// The `T` at `offset` in the hook's tracepoint record: an offset from `CONFIG.tp` (read by
+/// userspace from the tracepoint's tracefs `format`) or from the fixed syscall record layout.
+#[inline(always)]
+pub fn tp_field<T: Plain>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
+    // SAFETY: `read_at` is a bpf_probe_read_kernel of size_of::<T>() bytes at ctx + offset into
+    // a local: an offset past the record gives an error, never a fault, and whatever bytes it
+    // copies are a valid `T` (`Plain`).
+    unsafe { ctx.read_at::<T>(offset as usize) }
+}
+
+/// Syscall tracepoint records have a fixed layout: the 8-byte common header, the syscall number
+/// (padded to 8 bytes), then the 8-byte arguments; a sys_exit record has the return value there.
+const SYSCALL_ARGS: u16 = 16;
+
+/// Argument `n` (from 0) of the syscall whose sys_enter tracepoint runs.
+#[inline(always)]
+pub fn syscall_arg(ctx: &TracePointContext, n: u16) -> Result<u64, i32> {
+    tp_field(ctx, SYSCALL_ARGS + 8 * n)
+}
+
+/// The return value of the syscall whose sys_exit tracepoint runs.
+#[inline(always)]
+pub fn syscall_ret(ctx: &TracePointContext) -> Result<i64, i32> {
+    tp_field(ctx, SYSCALL_ARGS)
+}
+
+/// The `T` at `base + offset` in kernel memory: a field of a kernel struct at an offset from
+/// `CONFIG.kernel` (read by userspace from BTF), or raw bytes (packet headers) at offset 0.
+/// A failed read is counted (`kernel_read_failed`) and gives `None`.
+#[inline(always)]
+pub fn read_kernel<T: Plain>(base: u64, offset: u16) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copies size_of::<T>() bytes into a local and returns an
+    // error instead of faulting on a bad address (a freed socket, a wrong offset), and whatever
+    // bytes it copies are a valid `T` (`Plain`).
+    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
+/// The `T` at `addr` in the current process's memory (a syscall's argument), or `None`.
+#[inline(always)]
+pub fn read_user<T: Plain>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user copies size_of::<T>() bytes into a local and returns an error
+    // on an unmapped or kernel address, and whatever bytes it copies are a valid `T` (`Plain`).
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// Fill `dst` from the current process's memory at `addr`; false (and `dst` unspecified) if
+/// any of it cannot be read.
+#[inline(always)]
+pub fn read_user_bytes(addr: u64, dst: &mut [u8]) -> bool {
+    // SAFETY: bpf_probe_read_user_buf writes at most dst.len() bytes into `dst` and returns an
+    // error on a bad user address; any bytes are valid `u8`s.
+    unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_ok()
+}
+
+/// Copy the NUL-terminated string at `addr` in the current process's memory into `dst`
+/// (truncated to fit); `dst` is left as it was if nothing can be read.
+#[inline(always)]
+pub fn read_user_str(addr: u64, dst: &mut [u8]) {
+    // SAFETY: bpf_probe_read_user_str_bytes writes at most dst.len() bytes into `dst` and returns
+    // an error on a bad user address; any bytes are valid `u8`s.
+    let _ = unsafe { bpf_probe_read_user_str_bytes(addr as *const u8, dst) };
+}
+
+/// Kernel address of the current task's `struct task_struct`, a base for `read_kernel`.
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: the helper takes no argument and only returns an address, never dereferenced
+    // here except through bpf_probe_read_kernel.
+    unsafe { bpf_get_current_task() }
+}
+
+/// (tgid, tid) of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+#[inline(always)]
+pub fn current_comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// cgroup v2 id of the current task.
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    // SAFETY: the helper takes no argument and returns a number.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// CLOCK_MONOTONIC nanoseconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper takes no argument and returns a number.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Network namespace inode of a socket (0 if unknown): sk->__sk_common.skc_net->ns.inum.
+#[inline(always)]
+pub fn sock_netns(sk: u64) -> u32 {
+    match read_kernel::<u64>(sk, cfg_get!(kernel.skc_net)) {
+        Some(net) if net != 0 => read_kernel::<u32>(net, cfg_get!(kernel.net_ns_inum)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Inode number of the socket that `sk` belongs to (0 if unknown): sk->sk_socket, whose inode
+/// is allocated with it (`struct socket_alloc`).
+#[inline(always)]
+pub fn socket_ino(sk: u64) -> u64 {
+    match read_kernel::<u64>(sk, cfg_get!(kernel.sk_socket)) {
+        Some(socket) if socket != 0 => {
+            read_kernel::<u64>(socket + cfg_get!(kernel.socket_alloc_inode) as u64, cfg_get!(kernel.inode_ino)).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
