@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -434,10 +434,25 @@ const _: () = assert!(size_of::<PendingConnect>() == 144);
 pub struct PendingStatus {
     pub ts_ns: u64,
     pub status: u32,
+    /// The client fd, or [`FD_UNKNOWN`] when the status was seen in TLS plaintext.
     pub fd: u32,
+    /// The HTTP/2 stream of a HEADERS frame; 0 for HTTP/1.x.
+    pub stream: u32,
+    /// Where it was seen, see `SEEN_*`.
+    pub seen: u32,
     pub head: [u8; 32],
 }
-const _: () = assert!(size_of::<PendingStatus>() == 48);
+const _: () = assert!(size_of::<PendingStatus>() == 56);
+
+pub const FD_UNKNOWN: u32 = u32::MAX;
+/// A status seen in a plain write(2) to a socket.
+pub const SEEN_PLAIN: u32 = 0;
+/// A status seen in the plaintext handed to OpenSSL (`SSL_write`/`SSL_write_ex`).
+pub const SEEN_OPENSSL: u32 = 1;
+/// Where the HTTP/2 stream id and the `SEEN_*` value of an `HttpStatus` event are in its `data`
+/// (after the 32 bytes of the write's head), little-endian.
+pub const STATUS_STREAM_AT: usize = 32;
+pub const STATUS_SEEN_AT: usize = 36;
 
 /// Indexes into the per-CPU `COUNTERS` array: everything the kernel side had to drop (the
 /// losses, `0..LOSSES`), and the bookkeeping that lets userspace count LRU evictions.

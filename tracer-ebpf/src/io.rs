@@ -1,7 +1,11 @@
 //! Socket I/O of traced processes: byte counts on upstream sockets (one event per exchange,
 //! not per call), and 5xx status lines written to downstream (client) sockets.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, Exchange, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RESPONSE_HEAD, SockOwner, counter, errno};
+use tracer_common::{
+    EventKind, Exchange, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT,
+    SockOwner, counter, errno,
+    status::{SCAN_LEN, find_5xx},
+};
 
 use crate::{
     done,
@@ -143,6 +147,8 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
         e.value = pending.status as i64;
         e.aux = pending.fd;
         e.data[..32].copy_from_slice(&pending.head);
+        e.data[STATUS_STREAM_AT..STATUS_STREAM_AT + 4].copy_from_slice(&pending.stream.to_le_bytes());
+        e.data[STATUS_SEEN_AT..STATUS_SEEN_AT + 4].copy_from_slice(&pending.seen.to_le_bytes());
     });
 }
 
@@ -208,39 +214,32 @@ fn on_response_start(sk: u64, owner: &SockOwner, len: i32, tid: u32) {
     });
 }
 
-/// Parse "HTTP/1.x 5dd" at the start of a buffer; returns the status or 0.
+/// Look at the first bytes a traced thread writes (or hands to TLS); remember a 5xx status
+/// (an HTTP/1.x status line, or an HTTP/2 HEADERS frame's `:status`) until the socket send that
+/// carries it (sock_send_length knows the socket, the syscall only knows the fd). Only a hit
+/// is kept, so the ciphertext write that follows `SSL_write` cannot clobber it.
 #[inline(always)]
-fn status_5xx(head: &[u8; 32]) -> u32 {
-    if head[0] != b'H' || head[1] != b'T' || head[2] != b'T' || head[3] != b'P' {
-        return 0;
-    }
-    if head[4] != b'/' || head[5] != b'1' || head[6] != b'.' || head[8] != b' ' || head[9] != b'5' {
-        return 0;
-    }
-    let (d1, d2) = (head[10], head[11]);
-    if !d1.is_ascii_digit() || !d2.is_ascii_digit() {
-        return 0;
-    }
-    500 + (d1 - b'0') as u32 * 10 + (d2 - b'0') as u32
-}
-
-/// Look at the first bytes a traced thread writes; remember a 5xx status line until the socket
-/// send that carries it (sock_send_length knows the socket, the syscall only knows the fd).
-#[inline(always)]
-fn peek_write(fd: u64, buf: u64) {
+pub fn peek_write(fd: u32, buf: u64, seen: u32) {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return;
     }
+    let mut scan = [0u8; SCAN_LEN];
+    // A short write near the end of its mapping cannot be read whole: its first 32 bytes
+    // still hold any HTTP/1.x status line and a small HEADERS frame.
+    if !read_user_bytes(buf, &mut scan) {
+        scan = [0u8; SCAN_LEN];
+        let Some(first) = scan.first_chunk_mut::<32>() else { return };
+        if !read_user_bytes(buf, first) {
+            return;
+        }
+    }
+    let Some(found) = find_5xx(&scan) else { return };
     let mut head = [0u8; 32];
-    if !read_user_bytes(buf, &mut head) {
-        return;
+    if let Some(first) = scan.first_chunk::<32>() {
+        head = *first;
     }
-    let status = status_5xx(&head);
-    if status == 0 {
-        return;
-    }
-    let pending = PendingStatus { ts_ns: now_ns(), status, fd: fd as u32, head };
+    let pending = PendingStatus { ts_ns: now_ns(), status: found.status as u32, fd, stream: found.stream, seen, head };
     if PENDING_STATUS.insert(tid, pending, 0).is_err() {
         count(counter::PENDING_MAP_FULL);
     }
@@ -252,7 +251,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_write(ctx: &TracePointContext) -> Result<(), i32> {
-    peek_write(syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)?);
+    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
     Ok(())
 }
 
@@ -262,7 +261,7 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
-    peek_write(syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)?);
+    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
     Ok(())
 }
 
@@ -275,7 +274,7 @@ fn try_sys_enter_writev(ctx: &TracePointContext) -> Result<(), i32> {
     let (fd, iov) = (syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)?);
     // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
     if let Some(base) = read_user::<u64>(iov) {
-        peek_write(fd, base);
+        peek_write(fd as u32, base, SEEN_PLAIN);
     }
     Ok(())
 }
@@ -289,7 +288,7 @@ fn try_sys_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
     let (fd, msg) = (syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)?);
     // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
     if let Some(base) = read_user::<u64>(msg + 16).and_then(read_user::<u64>) {
-        peek_write(fd, base);
+        peek_write(fd as u32, base, SEEN_PLAIN);
     }
     Ok(())
 }

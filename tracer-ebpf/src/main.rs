@@ -17,6 +17,7 @@ mod packet;
 mod process;
 mod read;
 mod tcp;
+mod tls;
 
 /// The shared types' version this object was built with (`tracer_common::ABI_VERSION`). No
 /// program reads it: the loader reads it back from the object's symbol table before loading,

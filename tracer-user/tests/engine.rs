@@ -29,6 +29,8 @@ fn ev(kind: Kind, ts_ms: u64, sock: u64) -> KernelEvent {
         aux: 0,
         line: None,
         reason: None,
+        stream: None,
+        tls: false,
         head: None,
     }
 }

@@ -8,7 +8,7 @@ use tracer_common::errno::{
     EACCES, EADDRNOTAVAIL, EAGAIN, ECONNREFUSED, EHOSTUNREACH, EINVAL, EMFILE, ENETUNREACH, ENFILE, ENOBUFS, ENOENT, EPERM, ETIMEDOUT,
 };
 
-pub use crate::engine::verdict::{AttemptSummary, Cause, Class, Delivered, EvidenceItem, Gateway, Verdict};
+pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Delivered, EvidenceItem, Gateway, Protocol, Verdict};
 use crate::engine::{
     decode::{KernelEvent, Kind, errno_name, signal_name},
     http::{self, ResponseHead, invalid_http},
@@ -172,6 +172,7 @@ impl Engine {
             ts_ns: t,
             gateway: Gateway { pid: a.pid, comm: a.comm.clone() },
             client: "?".into(),
+            client_side: None,
             status: parsed.status,
             delivered: Delivered::Truncated,
             upstream: up.clone(),
@@ -298,6 +299,11 @@ impl Engine {
             ts_ns: t,
             gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
             client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+            client_side: Some(ClientSide {
+                protocol: if status.stream.is_some() { Protocol::H2 } else { Protocol::H1 },
+                tls: status.tls,
+                stream: status.stream,
+            }),
             status: status.value as u16,
             delivered: Delivered::Status,
             upstream: attempts.last().map(|a| a.upstream()).unwrap_or_else(|| "?".into()),

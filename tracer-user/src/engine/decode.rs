@@ -3,7 +3,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind};
+use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind, SEEN_OPENSSL, STATUS_SEEN_AT, STATUS_STREAM_AT};
+
+/// A little-endian u32 inside an event's payload.
+fn word_at(data: &[u8], at: usize) -> u32 {
+    data.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
 
 /// The one list of event kinds lives in the ABI crate (numbers, JSON names); this module adds
 /// what each carries ([`Carries`]) and its sentence ([`KernelEvent::detail`]).
@@ -142,6 +147,12 @@ pub struct KernelEvent {
     /// Drop reason name (skb_drop_reason without its prefix), for drop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The HTTP/2 stream of a status (http_status written as a HEADERS frame).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u32>,
+    /// The status was read in the plaintext the gateway handed to TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 mod hex_u64 {
@@ -261,6 +272,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     // SAFETY: length checked; Event is plain old data and read unaligned.
     let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
     let kind = EventKind::from_kernel(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+    let stream = Some(word_at(&raw.data, STATUS_STREAM_AT)).filter(|&id| kind == Kind::HttpStatus && id != 0);
     let carries = carries(kind);
     let (mut src, mut dst, mut path) = (None, None, None);
     if carries.peer {
@@ -294,10 +306,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         bytes_sent: raw.bytes_sent,
         bytes_recv: raw.bytes_recv,
         aux: raw.aux,
-        line: (kind == Kind::HttpStatus).then(|| {
-            let head = c_string(&raw.data[..32]);
-            head.split(['\r', '\n']).next().unwrap_or_default().to_owned()
+        line: (kind == Kind::HttpStatus).then(|| match stream {
+            Some(id) => format!("HTTP/2 :status {} (stream {id})", raw.value),
+            None => c_string(&raw.data[..32]).split(['\r', '\n']).next().unwrap_or_default().to_owned(),
         }),
+        stream,
+        tls: kind == Kind::HttpStatus && word_at(&raw.data, STATUS_SEEN_AT) == SEEN_OPENSSL,
         reason: None,
         head: (kind == Kind::ResponseStart && raw.aux > 0).then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
     })
@@ -327,6 +341,8 @@ impl KernelEvent {
             line: None,
             reason: None,
             head: None,
+            stream: None,
+            tls: false,
         }
     }
 

@@ -217,6 +217,35 @@ pub enum Delivered {
     Truncated,
 }
 
+/// What the client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    H1,
+    H2,
+}
+
+/// How the status reached the client: protocol, TLS, and the HTTP/2 stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClientSide {
+    pub protocol: Protocol,
+    pub tls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u32>,
+}
+
+impl ClientSide {
+    /// `h1`, `h2`, `h1+tls`, `h2+tls`, for lines and tables.
+    pub fn label(&self) -> &'static str {
+        match (self.protocol, self.tls) {
+            (Protocol::H1, false) => "h1",
+            (Protocol::H2, false) => "h2",
+            (Protocol::H1, true) => "h1+tls",
+            (Protocol::H2, true) => "h2+tls",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Gateway {
     pub pid: u32,
@@ -256,6 +285,9 @@ pub struct Verdict {
     pub ts_ns: u64,
     pub gateway: Gateway,
     pub client: String,
+    /// Protocol, TLS and stream of the client connection (status verdicts).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub client_side: Option<ClientSide>,
     pub status: u16,
     pub delivered: Delivered,
     pub upstream: String,

@@ -1,0 +1,20 @@
+//! TLS plaintext: entry uprobes where a gateway hands its response to OpenSSL
+//! (`SSL_write(ssl, buf, num)`, `SSL_write_ex(ssl, buf, num, written)`: the buffer is the second
+//! argument of both). The status found there waits, like a plain write's, for the socket send
+//! the same thread makes inside the call (the ciphertext), which names the client socket. The
+//! probe is attached once per library file for every process; it keeps to traced ones.
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use tracer_common::{FD_UNKNOWN, SEEN_OPENSSL};
+
+use crate::{done, io::peek_write};
+
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    done(try_ssl_write(&ctx))
+}
+
+fn try_ssl_write(ctx: &ProbeContext) -> Result<(), i32> {
+    let buf: u64 = ctx.arg(1).ok_or(0)?;
+    peek_write(FD_UNKNOWN, buf, SEEN_OPENSSL);
+    Ok(())
+}
