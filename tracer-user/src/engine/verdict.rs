@@ -304,6 +304,17 @@ impl Verdict {
         format!("{}/{}", self.class, self.cause)
     }
 
+    /// The client and how it spoke: `127.0.0.1:5000 (h2+tls, stream 3)`.
+    pub fn client_with_protocol(&self) -> String {
+        match self.client_side {
+            Some(c) => match c.stream {
+                Some(s) => format!("{} ({}, stream {s})", self.client, c.label()),
+                None => format!("{} ({})", self.client, c.label()),
+            },
+            None => self.client.clone(),
+        }
+    }
+
     pub fn next_check(&self) -> String {
         self.cause.next_check(&self.upstream)
     }

@@ -156,7 +156,7 @@ impl Report {
                 v.gateway.comm,
                 self.wall(v.ts_ns),
                 v.status,
-                v.client,
+                v.client_with_protocol(),
                 v.upstream,
                 if v.delivered == Delivered::Truncated { " (cut short)" } else { "" }
             );
@@ -202,7 +202,7 @@ impl Report {
                 esc(&self.wall(v.ts_ns)),
                 v.status,
                 if v.delivered == Delivered::Truncated { " (cut short)" } else { "" },
-                esc(&v.client),
+                esc(&v.client_with_protocol()),
                 esc(&v.upstream),
                 v.class.as_str(),
                 v.class.as_str(),

@@ -109,7 +109,8 @@ impl<W: Write> Output for Sink<W> {
             }
             Format::Text => {
                 let time = self.wall_time(v.ts_ns);
-                writeln!(self.out, "{} >>> {} for {} via {}: {}: {}", &time[11..23], v.status, v.client, v.upstream, v.label(), v.summary)?;
+                let client = v.client_with_protocol();
+                writeln!(self.out, "{} >>> {} for {client} via {}: {}: {}", &time[11..23], v.status, v.upstream, v.label(), v.summary)?;
             }
         }
         Ok(())

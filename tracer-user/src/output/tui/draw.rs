@@ -209,6 +209,7 @@ fn draw_verdicts(frame: &mut Frame, state: &State, area: Rect) {
             Row::new(vec![
                 Cell::from(hms(state, v.ts_ns)),
                 Cell::from(status),
+                Cell::from(v.client_side.map_or("", |c| c.label())),
                 Cell::from(v.client.clone()),
                 Cell::from(v.upstream.clone()),
                 Cell::from(Span::styled(v.label(), Style::new().fg(class_color(v.class)))),
@@ -220,6 +221,7 @@ fn draw_verdicts(frame: &mut Frame, state: &State, area: Rect) {
     let widths = [
         Constraint::Length(12),
         Constraint::Length(4),
+        Constraint::Length(6),
         Constraint::Length(15),
         Constraint::Length(15),
         Constraint::Length(24),
@@ -233,7 +235,7 @@ fn draw_verdicts(frame: &mut Frame, state: &State, area: Rect) {
         title.push_str(&format!("[search: {}] ", state.search));
     }
     let table = Table::new(rows, widths)
-        .header(Row::new(vec!["time", "code", "client", "upstream", "class/cause", "summary"]).style(Style::new().bold()))
+        .header(Row::new(vec!["time", "code", "proto", "client", "upstream", "class/cause", "summary"]).style(Style::new().bold()))
         .block(Block::bordered().title(title).border_style(focus_style(state, Focus::Verdicts)));
     frame.render_widget(table, area);
     if visible.is_empty() && area.height > 3 {
@@ -250,7 +252,7 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
     let mut lines = vec![
         Line::from(vec![
             Span::styled(format!("{} ", v.status), Style::new().bold()),
-            Span::raw(format!("at {} to client {} via {} ", hms(state, v.ts_ns), v.client, v.upstream)),
+            Span::raw(format!("at {} to client {} via {} ", hms(state, v.ts_ns), v.client_with_protocol(), v.upstream)),
             Span::styled(v.label(), Style::new().bold().fg(class_color(v.class))),
             Span::raw(if v.delivered == Delivered::Truncated { "  (client got a cut-short response)" } else { "" }),
         ]),
