@@ -120,7 +120,7 @@ fn refused_connect_is_upstream_refused_with_evidence() {
     assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "refused"));
     assert_eq!(v.upstream, UP);
     assert_eq!(v.client, "127.0.0.1:5555");
-    assert_eq!(v.status, 502);
+    assert_eq!(v.status, Some(502));
     assert!(v.evidence.iter().any(|e| e.event == "reset_received" && e.t_ms < 0.0));
     assert!(v.evidence.iter().any(|e| e.event == "http_status" && e.t_ms == 0.0));
     assert_eq!(v.attempts.len(), 1);
@@ -340,7 +340,7 @@ fn responses_cut_short_are_flagged_truncated_with_the_real_status() {
     events.push(with(ev(Kind::RecvEnd, 100, 0xa1), |e| e.bytes_recv = 1043));
     let v = one(&events);
     assert_eq!(v.delivered, upstrace::engine::attribute::Delivered::Truncated);
-    assert_eq!(v.status, 200);
+    assert_eq!(v.status, Some(200));
     assert_eq!(v.cause.as_str(), "closed-early");
     assert!(v.summary.contains("1000 of 100000 body bytes"), "{}", v.summary);
 
@@ -473,5 +473,64 @@ fn a_unix_socket_upstream_is_judged_on_its_socket_events() {
     let mut events = unix_connect(0, 0xb1, FPM);
     events.push(status(2000, 504));
     let v = one(&events);
-    assert_eq!((v.status, v.cause.as_str()), (504, "stalled"), "{v:#?}");
+    assert_eq!((v.status, v.cause.as_str()), (Some(504), "stalled"), "{v:#?}");
+}
+
+/// A gateway whose answers cannot be read (TLS in a library upstrace does not read).
+fn unreadable_engine() -> Engine {
+    let mut engine = Engine::new();
+    engine.set_answers_readable("nginx", false);
+    engine
+}
+
+fn run(mut engine: Engine, events: &[KernelEvent]) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend(engine.handle(e));
+    }
+    let last = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+    out.extend(engine.advance(last + 2000 * MS));
+    out.extend(engine.flush());
+    out
+}
+
+#[test]
+fn an_unreadable_gateway_gets_an_inferred_verdict_for_a_failure_no_retry_followed() {
+    let verdicts = run(unreadable_engine(), &refused(10, 0xa1));
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    let v = &verdicts[0];
+    assert_eq!((v.status, v.delivered), (None, upstrace::engine::attribute::Delivered::Inferred));
+    assert_eq!((v.class, v.cause), (Class::Upstream, Cause::Refused));
+    assert!(v.summary.contains("not readable"), "{}", v.summary);
+    let json = serde_json::to_value(v).unwrap();
+    assert!(json["status"].is_null() && json["delivered"] == "inferred", "{json}");
+}
+
+#[test]
+fn a_failure_retried_with_success_or_answered_in_the_clear_gets_no_inferred_verdict() {
+    // Retried on the same thread right away on the group's next server, which answered.
+    let mut events = refused(10, 0xa1);
+    let next: std::net::SocketAddr = "10.0.0.3:8081".parse().unwrap();
+    events.extend(connect(12, 0xa2).into_iter().map(|e| with(e, |e| e.dst = Some(next))));
+    events.push(with(ev(Kind::ResponseStart, 13, 0xa2), |e| {
+        e.dst = Some(next);
+        e.value = 100;
+        e.bytes_recv = 100;
+        e.head = Some("HTTP/1.1 200 OK\\r\\n".into());
+    }));
+    events.push(with(ev(Kind::RecvEnd, 14, 0xa2), |e| {
+        e.dst = Some(next);
+        e.value = 0;
+    }));
+    let verdicts: Vec<_> = run(unreadable_engine(), &events).into_iter().filter(|v| v.status.is_none()).collect();
+    assert!(verdicts.is_empty(), "{verdicts:#?}");
+    // A readable gateway: its status decides, nothing is inferred.
+    let mut events = refused(10, 0xa1);
+    events.push(status(11, 502));
+    let verdicts = run(Engine::new(), &events);
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0].status, Some(502));
+    // Unreadable by name, but a status was read after all: one verdict, with the status.
+    let verdicts = run(unreadable_engine(), &events);
+    assert_eq!(verdicts.iter().map(|v| v.status).collect::<Vec<_>>(), vec![Some(502)]);
 }

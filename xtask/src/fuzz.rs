@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 use crate::status;
 
-pub const TARGETS: &[&str] = &["trace_reader", "btf", "tracefs_format", "event_decode", "response_head"];
+pub const TARGETS: &[&str] = &["trace_reader", "btf", "tracefs_format", "event_decode", "response_head", "client_status"];
 
 fn ensure_cargo_fuzz() -> Result<()> {
     let have = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());

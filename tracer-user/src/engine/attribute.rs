@@ -25,6 +25,9 @@ const LOOKBACK_NS: u64 = crate::engine::track::KEEP_NS;
 const FAILURE_TO_STATUS_NS: u64 = 1_000_000_000;
 /// A failed attempt ending this close before the next one started was retried.
 const RETRY_GAP_NS: u64 = 200_000_000;
+/// A failed attempt of a gateway whose answers cannot be read is judged this long after it
+/// ended, once a retry would have begun.
+const INFERENCE_WAIT_NS: u64 = RETRY_GAP_NS + SETTLE_NS;
 /// A process death this close to a connection's end explains it.
 const DEATH_WINDOW_NS: u64 = 2_000_000_000;
 
@@ -45,6 +48,12 @@ pub struct Engine {
     /// (due time, attempt), in the order they were queued; the set keeps it duplicate-free.
     truncation_checks: std::collections::VecDeque<(u64, u64)>,
     truncation_queued: std::collections::HashSet<u64>,
+    /// Gateways (by process name) whose answers to clients cannot be read here: their failed
+    /// attempts are judged without a status (`inferred`) once no retry followed.
+    unreadable: std::collections::HashSet<String>,
+    /// (due time, attempt) of their failed attempts, in the order they ended.
+    inference_checks: std::collections::VecDeque<(u64, u64)>,
+    inference_queued: std::collections::HashSet<u64>,
     now_ns: u64,
     last_expire_ns: u64,
 }
@@ -68,7 +77,103 @@ impl Engine {
         {
             self.truncation_checks.push_back((a.last_ns + TRUNCATION_WAIT_NS, a.id));
         }
+        if !self.unreadable.is_empty() {
+            self.queue_inference(ev);
+        }
         self.advance(ev.ts_ns)
+    }
+
+    /// Say whether this gateway's answers to its clients can be read (plain writes, OpenSSL);
+    /// when not, its failed attempts get `inferred` verdicts.
+    pub fn set_answers_readable(&mut self, comm: &str, readable: bool) {
+        if readable {
+            self.unreadable.remove(comm);
+        } else {
+            self.unreadable.insert(comm.to_owned());
+        }
+    }
+
+    /// A failed attempt of a gateway whose answers cannot be read waits for a retry.
+    fn queue_inference(&mut self, ev: &KernelEvent) {
+        let attempt = if ev.sock != 0 {
+            self.tracker.current_attempt(ev.sock)
+        } else if ev.kind == Kind::ConnectSyscall {
+            let newest = self.tracker.by_tid.get(&ev.tid).and_then(|q| q.back()).map(|&(_, id)| id);
+            newest.and_then(|id| self.tracker.attempt(id))
+        } else {
+            None
+        };
+        let Some(a) = attempt else { return };
+        let Some(end) = a.end_ns() else { return };
+        if self.unreadable.contains(&a.comm) && !a.succeeded() && !a.consumed && self.inference_queued.insert(a.id) {
+            self.inference_checks.push_back((end + INFERENCE_WAIT_NS, a.id));
+        }
+    }
+
+    /// Failed attempts of unreadable gateways that no retry followed: one verdict each chain.
+    fn check_inferences(&mut self, all: bool) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        while let Some(&(due, id)) = self.inference_checks.front() {
+            if !all && due > self.now_ns {
+                break;
+            }
+            self.inference_checks.pop_front();
+            self.inference_queued.remove(&id);
+            let Some(a) = self.tracker.attempt(id) else { continue };
+            if a.consumed || a.succeeded() || self.retried(a) {
+                continue;
+            }
+            let chain = self.retried_chain(a);
+            out.push(self.infer(chain));
+        }
+        out
+    }
+
+    /// Another attempt of the same thread began right after this one failed: a retry, which
+    /// decides instead (if it fails too, it is checked itself).
+    fn retried(&self, a: &Attempt) -> bool {
+        let Some(end) = a.end_ns() else { return false };
+        let queue = self.tracker.by_tid.get(&a.tid).into_iter().flatten();
+        queue
+            .filter_map(|&(_, id)| self.tracker.attempt(id))
+            .any(|b| b.id != a.id && b.started_ns >= end && b.started_ns - end <= RETRY_GAP_NS && (a.reused || b.dst != a.dst))
+    }
+
+    /// The failed attempts that led to this one (retries back to back), oldest first.
+    fn retried_chain(&self, last: &Attempt) -> Vec<u64> {
+        let mut chain = vec![last.id];
+        let mut current = last;
+        while chain.len() < 8 {
+            let queue = self.tracker.by_tid.get(&current.tid).into_iter().flatten();
+            let before = queue.filter_map(|&(_, id)| self.tracker.attempt(id)).find(|p| {
+                !p.consumed
+                    && !chain.contains(&p.id)
+                    && (p.reused || p.dst != current.dst)
+                    && p.end_ns().is_some_and(|e| e <= current.started_ns && current.started_ns - e <= RETRY_GAP_NS)
+            });
+            match before {
+                Some(p) => {
+                    chain.insert(0, p.id);
+                    current = p;
+                }
+                None => break,
+            }
+        }
+        chain
+    }
+
+    /// A verdict without a status: the gateway's answer to its client could not be read.
+    fn infer(&mut self, chain: Vec<u64>) -> Verdict {
+        let last = chain.last().and_then(|id| self.tracker.attempt(*id));
+        let (t, gateway) = match last {
+            Some(a) => (a.end_ns().unwrap_or(a.last_ns), Gateway { pid: a.pid, comm: a.comm.clone() }),
+            None => (self.now_ns, Gateway { pid: 0, comm: String::new() }),
+        };
+        let finding = match last {
+            Some(a) => self.decide(a, t, format!("{} (its answer to the client is not readable here)", a.comm)),
+            None => Finding::new(Cause::Undecided, "no attempt".into()),
+        };
+        self.verdict(&chain, t, gateway, None, Delivered::Inferred, None, finding)
     }
 
     /// Move the clock (CLOCK_MONOTONIC ns); returns verdicts whose settle time has passed.
@@ -80,6 +185,7 @@ impl Engine {
             out.push(self.judge(&p.ev));
         }
         out.extend(self.check_truncations(false));
+        out.extend(self.check_inferences(false));
         if self.now_ns.saturating_sub(self.last_expire_ns) > 1_000_000_000 {
             self.last_expire_ns = self.now_ns;
             self.tracker.expire(self.now_ns);
@@ -92,6 +198,7 @@ impl Engine {
         let pending = std::mem::take(&mut self.pending);
         let mut out: Vec<Verdict> = pending.iter().map(|p| self.judge(&p.ev)).collect();
         out.extend(self.check_truncations(true));
+        out.extend(self.check_inferences(true));
         out
     }
 
@@ -173,7 +280,7 @@ impl Engine {
             gateway: Gateway { pid: a.pid, comm: a.comm.clone() },
             client: "?".into(),
             client_side: None,
-            status: parsed.status,
+            status: Some(parsed.status),
             delivered: Delivered::Truncated,
             upstream: up.clone(),
             class: cause.class(),
@@ -266,16 +373,9 @@ impl Engine {
     fn judge(&mut self, status: &KernelEvent) -> Verdict {
         self.tracker.prune_thread(status.tid, status.ts_ns, FAILURE_TO_STATUS_NS);
         let chain = self.link(status);
-        for id in &chain {
-            if let Some(a) = self.tracker.attempts.get_mut(id) {
-                a.consumed = true;
-            }
-        }
-        self.tracker.forget_explained(status.tid, &chain);
-        let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
         let t = status.ts_ns;
-        let Finding { cause, summary, extra } = match attempts.last() {
-            Some(primary) => self.decide(primary, status),
+        let finding = match chain.last().and_then(|id| self.tracker.attempt(*id)) {
+            Some(primary) => self.decide(primary, t, format!("{} answered {}", status.comm, status.value)),
             None => Finding::new(
                 Cause::NoUpstreamAttempt,
                 format!(
@@ -284,6 +384,49 @@ impl Engine {
                 ),
             ),
         };
+        let client_side = ClientSide {
+            protocol: if status.stream.is_some() { Protocol::H2 } else { Protocol::H1 },
+            tls: status.tls,
+            stream: status.stream,
+        };
+        let mut v = self.verdict(
+            &chain,
+            t,
+            Gateway { pid: status.pid, comm: status.comm.clone() },
+            Some(client_side),
+            Delivered::Status,
+            u16::try_from(status.value).ok(),
+            finding,
+        );
+        v.client = status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status".into(), detail: status.detail() });
+        v.evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
+        v
+    }
+
+    /// The verdict for a chain of attempts (oldest first), which it claims: they explain
+    /// nothing else, and their evidence moves into it.
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        &mut self,
+        chain: &[u64],
+        t: u64,
+        gateway: Gateway,
+        client_side: Option<ClientSide>,
+        delivered: Delivered,
+        status: Option<u16>,
+        finding: Finding,
+    ) -> Verdict {
+        let Finding { cause, summary, extra } = finding;
+        for id in chain {
+            if let Some(a) = self.tracker.attempts.get_mut(id) {
+                a.consumed = true;
+            }
+        }
+        if let Some(tid) = chain.first().and_then(|id| self.tracker.attempt(*id)).map(|a| a.tid) {
+            self.tracker.forget_explained(tid, chain);
+        }
+        let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
         let ms = |ns: u64| (ns as f64 - t as f64) / 1e6;
         let routine: Vec<Evidence> = attempts.iter().flat_map(|a| a.routine_evidence()).collect();
         let mut evidence: Vec<EvidenceItem> = attempts
@@ -293,19 +436,14 @@ impl Engine {
             .chain(extra.iter())
             .map(|e| EvidenceItem { t_ms: round3(ms(e.ts_ns)), event: e.event.clone(), detail: e.detail.clone() })
             .collect();
-        evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status".into(), detail: status.detail() });
         evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         let verdict = Verdict {
             ts_ns: t,
-            gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
-            client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
-            client_side: Some(ClientSide {
-                protocol: if status.stream.is_some() { Protocol::H2 } else { Protocol::H1 },
-                tls: status.tls,
-                stream: status.stream,
-            }),
-            status: status.value as u16,
-            delivered: Delivered::Status,
+            gateway,
+            client: "?".into(),
+            client_side,
+            status,
+            delivered,
             upstream: attempts.last().map(|a| a.upstream()).unwrap_or_else(|| "?".into()),
             class: cause.class(),
             cause,
@@ -315,7 +453,7 @@ impl Engine {
         };
         // The verdict carries the evidence now; explained attempts stay only briefly, as
         // markers for late events of their sockets, and should weigh little meanwhile.
-        for id in &chain {
+        for id in chain {
             if let Some(a) = self.tracker.attempts.get_mut(id) {
                 a.evidence = Vec::new();
             }
@@ -350,15 +488,9 @@ impl Engine {
     }
 
     /// The cause of a failed request, from its last attempt: the first rule that decides.
-    fn decide(&self, a: &Attempt, status: &KernelEvent) -> Finding {
-        let case = Case {
-            engine: self,
-            a,
-            status,
-            up: a.upstream(),
-            gw: format!("{} answered {}", status.comm, status.value),
-            end: a.end_ns().unwrap_or(status.ts_ns),
-        };
+    /// `gw` opens the summary ("nginx answered 502"); `status_ns` is when the gateway answered.
+    fn decide(&self, a: &Attempt, status_ns: u64, gw: String) -> Finding {
+        let case = Case { engine: self, a, status_ns, up: a.upstream(), gw, end: a.end_ns().unwrap_or(status_ns) };
         RULES.iter().find_map(|rule| rule(&case)).unwrap_or_else(|| {
             Finding::new(
                 Cause::Undecided,
@@ -390,7 +522,7 @@ impl Finding {
 struct Case<'a> {
     engine: &'a Engine,
     a: &'a Attempt,
-    status: &'a KernelEvent,
+    status_ns: u64,
     /// The upstream (`ip:port` or `unix:/path`).
     up: String,
     /// "nginx answered 502".
@@ -633,7 +765,7 @@ fn no_valid_answer(c: &Case) -> Option<Finding> {
     }
     // Request sent, nothing back before the gateway gave up.
     let request_ns = a.request_ns?;
-    let waited = ms_between(request_ns, a.local_close_ns.unwrap_or(c.status.ts_ns));
+    let waited = ms_between(request_ns, a.local_close_ns.unwrap_or(c.status_ns));
     if a.retransmits > 0 {
         return Some(Finding::new(
             Cause::Loss,

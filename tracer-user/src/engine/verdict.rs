@@ -215,6 +215,9 @@ pub enum Delivered {
     Status,
     /// The real status, then a cut-short body.
     Truncated,
+    /// The gateway's answer cannot be read here (TLS in a library upstrace does not read,
+    /// QUIC): an upstream attempt failed and no successful retry followed.
+    Inferred,
 }
 
 /// What the client connection speaks.
@@ -288,7 +291,8 @@ pub struct Verdict {
     /// Protocol, TLS and stream of the client connection (status verdicts).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub client_side: Option<ClientSide>,
-    pub status: u16,
+    /// The status the client got; null when the answer could not be read (`inferred`).
+    pub status: Option<u16>,
     pub delivered: Delivered,
     pub upstream: String,
     pub class: Class,
@@ -299,6 +303,11 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The status as shown: `502`, or `?` when it could not be read.
+    pub fn status_text(&self) -> String {
+        self.status.map_or_else(|| "?".to_owned(), |s| s.to_string())
+    }
+
     /// `class/cause`, as the dashboard and the report group verdicts.
     pub fn label(&self) -> String {
         format!("{}/{}", self.class, self.cause)

@@ -155,7 +155,7 @@ impl Report {
                 "{} at {}: status {} to client {} via {}{}.\n",
                 v.gateway.comm,
                 self.wall(v.ts_ns),
-                v.status,
+                v.status_text(),
                 v.client_with_protocol(),
                 v.upstream,
                 if v.delivered == Delivered::Truncated { " (cut short)" } else { "" }
@@ -200,7 +200,7 @@ impl Report {
                 h,
                 "<tr class=\"verdict\"><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}/{}</td><td>{}</td></tr>",
                 esc(&self.wall(v.ts_ns)),
-                v.status,
+                v.status_text(),
                 if v.delivered == Delivered::Truncated { " (cut short)" } else { "" },
                 esc(&v.client_with_protocol()),
                 esc(&v.upstream),

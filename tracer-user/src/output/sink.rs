@@ -110,7 +110,15 @@ impl<W: Write> Output for Sink<W> {
             Format::Text => {
                 let time = self.wall_time(v.ts_ns);
                 let client = v.client_with_protocol();
-                writeln!(self.out, "{} >>> {} for {client} via {}: {}: {}", &time[11..23], v.status, v.upstream, v.label(), v.summary)?;
+                writeln!(
+                    self.out,
+                    "{} >>> {} for {client} via {}: {}: {}",
+                    &time[11..23],
+                    v.status_text(),
+                    v.upstream,
+                    v.label(),
+                    v.summary
+                )?;
             }
         }
         Ok(())

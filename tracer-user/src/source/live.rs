@@ -140,7 +140,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     for pid in &initial {
         live.probes.trace_pid(*pid)?;
         live.known.insert(*pid);
-        live.adopt_client_view(*pid);
+        live.adopt_client_view(*pid, pipeline);
     }
     live.adopt_listeners(pipeline)?;
     if !quiet {
@@ -172,7 +172,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
                 live.drain(guard.get_inner_mut(), pipeline)?;
                 guard.clear_ready();
             }
-            _ = rescan.tick() => live.rescan()?,
+            _ = rescan.tick() => live.rescan(pipeline)?,
             _ = verdict_tick.tick() => {
                 // Judge by wall time only once everything the kernel has sent is processed,
                 // or a verdict could miss the events that close its story.
@@ -225,23 +225,21 @@ impl Live {
 
     /// Read what this gateway process answers its clients: at its writes always, and at
     /// OpenSSL's `SSL_write` when it maps a libssl. Said once per gateway name and view.
-    fn adopt_client_view(&mut self, pid: u32) {
+    fn adopt_client_view(&mut self, pid: u32, pipeline: &mut Pipeline) {
         let comm = discover::comm_of(pid).unwrap_or_default();
-        let mut view = ClientView::Plaintext;
         let mut via = Vec::new();
         for lib in tls::libssl_of(pid) {
             match self.openssl.attach(&mut self.probes, &lib) {
-                Ok(_) => {
-                    view = ClientView::OpenSsl;
-                    via.push(lib.path);
-                }
+                Ok(_) => via.push(lib.path),
                 Err(e) if !self.quiet => eprintln!("upstrace: {comm} {pid}: TLS plaintext not readable: {e:#}"),
                 Err(_) => {}
             }
         }
+        let view = tls::view_of(&comm, !via.is_empty());
         let known = self.views.get(&comm).copied();
-        if known.is_none_or(|v| v == ClientView::Plaintext && view != v) {
+        if known.is_none_or(|v| v != ClientView::OpenSsl && view != v) {
             self.views.insert(comm.clone(), view);
+            pipeline.engine.set_answers_readable(&comm, view.readable());
             if !self.quiet {
                 let via = if via.is_empty() { String::new() } else { format!(" ({})", via.join(", ")) };
                 eprintln!("upstrace: {comm}: client view {}{via}", view.as_str());
@@ -264,11 +262,11 @@ impl Live {
     }
 
     /// Gateways restart and reload: pick up new processes, forget dead ones.
-    fn rescan(&mut self) -> Result<()> {
+    fn rescan(&mut self, pipeline: &mut Pipeline) -> Result<()> {
         for pid in self.targets.scan() {
             if self.known.insert(pid) {
                 self.probes.trace_pid(pid)?;
-                self.adopt_client_view(pid);
+                self.adopt_client_view(pid, pipeline);
             }
         }
         self.known.retain(|&pid| discover::pid_exists(pid));

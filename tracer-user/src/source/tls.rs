@@ -27,6 +27,9 @@ pub enum ClientView {
     Plaintext,
     /// Plain writes, and OpenSSL's plaintext at `SSL_write` (HTTPS, HTTP/1.1 and HTTP/2).
     OpenSsl,
+    /// A gateway with TLS built in that upstrace does not read (Envoy's BoringSSL, Go's
+    /// crypto/tls in Caddy and Traefik): its answers are inferred from upstream failures.
+    InferredOnly,
 }
 
 impl ClientView {
@@ -34,7 +37,27 @@ impl ClientView {
         match self {
             ClientView::Plaintext => "plaintext",
             ClientView::OpenSsl => "openssl",
+            ClientView::InferredOnly => "inferred only",
         }
+    }
+
+    /// Statuses are read (as opposed to inferred).
+    pub fn readable(self) -> bool {
+        self != ClientView::InferredOnly
+    }
+}
+
+/// Gateways that carry their own TLS stack instead of a shared libssl.
+const BUILT_IN_TLS: [&str; 3] = ["envoy", "caddy", "traefik"];
+
+/// The view of a gateway process, from its name and whether a libssl of it is attached.
+pub fn view_of(comm: &str, openssl_attached: bool) -> ClientView {
+    if openssl_attached {
+        ClientView::OpenSsl
+    } else if BUILT_IN_TLS.contains(&comm) {
+        ClientView::InferredOnly
+    } else {
+        ClientView::Plaintext
     }
 }
 

@@ -205,7 +205,7 @@ fn draw_verdicts(frame: &mut Frame, state: &State, area: Rect) {
         .map(|(i, v)| {
             let selected = state.focus == Focus::Verdicts && i == state.selected;
             let style = if selected { Style::new().reversed() } else { Style::new() };
-            let status = if v.delivered == Delivered::Truncated { format!("{}✂", v.status) } else { v.status.to_string() };
+            let status = if v.delivered == Delivered::Truncated { format!("{}✂", v.status_text()) } else { v.status_text() };
             Row::new(vec![
                 Cell::from(hms(state, v.ts_ns)),
                 Cell::from(status),
@@ -251,7 +251,7 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
     let Some(v) = state.selected_verdict() else { return };
     let mut lines = vec![
         Line::from(vec![
-            Span::styled(format!("{} ", v.status), Style::new().bold()),
+            Span::styled(format!("{} ", v.status_text()), Style::new().bold()),
             Span::raw(format!("at {} to client {} via {} ", hms(state, v.ts_ns), v.client_with_protocol(), v.upstream)),
             Span::styled(v.label(), Style::new().bold().fg(class_color(v.class))),
             Span::raw(if v.delivered == Delivered::Truncated { "  (client got a cut-short response)" } else { "" }),

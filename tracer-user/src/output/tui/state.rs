@@ -271,7 +271,7 @@ impl State {
         let f = self.filter.to_lowercase();
         let hay_f = format!("{} {} {}", v.class, v.cause, v.upstream).to_lowercase();
         let s = self.search.to_lowercase();
-        let hay_s = format!("{} {} {} {} {}", v.summary, v.client, v.upstream, v.cause, v.status).to_lowercase();
+        let hay_s = format!("{} {} {} {} {}", v.summary, v.client, v.upstream, v.cause, v.status_text()).to_lowercase();
         (f.is_empty() || f.split_whitespace().all(|w| hay_f.contains(w))) && (s.is_empty() || hay_s.contains(&s))
     }
 
