@@ -7,7 +7,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::status;
 
 /// Debian packages: the LLVM 22 libraries bpf-linker links against, bpftool, the gateways
-/// and tools the fault lab drives, and tmux for terminal tests.
+/// (nginx, HAProxy, Caddy) and tools the fault lab drives (openssl makes its certificates),
+/// and tmux for terminal tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "nginx",
     "haproxy",
+    "caddy",
+    "openssl",
     "nftables",
     "iproute2",
     "iptables",
