@@ -449,6 +449,8 @@ pub const FD_UNKNOWN: u32 = u32::MAX;
 pub const SEEN_PLAIN: u32 = 0;
 /// A status seen in the plaintext handed to OpenSSL (`SSL_write`/`SSL_write_ex`).
 pub const SEEN_OPENSSL: u32 = 1;
+/// A status seen in the plaintext a Go gateway hands to `crypto/tls.(*Conn).Write`.
+pub const SEEN_GO_TLS: u32 = 2;
 /// Where the HTTP/2 stream id and the `SEEN_*` value of an `HttpStatus` event are in its `data`
 /// (after the 32 bytes of the write's head), little-endian.
 pub const STATUS_STREAM_AT: usize = 32;

@@ -37,7 +37,7 @@ const MAX_FRAMES: usize = 4;
 
 /// An HTTP/2 HEADERS frame whose header block starts with a 5xx `:status`, within the first
 /// [`MAX_FRAMES`] frames of the buffer. Reads what needs no HPACK state: the static-table
-/// entry 14 (`:status: 500`) and a literal `:status` (name index 8) whose value is three
+/// entry 14 (`:status: 500`) and a literal `:status` (name index 8-14) whose value is three
 /// digits, raw or Huffman-coded. nginx and HAProxy encode `:status` only so; an encoder that
 /// indexes it in its dynamic table (Go, Envoy) is not read here.
 #[inline(always)]
@@ -100,8 +100,14 @@ fn block_status(b: &[u8; SCAN_LEN], mut p: usize) -> Option<u16> {
     if first == 0x8e {
         return Some(500);
     }
-    // Literal with the name `:status` (static index 8): with, without or never indexing.
-    if first != 0x48 && first != 0x08 && first != 0x18 {
+    // A literal whose name is `:status`: static entries 8-14 all carry that name (nginx and
+    // HAProxy use 8, Go's encoder 14), with, without or never indexing (0x40, 0x00, 0x10).
+    let name_index = match first & 0xf0 {
+        0x40 => first & 0x3f,
+        0x00 | 0x10 => first & 0x0f,
+        _ => return None,
+    };
+    if !(8..=14).contains(&name_index) {
         return None;
     }
     let len_byte = *b.get(p + 1)?;
@@ -251,6 +257,17 @@ mod tests {
         let mut block = std::vec![0x48, 0x80 | huffman("404").len() as u8];
         block.extend(huffman("404"));
         assert_eq!(http2_5xx(&buf(&frame(1, 4, 5, &block))), None);
+    }
+
+    #[test]
+    fn go_names_status_by_the_500_entry() {
+        // Caddy 2.6 (Go's hpack), as written to crypto/tls.(*Conn).Write: 0x4e = literal with
+        // incremental indexing, name index 14; value Huffman "502".
+        let w = b"\x00\x00\x3f\x01\x05\x00\x00\x00\x01\x4e\x82\x6c\x02\x40\x85\x1d\x09";
+        assert_eq!(http2_5xx(&buf(w)), Some(Found { status: 502, stream: 1 }));
+        // Name index 7 (`:scheme`) or 15 (`accept-charset`) is not a status.
+        assert_eq!(http2_5xx(&buf(&frame(1, 4, 1, b"\x47\x03502"))), None);
+        assert_eq!(http2_5xx(&buf(&frame(1, 4, 1, b"\x0f\x00\x03502"))), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the same thread makes inside the call (the ciphertext), which names the client socket. The
 //! probe is attached once per library file for every process; it keeps to traced ones.
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use tracer_common::{FD_UNKNOWN, SEEN_OPENSSL};
+use tracer_common::{FD_UNKNOWN, SEEN_GO_TLS, SEEN_OPENSSL};
 
 use crate::{done, io::peek_write};
 
@@ -16,5 +16,20 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 fn try_ssl_write(ctx: &ProbeContext) -> Result<(), i32> {
     let buf: u64 = ctx.arg(1).ok_or(0)?;
     peek_write(FD_UNKNOWN, buf, SEEN_OPENSSL);
+    Ok(())
+}
+
+/// `crypto/tls.(*Conn).Write(b []byte)` in Go gateways (Caddy, Traefik). Go's register ABI
+/// (amd64, Go 1.17+): the receiver in RAX, the slice's pointer and length in RBX and RCX. Entry
+/// only: Go moves goroutine stacks, so return probes would corrupt them.
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    done(try_go_tls_write(&ctx))
+}
+
+fn try_go_tls_write(ctx: &ProbeContext) -> Result<(), i32> {
+    // SAFETY: a uprobe's context is the probed task's saved registers, readable as pt_regs.
+    let buf = unsafe { (*ctx.regs).rbx };
+    peek_write(FD_UNKNOWN, buf, SEEN_GO_TLS);
     Ok(())
 }

@@ -48,6 +48,11 @@ struct Cli {
     /// Stop after this many seconds (output is flushed). SIGINT/SIGTERM also stop cleanly.
     #[arg(long = "for", value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Do not read this gateway's answers (repeatable, by process name): infer a verdict from
+    /// each failed upstream attempt no retry followed (`"status": null`). For clients on
+    /// HTTP/3 (QUIC), or a TLS library upstrace does not read.
+    #[arg(long = "infer", value_name = "NAME")]
+    infer: Vec<String>,
     /// Wait for a gateway to start instead of failing when none is running.
     #[arg(long)]
     wait: bool,
@@ -159,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wait: cli.wait,
         duration: cli.duration.map(|d| seconds("for", d)).transpose()?,
         stats_interval: seconds("stats-interval", cli.stats_interval.max(0.1))?,
+        infer: cli.infer,
     };
     let boot = clock::boot_offset_ns();
     let dashboard = !cli.json && !cli.text && std::io::stdout().is_terminal();

@@ -3,7 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind, SEEN_OPENSSL, STATUS_SEEN_AT, STATUS_STREAM_AT};
+use tracer_common::{
+    AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind, SEEN_GO_TLS, SEEN_OPENSSL, STATUS_SEEN_AT, STATUS_STREAM_AT,
+};
 
 /// A little-endian u32 inside an event's payload.
 fn word_at(data: &[u8], at: usize) -> u32 {
@@ -311,7 +313,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             None => c_string(&raw.data[..32]).split(['\r', '\n']).next().unwrap_or_default().to_owned(),
         }),
         stream,
-        tls: kind == Kind::HttpStatus && word_at(&raw.data, STATUS_SEEN_AT) == SEEN_OPENSSL,
+        tls: kind == Kind::HttpStatus && matches!(word_at(&raw.data, STATUS_SEEN_AT), SEEN_OPENSSL | SEEN_GO_TLS),
         reason: None,
         head: (kind == Kind::ResponseStart && raw.aux > 0).then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
     })

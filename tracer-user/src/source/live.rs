@@ -20,7 +20,10 @@ use crate::{
     pipeline::Pipeline,
     source::{
         discover,
-        probes::{Probes, uprobes::OpenSsl},
+        probes::{
+            Probes,
+            uprobes::{GoTls, OpenSsl},
+        },
         tls::{self, ClientView},
     },
 };
@@ -34,6 +37,8 @@ pub struct Options {
     pub wait: bool,
     pub duration: Option<Duration>,
     pub stats_interval: Duration,
+    /// Gateways (by name) whose answers are not read but inferred from upstream failures.
+    pub infer: Vec<String>,
 }
 
 /// Which processes are gateways: explicit pids, or everything with a gateway's name.
@@ -98,9 +103,11 @@ struct Live {
     decoder: Decoder,
     counts: Counts,
     openssl: OpenSsl,
+    go_tls: GoTls,
     /// The client-side view of each gateway (by name), as said at start and when it changes.
     views: BTreeMap<String, ClientView>,
     quiet: bool,
+    infer: Vec<String>,
 }
 
 pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
@@ -134,8 +141,10 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         decoder,
         counts: Counts::default(),
         openssl: OpenSsl::default(),
+        go_tls: GoTls::default(),
         views: BTreeMap::new(),
         quiet,
+        infer: opts.infer.clone(),
     };
     for pid in &initial {
         live.probes.trace_pid(*pid)?;
@@ -227,6 +236,15 @@ impl Live {
     /// OpenSSL's `SSL_write` when it maps a libssl. Said once per gateway name and view.
     fn adopt_client_view(&mut self, pid: u32, pipeline: &mut Pipeline) {
         let comm = discover::comm_of(pid).unwrap_or_default();
+        if self.infer.contains(&comm) {
+            if self.views.insert(comm.clone(), ClientView::InferredOnly).is_none() {
+                pipeline.engine.set_answers_readable(&comm, false);
+                if !self.quiet {
+                    eprintln!("upstrace: {comm}: client view inferred only (--infer)");
+                }
+            }
+            return;
+        }
         let mut via = Vec::new();
         for lib in tls::libssl_of(pid) {
             match self.openssl.attach(&mut self.probes, &lib) {
@@ -235,7 +253,20 @@ impl Live {
                 Err(_) => {}
             }
         }
-        let view = tls::view_of(&comm, !via.is_empty());
+        let openssl = !via.is_empty();
+        let mut go = false;
+        if !openssl && let Some(exe) = tls::executable_of(pid) {
+            match self.go_tls.read(&mut self.probes, &exe) {
+                Ok(true) => {
+                    go = true;
+                    via.push(exe.path);
+                }
+                Ok(false) => {}
+                Err(e) if !self.quiet => eprintln!("upstrace: {comm} {pid}: Go TLS plaintext not readable: {e:#}"),
+                Err(_) => {}
+            }
+        }
+        let view = tls::view_of(&comm, openssl, go);
         let known = self.views.get(&comm).copied();
         if known.is_none_or(|v| v != ClientView::OpenSsl && view != v) {
             self.views.insert(comm.clone(), view);

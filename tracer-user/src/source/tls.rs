@@ -27,8 +27,10 @@ pub enum ClientView {
     Plaintext,
     /// Plain writes, and OpenSSL's plaintext at `SSL_write` (HTTPS, HTTP/1.1 and HTTP/2).
     OpenSsl,
-    /// A gateway with TLS built in that upstrace does not read (Envoy's BoringSSL, Go's
-    /// crypto/tls in Caddy and Traefik): its answers are inferred from upstream failures.
+    /// Plain writes, and Go's plaintext at `crypto/tls.(*Conn).Write` (Caddy, Traefik).
+    GoTls,
+    /// A gateway with TLS built in that upstrace does not read (Envoy's BoringSSL, a Go
+    /// binary without its function table): its answers are inferred from upstream failures.
     InferredOnly,
 }
 
@@ -37,6 +39,7 @@ impl ClientView {
         match self {
             ClientView::Plaintext => "plaintext",
             ClientView::OpenSsl => "openssl",
+            ClientView::GoTls => "go-tls",
             ClientView::InferredOnly => "inferred only",
         }
     }
@@ -50,10 +53,12 @@ impl ClientView {
 /// Gateways that carry their own TLS stack instead of a shared libssl.
 const BUILT_IN_TLS: [&str; 3] = ["envoy", "caddy", "traefik"];
 
-/// The view of a gateway process, from its name and whether a libssl of it is attached.
-pub fn view_of(comm: &str, openssl_attached: bool) -> ClientView {
+/// The view of a gateway process, from its name and which TLS probe of it is attached.
+pub fn view_of(comm: &str, openssl_attached: bool, go_attached: bool) -> ClientView {
     if openssl_attached {
         ClientView::OpenSsl
+    } else if go_attached {
+        ClientView::GoTls
     } else if BUILT_IN_TLS.contains(&comm) {
         ClientView::InferredOnly
     } else {
@@ -96,6 +101,15 @@ pub fn libssl_in_maps(pid: u32, maps: &str) -> Vec<LibraryFile> {
         out.push(LibraryFile { dev, ino, path, open_path });
     }
     out
+}
+
+/// A process's executable as a file to attach to.
+pub fn executable_of(pid: u32) -> Option<LibraryFile> {
+    use std::os::unix::fs::MetadataExt;
+    let open_path = PathBuf::from(format!("/proc/{pid}/exe"));
+    let meta = std::fs::metadata(&open_path).ok()?;
+    let path = std::fs::read_link(&open_path).ok()?.display().to_string();
+    Some(LibraryFile { dev: meta.dev(), ino: meta.ino(), path, open_path })
 }
 
 /// The libssl files a live process maps (none if it is gone or unreadable).

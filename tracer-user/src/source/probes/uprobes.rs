@@ -1,14 +1,15 @@
-//! Entry uprobes in the libraries gateways encrypt with: the plaintext a gateway hands to
-//! OpenSSL is read where `SSL_write`/`SSL_write_ex` begin (no return probe: nothing is needed
-//! from the return, and return probes cost more). One attachment per library file serves every
-//! process that maps it; the programs keep to traced processes themselves.
+//! Entry uprobes where gateways hand their answers to TLS: OpenSSL's `SSL_write`/`SSL_write_ex`
+//! in a shared libssl, and Go's `crypto/tls.(*Conn).Write` in the gateway's own binary (no
+//! return probes: nothing is needed from the return, they cost more, and they break Go). One
+//! attachment per file (device, inode) serves every process that maps it; the programs keep to
+//! traced processes themselves.
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::{UProbe, uprobe::UProbeScope};
 
 use super::Probes;
-use crate::source::tls::LibraryFile;
+use crate::source::{gosym, tls::LibraryFile};
 
 const PROGRAM: &str = "ssl_write";
 /// Both take the plaintext buffer as their second argument.
@@ -49,3 +50,42 @@ impl OpenSsl {
         Ok(true)
     }
 }
+
+/// Executables looked at so far, by (device, inode): attached (a Go binary) or not Go.
+#[derive(Default)]
+pub struct GoTls {
+    loaded: bool,
+    seen: BTreeMap<(u64, u64), bool>,
+}
+
+impl GoTls {
+    /// Read this executable's TLS plaintext if it is a Go binary: attach at
+    /// `crypto/tls.(*Conn).Write`, found in the binary's own table (`.gopclntab`), stripped or
+    /// not. Ok(true) when it is read (now or already), Ok(false) when it is not Go; each file is
+    /// looked at once.
+    pub fn read(&mut self, probes: &mut Probes, exe: &LibraryFile) -> Result<bool> {
+        if let Some(&attached) = self.seen.get(&(exe.dev, exe.ino)) {
+            return Ok(attached);
+        }
+        let bytes = std::fs::read(&exe.open_path).with_context(|| format!("reading {}", exe.path))?;
+        if gosym::function_offset(&bytes, "runtime.main").is_err() {
+            self.seen.insert((exe.dev, exe.ino), false);
+            return Ok(false);
+        }
+        let offset = gosym::function_offset(&bytes, gosym::GO_TLS_WRITE).with_context(|| exe.path.clone())?;
+        drop(bytes);
+        let program: &mut UProbe = probes.ebpf.program_mut(GO_PROGRAM).context("go_tls_write program missing")?.try_into()?;
+        if !self.loaded {
+            program.load().map_err(|e| anyhow!("loading {GO_PROGRAM}: {e}"))?;
+            self.loaded = true;
+        }
+        program.attach(offset, &exe.open_path, UProbeScope::AllProcesses).map_err(|e| anyhow!("{}: {e}", exe.path))?;
+        self.seen.insert((exe.dev, exe.ino), true);
+        if !probes.report.attached.iter().any(|p| p == GO_PROGRAM) {
+            probes.report.attached.push(GO_PROGRAM.to_owned());
+        }
+        Ok(true)
+    }
+}
+
+const GO_PROGRAM: &str = "go_tls_write";

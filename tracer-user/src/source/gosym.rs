@@ -1,0 +1,120 @@
+//! Functions of Go binaries, found even when they are stripped: Go keeps its own function table
+//! (`.gopclntab`) for stack traces, with every function's name and entry. Caddy and Traefik
+//! release builds carry no symbol table, only this. Read for Go 1.18 and later (the table
+//! layout of `runtime/symtab.go` since then: magics 0xfffffff0 and 0xfffffff1).
+use anyhow::{Context as _, Result, bail};
+
+/// The function whose plaintext argument upstrace reads in Go gateways.
+pub const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+
+const GO_118_MAGIC: u32 = 0xffff_fff0;
+const GO_120_MAGIC: u32 = 0xffff_fff1;
+
+/// A section of a 64-bit little-endian ELF file: (name, address, file offset, size).
+struct Section<'a> {
+    name: &'a [u8],
+    addr: u64,
+    offset: u64,
+    size: u64,
+}
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+fn c_str(b: &[u8], at: usize) -> Option<&[u8]> {
+    let rest = b.get(at..)?;
+    Some(&rest[..rest.iter().position(|&c| c == 0)?])
+}
+
+fn sections(elf: &[u8]) -> Option<Vec<Section<'_>>> {
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = usize::try_from(read_u64(elf, 0x28)?).ok()?;
+    let (entsize, count, names) = (read_u16(elf, 0x3a)? as usize, read_u16(elf, 0x3c)? as usize, read_u16(elf, 0x3e)? as usize);
+    let header = |i: usize| shoff.checked_add(i.checked_mul(entsize)?);
+    let names_at = usize::try_from(read_u64(elf, header(names)? + 0x18)?).ok()?;
+    (0..count)
+        .map(|i| {
+            let h = header(i)?;
+            Some(Section {
+                name: c_str(elf, names_at.checked_add(read_u32(elf, h)? as usize)?)?,
+                addr: read_u64(elf, h + 0x10)?,
+                offset: read_u64(elf, h + 0x18)?,
+                size: read_u64(elf, h + 0x20)?,
+            })
+        })
+        .collect()
+}
+
+/// The file offset of a Go function's entry (what a uprobe attaches at), by its full name.
+pub fn function_offset(elf: &[u8], function: &str) -> Result<u64> {
+    let sections = sections(elf).context("not a 64-bit little-endian ELF file")?;
+    let table = sections.iter().find(|s| s.name == b".gopclntab").context("no .gopclntab: not a Go binary")?;
+    let start = usize::try_from(table.offset)?;
+    let end = start.checked_add(usize::try_from(table.size)?).context("bad .gopclntab size")?;
+    let tab = elf.get(start..end).context(".gopclntab past the end of the file")?;
+    let magic = read_u32(tab, 0).context("short .gopclntab")?;
+    if magic != GO_118_MAGIC && magic != GO_120_MAGIC {
+        bail!(".gopclntab of a Go release before 1.18 (magic {magic:#x})");
+    }
+    if tab.get(7) != Some(&8) {
+        bail!(".gopclntab of a 32-bit build");
+    }
+    let field = |i: usize| read_u64(tab, 8 + 8 * i).and_then(|v| usize::try_from(v).ok()).context("short .gopclntab header");
+    let (nfunc, text_start, names, functab) = (field(0)?, read_u64(tab, 8 + 8 * 2).context("header")?, field(3)?, field(7)?);
+    for i in 0..nfunc {
+        let entry = functab + 8 * i;
+        let (Some(entry_off), Some(func_off)) = (read_u32(tab, entry), read_u32(tab, entry + 4)) else { break };
+        let Some(name_off) = read_u32(tab, functab + func_off as usize + 4) else { continue };
+        if c_str(tab, names + name_off as usize) != Some(function.as_bytes()) {
+            continue;
+        }
+        let addr = text_start + u64::from(entry_off);
+        let text = sections
+            .iter()
+            .find(|s| s.addr <= addr && addr < s.addr + s.size && s.name.starts_with(b".text"))
+            .context("the function is outside .text")?;
+        return Ok(addr - text.addr + text.offset);
+    }
+    bail!("no function {function} in .gopclntab")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&b""[..], b"\x7fELF\x02\x01\x01\x00", &[0xffu8; 256][..], b"MZ\x90\x00"] {
+            assert!(function_offset(bytes, GO_TLS_WRITE).is_err());
+        }
+        // A real ELF file that is not Go: upstrace's own test binary.
+        let own = std::fs::read("/proc/self/exe").unwrap();
+        let err = function_offset(&own, GO_TLS_WRITE).unwrap_err();
+        assert!(format!("{err:#}").contains("not a Go binary"), "{err:#}");
+    }
+
+    /// Debian's Caddy (installed by `cargo xtask setup`) is a stripped Go binary.
+    #[test]
+    fn finds_crypto_tls_write_in_a_stripped_go_binary() {
+        let Ok(caddy) = std::fs::read("/usr/bin/caddy") else {
+            eprintln!("skipped: /usr/bin/caddy is not installed (cargo xtask setup installs it)");
+            return;
+        };
+        let offset = function_offset(&caddy, GO_TLS_WRITE).unwrap();
+        // Go functions start with the stack-bound check: mov rcx/r12, [r14+0x10] or lea r12.
+        let code = &caddy[offset as usize..offset as usize + 4];
+        assert!(code.starts_with(&[0x49]) || code.starts_with(&[0x4c]), "{code:x?} at {offset:#x}");
+        assert!(function_offset(&caddy, "crypto/tls.(*Conn).NoSuchMethod").is_err());
+    }
+}
