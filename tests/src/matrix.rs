@@ -112,7 +112,8 @@ impl Scenario {
             // TCP recovers from this loss: slow 200s, nothing to explain.
             "loss" => Expect::NoVerdict,
             "loss-stall" => v("network", &["loss"]),
-            "unix-missing" | "unix-refused" => v("upstream", &["refused"]),
+            "unix-missing" => v("upstream", &["no-socket-file"]),
+            "unix-refused" => v("upstream", &["refused"]),
             // No listener is known for a unix socket, so its server's death is not named.
             "unix-crash-before-headers" => v("upstream", &["closed-early", "crashed"]),
             // A known gap: when the server's close arrives with the data, HAProxy learns it

@@ -534,3 +534,28 @@ fn a_failure_retried_with_success_or_answered_in_the_clear_gets_no_inferred_verd
     let verdicts = run(unreadable_engine(), &events);
     assert_eq!(verdicts.iter().map(|v| v.status).collect::<Vec<_>>(), vec![Some(502)]);
 }
+
+#[test]
+fn a_unix_socket_connect_error_speaks_of_the_file_not_of_routes() {
+    let path = "/run/php/php8.2-fpm.sock";
+    for (errno, class, cause, says) in [
+        (-13, Class::Gateway, Cause::PermissionDenied, "owner and mode"),
+        (-1, Class::Gateway, Cause::PermissionDenied, "owner and mode"),
+        (-2, Class::Upstream, Cause::NoSocketFile, "does not exist"),
+        (-111, Class::Upstream, Cause::Refused, "nothing listens on it"),
+    ] {
+        let connect = with(ev(Kind::ConnectSyscall, 0, 0), |e| {
+            e.value = errno;
+            e.src = None;
+            e.dst = None;
+            e.path = Some(path.into());
+        });
+        let v = one(&[connect, status(1, 502)]);
+        assert_eq!((v.class, v.cause), (class, cause), "errno {errno}: {}", v.summary);
+        assert!(v.summary.contains(says) && v.summary.contains(path), "{}", v.summary);
+        assert!(v.next_check().contains(path), "{}", v.next_check());
+    }
+    // The same errno on a TCP connect is the route's doing.
+    let v = one(&[with(ev(Kind::ConnectSyscall, 0, 0), |e| e.value = -13), status(1, 502)]);
+    assert_eq!((v.class, v.cause), (Class::Network, Cause::NoRoute));
+}

@@ -557,7 +557,33 @@ fn connect_failed(c: &Case) -> Option<Finding> {
     let errno = c.a.connect_err?.errno;
     let (gw, up) = (&c.gw, &c.up);
     let e = format!("{} ({errno})", errno_name(errno.into()));
-    Some(match errno {
+    // A unix socket's errors speak of the file, not of routes.
+    if c.a.path.is_some() {
+        return Some(match errno {
+            EACCES | EPERM => Finding::new(
+                Cause::PermissionDenied,
+                format!("{gw}: the gateway may not connect to {up}: {e}: the socket file's owner and mode keep its worker out"),
+            ),
+            ENOENT => Finding::new(
+                Cause::NoSocketFile,
+                format!("{gw}: {up} does not exist ({e}): the upstream is not running, or the gateway's path is wrong"),
+            ),
+            ECONNREFUSED => Finding::new(
+                Cause::Refused,
+                format!(
+                    "{gw}: {up} refused the connection ({e}): the socket file is there, but nothing listens on it (its server stopped or died)"
+                ),
+            ),
+            _ => connect_errno(c, errno, &e),
+        });
+    }
+    Some(connect_errno(c, errno, &e))
+}
+
+/// A connect(2) that failed at once, by its errno.
+fn connect_errno(c: &Case, errno: i32, e: &str) -> Finding {
+    let (gw, up) = (&c.gw, &c.up);
+    match errno {
         ENETUNREACH => {
             Finding::new(Cause::NoRoute, format!("{gw}: no route to {up}: connect failed with {e} (network unreachable from the gateway)"))
         }
@@ -573,7 +599,7 @@ fn connect_failed(c: &Case) -> Option<Finding> {
         EAGAIN => Finding::new(Cause::Overloaded, format!("{gw}: {up} is overloaded: its listen backlog is full ({e})")),
         ECONNREFUSED | ENOENT => Finding::new(Cause::Refused, format!("{gw}: {up} refused the connection: nothing listening ({e})")),
         _ => Finding::new(Cause::ConnectFailed, format!("{gw}: connect to {up} failed with {e}")),
-    })
+    }
 }
 
 /// 2. ICMP errors about this flow say who answered and why.

@@ -86,6 +86,8 @@ pub enum Cause {
     Stalled,
     InvalidResponse,
     Overloaded,
+    /// A unix-socket upstream whose socket file is not there.
+    NoSocketFile,
     // firewall
     Rejected,
     Dropped,
@@ -96,6 +98,8 @@ pub enum Cause {
     Loss,
     // gateway
     LocalResources,
+    /// The gateway may not connect to a unix socket (its owner and mode keep the worker out).
+    PermissionDenied,
     // unknown
     ConnectFailed,
     ReadError,
@@ -104,7 +108,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 18] = [
+    pub const ALL: [Cause; 20] = [
         Cause::Refused,
         Cause::Crashed,
         Cause::Reset,
@@ -112,6 +116,7 @@ impl Cause {
         Cause::Stalled,
         Cause::InvalidResponse,
         Cause::Overloaded,
+        Cause::NoSocketFile,
         Cause::Rejected,
         Cause::Dropped,
         Cause::NoRoute,
@@ -119,6 +124,7 @@ impl Cause {
         Cause::Timeout,
         Cause::Loss,
         Cause::LocalResources,
+        Cause::PermissionDenied,
         Cause::ConnectFailed,
         Cause::ReadError,
         Cause::Undecided,
@@ -135,6 +141,7 @@ impl Cause {
             Cause::Stalled => "stalled",
             Cause::InvalidResponse => "invalid-response",
             Cause::Overloaded => "overloaded",
+            Cause::NoSocketFile => "no-socket-file",
             Cause::Rejected => "rejected",
             Cause::Dropped => "dropped",
             Cause::NoRoute => "no-route",
@@ -142,6 +149,7 @@ impl Cause {
             Cause::Timeout => "timeout",
             Cause::Loss => "loss",
             Cause::LocalResources => "local-resources",
+            Cause::PermissionDenied => "permission-denied",
             Cause::ConnectFailed => "connect-failed",
             Cause::ReadError => "read-error",
             Cause::Undecided => "undecided",
@@ -161,10 +169,11 @@ impl Cause {
             | Cause::ClosedEarly
             | Cause::Stalled
             | Cause::InvalidResponse
-            | Cause::Overloaded => Class::Upstream,
+            | Cause::Overloaded
+            | Cause::NoSocketFile => Class::Upstream,
             Cause::Rejected | Cause::Dropped => Class::Firewall,
             Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
-            Cause::LocalResources => Class::Gateway,
+            Cause::LocalResources | Cause::PermissionDenied => Class::Gateway,
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => Class::Unknown,
         }
     }
@@ -187,6 +196,14 @@ impl Cause {
             Cause::NoRoute => format!("Routing on the gateway refuses this destination: ip route get {ip}; check for blackhole/prohibit/unreachable routes and interfaces that are down."),
             Cause::Timeout => format!("SYNs went unanswered with no local drop: check the path and remote firewalls (a silent drop), and that {ip} is up."),
             Cause::Loss => "Packets were lost on the path: check interface and qdisc drops (ip -s link; tc -s qdisc) on both ends.".into(),
+            Cause::NoSocketFile => format!(
+                "The socket file {} is not there: is the upstream (php-fpm, uwsgi, gunicorn) running, and is the path in the gateway's config the one it listens on?",
+                upstream.trim_start_matches("unix:")
+            ),
+            Cause::PermissionDenied => format!(
+                "The gateway's workers may not connect to {}: compare the socket's owner and mode (ls -l) with the workers' user (listen.owner/listen.group/listen.mode in php-fpm, the user directive in nginx).",
+                upstream.trim_start_matches("unix:")
+            ),
             Cause::LocalResources => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => {
                 "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into()
