@@ -187,6 +187,9 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     }
     drop(lab);
 
+    // 6. HTTPS clients (its own labs).
+    let https = crate::bench_https::run(pairs.min(3), secs)?;
+
     // 5. Memory with 100k tracked connections (the engine alone, same code as live).
     eprintln!("bench: engine memory with 100k connections");
     let out = Command::new(upstrace_lab::target_dir().join("release/examples/engine_rss")).arg("100000").output().context("engine_rss")?;
@@ -207,6 +210,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         "storms": storms,
         "mixed": mixed,
         "engine_100k_connections": rss,
+        "https": https,
     });
     let dir = crate::workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -383,5 +387,23 @@ fn markdown(r: &serde_json::Value) -> String {
         "\n## 5. Memory with 100k tracked connections\n\nEngine state for {} open connections: RSS {} KiB (from {} KiB empty); target < 64 MiB.",
         e["connections"], e["rss_kib_after"], e["rss_kib_before"]
     );
+    if !r["https"].is_null() {
+        md.push_str(&crate::bench_https::markdown(&r["https"]));
+    }
     md
+}
+
+/// Only the HTTPS rows: measured, merged into bench/results.json, RESULTS.md re-rendered.
+pub fn run_https(pairs: usize, secs: u64) -> Result<()> {
+    upstrace_lab::ensure_root("the benchmark")?;
+    crate::use_release_build();
+    let https = crate::bench_https::run(pairs, secs)?;
+    let dir = crate::workspace_root().join("bench");
+    let path = dir.join("results.json");
+    let mut r: serde_json::Value = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    r["https"] = https;
+    std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")?;
+    std::fs::write(dir.join("RESULTS.md"), markdown(&r))?;
+    println!("{}", crate::bench_https::markdown(&r["https"]));
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | lint | test | demo | lab | bench | fuzz | soak`.
 mod bench;
+mod bench_https;
 mod demo;
 mod fuzz;
 mod lab;
@@ -52,6 +53,9 @@ enum Task {
         /// Only rewrite bench/RESULTS.md from bench/results.json (no measuring).
         #[arg(long)]
         render_only: bool,
+        /// Only the HTTPS rows (HTTP/1.1 and HTTP/2 over TLS), merged into the last results.
+        #[arg(long)]
+        https: bool,
     },
     /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
     Fuzz {
@@ -166,6 +170,11 @@ fn main() -> Result<()> {
             lab::run(gateway, scenario, save_traces)
         }
         Task::Bench { render_only: true, .. } => bench::render(),
+        Task::Bench { pairs, seconds, https: true, .. } => {
+            setup::run()?;
+            build()?;
+            bench::run_https(pairs.clamp(1, 3), seconds.clamp(1, 60))
+        }
         Task::Bench { pairs, seconds, .. } => {
             setup::run()?;
             build()?;

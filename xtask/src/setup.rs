@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::status;
 
 /// Debian packages: the LLVM 22 libraries bpf-linker links against, bpftool, the gateways
-/// (nginx, HAProxy, Caddy) and tools the fault lab drives (openssl makes its certificates),
+/// (nginx, HAProxy, Caddy) and tools the fault lab drives (openssl makes its certificates, h2load loads HTTP/2),
 /// and tmux for terminal tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "curl",
     "wrk",
+    "nghttp2-client",
     "tmux",
     "util-linux",
     "procps",

@@ -1,0 +1,184 @@
+//! `cargo xtask bench --https`: what reading HTTPS answers costs. nginx (2 workers) terminates
+//! TLS in the lab's gateway namespace in front of a healthy upstream; keep-alive clients (wrk
+//! for HTTP/1.1, h2load for HTTP/2) load it with and without upstrace, alternated; a plaintext
+//! row gives the ratio to compare with. A last row traces another process that maps the same
+//! libssl, so the uprobe is attached while the loaded nginx is not traced: what the probes cost
+//! processes upstrace does not trace. Bounded runs, lab namespaces only.
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use upstrace_lab::{
+    lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab},
+    tracer::Tracer,
+};
+
+/// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
+/// percentiles, so its mean).
+#[derive(Clone, Copy)]
+struct Load {
+    rps: f64,
+    latency_ms: f64,
+    requests: f64,
+}
+
+fn load(lab: &Lab, mode: ClientMode, secs: u64) -> Result<Load> {
+    let url = format!("{}://127.0.0.1:{GATEWAY_PORT}/", if mode.tls() { "https" } else { "http" });
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.gw_ns]);
+    if mode == ClientMode::TlsH2 {
+        cmd.args(["h2load", "-c32", "-m4", "-t2", "-D", &secs.to_string(), &url]);
+    } else {
+        cmd.args(["wrk", "-t2", "-c32", &format!("-d{secs}s"), "--latency", &url]);
+    }
+    let out = cmd.output().context("running the load generator")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let number = |s: &str| s.trim().trim_end_matches(|c: char| c.is_alphabetic()).parse::<f64>().ok();
+    let ms = |s: &str| {
+        let s = s.trim();
+        let (v, scale) = if let Some(v) = s.strip_suffix("us") {
+            (v, 0.001)
+        } else if let Some(v) = s.strip_suffix("ms") {
+            (v, 1.0)
+        } else {
+            (s.strip_suffix('s').unwrap_or(s), 1000.0)
+        };
+        v.parse::<f64>().ok().map(|v| v * scale)
+    };
+    let parsed = if mode == ClientMode::TlsH2 {
+        // "finished in 5.00s, 12345.67 req/s, ..." and "time for request: min max mean sd".
+        let rps = text.lines().find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" req/s")).and_then(number));
+        let mean = text.lines().find_map(|l| l.strip_prefix("time for request:")).and_then(|l| l.split_whitespace().nth(2)).and_then(ms);
+        let done = text.lines().find_map(|l| l.strip_prefix("requests:")).and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded"))).and_then(number);
+        rps.zip(mean).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
+    } else {
+        let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(number);
+        let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(ms);
+        let done = text.lines().find_map(|l| l.trim().split_once(" requests in ").map(|x| x.0)).and_then(number);
+        rps.zip(p99).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
+    };
+    match parsed {
+        Some(l) => Ok(l),
+        None => bail!("cannot read the load generator's output:\n{text}"),
+    }
+}
+
+fn tracer(pid: u32, bpf_stats: bool) -> Result<Tracer> {
+    let pid = pid.to_string();
+    let mut args = vec!["--pid", &pid, "--no-events", "--stats-interval", "1"];
+    if bpf_stats {
+        args.push("--bpf-stats");
+    }
+    let t = Tracer::start_keeping(&args, |line| line.starts_with("{\"type\":\"stats\""))?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(t)
+}
+
+fn ratio_stats(v: &[f64]) -> serde_json::Value {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    serde_json::json!({"mean": mean, "min": min, "max": max})
+}
+
+/// A process that maps libssl and does nothing: traced, it makes upstrace attach the OpenSSL
+/// probe to the library file the loaded (untraced) nginx uses too.
+fn idle_libssl_process() -> Result<Child> {
+    let child = Command::new("python3")
+        .args(["-c", "import ssl, time; time.sleep(600)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting an idle python3 with ssl")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
+}
+
+pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
+    let mut rows = Vec::new();
+    for (mode, untraced) in [(ClientMode::Plain, false), (ClientMode::TlsH1, false), (ClientMode::TlsH2, false), (ClientMode::TlsH1, true)] {
+        let name = format!("{}{}", mode.name(), if untraced { ", nginx not traced" } else { "" });
+        eprintln!("bench https: {name}, {pairs} pairs of {secs} s");
+        let mut lab = Lab::new()?;
+        lab.nginx_workers = 2;
+        lab.client = mode;
+        lab.start_upstream("ok")?;
+        let gw = lab.start_gateway(GatewayKind::Nginx)?;
+        load(&lab, mode, 4)?; // warm-up
+        let mut idle = if untraced { Some(idle_libssl_process()?) } else { None };
+        let target = idle.as_ref().map_or(gw, |c| c.id());
+        let (mut rps, mut latency) = (Vec::new(), Vec::new());
+        for _ in 0..pairs {
+            let without = load(&lab, mode, secs)?;
+            let t = tracer(target, false)?;
+            let with = load(&lab, mode, secs)?;
+            t.stop()?;
+            rps.push(with.rps / without.rps);
+            latency.push(with.latency_ms / without.latency_ms);
+            eprintln!(
+                "bench https: {name}: without {:.0} req/s {:.2} ms, with {:.0} req/s {:.2} ms",
+                without.rps, without.latency_ms, with.rps, with.latency_ms
+            );
+        }
+        // The probe's own runs and cost, in a run of its own (the counting costs clock reads).
+        let t = tracer(target, true)?;
+        let counted = load(&lab, mode, secs)?;
+        let (_, lines) = t.stop()?;
+        let stats = lines.last().cloned().unwrap_or_default();
+        let programs = stats["programs"].as_array().cloned().unwrap_or_default();
+        let per_request: Vec<serde_json::Value> = programs
+            .iter()
+            .filter(|p| p["runs"].as_f64().unwrap_or(0.0) > 0.0)
+            .map(|p| {
+                serde_json::json!({"name": p["name"], "runs_per_request": p["runs"].as_f64().unwrap_or(0.0) / counted.requests.max(1.0), "avg_ns": p["avg_ns"]})
+            })
+            .collect();
+        if let Some(mut c) = idle.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        rows.push(serde_json::json!({
+            "row": name,
+            "client": mode.name(),
+            "gateway_traced": !untraced,
+            "throughput_ratio": ratio_stats(&rps),
+            "latency_ratio": ratio_stats(&latency),
+            "latency_figure": if mode == ClientMode::TlsH2 { "mean" } else { "p99" },
+            "programs_per_request": per_request,
+        }));
+    }
+    Ok(serde_json::json!({"pairs": pairs, "seconds": secs, "rows": rows}))
+}
+
+/// Section 5 of RESULTS.md.
+pub fn markdown(h: &serde_json::Value) -> String {
+    let mut md = String::from("\n## 6. HTTPS clients (nginx 2 workers terminating TLS; wrk -c32 for HTTP/1.1, h2load -c32 -m4 for HTTP/2; keep-alive clients)\n\n");
+    md.push_str("The last row traces an idle process mapping the same libssl: the OpenSSL probe is attached (for every process, filtered in the kernel) while the loaded nginx is not traced.\n\n");
+    md.push_str("| row | throughput with / without (min-max) | latency with / without (min-max) | programs per request (avg ns) |\n|---|---|---|---|\n");
+    for r in h["rows"].as_array().into_iter().flatten() {
+        let f = |v: &serde_json::Value| {
+            format!("{:.3} ({:.3}-{:.3})", v["mean"].as_f64().unwrap_or(0.0), v["min"].as_f64().unwrap_or(0.0), v["max"].as_f64().unwrap_or(0.0))
+        };
+        let programs: Vec<String> = r["programs_per_request"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["runs_per_request"].as_f64().unwrap_or(0.0) >= 0.05)
+            .map(|p| format!("{} {:.2} ({:.0})", p["name"].as_str().unwrap_or("?"), p["runs_per_request"].as_f64().unwrap_or(0.0), p["avg_ns"].as_f64().unwrap_or(0.0)))
+            .collect();
+        let _ = std::fmt::Write::write_fmt(
+            &mut md,
+            format_args!(
+                "| {} | {} | {} {} | {} |\n",
+                r["row"].as_str().unwrap_or("?"),
+                f(&r["throughput_ratio"]),
+                f(&r["latency_ratio"]),
+                r["latency_figure"].as_str().unwrap_or(""),
+                programs.join(", ")
+            ),
+        );
+    }
+    md
+}
