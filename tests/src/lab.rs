@@ -4,7 +4,10 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -443,27 +446,30 @@ impl Lab {
         }
     }
 
-    /// The lab's self-signed certificate for `localhost` (made once per lab, in its directory):
-    /// the certificate, its key, and both in one PEM file (as HAProxy wants them).
+    /// The lab's self-signed certificate for `localhost`, in its directory: the certificate,
+    /// its key, and both in one PEM file (as HAProxy wants them). The first lab of a process
+    /// makes it with openssl (a few hundred ms for the RSA key); later labs write the same.
     fn certificate(&self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        static MADE: Mutex<Option<(Vec<u8>, Vec<u8>)>> = Mutex::new(None);
         let (cert, key, both) = (self.dir.join("cert.pem"), self.dir.join("key.pem"), self.dir.join("cert+key.pem"));
-        if both.exists() {
-            return Ok((cert, key, both));
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if made.is_none() {
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .context("the HTTPS lab needs the openssl command (Debian package openssl)")?;
+            if !out.status.success() {
+                bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            *made = Some((std::fs::read(&cert)?, std::fs::read(&key)?));
         }
-        let made = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output();
-        match made {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            Err(e) => bail!("the HTTPS lab needs the openssl command (Debian package openssl): {e}"),
-        }
-        let mut pem = std::fs::read(&cert)?;
-        pem.extend(std::fs::read(&key)?);
-        std::fs::write(&both, pem)?;
+        let (cert_pem, key_pem) = made.as_ref().unwrap();
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::write(&both, [cert_pem.as_slice(), key_pem.as_slice()].concat())?;
         Ok((cert, key, both))
     }
 
