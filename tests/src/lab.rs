@@ -4,7 +4,10 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -41,6 +44,52 @@ impl GatewayKind {
         match self {
             GatewayKind::Nginx => "nginx",
             GatewayKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// What the gateway's client side speaks: plain HTTP/1.1 (the default), or HTTPS with a
+/// self-signed certificate the lab makes, the client asking for HTTP/1.1 or HTTP/2 (ALPN).
+/// The gateway listens the same way for both HTTPS modes and offers both protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientMode {
+    #[default]
+    Plain,
+    TlsH1,
+    TlsH2,
+}
+
+impl ClientMode {
+    pub const ALL: &[ClientMode] = &[ClientMode::Plain, ClientMode::TlsH1, ClientMode::TlsH2];
+
+    /// The suffix of a matrix row in this mode (`refused+tls-h2`); plain rows have none.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientMode::Plain => "plain",
+            ClientMode::TlsH1 => "tls-h1",
+            ClientMode::TlsH2 => "tls-h2",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        self != ClientMode::Plain
+    }
+
+    /// The `protocol` a status verdict should carry for this client: `h1` or `h2`.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            ClientMode::Plain | ClientMode::TlsH1 => "h1",
+            ClientMode::TlsH2 => "h2",
+        }
+    }
+
+    /// curl's protocol choice and the URL scheme.
+    fn curl_args(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            ClientMode::Plain => (&["-s"], "http"),
+            // -k: the lab's certificate is self-signed.
+            ClientMode::TlsH1 => (&["-sk", "--http1.1"], "https"),
+            ClientMode::TlsH2 => (&["-sk", "--http2"], "https"),
         }
     }
 }
@@ -192,6 +241,8 @@ pub struct Lab {
     pub nginx_workers: u32,
     /// The upstream listens on a unix socket (`unix_socket_path`) instead of its TCP port.
     pub unix_upstream: bool,
+    /// What the gateway's client side speaks (set before `start_gateway`) and `request` uses.
+    pub client: ClientMode,
 }
 
 impl Lab {
@@ -215,6 +266,7 @@ impl Lab {
             gateway: None,
             nginx_workers: 1,
             unix_upstream: false,
+            client: ClientMode::Plain,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -394,8 +446,36 @@ impl Lab {
         }
     }
 
+    /// The lab's self-signed certificate for `localhost`, in its directory: the certificate,
+    /// its key, and both in one PEM file (as HAProxy wants them). The first lab of a process
+    /// makes it with openssl (a few hundred ms for the RSA key); later labs write the same.
+    fn certificate(&self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        static MADE: Mutex<Option<(Vec<u8>, Vec<u8>)>> = Mutex::new(None);
+        let (cert, key, both) = (self.dir.join("cert.pem"), self.dir.join("key.pem"), self.dir.join("cert+key.pem"));
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if made.is_none() {
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .context("the HTTPS lab needs the openssl command (Debian package openssl)")?;
+            if !out.status.success() {
+                bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            *made = Some((std::fs::read(&cert)?, std::fs::read(&key)?));
+        }
+        let (cert_pem, key_pem) = made.as_ref().unwrap();
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::write(&both, [cert_pem.as_slice(), key_pem.as_slice()].concat())?;
+        Ok((cert, key, both))
+    }
+
     /// Start a gateway in the gateway namespace, proxying to the lab upstream, with short
-    /// timeouts (connect 2 s, read 2 s) and no retries to other servers.
+    /// timeouts (connect 2 s, read 2 s) and no retries to other servers. Its client side is
+    /// `self.client`.
     pub fn start_gateway(&mut self, kind: GatewayKind) -> Result<u32> {
         let (conf, log_path) = match kind {
             GatewayKind::Nginx => self.nginx_conf()?,
@@ -438,6 +518,17 @@ impl Lab {
     fn nginx_conf(&self) -> Result<(PathBuf, PathBuf)> {
         let d = self.dir.display();
         let log = self.dir.join("error.log");
+        // nginx 1.22 (Debian 12) turns HTTP/2 on with the `http2` listen parameter.
+        let listen = if self.client.tls() {
+            let (cert, key, _) = self.certificate()?;
+            format!(
+                "listen 127.0.0.1:{GATEWAY_PORT} ssl http2;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            format!("listen 127.0.0.1:{GATEWAY_PORT};")
+        };
         let conf = format!(
             r#"daemon off;
 master_process on;
@@ -457,7 +548,7 @@ http {{
         keepalive 64;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -471,7 +562,6 @@ http {{
 "#,
             // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
             up = self.upstream_listen(),
-            port = GATEWAY_PORT,
             workers = self.nginx_workers,
         );
         let path = self.dir.join("nginx.conf");
@@ -481,6 +571,12 @@ http {{
 
     fn haproxy_conf(&self) -> Result<(PathBuf, PathBuf)> {
         let log = self.dir.join("haproxy.log");
+        let bind = if self.client.tls() {
+            let (_, _, both) = self.certificate()?;
+            format!("bind 127.0.0.1:{GATEWAY_PORT} ssl crt {} alpn h2,http/1.1", both.display())
+        } else {
+            format!("bind 127.0.0.1:{GATEWAY_PORT}")
+        };
         let conf = format!(
             r#"global
     maxconn 1024
@@ -494,7 +590,7 @@ defaults
     timeout server 2s
     retries 0
 frontend fe
-    bind 127.0.0.1:{port}
+    {bind}
     default_backend be
 backend be
     http-reuse safe
@@ -502,7 +598,6 @@ backend be
 "#,
             // HAProxy takes a unix socket as its absolute path.
             up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.upstream_addr() },
-            port = GATEWAY_PORT,
         );
         let path = self.dir.join("haproxy.cfg");
         std::fs::write(&path, conf)?;
@@ -524,12 +619,15 @@ backend be
         }
     }
 
-    /// One HTTP request from a client inside the gateway namespace. Returns the status
-    /// (0 when no valid status line came back) and curl's exit code.
+    /// One HTTP request from a client inside the gateway namespace, speaking `self.client`.
+    /// Returns the status (0 when no valid status line came back) and curl's exit code.
     pub fn request(&self, path: &str) -> Result<(u16, i32)> {
+        let (protocol, scheme) = self.client.curl_args();
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.gw_ns, "curl", "-s", "-o", "/dev/null", "--max-time", "10", "-w", "%{http_code}"])
-            .arg(format!("http://127.0.0.1:{GATEWAY_PORT}{path}"))
+            .args(["netns", "exec", &self.gw_ns, "curl"])
+            .args(protocol)
+            .args(["-o", "/dev/null", "--max-time", "10", "-w", "%{http_code}"])
+            .arg(format!("{scheme}://127.0.0.1:{GATEWAY_PORT}{path}"))
             .output()
             .context("running curl")?;
         let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);

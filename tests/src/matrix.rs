@@ -1,6 +1,7 @@
 //! The fault matrix: every scenario against every gateway, with the verdict upstrace should
-//! give. Shared by `cargo xtask lab` (prints the table) and the root integration tests
-//! (assert it). Each row runs in a fresh lab and stops by itself.
+//! give; some scenarios also behind HTTPS (HTTP/1.1 and HTTP/2 on the gateway's client side).
+//! Shared by `cargo xtask lab` (prints the table) and the root integration tests (assert it).
+//! Each row runs in a fresh lab and stops by itself.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -11,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    lab::{Fault, GatewayKind, Lab, UPSTREAM_PORT},
+    lab::{ClientMode, Fault, GatewayKind, Lab, UPSTREAM_PORT},
     tracer::Tracer,
 };
 
@@ -33,6 +34,8 @@ pub enum Setup {
     UnixAbandoned,
 }
 
+/// One row. Its name says the gateway's client side too: `refused` is plain HTTP,
+/// `refused+tls-h1` and `refused+tls-h2` are the same fault behind HTTPS (HTTP/1.1, HTTP/2).
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
     pub name: &'static str,
@@ -46,6 +49,9 @@ pub enum Expect {
     Verdict { class: &'static str, causes: &'static [&'static str], delivered: &'static str },
     /// The gateway answers no 5xx and nothing is cut short: no verdict at all.
     NoVerdict,
+    /// The gateway answers no status at all (the client's request ends without a response),
+    /// so there is no 5xx for upstrace to explain: no verdict, and the client saw no status.
+    NoAnswer,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -79,6 +85,37 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "unix-truncated-body", setup: Setup::Unix(Some("truncated-body")) },
     Scenario { name: "unix-bad-header", setup: Setup::Unix(Some("bad-header")) },
     Scenario { name: "unix-stall", setup: Setup::Unix(Some("stall")) },
+    // HTTPS on the client side, HTTP/1.1 and HTTP/2, for one or two rows of each cause family
+    // (the numbered rules of tracer-user's engine/attribute.rs): the status is read in the
+    // plaintext the gateway hands to OpenSSL, and its verdict must name the client side.
+    // 4: refused.
+    Scenario { name: "refused+tls-h1", setup: Setup::NoUpstream },
+    Scenario { name: "refused+tls-h2", setup: Setup::NoUpstream },
+    // 7: the upstream ended the connection.
+    Scenario { name: "reset-before-headers+tls-h1", setup: Setup::Mode("reset-before-headers") },
+    Scenario { name: "reset-before-headers+tls-h2", setup: Setup::Mode("reset-before-headers") },
+    Scenario { name: "crash-before-headers+tls-h1", setup: Setup::Mode("crash-before-headers") },
+    Scenario { name: "crash-before-headers+tls-h2", setup: Setup::Mode("crash-before-headers") },
+    // 6: not HTTP.
+    Scenario { name: "bad-header+tls-h1", setup: Setup::Mode("bad-header") },
+    Scenario { name: "bad-header+tls-h2", setup: Setup::Mode("bad-header") },
+    // 8: silence.
+    Scenario { name: "stall+tls-h1", setup: Setup::Mode("stall") },
+    Scenario { name: "stall+tls-h2", setup: Setup::Mode("stall") },
+    // 3: local packet drops.
+    Scenario { name: "fw-drop+tls-h1", setup: Setup::Fault(Fault::FwDropSyn) },
+    Scenario { name: "fw-drop+tls-h2", setup: Setup::Fault(Fault::FwDropSyn) },
+    // 2: ICMP errors.
+    Scenario { name: "fw-reject-port-unreach+tls-h1", setup: Setup::Fault(Fault::FwRejectPortUnreachable) },
+    Scenario { name: "fw-reject-port-unreach+tls-h2", setup: Setup::Fault(Fault::FwRejectPortUnreachable) },
+    // 1: connect(2) failed at once, on a route and on a unix socket.
+    Scenario { name: "route-unreachable+tls-h1", setup: Setup::Fault(Fault::RouteUnreachable) },
+    Scenario { name: "route-unreachable+tls-h2", setup: Setup::Fault(Fault::RouteUnreachable) },
+    Scenario { name: "unix-refused+tls-h1", setup: Setup::UnixAbandoned },
+    Scenario { name: "unix-refused+tls-h2", setup: Setup::UnixAbandoned },
+    // 5: never connected, no RST.
+    Scenario { name: "overloaded+tls-h1", setup: Setup::BacklogFull },
+    Scenario { name: "overloaded+tls-h2", setup: Setup::BacklogFull },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -90,8 +127,40 @@ const fn cut(causes: &'static [&'static str]) -> Expect {
 }
 
 impl Scenario {
+    /// The plain row this one is a variant of (itself for a plain row).
+    pub fn base(&self) -> &'static str {
+        self.name.split_once('+').map_or(self.name, |(base, _)| base)
+    }
+
+    /// The gateway's client side, from the name's suffix.
+    pub fn client(&self) -> ClientMode {
+        match self.name.split_once('+') {
+            None => ClientMode::Plain,
+            Some((_, suffix)) => match ClientMode::ALL.iter().find(|m| m.tls() && m.name() == suffix) {
+                Some(&mode) => mode,
+                None => unreachable!("scenario {}: unknown client suffix", self.name),
+            },
+        }
+    }
+
+    /// The verdict for this row: the plain row's whatever the client side speaks (the fault is
+    /// between the gateway and its upstream), except where a gateway answers an HTTPS client
+    /// otherwise (said below).
     pub fn expect(&self, gw: GatewayKind) -> Expect {
-        match self.name {
+        let haproxy_h2 = gw == GatewayKind::Haproxy && self.client() == ClientMode::TlsH2;
+        match self.base() {
+            // HAProxy's HTTP/2 side marks every request as not the first of its connection
+            // (mux_h2 sets SE_FL_NOT_FIRST on each stream). For such a request, a server
+            // connection that fails after the request left (reset or closed before any
+            // response) or never opens (connect timeout) gets no 5xx: HAProxy aborts without a
+            // response or a log line, as for a failed keep-alive request, and resets the
+            // stream with REFUSED_STREAM so that the client may retry. curl does, on a fresh
+            // connection, 5 times, then gives up (exit 56; connect timeouts reach curl's
+            // --max-time first, exit 28). No status reaches the client: nothing to explain.
+            "reset-before-headers" | "fw-drop" | "overloaded" if haproxy_h2 => Expect::NoAnswer,
+            // The same silent refusal, but curl's retry finds the dead upstream's port closed:
+            // 503 (not the plain row's 502), and the verdict names the crash (its listener died).
+            "crash-before-headers" if haproxy_h2 => v("upstream", &["crashed"]),
             "refused" => v("upstream", &["refused"]),
             "crash-before-headers" => v("upstream", &["crashed"]),
             "crash-mid-body" => cut(&["crashed"]),
@@ -142,17 +211,21 @@ pub struct RowResult {
 }
 
 impl RowResult {
-    /// "class/cause" of the verdict that decides the row.
+    /// "class/cause" of the verdict that decides the row, and the client side it names when
+    /// that is not plain HTTP/1.x (`h2+tls stream 1`).
     pub fn got(&self) -> String {
-        match self.verdicts.last() {
-            Some(v) => format!(
-                "{}/{}{}",
-                v["class"].as_str().unwrap_or("?"),
-                v["cause"].as_str().unwrap_or("?"),
-                if v["delivered"] == "truncated" { " (truncated)" } else { "" }
-            ),
-            None => "no verdict".into(),
+        let Some(v) = self.verdicts.last() else { return "no verdict".into() };
+        let mut got = format!("{}/{}", v["class"].as_str().unwrap_or("?"), v["cause"].as_str().unwrap_or("?"));
+        if v["delivered"] == "truncated" {
+            got.push_str(" (truncated)");
         }
+        if let Some(protocol) = v["protocol"].as_str().filter(|p| *p != "h1" || v["tls"] == true) {
+            got.push_str(&format!(" {protocol}{}", if v["tls"] == true { "+tls" } else { "" }));
+        }
+        if let Some(stream) = v["stream"].as_u64() {
+            got.push_str(&format!(" stream {stream}"));
+        }
+        got
     }
 
     pub fn expected(&self) -> String {
@@ -161,6 +234,7 @@ impl RowResult {
                 format!("{class}/{}{}", causes.join("|"), if *delivered == "truncated" { " (truncated)" } else { "" })
             }
             Expect::NoVerdict => "no verdict".into(),
+            Expect::NoAnswer => "no answer, no verdict".into(),
         }
     }
 }
@@ -170,6 +244,7 @@ impl RowResult {
 pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Result<RowResult> {
     let mut lab = Lab::new()?;
     lab.unix_upstream = matches!(scenario.setup, Setup::Unix(_) | Setup::UnixAbandoned);
+    lab.client = scenario.client();
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
         Setup::Unix(None) => {}
@@ -224,7 +299,7 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
     // Verdicts come within ~30 ms of a status and ~200 ms after a cut-short response.
     let deadline = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < deadline {
-        if !matches!(expect, Expect::NoVerdict)
+        if matches!(expect, Expect::Verdict { .. })
             && count_verdicts(&tracer.lines()) >= 1
             && Instant::now() + Duration::from_millis(1100) > deadline
         {
@@ -239,13 +314,48 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
     }
     let verdicts: Vec<Value> = lines.iter().filter(|l| l["type"] == "verdict").cloned().collect();
     let lost = lines.iter().rev().find(|l| l["type"] == "stats").and_then(|s| s["lost_total"].as_u64()).unwrap_or(0);
-    let (pass, why) = judge_row(&expect, &statuses, &verdicts);
+    let (pass, why) = match judge_row(&expect, &statuses, &verdicts) {
+        (true, _) => match client_side_mismatch(scenario.client(), &verdicts) {
+            Some(why) => (false, why),
+            None => (true, String::new()),
+        },
+        failed => failed,
+    };
     let gateway_log = lab.gateway.as_ref().map(|g| g.log()).unwrap_or_default();
     Ok(RowResult { scenario: scenario.name, gateway: gw, statuses, expect, verdicts, pass, why, gateway_log, lost })
 }
 
 fn count_verdicts(lines: &[Value]) -> usize {
     lines.iter().filter(|l| l["type"] == "verdict").count()
+}
+
+/// How each verdict should describe the client side, or what is wrong: a status verdict
+/// carries the client's `protocol` and `tls`, and for HTTP/2 the (client-initiated, so odd)
+/// `stream` of the request; a truncated verdict is seen on the upstream side and carries none.
+pub fn client_side_mismatch(client: ClientMode, verdicts: &[Value]) -> Option<String> {
+    for v in verdicts {
+        let side = format!("protocol {} tls {} stream {}", v["protocol"], v["tls"], v["stream"]);
+        let ok = match v["delivered"].as_str() {
+            Some("status") => {
+                let stream_ok = match client {
+                    ClientMode::TlsH2 => v["stream"].as_u64().is_some_and(|id| id % 2 == 1),
+                    _ => v.get("stream").is_none(),
+                };
+                v["protocol"] == client.protocol() && v["tls"] == client.tls() && stream_ok
+            }
+            _ => v.get("protocol").is_none() && v.get("tls").is_none() && v.get("stream").is_none(),
+        };
+        if !ok {
+            return Some(format!(
+                "client side of a {} verdict: {side}, expected {} tls {}{}",
+                v["delivered"].as_str().unwrap_or("?"),
+                client.protocol(),
+                client.tls(),
+                if client == ClientMode::TlsH2 { " and a stream" } else { "" }
+            ));
+        }
+    }
+    None
 }
 
 fn judge_row(expect: &Expect, statuses: &[u16], verdicts: &[Value]) -> (bool, String) {
@@ -256,6 +366,15 @@ fn judge_row(expect: &Expect, statuses: &[u16], verdicts: &[Value]) -> (bool, St
                 (true, String::new())
             } else {
                 (false, format!("expected no verdict, got {}", verdicts.len()))
+            }
+        }
+        Expect::NoAnswer => {
+            if statuses.iter().any(|s| *s != 0) {
+                (false, format!("expected no answer, the client got {statuses:?}"))
+            } else if !verdicts.is_empty() {
+                (false, format!("expected no verdict, got {}", verdicts.len()))
+            } else {
+                (true, String::new())
             }
         }
         Expect::Verdict { class, causes, delivered } => {
@@ -273,7 +392,7 @@ fn judge_row(expect: &Expect, statuses: &[u16], verdicts: &[Value]) -> (bool, St
 /// One line of the matrix table.
 pub fn table_line(r: &RowResult) -> String {
     format!(
-        "{:<24} {:<8} {:<10} {:<38} {:<38} {}",
+        "{:<30} {:<8} {:<10} {:<38} {:<44} {}",
         r.scenario,
         r.gateway.name(),
         r.statuses.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
@@ -284,5 +403,51 @@ pub fn table_line(r: &RowResult) -> String {
 }
 
 pub fn table_header() -> String {
-    format!("{:<24} {:<8} {:<10} {:<38} {:<38} {}", "scenario", "gateway", "status", "expected", "upstrace", "result")
+    format!("{:<30} {:<8} {:<10} {:<38} {:<44} {}", "scenario", "gateway", "status", "expected", "upstrace", "result")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tls_row_is_a_plain_row_behind_https_once_for_each_protocol() {
+        let plain: Vec<&str> = SCENARIOS.iter().filter(|s| s.client() == ClientMode::Plain).map(|s| s.name).collect();
+        for s in SCENARIOS.iter().filter(|s| s.client().tls()) {
+            let base = SCENARIOS.iter().find(|p| p.name == s.base()).unwrap_or_else(|| panic!("{}: no plain row", s.name));
+            assert!(plain.contains(&base.name));
+            assert_eq!(format!("{:?}", s.setup), format!("{:?}", base.setup), "{}: the plain row's setup", s.name);
+            for mode in [ClientMode::TlsH1, ClientMode::TlsH2] {
+                let twin = format!("{}+{}", s.base(), mode.name());
+                assert_eq!(SCENARIOS.iter().filter(|r| r.name == twin).count(), 1, "{twin}");
+            }
+        }
+        let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), SCENARIOS.len(), "row names are unique");
+    }
+
+    #[test]
+    fn the_client_side_of_verdicts_is_judged() {
+        let status = |side: Value| {
+            let mut v = serde_json::json!({"delivered": "status"});
+            v.as_object_mut().unwrap().extend(side.as_object().unwrap().clone());
+            v
+        };
+        let h1 = status(serde_json::json!({"protocol": "h1", "tls": false}));
+        let h1_tls = status(serde_json::json!({"protocol": "h1", "tls": true}));
+        let h2_tls = status(serde_json::json!({"protocol": "h2", "tls": true, "stream": 1}));
+        let h2_no_stream = status(serde_json::json!({"protocol": "h2", "tls": true}));
+        let truncated = serde_json::json!({"delivered": "truncated"});
+        assert_eq!(client_side_mismatch(ClientMode::Plain, &[h1.clone(), truncated.clone()]), None);
+        assert_eq!(client_side_mismatch(ClientMode::TlsH1, std::slice::from_ref(&h1_tls)), None);
+        assert_eq!(client_side_mismatch(ClientMode::TlsH2, &[h2_tls.clone(), truncated]), None);
+        assert!(client_side_mismatch(ClientMode::TlsH1, &[h1]).is_some(), "not TLS");
+        assert!(client_side_mismatch(ClientMode::TlsH2, std::slice::from_ref(&h1_tls)).is_some(), "not h2");
+        assert!(client_side_mismatch(ClientMode::TlsH1, std::slice::from_ref(&h2_tls)).is_some(), "h2, a stream");
+        assert!(client_side_mismatch(ClientMode::TlsH2, &[h2_no_stream]).is_some(), "no stream");
+        let with_side = serde_json::json!({"delivered": "truncated", "protocol": "h2", "tls": true});
+        assert!(client_side_mismatch(ClientMode::TlsH2, &[with_side]).is_some(), "a truncated verdict names no client side");
+    }
 }

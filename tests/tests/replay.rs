@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 use serde_json::Value;
 use upstrace_lab::{
     lab::GatewayKind,
-    matrix::{Expect, SCENARIOS},
+    matrix::{Expect, SCENARIOS, client_side_mismatch},
     upstrace_binary,
 };
 
@@ -40,7 +40,7 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
             assert_eq!(code, 0, "{}: {err}", path.display());
             let verdicts: Vec<&Value> = lines.iter().filter(|l| l["type"] == "verdict").collect();
             let ok = match s.expect(gw) {
-                Expect::NoVerdict => verdicts.is_empty(),
+                Expect::NoVerdict | Expect::NoAnswer => verdicts.is_empty(),
                 Expect::Verdict { class, causes, delivered } => verdicts
                     .last()
                     .is_some_and(|v| v["class"] == class && causes.iter().any(|c| v["cause"] == *c) && v["delivered"] == delivered),
@@ -51,6 +51,11 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
                     path.display(),
                     verdicts.iter().map(|v| format!("{}/{}", v["class"], v["cause"])).collect::<Vec<_>>()
                 ));
+            }
+            // The client side (protocol, TLS, HTTP/2 stream) comes back from the trace too.
+            let verdicts: Vec<Value> = verdicts.into_iter().cloned().collect();
+            if let Some(why) = client_side_mismatch(s.client(), &verdicts) {
+                failures.push(format!("{}: {why}", path.display()));
             }
             checked += 1;
         }

@@ -27,7 +27,7 @@ pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Optio
                     }
                     println!("{}", matrix::table_line(&row));
                 }
-                Err(e) => println!("{:<24} {:<8} ERROR {e:#}", s.name, gw.name()),
+                Err(e) => println!("{:<30} {:<8} ERROR {e:#}", s.name, gw.name()),
             }
         }
     }
