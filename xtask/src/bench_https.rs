@@ -51,7 +51,11 @@ fn load(lab: &Lab, mode: ClientMode, secs: u64) -> Result<Load> {
         // "finished in 5.00s, 12345.67 req/s, ..." and "time for request: min max mean sd".
         let rps = text.lines().find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" req/s")).and_then(number));
         let mean = text.lines().find_map(|l| l.strip_prefix("time for request:")).and_then(|l| l.split_whitespace().nth(2)).and_then(ms);
-        let done = text.lines().find_map(|l| l.strip_prefix("requests:")).and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded"))).and_then(number);
+        let done = text
+            .lines()
+            .find_map(|l| l.strip_prefix("requests:"))
+            .and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded")))
+            .and_then(number);
         rps.zip(mean).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
     } else {
         let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(number);
@@ -98,7 +102,8 @@ fn idle_libssl_process() -> Result<Child> {
 
 pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
     let mut rows = Vec::new();
-    for (mode, untraced) in [(ClientMode::Plain, false), (ClientMode::TlsH1, false), (ClientMode::TlsH2, false), (ClientMode::TlsH1, true)] {
+    for (mode, untraced) in [(ClientMode::Plain, false), (ClientMode::TlsH1, false), (ClientMode::TlsH2, false), (ClientMode::TlsH1, true)]
+    {
         let name = format!("{}{}", mode.name(), if untraced { ", nginx not traced" } else { "" });
         eprintln!("bench https: {name}, {pairs} pairs of {secs} s");
         let mut lab = Lab::new()?;
@@ -154,19 +159,33 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
 
 /// Section 5 of RESULTS.md.
 pub fn markdown(h: &serde_json::Value) -> String {
-    let mut md = String::from("\n## 6. HTTPS clients (nginx 2 workers terminating TLS; wrk -c32 for HTTP/1.1, h2load -c32 -m4 for HTTP/2; keep-alive clients)\n\n");
+    let mut md = String::from(
+        "\n## 6. HTTPS clients (nginx 2 workers terminating TLS; wrk -c32 for HTTP/1.1, h2load -c32 -m4 for HTTP/2; keep-alive clients)\n\n",
+    );
     md.push_str("The last row traces an idle process mapping the same libssl: the OpenSSL probe is attached (for every process, filtered in the kernel) while the loaded nginx is not traced.\n\n");
     md.push_str("| row | throughput with / without (min-max) | latency with / without (min-max) | programs per request (avg ns) |\n|---|---|---|---|\n");
     for r in h["rows"].as_array().into_iter().flatten() {
         let f = |v: &serde_json::Value| {
-            format!("{:.3} ({:.3}-{:.3})", v["mean"].as_f64().unwrap_or(0.0), v["min"].as_f64().unwrap_or(0.0), v["max"].as_f64().unwrap_or(0.0))
+            format!(
+                "{:.3} ({:.3}-{:.3})",
+                v["mean"].as_f64().unwrap_or(0.0),
+                v["min"].as_f64().unwrap_or(0.0),
+                v["max"].as_f64().unwrap_or(0.0)
+            )
         };
         let programs: Vec<String> = r["programs_per_request"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|p| p["runs_per_request"].as_f64().unwrap_or(0.0) >= 0.05)
-            .map(|p| format!("{} {:.2} ({:.0})", p["name"].as_str().unwrap_or("?"), p["runs_per_request"].as_f64().unwrap_or(0.0), p["avg_ns"].as_f64().unwrap_or(0.0)))
+            .map(|p| {
+                format!(
+                    "{} {:.2} ({:.0})",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["runs_per_request"].as_f64().unwrap_or(0.0),
+                    p["avg_ns"].as_f64().unwrap_or(0.0)
+                )
+            })
             .collect();
         let _ = std::fmt::Write::write_fmt(
             &mut md,

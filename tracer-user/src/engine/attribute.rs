@@ -173,7 +173,8 @@ impl Engine {
             Some(a) => self.decide(a, t, format!("{} (its answer to the client is not readable here)", a.comm)),
             None => Finding::new(Cause::Undecided, "no attempt".into()),
         };
-        self.verdict(&chain, t, gateway, None, Delivered::Inferred, None, finding)
+        let answer = Answer { gateway, client: "?".into(), client_side: None, status: None, delivered: Delivered::Inferred };
+        self.verdict(&chain, t, answer, finding)
     }
 
     /// Move the clock (CLOCK_MONOTONIC ns); returns verdicts whose settle time has passed.
@@ -389,16 +390,14 @@ impl Engine {
             tls: status.tls,
             stream: status.stream,
         };
-        let mut v = self.verdict(
-            &chain,
-            t,
-            Gateway { pid: status.pid, comm: status.comm.clone() },
-            Some(client_side),
-            Delivered::Status,
-            u16::try_from(status.value).ok(),
-            finding,
-        );
-        v.client = status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        let answer = Answer {
+            gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
+            client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+            client_side: Some(client_side),
+            status: u16::try_from(status.value).ok(),
+            delivered: Delivered::Status,
+        };
+        let mut v = self.verdict(&chain, t, answer, finding);
         v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status".into(), detail: status.detail() });
         v.evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         v
@@ -406,18 +405,9 @@ impl Engine {
 
     /// The verdict for a chain of attempts (oldest first), which it claims: they explain
     /// nothing else, and their evidence moves into it.
-    #[allow(clippy::too_many_arguments)]
-    fn verdict(
-        &mut self,
-        chain: &[u64],
-        t: u64,
-        gateway: Gateway,
-        client_side: Option<ClientSide>,
-        delivered: Delivered,
-        status: Option<u16>,
-        finding: Finding,
-    ) -> Verdict {
+    fn verdict(&mut self, chain: &[u64], t: u64, answer: Answer, finding: Finding) -> Verdict {
         let Finding { cause, summary, extra } = finding;
+        let Answer { gateway, client, client_side, status, delivered } = answer;
         for id in chain {
             if let Some(a) = self.tracker.attempts.get_mut(id) {
                 a.consumed = true;
@@ -440,7 +430,7 @@ impl Engine {
         let verdict = Verdict {
             ts_ns: t,
             gateway,
-            client: "?".into(),
+            client,
             client_side,
             status,
             delivered,
@@ -498,6 +488,15 @@ impl Engine {
             )
         })
     }
+}
+
+/// What the client got, as far as it is known, and from which gateway process.
+struct Answer {
+    gateway: Gateway,
+    client: String,
+    client_side: Option<ClientSide>,
+    status: Option<u16>,
+    delivered: Delivered,
 }
 
 /// What a rule concluded: the cause, one sentence, and evidence beyond the attempt's own.
