@@ -549,6 +549,9 @@ http {{
     }}
     server {{
         {listen}
+        # Benchmarks hold HTTP/2 connections for many requests (the default 1000 ends them,
+        # and h2load does not reconnect).
+        keepalive_requests 1000000;
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
