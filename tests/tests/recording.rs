@@ -27,8 +27,9 @@ fn replay_verdicts(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-fn key(v: &Value) -> (Value, Value, Value, Value, Value) {
-    (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone(), v["upstream"].clone())
+fn key(v: &Value) -> (Value, Value, Value, Value, Value, (Value, Value, Value)) {
+    let client_side = (v["protocol"].clone(), v["tls"].clone(), v["stream"].clone());
+    (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone(), v["upstream"].clone(), client_side)
 }
 
 #[test]
@@ -37,7 +38,14 @@ fn live_verdicts_equal_replayed_verdicts() {
     require_root();
     setup();
     let dir = tempdir("roundtrip");
-    for (name, gw) in [("refused", GatewayKind::Nginx), ("crash-before-headers", GatewayKind::Haproxy), ("fw-drop", GatewayKind::Nginx)] {
+    let rows = [
+        ("refused", GatewayKind::Nginx),
+        ("crash-before-headers", GatewayKind::Haproxy),
+        ("fw-drop", GatewayKind::Nginx),
+        // The client side (HTTPS, HTTP/2 stream) survives the recording too.
+        ("refused+tls-h2", GatewayKind::Haproxy),
+    ];
+    for (name, gw) in rows {
         let scenario = SCENARIOS.iter().find(|s| s.name == name).unwrap();
         let path = dir.join(format!("{name}.jsonl"));
         let row = matrix::run(scenario, gw, Some(&path)).unwrap();

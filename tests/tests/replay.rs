@@ -66,7 +66,14 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
 
 #[test]
 fn replayed_verdicts_equal_the_recorded_live_verdicts() {
-    for name in ["refused-nginx", "crash-before-headers-haproxy", "fw-drop-nginx", "truncated-body-nginx"] {
+    for name in [
+        "refused-nginx",
+        "crash-before-headers-haproxy",
+        "fw-drop-nginx",
+        "truncated-body-nginx",
+        "refused+tls-h2-haproxy",
+        "stall+tls-h1-nginx",
+    ] {
         let path = fixtures().join(format!("{name}.jsonl"));
         let recorded: Vec<Value> = std::fs::read_to_string(&path)
             .unwrap()
@@ -79,6 +86,12 @@ fn replayed_verdicts_equal_the_recorded_live_verdicts() {
         assert!(!recorded.is_empty(), "{name}: the live run recorded verdicts");
         let key = |v: &Value| (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone());
         assert_eq!(recorded.iter().map(key).collect::<Vec<_>>(), replayed.iter().map(|v| key(v)).collect::<Vec<_>>(), "{name}");
+        // The client side (protocol, TLS, HTTP/2 stream), where the live run named it: fixtures
+        // recorded before verdicts carried it have none to compare.
+        if recorded.iter().any(|v| v.get("protocol").is_some()) {
+            let side = |v: &Value| (v["protocol"].clone(), v["tls"].clone(), v["stream"].clone());
+            assert_eq!(recorded.iter().map(side).collect::<Vec<_>>(), replayed.iter().map(|v| side(v)).collect::<Vec<_>>(), "{name}");
+        }
     }
 }
 
