@@ -28,6 +28,11 @@ pub fn http1_5xx(b: &[u8; SCAN_LEN]) -> Option<Found> {
 }
 
 const FRAME_HEADER: usize = 9;
+/// HTTP/2's initial SETTINGS_MAX_FRAME_SIZE. A status's HEADERS frame and the small frames
+/// before it within [`SCAN_LEN`] bytes are far below it. What is not: the header of a TLS record
+/// (0x14-0x17 0x03 0x0N) read as a frame length, since the ciphertext a gateway writes after
+/// `SSL_write` passes through the same matcher.
+const MAX_FRAME_LEN: usize = 16_384;
 const TYPE_HEADERS: u8 = 1;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
@@ -54,7 +59,7 @@ pub fn http2_5xx(b: &[u8; SCAN_LEN]) -> Option<Found> {
         let flags = b[pos + 4];
         // Frame types above 9 (CONTINUATION) are extensions; anything that is not a frame at
         // all ends the walk: a stream of frames has the reserved bit clear.
-        if kind > 9 || b[pos + 5] & 0x80 != 0 {
+        if kind > 9 || b[pos + 5] & 0x80 != 0 || len > MAX_FRAME_LEN {
             return None;
         }
         let stream = (b[pos + 5] as u32 & 0x7f) << 24 | (b[pos + 6] as u32) << 16 | (b[pos + 7] as u32) << 8 | b[pos + 8] as u32;
@@ -286,6 +291,19 @@ mod tests {
         let mut w = frame(0, 0, 1, &[0u8; 50]);
         w.extend(frame(1, 4, 3, b"\x48\x03502"));
         assert_eq!(http2_5xx(&buf(&w)), None);
+    }
+
+    /// TLS 1.2 application data records of 256-511 bytes: their header reads as a HEADERS
+    /// frame (type 0x01) on a stream named by the explicit nonce. Never a status.
+    #[test]
+    fn tls_ciphertext_is_not_an_http2_frame() {
+        for len_lo in 0..=255u8 {
+            for block_start in [0x8e, 0x48, 0x20] {
+                let mut w = std::vec![0x17, 0x03, 0x03, 0x01, len_lo, 0x00, 0x00, 0x00, 0x05, block_start, 0x03, b'5', b'0', b'2'];
+                w.resize(SCAN_LEN, 0);
+                assert_eq!(find_5xx(&buf(&w)), None, "{len_lo:#x} {block_start:#x}");
+            }
+        }
     }
 
     #[test]
