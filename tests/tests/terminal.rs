@@ -93,7 +93,8 @@ fn replay_dashboard_in_a_real_terminal() {
     t.wait_for("this help");
     t.keys(&["Escape"]);
     t.keys(&["q"]);
-    let after = t.wait_for("EXIT=");
+    // Wait for stty's line, not just the exit status printed before it.
+    let after = t.wait_for("icanon");
     assert!(after.contains("EXIT=0"), "{after}");
     // Raw mode was undone: canonical input is back on.
     assert!(after.lines().any(|l| l.trim() == "icanon"), "terminal left in raw mode:\n{after}");
