@@ -28,6 +28,8 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     status(Command::new("cargo").current_dir(&root).args(["+nightly", "fuzz", "build", "-O"]))?;
     for t in targets {
         eprintln!("xtask fuzz: {t} for {seconds} s");
+        // libFuzzer wants the corpus directory to exist; git keeps only its seeds.
+        std::fs::create_dir_all(root.join("fuzz/corpus").join(t))?;
         status(
             Command::new("cargo")
                 .current_dir(&root)
