@@ -20,7 +20,7 @@ struct Wrk {
     p99_ms: f64,
 }
 
-fn parse_ms(v: &str) -> Option<f64> {
+pub(crate) fn parse_ms(v: &str) -> Option<f64> {
     let v = v.trim();
     let (num, mult) = if let Some(x) = v.strip_suffix("us") {
         (x, 0.001)
@@ -52,7 +52,7 @@ fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Wrk> {
 /// upstrace on the gateway, keeping only its stats lines (one a second); `bpf_stats` also
 /// counts each program's runs and run time, which costs two clock reads per run: throughput
 /// is measured without it.
-fn start_tracer(pid: u32, bpf_stats: bool) -> Result<Tracer> {
+pub(crate) fn start_tracer(pid: u32, bpf_stats: bool) -> Result<Tracer> {
     let pid = pid.to_string();
     let mut args = vec!["--pid", &pid, "--no-events", "--stats-interval", "1"];
     if bpf_stats {
@@ -92,11 +92,11 @@ fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> R
     Ok((load, floor))
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn spread(v: &[f64]) -> (f64, f64) {
+pub(crate) fn spread(v: &[f64]) -> (f64, f64) {
     (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
 }
 

@@ -10,10 +10,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use upstrace_lab::{
-    lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab},
-    tracer::Tracer,
-};
+use upstrace_lab::lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab};
+
+use crate::bench::{mean, parse_ms, spread, start_tracer};
 
 /// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
 /// percentiles, so its mean).
@@ -36,17 +35,7 @@ fn load(lab: &Lab, mode: ClientMode, secs: u64) -> Result<Load> {
     let out = cmd.output().context("running the load generator")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let number = |s: &str| s.trim().trim_end_matches(|c: char| c.is_alphabetic()).parse::<f64>().ok();
-    let ms = |s: &str| {
-        let s = s.trim();
-        let (v, scale) = if let Some(v) = s.strip_suffix("us") {
-            (v, 0.001)
-        } else if let Some(v) = s.strip_suffix("ms") {
-            (v, 1.0)
-        } else {
-            (s.strip_suffix('s').unwrap_or(s), 1000.0)
-        };
-        v.parse::<f64>().ok().map(|v| v * scale)
-    };
+    let ms = parse_ms;
     let parsed = if mode == ClientMode::TlsH2 {
         // "finished in 5.00s, 12345.67 req/s, ..." and "time for request: min max mean sd".
         let rps = text.lines().find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" req/s")).and_then(number));
@@ -69,22 +58,9 @@ fn load(lab: &Lab, mode: ClientMode, secs: u64) -> Result<Load> {
     }
 }
 
-fn tracer(pid: u32, bpf_stats: bool) -> Result<Tracer> {
-    let pid = pid.to_string();
-    let mut args = vec!["--pid", &pid, "--no-events", "--stats-interval", "1"];
-    if bpf_stats {
-        args.push("--bpf-stats");
-    }
-    let t = Tracer::start_keeping(&args, |line| line.starts_with("{\"type\":\"stats\""))?;
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(t)
-}
-
 fn ratio_stats(v: &[f64]) -> serde_json::Value {
-    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    serde_json::json!({"mean": mean, "min": min, "max": max})
+    let (min, max) = spread(v);
+    serde_json::json!({"mean": mean(v), "min": min, "max": max})
 }
 
 /// A process that maps libssl and does nothing: traced, it makes upstrace attach the OpenSSL
@@ -117,7 +93,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
         let (mut rps, mut latency) = (Vec::new(), Vec::new());
         for _ in 0..pairs {
             let without = load(&lab, mode, secs)?;
-            let t = tracer(target, false)?;
+            let t = start_tracer(target, false)?;
             let with = load(&lab, mode, secs)?;
             t.stop()?;
             rps.push(with.rps / without.rps);
@@ -128,7 +104,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
             );
         }
         // The probe's own runs and cost, in a run of its own (the counting costs clock reads).
-        let t = tracer(target, true)?;
+        let t = start_tracer(target, true)?;
         let counted = load(&lab, mode, secs)?;
         let (_, lines) = t.stop()?;
         let stats = lines.last().cloned().unwrap_or_default();
