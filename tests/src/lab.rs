@@ -35,16 +35,24 @@ fn sh(args: &[&str]) -> Result<Output> {
 pub enum GatewayKind {
     Nginx,
     Haproxy,
+    /// Caddy 2 from Debian: a Go gateway (crypto/tls, Go's HTTP/2), one process.
+    Caddy,
 }
 
 impl GatewayKind {
-    pub const ALL: &[GatewayKind] = &[GatewayKind::Nginx, GatewayKind::Haproxy];
+    pub const ALL: &[GatewayKind] = &[GatewayKind::Nginx, GatewayKind::Haproxy, GatewayKind::Caddy];
 
     pub fn name(self) -> &'static str {
         match self {
             GatewayKind::Nginx => "nginx",
             GatewayKind::Haproxy => "haproxy",
+            GatewayKind::Caddy => "caddy",
         }
+    }
+
+    /// Gateways that fork workers after they listen (the lab waits for one).
+    fn has_workers(self) -> bool {
+        self == GatewayKind::Nginx
     }
 }
 
@@ -480,20 +488,30 @@ impl Lab {
         let (conf, log_path) = match kind {
             GatewayKind::Nginx => self.nginx_conf()?,
             GatewayKind::Haproxy => self.haproxy_conf()?,
+            GatewayKind::Caddy => self.caddy_conf()?,
         };
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.gw_ns]);
         match kind {
             GatewayKind::Nginx => cmd.args(["nginx", "-c", conf.to_str().unwrap(), "-p", self.dir.to_str().unwrap()]),
             GatewayKind::Haproxy => cmd.args(["haproxy", "-db", "-f", conf.to_str().unwrap()]),
+            // Caddy keeps its state under HOME/XDG dirs: the lab's, not root's.
+            GatewayKind::Caddy => cmd
+                .args(["caddy", "run", "--adapter", "caddyfile", "--config", conf.to_str().unwrap()])
+                .env("HOME", &self.dir)
+                .env("XDG_DATA_HOME", self.dir.join("xdg"))
+                .env("XDG_CONFIG_HOME", self.dir.join("xdg")),
         };
-        // HAProxy logs to stdout (see its config); nginx writes its own error_log.
-        let stdout = match kind {
-            GatewayKind::Nginx => Stdio::null(),
-            GatewayKind::Haproxy => std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into(),
+        // HAProxy logs to stdout (see its config), Caddy to stderr; nginx writes its own error_log.
+        let log_file = || -> Result<Stdio> {
+            Ok(std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into())
         };
-        let child =
-            cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn().with_context(|| format!("starting {}", kind.name()))?;
+        let (stdout, stderr) = match kind {
+            GatewayKind::Nginx => (Stdio::null(), Stdio::null()),
+            GatewayKind::Haproxy => (log_file()?, Stdio::null()),
+            GatewayKind::Caddy => (Stdio::null(), log_file()?),
+        };
+        let child = cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id();
         self.gateway = Some(Gateway { pid, child, log_path });
         // Ready when its port accepts connections (checked from inside its namespace).
@@ -505,10 +523,11 @@ impl Lab {
                 .stderr(Stdio::null())
                 .status()?;
             let workers = self.gateway.as_ref().map(|g| g.workers().len()).unwrap_or(0);
-            if probe.success() && (kind == GatewayKind::Haproxy || workers > 0) {
+            if probe.success() && (!kind.has_workers() || workers > 0) {
                 return Ok(pid);
             }
-            if Instant::now() > deadline {
+            let exited = self.gateway.as_mut().is_some_and(|g| matches!(g.child.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() > deadline {
                 bail!("{} did not start listening; log: {}", kind.name(), self.gateway.as_ref().unwrap().log());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -603,6 +622,42 @@ backend be
             up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.upstream_addr() },
         );
         let path = self.dir.join("haproxy.cfg");
+        std::fs::write(&path, conf)?;
+        Ok((path, log))
+    }
+
+    /// Caddy with the same timeouts as the others (connect 2 s, response head 2 s) and no
+    /// retries (its default). HTTPS with the lab's certificate, served whatever the SNI (curl
+    /// sends none for an IP address).
+    fn caddy_conf(&self) -> Result<(PathBuf, PathBuf)> {
+        let log = self.dir.join("caddy.log");
+        let site = if self.client.tls() {
+            let (cert, key, _) = self.certificate()?;
+            format!("https://127.0.0.1:{GATEWAY_PORT} {{\n    tls {} {}", cert.display(), key.display())
+        } else {
+            format!("http://127.0.0.1:{GATEWAY_PORT} {{")
+        };
+        // Caddy names a unix upstream "unix//path".
+        let up = if self.unix_upstream { format!("unix/{}", self.unix_socket_path().display()) } else { self.upstream_addr() };
+        let conf = format!(
+            r#"{{
+    admin off
+    auto_https off
+    default_sni localhost
+    storage file_system {data}
+}}
+{site}
+    reverse_proxy {up} {{
+        transport http {{
+            dial_timeout 2s
+            response_header_timeout 2s
+        }}
+    }}
+}}
+"#,
+            data = self.dir.join("caddy-data").display(),
+        );
+        let path = self.dir.join("Caddyfile");
         std::fs::write(&path, conf)?;
         Ok((path, log))
     }

@@ -33,7 +33,7 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for s in SCENARIOS {
-        for gw in [GatewayKind::Nginx, GatewayKind::Haproxy] {
+        for gw in GatewayKind::ALL.iter().copied().filter(|&gw| s.runs_on(gw)) {
             let path = fixtures().join(format!("{}-{}.jsonl", s.name, gw.name()));
             assert!(path.exists(), "missing fixture {}", path.display());
             let (code, lines, err) = replay(&path, &[]);
