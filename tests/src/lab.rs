@@ -249,6 +249,12 @@ pub struct Lab {
     pub nginx_workers: u32,
     /// The upstream listens on a unix socket (`unix_socket_path`) instead of its TCP port.
     pub unix_upstream: bool,
+    /// The gateway's upstream is a group of two servers (the lab upstream's port and the next
+    /// one); HAProxy health-checks them.
+    pub upstream_group: bool,
+    /// The gateway is told its upstream is on 127.0.0.1 (its own namespace's loopback, where
+    /// nothing listens): the "localhost inside a container" mistake.
+    pub upstream_loopback: bool,
     /// What the gateway's client side speaks (set before `start_gateway`) and `request` uses.
     pub client: ClientMode,
 }
@@ -274,6 +280,8 @@ impl Lab {
             gateway: None,
             nginx_workers: 1,
             unix_upstream: false,
+            upstream_group: false,
+            upstream_loopback: false,
             client: ClientMode::Plain,
         };
         lab.setup_network()?;
@@ -314,9 +322,19 @@ impl Lab {
         self.dir.join("upstream.sock")
     }
 
+    /// The second server of an upstream group: the next port of the upstream's address.
+    fn second_server(&self) -> String {
+        format!("{}:{}", self.up_ip, UPSTREAM_PORT + 1)
+    }
+
     /// Where the upstream listens, in `upstrace-lab-upstream --listen` form.
     fn upstream_listen(&self) -> String {
-        if self.unix_upstream { format!("unix:{}", self.unix_socket_path().display()) } else { self.upstream_addr() }
+        if self.unix_upstream { format!("unix:{}", self.unix_socket_path().display()) } else { self.gateways_upstream() }
+    }
+
+    /// The TCP address the gateway is told its upstream has.
+    fn gateways_upstream(&self) -> String {
+        if self.upstream_loopback { format!("127.0.0.1:{UPSTREAM_PORT}") } else { self.upstream_addr() }
     }
 
     /// A lab with the upstream started in `upstream_mode` (none when `None`, so connects are
@@ -563,7 +581,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     upstream backend {{
-        server {up};
+        server {up};{second}
         keepalive 64;
     }}
     server {{
@@ -584,6 +602,7 @@ http {{
 "#,
             // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
             up = self.upstream_listen(),
+            second = if self.upstream_group { format!("\n        server {};", self.second_server()) } else { String::new() },
             workers = self.nginx_workers,
         );
         let path = self.dir.join("nginx.conf");
@@ -616,10 +635,15 @@ frontend fe
     default_backend be
 backend be
     http-reuse safe
-    server up1 {up}
+    server up1 {up}{second}
 "#,
+            second = if self.upstream_group {
+                format!(" check inter 300ms fall 1 rise 1\n    server up2 {} check inter 300ms fall 1 rise 1", self.second_server())
+            } else {
+                String::new()
+            },
             // HAProxy takes a unix socket as its absolute path.
-            up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.upstream_addr() },
+            up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.gateways_upstream() },
         );
         let path = self.dir.join("haproxy.cfg");
         std::fs::write(&path, conf)?;
@@ -638,7 +662,7 @@ backend be
             format!("http://127.0.0.1:{GATEWAY_PORT} {{")
         };
         // Caddy names a unix upstream "unix//path".
-        let up = if self.unix_upstream { format!("unix/{}", self.unix_socket_path().display()) } else { self.upstream_addr() };
+        let up = if self.unix_upstream { format!("unix/{}", self.unix_socket_path().display()) } else { self.gateways_upstream() };
         let conf = format!(
             r#"{{
     admin off
