@@ -61,6 +61,9 @@ pub struct Stats {
     pub record_error: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgramCost>,
+    /// `--otlp-endpoint`: the exporter's counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpStats>,
 }
 
 impl Stats {
@@ -105,4 +108,24 @@ pub struct ProgramCost {
     pub name: String,
     pub runs: u64,
     pub avg_ns: f64,
+}
+
+/// The OTLP exporter's counters. A collector that is down or slow never blocks tracing: what
+/// could not be sent is dropped and counted here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OtlpStats {
+    /// Records the collector accepted.
+    pub exported: u64,
+    /// `dropped_queue_full + dropped_failed`.
+    pub dropped: u64,
+    /// New records dropped because the queue was full (collector down or slower than the verdicts).
+    pub dropped_queue_full: u64,
+    /// Records in batches that failed after their retries (or that the collector refused).
+    pub dropped_failed: u64,
+    /// Queued or being sent.
+    pub pending: u64,
+    /// Posts tried again after a retryable failure.
+    pub retries: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

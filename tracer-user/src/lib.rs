@@ -5,6 +5,7 @@
 //! (`decode` typed events -> `track` per connection and exchange -> `attribute` verdicts,
 //! with `http` reading the bytes) -> `output` (JSON/text lines, the trace file, the
 //! dashboard, behind one trait). `pipeline` strings them together.
+pub mod cli;
 pub mod clock;
 pub mod engine;
 pub mod health;

@@ -1,12 +1,12 @@
 use std::{
     io::{IsTerminal, Write},
-    path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use upstrace::{
+    cli::{Cli, Command},
     clock,
     output::record::Recorder,
     output::sink::{Format, Sink},
@@ -15,96 +15,6 @@ use upstrace::{
     source::live::{self, Options},
     source::replay::{self, Pace},
 };
-
-/// Why is my gateway returning 502? Traces the connections between gateway processes
-/// (nginx, HAProxy, Envoy, Caddy, Traefik) and their upstreams at kernel level, and explains
-/// every 5xx they answer with its cause and the kernel evidence.
-#[derive(Parser, Debug)]
-#[command(name = "upstrace", version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Trace these gateway pids (repeatable). Their workers and later children are followed.
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<u32>,
-    /// Trace processes with this name (repeatable; default: nginx, haproxy, envoy, caddy, traefik).
-    #[arg(long = "comm", value_name = "NAME")]
-    comms: Vec<String>,
-    /// Print JSON Lines on stdout (verdicts, events, stats) instead of the dashboard.
-    #[arg(long, conflicts_with = "text")]
-    json: bool,
-    /// Print plain text lines instead of the dashboard (the default when stdout is not a terminal).
-    #[arg(long)]
-    text: bool,
-    /// Leave raw kernel events out of the output (verdicts and stats only).
-    #[arg(long)]
-    no_events: bool,
-    /// Record every event and verdict to this trace file (JSON Lines) for postmortems.
-    #[arg(long, value_name = "FILE")]
-    record: Option<PathBuf>,
-    /// With --record: rotate the trace when it passes this size (FILE -> FILE.1).
-    #[arg(long, value_name = "MB", requires = "record")]
-    record_max_mb: Option<u64>,
-    /// Stop after this many seconds (output is flushed). SIGINT/SIGTERM also stop cleanly.
-    #[arg(long = "for", value_name = "SECONDS")]
-    duration: Option<f64>,
-    /// Do not read this gateway's answers (repeatable, by process name): infer a verdict from
-    /// each failed upstream attempt no retry followed (`"status": null`). For clients on
-    /// HTTP/3 (QUIC), or a TLS library upstrace does not read.
-    #[arg(long = "infer", value_name = "NAME")]
-    infer: Vec<String>,
-    /// Wait for a gateway to start instead of failing when none is running.
-    #[arg(long)]
-    wait: bool,
-    /// Report each BPF program's run count and average run time in the stats lines.
-    #[arg(long)]
-    bpf_stats: bool,
-    /// Seconds between stats lines (events handled, events lost).
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    stats_interval: f64,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Postmortem of a trace: Markdown on stdout, and optionally a self-contained HTML page.
-    Report {
-        file: PathBuf,
-        /// Also write an HTML page (inline SVG timeline, every verdict) to this file.
-        #[arg(long, value_name = "OUT.html")]
-        html: Option<PathBuf>,
-    },
-    /// Re-run a recorded trace through the pipeline (verdicts are re-derived). No root needed.
-    Replay {
-        file: PathBuf,
-        /// Replay at N times the recorded pace.
-        #[arg(long, value_name = "N", conflicts_with = "fast")]
-        speed: Option<f64>,
-        /// Replay as fast as possible (the default).
-        #[arg(long)]
-        fast: bool,
-        /// Print JSON Lines instead of the dashboard.
-        #[arg(long, conflicts_with = "text")]
-        json: bool,
-        /// Print plain text lines instead of the dashboard.
-        #[arg(long)]
-        text: bool,
-        /// Print the raw events too.
-        #[arg(long)]
-        events: bool,
-    },
-    /// For `cargo xtask bench`: attach an empty program to the same hooks for N seconds and
-    /// print its cost per run (the floor under upstrace's overhead) as one JSON line.
-    #[command(hide = true)]
-    Floor {
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        #[arg(long, value_enum, default_value = "all")]
-        hooks: upstrace::source::probes::FloorSet,
-        /// Count runs and run time (the counting itself costs two clock reads per run).
-        #[arg(long)]
-        stats: bool,
-    },
-}
 
 /// Where output goes: JSON or text lines on stdout, or the dashboard.
 fn output(json: bool, events: bool, boot: i128, dashboard: Option<&str>) -> anyhow::Result<Pipeline> {
@@ -116,6 +26,17 @@ fn output(json: bool, events: bool, boot: i128, dashboard: Option<&str>) -> anyh
             pipeline.with(Sink::new(std::io::stdout(), format, events, boot))
         }
     })
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_exporter(url: &str, boot: i128) -> anyhow::Result<Box<dyn upstrace::output::Output>> {
+    use upstrace::output::otlp::{Endpoint, OtlpExporter};
+    Ok(Box::new(OtlpExporter::start(Endpoint::parse(url)?, boot)?))
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_exporter(_url: &str, _boot: i128) -> anyhow::Result<Box<dyn upstrace::output::Output>> {
+    anyhow::bail!("--otlp-endpoint: this upstrace was built without the `otlp` feature")
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -176,6 +97,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Bad input stops here; an unreachable collector is one line on stderr and tracing goes on.
+    let exporter = cli.otlp_endpoint.as_deref().map(|url| otlp_exporter(url, boot)).transpose()?;
     if dashboard {
         // Checks that print one clear line must run before the terminal switches screens.
         live::preflight(&opts)?;
@@ -184,6 +107,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard.then_some("live"))?;
     if let Some(recorder) = recorder {
         pipeline = pipeline.with(recorder);
+    }
+    if let Some(exporter) = exporter {
+        pipeline.outputs.push(exporter);
     }
     let result = live::run(opts, &mut pipeline).await;
     // The dashboard gives the terminal back before an error is printed.

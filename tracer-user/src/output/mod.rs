@@ -1,7 +1,9 @@
 //! Where verdicts, events and stats go. Every output implements [`Output`] and the pipeline
 //! feeds them all alike: JSON or text lines (`sink`), the trace file (`record`), the dashboard
-//! (`tui`). Adding one (metrics, an exporter) is one more implementation. `report` reads a
-//! trace back into a postmortem.
+//! (`tui`), OpenTelemetry log records (`otlp`). Adding one (metrics, an exporter) is one more
+//! implementation. `report` reads a trace back into a postmortem.
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod record;
 pub mod report;
 pub mod sink;

@@ -132,7 +132,12 @@ impl<W: Write> Output for Sink<W> {
             }
             Format::Text => {
                 let warn = if s.lost_total > 0 { "  <-- EVENTS WERE LOST" } else { "" };
-                writeln!(self.out, "-- stats: {} events, {} traced processes, {} lost{warn}", s.events, s.traced_processes, s.lost_total)?;
+                let otlp = s.otlp.as_ref().map(|o| format!(", otlp: {} exported, {} dropped", o.exported, o.dropped)).unwrap_or_default();
+                writeln!(
+                    self.out,
+                    "-- stats: {} events, {} traced processes, {} lost{otlp}{warn}",
+                    s.events, s.traced_processes, s.lost_total
+                )?;
             }
         }
         Ok(())

@@ -55,16 +55,8 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "netif_receive_skb", hook: Hook::Tracepoint("net", "netif_receive_skb"), required: false },
 ];
 
-/// Which hooks `measure_floor` covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FloorSet {
-    /// Every tracepoint upstrace uses, as classic tracepoints.
-    All,
-    /// The socket and packet hooks only, as classic tracepoints.
-    SocketClassic,
-    /// The same socket and packet hooks, as tp_btf (raw, BTF-typed tracepoints).
-    SocketBtf,
-}
+/// Which hooks `measure_floor` covers (a command-line choice).
+pub use crate::cli::FloorSet;
 
 const FLOOR_SOCKET_HOOKS: [&str; 5] = ["sock_send_length", "sock_recv_length", "netif_receive_skb", "inet_sock_set_state", "kfree_skb"];
 

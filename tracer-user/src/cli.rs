@@ -1,0 +1,112 @@
+//! The command line, as clap reads it. Self-contained (clap and std only): `cargo xtask
+//! package` compiles this file on its own to write the man page and the shell completions, so
+//! nothing here may name the rest of the crate.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Why is my gateway returning 502? Traces the connections between gateway processes
+/// (nginx, HAProxy, Envoy, Caddy, Traefik) and their upstreams at kernel level, and explains
+/// every 5xx they answer with its cause and the kernel evidence.
+#[derive(Parser, Debug)]
+#[command(name = "upstrace", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Trace these gateway pids (repeatable). Their workers and later children are followed.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace processes with this name (repeatable; default: nginx, haproxy, envoy, caddy, traefik).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Print JSON Lines on stdout (verdicts, events, stats) instead of the dashboard.
+    #[arg(long, conflicts_with = "text")]
+    pub json: bool,
+    /// Print plain text lines instead of the dashboard (the default when stdout is not a terminal).
+    #[arg(long)]
+    pub text: bool,
+    /// Leave raw kernel events out of the output (verdicts and stats only).
+    #[arg(long)]
+    pub no_events: bool,
+    /// Record every event and verdict to this trace file (JSON Lines) for postmortems.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// With --record: rotate the trace when it passes this size (FILE -> FILE.1).
+    #[arg(long, value_name = "MB", requires = "record")]
+    pub record_max_mb: Option<u64>,
+    /// Stop after this many seconds (output is flushed). SIGINT/SIGTERM also stop cleanly.
+    #[arg(long = "for", value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Do not read this gateway's answers (repeatable, by process name): infer a verdict from
+    /// each failed upstream attempt no retry followed (`"status": null`). For clients on
+    /// HTTP/3 (QUIC), or a TLS library upstrace does not read.
+    #[arg(long = "infer", value_name = "NAME")]
+    pub infer: Vec<String>,
+    /// Wait for a gateway to start instead of failing when none is running.
+    #[arg(long)]
+    pub wait: bool,
+    /// Report each BPF program's run count and average run time in the stats lines.
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// Send every verdict to this OpenTelemetry collector as a log record (OTLP/HTTP protobuf,
+    /// POST to URL/v1/logs), e.g. http://127.0.0.1:4318. A collector that is down or slow never
+    /// blocks tracing: what cannot be sent is dropped and counted in the stats.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Seconds between stats lines (events handled, events lost).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub stats_interval: f64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Postmortem of a trace: Markdown on stdout, and optionally a self-contained HTML page.
+    Report {
+        file: PathBuf,
+        /// Also write an HTML page (inline SVG timeline, every verdict) to this file.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
+    },
+    /// Re-run a recorded trace through the pipeline (verdicts are re-derived). No root needed.
+    Replay {
+        file: PathBuf,
+        /// Replay at N times the recorded pace.
+        #[arg(long, value_name = "N", conflicts_with = "fast")]
+        speed: Option<f64>,
+        /// Replay as fast as possible (the default).
+        #[arg(long)]
+        fast: bool,
+        /// Print JSON Lines instead of the dashboard.
+        #[arg(long, conflicts_with = "text")]
+        json: bool,
+        /// Print plain text lines instead of the dashboard.
+        #[arg(long)]
+        text: bool,
+        /// Print the raw events too.
+        #[arg(long)]
+        events: bool,
+    },
+    /// For `cargo xtask bench`: attach an empty program to the same hooks for N seconds and
+    /// print its cost per run (the floor under upstrace's overhead) as one JSON line.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, value_enum, default_value = "all")]
+        hooks: FloorSet,
+        /// Count runs and run time (the counting itself costs two clock reads per run).
+        #[arg(long)]
+        stats: bool,
+    },
+}
+
+/// Which hooks `measure_floor` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorSet {
+    /// Every tracepoint upstrace uses, as classic tracepoints.
+    All,
+    /// The socket and packet hooks only, as classic tracepoints.
+    SocketClassic,
+    /// The same socket and packet hooks, as tp_btf (raw, BTF-typed tracepoints).
+    SocketBtf,
+}
