@@ -85,6 +85,10 @@ pub enum Command {
         /// Print the raw events too.
         #[arg(long)]
         events: bool,
+        /// Also send the re-derived verdicts to this OpenTelemetry collector (as the main
+        /// command's --otlp-endpoint; the resource is the replaying host).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// For `cargo xtask bench`: attach an empty program to the same hooks for N seconds and
     /// print its cost per run (the floor under upstrace's overhead) as one JSON line.

@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", serde_json::json!({"type": "floor", "hooks": hooks, "runs": runs, "avg_ns": avg}));
         return Ok(());
     }
-    if let Some(Command::Replay { file, speed, fast: _, json, text, events }) = cli.command {
+    if let Some(Command::Replay { file, speed, fast: _, json, text, events, otlp_endpoint }) = cli.command {
         let pace = match speed {
             Some(s) if s.is_finite() && s > 0.0 => Pace::Speed(s),
             Some(_) => anyhow::bail!("--speed must be a positive number"),
@@ -70,7 +70,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let boot = replay::read_events(&file, |_| Ok(())).map(|i| i.boot_offset_ns)?.unwrap_or(0);
         let dashboard = !json && !text && std::io::stdout().is_terminal();
         let title = format!("replay {}", file.display());
+        let exporter = otlp_endpoint.as_deref().map(|url| otlp_exporter(url, boot)).transpose()?;
         let mut pipeline = output(json, events, boot, dashboard.then_some(title.as_str()))?;
+        pipeline.outputs.extend(exporter);
         let result = replay::run(&file, pace, &mut pipeline).await;
         // The dashboard gives the terminal back before anything is printed.
         pipeline.outputs.clear();
@@ -108,9 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(recorder) = recorder {
         pipeline = pipeline.with(recorder);
     }
-    if let Some(exporter) = exporter {
-        pipeline.outputs.push(exporter);
-    }
+    pipeline.outputs.extend(exporter);
     let result = live::run(opts, &mut pipeline).await;
     // The dashboard gives the terminal back before an error is printed.
     pipeline.outputs.clear();
