@@ -29,14 +29,23 @@ impl Tracer {
     /// takes CPU from what it measures.
     pub fn start_keeping(args: &[&str], keep: fn(&str) -> bool) -> Result<Self> {
         let bin = crate::upstrace_binary()?;
-        let mut child = Command::new(&bin)
+        Self::start_via(&[bin.to_str().context("binary path is not UTF-8")?], args, keep)
+    }
+
+    /// As `start_keeping`, with the command given whole: a wrapper and the upstrace binary
+    /// (`setpriv ... -- /path/upstrace`), e.g. to run it as another user with given capabilities.
+    pub fn start_via(program: &[&str], args: &[&str], keep: fn(&str) -> bool) -> Result<Self> {
+        let (first, rest) = program.split_first().context("no program")?;
+        let mut cmd = Command::new(first);
+        cmd.args(rest);
+        let mut child = cmd
             .arg("--json")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {}", program.join(" ")))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel();

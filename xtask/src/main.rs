@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | lint | test | demo | lab | bench | fuzz | soak`.
+//! Project tasks: `cargo xtask setup | build | lint | test | package | demo | lab | bench | fuzz | soak`.
 mod bench;
 mod bench_https;
 mod demo;
 mod fuzz;
 mod lab;
+mod package;
 mod setup;
 mod soak;
 
@@ -27,8 +28,11 @@ enum Task {
     Build,
     /// Setup, then the lint gate: rustfmt and clippy (warnings are errors).
     Lint,
-    /// Setup, lint, build, and run every test (root integration tests included).
+    /// Setup, lint, build, package, and run every test (root integration tests included).
     Test,
+    /// Setup, build, and make the Debian package (binary, systemd unit, config, man page,
+    /// completions): target/debian/upstrace_<version>_<arch>.deb.
+    Package,
     /// Setup, build, and run the fault matrix: every scenario on nginx and HAProxy.
     Lab {
         /// Only this gateway (nginx, haproxy or caddy; Caddy runs the HTTPS rows).
@@ -153,6 +157,8 @@ fn main() -> Result<()> {
             setup::run()?;
             lint()?;
             build()?;
+            // The package test installs and removes this .deb.
+            package::build_deb()?;
             test()?;
             // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
             // and a short soak (steady load with rolling faults).
@@ -163,6 +169,11 @@ fn main() -> Result<()> {
                 eprintln!("xtask test: soak skipped: needs root");
             }
             Ok(())
+        }
+        Task::Package => {
+            setup::run()?;
+            build()?;
+            package::build_deb().map(drop)
         }
         Task::Lab { gateway, scenario, save_traces } => {
             setup::run()?;
