@@ -106,6 +106,7 @@ pub fn build_deb() -> Result<PathBuf> {
     put(&stage, "usr/bin/upstrace", &fs::read(&bin)?, 0o755)?;
     put(&stage, "lib/systemd/system/upstrace.service", &fs::read(root.join("packaging/upstrace.service"))?, 0o644)?;
     put(&stage, "etc/upstrace/upstrace.toml", &fs::read(root.join("packaging/upstrace.toml"))?, 0o644)?;
+    put(&stage, "usr/share/doc/upstrace/examples/tls-views.conf", &fs::read(root.join("packaging/tls-views.conf"))?, 0o644)?;
     put(&stage, "usr/share/man/man8/upstrace.8.gz", &gzip(&man_page()?)?, 0o644)?;
     for (path, script) in completions() {
         put(&stage, path, &script, 0o644)?;
