@@ -153,7 +153,9 @@ fn built_deb() -> PathBuf {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "deb") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upstrace_")))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "deb") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("upstrace_"))
+        })
         .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .unwrap_or_else(|| panic!("no upstrace .deb in {}: run `cargo xtask package` first", dir.display()))
 }
@@ -212,7 +214,10 @@ fn the_package_installs_and_removes_cleanly() {
             }
         }
         // The installed unit, with its real ExecStart, passes verify.
-        let out = Command::new("systemd-analyze").args(["verify", "--man=no", "/lib/systemd/system/upstrace.service"]).output().map_err(|e| e.to_string())?;
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", "/lib/systemd/system/upstrace.service"])
+            .output()
+            .map_err(|e| e.to_string())?;
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() || err.lines().any(|l| l.contains("upstrace.service")) {
             return Err(format!("systemd-analyze verify: {err}"));
