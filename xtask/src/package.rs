@@ -23,7 +23,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Where packages are written: `target/debian/upstrace_<version>_<arch>.deb`.
 pub fn out_dir() -> PathBuf {
-    upstrace_lab::target_dir().join("debian")
+    let target = upstrace_lab::target_dir();
+    target.canonicalize().unwrap_or(target).join("debian")
 }
 
 fn arch() -> Result<String> {
