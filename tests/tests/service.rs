@@ -58,6 +58,15 @@ fn the_unit_passes_systemd_analyze_verify() {
         assert!(unit.lines().any(|l| l == key), "the unit lacks {key}");
     }
     assert!(!unit.lines().any(|l| l.starts_with("User=root")), "the unit must not run as root");
+    // systemd's own exposure score (0 = locked down, 10 = root with everything): "OK" is below 5.
+    let out = Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(packaging().join("upstrace.service")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for upstrace.service: "))
+        .and_then(|(_, v)| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {text}"));
+    assert!(score < 5.0, "exposure {score}: {text}");
 }
 
 /// `setpriv` arguments for `nobody` with exactly `caps` (CAP_X names), then the binary.
