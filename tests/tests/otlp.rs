@@ -453,8 +453,15 @@ fn tracer_verdicts(tracer: &Tracer) -> usize {
 
 #[test]
 fn a_malformed_endpoint_is_one_line_and_a_non_zero_exit() {
-    for (url, why) in [("ftp://127.0.0.1:4318", "not an http:// URL"), ("https://127.0.0.1:4318", "https is not supported"), ("http://127.0.0.1:99999", "port")] {
-        let out = Command::new(upstrace_binary().expect("upstrace built")).args(["--json", "--for", "1", "--otlp-endpoint", url]).output().unwrap();
+    for (url, why) in [
+        ("ftp://127.0.0.1:4318", "not an http:// URL"),
+        ("https://127.0.0.1:4318", "https is not supported"),
+        ("http://127.0.0.1:99999", "port"),
+    ] {
+        let out = Command::new(upstrace_binary().expect("upstrace built"))
+            .args(["--json", "--for", "1", "--otlp-endpoint", url])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{url}: {err}");
         assert_eq!(err.lines().count(), 1, "{url}: one line: {err}");

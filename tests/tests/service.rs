@@ -59,7 +59,11 @@ fn the_unit_passes_systemd_analyze_verify() {
     }
     assert!(!unit.lines().any(|l| l.starts_with("User=root")), "the unit must not run as root");
     // systemd's own exposure score (0 = locked down, 10 = root with everything): "OK" is below 5.
-    let out = Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(packaging().join("upstrace.service")).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(packaging().join("upstrace.service"))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let score: f64 = text
         .lines()

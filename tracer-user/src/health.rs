@@ -120,7 +120,8 @@ pub struct OtlpStats {
     pub dropped: u64,
     /// New records dropped because the queue was full (collector down or slower than the verdicts).
     pub dropped_queue_full: u64,
-    /// Records in batches that failed after their retries (or that the collector refused).
+    /// Records in batches that failed after their retries, that the collector refused, or that it
+    /// rejected in a partial success.
     pub dropped_failed: u64,
     /// Queued or being sent.
     pub pending: u64,

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::ExportLogsServiceRequest,
+    collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
     common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
     resource::v1::Resource,
@@ -44,6 +44,8 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Tries per batch (one post and its retries), with doubling backoff from `BACKOFF`.
 const TRIES: u32 = 4;
 const BACKOFF: Duration = Duration::from_millis(250);
+/// A collector's Retry-After is honoured up to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A collector that accepts and does not answer within this is treated as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -301,14 +303,15 @@ impl Counters {
 /// transport errors are retryable; other answers are final).
 #[derive(Debug)]
 enum PostError {
-    Retryable(String),
+    /// With the collector's Retry-After, when it gave one.
+    Retryable(String, Option<Duration>),
     Final(String),
 }
 
-/// POST one body; `Ok` on a 2xx answer. A fresh connection per batch (`Connection: close`):
+/// POST one body; on a 2xx answer, `Ok` with the number of records the collector rejected. A fresh connection per batch (`Connection: close`):
 /// at most one batch a second leaves in steady state, so keep-alive would buy nothing.
-fn post(endpoint: &Endpoint, body: &[u8], answer_timeout: Duration) -> Result<(), PostError> {
-    let transport = |what: &str, e: std::io::Error| PostError::Retryable(format!("{what} {}: {e}", endpoint.authority()));
+fn post(endpoint: &Endpoint, body: &[u8], answer_timeout: Duration) -> Result<u64, PostError> {
+    let transport = |what: &str, e: std::io::Error| PostError::Retryable(format!("{what} {}: {e}", endpoint.authority()), None);
     let addrs = endpoint.addrs().map_err(|e| transport("resolving", e))?;
     let mut last = None;
     let mut stream = None;
@@ -334,29 +337,57 @@ fn post(endpoint: &Endpoint, body: &[u8], answer_timeout: Duration) -> Result<()
         env!("CARGO_PKG_VERSION")
     );
     stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).map_err(|e| transport("sending to", e))?;
-    // Only the status line matters; read until it is complete (bounded).
-    let mut answer = Vec::with_capacity(256);
-    let mut buf = [0u8; 512];
+    // The head (status, Content-Length, Retry-After), then a 2xx's body: a partial success
+    // names records the collector rejected. All bounded in size and time.
     let deadline = Instant::now() + answer_timeout;
-    while !answer.windows(2).any(|w| w == b"\r\n") {
-        if answer.len() > 8192 || Instant::now() > deadline {
-            return Err(PostError::Retryable(format!("{} sent no valid HTTP answer", endpoint.authority())));
+    let timeout = || PostError::Retryable(format!("{} did not answer within {} s", endpoint.authority(), answer_timeout.as_secs()), None);
+    let mut answer = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let mut read_more = |answer: &mut Vec<u8>| -> Result<bool, PostError> {
+        if Instant::now() > deadline {
+            return Err(timeout());
         }
         match stream.read(&mut buf) {
-            Ok(0) => return Err(PostError::Retryable(format!("{} closed without answering", endpoint.authority()))),
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(PostError::Retryable(format!("{} did not answer within {} s", endpoint.authority(), answer_timeout.as_secs())));
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                Ok(true)
             }
-            Err(e) => return Err(transport("reading from", e)),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Err(timeout()),
+            Err(e) => Err(transport("reading from", e)),
         }
-    }
-    let line = String::from_utf8_lossy(&answer);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    };
+    let head_end = loop {
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if answer.len() > 16 * 1024 || !read_more(&mut answer)? {
+            return Err(PostError::Retryable(format!("{} sent no valid HTTP answer", endpoint.authority()), None));
+        }
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).into_owned();
+    let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
     match code {
-        200..=299 => Ok(()),
-        429 | 502 | 503 | 504 => Err(PostError::Retryable(format!("{} answered {code}", endpoint.url()))),
-        0 => Err(PostError::Retryable(format!("{} sent no valid HTTP answer", endpoint.authority()))),
+        200..=299 => {
+            let len = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0).min(64 * 1024);
+            // A body that does not come whole is no reason to send the batch again.
+            while answer.len() < head_end + len && matches!(read_more(&mut answer), Ok(true)) {}
+            let body = &answer[head_end..(head_end + len).min(answer.len())];
+            let rejected =
+                ExportLogsServiceResponse::decode(body).ok().and_then(|r| r.partial_success).map_or(0, |p| p.rejected_log_records);
+            Ok(rejected.max(0) as u64)
+        }
+        // Retry-After in seconds (the HTTP-date form is taken as no hint), capped.
+        429 | 502 | 503 | 504 => Err(PostError::Retryable(
+            format!("{} answered {code}", endpoint.url()),
+            header("retry-after").and_then(|v| v.parse::<u64>().ok()).map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
+        )),
         _ => Err(PostError::Final(format!("{} answered {code}", endpoint.url()))),
     }
 }
@@ -368,11 +399,14 @@ fn sender(endpoint: Endpoint, rx: Receiver<LogRecord>, counters: Arc<Counters>, 
     let mut open = true;
     while open || !batch.is_empty() {
         // Fill a batch: wait for its first record, then up to LINGER for more.
-        let started = Instant::now();
+        let mut first_at = None;
         while open && batch.len() < BATCH {
-            let wait = if batch.is_empty() { LINGER } else { LINGER.saturating_sub(started.elapsed()) };
+            let wait = first_at.map_or(LINGER, |t: Instant| LINGER.saturating_sub(t.elapsed()));
             match rx.recv_timeout(wait) {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    first_at.get_or_insert_with(Instant::now);
+                    batch.push(r)
+                }
                 Err(RecvTimeoutError::Timeout) if batch.is_empty() => continue,
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => open = false,
@@ -394,35 +428,35 @@ fn sender(endpoint: Endpoint, rx: Receiver<LogRecord>, counters: Arc<Counters>, 
         let n = batch.len() as u64;
         let body = request(&resource, std::mem::take(&mut batch)).encode_to_vec();
         let mut backoff = BACKOFF;
-        let mut sent = false;
+        let mut rejected = n;
         for attempt in 1..=TRIES {
             let stopping = counters.stopping.load(Ordering::Relaxed);
             match post(&endpoint, &body, if stopping { Duration::from_secs(1) } else { ANSWER_TIMEOUT }) {
-                Ok(()) => {
-                    sent = true;
+                Ok(r) => {
+                    rejected = r.min(n);
+                    if r > 0 {
+                        counters.set_error(format!("{} rejected {r} of {n} records", endpoint.url()));
+                    }
                     break;
                 }
                 Err(PostError::Final(e)) => {
                     counters.set_error(e);
                     break;
                 }
-                Err(PostError::Retryable(e)) => {
+                Err(PostError::Retryable(e, retry_after)) => {
                     counters.set_error(e);
                     // At exit there is no time for another try.
                     if attempt == TRIES || counters.stopping.load(Ordering::Relaxed) {
                         break;
                     }
                     counters.retries.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(backoff);
+                    std::thread::sleep(retry_after.unwrap_or(backoff));
                     backoff *= 2;
                 }
             }
         }
-        if sent {
-            counters.exported.fetch_add(n, Ordering::Relaxed);
-        } else {
-            counters.dropped_failed.fetch_add(n, Ordering::Relaxed);
-        }
+        counters.exported.fetch_add(n - rejected, Ordering::Relaxed);
+        counters.dropped_failed.fetch_add(rejected, Ordering::Relaxed);
         counters.pending.fetch_sub(n, Ordering::Relaxed);
     }
     let _ = done.send(());
@@ -607,5 +641,88 @@ mod tests {
         let started = Instant::now();
         drop(x);
         assert!(started.elapsed() < EXIT_GRACE + Duration::from_millis(500));
+    }
+
+    /// Read the head, then Content-Length bytes of body; false if the peer closed first.
+    fn read_request(stream: &mut TcpStream) -> bool {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut total = usize::MAX;
+        while req.len() < total {
+            match stream.read(&mut buf) {
+                Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+            if total == usize::MAX
+                && let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8_lossy(&req[..i]).to_ascii_lowercase();
+                total = i + 4 + head.lines().find_map(|l| l.strip_prefix("content-length: ")?.parse::<usize>().ok()).unwrap_or(0);
+            }
+        }
+        true
+    }
+
+    /// A collector on 127.0.0.1 that answers each connection with the next canned answer, and
+    /// says when each request came (bounded: 10 s, then it gives up).
+    fn fake_collector(answers: Vec<Vec<u8>>) -> (Endpoint, std::thread::JoinHandle<Vec<Instant>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut times = Vec::new();
+            for answer in answers {
+                // Connections that close without a request (the start-up check) get no answer.
+                let mut stream = loop {
+                    let mut stream = match listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                        Err(_) => return times,
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    if read_request(&mut stream) {
+                        break stream;
+                    }
+                };
+                times.push(Instant::now());
+                stream.write_all(&answer).unwrap();
+            }
+            times
+        });
+        (Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap(), thread)
+    }
+
+    #[test]
+    fn honours_retry_after_and_counts_what_a_partial_success_rejected() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+        let partial = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess { rejected_log_records: 1, error_message: "too old".into() }),
+        }
+        .encode_to_vec();
+        let mut ok =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n", partial.len()).into_bytes();
+        ok.extend_from_slice(&partial);
+        let busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let (endpoint, collector) = fake_collector(vec![busy, ok]);
+        let mut x = OtlpExporter::start(endpoint, 0).unwrap();
+        for _ in 0..3 {
+            x.verdict(&verdict()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while x.counters().pending > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let s = x.counters();
+        assert_eq!((s.exported, s.dropped_failed, s.dropped_queue_full, s.retries, s.pending), (2, 1, 0, 1, 0), "{s:?}");
+        assert!(s.last_error.unwrap().contains("rejected 1 of 3"));
+        let times = collector.join().unwrap();
+        assert_eq!(times.len(), 2);
+        // The collector's 1 s, not the 250 ms first backoff.
+        assert!(times[1] - times[0] >= Duration::from_millis(950), "{:?}", times[1] - times[0]);
     }
 }
