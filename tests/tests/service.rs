@@ -91,14 +91,23 @@ fn as_nobody(caps: &[String], bin: &Path) -> Vec<String> {
     ]
 }
 
+/// A directory removed on drop, also when the test fails.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A copy of the binary that `nobody` may run (the build tree may be private).
-fn public_binary() -> (PathBuf, PathBuf) {
+fn public_binary() -> (TempDir, PathBuf) {
     let dir = std::env::temp_dir().join(format!("upstrace-caps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("upstrace");
     std::fs::copy(upstrace_binary().expect("upstrace built"), &bin).unwrap();
     Command::new("chmod").args(["755"]).arg(&dir).arg(&bin).status().unwrap();
-    (dir, bin)
+    (TempDir(dir), bin)
 }
 
 /// Run upstrace as nobody with `caps` on an HTTPS lab fault: the verdict, or why there is none.
@@ -130,7 +139,7 @@ fn verdict_as_nobody(caps: &[String], bin: &Path, client: ClientMode) -> Result<
 #[cfg_attr(not_root, ignore = "needs root: runs upstrace under setpriv against a network-namespace lab")]
 fn the_units_capabilities_are_enough_as_an_unprivileged_user() {
     require_root();
-    let (dir, bin) = public_binary();
+    let (_dir, bin) = public_binary();
     let caps = unit_caps();
     // Without any capability it must refuse in one clear line (the control).
     let none = verdict_as_nobody(&[], &bin, ClientMode::Plain).unwrap_err();
@@ -150,7 +159,6 @@ fn the_units_capabilities_are_enough_as_an_unprivileged_user() {
     let all: Vec<String> = caps.iter().chain(&tls_caps).cloned().collect();
     let v = verdict_as_nobody(&all, &bin, ClientMode::TlsH1).unwrap_or_else(|e| panic!("with {all:?}: {e}"));
     assert_eq!((v["cause"].as_str(), v["status"].as_u64(), v["tls"].as_bool()), (Some("refused"), Some(502), Some(true)), "{v}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn dpkg(args: &[&str]) -> (bool, String) {
