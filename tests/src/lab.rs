@@ -213,6 +213,34 @@ pub enum Step {
     Fault(Fault),
 }
 
+/// What the lab's PHP script does, and how php-fpm's socket is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhpMode {
+    /// Answers 200.
+    Ok,
+    /// The worker kills itself with SIGSEGV mid-request (a crashing extension).
+    Segfault,
+    /// The request runs past `request_terminate_timeout` (1 s): the master kills the worker.
+    Hang,
+    /// The socket is root's with mode 0600: the gateway's workers (nobody) may not connect.
+    RootOnlySocket,
+}
+
+/// Real php-fpm (Debian's php8.2-fpm) started by the lab: master and two static workers
+/// (user nobody), its socket and script in the lab's directory.
+pub struct PhpFpm {
+    child: Child,
+    pub master: u32,
+}
+
+impl PhpFpm {
+    pub fn workers(&self) -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.master))
+            .map(|t| t.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
 pub struct Gateway {
     /// The master process; workers are its children.
     pub pid: u32,
@@ -255,6 +283,8 @@ pub struct Lab {
     /// The gateway is told its upstream is on 127.0.0.1 (its own namespace's loopback, where
     /// nothing listens): the "localhost inside a container" mistake.
     pub upstream_loopback: bool,
+    /// The upstream is real php-fpm on a unix socket (`start_php`); nginx speaks FastCGI.
+    pub php: Option<PhpFpm>,
     /// What the gateway's client side speaks (set before `start_gateway`) and `request` uses.
     pub client: ClientMode,
 }
@@ -282,6 +312,7 @@ impl Lab {
             unix_upstream: false,
             upstream_group: false,
             upstream_loopback: false,
+            php: None,
             client: ClientMode::Plain,
         };
         lab.setup_network()?;
@@ -455,6 +486,66 @@ impl Lab {
         Ok(())
     }
 
+    /// The socket php-fpm listens on.
+    pub fn php_socket_path(&self) -> PathBuf {
+        self.dir.join("php.sock")
+    }
+
+    /// Start php-fpm in the upstream namespace (unix sockets do not care) with its script in
+    /// `mode`, and wait until its workers are up.
+    pub fn start_php(&mut self, mode: PhpMode) -> Result<()> {
+        let d = self.dir.display();
+        let www = self.dir.join("www");
+        std::fs::create_dir_all(&www)?;
+        let script = match mode {
+            PhpMode::Segfault => "<?php posix_kill(getmypid(), 11); sleep(5); echo \"unreachable\";\n",
+            PhpMode::Hang => "<?php sleep(10); echo \"late\";\n",
+            PhpMode::Ok | PhpMode::RootOnlySocket => "<?php echo \"ok\";\n",
+        };
+        std::fs::write(www.join("app.php"), script)?;
+        let (owner, socket_mode) = if mode == PhpMode::RootOnlySocket { ("root", "0600") } else { ("nobody", "0666") };
+        let conf = format!(
+            "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
+             [www]\nuser = nobody\ngroup = nogroup\nlisten = {sock}\nlisten.owner = {owner}\nlisten.mode = {socket_mode}\n\
+             pm = static\npm.max_children = 2\nrequest_terminate_timeout = 1s\ncatch_workers_output = yes\n",
+            sock = self.php_socket_path().display(),
+        );
+        let path = self.dir.join("php-fpm.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.up_ns, "php-fpm8.2", "--nodaemonize", "--fpm-config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting php-fpm8.2 (Debian package php8.2-fpm, installed by cargo xtask setup)")?;
+        // `ip netns exec` execs php-fpm: the child is the master.
+        let php = PhpFpm { master: child.id(), child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(self.php_socket_path().exists() && php.workers().len() >= 2) {
+            if Instant::now() > deadline {
+                bail!("php-fpm did not start: {}", std::fs::read_to_string(self.dir.join("php-fpm.log")).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.php = Some(php);
+        Ok(())
+    }
+
+    /// Kill php-fpm at once (master and workers, SIGKILL): the socket file stays behind.
+    pub fn kill_php(&mut self) {
+        if let Some(mut php) = self.php.take() {
+            // The master first, so it respawns no worker; then the workers it had.
+            let workers = php.workers();
+            let _ = php.child.kill();
+            let _ = php.child.wait();
+            for pid in workers {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
     /// Stop the upstream the way an operator would (SIGTERM), so it reads as a clean stop,
     /// not a crash; SIGKILL only if it does not go.
     pub fn stop_upstream(&mut self) {
@@ -589,7 +680,7 @@ http {{
         # Benchmarks hold HTTP/2 connections for many requests (the default 1000 ends them,
         # and h2load does not reconnect).
         keepalive_requests 1000000;
-        location / {{
+        location / {{{fastcgi}
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -602,6 +693,16 @@ http {{
 "#,
             // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
             up = self.upstream_listen(),
+            fastcgi = if self.php.is_some() {
+                format!(
+                    "\n            fastcgi_pass unix:{};\n            fastcgi_param SCRIPT_FILENAME {}/www/app.php;\n            \
+                     fastcgi_param REQUEST_METHOD $request_method;\n            fastcgi_read_timeout 5s;\n        }}\n        location /unused {{",
+                    self.php_socket_path().display(),
+                    self.dir.display()
+                )
+            } else {
+                String::new()
+            },
             second = if self.upstream_group { format!("\n        server {};", self.second_server()) } else { String::new() },
             workers = self.nginx_workers,
         );
@@ -720,6 +821,7 @@ backend be
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_gateway();
+        self.kill_php();
         self.stop_upstream();
         let _ = sh(&["ip", "netns", "del", &self.gw_ns]);
         let _ = sh(&["ip", "netns", "del", &self.up_ns]);

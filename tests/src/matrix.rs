@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    lab::{ClientMode, Fault, GatewayKind, Lab, UPSTREAM_PORT},
+    lab::{ClientMode, Fault, GatewayKind, Lab, PhpMode, UPSTREAM_PORT},
     tracer::Tracer,
 };
 
@@ -38,6 +38,10 @@ pub enum Setup {
     GroupDown,
     /// The gateway's upstream is 127.0.0.1 in its own network namespace, where nothing listens.
     Loopback,
+    /// Real php-fpm behind nginx's `fastcgi_pass`, its script in this mode.
+    Php(PhpMode),
+    /// php-fpm killed (SIGKILL) after the gateway started: its socket file stays, nobody listens.
+    PhpKilled,
 }
 
 /// One row. Its name says the gateway's client side too: `refused` is plain HTTP,
@@ -67,6 +71,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "crash-keepalive", setup: Setup::KeepaliveCrash },
     Scenario { name: "group-down", setup: Setup::GroupDown },
     Scenario { name: "localhost-in-netns", setup: Setup::Loopback },
+    Scenario { name: "php-segfault", setup: Setup::Php(PhpMode::Segfault) },
+    Scenario { name: "php-terminate-timeout", setup: Setup::Php(PhpMode::Hang) },
+    Scenario { name: "php-permission", setup: Setup::Php(PhpMode::RootOnlySocket) },
+    Scenario { name: "php-killed", setup: Setup::PhpKilled },
     Scenario { name: "reset-before-headers", setup: Setup::Mode("reset-before-headers") },
     Scenario { name: "reset-partial-headers", setup: Setup::Mode("reset-partial-headers") },
     Scenario { name: "truncated-headers", setup: Setup::Mode("truncated-headers") },
@@ -154,7 +162,11 @@ impl Scenario {
     /// Whether the row runs on this gateway: Caddy, a Go gateway, runs the HTTPS rows (the
     /// plain rows exercise nothing of it that nginx and HAProxy do not).
     pub fn runs_on(&self, gw: GatewayKind) -> bool {
-        gw != GatewayKind::Caddy || self.client().tls()
+        match self.setup {
+            // nginx's fastcgi_pass (HAProxy's FastCGI rows are not written yet).
+            Setup::Php(_) | Setup::PhpKilled => gw == GatewayKind::Nginx,
+            _ => gw != GatewayKind::Caddy || self.client().tls(),
+        }
     }
 
     /// Words the deciding verdict's summary must hold, where the row is about them.
@@ -164,6 +176,8 @@ impl Scenario {
             // taken for that connection's request (same cause), so only nginx is held to it.
             "group-down" if gw == GatewayKind::Nginx => Some("without trying any upstream for this request"),
             "localhost-in-netns" => Some("that namespace's own loopback"),
+            "php-segfault" => Some("(php-fpm: pool www) killed by SIGSEGV"),
+            "php-terminate-timeout" => Some("sent by its manager"),
             _ => None,
         }
     }
@@ -191,6 +205,10 @@ impl Scenario {
             // that took the servers out.
             "group-down" => v("upstream", &["refused"]),
             "localhost-in-netns" => v("upstream", &["refused"]),
+            "php-segfault" => v("upstream", &["crashed"]),
+            "php-terminate-timeout" => v("upstream", &["worker-killed"]),
+            "php-permission" => v("gateway", &["permission-denied"]),
+            "php-killed" => v("upstream", &["refused"]),
             "crash-before-headers" => v("upstream", &["crashed"]),
             "crash-mid-body" => cut(&["crashed"]),
             "crash-keepalive" => v("upstream", &["crashed"]),
@@ -215,8 +233,8 @@ impl Scenario {
             "loss-stall" => v("network", &["loss"]),
             "unix-missing" => v("upstream", &["no-socket-file"]),
             "unix-refused" => v("upstream", &["refused"]),
-            // No listener is known for a unix socket, so its server's death is not named.
-            "unix-crash-before-headers" => v("upstream", &["closed-early", "crashed"]),
+            // The processes holding the listening unix socket are known: the death is named.
+            "unix-crash-before-headers" => v("upstream", &["crashed"]),
             // A known gap: when the server's close arrives with the data, HAProxy learns it
             // from epoll (EPOLLRDHUP) without reading the EOF, and a unix socket has no state
             // change to show it, so no hook sees the connection end (README, unix sockets).
@@ -288,6 +306,8 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
             lab.stop_upstream();
         }
         Setup::NoUpstream | Setup::GroupDown | Setup::Loopback => {}
+        Setup::Php(mode) => lab.start_php(mode)?,
+        Setup::PhpKilled => lab.start_php(PhpMode::Ok)?,
         Setup::Mode(mode) => lab.start_upstream(mode)?,
         Setup::Fault(_) => lab.start_upstream("ok")?,
         Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,
@@ -303,6 +323,7 @@ pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Resul
     let tracer = Tracer::start(&arg_refs)?;
     match scenario.setup {
         Setup::Fault(fault) => lab.inject(fault)?,
+        Setup::PhpKilled => lab.kill_php(),
         Setup::BacklogFull => {
             // Fill the never-accepted backlog from the gateway's side (bounded: 15 s each).
             for _ in 0..3 {

@@ -507,6 +507,58 @@ fn a_unix_socket_upstream_is_judged_on_its_socket_events() {
     assert_eq!((v.status, v.cause.as_str()), (Some(504), "stalled"), "{v:#?}");
 }
 
+#[test]
+fn a_unix_server_worker_that_dies_is_named_and_a_kill_by_its_manager_is_told_apart() {
+    const FPM: &str = "/run/php/fpm.sock";
+    let fpm = |kind, ts, pid: u32, f: fn(&mut KernelEvent)| {
+        with(ev(kind, ts, 0), |e| {
+            e.pid = pid;
+            e.tid = pid;
+            e.comm = "php-fpm8.2".into();
+            e.src = None;
+            e.dst = None;
+            f(e)
+        })
+    };
+    let listening = [
+        KernelEvent::unix_listen_snapshot(1_000_000 * MS, 900, "php-fpm8.2", FPM, Some("php-fpm: master process".into())),
+        KernelEvent::unix_listen_snapshot(1_000_000 * MS, 901, "php-fpm8.2", FPM, Some("php-fpm: pool www".into())),
+    ];
+    let eof = with(ev(Kind::RecvEnd, 12, 0xb1), |e| {
+        e.src = None;
+        e.dst = None;
+        e.bytes_sent = 80;
+    });
+    // The worker crashes mid-request.
+    let mut events = listening.to_vec();
+    events.extend(unix_connect(0, 0xb1, FPM));
+    events.push(fpm(Kind::ProcessExit, 10, 901, |e| e.value = 11));
+    events.extend([eof.clone(), status(13, 502)]);
+    let v = one(&events);
+    assert_eq!(v.cause, Cause::Crashed, "{}", v.summary);
+    assert!(v.summary.contains("upstream process 901 (php-fpm: pool www) killed by SIGSEGV"), "{}", v.summary);
+    // Its master sends it SIGTERM (request_terminate_timeout): the worker was killed, not crashed.
+    let mut events = listening.to_vec();
+    events.extend(unix_connect(0, 0xb1, FPM));
+    events.push(fpm(Kind::Signal, 9, 901, |e| {
+        e.value = 15;
+        e.aux = 900;
+    }));
+    events.push(fpm(Kind::ProcessExit, 10, 901, |e| e.value = 15));
+    events.extend([eof.clone(), status(13, 502)]);
+    let v = one(&events);
+    assert_eq!((v.class, v.cause), (Class::Upstream, Cause::WorkerKilled), "{}", v.summary);
+    assert!(v.summary.contains("sent by its manager 900 (php-fpm: master process)"), "{}", v.summary);
+    // A worker forked after upstrace looked (not listed) is known by its name.
+    let mut events = listening.to_vec();
+    events.extend(unix_connect(0, 0xb1, FPM));
+    events.push(fpm(Kind::ProcessExit, 10, 955, |e| e.value = 6));
+    events.extend([eof, status(13, 502)]);
+    let v = one(&events);
+    assert_eq!(v.cause, Cause::Crashed, "{}", v.summary);
+    assert!(v.summary.contains("upstream process 955 (php-fpm8.2) killed by SIGABRT"), "{}", v.summary);
+}
+
 /// A gateway whose answers cannot be read (TLS in a library upstrace does not read).
 fn unreadable_engine() -> Engine {
     let mut engine = Engine::new();

@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     "haproxy",
     "caddy",
+    "php8.2-fpm",
     "openssl",
     "nftables",
     "iproute2",

@@ -576,16 +576,36 @@ impl Engine {
     /// The listener of the attempt's upstream port that died before `until`, if any, and
     /// no new listener took the port since.
     fn dead_listener(&self, a: &Attempt, from: u64, until: u64) -> Option<&Death> {
-        let port = a.dst?.port();
-        let listeners = self.tracker.listeners.get(&port)?;
-        let ip = a.dst?.ip();
+        let (listeners, ip) = match (&a.path, a.dst) {
+            (Some(path), _) => (self.tracker.unix_listeners.get(path)?, None),
+            (None, Some(dst)) => (self.tracker.listeners.get(&dst.port())?, Some(dst.ip())),
+            (None, None) => return None,
+        };
         self.tracker.deaths.iter().rev().filter(|d| d.ts_ns <= until + 1_000_000 && d.ts_ns + DEATH_WINDOW_NS >= from).find(|d| {
             listeners.iter().any(|l| {
-                l.pid == d.pid
-                    && l.addr.is_none_or(|la| la.ip().is_unspecified() || la.ip() == ip)
-                    && !listeners.iter().any(|n| n.ts_ns > d.ts_ns && n.pid != d.pid)
+                // A unix server's workers forked after upstrace looked are followed by the
+                // kernel (their exits are reported) but not listed: the name tells the family.
+                let same = l.pid == d.pid || (ip.is_none() && l.comm == d.comm);
+                same && l.addr.is_none_or(|la| la.ip().is_unspecified() || Some(la.ip()) == ip)
+                    && !listeners.iter().any(|n| n.ts_ns > d.ts_ns && n.pid != d.pid && (ip.is_some() || n.comm != d.comm))
             })
         })
+    }
+
+    /// The death, told by what upstrace knows of the process: its title when it listened
+    /// (`php-fpm: pool www`), and whether a manager of the same server killed it.
+    fn death_of(&self, a: &Attempt, d: &Death) -> (String, Evidence, bool) {
+        let listeners = a.path.as_ref().and_then(|p| self.tracker.unix_listeners.get(p));
+        let title = listeners.and_then(|ls| ls.iter().find(|l| l.pid == d.pid)).and_then(|l| l.title.clone());
+        let manager = d.killed_by.and_then(|k| listeners.and_then(|ls| ls.iter().find(|l| l.pid == k)));
+        let (mut who, ev) = death_note(d);
+        if let Some(title) = title {
+            who = who.replacen(&format!("({})", d.comm), &format!("({title})"), 1);
+        }
+        if let Some(m) = manager {
+            who.push_str(&format!(" sent by its manager {} ({})", m.pid, m.title.as_deref().unwrap_or(&m.comm)));
+        }
+        (who, ev, manager.is_some())
     }
 
     /// An accept-queue overflow of the attempt's upstream port seen around its lifetime.
@@ -678,6 +698,24 @@ fn death_note(d: &Death) -> (String, Evidence) {
         _ => "exited".into(),
     };
     (format!("upstream process {} ({}) {how}", d.pid, d.comm), d.evidence.clone())
+}
+
+/// The upstream process died while it held the request: a crash, or its own manager killed it
+/// (a different cause: the worker ran past a limit).
+fn died_handling(c: &Case, d: &Death, then: String) -> Finding {
+    let (who, ev, by_manager) = c.engine.death_of(c.a, d);
+    let gw = &c.gw;
+    let finding = if by_manager {
+        Finding::new(
+            Cause::WorkerKilled,
+            format!(
+                "{gw}: {who} while handling the request (a request past the server's time limit, e.g. php-fpm's request_terminate_timeout); {then}"
+            ),
+        )
+    } else {
+        Finding::new(Cause::Crashed, format!("{gw}: {who} while handling the request; {then}"))
+    };
+    finding.with(ev)
 }
 
 /// 1. connect(2) failed at once: routing, local resources, unix sockets.
@@ -872,14 +910,7 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     let reset = a.rst.map(|r| r.ts_ns).or(a.recv_end.filter(|r| r.reset()).map(|r| r.ts_ns));
     if let Some(rst_ns) = reset {
         if let Some(d) = c.engine.dead_listener(a, a.started_ns, rst_ns) {
-            let (who, ev) = death_note(d);
-            return Some(
-                Finding::new(
-                    Cause::Crashed,
-                    format!("{gw}: {who} while handling the request; the connection was reset after {got} response bytes"),
-                )
-                .with(ev),
-            );
+            return Some(died_handling(c, d, format!("the connection was reset after {got} response bytes")));
         }
         let when = if got == 0 { "before any response byte".to_string() } else { format!("after {got} response bytes") };
         let reuse = if a.reused { " (reused keep-alive connection)" } else { "" };
@@ -887,14 +918,7 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     }
     let fin_ns = a.fin_ns.or(a.recv_end.filter(|r| r.eof()).map(|r| r.ts_ns))?;
     if let Some(d) = c.engine.dead_listener(a, a.started_ns, fin_ns) {
-        let (who, ev) = death_note(d);
-        return Some(
-            Finding::new(
-                Cause::Crashed,
-                format!("{gw}: {who} while handling the request; its connection closed after {got} response bytes"),
-            )
-            .with(ev),
-        );
+        return Some(died_handling(c, d, format!("its connection closed after {got} response bytes")));
     }
     if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
         return Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused")));

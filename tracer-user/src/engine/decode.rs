@@ -321,6 +321,16 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 
 impl KernelEvent {
     /// A `listen` event for a socket that was already listening when tracing began.
+    /// A process found holding a listening unix socket; `title` is its process title (in
+    /// `line`) when it says more than its name.
+    pub fn unix_listen_snapshot(ts_ns: u64, pid: u32, comm: &str, path: &str, title: Option<String>) -> Self {
+        let mut ev = Self::listen_snapshot(ts_ns, pid, comm, SocketAddr::from(([0, 0, 0, 0], 0)));
+        ev.src = None;
+        ev.path = Some(path.to_owned());
+        ev.line = title;
+        ev
+    }
+
     pub fn listen_snapshot(ts_ns: u64, pid: u32, comm: &str, addr: SocketAddr) -> Self {
         KernelEvent {
             kind: Kind::Listen,
@@ -432,7 +442,11 @@ impl KernelEvent {
                 "{} {} listens on {}",
                 self.comm,
                 self.pid,
-                self.src.map(|a| a.to_string()).unwrap_or_else(|| format!("port {}", self.aux))
+                match (&self.path, self.src) {
+                    (Some(path), _) => format!("unix:{path}"),
+                    (None, Some(a)) => a.to_string(),
+                    (None, None) => format!("port {}", self.aux),
+                }
             ),
         }
     }

@@ -353,6 +353,8 @@ pub struct Death {
     /// Killing signal, if it died of one.
     pub signal: Option<i32>,
     pub exit_code: Option<i64>,
+    /// The other process that sent the killing signal, when it was seen.
+    pub killed_by: Option<u32>,
     pub evidence: Evidence,
 }
 
@@ -382,6 +384,8 @@ pub struct Listener {
     pub pid: u32,
     pub comm: String,
     pub addr: Option<SocketAddr>,
+    /// Its process title where it says more than the name (`php-fpm: pool www`).
+    pub title: Option<String>,
 }
 
 /// Everything the tracker knows, fed one event at a time.
@@ -401,8 +405,10 @@ pub struct Tracker {
     pub deaths: VecDeque<Death>,
     /// Signals seen, by target pid (the exit that follows names the death).
     /// The last fatal signal generated for a pid, and when (its exit names the death).
-    signals: HashMap<u32, (u64, i32)>,
+    signals: HashMap<u32, (u64, i32, u32)>,
     pub listeners: HashMap<u16, Vec<Listener>>,
+    /// Listening unix sockets by path: the processes holding them (a server and its workers).
+    pub unix_listeners: HashMap<String, Vec<Listener>>,
     /// Drops and ICMP errors that matched no attempt (other processes' flows to the same
     /// upstream, or attempts whose events were lost): kept briefly, bounded, for inspection.
     pub loose_packets: VecDeque<KernelEvent>,
@@ -578,7 +584,7 @@ impl Tracker {
         while self.loose_packets.front().is_some_and(|p| p.ts_ns < horizon) {
             self.loose_packets.pop_front();
         }
-        self.signals.retain(|_, (ts, _)| *ts >= horizon);
+        self.signals.retain(|_, (ts, _, _)| *ts >= horizon);
     }
 
     /// The attempt currently on a socket.
@@ -716,12 +722,14 @@ impl Tracker {
         let signal = self.signals.remove(&ev.pid);
         // The exit word: the killing signal in the low 7 bits, else the exit code above.
         let killed_by = (ev.value & 0x7f) as i32;
+        let death_signal = if killed_by != 0 { Some(killed_by) } else { signal.map(|(_, sig, _)| sig) };
         let death = Death {
             ts_ns: ev.ts_ns,
             pid: ev.pid,
             comm: ev.comm.clone(),
-            signal: if killed_by != 0 { Some(killed_by) } else { signal.map(|(_, sig)| sig) },
+            signal: death_signal,
             exit_code: (killed_by == 0).then_some((ev.value >> 8) & 0xff),
+            killed_by: signal.filter(|&(_, sig, sender)| Some(sig) == death_signal && sender != ev.pid && sender != 0).map(|s| s.2),
             evidence: Evidence::from_event(ev),
         };
         self.deaths.push_back(death);
@@ -732,15 +740,20 @@ impl Tracker {
 
     fn on_signal(&mut self, ev: &KernelEvent) {
         if let Ok(sig) = i32::try_from(ev.value) {
-            self.signals.insert(ev.pid, (ev.ts_ns, sig));
+            // The sender rides in `aux`.
+            self.signals.insert(ev.pid, (ev.ts_ns, sig, ev.aux));
         }
     }
 
     fn on_listen(&mut self, ev: &KernelEvent) {
-        let port = ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16);
-        let list = self.listeners.entry(port).or_default();
-        list.push(Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src });
-        if list.len() > 16 {
+        let listener = Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src, title: ev.line.clone() };
+        let list = match &ev.path {
+            Some(path) => self.unix_listeners.entry(path.clone()).or_default(),
+            None => self.listeners.entry(ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16)).or_default(),
+        };
+        list.push(listener);
+        // A server and its workers (php-fpm's pool can be large); the oldest go first.
+        if list.len() > 64 {
             list.remove(0);
         }
     }

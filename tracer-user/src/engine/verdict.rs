@@ -81,6 +81,9 @@ pub enum Cause {
     // upstream
     Refused,
     Crashed,
+    /// A worker of the upstream killed by its own manager while it handled the request
+    /// (php-fpm's `request_terminate_timeout`): a policy, not a crash.
+    WorkerKilled,
     Reset,
     ClosedEarly,
     Stalled,
@@ -108,9 +111,10 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 20] = [
+    pub const ALL: [Cause; 21] = [
         Cause::Refused,
         Cause::Crashed,
+        Cause::WorkerKilled,
         Cause::Reset,
         Cause::ClosedEarly,
         Cause::Stalled,
@@ -136,6 +140,7 @@ impl Cause {
         match self {
             Cause::Refused => "refused",
             Cause::Crashed => "crashed",
+            Cause::WorkerKilled => "worker-killed",
             Cause::Reset => "reset",
             Cause::ClosedEarly => "closed-early",
             Cause::Stalled => "stalled",
@@ -165,6 +170,7 @@ impl Cause {
         match self {
             Cause::Refused
             | Cause::Crashed
+            | Cause::WorkerKilled
             | Cause::Reset
             | Cause::ClosedEarly
             | Cause::Stalled
@@ -185,6 +191,7 @@ impl Cause {
         match self {
             Cause::Refused => format!("Is the upstream service running and listening on port {port}? On its host: ss -ltnp 'sport = :{port}'."),
             Cause::Crashed => "The upstream process died (pid and signal above): check its logs, core dumps, and the kernel log for the OOM killer (dmesg).".into(),
+            Cause::WorkerKilled => "The upstream's own manager killed the worker that held the request: a request ran past its limit (php-fpm: request_terminate_timeout, and the slow log to see where it hung).".into(),
             Cause::Reset => "The upstream (or a proxy/load balancer in between) aborted the connection: check its logs at that time and idle/keep-alive timeouts on both sides.".into(),
             Cause::ClosedEarly => "The upstream closed before a complete response: check its logs for errors or worker restarts, and keep-alive timeouts (upstream shorter than gateway?).".into(),
             Cause::Stalled => "The upstream accepted the request but did not answer in time: check its latency, worker pool and dependencies; compare with the gateway's read timeout.".into(),

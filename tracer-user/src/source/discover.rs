@@ -113,6 +113,79 @@ fn listening_sockets(pid: u32) -> HashMap<u64, SocketAddr> {
     listen_rows(pid).into_iter().filter(|r| r.inode != 0).map(|r| (r.inode, r.addr)).collect()
 }
 
+/// A process holding a listening unix stream socket (php-fpm, uwsgi, gunicorn and their
+/// workers, which inherit it).
+#[derive(Debug, Clone)]
+pub struct UnixListenerInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub path: String,
+    /// The process title, when it is not just the name (`php-fpm: pool www`).
+    pub title: Option<String>,
+}
+
+/// Listening unix stream sockets of a network namespace, by inode: the rows of
+/// /proc/PID/net/unix with __SO_ACCEPTCON set, type SOCK_STREAM, and a path in the filesystem.
+fn unix_listening_sockets(pid: u32) -> HashMap<u64, String> {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/unix")) else { return HashMap::new() };
+    parse_unix_listeners(&text)
+}
+
+fn parse_unix_listeners(text: &str) -> HashMap<u64, String> {
+    const ACCEPTING: u32 = 0x10000;
+    const STREAM: u32 = 1;
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(cols.get(3)?, 16).ok()?;
+            let kind = u32::from_str_radix(cols.get(4)?, 16).ok()?;
+            let path = cols.get(7).filter(|p| p.starts_with('/'))?;
+            (flags & ACCEPTING != 0 && kind == STREAM).then(|| Some((cols.get(6)?.parse().ok()?, path.to_string())))?
+        })
+        .collect()
+}
+
+/// Every process holding a listening unix stream socket, in every network namespace.
+pub fn unix_listeners() -> Vec<UnixListenerInfo> {
+    let mut by_netns: HashMap<String, HashMap<u64, String>> = HashMap::new();
+    let mut found = Vec::new();
+    for pid in all_pids() {
+        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
+        let sockets = by_netns.entry(ns.to_string_lossy().into_owned()).or_insert_with(|| unix_listening_sockets(pid));
+        if sockets.is_empty() {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let mut seen = BTreeSet::new();
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
+                continue;
+            };
+            if let Some(path) = sockets.get(&inode)
+                && seen.insert(path.clone())
+            {
+                let comm = comm_of(pid).unwrap_or_default();
+                found.push(UnixListenerInfo { pid, title: title_of(pid, &comm), comm, path: path.clone() });
+            }
+        }
+    }
+    found
+}
+
+/// The process title when it says more than the name: servers that name their workers
+/// (`php-fpm: pool www`, `php-fpm: master process (...)`).
+fn title_of(pid: u32, comm: &str) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let title = String::from_utf8_lossy(&raw).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+    let title: String = title.trim().chars().take(80).collect();
+    let program = title.split_whitespace().next().unwrap_or("");
+    (!title.is_empty() && !program.ends_with(comm) && !program.contains('/')).then_some(title)
+}
+
 /// Every process holding a listening TCP socket, in every network namespace: the upstreams
 /// whose deaths explain refusals and resets.
 pub fn listeners() -> Vec<ListenerInfo> {
@@ -170,6 +243,21 @@ pub fn with_descendants(roots: &BTreeSet<u32>) -> BTreeSet<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_unix_stream_sockets_with_a_path() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path
+ffff0001: 00000002 00000000 00010000 0001 01 4242 /run/php/php8.2-fpm.sock
+ffff0002: 00000002 00000000 00000000 0001 03 4243 /run/php/php8.2-fpm.sock
+ffff0003: 00000002 00000000 00010000 0002 01 4244 /run/dgram.sock
+ffff0004: 00000002 00000000 00010000 0001 01 4245 @abstract
+ffff0005: 00000002 00000000 00010000 0001 01 4246
+garbage line
+";
+        let found = parse_unix_listeners(text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found.get(&4242).map(String::as_str), Some("/run/php/php8.2-fpm.sock"));
+    }
 
     #[test]
     fn parses_proc_net_addresses() {

@@ -232,6 +232,10 @@ impl Live {
             self.listener_pids.insert(l.pid);
             pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
         }
+        for l in discover::unix_listeners() {
+            self.probes.watch_listener(l.pid);
+            pipeline.event(&KernelEvent::unix_listen_snapshot(now, l.pid, &l.comm, &l.path, l.title))?;
+        }
         Ok(())
     }
 
