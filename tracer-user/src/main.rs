@@ -62,10 +62,16 @@ struct Cli {
     /// Seconds between stats lines (events handled, events lost).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     stats_interval: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics. A bare PORT binds 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<upstrace::serve::ListenAddr>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run as a service: no terminal, wait for the gateways and follow their restarts, log one
+    /// line per notable thing on stderr, serve metrics, record rotating traces. Stops on SIGTERM.
+    Serve(upstrace::serve::ServeArgs),
     /// Postmortem of a trace: Markdown on stdout, and optionally a self-contained HTML page.
     Report {
         file: PathBuf,
@@ -133,6 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stdout.flush()?;
         return Ok(());
     }
+    if let Some(Command::Serve(args)) = &cli.command {
+        return upstrace::serve::run(args.settings()?).await;
+    }
     if let Some(Command::Floor { seconds: secs, hooks: set, stats }) = &cli.command {
         let (hooks, runs, ns) = upstrace::source::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?, *stats)?;
         let avg = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
@@ -165,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         duration: cli.duration.map(|d| seconds("for", d)).transpose()?,
         stats_interval: seconds("stats-interval", cli.stats_interval.max(0.1))?,
         infer: cli.infer,
+        announce: false,
     };
     let boot = clock::boot_offset_ns();
     let dashboard = !cli.json && !cli.text && std::io::stdout().is_terminal();
@@ -181,7 +191,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         live::preflight(&opts)?;
         upstrace::source::probes::QUIET_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    // Before the dashboard takes the terminal: a port in use is said in one line.
+    let metrics = cli.metrics_addr.map(|a| upstrace::output::metrics::start(a.0));
     let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard.then_some("live"))?;
+    if let Some(metrics) = metrics {
+        pipeline = pipeline.with(metrics);
+    }
     if let Some(recorder) = recorder {
         pipeline = pipeline.with(recorder);
     }

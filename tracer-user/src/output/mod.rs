@@ -1,7 +1,10 @@
 //! Where verdicts, events and stats go. Every output implements [`Output`] and the pipeline
 //! feeds them all alike: JSON or text lines (`sink`), the trace file (`record`), the dashboard
-//! (`tui`). Adding one (metrics, an exporter) is one more implementation. `report` reads a
-//! trace back into a postmortem.
+//! (`tui`), one line per notable thing on stderr (`log`, for the service), Prometheus metrics
+//! (`metrics`). Adding one (an exporter) is one more implementation. `report` reads a trace
+//! back into a postmortem.
+pub mod log;
+pub mod metrics;
 pub mod record;
 pub mod report;
 pub mod sink;
@@ -30,6 +33,10 @@ pub trait Output {
     }
     /// A fresher snapshot for live views (every second); not a stats line.
     fn refresh(&mut self, _s: &Stats) {}
+    /// It wants `refresh` every second (a view that is read at any moment, such as metrics).
+    fn wants_refresh(&self) -> bool {
+        self.owns_terminal()
+    }
     /// Add this output's own health to a snapshot before it is handed out.
     fn contribute(&self, _s: &mut Stats) {}
     /// Called every few ms with the current CLOCK_MONOTONIC time; false asks to stop.

@@ -39,6 +39,8 @@ pub struct Options {
     pub stats_interval: Duration,
     /// Gateways (by name) whose answers are not read but inferred from upstream failures.
     pub infer: Vec<String>,
+    /// Say on stderr when gateway processes come and go (the service's log).
+    pub announce: bool,
 }
 
 /// Which processes are gateways: explicit pids, or everything with a gateway's name.
@@ -108,6 +110,7 @@ struct Live {
     views: BTreeMap<String, ClientView>,
     quiet: bool,
     infer: Vec<String>,
+    announce: bool,
 }
 
 pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
@@ -128,6 +131,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     }
     pipeline.latency.get_or_insert_with(Default::default);
     let quiet = pipeline.interactive();
+    let refreshing = pipeline.wants_refresh();
     if !quiet {
         eprintln!("upstrace: {}", probes.report);
     }
@@ -145,6 +149,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         views: BTreeMap::new(),
         quiet,
         infer: opts.infer.clone(),
+        announce: opts.announce && !quiet,
     };
     for pid in &initial {
         live.probes.trace_pid(*pid)?;
@@ -193,7 +198,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
                 }
             }
             _ = queue_tick.tick() => live.sample_accept_queues(pipeline)?,
-            _ = ui_tick.tick(), if quiet => {
+            _ = ui_tick.tick(), if refreshing => {
                 let snapshot = live.snapshot();
                 pipeline.refresh(snapshot);
             }
@@ -294,13 +299,20 @@ impl Live {
 
     /// Gateways restart and reload: pick up new processes, forget dead ones.
     fn rescan(&mut self, pipeline: &mut Pipeline) -> Result<()> {
+        let mut new = Vec::new();
         for pid in self.targets.scan() {
             if self.known.insert(pid) {
                 self.probes.trace_pid(pid)?;
                 self.adopt_client_view(pid, pipeline);
+                new.push(pid);
             }
         }
+        let before = self.known.len();
         self.known.retain(|&pid| discover::pid_exists(pid));
+        let gone = before - self.known.len();
+        if self.announce && (!new.is_empty() || gone > 0) {
+            eprintln!("upstrace: gateway processes: {} new {new:?}, {gone} gone, {} traced now", new.len(), self.known.len());
+        }
         Ok(())
     }
 
