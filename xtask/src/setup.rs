@@ -8,7 +8,7 @@ use crate::status;
 
 /// Debian packages: the LLVM 22 libraries bpf-linker links against, bpftool, the gateways
 /// (nginx, HAProxy, Caddy) and tools the fault lab drives (openssl makes its certificates, h2load loads HTTP/2),
-/// and tmux for terminal tests.
+/// tmux for terminal tests, and a Prometheus server that scrapes upstrace's metrics in a test.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "ethtool",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;
