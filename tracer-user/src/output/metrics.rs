@@ -726,6 +726,66 @@ mod tests {
         }
     }
 
+    /// Sample names of the exposition: counters get `_total`, histograms stand for their series.
+    fn exposed() -> Vec<String> {
+        // A family shows only once it has a series: give every one something.
+        let mut m = Metrics::new();
+        m.started(&AttachReport { attached: vec!["p".into()], skipped: vec![] }, &[]);
+        m.verdict(&verdict("10.0.2.2:8081", Some(502), Cause::Refused)).unwrap();
+        m.event(&event(Kind::ConnectStart, 1, 7)).unwrap();
+        let mut up = event(Kind::StateChange, 2, 7);
+        (up.old_state, up.new_state) = (Some(TcpState::SynSent), Some(TcpState::Established));
+        m.event(&up).unwrap();
+        m.event(&event(Kind::RequestSent, 3, 7)).unwrap();
+        m.event(&event(Kind::ResponseStart, 4, 7)).unwrap();
+        m.event(&event(Kind::Retransmit, 5, 7)).unwrap();
+        m.event(&KernelEvent::listen_overflow(6, 20, "app", "10.0.2.2:8081".parse().unwrap(), 129, 128)).unwrap();
+        m.stats(&Stats { lost: vec![("ringbuf_full", 0)], ..Stats::default() }).unwrap();
+        let text = m.encode();
+        let types = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_once(' '));
+        types.map(|(name, kind)| if kind == "counter" { format!("{name}_total") } else { name.to_owned() }).collect()
+    }
+
+    #[test]
+    fn the_readme_and_the_dashboard_name_only_real_metrics() {
+        let names = exposed();
+        assert!(names.len() >= 18, "{names:?}");
+        let readme = include_str!("../../../README.md");
+        for name in &names {
+            assert!(readme.contains(&format!("| `{name}` |")), "README's metric table lacks {name}");
+        }
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!("../../../deploy/grafana/upstrace.json")).unwrap();
+        let mut exprs = Vec::new();
+        fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v.as_str()) {
+                            ("expr" | "definition", Some(e)) => out.push(e.to_owned()),
+                            _ => collect(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        collect(&dashboard, &mut exprs);
+        assert!(exprs.len() >= 15, "{exprs:?}");
+        let mut used = HashSet::new();
+        for e in &exprs {
+            for (i, _) in e.match_indices("upstrace_") {
+                let name: String = e[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+                assert!(names.iter().any(|n| n == base), "the dashboard queries {name}, which upstrace does not expose: {e}");
+                used.insert(base.to_owned());
+            }
+        }
+        for early in ["upstrace_verdicts_total", "upstrace_upstream_retransmits_total", "upstrace_upstream_accept_queue_overflows_total"] {
+            assert!(used.contains(early), "the dashboard shows {early}");
+        }
+    }
+
     #[test]
     fn routes() {
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
