@@ -231,6 +231,8 @@ fn prometheus_scrapes_the_verdict_of_a_lab_fault_from_serve() {
     assert!(connects.iter().any(|(m, v)| m["upstream"] == upstream.as_str() && *v >= 1.0), "healthy connects timed: {connects:?}");
     let health = query(prom_port, "upstrace_events_total");
     assert!(health.first().is_some_and(|(_, v)| *v > 0.0), "upstrace's own health: {health:?}");
+    let ring = query(prom_port, "upstrace_ring_buffer_size_bytes");
+    assert_eq!(ring.first().map(|(_, v)| *v), Some(4194304.0), "the ring buffer's fill is read: {ring:?}");
     drop(prometheus);
 
     let stderr_before = service.stderr();

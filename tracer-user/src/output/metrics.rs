@@ -209,6 +209,9 @@ pub struct Metrics {
     status_lines_expired: Counter,
     traced: Gauge,
     engine_attempts: Gauge,
+    ring_size: Gauge,
+    ring_used: Gauge,
+    ring_peak: Gauge,
     programs: Family<ProgramLabel, Gauge>,
     verdict_latency: Histogram,
     upstreams: Capped,
@@ -278,6 +281,17 @@ impl Metrics {
         r.register("upstrace_traced_processes", "Gateway processes traced now", traced.clone());
         let engine_attempts = Gauge::default();
         r.register("upstrace_engine_attempts", "Upstream attempts held in memory by the engine", engine_attempts.clone());
+        let ring_size = Gauge::default();
+        r.register_with_unit("upstrace_ring_buffer_size", "Size of the kernel's event ring buffer", Unit::Bytes, ring_size.clone());
+        let ring_used = Gauge::default();
+        r.register_with_unit("upstrace_ring_buffer_used", "Bytes waiting in the ring buffer now", Unit::Bytes, ring_used.clone());
+        let ring_peak = Gauge::default();
+        r.register_with_unit(
+            "upstrace_ring_buffer_peak_used",
+            "The most bytes ever waiting in the ring buffer (near its size: events about to be lost)",
+            Unit::Bytes,
+            ring_peak.clone(),
+        );
         let programs = Family::<ProgramLabel, Gauge>::default();
         r.register("upstrace_ebpf_program_attached", "1 for each eBPF program attached, 0 for each one skipped", programs.clone());
         let verdict_latency = verdict_latency_histogram();
@@ -314,6 +328,9 @@ impl Metrics {
             status_lines_expired,
             traced,
             engine_attempts,
+            ring_size,
+            ring_used,
+            ring_peak,
             programs,
             verdict_latency,
             upstreams,
@@ -458,6 +475,12 @@ impl Metrics {
         set(&self.status_lines_expired, s.status_lines_expired);
         self.traced.set(s.traced_processes as i64);
         self.engine_attempts.set(s.engine.attempts as i64);
+        if let Some(ring) = s.ring {
+            let bytes = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.ring_size.set(bytes(ring.size_bytes));
+            self.ring_used.set(bytes(ring.used_bytes));
+            self.ring_peak.set(bytes(ring.peak_used_bytes));
+        }
     }
 }
 
@@ -709,6 +732,7 @@ mod tests {
         let mut s = Stats { events: 1234, traced_processes: 3, lost: vec![("ring_full", 5), ("decode_errors", 0)], ..Stats::default() };
         s.evicted.closed_sockets = 7;
         s.engine.attempts = 42;
+        s.ring = Some(crate::health::RingUsage { size_bytes: 4 << 20, used_bytes: 512, peak_used_bytes: 8192 });
         m.stats(&s).unwrap();
         s.events = 1300;
         m.refresh(&s);
@@ -719,6 +743,9 @@ mod tests {
             "upstrace_evictions_total{map=\"closed_sockets\"} 7\n",
             "upstrace_traced_processes 3\n",
             "upstrace_engine_attempts 42\n",
+            "upstrace_ring_buffer_size_bytes 4194304\n",
+            "upstrace_ring_buffer_used_bytes 512\n",
+            "upstrace_ring_buffer_peak_used_bytes 8192\n",
             "upstrace_ebpf_program_attached{program=\"sock_send_length\"} 1\n",
             "upstrace_ebpf_program_attached{program=\"kfree_skb\"} 0\n",
         ] {
@@ -740,7 +767,8 @@ mod tests {
         m.event(&event(Kind::ResponseStart, 4, 7)).unwrap();
         m.event(&event(Kind::Retransmit, 5, 7)).unwrap();
         m.event(&KernelEvent::listen_overflow(6, 20, "app", "10.0.2.2:8081".parse().unwrap(), 129, 128)).unwrap();
-        m.stats(&Stats { lost: vec![("ringbuf_full", 0)], ..Stats::default() }).unwrap();
+        let ring = Some(crate::health::RingUsage { size_bytes: 4 << 20, used_bytes: 0, peak_used_bytes: 4096 });
+        m.stats(&Stats { lost: vec![("ringbuf_full", 0)], ring, ..Stats::default() }).unwrap();
         let text = m.encode();
         let types = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_once(' '));
         types.map(|(name, kind)| if kind == "counter" { format!("{name}_total") } else { name.to_owned() }).collect()

@@ -24,6 +24,7 @@ use crate::{
             Probes,
             uprobes::{GoTls, OpenSsl},
         },
+        ring_fill::RingFill,
         tls::{self, ClientView},
     },
 };
@@ -109,6 +110,7 @@ struct Live {
     /// The client-side view of each gateway (by name), as said at start and when it changes.
     views: BTreeMap<String, ClientView>,
     quiet: bool,
+    ring_fill: Option<RingFill>,
     infer: Vec<String>,
     announce: bool,
 }
@@ -126,6 +128,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     }
 
     let (mut probes, ring) = Probes::load()?;
+    let ring_fill = RingFill::new(std::os::fd::AsFd::as_fd(&ring), u64::from(tracer_common::RING_BYTES));
     if opts.bpf_stats {
         probes.enable_run_time_stats()?;
     }
@@ -148,6 +151,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         go_tls: GoTls::default(),
         views: BTreeMap::new(),
         quiet,
+        ring_fill,
         infer: opts.infer.clone(),
         announce: opts.announce && !quiet,
     };
@@ -285,6 +289,9 @@ impl Live {
 
     /// Everything in the ring buffer, through the pipeline.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> Result<()> {
+        if let Some(fill) = self.ring_fill.as_mut() {
+            fill.sample();
+        }
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
                 Ok(ev) => {
@@ -361,6 +368,7 @@ impl Live {
             exchanges_shipped_early: self.probes.exchanges_shipped_early(),
             status_lines_expired: self.probes.status_lines_expired(),
             evicted: self.probes.lru_evictions(),
+            ring: self.ring_fill.as_ref().map(RingFill::usage),
             programs: costs
                 .into_iter()
                 .map(|(name, runs, ns)| ProgramCost { name, runs, avg_ns: if runs > 0 { ns as f64 / runs as f64 } else { 0.0 } })
