@@ -235,6 +235,9 @@ fn prometheus_scrapes_the_verdict_of_a_lab_fault_from_serve() {
     assert_eq!(ring.first().map(|(_, v)| *v), Some(4194304.0), "the ring buffer's fill is read: {ring:?}");
     drop(prometheus);
 
+    // A hangup reloads nothing and stops nothing.
+    unsafe { libc::kill(service.child.0.id() as i32, libc::SIGHUP) };
+    assert!(service.wait_stderr(Duration::from_secs(5), "upstrace: SIGHUP ignored"), "{}", service.stderr());
     let stderr_before = service.stderr();
     let code = service.terminate();
     assert_eq!(code, 0, "a clean stop on SIGTERM: {stderr_before}");

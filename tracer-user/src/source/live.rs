@@ -171,6 +171,8 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // A hangup ends a terminal session; a service reloads nothing by surprise, so it says so.
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(1));
     let mut stats_tick = tokio::time::interval(opts.stats_interval);
     stats_tick.tick().await;
@@ -218,6 +220,12 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                if !live.announce {
+                    break;
+                }
+                eprintln!("upstrace: SIGHUP ignored: settings are read at start only (restart to apply new ones)");
+            }
         }
     }
     live.drain(ring.get_mut(), pipeline)?;
