@@ -192,6 +192,16 @@ struct Conn {
     request_ns: Option<u64>,
 }
 
+/// A connect in progress, and when it ended without a handshake (refused, timed out).
+struct Connecting {
+    upstream: SocketAddr,
+    sock: u64,
+    ended_ns: Option<u64>,
+}
+
+/// How long after a failed handshake a polled connect(2) error still reports that attempt.
+const POLL_GRACE_NS: u64 = 5_000_000;
+
 /// The metric handles; the registry (shared with the HTTP responder) holds the same ones.
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -217,6 +227,9 @@ pub struct Metrics {
     upstreams: Capped,
     gateways: Capped,
     conns: HashMap<u64, Conn>,
+    /// Per thread, the connect still waiting for its handshake: an event loop that polls it
+    /// gets a connect(2) error about the same attempt, not a new one.
+    connecting: HashMap<u32, Connecting>,
 }
 
 impl Default for Metrics {
@@ -336,6 +349,7 @@ impl Metrics {
             upstreams,
             gateways,
             conns: HashMap::new(),
+            connecting: HashMap::new(),
         }
     }
 
@@ -373,6 +387,17 @@ impl Metrics {
         self.conns.insert(sock, Conn { key, started_ns, request_ns: None });
     }
 
+    /// The handshake of the thread's pending connect is over: forgotten when it succeeded, else
+    /// kept a moment for the connect(2) error that may report it.
+    fn connect_ended(&mut self, ev: &KernelEvent, established: bool) {
+        let Some(c) = self.connecting.get_mut(&ev.tid).filter(|c| c.sock == ev.sock) else { return };
+        if established {
+            self.connecting.remove(&ev.tid);
+        } else {
+            c.ended_ns = c.ended_ns.or(Some(ev.ts_ns));
+        }
+    }
+
     fn on_event(&mut self, ev: &KernelEvent) {
         let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
         match ev.kind {
@@ -381,15 +406,30 @@ impl Metrics {
                 let key = self.upstream_labels(&ev.comm, &dst.to_string());
                 self.attempts.get_or_create(&key).inc();
                 self.follow(ev.sock, key, ev.ts_ns);
+                if self.connecting.len() >= MAX_CONNS {
+                    self.connecting.clear();
+                }
+                self.connecting.insert(ev.tid, Connecting { upstream: dst, sock: ev.sock, ended_ns: None });
             }
             // A unix-socket connect is one step: an attempt, with no handshake to time.
-            Kind::ConnectSyscall => {
-                let Some(path) = ev.path.as_deref() else { return };
-                let key = self.upstream_labels(&ev.comm, &format!("unix:{path}"));
+            Kind::ConnectSyscall if ev.path.is_some() => {
+                let key = self.upstream_labels(&ev.comm, &format!("unix:{}", ev.path.as_deref().unwrap_or_default()));
                 self.attempts.get_or_create(&key).inc();
                 if ev.value == 0 {
                     self.follow(ev.sock, key, ev.ts_ns);
                 }
+            }
+            // A TCP connect that failed before any SYN left (no route, no local port) is an
+            // attempt too, unless it is the polled outcome of the thread's pending connect.
+            Kind::ConnectSyscall => {
+                let Some(dst) = ev.dst.filter(|_| ev.value < 0) else { return };
+                let polled = |c: &Connecting| c.upstream == dst && c.ended_ns.is_none_or(|end| ev.ts_ns <= end + POLL_GRACE_NS);
+                if self.connecting.get(&ev.tid).is_some_and(polled) {
+                    self.connecting.remove(&ev.tid);
+                    return;
+                }
+                let key = self.upstream_labels(&ev.comm, &dst.to_string());
+                self.attempts.get_or_create(&key).inc();
             }
             Kind::StateChange => {
                 if ev.old_state == Some(TcpState::SynSent)
@@ -398,10 +438,14 @@ impl Metrics {
                 {
                     self.connect.get_or_create(&c.key).observe(secs(c.started_ns, ev.ts_ns));
                 }
+                if ev.old_state == Some(TcpState::SynSent) {
+                    self.connect_ended(ev, ev.new_state == Some(TcpState::Established));
+                }
                 if ev.new_state == Some(TcpState::Close) {
                     self.conns.remove(&ev.sock);
                 }
             }
+            Kind::ResetReceived if ev.new_state == Some(TcpState::SynSent) => self.connect_ended(ev, false),
             Kind::RequestSent => {
                 if let Some(c) = self.conns.get_mut(&ev.sock) {
                     c.request_ns = c.request_ns.or(Some(ev.ts_ns));
@@ -698,6 +742,47 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("upstrace_upstream_accept_queue_overflows_total{upstream=\"10.0.2.2:8081\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn connects_that_fail_at_once_are_attempts_and_polled_outcomes_are_not() {
+        let mut m = Metrics::new();
+        let attempts = |m: &Metrics| {
+            let text = m.encode();
+            let line = text.lines().find(|l| l.starts_with("upstrace_upstream_attempts_total{")).map(str::to_owned);
+            line.and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok())).unwrap_or(0)
+        };
+        // No route: connect(2) fails before any SYN, twice.
+        for ts in [1, 2] {
+            let mut e = event(Kind::ConnectSyscall, ts, 0);
+            e.value = -101;
+            m.event(&e).unwrap();
+        }
+        assert_eq!(attempts(&m), 2);
+        // A pending connect whose error an event loop polls (HAProxy): one attempt.
+        m.event(&event(Kind::ConnectStart, 3, 7)).unwrap();
+        let mut polled = event(Kind::ConnectSyscall, 4, 0);
+        polled.value = -111;
+        m.event(&polled).unwrap();
+        assert_eq!(attempts(&m), 3);
+        // A refused connect, polled at once: the same attempt; the same error much later: a new one.
+        m.event(&event(Kind::ConnectStart, 10_000_000, 9)).unwrap();
+        let mut rst = event(Kind::ResetReceived, 10_000_001, 9);
+        rst.new_state = Some(TcpState::SynSent);
+        m.event(&rst).unwrap();
+        polled.ts_ns = 10_000_002;
+        m.event(&polled).unwrap();
+        assert_eq!(attempts(&m), 4);
+        polled.ts_ns = 50_000_000;
+        m.event(&polled).unwrap();
+        assert_eq!(attempts(&m), 5);
+        // Once the handshake is done, a later immediate failure is a new attempt again.
+        m.event(&event(Kind::ConnectStart, 5, 8)).unwrap();
+        let mut up = event(Kind::StateChange, 6, 8);
+        (up.old_state, up.new_state) = (Some(TcpState::SynSent), Some(TcpState::Established));
+        m.event(&up).unwrap();
+        m.event(&polled).unwrap();
+        assert_eq!(attempts(&m), 7);
     }
 
     #[test]
