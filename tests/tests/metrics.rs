@@ -30,9 +30,10 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Two distinct loopback ports nothing listens on right now (both held while picked).
+fn free_ports() -> (u16, u16) {
+    let (a, b) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
 }
 
 /// One GET on loopback: (status, body). Bounded by timeouts.
@@ -186,7 +187,7 @@ fn prometheus_scrapes_the_verdict_of_a_lab_fault_from_serve() {
     require_root();
     setup();
     let dir = tempdir("metrics");
-    let (metrics_port, prom_port) = (free_port(), free_port());
+    let (metrics_port, prom_port) = free_ports();
     let mut lab = Lab::new().unwrap();
     lab.start_upstream("ok").unwrap();
     lab.start_gateway(GatewayKind::Nginx).unwrap();
