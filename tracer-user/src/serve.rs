@@ -55,7 +55,7 @@ impl TryFrom<String> for ListenAddr {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Gateway process names to trace (default: nginx, haproxy, envoy, caddy, traefik).
-    #[serde(default)]
+    #[serde(default, alias = "comms")]
     pub comm: Vec<String>,
     /// Gateway names whose answers are inferred from upstream failures instead of read.
     #[serde(default)]
@@ -279,6 +279,8 @@ mod tests {
         assert_eq!(s.record_dir, Some("/tmp/x".into()));
         assert_eq!(s.stats_interval, Duration::from_secs(5));
         assert_eq!(s.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        let plural = file("plural.toml", "comms = [\"envoy\"]\n");
+        assert_eq!(args(&["--config", plural.to_str().unwrap()]).settings_with_default(Path::new(NONE)).unwrap().comms, ["envoy"]);
         // The default file is read only when it exists, and --config replaces it.
         assert_eq!(args(&[]).settings_with_default(&path).unwrap().comms, ["nginx", "haproxy"]);
         let defaults = args(&[]).settings_with_default(Path::new(NONE)).unwrap();
@@ -295,6 +297,8 @@ mod tests {
     fn a_bad_file_is_one_clear_line() {
         let e = error("comm = [\"nginx\"]\nmetrics_port = 9464\n");
         assert!(e.contains("bad.toml, line 2: unknown field `metrics_port`, expected one of"), "{e}");
+        let e = error("comm = [\"a\"]\ncomms = [\"b\"]\n");
+        assert!(e.contains("duplicate field `comm`"), "one key, two spellings: {e}");
         let e = error("comm = \"nginx\"\n");
         assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
         let e = error("metrics_addr = \"localhost:x\"\n");
