@@ -53,7 +53,10 @@ fn uname() -> (String, String) {
 fn create_private(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    // Only a regular file: `--record /dev/null` must not change /dev/null for everyone.
+    if file.metadata()?.is_file() {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     Ok(file)
 }
 
@@ -268,6 +271,19 @@ mod tests {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
         drop(rec);
+        // What is not a regular file keeps its mode (`--record /dev/null`): shown on a private
+        // null device node, so a regression cannot change the system's /dev/null.
+        let null = base.join("null");
+        let c_null = std::ffi::CString::new(null.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; makes a character device node (1, 3) in our own directory.
+        let made = unsafe { libc::mknod(c_null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
+        if made {
+            std::fs::set_permissions(&null, std::fs::Permissions::from_mode(0o666)).unwrap();
+            drop(Recorder::create(&null, 0).unwrap());
+            assert_eq!(mode(&null), 0o666);
+        } else {
+            println!("not checked for device files: mknod needs root");
+        }
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
