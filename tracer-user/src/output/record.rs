@@ -60,16 +60,30 @@ fn create_private(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// A directory for traces, made (with its parents) and kept private (0700) whatever the umask.
+/// A directory for traces: what is missing of it is made private (0700) whatever the umask.
+/// One that exists keeps its mode (`record_dir = "/tmp"` must not lock everyone out of /tmp);
+/// if others may look into it, one line says so (the traces in it are 0600 all the same).
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let missing: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_owned).collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create trace directory {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make trace directory {} private", dir.display()))
+    for d in &missing {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make trace directory {} private", d.display()))?;
+    }
+    let mode = std::fs::metadata(dir).with_context(|| format!("trace directory {}", dir.display()))?.permissions().mode();
+    if missing.is_empty() && mode & 0o077 != 0 {
+        eprintln!(
+            "upstrace: warning: trace directory {} is open to others (mode {:o}); the traces in it are 0600",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
 }
 
 impl Recorder {
@@ -265,7 +279,13 @@ mod tests {
         let again = Recorder::create_in_dir(&dir, 0, 1 << 20).unwrap();
         unsafe { libc::umask(old) };
         assert_eq!(mode(&file), 0o600);
-        assert_eq!(mode(&dir), 0o700);
+        assert_eq!((mode(&dir), mode(&base.join("a"))), (0o700, 0o700), "every directory made");
+        // A directory that was there keeps its mode.
+        let shared = base.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(Recorder::create_in_dir(&shared, 0, 4096).unwrap());
+        assert_eq!((mode(&shared), mode(&shared.join("upstrace.jsonl"))), (0o755, 0o600));
         assert!(again.rotations == 0 && dir.join("upstrace.jsonl.1").exists());
         for p in [dir.join("upstrace.jsonl"), dir.join("upstrace.jsonl.1")] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
