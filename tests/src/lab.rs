@@ -35,16 +35,24 @@ fn sh(args: &[&str]) -> Result<Output> {
 pub enum GatewayKind {
     Nginx,
     Haproxy,
+    /// Caddy 2 from Debian: a Go gateway (crypto/tls, Go's HTTP/2), one process.
+    Caddy,
 }
 
 impl GatewayKind {
-    pub const ALL: &[GatewayKind] = &[GatewayKind::Nginx, GatewayKind::Haproxy];
+    pub const ALL: &[GatewayKind] = &[GatewayKind::Nginx, GatewayKind::Haproxy, GatewayKind::Caddy];
 
     pub fn name(self) -> &'static str {
         match self {
             GatewayKind::Nginx => "nginx",
             GatewayKind::Haproxy => "haproxy",
+            GatewayKind::Caddy => "caddy",
         }
+    }
+
+    /// Gateways that fork workers after they listen (the lab waits for one).
+    fn has_workers(self) -> bool {
+        self == GatewayKind::Nginx
     }
 }
 
@@ -241,6 +249,12 @@ pub struct Lab {
     pub nginx_workers: u32,
     /// The upstream listens on a unix socket (`unix_socket_path`) instead of its TCP port.
     pub unix_upstream: bool,
+    /// The gateway's upstream is a group of two servers (the lab upstream's port and the next
+    /// one); HAProxy health-checks them.
+    pub upstream_group: bool,
+    /// The gateway is told its upstream is on 127.0.0.1 (its own namespace's loopback, where
+    /// nothing listens): the "localhost inside a container" mistake.
+    pub upstream_loopback: bool,
     /// What the gateway's client side speaks (set before `start_gateway`) and `request` uses.
     pub client: ClientMode,
 }
@@ -266,6 +280,8 @@ impl Lab {
             gateway: None,
             nginx_workers: 1,
             unix_upstream: false,
+            upstream_group: false,
+            upstream_loopback: false,
             client: ClientMode::Plain,
         };
         lab.setup_network()?;
@@ -306,9 +322,19 @@ impl Lab {
         self.dir.join("upstream.sock")
     }
 
+    /// The second server of an upstream group: the next port of the upstream's address.
+    fn second_server(&self) -> String {
+        format!("{}:{}", self.up_ip, UPSTREAM_PORT + 1)
+    }
+
     /// Where the upstream listens, in `upstrace-lab-upstream --listen` form.
     fn upstream_listen(&self) -> String {
-        if self.unix_upstream { format!("unix:{}", self.unix_socket_path().display()) } else { self.upstream_addr() }
+        if self.unix_upstream { format!("unix:{}", self.unix_socket_path().display()) } else { self.gateways_upstream() }
+    }
+
+    /// The TCP address the gateway is told its upstream has.
+    fn gateways_upstream(&self) -> String {
+        if self.upstream_loopback { format!("127.0.0.1:{UPSTREAM_PORT}") } else { self.upstream_addr() }
     }
 
     /// A lab with the upstream started in `upstream_mode` (none when `None`, so connects are
@@ -480,20 +506,30 @@ impl Lab {
         let (conf, log_path) = match kind {
             GatewayKind::Nginx => self.nginx_conf()?,
             GatewayKind::Haproxy => self.haproxy_conf()?,
+            GatewayKind::Caddy => self.caddy_conf()?,
         };
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.gw_ns]);
         match kind {
             GatewayKind::Nginx => cmd.args(["nginx", "-c", conf.to_str().unwrap(), "-p", self.dir.to_str().unwrap()]),
             GatewayKind::Haproxy => cmd.args(["haproxy", "-db", "-f", conf.to_str().unwrap()]),
+            // Caddy keeps its state under HOME/XDG dirs: the lab's, not root's.
+            GatewayKind::Caddy => cmd
+                .args(["caddy", "run", "--adapter", "caddyfile", "--config", conf.to_str().unwrap()])
+                .env("HOME", &self.dir)
+                .env("XDG_DATA_HOME", self.dir.join("xdg"))
+                .env("XDG_CONFIG_HOME", self.dir.join("xdg")),
         };
-        // HAProxy logs to stdout (see its config); nginx writes its own error_log.
-        let stdout = match kind {
-            GatewayKind::Nginx => Stdio::null(),
-            GatewayKind::Haproxy => std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into(),
+        // HAProxy logs to stdout (see its config), Caddy to stderr; nginx writes its own error_log.
+        let log_file = || -> Result<Stdio> {
+            Ok(std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into())
         };
-        let child =
-            cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null()).spawn().with_context(|| format!("starting {}", kind.name()))?;
+        let (stdout, stderr) = match kind {
+            GatewayKind::Nginx => (Stdio::null(), Stdio::null()),
+            GatewayKind::Haproxy => (log_file()?, Stdio::null()),
+            GatewayKind::Caddy => (Stdio::null(), log_file()?),
+        };
+        let child = cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id();
         self.gateway = Some(Gateway { pid, child, log_path });
         // Ready when its port accepts connections (checked from inside its namespace).
@@ -505,10 +541,11 @@ impl Lab {
                 .stderr(Stdio::null())
                 .status()?;
             let workers = self.gateway.as_ref().map(|g| g.workers().len()).unwrap_or(0);
-            if probe.success() && (kind == GatewayKind::Haproxy || workers > 0) {
+            if probe.success() && (!kind.has_workers() || workers > 0) {
                 return Ok(pid);
             }
-            if Instant::now() > deadline {
+            let exited = self.gateway.as_mut().is_some_and(|g| matches!(g.child.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() > deadline {
                 bail!("{} did not start listening; log: {}", kind.name(), self.gateway.as_ref().unwrap().log());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -544,7 +581,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     upstream backend {{
-        server {up};
+        server {up};{second}
         keepalive 64;
     }}
     server {{
@@ -565,6 +602,7 @@ http {{
 "#,
             // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
             up = self.upstream_listen(),
+            second = if self.upstream_group { format!("\n        server {};", self.second_server()) } else { String::new() },
             workers = self.nginx_workers,
         );
         let path = self.dir.join("nginx.conf");
@@ -597,12 +635,53 @@ frontend fe
     default_backend be
 backend be
     http-reuse safe
-    server up1 {up}
+    server up1 {up}{second}
 "#,
+            second = if self.upstream_group {
+                format!(" check inter 300ms fall 1 rise 1\n    server up2 {} check inter 300ms fall 1 rise 1", self.second_server())
+            } else {
+                String::new()
+            },
             // HAProxy takes a unix socket as its absolute path.
-            up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.upstream_addr() },
+            up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.gateways_upstream() },
         );
         let path = self.dir.join("haproxy.cfg");
+        std::fs::write(&path, conf)?;
+        Ok((path, log))
+    }
+
+    /// Caddy with the same timeouts as the others (connect 2 s, response head 2 s) and no
+    /// retries (its default). HTTPS with the lab's certificate, served whatever the SNI (curl
+    /// sends none for an IP address).
+    fn caddy_conf(&self) -> Result<(PathBuf, PathBuf)> {
+        let log = self.dir.join("caddy.log");
+        let site = if self.client.tls() {
+            let (cert, key, _) = self.certificate()?;
+            format!("https://127.0.0.1:{GATEWAY_PORT} {{\n    tls {} {}", cert.display(), key.display())
+        } else {
+            format!("http://127.0.0.1:{GATEWAY_PORT} {{")
+        };
+        // Caddy names a unix upstream "unix//path".
+        let up = if self.unix_upstream { format!("unix/{}", self.unix_socket_path().display()) } else { self.gateways_upstream() };
+        let conf = format!(
+            r#"{{
+    admin off
+    auto_https off
+    default_sni localhost
+    storage file_system {data}
+}}
+{site}
+    reverse_proxy {up} {{
+        transport http {{
+            dial_timeout 2s
+            response_header_timeout 2s
+        }}
+    }}
+}}
+"#,
+            data = self.dir.join("caddy-data").display(),
+        );
+        let path = self.dir.join("Caddyfile");
         std::fs::write(&path, conf)?;
         Ok((path, log))
     }

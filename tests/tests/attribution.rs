@@ -1,5 +1,5 @@
-//! Root integration tests for attribution: every scenario of the fault matrix, on real nginx
-//! and real HAProxy, with the real eBPF programs; each row must get the expected verdict.
+//! Root integration tests for attribution: every scenario of the fault matrix, on real nginx,
+//! real HAProxy and (its HTTPS rows) real Caddy, with the real eBPF programs; each row must get the expected verdict.
 use upstrace_lab::{
     lab::GatewayKind,
     matrix::{self, SCENARIOS},
@@ -15,7 +15,7 @@ fn run_matrix(gw: GatewayKind) {
     setup();
     println!("{}", matrix::table_header());
     let mut failures = Vec::new();
-    for scenario in SCENARIOS {
+    for scenario in SCENARIOS.iter().filter(|s| s.runs_on(gw)) {
         let mut row = matrix::run(scenario, gw, None).unwrap_or_else(|e| panic!("{} on {}: {e:#}", scenario.name, gw.name()));
         if !row.pass {
             // Timing on a loaded 2-core machine can bend one run (ARP, retransmit timers):
@@ -52,4 +52,11 @@ fn every_fault_gets_the_right_verdict_on_nginx() {
 fn every_fault_gets_the_right_verdict_on_haproxy() {
     require_root();
     run_matrix(GatewayKind::Haproxy);
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
+fn every_https_fault_gets_the_right_verdict_on_caddy() {
+    require_root();
+    run_matrix(GatewayKind::Caddy);
 }

@@ -33,7 +33,7 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for s in SCENARIOS {
-        for gw in [GatewayKind::Nginx, GatewayKind::Haproxy] {
+        for gw in GatewayKind::ALL.iter().copied().filter(|&gw| s.runs_on(gw)) {
             let path = fixtures().join(format!("{}-{}.jsonl", s.name, gw.name()));
             assert!(path.exists(), "missing fixture {}", path.display());
             let (code, lines, err) = replay(&path, &[]);
@@ -45,6 +45,10 @@ fn recorded_faults_replay_to_the_expected_verdicts() {
                     .last()
                     .is_some_and(|v| v["class"] == class && causes.iter().any(|c| v["cause"] == *c) && v["delivered"] == delivered),
             };
+            let summary = verdicts.last().and_then(|v| v["summary"].as_str()).unwrap_or_default();
+            if let Some(words) = s.says(gw).filter(|w| !summary.contains(w)) {
+                failures.push(format!("{}: summary lacks \"{words}\": {summary}", path.display()));
+            }
             if !ok {
                 failures.push(format!(
                     "{}: {:?}",

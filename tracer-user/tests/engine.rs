@@ -318,6 +318,37 @@ fn a_5xx_without_any_attempt_is_unknown_and_says_so() {
 }
 
 #[test]
+fn a_5xx_without_an_attempt_after_its_servers_failed_takes_their_cause() {
+    // nginx "no live upstreams": both servers refused the first request, the second request
+    // 2 s later is answered without a connect.
+    let mut events = refused(10, 0xa1);
+    events.extend(refused(11, 0xa2).into_iter().map(|e| with(e, |e| e.dst = Some("10.0.0.2:8082".parse().unwrap()))));
+    events.push(status(12, 502));
+    events.push(status(2_000, 502));
+    let v = judge(&events);
+    assert_eq!(v.len(), 2, "{v:#?}");
+    assert_eq!((v[1].class, v[1].cause), (Class::Upstream, Cause::Refused), "{}", v[1].summary);
+    assert!(v[1].summary.contains("without trying any upstream for this request"), "{}", v[1].summary);
+    assert!(v[1].summary.contains("2 failures"), "{}", v[1].summary);
+    assert!(v[1].attempts.is_empty(), "no attempt is claimed for it");
+    assert_eq!(v[1].evidence.iter().filter(|e| e.event == "earlier_failure").count(), 2);
+    // Failures of another gateway program, or too old, explain nothing.
+    let other = with(status(12, 502), |e| e.comm = "haproxy".into());
+    let v = judge(&[refused(10, 0xa1), vec![other, status(40_000, 502)]].concat());
+    assert_eq!(v.last().map(|v| v.cause), Some(Cause::NoUpstreamAttempt), "{v:#?}");
+}
+
+#[test]
+fn a_5xx_without_an_attempt_is_explained_by_failed_health_checks() {
+    // Connections no request claimed (HAProxy's checks) failed shortly before.
+    let mut events = refused(10, 0xa1);
+    events.push(status(1_500, 503));
+    let v = one(&events);
+    assert_eq!(v.cause, Cause::Refused, "{}", v.summary);
+    assert!(v.summary.contains("without trying any upstream"), "{}", v.summary);
+}
+
+#[test]
 fn same_events_same_verdicts() {
     let mut events = listen_and_die(0, 500, 9);
     events.extend(refused(900, 0xa1));

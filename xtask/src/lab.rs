@@ -13,11 +13,11 @@ pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Optio
         std::fs::create_dir_all(dir)?;
     }
     let gateways: Vec<GatewayKind> =
-        [GatewayKind::Nginx, GatewayKind::Haproxy].into_iter().filter(|g| gateway.as_deref().is_none_or(|want| want == g.name())).collect();
+        GatewayKind::ALL.iter().copied().filter(|g| gateway.as_deref().is_none_or(|want| want == g.name())).collect();
     println!("{}", matrix::table_header());
     let (mut passed, mut total) = (0, 0);
     for s in SCENARIOS.iter().filter(|s| scenario.as_deref().is_none_or(|want| want == s.name)) {
-        for &gw in &gateways {
+        for &gw in gateways.iter().filter(|&&gw| s.runs_on(gw)) {
             total += 1;
             let trace = save_traces.as_ref().map(|d| d.join(format!("{}-{}.jsonl", s.name, gw.name())));
             match matrix::run(s, gw, trace.as_deref()) {

@@ -31,7 +31,7 @@ enum Task {
     Test,
     /// Setup, build, and run the fault matrix: every scenario on nginx and HAProxy.
     Lab {
-        /// Only this gateway (nginx or haproxy).
+        /// Only this gateway (nginx, haproxy or caddy; Caddy runs the HTTPS rows).
         #[arg(long)]
         gateway: Option<String>,
         /// Only this scenario.

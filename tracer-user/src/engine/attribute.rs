@@ -30,6 +30,22 @@ const RETRY_GAP_NS: u64 = 200_000_000;
 const INFERENCE_WAIT_NS: u64 = RETRY_GAP_NS + SETTLE_NS;
 /// A process death this close to a connection's end explains it.
 const DEATH_WINDOW_NS: u64 = 2_000_000_000;
+/// A gateway that answers without trying any upstream has usually marked its servers failed
+/// (nginx's `fail_timeout`, 10 s by default; HAProxy's servers stay DOWN while checks fail,
+/// every `inter`, 2 s by default): failures this recent explain it.
+const MARKED_FAILED_NS: u64 = 30_000_000_000;
+/// Failures remembered for that, newest last (bounded: a storm makes thousands a second).
+const MAX_RECENT_FAILURES: usize = 256;
+
+/// A failure that may have taken an upstream out of a gateway's rotation.
+#[derive(Debug, Clone)]
+struct PastFailure {
+    ts_ns: u64,
+    pid: u32,
+    comm: String,
+    upstream: String,
+    cause: Cause,
+}
 
 struct PendingStatus {
     ev: KernelEvent,
@@ -54,6 +70,11 @@ pub struct Engine {
     /// (due time, attempt) of their failed attempts, in the order they ended.
     inference_checks: std::collections::VecDeque<(u64, u64)>,
     inference_queued: std::collections::HashSet<u64>,
+    /// The host's network namespace (inode), when known: a gateway in another one that is
+    /// refused on loopback reached its own loopback, not the host's.
+    host_netns: Option<u32>,
+    /// Recent failures by gateway process, for requests answered without an attempt.
+    recent_failures: std::collections::VecDeque<PastFailure>,
     now_ns: u64,
     last_expire_ns: u64,
 }
@@ -91,6 +112,10 @@ impl Engine {
         } else {
             self.unreadable.insert(comm.to_owned());
         }
+    }
+
+    pub fn set_host_netns(&mut self, netns: u32) {
+        self.host_netns = Some(netns);
     }
 
     /// A failed attempt of a gateway whose answers cannot be read waits for a retry.
@@ -372,18 +397,27 @@ impl Engine {
     }
 
     fn judge(&mut self, status: &KernelEvent) -> Verdict {
-        self.tracker.prune_thread(status.tid, status.ts_ns, FAILURE_TO_STATUS_NS);
+        for id in self.tracker.prune_thread(status.tid, status.ts_ns, FAILURE_TO_STATUS_NS) {
+            self.remember_unclaimed(id);
+        }
         let chain = self.link(status);
         let t = status.ts_ns;
+        let mut marked_upstream = None;
         let finding = match chain.last().and_then(|id| self.tracker.attempt(*id)) {
             Some(primary) => self.decide(primary, t, format!("{} answered {}", status.comm, status.value)),
-            None => Finding::new(
-                Cause::NoUpstreamAttempt,
-                format!(
-                    "{} answered {} without any upstream connection attempt seen on this host (no healthy server, a limit, or a protocol upstrace does not follow)",
-                    status.comm, status.value
+            None => match self.marked_failed(status) {
+                Some((finding, upstream)) => {
+                    marked_upstream = Some(upstream);
+                    finding
+                }
+                None => Finding::new(
+                    Cause::NoUpstreamAttempt,
+                    format!(
+                        "{} answered {} without any upstream connection attempt seen on this host (no healthy server, a limit, or a protocol upstrace does not follow)",
+                        status.comm, status.value
+                    ),
                 ),
-            ),
+            },
         };
         let client_side = ClientSide {
             protocol: if status.stream.is_some() { Protocol::H2 } else { Protocol::H1 },
@@ -398,6 +432,9 @@ impl Engine {
             delivered: Delivered::Status,
         };
         let mut v = self.verdict(&chain, t, answer, finding);
+        if let Some(upstream) = marked_upstream {
+            v.upstream = upstream;
+        }
         v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status".into(), detail: status.detail() });
         v.evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         v
@@ -417,6 +454,13 @@ impl Engine {
             self.tracker.forget_explained(tid, chain);
         }
         let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
+        if cause.class() != Class::Unknown {
+            let failures: Vec<PastFailure> = attempts
+                .iter()
+                .map(|a| PastFailure { ts_ns: a.end_ns().unwrap_or(t), pid: a.pid, comm: a.comm.clone(), upstream: a.upstream(), cause })
+                .collect();
+            failures.into_iter().for_each(|f| remember(&mut self.recent_failures, f));
+        }
         let ms = |ns: u64| (ns as f64 - t as f64) / 1e6;
         let routine: Vec<Evidence> = attempts.iter().flat_map(|a| a.routine_evidence()).collect();
         let mut evidence: Vec<EvidenceItem> = attempts
@@ -449,6 +493,84 @@ impl Engine {
             }
         }
         verdict
+    }
+
+    /// A failed attempt no request claimed, as a past failure, when its cause is known.
+    fn unclaimed_failure(&self, a: &Attempt) -> Option<PastFailure> {
+        let end = a.end_ns()?;
+        if a.consumed || a.succeeded() {
+            return None;
+        }
+        let cause = self.decide(a, end, String::new()).cause;
+        (cause.class() != Class::Unknown).then(|| PastFailure {
+            ts_ns: end,
+            pid: a.pid,
+            comm: a.comm.clone(),
+            upstream: a.upstream(),
+            cause,
+        })
+    }
+
+    fn remember_unclaimed(&mut self, id: u64) {
+        if let Some(f) = self.tracker.attempt(id).and_then(|a| self.unclaimed_failure(a)) {
+            remember(&mut self.recent_failures, f);
+        }
+    }
+
+    /// A 5xx for which the gateway tried no upstream, explained by the failures that took its
+    /// servers out shortly before: those already judged for other requests, and failed
+    /// connections no request claimed (health checks). The same process first (nginx keeps
+    /// failures per worker unless the group has a `zone`), else any process of that name.
+    /// Class and cause are the latest failure's; the summary says no attempt was made.
+    fn marked_failed(&self, status: &KernelEvent) -> Option<(Finding, String)> {
+        let t = status.ts_ns;
+        let recent = |ts: u64| ts <= t && ts + MARKED_FAILED_NS >= t;
+        let mut failures: Vec<PastFailure> =
+            self.recent_failures.iter().filter(|f| recent(f.ts_ns) && f.comm == status.comm).cloned().collect();
+        // Unclaimed failed connections of this gateway still queued (the newest few of each
+        // thread); older ones were remembered when their thread's queue was pruned.
+        for q in self.tracker.by_tid.values() {
+            for &(_, id) in q.iter().rev().take(16) {
+                if let Some(f) = self.tracker.attempt(id).and_then(|a| self.unclaimed_failure(a)) {
+                    failures.push(f);
+                }
+            }
+        }
+        failures.retain(|f| recent(f.ts_ns) && f.comm == status.comm);
+        failures.sort_by_key(|f| (f.ts_ns, f.pid));
+        failures.dedup_by_key(|f| (f.ts_ns, f.pid));
+        let same_process = failures.iter().any(|f| f.pid == status.pid);
+        failures.retain(|f| !same_process || f.pid == status.pid);
+        let latest = failures.last()?.clone();
+        let mut upstreams: Vec<String> = Vec::new();
+        for f in failures.iter().rev() {
+            let named = format!("{} {}", f.upstream, f.cause.as_str());
+            if !upstreams.contains(&named) {
+                upstreams.push(named);
+            }
+        }
+        let who = if same_process { "this process".to_string() } else { format!("other {} processes", status.comm) };
+        let summary = format!(
+            "{} answered {} without trying any upstream for this request: its servers were marked failed after {} failure{} seen by {who} in the last {:.1} s ({}); the latest, {:.0} ms before: {} {}",
+            status.comm,
+            status.value,
+            failures.len(),
+            if failures.len() == 1 { "" } else { "s" },
+            ms_between(failures[0].ts_ns, t) / 1e3,
+            upstreams.join(", "),
+            ms_between(latest.ts_ns, t),
+            latest.upstream,
+            latest.cause.as_str(),
+        );
+        let mut finding = Finding::new(latest.cause, summary);
+        for f in failures.iter().rev().take(8) {
+            finding = finding.with(Evidence {
+                ts_ns: f.ts_ns,
+                event: "earlier_failure".into(),
+                detail: format!("{} {} (pid {})", f.upstream, f.cause.as_str(), f.pid),
+            });
+        }
+        Some((finding, latest.upstream))
     }
 
     /// The listener of the attempt's upstream port that died before `until`, if any, and
@@ -536,6 +658,13 @@ type Rule = fn(&Case) -> Option<Finding>;
 /// says the most decides first.
 const RULES: [Rule; 8] =
     [connect_failed, icmp_error, packet_dropped, refused, never_connected, invalid_bytes, ended_by_upstream, no_valid_answer];
+
+fn remember(recent: &mut std::collections::VecDeque<PastFailure>, failure: PastFailure) {
+    if recent.len() == MAX_RECENT_FAILURES {
+        recent.pop_front();
+    }
+    recent.push_back(failure);
+}
 
 fn ms_between(from: u64, to: u64) -> f64 {
     to.saturating_sub(from) as f64 / 1e6
@@ -675,10 +804,17 @@ fn refused(c: &Case) -> Option<Finding> {
         };
         return Some(finding.with(ev));
     }
-    Some(Finding::new(
-        Cause::Refused,
-        format!("{gw}: {up} refused the connection (RST to SYN): nothing listening on that port, no firewall drop seen on this host"),
-    ))
+    let mut summary =
+        format!("{gw}: {up} refused the connection (RST to SYN): nothing listening on that port, no firewall drop seen on this host");
+    if a.dst.is_some_and(|d| d.ip().is_loopback()) && c.engine.host_netns.is_some_and(|host| host != a.netns) {
+        summary.push_str(&format!(
+            "; the gateway runs in network namespace {} (not the host's), so {} is that namespace's own loopback, not the host's: \
+             a service on the host's localhost is not reachable there (the \"localhost inside a container\" mistake)",
+            a.netns,
+            a.dst.map(|d| d.ip().to_string()).unwrap_or_default()
+        ));
+    }
+    Some(Finding::new(Cause::Refused, summary))
 }
 
 /// 5. Never connected, no RST: a full accept queue, unreachable, timed out.

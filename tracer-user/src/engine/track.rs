@@ -439,9 +439,12 @@ impl Tracker {
     /// beyond the newest `ENDED_PER_THREAD` ended ones).
     /// Attempts begun after `t` are passed over without a lookup. Keeps the queue short when
     /// statuses were lost (a ring-buffer overflow) and their attempts would linger.
-    pub fn prune_thread(&mut self, tid: u32, t: u64, horizon_ns: u64) {
+    /// Returns the failed attempts it dropped that nothing had claimed (a gateway's health
+    /// checks, or requests whose status was lost): they may still explain a later answer.
+    pub fn prune_thread(&mut self, tid: u32, t: u64, horizon_ns: u64) -> Vec<u64> {
         let attempts = &self.attempts;
-        let Some(q) = self.by_tid.get_mut(&tid) else { return };
+        let mut unclaimed = Vec::new();
+        let Some(q) = self.by_tid.get_mut(&tid) else { return unclaimed };
         // Attempts begun after `t` are passed over without a lookup; open ones always stay.
         let claimable = |&(started, id): &(u64, u64)| -> Option<bool> {
             if started > t {
@@ -457,15 +460,25 @@ impl Tracker {
         let ended = q.iter().filter(|entry| claimable(entry) == Some(true)).count();
         // Past the bound, the oldest ended ones go.
         let mut surplus = ended.saturating_sub(ENDED_PER_THREAD);
+        let mut unclaimed_failure = |&(_, id): &(u64, u64)| {
+            if attempts.get(&id).is_some_and(|a| !a.consumed && !a.succeeded() && a.end_ns().is_some()) {
+                unclaimed.push(id);
+            }
+        };
         q.retain(|entry| match claimable(entry) {
-            None => false,
+            None => {
+                unclaimed_failure(entry);
+                false
+            }
             Some(false) => true,
             Some(true) if surplus > 0 => {
                 surplus -= 1;
+                unclaimed_failure(entry);
                 false
             }
             Some(true) => true,
         });
+        unclaimed
     }
 
     /// Pids known to listen (for sampling their accept queues).

@@ -130,6 +130,7 @@ impl Recorder {
             "upstrace": env!("CARGO_PKG_VERSION"),
             "host": host,
             "kernel": kernel,
+            "host_netns": crate::source::discover::host_netns(),
             "boot_offset_ns": boot_offset_ns.to_string(),
             "started": clock::rfc3339(clock::monotonic_ns() as i128 + boot_offset_ns),
         });

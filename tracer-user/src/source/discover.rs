@@ -13,6 +13,13 @@ pub fn pid_exists(pid: u32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()
 }
 
+/// The host's network namespace by inode: PID 1's, or upstrace's own where PID 1's cannot be
+/// read (upstrace runs on the host): a gateway in another one has its own loopback.
+pub fn host_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    ["/proc/1/ns/net", "/proc/self/ns/net"].iter().find_map(|p| std::fs::metadata(p).ok()).and_then(|m| u32::try_from(m.ino()).ok())
+}
+
 pub fn comm_of(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }

@@ -133,6 +133,9 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         probes.enable_run_time_stats()?;
     }
     pipeline.latency.get_or_insert_with(Default::default);
+    if let Some(netns) = discover::host_netns() {
+        pipeline.engine.set_host_netns(netns);
+    }
     let quiet = pipeline.interactive();
     let refreshing = pipeline.wants_refresh();
     if !quiet {

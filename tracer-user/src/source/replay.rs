@@ -117,9 +117,21 @@ pub enum Pace {
     Speed(f64),
 }
 
+/// The host's network namespace as the recorder saw it (header line), if it said.
+fn recorded_host_netns(path: &Path) -> Option<u32> {
+    use std::io::{BufRead, Read};
+    let mut first = String::new();
+    std::io::BufReader::new(std::fs::File::open(path).ok()?.take(64 * 1024)).read_line(&mut first).ok()?;
+    let header: Value = serde_json::from_str(&first).ok()?;
+    header.get("host_netns")?.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
 /// Feed a trace through the pipeline, moving the engine's clock with the events. The file is
 /// streamed, never loaded whole, so a huge trace costs time, not memory.
 pub async fn run(path: &Path, pace: Pace, pipeline: &mut Pipeline) -> Result<TraceInfo> {
+    if let Some(netns) = recorded_host_netns(path) {
+        pipeline.engine.set_host_netns(netns);
+    }
     let mut last_ts: Option<u64> = None;
     let mut stopped = false;
     let result = read_events(path, |ev| {
