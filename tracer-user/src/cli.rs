@@ -1,7 +1,11 @@
 //! The command line, as clap reads it. Self-contained (clap and std only): `cargo xtask
 //! package` compiles this file on its own to write the man page and the shell completions, so
 //! nothing here may name the rest of the crate.
-use std::path::PathBuf;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -56,10 +60,16 @@ pub struct Cli {
     /// Seconds between stats lines (events handled, events lost).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub stats_interval: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics. A bare PORT binds 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<ListenAddr>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run as a service: no terminal, wait for the gateways and follow their restarts, log one
+    /// line per notable thing on stderr, serve metrics, record rotating traces. Stops on SIGTERM.
+    Serve(ServeArgs),
     /// Postmortem of a trace: Markdown on stdout, and optionally a self-contained HTML page.
     Report {
         file: PathBuf,
@@ -113,4 +123,56 @@ pub enum FloorSet {
     SocketClassic,
     /// The same socket and packet hooks, as tp_btf (raw, BTF-typed tracepoints).
     SocketBtf,
+}
+
+/// Where a listener binds: `IP:PORT` as given, or a bare `PORT` on loopback (the safe default:
+/// exposing metrics beyond the host is a choice to write out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(ListenAddr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+        }
+        s.parse().map(ListenAddr).map_err(|_| format!("invalid listen address {s:?}: expected PORT (on 127.0.0.1) or IP:PORT"))
+    }
+}
+
+/// `upstrace serve`'s flags. Each one wins over the config file's key of the same name.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Config file (TOML, keys named as these flags with `_`). Default: /etc/upstrace/upstrace.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Trace processes with this name (repeatable; default: nginx, haproxy, envoy, caddy, traefik).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Infer this gateway's answers from its failed upstream attempts instead of reading them (repeatable).
+    #[arg(long = "infer", value_name = "NAME")]
+    pub infer: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. A bare PORT binds 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<ListenAddr>,
+    /// Record rotating traces in this directory (made 0700; upstrace.jsonl, then .1).
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+    /// With a record directory: rotate past this size (default 100).
+    #[arg(long, value_name = "MB")]
+    pub record_max_mb: Option<u64>,
+    /// Seconds between stats lines in the log (default 60).
+    #[arg(long, value_name = "SECONDS")]
+    pub stats_interval: Option<f64>,
+    /// Report each BPF program's run count and average run time in the stats.
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// Export verdicts to this OTLP/HTTP endpoint (see OTLP).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Stop after this many seconds (SIGTERM and SIGINT stop cleanly at any time).
+    #[arg(long = "for", value_name = "SECONDS")]
+    pub duration: Option<f64>,
 }

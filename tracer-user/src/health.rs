@@ -51,6 +51,9 @@ pub struct Stats {
     /// LRU evictions: old state made room by design, counted so a loss of late events is never silent.
     pub evicted: LruEvictions,
     pub engine: EngineStats,
+    /// How full the kernel's ring buffer is (live only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingUsage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict_latency_ms: Option<LatencyMs>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +87,15 @@ pub struct EngineStats {
     pub attempts: usize,
     pub attempts_evicted: u64,
     pub longest_thread_queue: usize,
+}
+
+/// The ring buffer's size, the bytes waiting in it now, and the most that ever waited (a
+/// high-water mark near the size means events are about to be lost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RingUsage {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub peak_used_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -28,17 +28,6 @@ fn output(json: bool, events: bool, boot: i128, dashboard: Option<&str>) -> anyh
     })
 }
 
-#[cfg(feature = "otlp")]
-fn otlp_exporter(url: &str, boot: i128) -> anyhow::Result<Box<dyn upstrace::output::Output>> {
-    use upstrace::output::otlp::{Endpoint, OtlpExporter};
-    Ok(Box::new(OtlpExporter::start(Endpoint::parse(url)?, boot)?))
-}
-
-#[cfg(not(feature = "otlp"))]
-fn otlp_exporter(_url: &str, _boot: i128) -> anyhow::Result<Box<dyn upstrace::output::Output>> {
-    anyhow::bail!("--otlp-endpoint: this upstrace was built without the `otlp` feature")
-}
-
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("--{name} must be a positive number of seconds"))
 }
@@ -53,6 +42,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stdout.write_all(report.markdown().as_bytes())?;
         stdout.flush()?;
         return Ok(());
+    }
+    if let Some(Command::Serve(args)) = &cli.command {
+        return upstrace::serve::run(args.settings()?).await;
     }
     if let Some(Command::Floor { seconds: secs, hooks: set, stats }) = &cli.command {
         let (hooks, runs, ns) = upstrace::source::probes::Probes::measure_floor(*set, seconds("seconds", *secs)?, *stats)?;
@@ -70,7 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let boot = replay::read_events(&file, |_| Ok(())).map(|i| i.boot_offset_ns)?.unwrap_or(0);
         let dashboard = !json && !text && std::io::stdout().is_terminal();
         let title = format!("replay {}", file.display());
-        let exporter = otlp_endpoint.as_deref().map(|url| otlp_exporter(url, boot)).transpose()?;
+        let exporter = otlp_endpoint.as_deref().map(|url| upstrace::output::otlp_exporter(url, boot)).transpose()?;
         let mut pipeline = output(json, events, boot, dashboard.then_some(title.as_str()))?;
         pipeline.outputs.extend(exporter);
         let result = replay::run(&file, pace, &mut pipeline).await;
@@ -88,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         duration: cli.duration.map(|d| seconds("for", d)).transpose()?,
         stats_interval: seconds("stats-interval", cli.stats_interval.max(0.1))?,
         infer: cli.infer,
+        announce: false,
     };
     let boot = clock::boot_offset_ns();
     let dashboard = !cli.json && !cli.text && std::io::stdout().is_terminal();
@@ -100,13 +93,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
     // Bad input stops here; an unreachable collector is one line on stderr and tracing goes on.
-    let exporter = cli.otlp_endpoint.as_deref().map(|url| otlp_exporter(url, boot)).transpose()?;
+    let exporter = cli.otlp_endpoint.as_deref().map(|url| upstrace::output::otlp_exporter(url, boot)).transpose()?;
     if dashboard {
         // Checks that print one clear line must run before the terminal switches screens.
         live::preflight(&opts)?;
         upstrace::source::probes::QUIET_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    // Before the dashboard takes the terminal: a port in use is said in one line.
+    let metrics = cli.metrics_addr.map(|a| upstrace::output::metrics::start(a.0));
     let mut pipeline = output(cli.json, !cli.no_events, boot, dashboard.then_some("live"))?;
+    if let Some(metrics) = metrics {
+        pipeline = pipeline.with(metrics);
+    }
     if let Some(recorder) = recorder {
         pipeline = pipeline.with(recorder);
     }

@@ -51,6 +51,11 @@ impl Pipeline {
         self.outputs.iter().any(|o| o.owns_terminal())
     }
 
+    /// An output wants a fresh snapshot every second (the dashboard, metrics).
+    pub fn wants_refresh(&self) -> bool {
+        self.outputs.iter().any(|o| o.wants_refresh())
+    }
+
     pub fn started(&mut self, report: &AttachReport, traced: &[(u32, String)]) {
         for o in &mut self.outputs {
             o.started(report, traced);

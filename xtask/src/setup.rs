@@ -8,7 +8,8 @@ use crate::status;
 
 /// Debian packages: the LLVM 22 libraries bpf-linker links against, bpftool, the gateways
 /// (nginx, HAProxy, Caddy) and tools the fault lab drives (openssl makes its certificates, h2load loads HTTP/2),
-/// tmux for terminal tests, and systemd for `systemd-analyze verify` of the packaged unit.
+/// tmux for terminal tests, systemd for `systemd-analyze verify` of the packaged unit, and a
+/// Prometheus server that scrapes upstrace's metrics in a test.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "ethtool",
     "systemd",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;

@@ -315,11 +315,20 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         stream,
         tls: kind == Kind::HttpStatus && matches!(word_at(&raw.data, STATUS_SEEN_AT), SEEN_OPENSSL | SEEN_GO_TLS),
         reason: None,
-        head: (kind == Kind::ResponseStart && raw.aux > 0).then(|| escape_bytes(&raw.data[..(raw.aux as usize).min(128)])),
+        head: (kind == Kind::ResponseStart && raw.aux > 0)
+            .then(|| escape_bytes(&crate::engine::http::mask_head(&raw.data[..(raw.aux as usize).min(128)]))),
     })
 }
 
 impl KernelEvent {
+    /// Hide the header values of a response head read back from a trace (traces written
+    /// before heads were masked at decoding still hold them).
+    pub fn mask_head(&mut self) {
+        if let Some(h) = self.head.as_mut() {
+            *h = escape_bytes(&crate::engine::http::mask_head(&unescape_bytes(h)));
+        }
+    }
+
     /// A `listen` event for a socket that was already listening when tracing began.
     /// A process found holding a listening unix socket; `title` is its process title (in
     /// `line`) when it says more than its name.
@@ -512,6 +521,19 @@ mod tests {
         let ev = decode(&bytes(&e)).unwrap();
         assert_eq!((ev.path.as_deref(), ev.dst), (None, None));
         assert_eq!(ev.head.as_deref(), Some("HTTP/1.1 200 OK"));
+
+        // Header values never leave decoding.
+        let mut e = raw(EventKind::ResponseStart);
+        e.family = AF_INET;
+        let head = b"HTTP/1.1 502 Bad Gateway\r\nSet-Cookie: sid=s3cr3t\r\n";
+        e.aux = head.len() as u32;
+        e.data[..head.len()].copy_from_slice(head);
+        let mut ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.head.as_deref(), Some("HTTP/1.1 502 Bad Gateway\\r\\nSet-Cookie: **********\\r\\n"));
+        // An old trace's unmasked head is masked when read back.
+        ev.head = Some("HTTP/1.1 200 OK\\r\\nAuthorization: Basic Zm9v".into());
+        ev.mask_head();
+        assert_eq!(ev.head.as_deref(), Some("HTTP/1.1 200 OK\\r\\nAuthorization: ***** ****"));
 
         let mut e = raw(EventKind::HttpStatus);
         e.family = AF_INET6;

@@ -1,7 +1,10 @@
 //! Where verdicts, events and stats go. Every output implements [`Output`] and the pipeline
 //! feeds them all alike: JSON or text lines (`sink`), the trace file (`record`), the dashboard
-//! (`tui`), OpenTelemetry log records (`otlp`). Adding one (metrics, an exporter) is one more
+//! (`tui`), one line per notable thing on stderr (`log`, for the service), Prometheus metrics
+//! (`metrics`), OpenTelemetry log records (`otlp`). Adding one (an exporter) is one more
 //! implementation. `report` reads a trace back into a postmortem.
+pub mod log;
+pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod record;
@@ -32,6 +35,10 @@ pub trait Output {
     }
     /// A fresher snapshot for live views (every second); not a stats line.
     fn refresh(&mut self, _s: &Stats) {}
+    /// It wants `refresh` every second (a view that is read at any moment, such as metrics).
+    fn wants_refresh(&self) -> bool {
+        self.owns_terminal()
+    }
     /// Add this output's own health to a snapshot before it is handed out.
     fn contribute(&self, _s: &mut Stats) {}
     /// Called every few ms with the current CLOCK_MONOTONIC time; false asks to stop.
@@ -49,4 +56,17 @@ pub trait Output {
     fn owns_terminal(&self) -> bool {
         false
     }
+}
+
+/// The OpenTelemetry exporter for an OTLP/HTTP endpoint URL (a bad URL is an error; a
+/// collector that is down is not).
+#[cfg(feature = "otlp")]
+pub fn otlp_exporter(url: &str, boot: i128) -> Result<Box<dyn Output>> {
+    use otlp::{Endpoint, OtlpExporter};
+    Ok(Box::new(OtlpExporter::start(Endpoint::parse(url)?, boot)?))
+}
+
+#[cfg(not(feature = "otlp"))]
+pub fn otlp_exporter(_url: &str, _boot: i128) -> Result<Box<dyn Output>> {
+    anyhow::bail!("--otlp-endpoint: this upstrace was built without the `otlp` feature")
 }

@@ -35,12 +35,71 @@ pub struct Recorder {
     pub rotations: u64,
 }
 
+/// The trace's name inside a `record_dir`.
+pub const DIR_TRACE_NAME: &str = "upstrace.jsonl";
+
+/// Where a trace goes when it is rotated: FILE.1.
+fn rotated(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.1", path.display()))
+}
+
 fn uname() -> (String, String) {
     let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
     (read("/proc/sys/kernel/hostname"), read("/proc/sys/kernel/osrelease"))
 }
 
+/// A trace holds client addresses and upstream response heads: only its owner may read it,
+/// whatever the umask, also when an older file of that name was readable by others.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // Only a regular file: `--record /dev/null` must not change /dev/null for everyone.
+    if file.metadata()?.is_file() {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
+/// A directory for traces: what is missing of it is made private (0700) whatever the umask.
+/// One that exists keeps its mode (`record_dir = "/tmp"` must not lock everyone out of /tmp);
+/// if others may look into it, one line says so (the traces in it are 0600 all the same).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let missing: Vec<PathBuf> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_owned).collect();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create trace directory {}", dir.display()))?;
+    for d in &missing {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make trace directory {} private", d.display()))?;
+    }
+    let mode = std::fs::metadata(dir).with_context(|| format!("trace directory {}", dir.display()))?.permissions().mode();
+    if missing.is_empty() && mode & 0o077 != 0 {
+        eprintln!(
+            "upstrace: warning: trace directory {} is open to others (mode {:o}); the traces in it are 0600",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
 impl Recorder {
+    /// Record into `dir/upstrace.jsonl`, rotating past `max_bytes`. The trace of a previous run
+    /// (the service restarted) is rotated to `.1` first instead of being overwritten.
+    pub fn create_in_dir(dir: &Path, boot_offset_ns: i128, max_bytes: u64) -> Result<Self> {
+        create_private_dir(dir)?;
+        let path = dir.join(DIR_TRACE_NAME);
+        if path.exists() {
+            let _ = std::fs::rename(&path, rotated(&path));
+        }
+        let mut rec = Self::create(&path, boot_offset_ns)?;
+        rec.max_bytes = Some(max_bytes);
+        Ok(rec)
+    }
+
     pub fn create(path: &Path, boot_offset_ns: i128) -> Result<Self> {
         let mut rec = Recorder {
             path: path.to_owned(),
@@ -58,7 +117,7 @@ impl Recorder {
 
     fn open(&mut self) -> Result<()> {
         let path = self.path.clone();
-        let file = File::create(&path).with_context(|| format!("cannot create trace file {}", path.display()))?;
+        let file = create_private(&path).with_context(|| format!("cannot create trace file {}", path.display()))?;
         self.out = Some(BufWriter::with_capacity(256 * 1024, file));
         self.bytes = 0;
         let boot_offset_ns = self.boot_offset_ns;
@@ -87,8 +146,7 @@ impl Recorder {
         if let Some(mut out) = self.out.take() {
             let _ = out.flush();
         }
-        let old = PathBuf::from(format!("{}.1", self.path.display()));
-        let _ = std::fs::rename(&self.path, &old);
+        let _ = std::fs::rename(&self.path, rotated(&self.path));
         self.rotations += 1;
         if let Err(e) = self.open() {
             self.fail(std::io::Error::other(format!("{e:#}")));
@@ -193,5 +251,60 @@ mod tests {
             assert!(text.len() < 4096 + 1024);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn traces_and_their_directory_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let base = std::env::temp_dir().join(format!("upstrace-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        // SAFETY: umask is process-wide; this test sets a permissive one and puts it back, and
+        // no other test here creates files with a mode that depends on it.
+        let old = unsafe { libc::umask(0) };
+        std::fs::create_dir_all(&base).unwrap();
+        // A readable file of that name already there stays no readable file.
+        let file = base.join("t.jsonl");
+        std::fs::write(&file, "old").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let rec = Recorder::create(&file, 0).unwrap();
+        let dir = base.join("a/b");
+        let mut in_dir = Recorder::create_in_dir(&dir, 0, 4096).unwrap();
+        let ev = KernelEvent::listen_snapshot(1, 2, "x", "127.0.0.1:80".parse().unwrap());
+        for _ in 0..200 {
+            in_dir.write_event(&ev);
+            in_dir.push();
+        }
+        // A restart keeps the previous run's trace as .1.
+        drop(in_dir);
+        let again = Recorder::create_in_dir(&dir, 0, 1 << 20).unwrap();
+        unsafe { libc::umask(old) };
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!((mode(&dir), mode(&base.join("a"))), (0o700, 0o700), "every directory made");
+        // A directory that was there keeps its mode.
+        let shared = base.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(Recorder::create_in_dir(&shared, 0, 4096).unwrap());
+        assert_eq!((mode(&shared), mode(&shared.join("upstrace.jsonl"))), (0o755, 0o600));
+        assert!(again.rotations == 0 && dir.join("upstrace.jsonl.1").exists());
+        for p in [dir.join("upstrace.jsonl"), dir.join("upstrace.jsonl.1")] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(rec);
+        // What is not a regular file keeps its mode (`--record /dev/null`): shown on a private
+        // null device node, so a regression cannot change the system's /dev/null.
+        let null = base.join("null");
+        let c_null = std::ffi::CString::new(null.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; makes a character device node (1, 3) in our own directory.
+        let made = unsafe { libc::mknod(c_null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
+        if made {
+            std::fs::set_permissions(&null, std::fs::Permissions::from_mode(0o666)).unwrap();
+            drop(Recorder::create(&null, 0).unwrap());
+            assert_eq!(mode(&null), 0o666);
+        } else {
+            println!("not checked for device files: mknod needs root");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

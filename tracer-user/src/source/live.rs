@@ -24,6 +24,7 @@ use crate::{
             Probes,
             uprobes::{GoTls, OpenSsl},
         },
+        ring_fill::RingFill,
         tls::{self, ClientView},
     },
 };
@@ -39,6 +40,8 @@ pub struct Options {
     pub stats_interval: Duration,
     /// Gateways (by name) whose answers are not read but inferred from upstream failures.
     pub infer: Vec<String>,
+    /// Say on stderr when gateway processes come and go (the service's log).
+    pub announce: bool,
 }
 
 /// Which processes are gateways: explicit pids, or everything with a gateway's name.
@@ -107,7 +110,9 @@ struct Live {
     /// The client-side view of each gateway (by name), as said at start and when it changes.
     views: BTreeMap<String, ClientView>,
     quiet: bool,
+    ring_fill: Option<RingFill>,
     infer: Vec<String>,
+    announce: bool,
 }
 
 pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
@@ -123,6 +128,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     }
 
     let (mut probes, ring) = Probes::load()?;
+    let ring_fill = RingFill::new(std::os::fd::AsFd::as_fd(&ring), u64::from(tracer_common::RING_BYTES));
     if opts.bpf_stats {
         probes.enable_run_time_stats()?;
     }
@@ -131,6 +137,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         pipeline.engine.set_host_netns(netns);
     }
     let quiet = pipeline.interactive();
+    let refreshing = pipeline.wants_refresh();
     if !quiet {
         eprintln!("upstrace: {}", probes.report);
     }
@@ -147,7 +154,9 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         go_tls: GoTls::default(),
         views: BTreeMap::new(),
         quiet,
+        ring_fill,
         infer: opts.infer.clone(),
+        announce: opts.announce && !quiet,
     };
     for pid in &initial {
         live.probes.trace_pid(*pid)?;
@@ -165,6 +174,8 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("ring buffer fd: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // A hangup ends a terminal session; a service reloads nothing by surprise, so it says so.
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(1));
     let mut stats_tick = tokio::time::interval(opts.stats_interval);
     stats_tick.tick().await;
@@ -196,7 +207,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
                 }
             }
             _ = queue_tick.tick() => live.sample_accept_queues(pipeline)?,
-            _ = ui_tick.tick(), if quiet => {
+            _ = ui_tick.tick(), if refreshing => {
                 let snapshot = live.snapshot();
                 pipeline.refresh(snapshot);
             }
@@ -212,6 +223,12 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                if !live.announce {
+                    break;
+                }
+                eprintln!("upstrace: SIGHUP ignored: settings are read at start only (restart to apply new ones)");
+            }
         }
     }
     live.drain(ring.get_mut(), pipeline)?;
@@ -287,6 +304,9 @@ impl Live {
 
     /// Everything in the ring buffer, through the pipeline.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> Result<()> {
+        if let Some(fill) = self.ring_fill.as_mut() {
+            fill.sample();
+        }
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
                 Ok(ev) => {
@@ -301,13 +321,20 @@ impl Live {
 
     /// Gateways restart and reload: pick up new processes, forget dead ones.
     fn rescan(&mut self, pipeline: &mut Pipeline) -> Result<()> {
+        let mut new = Vec::new();
         for pid in self.targets.scan() {
             if self.known.insert(pid) {
                 self.probes.trace_pid(pid)?;
                 self.adopt_client_view(pid, pipeline);
+                new.push(pid);
             }
         }
+        let before = self.known.len();
         self.known.retain(|&pid| discover::pid_exists(pid));
+        let gone = before - self.known.len();
+        if self.announce && (!new.is_empty() || gone > 0) {
+            eprintln!("upstrace: gateway processes: {} new {new:?}, {gone} gone, {} traced now", new.len(), self.known.len());
+        }
         Ok(())
     }
 
@@ -356,6 +383,7 @@ impl Live {
             exchanges_shipped_early: self.probes.exchanges_shipped_early(),
             status_lines_expired: self.probes.status_lines_expired(),
             evicted: self.probes.lru_evictions(),
+            ring: self.ring_fill.as_ref().map(RingFill::usage),
             programs: costs
                 .into_iter()
                 .map(|(name, runs, ns)| ProgramCost { name, runs, avg_ns: if runs > 0 { ns as f64 / runs as f64 } else { 0.0 } })

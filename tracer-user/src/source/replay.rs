@@ -96,8 +96,9 @@ pub fn read_events_from(mut reader: impl BufRead, path: &Path, mut each: impl Fn
                         info.boot_offset_ns = Some(time - ts as i128);
                     }
                 }
-                let ev: KernelEvent =
+                let mut ev: KernelEvent =
                     serde_json::from_value(value).with_context(|| format!("{}:{line_no}: malformed event", path.display()))?;
+                ev.mask_head();
                 info.events += 1;
                 each(ev)?;
             }
