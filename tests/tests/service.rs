@@ -229,7 +229,7 @@ fn the_package_installs_and_removes_cleanly() {
             return Err("the unit was enabled by the install".into());
         }
         let conf = std::fs::read_to_string("/etc/upstrace/upstrace.toml").unwrap();
-        for key in ["comms", "metrics_addr", "otlp_endpoint", "record_dir", "wait"] {
+        for key in ["comms", "infer", "metrics_addr", "otlp_endpoint", "record_dir", "record_max_mb", "stats_interval"] {
             if !conf.lines().any(|l| l.starts_with(&format!("# {key} = "))) {
                 return Err(format!("the config lacks a commented {key}"));
             }

@@ -241,6 +241,16 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_reads_with_every_key_uncommented() {
+        let packaged = include_str!("../../packaging/upstrace.toml");
+        let uncommented: String =
+            packaged.lines().map(|l| l.strip_prefix("# ").filter(|k| k.contains(" = ")).unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        assert!(uncommented.contains("\nmetrics_addr = "), "{uncommented}");
+        let config: Config = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(config.comm, ["nginx", "haproxy"]);
+    }
+
+    #[test]
     fn a_bad_file_is_one_clear_line() {
         let e = error("comm = [\"nginx\"]\nmetrics_port = 9464\n");
         assert!(e.contains("bad.toml, line 2: unknown field `metrics_port`, expected one of"), "{e}");
