@@ -544,6 +544,11 @@ fn a_unix_server_worker_that_dies_is_named_and_a_kill_by_its_manager_is_told_apa
         e.value = 15;
         e.aux = 900;
     }));
+    // PHP's handler re-raises it on itself before dying.
+    events.push(fpm(Kind::Signal, 9, 901, |e| {
+        e.value = 15;
+        e.aux = 901;
+    }));
     events.push(fpm(Kind::ProcessExit, 10, 901, |e| e.value = 15));
     events.extend([eof.clone(), status(13, 502)]);
     let v = one(&events);

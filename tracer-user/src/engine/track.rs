@@ -740,8 +740,12 @@ impl Tracker {
 
     fn on_signal(&mut self, ev: &KernelEvent) {
         if let Ok(sig) = i32::try_from(ev.value) {
-            // The sender rides in `aux`.
-            self.signals.insert(ev.pid, (ev.ts_ns, sig, ev.aux));
+            // The sender rides in `aux`. A process that re-raises a signal it was sent (PHP's
+            // handler does) is not its sender: the first sender of that signal is kept.
+            let resent = self.signals.get(&ev.pid).is_some_and(|&(_, known, sender)| known == sig && sender != ev.pid && ev.aux == ev.pid);
+            if !resent {
+                self.signals.insert(ev.pid, (ev.ts_ns, sig, ev.aux));
+            }
         }
     }
 
