@@ -178,6 +178,7 @@ impl Scenario {
             "localhost-in-netns" => Some("that namespace's own loopback"),
             "php-segfault" => Some("(php-fpm: pool www) killed by SIGSEGV"),
             "php-terminate-timeout" => Some("sent by its manager"),
+            "php-killed" => Some("killed by SIGKILL"),
             _ => None,
         }
     }
@@ -208,7 +209,8 @@ impl Scenario {
             "php-segfault" => v("upstream", &["crashed"]),
             "php-terminate-timeout" => v("upstream", &["worker-killed"]),
             "php-permission" => v("gateway", &["permission-denied"]),
-            "php-killed" => v("upstream", &["refused"]),
+            // php-fpm's master and workers were killed (SIGKILL): a crash, named.
+            "php-killed" => v("upstream", &["crashed"]),
             "crash-before-headers" => v("upstream", &["crashed"]),
             "crash-mid-body" => cut(&["crashed"]),
             "crash-keepalive" => v("upstream", &["crashed"]),

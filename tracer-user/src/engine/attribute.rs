@@ -734,12 +734,20 @@ fn connect_failed(c: &Case) -> Option<Finding> {
                 Cause::NoSocketFile,
                 format!("{gw}: {up} does not exist ({e}): the upstream is not running, or the gateway's path is wrong"),
             ),
-            ECONNREFUSED => Finding::new(
-                Cause::Refused,
-                format!(
-                    "{gw}: {up} refused the connection ({e}): the socket file is there, but nothing listens on it (its server stopped or died)"
+            ECONNREFUSED => match c.engine.dead_listener(c.a, 0, c.end) {
+                // The processes that held the socket are known: say how they went.
+                Some(d) => {
+                    let (who, ev, _) = c.engine.death_of(c.a, d);
+                    let cause = if d.crashed() { Cause::Crashed } else { Cause::Refused };
+                    Finding::new(cause, format!("{gw}: {up} refused the connection ({e}): nothing listens on it since {who}")).with(ev)
+                }
+                None => Finding::new(
+                    Cause::Refused,
+                    format!(
+                        "{gw}: {up} refused the connection ({e}): the socket file is there, but nothing listens on it (its server stopped or died)"
+                    ),
                 ),
-            ),
+            },
             _ => connect_errno(c, errno, &e),
         });
     }
