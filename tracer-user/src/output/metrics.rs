@@ -105,6 +105,11 @@ struct ListenerLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CauseLabel {
     cause: String,
 }
@@ -216,6 +221,7 @@ pub struct Metrics {
     lost: Family<CauseLabel, Counter>,
     evicted: Family<MapLabel, Counter>,
     shipped_early: Counter,
+    otlp_records: Family<OutcomeLabel, Counter>,
     status_lines_expired: Counter,
     traced: Gauge,
     engine_attempts: Gauge,
@@ -305,6 +311,12 @@ impl Metrics {
             Unit::Bytes,
             ring_peak.clone(),
         );
+        let otlp_records = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "upstrace_otlp_records",
+            "Verdicts sent to the OpenTelemetry collector, by outcome (exported, dropped_queue_full, dropped_failed)",
+            otlp_records.clone(),
+        );
         let programs = Family::<ProgramLabel, Gauge>::default();
         r.register("upstrace_ebpf_program_attached", "1 for each eBPF program attached, 0 for each one skipped", programs.clone());
         let verdict_latency = verdict_latency_histogram();
@@ -338,6 +350,7 @@ impl Metrics {
             lost,
             evicted,
             shipped_early,
+            otlp_records,
             status_lines_expired,
             traced,
             engine_attempts,
@@ -519,6 +532,13 @@ impl Metrics {
         set(&self.status_lines_expired, s.status_lines_expired);
         self.traced.set(s.traced_processes as i64);
         self.engine_attempts.set(s.engine.attempts as i64);
+        if let Some(otlp) = &s.otlp {
+            for (outcome, n) in
+                [("exported", otlp.exported), ("dropped_queue_full", otlp.dropped_queue_full), ("dropped_failed", otlp.dropped_failed)]
+            {
+                set(&self.otlp_records.get_or_create(&OutcomeLabel { outcome: outcome.into() }), n);
+            }
+        }
         if let Some(ring) = s.ring {
             let bytes = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             self.ring_size.set(bytes(ring.size_bytes));
@@ -818,6 +838,7 @@ mod tests {
         s.evicted.closed_sockets = 7;
         s.engine.attempts = 42;
         s.ring = Some(crate::health::RingUsage { size_bytes: 4 << 20, used_bytes: 512, peak_used_bytes: 8192 });
+        s.otlp = Some(crate::health::OtlpStats { exported: 9, dropped: 2, dropped_queue_full: 2, ..Default::default() });
         m.stats(&s).unwrap();
         s.events = 1300;
         m.refresh(&s);
@@ -831,6 +852,8 @@ mod tests {
             "upstrace_ring_buffer_size_bytes 4194304\n",
             "upstrace_ring_buffer_used_bytes 512\n",
             "upstrace_ring_buffer_peak_used_bytes 8192\n",
+            "upstrace_otlp_records_total{outcome=\"exported\"} 9\n",
+            "upstrace_otlp_records_total{outcome=\"dropped_queue_full\"} 2\n",
             "upstrace_ebpf_program_attached{program=\"sock_send_length\"} 1\n",
             "upstrace_ebpf_program_attached{program=\"kfree_skb\"} 0\n",
         ] {
