@@ -124,6 +124,13 @@ pub const SCENARIOS: &[Scenario] = &[
     // 5: never connected, no RST.
     Scenario { name: "overloaded+tls-h1", setup: Setup::BacklogFull },
     Scenario { name: "overloaded+tls-h2", setup: Setup::BacklogFull },
+    // The application's own 5xx, whole (Content-Length, chunked, close-delimited), passed on.
+    Scenario { name: "upstream-503-length", setup: Setup::Mode("upstream-503-length") },
+    Scenario { name: "upstream-500-length", setup: Setup::Mode("upstream-500-length") },
+    Scenario { name: "upstream-503-chunked", setup: Setup::Mode("upstream-503-chunked") },
+    Scenario { name: "upstream-500-chunked", setup: Setup::Mode("upstream-500-chunked") },
+    Scenario { name: "upstream-503-close", setup: Setup::Mode("upstream-503-close") },
+    Scenario { name: "upstream-500-close", setup: Setup::Mode("upstream-500-close") },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -164,6 +171,7 @@ impl Scenario {
             // taken for that connection's request (same cause), so only nginx is held to it.
             "group-down" if gw == GatewayKind::Nginx => Some("without trying any upstream for this request"),
             "localhost-in-netns" => Some("that namespace's own loopback"),
+            name if name.starts_with("upstream-5") => Some("itself, a complete response"),
             _ => None,
         }
     }
@@ -224,6 +232,8 @@ impl Scenario {
             "unix-truncated-body" => cut(&["closed-early"]),
             "unix-bad-header" => v("upstream", &["invalid-response"]),
             "unix-stall" => v("upstream", &["stalled"]),
+            // The gateways pass the application's own 5xx on: its cause, not a failed exchange.
+            name if name.starts_with("upstream-5") => v("upstream", &["upstream-5xx"]),
             other => unreachable!("scenario {other} has no expectation"),
         }
     }

@@ -88,6 +88,9 @@ pub enum Cause {
     Overloaded,
     /// A unix-socket upstream whose socket file is not there.
     NoSocketFile,
+    /// The upstream answered the 5xx itself, with a complete response, and the gateway passed
+    /// it on: the application's own error, not a failed exchange.
+    Upstream5xx,
     // firewall
     Rejected,
     Dropped,
@@ -108,7 +111,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 20] = [
+    pub const ALL: [Cause; 21] = [
         Cause::Refused,
         Cause::Crashed,
         Cause::Reset,
@@ -117,6 +120,7 @@ impl Cause {
         Cause::InvalidResponse,
         Cause::Overloaded,
         Cause::NoSocketFile,
+        Cause::Upstream5xx,
         Cause::Rejected,
         Cause::Dropped,
         Cause::NoRoute,
@@ -142,6 +146,7 @@ impl Cause {
             Cause::InvalidResponse => "invalid-response",
             Cause::Overloaded => "overloaded",
             Cause::NoSocketFile => "no-socket-file",
+            Cause::Upstream5xx => "upstream-5xx",
             Cause::Rejected => "rejected",
             Cause::Dropped => "dropped",
             Cause::NoRoute => "no-route",
@@ -170,7 +175,8 @@ impl Cause {
             | Cause::Stalled
             | Cause::InvalidResponse
             | Cause::Overloaded
-            | Cause::NoSocketFile => Class::Upstream,
+            | Cause::NoSocketFile
+            | Cause::Upstream5xx => Class::Upstream,
             Cause::Rejected | Cause::Dropped => Class::Firewall,
             Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
             Cause::LocalResources | Cause::PermissionDenied => Class::Gateway,
@@ -190,6 +196,9 @@ impl Cause {
             Cause::Stalled => "The upstream accepted the request but did not answer in time: check its latency, worker pool and dependencies; compare with the gateway's read timeout.".into(),
             Cause::InvalidResponse => format!("The upstream answered something that is not valid HTTP: request it directly (curl -v http://{upstream}/) and check the protocol/port."),
             Cause::Overloaded => "The upstream's accept queue was full: add workers or raise its listen backlog (and net.core.somaxconn).".into(),
+            Cause::Upstream5xx => format!(
+                "The application at {upstream} answered this 5xx itself: read its own logs (the status line and body above say what it reported), and whether it was in maintenance or failing a dependency."
+            ),
             Cause::Dropped => "A firewall dropped the packets: list the rules in the network namespace named in the summary (ip netns exec ... nft list ruleset), look for a drop on the upstream port.".into(),
             Cause::Rejected => "A firewall rejected the connection: check the rules (nft list ruleset / iptables -S) on the host that sent the ICMP or RST named above.".into(),
             Cause::Unreachable => format!("The upstream host does not answer: check it is up, then neighbours and routes from the gateway (ip neigh; ip route get {ip})."),
