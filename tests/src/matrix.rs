@@ -131,6 +131,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "upstream-500-chunked", setup: Setup::Mode("upstream-500-chunked") },
     Scenario { name: "upstream-503-close", setup: Setup::Mode("upstream-503-close") },
     Scenario { name: "upstream-500-close", setup: Setup::Mode("upstream-500-close") },
+    // A response head larger than the gateway's header buffer (nginx 4 KB, HAProxy 16 KB).
+    Scenario { name: "head-too-large", setup: Setup::Mode("big-head-9") },
+    Scenario { name: "head-too-large-20k", setup: Setup::Mode("big-head-20") },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -172,6 +175,8 @@ impl Scenario {
             "group-down" if gw == GatewayKind::Nginx => Some("without trying any upstream for this request"),
             "localhost-in-netns" => Some("that namespace's own loopback"),
             name if name.starts_with("upstream-5") => Some("itself, a complete response"),
+            "head-too-large" if gw == GatewayKind::Haproxy => None,
+            "head-too-large" | "head-too-large-20k" => Some("larger than the gateway's header buffer"),
             _ => None,
         }
     }
@@ -234,6 +239,9 @@ impl Scenario {
             "unix-stall" => v("upstream", &["stalled"]),
             // The gateways pass the application's own 5xx on: its cause, not a failed exchange.
             name if name.starts_with("upstream-5") => v("upstream", &["upstream-5xx"]),
+            // HAProxy's 16 KB buffer holds a 9 KB head: it answers 200.
+            "head-too-large" if gw == GatewayKind::Haproxy => Expect::NoVerdict,
+            "head-too-large" | "head-too-large-20k" => v("gateway", &["head-too-large"]),
             other => unreachable!("scenario {other} has no expectation"),
         }
     }

@@ -669,3 +669,49 @@ fn a_5xx_cut_short_or_not_the_one_passed_on_is_not_the_upstreams_own() {
     events.push(status(5, 502));
     assert_ne!(one(&events).cause.as_str(), "upstream-5xx");
 }
+
+#[test]
+fn a_head_larger_than_the_gateways_buffer_is_told_from_an_early_close() {
+    let head = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nSet-Cookie: session=cccccccccccccccccccc";
+    // nginx read its 4 KB buffer full, found no end of the head and closed with bytes unread
+    // (its RST); the upstream had sent the rest and closed (a FIN nginx never read).
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 4096));
+    events.push(with(state(3, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 4096));
+    events.push(with(ev(Kind::ResetSent, 4, 0xa1), |e| e.value = TcpState::CloseWait as i64));
+    events.push(with(state(4, 0xa1, "CLOSE_WAIT", "CLOSE"), |e| e.bytes_recv = 4096));
+    events.push(status(5, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Gateway, "head-too-large"), "{}", v.summary);
+    assert!(v.summary.contains("read 4096 bytes with no end of the head"), "{}", v.summary);
+    assert!(v.summary.contains("proxy_buffer_size"), "{}", v.summary);
+    assert!(v.next_check().contains("tune.bufsize"));
+
+    // HAProxy writes its 502 first, then resets the connection (16320 bytes read).
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 15360));
+    events.push(status(4, 502));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE"), |e| e.bytes_recv = 16320));
+    events.push(with(ev(Kind::ResetSent, 4, 0xa1), |e| e.value = TcpState::Close as i64));
+    let v = one(&events);
+    assert_eq!(v.cause.as_str(), "head-too-large", "{}", v.summary);
+    assert!(v.summary.contains("read 16320 bytes"), "{}", v.summary);
+
+    // A partial head, then silence until the gateway's read timeout: a stall, not this.
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 4096));
+    events.push(with(state(2003, 0xa1, "ESTABLISHED", "FIN_WAIT1"), |e| e.bytes_recv = 4096));
+    events.push(status(2003, 504));
+    assert_ne!(one(&events).cause.as_str(), "head-too-large");
+
+    // The upstream closed in the middle of its head: the gateway read on to the EOF.
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 4096));
+    events.push(with(state(3, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 4096));
+    events.push(with(ev(Kind::RecvEnd, 4, 0xa1), |e| e.bytes_recv = 4096));
+    events.push(with(state(4, 0xa1, "CLOSE_WAIT", "LAST_ACK"), |e| e.bytes_recv = 4096));
+    events.push(status(5, 502));
+    let v = one(&events);
+    assert_eq!(v.cause.as_str(), "closed-early", "{}", v.summary);
+    assert!(v.summary.contains("after 4096 response bytes"), "{}", v.summary);
+}

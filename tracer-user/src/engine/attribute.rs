@@ -389,7 +389,9 @@ impl Engine {
                 !a.consumed
                     && a.started_ns <= t
                     && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
-                    && !(a.succeeded() && a.end_ns().is_none_or(|e| e > t) && !a.answered_5xx())
+                    // A gateway that resets its upstream connection (closing it with bytes
+                    // unread) gave up on it: not a success, even right after its status.
+                    && !(a.succeeded() && a.end_ns().is_none_or(|e| e > t) && !a.answered_5xx() && a.rst_sent_ns.is_none())
                     && !(a.succeeded() && a.response_ns.is_some_and(|r| r < t.saturating_sub(LOOKBACK_NS)))
                     && a.end_ns().is_none_or(|e| e <= t + SETTLE_NS)
             })
@@ -660,7 +662,7 @@ type Rule = fn(&Case) -> Option<Finding>;
 
 /// The rules, in the order they are asked: what fails earliest in a connection's life and
 /// says the most decides first.
-const RULES: [Rule; 9] = [
+const RULES: [Rule; 10] = [
     upstream_answered,
     connect_failed,
     icmp_error,
@@ -668,6 +670,7 @@ const RULES: [Rule; 9] = [
     refused,
     never_connected,
     invalid_bytes,
+    head_too_large,
     ended_by_upstream,
     no_valid_answer,
 ];
@@ -693,8 +696,9 @@ fn death_note(d: &Death) -> (String, Evidence) {
     (format!("upstream process {} ({}) {how}", d.pid, d.comm), d.evidence.clone())
 }
 
-/// 0. The upstream answered this very 5xx itself, whole, and the gateway passed it on: the
-/// exchange worked, the application failed. Whole is decided by the framing, not by who closed.
+/// 0. The upstream answered this very 5xx itself, whole, and the gateway passed it on.
+///
+/// The exchange worked, the application failed. Whole is decided by the framing, not by who closed.
 fn upstream_answered(c: &Case) -> Option<Finding> {
     let a = c.a;
     let status = c.status?;
@@ -920,6 +924,45 @@ fn invalid_bytes(c: &Case) -> Option<Finding> {
     let why = invalid_http(head)?;
     let shown = crate::engine::decode::escape_bytes(&head[..head.len().min(40)]);
     Some(Finding::new(Cause::InvalidResponse, format!("{}: {} answered with {why}: \"{shown}\"", c.gw, c.up)))
+}
+
+/// No gateway's header buffer is smaller (nginx: one page, 4 or 8 KB; HAProxy: tune.bufsize
+/// less tune.maxrewrite, 15 KB, then up to 16 KB).
+const MIN_HEAD_BUFFER: u64 = 1024;
+/// A gateway gives up on a full header buffer as soon as it is full; a read timeout comes at
+/// least its timeout after the last read, so later than this after the first byte.
+const HEAD_GIVE_UP_NS: u64 = 1_000_000_000;
+
+/// 6b. A valid response head that did not fit the gateway's buffer: the gateway read at least
+/// a buffer's worth with no end of head, never read on to the upstream's end (no EOF), and
+/// closed the connection itself at once. An upstream that closed early is read to its EOF.
+fn head_too_large(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let head = a.head.as_deref()?;
+    let parsed = ResponseHead::parse(head).filter(|p| p.header_len.is_none())?;
+    let got = a.bytes_recv;
+    if got < MIN_HEAD_BUFFER || a.recv_end.is_some() || a.rst.is_some() {
+        return None;
+    }
+    let closed = a.rst_sent_ns.or(a.local_close_ns)?;
+    if closed.saturating_sub(a.response_ns?) > HEAD_GIVE_UP_NS {
+        return None;
+    }
+    let how = if a.rst_sent_ns.is_some() { "reset the connection with response bytes unread" } else { "closed the connection first" };
+    let upstream_fin =
+        if a.fin_ns.is_some_and(|f| f <= closed) { " (the upstream's own close came later in its stream, unread)" } else { "" };
+    let setting = match c.a.comm.as_str() {
+        "nginx" => "nginx's proxy_buffer_size (fastcgi_buffer_size for FastCGI; 4k or 8k by default)".to_string(),
+        "haproxy" => "HAProxy's tune.bufsize (16384 by default, less tune.maxrewrite)".to_string(),
+        other => format!("{other}'s response header buffer"),
+    };
+    Some(Finding::new(
+        Cause::HeadTooLarge,
+        format!(
+            "{}: {} sent a response head (\"HTTP/1.x {}\") larger than the gateway's header buffer: the gateway read {got} bytes with no end of the head among them, stopped reading and {how}{upstream_fin}; {setting} is smaller than the head",
+            c.gw, c.up, parsed.status
+        ),
+    ))
 }
 
 /// 7. The upstream ended the connection before a complete response: reset, crash, close.

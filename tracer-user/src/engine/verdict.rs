@@ -103,6 +103,9 @@ pub enum Cause {
     LocalResources,
     /// The gateway may not connect to a unix socket (its owner and mode keep the worker out).
     PermissionDenied,
+    /// The upstream's response head did not fit the gateway's header buffer: the gateway
+    /// gave up on a valid but large head (gateway class: its setting decides, and the usual fix).
+    HeadTooLarge,
     // unknown
     ConnectFailed,
     ReadError,
@@ -111,7 +114,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 22] = [
         Cause::Refused,
         Cause::Crashed,
         Cause::Reset,
@@ -129,6 +132,7 @@ impl Cause {
         Cause::Loss,
         Cause::LocalResources,
         Cause::PermissionDenied,
+        Cause::HeadTooLarge,
         Cause::ConnectFailed,
         Cause::ReadError,
         Cause::Undecided,
@@ -155,6 +159,7 @@ impl Cause {
             Cause::Loss => "loss",
             Cause::LocalResources => "local-resources",
             Cause::PermissionDenied => "permission-denied",
+            Cause::HeadTooLarge => "head-too-large",
             Cause::ConnectFailed => "connect-failed",
             Cause::ReadError => "read-error",
             Cause::Undecided => "undecided",
@@ -179,7 +184,7 @@ impl Cause {
             | Cause::Upstream5xx => Class::Upstream,
             Cause::Rejected | Cause::Dropped => Class::Firewall,
             Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
-            Cause::LocalResources | Cause::PermissionDenied => Class::Gateway,
+            Cause::LocalResources | Cause::PermissionDenied | Cause::HeadTooLarge => Class::Gateway,
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => Class::Unknown,
         }
     }
@@ -213,6 +218,7 @@ impl Cause {
                 "The gateway's workers may not connect to {}: compare the socket's owner and mode (ls -l) with the workers' user (listen.owner/listen.group/listen.mode in php-fpm, the user directive in nginx).",
                 upstream.trim_start_matches("unix:")
             ),
+            Cause::HeadTooLarge => "The upstream's response head is larger than the gateway's header buffer: raise it (nginx proxy_buffer_size, fastcgi_buffer_size for FastCGI; HAProxy tune.bufsize) or make the upstream's headers smaller (cookies, tokens).".into(),
             Cause::LocalResources => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => {
                 "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into()
