@@ -939,7 +939,7 @@ const HEAD_GIVE_UP_NS: u64 = 1_000_000_000;
 fn head_too_large(c: &Case) -> Option<Finding> {
     let a = c.a;
     let head = a.head.as_deref()?;
-    let parsed = ResponseHead::parse(head).filter(|p| p.header_len.is_none())?;
+    ResponseHead::parse(head).filter(|p| p.header_len.is_none())?;
     let got = a.bytes_recv;
     if got < MIN_HEAD_BUFFER || a.recv_end.is_some() || a.rst.is_some() {
         return None;
@@ -951,6 +951,8 @@ fn head_too_large(c: &Case) -> Option<Finding> {
     let how = if a.rst_sent_ns.is_some() { "reset the connection with response bytes unread" } else { "closed the connection first" };
     let upstream_fin =
         if a.fin_ns.is_some_and(|f| f <= closed) { " (the upstream's own close came later in its stream, unread)" } else { "" };
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);
     let setting = match c.a.comm.as_str() {
         "nginx" => "nginx's proxy_buffer_size (fastcgi_buffer_size for FastCGI; 4k or 8k by default)".to_string(),
         "haproxy" => "HAProxy's tune.bufsize (16384 by default, less tune.maxrewrite)".to_string(),
@@ -959,8 +961,8 @@ fn head_too_large(c: &Case) -> Option<Finding> {
     Some(Finding::new(
         Cause::HeadTooLarge,
         format!(
-            "{}: {} sent a response head (\"HTTP/1.x {}\") larger than the gateway's header buffer: the gateway read {got} bytes with no end of the head among them, stopped reading and {how}{upstream_fin}; {setting} is smaller than the head",
-            c.gw, c.up, parsed.status
+            "{}: {} sent a response head (\"{line}\"...) larger than the gateway's header buffer: the gateway read {got} bytes with no end of the head among them, stopped reading and {how}{upstream_fin}; {setting} is smaller than the head",
+            c.gw, c.up
         ),
     ))
 }
