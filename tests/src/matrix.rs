@@ -132,6 +132,16 @@ pub const SCENARIOS: &[Scenario] = &[
     // 5: never connected, no RST.
     Scenario { name: "overloaded+tls-h1", setup: Setup::BacklogFull },
     Scenario { name: "overloaded+tls-h2", setup: Setup::BacklogFull },
+    // The application's own 5xx, whole (Content-Length, chunked, close-delimited), passed on.
+    Scenario { name: "upstream-503-length", setup: Setup::Mode("upstream-503-length") },
+    Scenario { name: "upstream-500-length", setup: Setup::Mode("upstream-500-length") },
+    Scenario { name: "upstream-503-chunked", setup: Setup::Mode("upstream-503-chunked") },
+    Scenario { name: "upstream-500-chunked", setup: Setup::Mode("upstream-500-chunked") },
+    Scenario { name: "upstream-503-close", setup: Setup::Mode("upstream-503-close") },
+    Scenario { name: "upstream-500-close", setup: Setup::Mode("upstream-500-close") },
+    // A response head larger than the gateway's header buffer (nginx 4 KB, HAProxy 16 KB).
+    Scenario { name: "head-too-large", setup: Setup::Mode("big-head-9") },
+    Scenario { name: "head-too-large-20k", setup: Setup::Mode("big-head-20") },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -179,6 +189,9 @@ impl Scenario {
             "php-segfault" => Some("(php-fpm: pool www) killed by SIGSEGV"),
             "php-terminate-timeout" => Some("sent by its manager"),
             "php-killed" => Some("killed by SIGKILL"),
+            name if name.starts_with("upstream-5") => Some("itself, a complete response"),
+            "head-too-large" if gw == GatewayKind::Haproxy => None,
+            "head-too-large" | "head-too-large-20k" => Some("larger than the gateway's header buffer"),
             _ => None,
         }
     }
@@ -244,6 +257,11 @@ impl Scenario {
             "unix-truncated-body" => cut(&["closed-early"]),
             "unix-bad-header" => v("upstream", &["invalid-response"]),
             "unix-stall" => v("upstream", &["stalled"]),
+            // The gateways pass the application's own 5xx on: its cause, not a failed exchange.
+            name if name.starts_with("upstream-5") => v("upstream", &["upstream-5xx"]),
+            // HAProxy's 16 KB buffer holds a 9 KB head: it answers 200.
+            "head-too-large" if gw == GatewayKind::Haproxy => Expect::NoVerdict,
+            "head-too-large" | "head-too-large-20k" => v("gateway", &["head-too-large"]),
             other => unreachable!("scenario {other} has no expectation"),
         }
     }

@@ -389,7 +389,7 @@ fn responses_cut_short_are_flagged_truncated_with_the_real_status() {
 fn response_heads_are_parsed() {
     use upstrace::engine::http::ResponseHead;
     let h = ResponseHead::parse(b"HTTP/1.1 206 Partial\r\ncontent-length: 12\r\n\r\nabc").unwrap();
-    assert_eq!(h, ResponseHead { status: 206, header_len: Some(44), content_length: Some(12) });
+    assert_eq!(h, ResponseHead { status: 206, header_len: Some(44), content_length: Some(12), chunked: false });
     assert_eq!(ResponseHead::parse(b"garbage"), None);
     assert_eq!(ResponseHead::parse(b"HTTP/1.1 2"), None);
     let h = ResponseHead::parse(b"HTTP/1.0 200 OK\r\nServer: x\r\nContent-Le").unwrap();
@@ -646,4 +646,129 @@ fn a_unix_socket_connect_error_speaks_of_the_file_not_of_routes() {
     // The same errno on a TCP connect is the route's doing.
     let v = one(&[with(ev(Kind::ConnectSyscall, 0, 0), |e| e.value = -13), status(1, 502)]);
     assert_eq!((v.class, v.cause), (Class::Network, Cause::NoRoute));
+}
+
+/// A response whose first read held just `head` (escaped as the decoder gives it).
+fn len(head: &str) -> u64 {
+    upstrace::engine::decode::unescape_bytes(head).len() as u64
+}
+
+fn answered(ts: u64, sock: u64, head: &str) -> KernelEvent {
+    let len = len(head);
+    with(ev(Kind::ResponseStart, ts, sock), |e| {
+        e.value = len as i64;
+        e.bytes_recv = len;
+        e.head = Some(head.into());
+    })
+}
+
+#[test]
+fn an_upstreams_own_complete_5xx_is_its_own_cause_whoever_closed() {
+    // Content-Length, then the upstream closes: complete by its length.
+    let head = "HTTP/1.1 503 Service Unavailable\\r\\nContent-Length: 11\\r\\n\\r\\nmaintenance";
+    let mut events = connect(0, 0xa1);
+    events.push(answered(3, 0xa1, head));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = len(head)));
+    events.push(with(ev(Kind::RecvEnd, 4, 0xa1), |e| e.bytes_recv = len(head)));
+    events.push(status(5, 503));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Upstream, "upstream-5xx"), "{}", v.summary);
+    assert!(v.summary.contains("\"HTTP/1.1 503 Service Unavailable\" itself"), "{}", v.summary);
+    assert!(v.summary.contains("all 11 body bytes"), "{}", v.summary);
+    assert!(v.summary.contains("its body begins \"maintenance\""), "{}", v.summary);
+    assert!(v.next_check().contains("answered this 5xx itself"));
+
+    // Chunked, through its last chunk, on a kept-alive connection that stays open.
+    let head = "HTTP/1.1 500 Internal Server Error\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\noops!\\r\\n0\\r\\n\\r\\n";
+    let mut events = connect(0, 0xa1);
+    events.push(answered(3, 0xa1, head));
+    events.push(status(5, 500));
+    let v = one(&events);
+    assert_eq!(v.cause.as_str(), "upstream-5xx", "{}", v.summary);
+    assert!(v.summary.contains("through its last chunk"), "{}", v.summary);
+
+    // Close-delimited: the upstream's FIN ends the body.
+    let head = "HTTP/1.0 500 Internal Server Error\\r\\n\\r\\nboom";
+    let mut events = connect(0, 0xa1);
+    events.push(answered(3, 0xa1, head));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = len(head)));
+    events.push(with(ev(Kind::RecvEnd, 4, 0xa1), |e| e.bytes_recv = len(head)));
+    events.push(status(5, 500));
+    let v = one(&events);
+    assert_eq!(v.cause.as_str(), "upstream-5xx", "{}", v.summary);
+    assert!(v.summary.contains("ended by the upstream's close"), "{}", v.summary);
+}
+
+#[test]
+fn a_5xx_cut_short_or_not_the_one_passed_on_is_not_the_upstreams_own() {
+    // The announced length never arrived before the upstream closed.
+    let head = "HTTP/1.1 503 Service Unavailable\\r\\nContent-Length: 500\\r\\n\\r\\nmaint";
+    let mut events = connect(0, 0xa1);
+    events.push(answered(3, 0xa1, head));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = len(head)));
+    events.push(with(ev(Kind::RecvEnd, 4, 0xa1), |e| e.bytes_recv = len(head)));
+    events.push(status(5, 503));
+    assert_eq!(one(&events).cause.as_str(), "closed-early");
+
+    // A close-delimited body ended by a reset is not complete.
+    let head = "HTTP/1.0 500 Internal Server Error\\r\\n\\r\\nboom";
+    let mut events = connect(0, 0xa1);
+    events.push(answered(3, 0xa1, head));
+    events.push(with(ev(Kind::ResetReceived, 4, 0xa1), |e| e.new_state = Some(TcpState::Established)));
+    events.push(status(5, 500));
+    assert_eq!(one(&events).cause.as_str(), "reset");
+
+    // The gateway answered another status than the upstream's (it made its own 502).
+    let head = "HTTP/1.1 500 Internal Server Error\\r\\nContent-Length: 4\\r\\n\\r\\nboom";
+    let mut events = connect(0, 0xa1);
+    events.push(answered(3, 0xa1, head));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = len(head)));
+    events.push(status(5, 502));
+    assert_ne!(one(&events).cause.as_str(), "upstream-5xx");
+}
+
+#[test]
+fn a_head_larger_than_the_gateways_buffer_is_told_from_an_early_close() {
+    let head = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nSet-Cookie: session=cccccccccccccccccccc";
+    // nginx read its 4 KB buffer full, found no end of the head and closed with bytes unread
+    // (its RST); the upstream had sent the rest and closed (a FIN nginx never read).
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 4096));
+    events.push(with(state(3, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 4096));
+    events.push(with(ev(Kind::ResetSent, 4, 0xa1), |e| e.value = TcpState::CloseWait as i64));
+    events.push(with(state(4, 0xa1, "CLOSE_WAIT", "CLOSE"), |e| e.bytes_recv = 4096));
+    events.push(status(5, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Gateway, "head-too-large"), "{}", v.summary);
+    assert!(v.summary.contains("read 4096 bytes with no end of the head"), "{}", v.summary);
+    assert!(v.summary.contains("proxy_buffer_size"), "{}", v.summary);
+    assert!(v.next_check().contains("tune.bufsize"));
+
+    // HAProxy writes its 502 first, then resets the connection (16320 bytes read).
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 15360));
+    events.push(status(4, 502));
+    events.push(with(state(4, 0xa1, "ESTABLISHED", "CLOSE"), |e| e.bytes_recv = 16320));
+    events.push(with(ev(Kind::ResetSent, 4, 0xa1), |e| e.value = TcpState::Close as i64));
+    let v = one(&events);
+    assert_eq!(v.cause.as_str(), "head-too-large", "{}", v.summary);
+    assert!(v.summary.contains("read 16320 bytes"), "{}", v.summary);
+
+    // A partial head, then silence until the gateway's read timeout: a stall, not this.
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 4096));
+    events.push(with(state(2003, 0xa1, "ESTABLISHED", "FIN_WAIT1"), |e| e.bytes_recv = 4096));
+    events.push(status(2003, 504));
+    assert_ne!(one(&events).cause.as_str(), "head-too-large");
+
+    // The upstream closed in the middle of its head: the gateway read on to the EOF.
+    let mut events = connect(0, 0xa1);
+    events.push(with(answered(3, 0xa1, head), |e| e.bytes_recv = 4096));
+    events.push(with(state(3, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| e.bytes_recv = 4096));
+    events.push(with(ev(Kind::RecvEnd, 4, 0xa1), |e| e.bytes_recv = 4096));
+    events.push(with(state(4, 0xa1, "CLOSE_WAIT", "LAST_ACK"), |e| e.bytes_recv = 4096));
+    events.push(status(5, 502));
+    let v = one(&events);
+    assert_eq!(v.cause.as_str(), "closed-early", "{}", v.summary);
+    assert!(v.summary.contains("after 4096 response bytes"), "{}", v.summary);
 }

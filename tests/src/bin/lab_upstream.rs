@@ -227,10 +227,46 @@ fn serve<S: Read + Write>(mut s: S, mode: &str, abort: fn(S)) {
                 pause(100);
                 die();
             }
+            // A valid response whose head is KB kilobytes (a big cookie), on a connection kept
+            // open: larger than a gateway's header buffer. `big-head-KB`.
+            other if other.strip_prefix("big-head-").and_then(|kb| kb.parse::<usize>().ok()).is_some() => {
+                let kb: usize = other["big-head-".len()..].parse().unwrap_or(9);
+                let cookie = "c".repeat((kb * 1024).saturating_sub(100));
+                let response =
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: session={cookie}\r\nContent-Length: 2\r\n\r\nok");
+                if s.write_all(response.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            // The application's own 5xx, whole: `upstream-503-length`, `-chunked` (both on a
+            // connection kept open) or `-close` (close-delimited, then closed). One write, so
+            // the gateway's first read holds it all.
+            other if own_5xx(other).is_some() => {
+                let (status, framing) = own_5xx(other).unwrap();
+                let reason = if status == 503 { "Service Unavailable" } else { "Internal Server Error" };
+                // Short, so that a chunked answer ends within the 128 bytes the kernel keeps.
+                let body = if status == 503 { "maintenance" } else { "app error" };
+                let head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n");
+                let response = match framing {
+                    "length" => format!("{head}Content-Length: {}\r\n\r\n{body}", body.len()),
+                    "chunked" => format!("{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()),
+                    _ => format!("{head}Connection: close\r\n\r\n{body}"),
+                };
+                if s.write_all(response.as_bytes()).is_err() || framing == "close" {
+                    return;
+                }
+            }
             other => {
                 eprintln!("upstrace-lab-upstream: unknown mode {other}");
                 std::process::exit(2);
             }
         }
     }
+}
+
+/// `upstream-STATUS-FRAMING`: a 5xx status and how its body ends (length, chunked, close).
+fn own_5xx(mode: &str) -> Option<(u16, &str)> {
+    let (status, framing) = mode.strip_prefix("upstream-")?.split_once('-')?;
+    let status: u16 = status.parse().ok().filter(|s| (500..600).contains(s))?;
+    ["length", "chunked", "close"].contains(&framing).then_some((status, framing))
 }

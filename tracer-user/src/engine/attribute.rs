@@ -11,7 +11,7 @@ use tracer_common::errno::{
 pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Delivered, EvidenceItem, Gateway, Protocol, Verdict};
 use crate::engine::{
     decode::{KernelEvent, Kind, errno_name, signal_name},
-    http::{self, ResponseHead, invalid_http},
+    http::{self, Completeness, Framing, ResponseHead, invalid_http},
     track::{Attempt, Death, Evidence, Overflow, Tracker},
 };
 
@@ -195,7 +195,7 @@ impl Engine {
             None => (self.now_ns, Gateway { pid: 0, comm: String::new() }),
         };
         let finding = match last {
-            Some(a) => self.decide(a, t, format!("{} (its answer to the client is not readable here)", a.comm)),
+            Some(a) => self.decide(a, t, None, format!("{} (its answer to the client is not readable here)", a.comm)),
             None => Finding::new(Cause::Undecided, "no attempt".into()),
         };
         let answer = Answer { gateway, client: "?".into(), client_side: None, status: None, delivered: Delivered::Inferred };
@@ -389,7 +389,9 @@ impl Engine {
                 !a.consumed
                     && a.started_ns <= t
                     && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
-                    && !(a.succeeded() && a.end_ns().is_none_or(|e| e > t))
+                    // A gateway that resets its upstream connection (closing it with bytes
+                    // unread) gave up on it: not a success, even right after its status.
+                    && !(a.succeeded() && a.end_ns().is_none_or(|e| e > t) && !a.answered_5xx() && a.rst_sent_ns.is_none())
                     && !(a.succeeded() && a.response_ns.is_some_and(|r| r < t.saturating_sub(LOOKBACK_NS)))
                     && a.end_ns().is_none_or(|e| e <= t + SETTLE_NS)
             })
@@ -404,7 +406,9 @@ impl Engine {
         let t = status.ts_ns;
         let mut marked_upstream = None;
         let finding = match chain.last().and_then(|id| self.tracker.attempt(*id)) {
-            Some(primary) => self.decide(primary, t, format!("{} answered {}", status.comm, status.value)),
+            Some(primary) => {
+                self.decide(primary, t, u16::try_from(status.value).ok(), format!("{} answered {}", status.comm, status.value))
+            }
             None => match self.marked_failed(status) {
                 Some((finding, upstream)) => {
                     marked_upstream = Some(upstream);
@@ -454,7 +458,8 @@ impl Engine {
             self.tracker.forget_explained(tid, chain);
         }
         let attempts: Vec<&Attempt> = chain.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
-        if cause.class() != Class::Unknown {
+        // An upstream's own 5xx is a working exchange: it takes no server out.
+        if cause.class() != Class::Unknown && cause != Cause::Upstream5xx {
             let failures: Vec<PastFailure> = attempts
                 .iter()
                 .map(|a| PastFailure { ts_ns: a.end_ns().unwrap_or(t), pid: a.pid, comm: a.comm.clone(), upstream: a.upstream(), cause })
@@ -501,7 +506,7 @@ impl Engine {
         if a.consumed || a.succeeded() {
             return None;
         }
-        let cause = self.decide(a, end, String::new()).cause;
+        let cause = self.decide(a, end, None, String::new()).cause;
         (cause.class() != Class::Unknown).then(|| PastFailure {
             ts_ns: end,
             pid: a.pid,
@@ -621,8 +626,8 @@ impl Engine {
 
     /// The cause of a failed request, from its last attempt: the first rule that decides.
     /// `gw` opens the summary ("nginx answered 502"); `status_ns` is when the gateway answered.
-    fn decide(&self, a: &Attempt, status_ns: u64, gw: String) -> Finding {
-        let case = Case { engine: self, a, status_ns, up: a.upstream(), gw, end: a.end_ns().unwrap_or(status_ns) };
+    fn decide(&self, a: &Attempt, status_ns: u64, status: Option<u16>, gw: String) -> Finding {
+        let case = Case { engine: self, a, status_ns, status, up: a.upstream(), gw, end: a.end_ns().unwrap_or(status_ns) };
         RULES.iter().find_map(|rule| rule(&case)).unwrap_or_else(|| {
             Finding::new(
                 Cause::Undecided,
@@ -664,6 +669,8 @@ struct Case<'a> {
     engine: &'a Engine,
     a: &'a Attempt,
     status_ns: u64,
+    /// The status the gateway answered, when it could be read.
+    status: Option<u16>,
     /// The upstream (`ip:port` or `unix:/path`).
     up: String,
     /// "nginx answered 502".
@@ -676,8 +683,18 @@ type Rule = fn(&Case) -> Option<Finding>;
 
 /// The rules, in the order they are asked: what fails earliest in a connection's life and
 /// says the most decides first.
-const RULES: [Rule; 8] =
-    [connect_failed, icmp_error, packet_dropped, refused, never_connected, invalid_bytes, ended_by_upstream, no_valid_answer];
+const RULES: [Rule; 10] = [
+    upstream_answered,
+    connect_failed,
+    icmp_error,
+    packet_dropped,
+    refused,
+    never_connected,
+    invalid_bytes,
+    head_too_large,
+    ended_by_upstream,
+    no_valid_answer,
+];
 
 fn remember(recent: &mut std::collections::VecDeque<PastFailure>, failure: PastFailure) {
     if recent.len() == MAX_RECENT_FAILURES {
@@ -716,6 +733,51 @@ fn died_handling(c: &Case, d: &Death, then: String) -> Finding {
         Finding::new(Cause::Crashed, format!("{gw}: {who} while handling the request; {then}"))
     };
     finding.with(ev)
+}
+
+/// 0. The upstream answered this very 5xx itself, whole, and the gateway passed it on.
+///
+/// The exchange worked, the application failed. Whole is decided by the framing, not by who closed.
+fn upstream_answered(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let status = c.status?;
+    let head = a.head.as_deref()?;
+    let parsed = ResponseHead::parse(head).filter(|p| p.status >= 500 && p.status == status)?;
+    let reset = a.rst.is_some() || a.recv_end.is_some_and(|r| !r.eof()) || a.sock_err.is_some();
+    let crash = c.engine.dead_listener(a, a.started_ns, c.end).filter(|d| d.crashed());
+    let closed_cleanly = !reset && crash.is_none() && (a.fin_ns.is_some() || a.recv_end.is_some_and(|r| r.eof()));
+    let mut whole = parsed.completeness(head, a.bytes_recv, closed_cleanly);
+    // Byte counts are refreshed when a connection ends: on one still open (kept alive) the
+    // rest of a body may have come since.
+    let open = a.end_ns().is_none() && parsed.header_len.is_some();
+    if whole == Completeness::Short && open && parsed.framing() != Framing::UntilClose {
+        whole = Completeness::Unseen;
+    }
+    let framing = match (whole, parsed.framing()) {
+        (Completeness::Short, _) => return None,
+        // A reset or crash in the middle: the earlier rules' story, not the application's.
+        (Completeness::Unseen, _) if reset || crash.is_some() => return None,
+        (Completeness::Unseen, _) => "its end past the bytes seen, on a connection with no reset or crash".to_string(),
+        (Completeness::Complete, Framing::Length(n)) => format!("all {n} body bytes of its Content-Length"),
+        (Completeness::Complete, Framing::Chunked) => "chunked, through its last chunk".to_string(),
+        (Completeness::Complete, Framing::UntilClose) => "its body ended by the upstream's close".to_string(),
+        (Completeness::Complete, Framing::NoBody) => "no body".to_string(),
+    };
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);
+    let body = parsed.body(head).filter(|b| !b.is_empty()).map(|b| {
+        let more = if b.len() > 60 || a.bytes_recv > head.len() as u64 { "..." } else { "" };
+        format!("; its body begins \"{}{more}\"", crate::engine::decode::escape_bytes(&b[..b.len().min(60)]))
+    });
+    Some(Finding::new(
+        Cause::Upstream5xx,
+        format!(
+            "{}: {} answered \"{line}\" itself, a complete response ({framing}), and the gateway passed it on{}",
+            c.gw,
+            c.up,
+            body.unwrap_or_default()
+        ),
+    ))
 }
 
 /// 1. connect(2) failed at once: routing, local resources, unix sockets.
@@ -909,6 +971,47 @@ fn invalid_bytes(c: &Case) -> Option<Finding> {
     let why = invalid_http(head)?;
     let shown = crate::engine::decode::escape_bytes(&head[..head.len().min(40)]);
     Some(Finding::new(Cause::InvalidResponse, format!("{}: {} answered with {why}: \"{shown}\"", c.gw, c.up)))
+}
+
+/// No gateway's header buffer is smaller (nginx: one page, 4 or 8 KB; HAProxy: tune.bufsize
+/// less tune.maxrewrite, 15 KB, then up to 16 KB).
+const MIN_HEAD_BUFFER: u64 = 1024;
+/// A gateway gives up on a full header buffer as soon as it is full; a read timeout comes at
+/// least its timeout after the last read, so later than this after the first byte.
+const HEAD_GIVE_UP_NS: u64 = 1_000_000_000;
+
+/// 6b. A valid response head that did not fit the gateway's buffer: the gateway read at least
+/// a buffer's worth with no end of head, never read on to the upstream's end (no EOF), and
+/// closed the connection itself at once. An upstream that closed early is read to its EOF.
+fn head_too_large(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let head = a.head.as_deref()?;
+    ResponseHead::parse(head).filter(|p| p.header_len.is_none())?;
+    let got = a.bytes_recv;
+    if got < MIN_HEAD_BUFFER || a.recv_end.is_some() || a.rst.is_some() {
+        return None;
+    }
+    let closed = a.rst_sent_ns.or(a.local_close_ns)?;
+    if closed.saturating_sub(a.response_ns?) > HEAD_GIVE_UP_NS {
+        return None;
+    }
+    let how = if a.rst_sent_ns.is_some() { "reset the connection with response bytes unread" } else { "closed the connection first" };
+    let upstream_fin =
+        if a.fin_ns.is_some_and(|f| f <= closed) { " (the upstream's own close came later in its stream, unread)" } else { "" };
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);
+    let setting = match c.a.comm.as_str() {
+        "nginx" => "nginx's proxy_buffer_size (fastcgi_buffer_size for FastCGI; 4k or 8k by default)".to_string(),
+        "haproxy" => "HAProxy's tune.bufsize (16384 by default, less tune.maxrewrite)".to_string(),
+        other => format!("{other}'s response header buffer"),
+    };
+    Some(Finding::new(
+        Cause::HeadTooLarge,
+        format!(
+            "{}: {} sent a response head (\"{line}\"...) larger than the gateway's header buffer: the gateway read {got} bytes with no end of the head among them, stopped reading and {how}{upstream_fin}; {setting} is smaller than the head",
+            c.gw, c.up
+        ),
+    ))
 }
 
 /// 7. The upstream ended the connection before a complete response: reset, crash, close.

@@ -8,6 +8,29 @@ pub struct ResponseHead {
     /// Length of the header block, if it ended within the captured bytes.
     pub header_len: Option<u64>,
     pub content_length: Option<u64>,
+    /// `Transfer-Encoding: chunked` (its last coding), within the captured header block.
+    pub chunked: bool,
+}
+
+/// How the end of a response body is known (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// 1xx, 204, 304: no body.
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// Neither: the body ends when the upstream closes.
+    UntilClose,
+}
+
+/// Whether a response arrived whole, judged by its framing alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completeness {
+    Complete,
+    /// Its framing says more was due (or the head never ended).
+    Short,
+    /// Its end lies past the bytes kept (a chunked body longer than the captured head).
+    Unseen,
 }
 
 impl ResponseHead {
@@ -24,7 +47,52 @@ impl ResponseHead {
             let (name, value) = line.split_once(':')?;
             name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
         });
-        Some(ResponseHead { status, header_len, content_length })
+        let chunked = block.split("\r\n").any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.eq_ignore_ascii_case("transfer-encoding")
+                    && value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+            })
+        });
+        Some(ResponseHead { status, header_len, content_length, chunked })
+    }
+
+    pub fn framing(&self) -> Framing {
+        if matches!(self.status, 100..=199 | 204 | 304) {
+            Framing::NoBody
+        } else if self.chunked {
+            // Chunked wins over a Content-Length (RFC 9112 6.3).
+            Framing::Chunked
+        } else if let Some(n) = self.content_length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        }
+    }
+
+    /// Did the whole response arrive? `head` is the captured start of it, `received` the bytes
+    /// the gateway read, `closed_cleanly` whether the upstream ended with a FIN (no reset, no
+    /// crash): only that ends a close-delimited body.
+    pub fn completeness(&self, head: &[u8], received: u64, closed_cleanly: bool) -> Completeness {
+        let Some(header_len) = self.header_len else { return Completeness::Short };
+        match self.framing() {
+            Framing::NoBody => Completeness::Complete,
+            Framing::Length(n) if received >= header_len + n => Completeness::Complete,
+            Framing::Length(_) => Completeness::Short,
+            Framing::UntilClose if closed_cleanly => Completeness::Complete,
+            Framing::UntilClose => Completeness::Short,
+            // The last chunk and the empty trailer section end it; only visible when every
+            // byte read is in the captured head.
+            Framing::Chunked if received > head.len() as u64 => Completeness::Unseen,
+            Framing::Chunked => {
+                let body = &head[(header_len as usize).min(head.len())..];
+                if body == b"0\r\n\r\n" || body.ends_with(b"\r\n0\r\n\r\n") { Completeness::Complete } else { Completeness::Short }
+            }
+        }
+    }
+
+    /// The body bytes within the captured head, if the head ended there.
+    pub fn body<'a>(&self, head: &'a [u8]) -> Option<&'a [u8]> {
+        head.get(self.header_len? as usize..)
     }
 }
 
@@ -53,11 +121,13 @@ pub const MAX_STATUS_LINE: usize = 64;
 
 /// A response head with what could be secret hidden, for every output (lines, traces, evidence):
 /// the status line is kept, and beyond it each header keeps its name while its value becomes
-/// `*`s (Set-Cookie, Authorization and the like, and any other value), as does any body. The
-/// length and the line structure stay (CR, LF and other control bytes are kept), so the
-/// engine's checks read the masked head as they read the real one: where the header block
-/// ends, whether it holds control characters. Content-Length keeps its digits: the truncation
-/// check needs them, and a length is no secret. Masking a masked head changes nothing.
+/// `*`s (Set-Cookie, Authorization and the like, and any other value), as does any body but a
+/// 5xx's (an error page is the evidence an operator needs, and its chunked framing tells
+/// whether it came whole). The length and the line structure stay (CR, LF and other control
+/// bytes are kept), so the engine's checks read the masked head as they read the real one:
+/// where the header block ends, whether it holds control characters. Content-Length and
+/// Transfer-Encoding keep their values: the framing checks need them, and they are no secret.
+/// Masking a masked head changes nothing.
 pub fn mask_head(head: &[u8]) -> Vec<u8> {
     let mut out = head.to_vec();
     let first_end = head.iter().position(|&c| c == b'\n').map_or(head.len(), |i| i + 1);
@@ -68,6 +138,7 @@ pub fn mask_head(head: &[u8]) -> Vec<u8> {
             *c = b'*';
         }
     }
+    let keep_body = ResponseHead::parse(head).is_some_and(|h| h.status >= 500);
     let mut at = first_end;
     let mut in_headers = true;
     while at < head.len() {
@@ -84,8 +155,14 @@ pub fn mask_head(head: &[u8]) -> Vec<u8> {
             if token {
                 let value = &content[colon + 1..];
                 let length_digits = value.iter().all(|&c| c.is_ascii_digit() || c == b' ' || c == b'\t');
-                value_from = if name.eq_ignore_ascii_case(b"content-length") && length_digits { content.len() } else { colon + 1 };
+                let codings = value.iter().all(|&c| c.is_ascii_alphabetic() || b" \t,".contains(&c));
+                let framing = (name.eq_ignore_ascii_case(b"content-length") && length_digits)
+                    || (name.eq_ignore_ascii_case(b"transfer-encoding") && codings);
+                value_from = if framing { content.len() } else { colon + 1 };
             }
+        }
+        if !in_headers && keep_body {
+            break;
         }
         for c in &mut out[at + value_from..end] {
             if !(c.is_ascii_control() || *c == b' ') {
@@ -103,11 +180,11 @@ mod tests {
 
     #[test]
     fn header_values_are_masked_and_the_status_line_kept() {
-        let head = b"HTTP/1.1 502 Bad Gateway\r\nSet-Cookie: session=s3cr3t; Path=/\r\nAuthorization: Bearer abc\r\n\
+        let head = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=s3cr3t; Path=/\r\nAuthorization: Bearer abc\r\n\
                      Cookie: a=b\r\nProxy-Authorization: Basic Zm9v\r\nX-Internal: 10.1.2.3\r\nContent-Length: 17\r\n\r\n{\"token\":\"xyz\"}";
         let masked = mask_head(head);
         let text = String::from_utf8(masked.clone()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\nSet-Cookie: "), "{text}");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nSet-Cookie: "), "{text}");
         for secret in ["s3cr3t", "Bearer", "abc", "a=b", "Zm9v", "10.1.2.3", "token", "xyz"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
@@ -118,6 +195,10 @@ mod tests {
         // What the engine reads from a head is unchanged.
         assert_eq!(ResponseHead::parse(&masked), ResponseHead::parse(head));
         assert_eq!(ResponseHead::parse(&masked).unwrap().content_length, Some(17));
+        // A 5xx keeps its body (the error page) and its chunked framing; its headers are masked.
+        let error = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\nSet-Cookie: s=1\r\n\r\n5\r\ndown!\r\n0\r\n\r\n";
+        let text = String::from_utf8(mask_head(error)).unwrap();
+        assert!(text.contains("Transfer-Encoding: chunked\r\nSet-Cookie: ***\r\n\r\n5\r\ndown!\r\n0\r\n\r\n"), "{text}");
     }
 
     #[test]

@@ -295,6 +295,12 @@ impl Attempt {
             && self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none())
     }
 
+    /// The response began with a 5xx status line: it may be the one the gateway passes on,
+    /// on a connection that stays open.
+    pub fn answered_5xx(&self) -> bool {
+        self.head.as_deref().and_then(crate::engine::http::ResponseHead::parse).is_some_and(|p| p.status >= 500)
+    }
+
     fn touch(&mut self, ev: &KernelEvent) {
         self.last_ns = self.last_ns.max(ev.ts_ns);
         if self.src.is_none() {

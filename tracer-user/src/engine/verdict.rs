@@ -91,6 +91,9 @@ pub enum Cause {
     Overloaded,
     /// A unix-socket upstream whose socket file is not there.
     NoSocketFile,
+    /// The upstream answered the 5xx itself, with a complete response, and the gateway passed
+    /// it on: the application's own error, not a failed exchange.
+    Upstream5xx,
     // firewall
     Rejected,
     Dropped,
@@ -103,6 +106,9 @@ pub enum Cause {
     LocalResources,
     /// The gateway may not connect to a unix socket (its owner and mode keep the worker out).
     PermissionDenied,
+    /// The upstream's response head did not fit the gateway's header buffer: the gateway
+    /// gave up on a valid but large head (gateway class: its setting decides, and the usual fix).
+    HeadTooLarge,
     // unknown
     ConnectFailed,
     ReadError,
@@ -111,7 +117,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 21] = [
+    pub const ALL: [Cause; 23] = [
         Cause::Refused,
         Cause::Crashed,
         Cause::WorkerKilled,
@@ -121,6 +127,7 @@ impl Cause {
         Cause::InvalidResponse,
         Cause::Overloaded,
         Cause::NoSocketFile,
+        Cause::Upstream5xx,
         Cause::Rejected,
         Cause::Dropped,
         Cause::NoRoute,
@@ -129,6 +136,7 @@ impl Cause {
         Cause::Loss,
         Cause::LocalResources,
         Cause::PermissionDenied,
+        Cause::HeadTooLarge,
         Cause::ConnectFailed,
         Cause::ReadError,
         Cause::Undecided,
@@ -147,6 +155,7 @@ impl Cause {
             Cause::InvalidResponse => "invalid-response",
             Cause::Overloaded => "overloaded",
             Cause::NoSocketFile => "no-socket-file",
+            Cause::Upstream5xx => "upstream-5xx",
             Cause::Rejected => "rejected",
             Cause::Dropped => "dropped",
             Cause::NoRoute => "no-route",
@@ -155,6 +164,7 @@ impl Cause {
             Cause::Loss => "loss",
             Cause::LocalResources => "local-resources",
             Cause::PermissionDenied => "permission-denied",
+            Cause::HeadTooLarge => "head-too-large",
             Cause::ConnectFailed => "connect-failed",
             Cause::ReadError => "read-error",
             Cause::Undecided => "undecided",
@@ -176,10 +186,11 @@ impl Cause {
             | Cause::Stalled
             | Cause::InvalidResponse
             | Cause::Overloaded
-            | Cause::NoSocketFile => Class::Upstream,
+            | Cause::NoSocketFile
+            | Cause::Upstream5xx => Class::Upstream,
             Cause::Rejected | Cause::Dropped => Class::Firewall,
             Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
-            Cause::LocalResources | Cause::PermissionDenied => Class::Gateway,
+            Cause::LocalResources | Cause::PermissionDenied | Cause::HeadTooLarge => Class::Gateway,
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => Class::Unknown,
         }
     }
@@ -197,6 +208,9 @@ impl Cause {
             Cause::Stalled => "The upstream accepted the request but did not answer in time: check its latency, worker pool and dependencies; compare with the gateway's read timeout.".into(),
             Cause::InvalidResponse => format!("The upstream answered something that is not valid HTTP: request it directly (curl -v http://{upstream}/) and check the protocol/port."),
             Cause::Overloaded => "The upstream's accept queue was full: add workers or raise its listen backlog (and net.core.somaxconn).".into(),
+            Cause::Upstream5xx => format!(
+                "The application at {upstream} answered this 5xx itself: read its own logs (the status line and body above say what it reported), and whether it was in maintenance or failing a dependency."
+            ),
             Cause::Dropped => "A firewall dropped the packets: list the rules in the network namespace named in the summary (ip netns exec ... nft list ruleset), look for a drop on the upstream port.".into(),
             Cause::Rejected => "A firewall rejected the connection: check the rules (nft list ruleset / iptables -S) on the host that sent the ICMP or RST named above.".into(),
             Cause::Unreachable => format!("The upstream host does not answer: check it is up, then neighbours and routes from the gateway (ip neigh; ip route get {ip})."),
@@ -211,6 +225,7 @@ impl Cause {
                 "The gateway's workers may not connect to {}: compare the socket's owner and mode (ls -l) with the workers' user (listen.owner/listen.group/listen.mode in php-fpm, the user directive in nginx).",
                 upstream.trim_start_matches("unix:")
             ),
+            Cause::HeadTooLarge => "The upstream's response head is larger than the gateway's header buffer: raise it (nginx proxy_buffer_size, fastcgi_buffer_size for FastCGI; HAProxy tune.bufsize) or make the upstream's headers smaller (cookies, tokens).".into(),
             Cause::LocalResources => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => {
                 "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into()
