@@ -339,7 +339,9 @@ impl Engine {
             .iter()
             .copied()
             .filter(ended_recently)
-            .min_by_key(|a| (a.end_ns(), a.started_ns))
+            // A failed attempt before one whose answer came whole and whose connection then
+            // ended (an idle keep-alive connection its server closed).
+            .min_by_key(|a| (a.succeeded(), a.end_ns(), a.started_ns))
             // Nothing ended: the oldest request still in flight (a stall the gateway has not
             // closed yet).
             .or_else(|| attempts.iter().copied().filter(|a| a.end_ns().is_none()).min_by_key(|a| a.request_ns.unwrap_or(a.started_ns)));
@@ -586,7 +588,10 @@ impl Engine {
             (None, Some(dst)) => (self.tracker.listeners.get(&dst.port())?, Some(dst.ip())),
             (None, None) => return None,
         };
-        self.tracker.deaths.iter().rev().filter(|d| d.ts_ns <= until + 1_000_000 && d.ts_ns + DEATH_WINDOW_NS >= from).find(|d| {
+        // A unix server's replacement is not seen listening (no hook), so for a request it
+        // held (`from` > 0) only a death after the request began explains it.
+        let earliest = if ip.is_none() && from > 0 { from } else { from.saturating_sub(DEATH_WINDOW_NS) };
+        self.tracker.deaths.iter().rev().filter(|d| d.ts_ns <= until + 1_000_000 && d.ts_ns >= earliest).find(|d| {
             listeners.iter().any(|l| {
                 // A unix server's workers forked after upstrace looked are followed by the
                 // kernel (their exits are reported) but not listed: the name tells the family.
