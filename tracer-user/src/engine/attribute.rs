@@ -606,12 +606,9 @@ impl Engine {
     /// (`php-fpm: pool www`), and whether a manager of the same server killed it.
     fn death_of(&self, a: &Attempt, d: &Death) -> (String, Evidence, bool) {
         let listeners = a.path.as_ref().and_then(|p| self.tracker.unix_listeners.get(p));
-        let title = listeners.and_then(|ls| ls.iter().find(|l| l.pid == d.pid)).and_then(|l| l.title.clone());
+        let title = listeners.and_then(|ls| ls.iter().find(|l| l.pid == d.pid)).and_then(|l| l.title.as_deref());
         let manager = d.killed_by.and_then(|k| listeners.and_then(|ls| ls.iter().find(|l| l.pid == k)));
-        let (mut who, ev) = death_note(d);
-        if let Some(title) = title {
-            who = who.replacen(&format!("({})", d.comm), &format!("({title})"), 1);
-        }
+        let (mut who, ev) = death_note_named(d, title.unwrap_or(&d.comm));
         if let Some(m) = manager {
             who.push_str(&format!(" sent by its manager {} ({})", m.pid, m.title.as_deref().unwrap_or(&m.comm)));
         }
@@ -714,12 +711,17 @@ fn ms_between(from: u64, to: u64) -> f64 {
 
 /// "upstream process 1234 (app) killed by SIGKILL", and the death as evidence.
 fn death_note(d: &Death) -> (String, Evidence) {
+    death_note_named(d, &d.comm)
+}
+
+/// As `death_note`, naming the process by `name` (its title, when it listened under one).
+fn death_note_named(d: &Death, name: &str) -> (String, Evidence) {
     let how = match (d.signal, d.exit_code) {
         (Some(sig), _) => format!("killed by {}", signal_name(sig.into())),
         (None, Some(code)) => format!("exited with code {code}"),
         _ => "exited".into(),
     };
-    (format!("upstream process {} ({}) {how}", d.pid, d.comm), d.evidence.clone())
+    (format!("upstream process {} ({name}) {how}", d.pid), d.evidence.clone())
 }
 
 /// The upstream process died while it held the request: a crash, or its own manager killed it

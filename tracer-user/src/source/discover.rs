@@ -149,11 +149,23 @@ fn parse_unix_listeners(text: &str) -> HashMap<u64, String> {
 
 /// Every process holding a listening unix stream socket, in every network namespace.
 pub fn unix_listeners() -> Vec<UnixListenerInfo> {
-    let mut by_netns: HashMap<String, HashMap<u64, String>> = HashMap::new();
+    holders(unix_listening_sockets)
+        .into_iter()
+        .map(|(pid, path)| {
+            let comm = comm_of(pid).unwrap_or_default();
+            UnixListenerInfo { pid, title: title_of(pid, &comm), comm, path }
+        })
+        .collect()
+}
+
+/// (pid, socket) for every process holding one of the listening sockets `sockets_of` lists for
+/// its network namespace (read once per namespace), each socket once per process.
+fn holders<A: Clone + Ord>(sockets_of: fn(u32) -> HashMap<u64, A>) -> Vec<(u32, A)> {
+    let mut by_netns: HashMap<String, HashMap<u64, A>> = HashMap::new();
     let mut found = Vec::new();
     for pid in all_pids() {
         let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
-        let sockets = by_netns.entry(ns.to_string_lossy().into_owned()).or_insert_with(|| unix_listening_sockets(pid));
+        let sockets = by_netns.entry(ns.to_string_lossy().into_owned()).or_insert_with(|| sockets_of(pid));
         if sockets.is_empty() {
             continue;
         }
@@ -165,11 +177,10 @@ pub fn unix_listeners() -> Vec<UnixListenerInfo> {
             let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
                 continue;
             };
-            if let Some(path) = sockets.get(&inode)
-                && seen.insert(path.clone())
+            if let Some(socket) = sockets.get(&inode)
+                && seen.insert(socket.clone())
             {
-                let comm = comm_of(pid).unwrap_or_default();
-                found.push(UnixListenerInfo { pid, title: title_of(pid, &comm), comm, path: path.clone() });
+                found.push((pid, socket.clone()));
             }
         }
     }
@@ -189,31 +200,7 @@ fn title_of(pid: u32, comm: &str) -> Option<String> {
 /// Every process holding a listening TCP socket, in every network namespace: the upstreams
 /// whose deaths explain refusals and resets.
 pub fn listeners() -> Vec<ListenerInfo> {
-    let mut by_netns: HashMap<String, HashMap<u64, SocketAddr>> = HashMap::new();
-    let mut found = Vec::new();
-    for pid in all_pids() {
-        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
-        let ns = ns.to_string_lossy().into_owned();
-        let sockets = by_netns.entry(ns).or_insert_with(|| listening_sockets(pid));
-        if sockets.is_empty() {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        let mut seen = BTreeSet::new();
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else { continue };
-            let target = target.to_string_lossy();
-            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
-                continue;
-            };
-            if let Some(addr) = sockets.get(&inode)
-                && seen.insert(*addr)
-            {
-                found.push(ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr: *addr });
-            }
-        }
-    }
-    found
+    holders(listening_sockets).into_iter().map(|(pid, addr)| ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr }).collect()
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
