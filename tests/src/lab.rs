@@ -287,6 +287,9 @@ pub struct Lab {
     pub php: Option<PhpFpm>,
     /// What the gateway's client side speaks (set before `start_gateway`) and `request` uses.
     pub client: ClientMode,
+    /// nginx keeps a pool of idle upstream connections (the lab's default). Off: nginx's own
+    /// default, HTTP/1.0 and a new upstream connection per request.
+    pub upstream_keepalive: bool,
 }
 
 impl Lab {
@@ -314,6 +317,7 @@ impl Lab {
             upstream_loopback: false,
             php: None,
             client: ClientMode::Plain,
+            upstream_keepalive: true,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -657,6 +661,11 @@ impl Lab {
         } else {
             format!("listen 127.0.0.1:{GATEWAY_PORT};")
         };
+        let (pool, reuse) = if self.upstream_keepalive {
+            ("\n        keepalive 64;", "\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";")
+        } else {
+            ("", "")
+        };
         let conf = format!(
             r#"daemon off;
 master_process on;
@@ -672,8 +681,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     upstream backend {{
-        server {up};{second}
-        keepalive 64;
+        server {up};{second}{pool}
     }}
     server {{
         {listen}
@@ -681,9 +689,7 @@ http {{
         # and h2load does not reconnect).
         keepalive_requests 1000000;
         location / {{{fastcgi}
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_pass http://backend;{reuse}
             proxy_connect_timeout 2s;
             proxy_read_timeout 2s;
             proxy_send_timeout 2s;

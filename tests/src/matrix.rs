@@ -320,7 +320,15 @@ impl RowResult {
 /// Run one row: fresh lab, gateway, tracer; inject; request; compare. `record` keeps the
 /// trace (a fixture for offline tests).
 pub fn run(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>) -> Result<RowResult> {
+    run_with(scenario, gw, record, true)
+}
+
+/// `run`, with nginx keeping a keep-alive pool of upstream connections (the lab's default) or
+/// not (nginx's own default: a new upstream connection per request). HAProxy's configuration
+/// is the same either way.
+pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, keepalive: bool) -> Result<RowResult> {
     let mut lab = Lab::new()?;
+    lab.upstream_keepalive = keepalive;
     lab.unix_upstream = matches!(scenario.setup, Setup::Unix(_) | Setup::UnixAbandoned);
     lab.upstream_group = matches!(scenario.setup, Setup::GroupDown);
     lab.upstream_loopback = matches!(scenario.setup, Setup::Loopback);

@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -381,18 +381,32 @@ pub struct SockOwner {
 /// An RST answered the SYN (connection refused): the CLOSE and the ECONNREFUSED error that
 /// follow it say nothing new and are not sent (a refused connect is one event, not three).
 pub const OWNER_RST_IN_SYN_SENT: u32 = 1;
+/// The connection's own story (its connect, its state changes and its first exchange) is held
+/// in its `Exchange` record, not yet shipped: see `Exchange`.
+pub const OWNER_STORY_HELD: u32 = 2;
 const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
 /// Capacity of the held-exchange map; when it is full, exchanges are shipped at once instead.
 pub const MAX_EXCHANGES: u32 = 16384;
+/// State changes a held connection story keeps: a healthy connection makes 4 (ESTABLISHED and
+/// three on the way to CLOSE); one more than this and the story is shipped.
+pub const HELD_STATES: usize = 6;
 
-/// The exchange in progress on a kept-alive upstream connection. The kernel holds it instead
-/// of shipping `RequestSent`/`ResponseStart` for every request, and ships those two events
-/// (with their own times) only ahead of an event that can explain a failure (state change,
-/// reset, error, end of stream, retransmit) or when the response does not look like a plain
-/// HTTP/1.x 1xx-4xx answer. Healthy keep-alive traffic thus crosses no ring buffer.
+/// What the kernel holds back for an upstream connection instead of shipping it, and ships
+/// (as the events it stands for, each with its own time) only ahead of an event that can
+/// explain a failure: a reset, an error, an end of stream, a retransmit, a connect that did
+/// not complete, the gateway closing before any response byte, a response that does not start
+/// like a plain HTTP/1.x 1xx-4xx answer, or a 5xx status line written by the thread that read
+/// the response last. Healthy traffic thus crosses no ring buffer.
+///
+/// Two parts. The exchange in progress (request and first response bytes): held for every
+/// exchange of a kept-alive connection, and for the first one of a new connection. The
+/// connection's opening (`connect_ts`, the state changes and the tuple), held from the connect
+/// while `OWNER_STORY_HELD` is set: it is dropped when a second exchange begins (a reused
+/// connection's failures are told from its exchange alone) and with the record at a healthy
+/// CLOSE.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Exchange {
@@ -407,8 +421,33 @@ pub struct Exchange {
     pub head_len: u32,
     pub _pad: u32,
     pub head: [u8; RESPONSE_HEAD],
+    /// When the connect began (CLOSE -> SYN_SENT); 0 once the opening is not held.
+    pub connect_ts: u64,
+    /// The state changes held, oldest first: time, old and new state.
+    pub state_ts: [u64; HELD_STATES],
+    pub state_old: [u8; HELD_STATES],
+    pub state_new: [u8; HELD_STATES],
+    pub states: u8,
+    pub family: u8,
+    pub dport: u16,
+    /// Local port, read when the connection is established (it is 0 at SYN_SENT).
+    pub sport: u16,
+    pub _pad2: [u8; 6],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Bytes the held response should take on the connection (head + Content-Length, counted
+    /// from its first byte), when the head told; 0 if not. A connection closed before they
+    /// were read had its response cut short: its story is shipped.
+    pub response_expected: u64,
 }
-const _: () = assert!(size_of::<Exchange>() == 192);
+const _: () = assert!(size_of::<Exchange>() == 312);
+
+impl Exchange {
+    pub const fn zeroed() -> Self {
+        // SAFETY: every field is an integer or an array of integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
 
 pub const PHASE_IDLE: u32 = 0;
 pub const PHASE_SENDING: u32 = 1;

@@ -187,6 +187,75 @@ pub fn find_5xx(b: &[u8; SCAN_LEN]) -> Option<Found> {
     }
 }
 
+/// The bytes a response takes (head + Content-Length), if its head shows both within the bytes
+/// kept (`len` of them are valid); 0 if not. The kernel judges a connection's end by it.
+///
+/// Three searches, each a loop that stops at its match. For the verifier, each stop is a path
+/// on which the position found is a known constant, and the paths of a search multiply those
+/// of the next past its limit: `forget` runs between them (the kernel stores the position in
+/// map memory and reads it back, which the verifier does not track), so they meet again.
+#[inline(always)]
+pub fn response_length(head: &[u8; crate::RESPONSE_HEAD], len: u32, mut forget: impl FnMut(u64) -> u64) -> u64 {
+    const N: usize = crate::RESPONSE_HEAD;
+    let len = (len as usize).min(N);
+    // The end of the head ("\r\n\r\n").
+    let mut end = 0;
+    for i in 0..N - 3 {
+        if i + 4 > len {
+            break;
+        }
+        let Some(w) = head.get(i..i + 4).and_then(|w| w.first_chunk::<4>()) else { break };
+        if u32::from_le_bytes(*w) == u32::from_le_bytes(*b"\r\n\r\n") {
+            end = i + 4;
+            break;
+        }
+    }
+    let end = forget(end as u64) as usize;
+    if end == 0 || end > N {
+        return 0;
+    }
+    // "\ncontent-length:" in any case (0x20 lowers letters and leaves '\n', '-' and ':').
+    const LOWER: u64 = 0x2020_2020_2020_2000;
+    const FIRST: u64 = u64::from_le_bytes(*b"\ncontent");
+    const SECOND: u64 = u64::from_le_bytes(*b"-length:");
+    let mut value = 0;
+    for i in 0..N - 15 {
+        if i + 16 > end {
+            break;
+        }
+        let Some(w) = head.get(i..i + 16) else { break };
+        let (Some(a), Some(b)) = (w.first_chunk::<8>(), w.last_chunk::<8>()) else { break };
+        if u64::from_le_bytes(*a) | LOWER == FIRST && u64::from_le_bytes(*b) | LOWER | 0x20 == SECOND {
+            value = i + 16;
+            break;
+        }
+    }
+    let value = forget(value as u64) as usize;
+    if value == 0 {
+        return 0;
+    }
+    // Optional spaces, then the digits, before the end of the head.
+    let mut at = value;
+    for _ in 0..4 {
+        if head.get(at) != Some(&b' ') {
+            break;
+        }
+        at += 1;
+    }
+    let at = forget(at as u64) as usize;
+    let (mut length, mut digits) = (0u64, 0);
+    for k in 0..12 {
+        match head.get(at + k) {
+            Some(&b) if b.is_ascii_digit() && at + k < end => {
+                length = length * 10 + (b - b'0') as u64;
+                digits += 1;
+            }
+            _ => break,
+        }
+    }
+    if digits == 0 { 0 } else { end as u64 + length }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -322,5 +391,39 @@ mod tests {
                 assert!((500..=599).contains(&f.status));
             }
         }
+    }
+
+    fn head(text: &[u8]) -> ([u8; crate::RESPONSE_HEAD], u32) {
+        let mut h = [0u8; crate::RESPONSE_HEAD];
+        let n = text.len().min(h.len());
+        h[..n].copy_from_slice(&text[..n]);
+        (h, n as u32)
+    }
+
+    #[test]
+    fn a_response_length_is_its_head_and_content_length() {
+        let (h, n) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok");
+        assert_eq!(response_length(&h, n, |x| x), 64 + 2);
+        let (h, n) = head(b"HTTP/1.1 200 OK\r\ncontent-length:100000\r\n\r\n");
+        assert_eq!(response_length(&h, n, |x| x), 42 + 100_000);
+        let (h, n) = head(b"HTTP/1.0 204 No Content\r\nServer: x\r\nContent-Length:  0\r\n\r\n");
+        assert_eq!(response_length(&h, n, |x| x), n as u64);
+    }
+
+    #[test]
+    fn no_response_length_without_both_the_length_and_the_end_of_the_head() {
+        for text in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Ty",
+            b"HTTP/1.1 200 OK\r\nX-Content-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nok",
+            b"",
+        ] {
+            let (h, n) = head(text);
+            assert_eq!(response_length(&h, n, |x| x), 0, "{text:?}");
+        }
+        // Only the valid bytes count.
+        let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(response_length(&h, 20, |x| x), 0);
     }
 }

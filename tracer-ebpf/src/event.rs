@@ -1,6 +1,6 @@
 //! Building and sending events: `emit` is the one place that fills an `Event`'s time, kind and
 //! identity (pid, tid, comm, cgroup), for every program that sends one.
-use tracer_common::{COMM_LEN, Event, EventKind, RESPONSE_HEAD, SockOwner, TcpState, counter};
+use tracer_common::{COMM_LEN, Event, EventKind, Exchange, HELD_STATES, OWNER_STORY_HELD, RESPONSE_HEAD, SockOwner, TcpState, counter};
 
 use crate::{
     maps::{EVENTS, HELD, cfg_get, count, held},
@@ -95,16 +95,67 @@ pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
     event.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
 }
 
-/// Ship the exchange held for a socket, as the `RequestSent`/`ResponseStart` events it stands
-/// for (stamped with their own times), ahead of the event that makes it worth knowing.
+/// `emit` for a held fact: the owner's identity, the tuple kept in the record (by then the
+/// socket may be closed, its port cleared, or freed) and the fact's own time.
 #[inline(always)]
-pub fn ship_held(sk: u64, owner: &SockOwner) {
+fn emit_held(kind: EventKind, sk: u64, owner: &SockOwner, held: &Exchange, ts: u64, fill: impl FnOnce(&mut Event)) {
+    emit(kind, Who::Owner(owner), |e| {
+        e.sock = sk;
+        e.family = held.family;
+        e.saddr = held.saddr;
+        e.daddr = held.daddr;
+        e.dport = held.dport;
+        e.sport = held.sport;
+        e.ts_ns = ts;
+        fill(e);
+    });
+}
+
+/// Ship what is held for a socket, as the events it stands for (each stamped with its own
+/// time), ahead of the event that makes it worth knowing: the connection's opening if it is
+/// held (connect, then its state changes), then the exchange (request, response start). The
+/// engine sets fields from them whatever their order; the response goes last so that the
+/// attempt's byte counts are the latest. From here on the connection's events go out live.
+#[inline(always)]
+pub fn ship_held(sk: u64, owner: &mut SockOwner) {
+    let story = owner.flags & OWNER_STORY_HELD != 0;
+    owner.flags &= !OWNER_STORY_HELD;
     let Some(held) = held(sk) else {
         return;
     };
+    let owner: &SockOwner = owner;
+    if held.family == 0 {
+        // An exchange held on a connection whose opening was not: the socket is open.
+        let mut e = Event::zeroed();
+        fill_tuple_from_sock(&mut e, sk);
+        held.family = e.family;
+        held.saddr = e.saddr;
+        held.daddr = e.daddr;
+        held.sport = e.sport;
+        held.dport = e.dport;
+    } else if held.sport == 0 {
+        // Never established: the port was bound after SYN_SENT, and is still there.
+        held.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
+    }
+    if story && held.connect_ts != 0 {
+        emit_held(EventKind::ConnectStart, sk, owner, held, held.connect_ts, |e| {
+            e.old_state = TcpState::Close as u8;
+            e.new_state = TcpState::SynSent as u8;
+        });
+        let states = held.states as usize;
+        for i in 0..HELD_STATES {
+            if i >= states {
+                break;
+            }
+            let (old, new) = (held.state_old[i], held.state_new[i]);
+            emit_held(EventKind::StateChange, sk, owner, held, held.state_ts[i], |e| {
+                e.old_state = old;
+                e.new_state = new;
+            });
+        }
+    }
     if held.request_ts != 0 {
-        emit_socket(EventKind::RequestSent, sk, owner, |e| {
-            e.ts_ns = held.request_ts;
+        emit_held(EventKind::RequestSent, sk, owner, held, held.request_ts, |e| {
             e.bytes_sent = held.request_bytes_sent;
             e.bytes_recv = held.request_bytes_recv;
             e.value = held.request_len as i64;
@@ -112,8 +163,7 @@ pub fn ship_held(sk: u64, owner: &SockOwner) {
         });
     }
     if held.response_ts != 0 {
-        emit_socket(EventKind::ResponseStart, sk, owner, |e| {
-            e.ts_ns = held.response_ts;
+        emit_held(EventKind::ResponseStart, sk, owner, held, held.response_ts, |e| {
             e.bytes_sent = held.response_bytes_sent;
             e.bytes_recv = held.response_bytes_recv;
             e.value = held.response_len as i64;

@@ -2,17 +2,17 @@
 //! not per call), and 5xx status lines written to downstream (client) sockets.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    EventKind, Exchange, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT,
-    SockOwner, counter, errno,
-    status::{SCAN_LEN, find_5xx},
+    EventKind, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT,
+    STATUS_STREAM_AT, SockOwner, counter, errno,
+    status::{SCAN_LEN, find_5xx, response_length},
 };
 
 use crate::{
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
-        HELD, PENDING_STATUS, cfg_get, count, held, is_traced, open_owner_of, owner_of, remember_recv_buffer, take_pending_status,
-        take_recv_buffer, unix_owner_of,
+        PENDING_STATUS, cfg_get, count, held, is_traced, new_held, open_owner_of, owner_of, remember_last_response, remember_recv_buffer,
+        take_last_response, take_pending_status, take_recv_buffer, unix_owner_of,
     },
     read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_arg, tp_field},
 };
@@ -50,9 +50,9 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     }
     owner.phase = PHASE_SENDING;
     owner.exchanges += 1;
-    // The first exchange on a connection goes out at once; later ones on a kept-alive
-    // connection are held, and only shipped if something goes wrong.
-    if owner.exchanges > 1 && hold_request(sk, owner, ret) {
+    // Exchanges are held, and only shipped if something goes wrong: every one on a connection
+    // whose story is held from its connect, the later ones on other kept-alive connections.
+    if (owner.flags & OWNER_STORY_HELD != 0 || owner.exchanges > 1) && hold_request(sk, owner, ret) {
         return Ok(());
     }
     emit_socket(EventKind::RequestSent, sk, owner, |e| {
@@ -63,35 +63,25 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
 }
 
 #[inline(always)]
-fn hold_request(sk: u64, owner: &SockOwner, len: i32) -> bool {
-    let now = now_ns();
-    if let Some(held) = held(sk) {
-        // The previous exchange ended well (the gateway is sending the next request): forget it.
-        held.request_ts = now;
-        held.request_bytes_sent = owner.bytes_sent;
-        held.request_bytes_recv = owner.bytes_recv;
-        held.request_len = len;
-        held.response_ts = 0;
-        held.head_len = 0;
-        return true;
-    }
-    let held = Exchange {
-        request_ts: now,
-        request_bytes_sent: owner.bytes_sent,
-        request_bytes_recv: owner.bytes_recv,
-        response_ts: 0,
-        response_bytes_sent: 0,
-        response_bytes_recv: 0,
-        request_len: len,
-        response_len: 0,
-        head_len: 0,
-        _pad: 0,
-        head: [0; RESPONSE_HEAD],
-    };
-    if HELD.insert(sk, held, 0).is_err() {
-        count(counter::EXCHANGE_MAP_FULL);
+fn hold_request(sk: u64, owner: &mut SockOwner, len: i32) -> bool {
+    let Some(held) = held(sk).or_else(|| new_held(sk)) else {
         return false;
+    };
+    if owner.exchanges > 1 {
+        // The previous exchange ended well (the gateway is sending the next request): forget
+        // it, and the connection's opening with it (a reused connection's failure is told
+        // from its exchange).
+        owner.flags &= !OWNER_STORY_HELD;
+        held.connect_ts = 0;
+        held.states = 0;
     }
+    held.request_ts = now_ns();
+    held.request_bytes_sent = owner.bytes_sent;
+    held.request_bytes_recv = owner.bytes_recv;
+    held.request_len = len;
+    held.response_ts = 0;
+    held.head_len = 0;
+    held.response_expected = 0;
     true
 }
 
@@ -139,6 +129,14 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
     if now_ns().saturating_sub(pending.ts_ns) > STATUS_MAX_AGE_NS {
         count(counter::STATUS_EXPIRED);
         return;
+    }
+    // A gateway that rejects a response it read (a header it will not take) answers 5xx at
+    // once, on the same thread: what is held for that upstream socket goes first.
+    let upstream = take_last_response(tid);
+    if upstream != 0
+        && let Some(owner) = owner_of(upstream)
+    {
+        ship_held(upstream, owner);
     }
     emit(EventKind::HttpStatus, Who::Current(tgid, tid), |e| {
         e.sock = sk;
@@ -190,9 +188,10 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
 /// The first bytes of a response. The data is already in the caller's buffer: keep its head,
 /// so userspace can tell garbage and broken headers from a valid response.
 #[inline(always)]
-fn on_response_start(sk: u64, owner: &SockOwner, len: i32, tid: u32) {
+fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32) {
     let buf = take_recv_buffer(tid);
-    if owner.exchanges > 1
+    remember_last_response(tid, sk);
+    if (owner.exchanges > 1 || owner.flags & OWNER_STORY_HELD != 0)
         && let Some(held) = held(sk)
     {
         held.response_ts = now_ns();
@@ -202,6 +201,19 @@ fn on_response_start(sk: u64, owner: &SockOwner, len: i32, tid: u32) {
         held.head_len = read_head(buf, len, &mut held.head);
         if !plain_answer(&held.head, held.head_len) {
             ship_held(sk, owner);
+        } else if owner.flags & OWNER_STORY_HELD != 0 {
+            // A connection's end is judged by it (see `tcp::hold_state`).
+            let slot = &raw mut held.response_expected;
+            let forget = |x: u64| {
+                // SAFETY: a field of the record this program holds (see maps.rs); volatile, so
+                // the value is read back from map memory, not kept in a register.
+                unsafe {
+                    core::ptr::write_volatile(slot, x);
+                    core::ptr::read_volatile(slot)
+                }
+            };
+            let expected = response_length(&held.head, held.head_len, forget);
+            held.response_expected = expected;
         }
         return;
     }

@@ -70,6 +70,9 @@ pub static UNIX_OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries
 #[map]
 pub static HELD: HashMap<u64, Exchange> = HashMap::with_max_entries(MAX_EXCHANGES, 0);
 
+/// What a new `HELD` record starts from (see `new_held`).
+static EMPTY_EXCHANGE: Exchange = Exchange::zeroed();
+
 /// connect(2) arguments between sys_enter and sys_exit, keyed by thread id.
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(MAX_PENDING, 0);
@@ -87,6 +90,21 @@ pub struct RecvBuffer {
 
 #[map]
 pub static PENDING_RECV: PerCpuArray<RecvBuffer> = PerCpuArray::with_max_entries(1, 0);
+
+/// The upstream socket whose response a thread read last on this CPU. A gateway that rejects a
+/// response (a header it will not take) writes its 5xx right after, on the same thread: the
+/// status ships that socket's held story. A per-CPU slot with a tid check, like `PENDING_RECV`:
+/// a thread moved to another CPU in between leaves it unused.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastResponse {
+    pub tid: u32,
+    pub _pad: u32,
+    pub sk: u64,
+}
+
+#[map]
+pub static LAST_RESPONSE: PerCpuArray<LastResponse> = PerCpuArray::with_max_entries(1, 0);
 
 /// 5xx status lines written by a thread, waiting for the socket send that carries them.
 #[map]
@@ -177,11 +195,31 @@ pub fn add_unix_owner(sk: u64, owner: SockOwner) {
 /// Forget a socket address entirely (its memory now holds another socket).
 #[inline(always)]
 pub fn forget_socket(sk: u64) {
-    let _ = OWNED.remove(sk);
-    if CLOSED.remove(sk).is_ok() {
+    // Looked up first: this runs for every socket accepted on the host, most addresses are in
+    // no map, and a lookup takes no lock where a removal takes the bucket's.
+    if OWNED.get_ptr(sk).is_some() {
+        let _ = OWNED.remove(sk);
+    }
+    if CLOSED.get_ptr(sk).is_some() && CLOSED.remove(sk).is_ok() {
         count(counter::CLOSED_REMOVED);
     }
-    let _ = HELD.remove(sk);
+    if HELD.get_ptr(sk).is_some() {
+        let _ = HELD.remove(sk);
+    }
+}
+
+/// A new, zeroed held record for a socket; None when the map is full (counted: what would be
+/// held is shipped at once instead).
+#[inline(always)]
+pub fn new_held(sk: u64) -> Option<&'static mut Exchange> {
+    // By reference: the map update copies from the static, where a value would be built on
+    // the stack first (the record is over half of the 512 bytes BPF has).
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if HELD.insert(sk, &EMPTY_EXCHANGE, 0).is_err() {
+        count(counter::EXCHANGE_MAP_FULL);
+        return None;
+    }
+    held(sk)
 }
 
 /// The exchange held for a socket, if any.
@@ -239,14 +277,37 @@ pub fn take_recv_buffer(tid: u32) -> u64 {
     slot.buf
 }
 
+/// Remember that this thread read the first bytes of a response on `sk`.
+#[inline(always)]
+pub fn remember_last_response(tid: u32, sk: u64) {
+    if let Some(slot) = LAST_RESPONSE.get_ptr_mut(0) {
+        // SAFETY: see above; a per-CPU slot is this CPU's alone.
+        unsafe { *slot = LastResponse { tid, _pad: 0, sk } };
+    }
+}
+
+/// The socket this thread read a response on last (on this CPU), or 0; the slot is used once.
+#[inline(always)]
+pub fn take_last_response(tid: u32) -> u64 {
+    let Some(slot) = LAST_RESPONSE.get_ptr_mut(0) else { return 0 };
+    // SAFETY: see above; a per-CPU slot is this CPU's alone.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != tid {
+        return 0;
+    }
+    slot.tid = 0;
+    slot.sk
+}
+
 /// Note an upstream endpoint, so the packet hooks report its drops and ICMP errors.
 #[inline(always)]
 pub fn add_peer(peer: PeerKey, now: u64) {
-    // SAFETY: see above (only the presence of the key is used).
+    // SAFETY: see above (only the presence of the key is used). A lookup marks the entry as
+    // used for the LRU too: the update is needed only for a new endpoint.
     if unsafe { PEERS.get(peer) }.is_none() {
         count(counter::PEERS_ADDED);
+        let _ = PEERS.insert(peer, now, 0);
     }
-    let _ = PEERS.insert(peer, now, 0);
 }
 
 #[inline(always)]

@@ -4,14 +4,17 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{EventKind, OWNER_RST_IN_SYN_SENT, PeerKey, SockOwner, TcpState, counter, errno};
+use tracer_common::{
+    AF_INET6, EventKind, Exchange, HELD_STATES, OWNER_RST_IN_SYN_SENT, OWNER_STORY_HELD, PHASE_RECEIVING, PeerKey, SockOwner, TcpState,
+    counter, errno,
+};
 
 use crate::{
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
-        CLOSED, LISTENERS, OWNED, add_peer, cfg_get, count, forget_socket, is_traced, new_owner, open_owner_of, owner_of,
-        pending_connect_fd,
+        CLOSED, HELD, LISTENERS, OWNED, add_peer, cfg_get, count, forget_socket, held, is_traced, new_held, new_owner, open_owner_of,
+        owner_of, pending_connect_fd,
     },
     packet::IPPROTO_TCP,
     read::{current_ids, now_ns, read_kernel, sock_netns, tp_field},
@@ -55,19 +58,91 @@ fn on_connect_start(sk: u64) {
         return;
     }
     let fd = pending_connect_fd(tid).unwrap_or(u32::MAX);
-    let owner = new_owner(sk, tgid, tid, fd, SYN_SENT as u32, 0);
+    let mut owner = new_owner(sk, tgid, tid, fd, SYN_SENT as u32, 0);
+    let now = now_ns();
+    let mut peer = PeerKey::default();
+    // The connection's story stays in the kernel until something goes wrong (see `Exchange`).
+    if let Some(held) = hold_connect(sk, now) {
+        owner.flags |= OWNER_STORY_HELD;
+        peer.addr = held.daddr;
+        peer.port = held.dport;
+    }
     if OWNED.insert(sk, owner, 0).is_err() {
         count(counter::OWNED_MAP_FULL);
+        // Nothing more of this socket will be seen: what there is goes out now.
+        owner.flags &= !OWNER_STORY_HELD;
+        let _ = HELD.remove(sk);
     }
-    let mut peer = PeerKey::default();
-    emit_socket(EventKind::ConnectStart, sk, &owner, |e| {
-        e.old_state = CLOSE as u8;
-        e.new_state = SYN_SENT as u8;
-        peer.addr = e.daddr;
-        peer.port = e.dport;
-    });
+    if owner.flags & OWNER_STORY_HELD == 0 {
+        emit_socket(EventKind::ConnectStart, sk, &owner, |e| {
+            e.old_state = CLOSE as u8;
+            e.new_state = SYN_SENT as u8;
+            peer.addr = e.daddr;
+            peer.port = e.dport;
+        });
+    }
     // Let the packet hooks know this endpoint matters (drops, ICMP errors).
-    add_peer(peer, now_ns());
+    add_peer(peer, now);
+}
+
+/// A held record for a connection being opened: its start time and tuple (the local port is
+/// not bound yet). None when the held-exchange map is full (counted): it is then shipped live.
+#[inline(always)]
+fn hold_connect(sk: u64, now: u64) -> Option<&'static mut Exchange> {
+    let held = new_held(sk)?;
+    held.connect_ts = now;
+    let family: u16 = read_kernel(sk, cfg_get!(kernel.skc_family)).unwrap_or(0);
+    held.family = family as u8;
+    if family == AF_INET6 as u16 {
+        held.saddr = read_kernel(sk, cfg_get!(kernel.skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        held.daddr = read_kernel(sk, cfg_get!(kernel.skc_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_kernel(sk, cfg_get!(kernel.skc_daddr)).unwrap_or([0; 4]);
+        held.saddr[..4].copy_from_slice(&s);
+        held.daddr[..4].copy_from_slice(&d);
+    }
+    held.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
+    Some(held)
+}
+
+/// Hold a state change of a connection whose story is held, if it is a step of a healthy
+/// connection's life: established, the upstream's FIN, the gateway's close once the response
+/// was read whole (or its length is unknown), and the rest of an orderly close. Anything else
+/// (a connect that ends without ESTABLISHED, the gateway closing before any response byte or
+/// before the announced length was read, an abort) and a story with no room left: false, and
+/// the story is shipped.
+#[inline(always)]
+fn hold_state(sk: u64, owner: &SockOwner, old: i32, new: i32) -> bool {
+    const EST: i32 = TcpState::Established as i32;
+    const FIN_WAIT1: i32 = TcpState::FinWait1 as i32;
+    const FIN_WAIT2: i32 = TcpState::FinWait2 as i32;
+    const TIME_WAIT: i32 = TcpState::TimeWait as i32;
+    const CLOSE_WAIT: i32 = TcpState::CloseWait as i32;
+    const LAST_ACK: i32 = TcpState::LastAck as i32;
+    const CLOSING: i32 = TcpState::Closing as i32;
+    let Some(held) = held(sk) else { return false };
+    let healthy = match (old, new) {
+        (SYN_SENT, EST) | (EST, CLOSE_WAIT) => true,
+        (EST, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => {
+            let start = held.response_bytes_recv.saturating_sub(held.response_len as u64);
+            owner.phase == PHASE_RECEIVING && owner.bytes_recv.saturating_sub(start) >= held.response_expected
+        }
+        (FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK | TIME_WAIT, FIN_WAIT2 | CLOSING | TIME_WAIT | CLOSE) => true,
+        _ => false,
+    };
+    let i = held.states as usize;
+    if !healthy || i >= HELD_STATES {
+        return false;
+    }
+    held.state_ts[i] = now_ns();
+    held.state_old[i] = old as u8;
+    held.state_new[i] = new as u8;
+    held.states += 1;
+    if old == SYN_SENT {
+        held.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
+    }
+    true
 }
 
 fn on_listen(sk: u64) {
@@ -88,8 +163,17 @@ fn on_owned_state_change(sk: u64, old: i32, new: i32) {
     let Some(owner) = open_owner_of(sk) else {
         return;
     };
-    ship_held(sk, owner);
     owner.tcp_state = new as u32;
+    if owner.flags & OWNER_STORY_HELD != 0 && hold_state(sk, owner, old, new) {
+        if new == CLOSE {
+            // A healthy connection's whole story ends here, unshipped, and its owner with it:
+            // kept among the closed sockets, it could only give events that explain nothing.
+            let _ = HELD.remove(sk);
+            let _ = OWNED.remove(sk);
+        }
+        return;
+    }
+    ship_held(sk, owner);
     let refused = old == SYN_SENT && new == CLOSE && owner.flags & OWNER_RST_IN_SYN_SENT != 0;
     if !refused {
         emit_socket(EventKind::StateChange, sk, owner, |e| {
@@ -98,13 +182,19 @@ fn on_owned_state_change(sk: u64, old: i32, new: i32) {
         });
     }
     if new == CLOSE {
-        // Open sockets are never evicted; closed ones make room for each other.
-        let closed = *owner;
-        if CLOSED.insert(sk, closed, 0).is_ok() {
-            count(counter::CLOSED_ADDED);
-        }
-        let _ = OWNED.remove(sk);
+        close_owner(sk, owner);
     }
+}
+
+/// Move a socket's owner record to the closed ones. Open sockets are never evicted; closed
+/// ones make room for each other.
+#[inline(always)]
+fn close_owner(sk: u64, owner: &SockOwner) {
+    let closed = *owner;
+    if CLOSED.insert(sk, closed, 0).is_ok() {
+        count(counter::CLOSED_ADDED);
+    }
+    let _ = OWNED.remove(sk);
 }
 
 /// Emit a socket event for an owned socket; softirq context, so identity comes from the map.
@@ -120,7 +210,7 @@ fn emit_owned(sk: u64, kind: EventKind, value: i64) {
 
 /// Whatever is held for the socket goes first: this event may explain a failure.
 #[inline(always)]
-fn emit_for_owner(sk: u64, owner: &SockOwner, kind: EventKind, value: i64) {
+fn emit_for_owner(sk: u64, owner: &mut SockOwner, kind: EventKind, value: i64) {
     ship_held(sk, owner);
     emit_socket(kind, sk, owner, |e| {
         e.new_state = owner.tcp_state as u8;

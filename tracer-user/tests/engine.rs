@@ -276,6 +276,71 @@ fn firewall_and_network_evidence() {
     }
 }
 
+/// The kernel holds a connection's opening until something goes wrong, while drops and ICMP
+/// errors go out at once: they arrive first, and the held events follow, with their own times,
+/// ahead of the event that shipped them.
+#[test]
+fn packets_that_came_before_a_held_connection_story_still_explain_it() {
+    // SYN dropped by netfilter; the retransmit ships the opening.
+    let events = vec![
+        with(ev(Kind::Drop, 1, 0), |e| {
+            e.reason = Some("NETFILTER_DROP".into());
+            e.netns = 4026532000;
+        }),
+        ev(Kind::ConnectStart, 0, 0xa1),
+        with(ev(Kind::Retransmit, 1000, 0xa1), |e| e.value = 2),
+        state(2000, 0xa1, "SYN_SENT", "CLOSE"),
+        status(2000, 504),
+    ];
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Firewall, "dropped"));
+
+    // ICMP admin prohibited; the socket error ships the opening.
+    let events = vec![
+        with(ev(Kind::IcmpError, 1, 0), |e| {
+            e.value = 3 << 8 | 13;
+            e.aux = u32::from_le_bytes([10, 0, 0, 254]);
+        }),
+        ev(Kind::ConnectStart, 0, 0xa1),
+        with(ev(Kind::SockError, 1, 0xa1), |e| e.value = 113),
+        state(1, 0xa1, "SYN_SENT", "CLOSE"),
+        status(2, 502),
+    ];
+    let v = one(&events);
+    assert_eq!((v.class, v.cause.as_str()), (Class::Firewall, "rejected"));
+    assert!(v.summary.contains("10.0.0.254"), "names the ICMP sender: {}", v.summary);
+}
+
+/// A held story is shipped as connect, state changes, request, response: the state changes
+/// that came after the request arrive before it. The verdict is the same as in time order.
+#[test]
+fn a_held_story_in_shipping_order_gets_the_time_order_verdict() {
+    let head = "HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n";
+    let request = with(ev(Kind::RequestSent, 1, 0xa1), |e| {
+        e.value = 80;
+        e.bytes_sent = 80;
+    });
+    let response = with(ev(Kind::ResponseStart, 2, 0xa1), |e| {
+        e.value = 500;
+        e.bytes_sent = 80;
+        e.bytes_recv = 500;
+        e.head = Some(head.into());
+    });
+    let fin = with(state(3, 0xa1, "ESTABLISHED", "CLOSE_WAIT"), |e| {
+        e.bytes_sent = 80;
+        e.bytes_recv = 900;
+    });
+    let close = with(state(4, 0xa1, "CLOSE_WAIT", "LAST_ACK"), |e| {
+        e.bytes_sent = 80;
+        e.bytes_recv = 900;
+    });
+    let in_time = [connect(0, 0xa1)[..2].to_vec(), vec![request.clone(), response.clone(), fin.clone(), close.clone()]].concat();
+    let shipped = [connect(0, 0xa1)[..2].to_vec(), vec![fin, request, response, close]].concat();
+    let (a, b) = (one(&in_time), one(&shipped));
+    assert_eq!((a.cause.as_str(), b.cause.as_str()), ("closed-early", "closed-early"));
+    assert_eq!(a.summary, b.summary);
+}
+
 #[test]
 fn keepalive_reset_then_retry_is_one_verdict_with_both_attempts() {
     let mut events = connect(0, 0xa1);

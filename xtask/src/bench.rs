@@ -18,6 +18,8 @@ use upstrace_lab::{
 struct Wrk {
     rps: f64,
     p99_ms: f64,
+    /// Requests completed in the run.
+    requests: f64,
 }
 
 pub(crate) fn parse_ms(v: &str) -> Option<f64> {
@@ -43,8 +45,10 @@ fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Wrk> {
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok());
     let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(parse_ms);
+    // "  123456 requests in 5.00s, ..."
+    let requests = text.lines().find_map(|l| l.split_once(" requests in ")).and_then(|(n, _)| n.trim().parse().ok()).unwrap_or(0.0);
     match (rps, p99) {
-        (Some(rps), Some(p99_ms)) => Ok(Wrk { rps, p99_ms }),
+        (Some(rps), Some(p99_ms)) => Ok(Wrk { rps, p99_ms, requests }),
         _ => bail!("cannot read wrk's output:\n{text}"),
     }
 }
@@ -220,6 +224,133 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     Ok(())
 }
 
+/// The healthy rows alone, for each upstream configuration nginx is run with: a keep-alive
+/// pool (the lab's) and nginx's default (HTTP/1.0, a new upstream connection per request).
+/// Per row: throughput and p99 with / without (A/B alternated, with the floor), then a run
+/// with run-time statistics for events and program runs per proxied request.
+pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
+    upstrace_lab::ensure_root("the benchmark")?;
+    crate::use_release_build();
+    let mut rows = Vec::new();
+    for (name, keepalive) in [("keep-alive pool", true), ("connection per request", false)] {
+        eprintln!("bench: healthy, {name}: {pairs} pairs of {secs} s runs");
+        let mut lab = Lab::new()?;
+        lab.nginx_workers = 2;
+        lab.upstream_keepalive = keepalive;
+        lab.start_upstream("ok")?;
+        let gw = lab.start_gateway(GatewayKind::Nginx)?;
+        wrk(&lab, 4, 32)?;
+        let (mut rps_ratio, mut p99_ratio, mut floor_ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..pairs {
+            let a = wrk(&lab, secs, 32)?;
+            let tracer = start_tracer(gw, false)?;
+            let b = wrk(&lab, secs, 32)?;
+            stop_tracer(tracer)?;
+            let (f, _) = wrk_at_floor(&lab, secs, 32, "all", false)?;
+            eprintln!(
+                "bench: {name} pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, floor {:.0} req/s",
+                i + 1,
+                a.rps,
+                a.p99_ms,
+                b.rps,
+                b.p99_ms,
+                f.rps
+            );
+            rps_ratio.push(b.rps / a.rps);
+            p99_ratio.push(b.p99_ms / a.p99_ms);
+            floor_ratio.push(f.rps / a.rps);
+        }
+        let tracer = start_tracer(gw, true)?;
+        let load = wrk(&lab, secs, 32)?;
+        let stats = stop_tracer(tracer)?;
+        // The tracer runs a little longer than the load: healthy traffic is the only traffic.
+        let per_request = |n: f64| if load.requests > 0.0 { n / load.requests } else { 0.0 };
+        let events = stats["events"].as_f64().unwrap_or(0.0);
+        let programs: Vec<serde_json::Value> = stats["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["runs"].as_u64().unwrap_or(0) > 0)
+            .map(|p| {
+                let runs = p["runs"].as_f64().unwrap_or(0.0);
+                serde_json::json!({"name": p["name"], "per_request": per_request(runs), "avg_ns": p["avg_ns"]})
+            })
+            .collect();
+        let runs_per_request: f64 = programs.iter().map(|p| p["per_request"].as_f64().unwrap_or(0.0)).sum();
+        eprintln!(
+            "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request, lost {}",
+            per_request(events),
+            stats["lost_total"]
+        );
+        rows.push(serde_json::json!({
+            "row": name,
+            "throughput_ratio": {"mean": mean(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
+            "p99_ratio": {"mean": mean(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
+            "floor_ratio": {"mean": mean(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
+            "requests": load.requests,
+            "events_per_request": per_request(events),
+            "lost": stats["lost_total"],
+            "runs_per_request": runs_per_request,
+            "programs": programs,
+        }));
+    }
+    let dir = crate::workspace_root().join("bench");
+    let path = dir.join("results.json");
+    let mut r: serde_json::Value = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    r["healthy"] = serde_json::json!({"pairs": pairs, "seconds": secs, "rows": rows});
+    std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")?;
+    std::fs::write(dir.join("RESULTS.md"), markdown(&r))?;
+    println!("{}", healthy_markdown(&r["healthy"]));
+    Ok(())
+}
+
+fn healthy_markdown(h: &serde_json::Value) -> String {
+    let mut md = format!(
+        "\n## 7. Healthy rows by upstream configuration (nginx 2 workers, wrk -t2 -c32; {} pairs of {} s)\n\n",
+        h["pairs"], h["seconds"]
+    );
+    md.push_str("| row | throughput with / without (min-max) | p99 with / without (min-max) | floor (min-max) | events per request | program runs per request | lost |\n|---|---|---|---|---:|---:|---:|\n");
+    let ratio = |v: &serde_json::Value| {
+        format!(
+            "{:.3} ({:.3}-{:.3})",
+            v["mean"].as_f64().unwrap_or(0.0),
+            v["min"].as_f64().unwrap_or(0.0),
+            v["max"].as_f64().unwrap_or(0.0)
+        )
+    };
+    for row in h["rows"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.3} | {:.2} | {} |",
+            row["row"].as_str().unwrap_or("?"),
+            ratio(&row["throughput_ratio"]),
+            ratio(&row["p99_ratio"]),
+            ratio(&row["floor_ratio"]),
+            row["events_per_request"].as_f64().unwrap_or(0.0),
+            row["runs_per_request"].as_f64().unwrap_or(0.0),
+            row["lost"]
+        );
+    }
+    md.push_str("\nProgram runs per proxied request (avg ns per run):\n\n");
+    for row in h["rows"].as_array().into_iter().flatten() {
+        let list: Vec<String> = row["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {:.2} ({:.0})",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["per_request"].as_f64().unwrap_or(0.0),
+                    p["avg_ns"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "- {}: {}", row["row"].as_str().unwrap_or("?"), list.join(", "));
+    }
+    md
+}
+
 /// wrk against the gateway for `secs` with upstrace attached: its throughput, upstrace's
 /// accounting (events, losses, verdicts, latency, engine), CPU and peak RSS.
 fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<serde_json::Value> {
@@ -389,6 +520,9 @@ fn markdown(r: &serde_json::Value) -> String {
     );
     if !r["https"].is_null() {
         md.push_str(&crate::bench_https::markdown(&r["https"]));
+    }
+    if !r["healthy"].is_null() {
+        md.push_str(&healthy_markdown(&r["healthy"]));
     }
     md
 }

@@ -6,7 +6,7 @@ use upstrace_lab::{
     matrix::{self, SCENARIOS},
 };
 
-pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Option<std::path::PathBuf>) -> Result<()> {
+pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Option<std::path::PathBuf>, keepalive: bool) -> Result<()> {
     upstrace_lab::ensure_root("the lab")?;
     crate::use_release_build();
     if let Some(dir) = &save_traces {
@@ -16,11 +16,11 @@ pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Optio
         GatewayKind::ALL.iter().copied().filter(|g| gateway.as_deref().is_none_or(|want| want == g.name())).collect();
     println!("{}", matrix::table_header());
     let (mut passed, mut total) = (0, 0);
-    for s in SCENARIOS.iter().filter(|s| scenario.as_deref().is_none_or(|want| want == s.name)) {
+    for s in SCENARIOS.iter().filter(|s| scenario.as_deref().is_none_or(|want| want.split(',').any(|w| w == s.name))) {
         for &gw in gateways.iter().filter(|&&gw| s.runs_on(gw)) {
             total += 1;
             let trace = save_traces.as_ref().map(|d| d.join(format!("{}-{}.jsonl", s.name, gw.name())));
-            match matrix::run(s, gw, trace.as_deref()) {
+            match matrix::run_with(s, gw, trace.as_deref(), keepalive) {
                 Ok(row) => {
                     if row.pass {
                         passed += 1;

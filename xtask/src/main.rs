@@ -38,12 +38,16 @@ enum Task {
         /// Only this gateway (nginx, haproxy or caddy; Caddy runs the HTTPS rows).
         #[arg(long)]
         gateway: Option<String>,
-        /// Only this scenario.
+        /// Only these scenarios (comma-separated names).
         #[arg(long)]
         scenario: Option<String>,
         /// Keep each row's trace in this directory.
         #[arg(long)]
         save_traces: Option<std::path::PathBuf>,
+        /// nginx with its default upstream configuration: a new upstream connection per
+        /// request (the lab's nginx keeps a keep-alive pool otherwise).
+        #[arg(long)]
+        connection_per_request: bool,
     },
     /// Setup, build, and measure: gateway overhead (A/B), BPF cost per run, failure storms,
     /// userspace CPU and memory. Writes bench/RESULTS.md and bench/results.json.
@@ -60,6 +64,10 @@ enum Task {
         /// Only the HTTPS rows (HTTP/1.1 and HTTP/2 over TLS), merged into the last results.
         #[arg(long)]
         https: bool,
+        /// Only the healthy rows, for each upstream configuration (keep-alive pool, a
+        /// connection per request): ratios, events and program runs per request.
+        #[arg(long)]
+        healthy: bool,
     },
     /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
     Fuzz {
@@ -75,6 +83,10 @@ enum Task {
     Soak {
         #[arg(long, default_value_t = 2)]
         minutes: u64,
+        /// nginx's default upstream configuration: a new upstream connection per request
+        /// (the lab's gateway keeps a keep-alive pool otherwise).
+        #[arg(long)]
+        connection_per_request: bool,
     },
     /// Setup, build, start the built-in fault lab, and show upstrace explaining its faults.
     Demo {
@@ -164,7 +176,7 @@ fn main() -> Result<()> {
             // and a short soak (steady load with rolling faults).
             fuzz::run(10, None)?;
             if upstrace_lab::is_root() {
-                soak::run(2)?;
+                soak::run(2, true)?;
             } else {
                 eprintln!("xtask test: soak skipped: needs root");
             }
@@ -175,12 +187,17 @@ fn main() -> Result<()> {
             build()?;
             package::build_deb().map(drop)
         }
-        Task::Lab { gateway, scenario, save_traces } => {
+        Task::Lab { gateway, scenario, save_traces, connection_per_request } => {
             setup::run()?;
             build()?;
-            lab::run(gateway, scenario, save_traces)
+            lab::run(gateway, scenario, save_traces, !connection_per_request)
         }
         Task::Bench { render_only: true, .. } => bench::render(),
+        Task::Bench { pairs, seconds, healthy: true, .. } => {
+            setup::run()?;
+            build()?;
+            bench::run_healthy(pairs.max(1), seconds.clamp(1, 60))
+        }
         Task::Bench { pairs, seconds, https: true, .. } => {
             setup::run()?;
             build()?;
@@ -196,10 +213,10 @@ fn main() -> Result<()> {
             setup::run()?;
             fuzz::run(seconds, target.as_deref())
         }
-        Task::Soak { minutes } => {
+        Task::Soak { minutes, connection_per_request } => {
             setup::run()?;
             build()?;
-            soak::run(minutes)
+            soak::run(minutes, !connection_per_request)
         }
         Task::Demo { duration } => {
             setup::run()?;

@@ -27,13 +27,14 @@ const ROLL: &[Step] = &[
     Step::Fault(Fault::FwRejectAdminProhibited),
 ];
 
-pub fn run(minutes: u64) -> Result<()> {
+pub fn run(minutes: u64, keepalive: bool) -> Result<()> {
     upstrace_lab::ensure_root("the soak")?;
     crate::use_release_build();
     let total = Duration::from_secs(minutes.max(1) * 60);
     let step_len = Duration::from_secs(6);
 
     let mut lab = Lab::new()?;
+    lab.upstream_keepalive = keepalive;
     lab.start_upstream("ok")?;
     let gw = lab.start_gateway(GatewayKind::Nginx)?;
     let tracer = Tracer::start(&["--pid", &gw.to_string(), "--no-events", "--stats-interval", "5"])?;

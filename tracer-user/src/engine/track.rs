@@ -629,6 +629,21 @@ impl Tracker {
         let mut a = Attempt::new(id, ev, false);
         a.touch(ev);
         self.add_attempt(a);
+        self.claim_loose_packets();
+    }
+
+    /// The kernel ships a connection's opening only once something went wrong, so the drops
+    /// and ICMP errors of its first packets (sent at once) may have come before it: match the
+    /// packets that found no attempt again.
+    fn claim_loose_packets(&mut self) {
+        if self.loose_packets.is_empty() {
+            return;
+        }
+        for p in std::mem::take(&mut self.loose_packets) {
+            if !self.match_packet(&p) {
+                self.loose_packets.push_back(p);
+            }
+        }
     }
 
     fn on_state_change(&mut self, ev: &KernelEvent) {
