@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -384,6 +384,16 @@ pub const OWNER_RST_IN_SYN_SENT: u32 = 1;
 /// The connection's own story (its connect, its state changes and its first exchange) is held
 /// in its `Exchange` record, not yet shipped: see `Exchange`.
 pub const OWNER_STORY_HELD: u32 = 2;
+/// Unix sockets: the last read ended with a FastCGI `FCGI_END_REQUEST` record (the response is
+/// whole, whoever closes next).
+pub const OWNER_FCGI_ENDED: u32 = 4;
+/// Unix sockets: the exchange ended whole while everything about it was held, and it was
+/// dropped: the end of stream that follows says nothing.
+pub const OWNER_QUIET: u32 = 8;
+/// Unix sockets: the connect (with its path) went out; later failures need not repeat it.
+pub const OWNER_OPENING_SHIPPED: u32 = 16;
+/// `RecvEnd`'s `aux`: the read before it ended with `FCGI_END_REQUEST` (see `OWNER_FCGI_ENDED`).
+pub const RECV_END_AFTER_FCGI_END: u32 = 1;
 const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).

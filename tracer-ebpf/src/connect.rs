@@ -1,13 +1,19 @@
-//! connect(2) entry/exit: the destination as the gateway asked for it (including unix socket
+//! connect(2) entry/exit (and close(2) of unix-socket upstreams): the destination as the gateway asked for it (including unix socket
 //! paths, which have no TCP events), and results that never reach the TCP state machine
 //! (no route, EACCES from a prohibit route, EAGAIN from a full unix backlog, ...).
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{AF_INET, AF_INET6, AF_UNIX, EventKind, PATH_LEN, PendingConnect, TcpState, counter, errno};
+use tracer_common::{
+    AF_INET, AF_INET6, AF_UNIX, EventKind, OWNER_FCGI_ENDED, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
+    PendingConnect, SockOwner, TcpState, counter, errno,
+};
 
 use crate::{
     done,
-    event::{Who, emit},
-    maps::{PENDING_CONNECT, add_unix_owner, cfg_get, count, is_traced, new_owner, take_pending_connect},
+    event::{Who, emit, ship_held},
+    maps::{
+        PENDING_CONNECT, UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, cfg_get, count, forget_unix_socket, is_traced, new_owner,
+        take_pending_connect, unix_owner_of,
+    },
     read::{current_ids, current_task, now_ns, read_kernel, read_user, read_user_str, socket_ino, syscall_arg, syscall_ret},
 };
 
@@ -73,6 +79,15 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk = if unix && ret == 0 { adopt_unix_socket(pending.fd, tgid, tid) } else { 0 };
+    if sk != 0 {
+        // A healthy FastCGI exchange ends with its connection: its connect is held with the
+        // rest of its story, and shipped (`event::ship_held`) only ahead of a failure.
+        let opening = UnixOpening { ts_ns: now_ns(), fd: pending.fd, _pad: 0, path: pending.path };
+        if UNIX_OPENINGS.insert(sk, opening, 0).is_ok() {
+            let _ = UNIX_FDS.insert((tgid as u64) << 32 | pending.fd as u64, sk, 0);
+            return Ok(());
+        }
+    }
     emit(EventKind::ConnectSyscall, Who::Current(tgid, tid), |e| {
         e.sock = sk;
         e.family = pending.family as u8;
@@ -85,6 +100,47 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// close(2) of a unix-socket upstream by the gateway. Ended whole (or already shipped with its
+/// end of stream): forgotten. Otherwise the gateway gave up on it (a timeout, its client gone):
+/// the held story goes out with the close, as a TCP connection's FIN_WAIT1 would.
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    done(try_sys_enter_close(&ctx))
+}
+
+fn try_sys_enter_close(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tgid, _) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(());
+    }
+    let key = (tgid as u64) << 32 | syscall_arg(ctx, 0)? as u32 as u64;
+    // SAFETY: a map value copied out at once.
+    let Some(sk) = (unsafe { UNIX_FDS.get(key) }).copied() else { return Ok(()) };
+    let _ = UNIX_FDS.remove(key);
+    let Some(owner) = unix_owner_of(sk, AF_UNIX as u16) else { return Ok(()) };
+    let ended = owner.flags & (OWNER_QUIET | OWNER_FCGI_ENDED) != 0;
+    let shipped = owner.flags & OWNER_OPENING_SHIPPED != 0;
+    if !ended && (owner.exchanges > 0 || shipped) {
+        ship_held(sk, owner);
+        emit_socket_unix(EventKind::StateChange, sk, owner, |e| {
+            e.old_state = TcpState::Established as u8;
+            e.new_state = TcpState::FinWait1 as u8;
+        });
+    }
+    forget_unix_socket(sk);
+    Ok(())
+}
+
+/// An event on a unix-socket upstream: the owner's identity; no tuple.
+#[inline(always)]
+fn emit_socket_unix(kind: EventKind, sk: u64, owner: &SockOwner, fill: impl FnOnce(&mut tracer_common::Event)) {
+    emit(kind, Who::Owner(owner), |e| {
+        e.sock = sk;
+        e.family = AF_UNIX;
+        fill(e);
+    });
+}
+
 /// A connected unix-socket upstream: find its socket (the socket hooks know only that) and
 /// record it like a TCP upstream, so its requests, responses and end of stream are seen.
 /// Unix connects are rare next to the I/O on them, so the walk from fd to socket is cheap here.
@@ -95,7 +151,8 @@ fn adopt_unix_socket(fd: u32, tgid: u32, tid: u32) -> u64 {
         return 0;
     }
     // Unix stream sockets are connected when connect(2) returns: recorded as ESTABLISHED.
-    let owner = new_owner(sk, tgid, tid, fd, TcpState::Established as u32, socket_ino(sk));
+    let mut owner = new_owner(sk, tgid, tid, fd, TcpState::Established as u32, socket_ino(sk));
+    owner.flags = OWNER_STORY_HELD;
     add_unix_owner(sk, owner);
     sk
 }

@@ -1,9 +1,12 @@
 //! Building and sending events: `emit` is the one place that fills an `Event`'s time, kind and
 //! identity (pid, tid, comm, cgroup), for every program that sends one.
-use tracer_common::{COMM_LEN, Event, EventKind, Exchange, HELD_STATES, OWNER_STORY_HELD, RESPONSE_HEAD, SockOwner, TcpState, counter};
+use tracer_common::{
+    AF_UNIX, COMM_LEN, Event, EventKind, Exchange, HELD_STATES, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
+    RESPONSE_HEAD, SockOwner, TcpState, counter,
+};
 
 use crate::{
-    maps::{EVENTS, HELD, cfg_get, count, held},
+    maps::{EVENTS, HELD, UNIX_OPENINGS, cfg_get, count, held},
     read::{current_cgroup, current_comm, now_ns, read_kernel},
 };
 
@@ -95,6 +98,24 @@ pub fn fill_tuple_from_sock(event: &mut Event, sk: u64) {
     event.dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
 }
 
+/// The `ConnectSyscall` a unix-socket upstream's held opening stands for (see `connect.rs`).
+#[inline(always)]
+fn ship_unix_opening(sk: u64, owner: &SockOwner) {
+    let Some(opening) = UNIX_OPENINGS.get_ptr(sk) else { return };
+    // SAFETY: a map value, read before the record is removed below.
+    let opening = unsafe { &*opening };
+    emit(EventKind::ConnectSyscall, Who::Owner(owner), |e| {
+        e.ts_ns = opening.ts_ns;
+        e.sock = sk;
+        e.family = AF_UNIX;
+        e.aux = opening.fd;
+        e.bytes_sent = 0;
+        e.bytes_recv = 0;
+        e.data[..PATH_LEN].copy_from_slice(&opening.path);
+    });
+    let _ = UNIX_OPENINGS.remove(sk);
+}
+
 /// `emit` for a held fact: the owner's identity, the tuple kept in the record (by then the
 /// socket may be closed, its port cleared, or freed) and the fact's own time.
 #[inline(always)]
@@ -119,12 +140,20 @@ fn emit_held(kind: EventKind, sk: u64, owner: &SockOwner, held: &Exchange, ts: u
 #[inline(always)]
 pub fn ship_held(sk: u64, owner: &mut SockOwner) {
     let story = owner.flags & OWNER_STORY_HELD != 0;
-    owner.flags &= !OWNER_STORY_HELD;
+    owner.flags &= !(OWNER_STORY_HELD | OWNER_QUIET);
+    // Unix sockets are known by their inode; their opening is the connect(2) with its path.
+    let unix = owner.ino != 0;
+    if unix && owner.flags & OWNER_OPENING_SHIPPED == 0 {
+        owner.flags |= OWNER_OPENING_SHIPPED;
+        ship_unix_opening(sk, owner);
+    }
     let Some(held) = held(sk) else {
         return;
     };
     let owner: &SockOwner = owner;
-    if held.family == 0 {
+    if unix {
+        // No tuple, no TCP states: the exchange alone.
+    } else if held.family == 0 {
         // An exchange held on a connection whose opening was not: the socket is open.
         let mut e = Event::zeroed();
         fill_tuple_from_sock(&mut e, sk);
@@ -137,7 +166,7 @@ pub fn ship_held(sk: u64, owner: &mut SockOwner) {
         // Never established: the port was bound after SYN_SENT, and is still there.
         held.sport = read_kernel::<u16>(sk, cfg_get!(kernel.skc_num)).unwrap_or(0);
     }
-    if story && held.connect_ts != 0 {
+    if !unix && story && held.connect_ts != 0 {
         emit_held(EventKind::ConnectStart, sk, owner, held, held.connect_ts, |e| {
             e.old_state = TcpState::Close as u8;
             e.new_state = TcpState::SynSent as u8;

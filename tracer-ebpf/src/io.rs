@@ -2,8 +2,8 @@
 //! not per call), and 5xx status lines written to downstream (client) sockets.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    EventKind, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT,
-    STATUS_STREAM_AT, SockOwner, counter, errno,
+    EventKind, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RECV_END_AFTER_FCGI_END,
+    RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
     status::{SCAN_LEN, find_5xx, response_length},
 };
 
@@ -11,8 +11,8 @@ use crate::{
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
-        PENDING_STATUS, cfg_get, count, held, is_traced, new_held, open_owner_of, owner_of, remember_last_response, remember_recv_buffer,
-        take_last_response, take_pending_status, take_recv_buffer, unix_owner_of,
+        HELD, PENDING_STATUS, cfg_get, count, forget_unix_socket, held, is_traced, new_held, open_owner_of, owner_of,
+        remember_last_response, remember_recv_buffer, take_last_response, take_pending_status, take_recv_buffer, unix_owner_of,
     },
     read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_arg, tp_field},
 };
@@ -50,6 +50,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     }
     owner.phase = PHASE_SENDING;
     owner.exchanges += 1;
+    owner.flags &= !(OWNER_FCGI_ENDED | OWNER_QUIET);
     // Exchanges are held, and only shipped if something goes wrong: every one on a connection
     // whose story is held from its connect, the later ones on other kept-alive connections.
     if (owner.flags & OWNER_STORY_HELD != 0 || owner.exchanges > 1) && hold_request(sk, owner, ret) {
@@ -102,11 +103,25 @@ fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
     0
 }
 
-/// A response that starts like a plain HTTP/1.x 1xx-4xx answer explains no 5xx by itself.
+/// A response that starts like a plain HTTP/1.x 1xx-4xx answer (or a FastCGI response whose
+/// CGI head does not begin with a 5xx `Status:`) explains no 5xx by itself.
 #[inline(always)]
 fn plain_answer(head: &[u8; RESPONSE_HEAD], len: u32) -> bool {
     if len == 0 {
         return true; // nothing to judge by (a read(2) caller): hold it like the rest
+    }
+    if head[0] == 1 && head[1] == 6 && head[7] == 0 {
+        // FCGI_STDOUT first (an FCGI_STDERR first, PHP's warnings, is worth shipping).
+        let status_5xx = head[8] == b'S'
+            && head[9] == b't'
+            && head[10] == b'a'
+            && head[11] == b't'
+            && head[12] == b'u'
+            && head[13] == b's'
+            && head[14] == b':'
+            && head[15] == b' '
+            && head[16] == b'5';
+        return len >= 8 && !status_5xx;
     }
     // Byte by byte: a slice comparison could become a memcmp call, which BPF does not have.
     len >= 12
@@ -169,27 +184,61 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
         take_recv_buffer(tid);
         return Ok(());
     };
+    let unix = owner.ino != 0;
     if ret > 0 {
         owner.bytes_recv += ret as u64;
-        if owner.phase != PHASE_RECEIVING {
+        let first = owner.phase != PHASE_RECEIVING;
+        // Unix-socket upstreams (FastCGI) are judged by each read's last bytes.
+        let buf = if first || unix { take_recv_buffer(tid) } else { 0 };
+        if first {
             owner.phase = PHASE_RECEIVING;
-            on_response_start(sk, owner, ret, tid);
+            on_response_start(sk, owner, ret, tid, buf);
+        }
+        if unix && buf != 0 {
+            on_unix_read(sk, owner, buf, ret);
         }
     } else if ret != -errno::EAGAIN {
+        if ret == 0 && owner.flags & OWNER_QUIET != 0 {
+            // A whole FastCGI exchange, dropped in the kernel: its end of stream is its close.
+            forget_unix_socket(sk);
+            return Ok(());
+        }
         ship_held(sk, owner);
         emit_socket(EventKind::RecvEnd, sk, owner, |e| {
             e.value = ret as i64;
             e.new_state = owner.tcp_state as u8;
+            if owner.flags & OWNER_FCGI_ENDED != 0 {
+                e.aux = RECV_END_AFTER_FCGI_END;
+            }
         });
     }
     Ok(())
 }
 
+/// A FastCGI response ends with its 16-byte `FCGI_END_REQUEST` record (header: version 1,
+/// type 3, request id, content length 8, no padding): a read ending with one ended the
+/// response whole. If nothing about the exchange went out, it is dropped here.
+#[inline(always)]
+fn on_unix_read(sk: u64, owner: &mut SockOwner, buf: u64, len: i32) {
+    if len < 16 {
+        return;
+    }
+    let Some(h) = read_user::<[u8; 8]>(buf + len as u64 - 16) else { return };
+    if !(h[0] == 1 && h[1] == 3 && h[4] == 0 && h[5] == 8 && h[6] == 0 && h[7] == 0) {
+        return;
+    }
+    owner.flags |= OWNER_FCGI_ENDED;
+    if held(sk).is_some() {
+        let _ = HELD.remove(sk);
+        owner.flags &= !OWNER_STORY_HELD;
+        owner.flags |= OWNER_QUIET;
+    }
+}
+
 /// The first bytes of a response. The data is already in the caller's buffer: keep its head,
 /// so userspace can tell garbage and broken headers from a valid response.
 #[inline(always)]
-fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32) {
-    let buf = take_recv_buffer(tid);
+fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32, buf: u64) {
     remember_last_response(tid, sk);
     if (owner.exchanges > 1 || owner.flags & OWNER_STORY_HELD != 0)
         && let Some(held) = held(sk)

@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_UNIX, Config, Exchange, MAX_CLOSED_SOCKETS, MAX_DROP_REASON, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
-    MAX_PENDING, MAX_TRACED_PROCESSES, MAX_UNIX_SOCKETS, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner,
-    counter,
+    MAX_PENDING, MAX_TRACED_PROCESSES, MAX_UNIX_SOCKETS, PATH_LEN, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES,
+    SockOwner, counter,
 };
 
 use crate::read::{current_cgroup, current_comm, sock_netns, socket_ino};
@@ -64,6 +64,25 @@ pub static CLOSED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX
 /// them close, so the least recently used make room for new ones (counted: `UNIX_ADDED`).
 #[map]
 pub static UNIX_OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_UNIX_SOCKETS, 0);
+
+/// A unix-socket upstream's connect, held like a TCP connection's opening (see `OWNER_STORY_HELD`)
+/// and shipped as the `ConnectSyscall` it stands for ahead of the first failure on it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnixOpening {
+    pub ts_ns: u64,
+    pub fd: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_LEN],
+}
+
+#[map]
+pub static UNIX_OPENINGS: LruHashMap<u64, UnixOpening> = LruHashMap::with_max_entries(MAX_UNIX_SOCKETS, 0);
+
+/// Unix-socket upstreams by (tgid << 32 | fd): close(2) is the only sign of the gateway giving up
+/// on one (no TCP state machine), and it knows only the fd.
+#[map]
+pub static UNIX_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_UNIX_SOCKETS, 0);
 
 /// Exchanges held back on kept-alive upstream connections, keyed by socket (see `Exchange`).
 /// A plain hash, not LRU: when it is full the exchange is shipped at once, never dropped.
@@ -190,6 +209,15 @@ pub fn add_unix_owner(sk: u64, owner: SockOwner) {
         count(counter::UNIX_ADDED);
     }
     let _ = UNIX_OWNED.insert(sk, owner, 0);
+}
+
+/// A unix-socket upstream whose exchange ended whole and whose peer closed: nothing more to
+/// watch (its fd entry goes at close(2) or makes room for others).
+#[inline(always)]
+pub fn forget_unix_socket(sk: u64) {
+    let _ = UNIX_OWNED.remove(sk);
+    let _ = UNIX_OPENINGS.remove(sk);
+    let _ = HELD.remove(sk);
 }
 
 /// Forget a socket address entirely (its memory now holds another socket).

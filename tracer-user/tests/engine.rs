@@ -454,7 +454,7 @@ fn responses_cut_short_are_flagged_truncated_with_the_real_status() {
 fn response_heads_are_parsed() {
     use upstrace::engine::http::ResponseHead;
     let h = ResponseHead::parse(b"HTTP/1.1 206 Partial\r\ncontent-length: 12\r\n\r\nabc").unwrap();
-    assert_eq!(h, ResponseHead { status: 206, header_len: Some(44), content_length: Some(12), chunked: false });
+    assert_eq!(h, ResponseHead { status: 206, header_len: Some(44), content_length: Some(12), chunked: false, fastcgi: None });
     assert_eq!(ResponseHead::parse(b"garbage"), None);
     assert_eq!(ResponseHead::parse(b"HTTP/1.1 2"), None);
     let h = ResponseHead::parse(b"HTTP/1.0 200 OK\r\nServer: x\r\nContent-Le").unwrap();

@@ -225,19 +225,26 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
 }
 
 /// The healthy rows alone, for each upstream configuration nginx is run with: a keep-alive
-/// pool (the lab's) and nginx's default (HTTP/1.0, a new upstream connection per request).
+/// pool (the lab's), nginx's default (HTTP/1.0, a new upstream connection per request), and
+/// PHP-FPM over a unix socket (`fastcgi_pass`, a new FastCGI connection per request).
 /// Per row: throughput and p99 with / without (A/B alternated, with the floor), then a run
 /// with run-time statistics for events and program runs per proxied request.
 pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
     upstrace_lab::ensure_root("the benchmark")?;
     crate::use_release_build();
     let mut rows = Vec::new();
-    for (name, keepalive) in [("keep-alive pool", true), ("connection per request", false)] {
+    for (name, keepalive, fastcgi) in
+        [("keep-alive pool", true, false), ("connection per request", false, false), ("FastCGI (php-fpm, unix socket)", false, true)]
+    {
         eprintln!("bench: healthy, {name}: {pairs} pairs of {secs} s runs");
         let mut lab = Lab::new()?;
         lab.nginx_workers = 2;
         lab.upstream_keepalive = keepalive;
-        lab.start_upstream("ok")?;
+        if fastcgi {
+            lab.start_php(upstrace_lab::lab::PhpMode::Ok)?;
+        } else {
+            lab.start_upstream("ok")?;
+        }
         let gw = lab.start_gateway(GatewayKind::Nginx)?;
         wrk(&lab, 4, 32)?;
         let (mut rps_ratio, mut p99_ratio, mut floor_ratio) = (Vec::new(), Vec::new(), Vec::new());

@@ -271,8 +271,15 @@ impl Engine {
         let end = a.end_ns()?;
         let crash = self.dead_listener(a, a.started_ns, end + DEATH_WINDOW_NS / 4).filter(|d| d.crashed());
         let reset = a.rst.is_some() || a.recv_end.is_some_and(|r| r.reset());
-        let expected = parsed.header_len.zip(parsed.content_length).map(|(h, c)| h + c);
-        let short = expected.is_some_and(|total| a.bytes_recv < total);
+        let expected = parsed.header_len.zip(parsed.content_length).map(|(h, c)| h + c).filter(|_| parsed.fastcgi.is_none());
+        // FastCGI says where a response ends in its own framing: a stream that ended before
+        // FCGI_END_REQUEST was cut short, whoever closed it.
+        let short = match parsed.fastcgi {
+            Some(_) => {
+                parsed.completeness(head, a.bytes_recv, false) == Completeness::Short && !a.recv_end.is_some_and(|r| r.after_fastcgi_end)
+            }
+            None => expected.is_some_and(|total| a.bytes_recv < total),
+        };
         // Without a known length, a FIN is how a response may legitimately end.
         if !short && !(expected.is_none() && (reset || crash.is_some())) {
             return None;
@@ -769,6 +776,7 @@ fn upstream_answered(c: &Case) -> Option<Finding> {
         (Completeness::Complete, Framing::Chunked) => "chunked, through its last chunk".to_string(),
         (Completeness::Complete, Framing::UntilClose) => "its body ended by the upstream's close".to_string(),
         (Completeness::Complete, Framing::NoBody) => "no body".to_string(),
+        (Completeness::Complete, Framing::Records) => "FastCGI, through its FCGI_END_REQUEST".to_string(),
     };
     let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
     let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);

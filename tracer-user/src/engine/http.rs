@@ -1,5 +1,6 @@
-//! What the bytes say: HTTP/1.x response heads read from the upstream side. HTTP/2 frames
-//! and FastCGI records will be read here too.
+//! What the bytes say: response heads read from the upstream side, HTTP/1.x or a FastCGI
+//! record stream carrying a CGI response (see `fastcgi`).
+use crate::engine::fastcgi::{self, EndRequest};
 
 /// What the first bytes of a response say about it.
 #[derive(Debug, PartialEq)]
@@ -10,6 +11,15 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     /// `Transfer-Encoding: chunked` (its last coding), within the captured header block.
     pub chunked: bool,
+    /// A FastCGI response: where its first `FCGI_STDOUT` content ends in the captured bytes,
+    /// and its `FCGI_END_REQUEST` if that was captured too.
+    pub fastcgi: Option<FastCgiStream>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastCgiStream {
+    pub stdout_end: usize,
+    pub ended: Option<EndRequest>,
 }
 
 /// How the end of a response body is known (RFC 9112 section 6.3).
@@ -21,6 +31,8 @@ pub enum Framing {
     Chunked,
     /// Neither: the body ends when the upstream closes.
     UntilClose,
+    /// FastCGI: the response ends with its `FCGI_END_REQUEST` record, whoever closes.
+    Records,
 }
 
 /// Whether a response arrived whole, judged by its framing alone.
@@ -35,29 +47,40 @@ pub enum Completeness {
 
 impl ResponseHead {
     pub fn parse(head: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(head).ok().or_else(|| {
-            let valid = std::str::from_utf8(head).err()?.valid_up_to();
-            std::str::from_utf8(&head[..valid]).ok()
-        })?;
+        if fastcgi::is_records(head) {
+            return Self::parse_fastcgi(head);
+        }
+        let text = valid_prefix(head)?;
         let rest = text.strip_prefix("HTTP/1.")?;
         let status: u16 = rest.get(2..5)?.parse().ok()?;
         let header_len = text.find("\r\n\r\n").map(|i| (i + 4) as u64);
         let block = &text[..header_len.map(|h| h as usize).unwrap_or(text.len())];
-        let content_length = block.split("\r\n").find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
-        });
-        let chunked = block.split("\r\n").any(|line| {
-            line.split_once(':').is_some_and(|(name, value)| {
-                name.eq_ignore_ascii_case("transfer-encoding")
-                    && value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-            })
-        });
-        Some(ResponseHead { status, header_len, content_length, chunked })
+        let (content_length, chunked) = framing_headers(block);
+        Some(ResponseHead { status, header_len, content_length, chunked, fastcgi: None })
+    }
+
+    /// A CGI response in FastCGI records: its status is the `Status:` header's (200 without
+    /// one); `header_len` counts from the start of the captured bytes, like HTTP's.
+    fn parse_fastcgi(head: &[u8]) -> Option<Self> {
+        let stdout = fastcgi::first_stdout(head)?;
+        let text = valid_prefix(&head[stdout.clone()])?;
+        let block_len = text.find("\r\n\r\n").map(|i| i + 4).or_else(|| text.find("\n\n").map(|i| i + 2));
+        let block = &text[..block_len.unwrap_or(text.len())];
+        let status = fastcgi::cgi_status(block).unwrap_or(200);
+        let (content_length, chunked) = framing_headers(block);
+        Some(ResponseHead {
+            status,
+            header_len: block_len.map(|l| (stdout.start + l) as u64),
+            content_length,
+            chunked,
+            fastcgi: Some(FastCgiStream { stdout_end: stdout.end, ended: fastcgi::end_request(head) }),
+        })
     }
 
     pub fn framing(&self) -> Framing {
-        if matches!(self.status, 100..=199 | 204 | 304) {
+        if self.fastcgi.is_some() {
+            Framing::Records
+        } else if matches!(self.status, 100..=199 | 204 | 304) {
             Framing::NoBody
         } else if self.chunked {
             // Chunked wins over a Content-Length (RFC 9112 6.3).
@@ -73,6 +96,13 @@ impl ResponseHead {
     /// the gateway read, `closed_cleanly` whether the upstream ended with a FIN (no reset, no
     /// crash): only that ends a close-delimited body.
     pub fn completeness(&self, head: &[u8], received: u64, closed_cleanly: bool) -> Completeness {
+        if let Some(stream) = self.fastcgi {
+            return match stream.ended {
+                Some(_) => Completeness::Complete,
+                None if received > head.len() as u64 => Completeness::Unseen,
+                None => Completeness::Short,
+            };
+        }
         let Some(header_len) = self.header_len else { return Completeness::Short };
         match self.framing() {
             Framing::NoBody => Completeness::Complete,
@@ -80,6 +110,7 @@ impl ResponseHead {
             Framing::Length(_) => Completeness::Short,
             Framing::UntilClose if closed_cleanly => Completeness::Complete,
             Framing::UntilClose => Completeness::Short,
+            Framing::Records => Completeness::Unseen,
             // The last chunk and the empty trailer section end it; only visible when every
             // byte read is in the captured head.
             Framing::Chunked if received > head.len() as u64 => Completeness::Unseen,
@@ -92,18 +123,45 @@ impl ResponseHead {
 
     /// The body bytes within the captured head, if the head ended there.
     pub fn body<'a>(&self, head: &'a [u8]) -> Option<&'a [u8]> {
-        head.get(self.header_len? as usize..)
+        let end = self.fastcgi.map_or(head.len(), |f| f.stdout_end);
+        head.get(self.header_len? as usize..end)
     }
+}
+
+/// The bytes as text, as far as they are valid UTF-8.
+fn valid_prefix(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok().or_else(|| {
+        let valid = std::str::from_utf8(bytes).err()?.valid_up_to();
+        std::str::from_utf8(&bytes[..valid]).ok()
+    })
+}
+
+/// Content-Length and whether the last transfer coding is chunked, from a header block.
+fn framing_headers(block: &str) -> (Option<u64>, bool) {
+    let content_length = block.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+    });
+    let chunked = block.split("\r\n").any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                && value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    (content_length, chunked)
 }
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Why a response head cannot be valid HTTP/1.x, if it cannot.
+/// Why a response head cannot be valid HTTP/1.x (or a valid FastCGI stream), if it cannot.
 pub fn invalid_http(head: &[u8]) -> Option<&'static str> {
     if head.is_empty() {
         return None;
+    }
+    if fastcgi::is_records(head) {
+        return fastcgi::invalid(head);
     }
     let prefix = &head[..head.len().min(5)];
     if !b"HTTP/".starts_with(prefix) {
@@ -130,6 +188,11 @@ pub const MAX_STATUS_LINE: usize = 64;
 /// Masking a masked head changes nothing.
 pub fn mask_head(head: &[u8]) -> Vec<u8> {
     let mut out = head.to_vec();
+    let keep_body = ResponseHead::parse(head).is_some_and(|h| h.status >= 500);
+    if fastcgi::is_records(head) {
+        mask_fastcgi(head, &mut out, keep_body);
+        return out;
+    }
     let first_end = head.iter().position(|&c| c == b'\n').map_or(head.len(), |i| i + 1);
     // A status line is short; a long "first line" is data (not HTTP), kept only as far as
     // the evidence quotes it.
@@ -138,15 +201,56 @@ pub fn mask_head(head: &[u8]) -> Vec<u8> {
             *c = b'*';
         }
     }
-    let keep_body = ResponseHead::parse(head).is_some_and(|h| h.status >= 500);
-    let mut at = first_end;
+    mask_header_block(head, &mut out, first_end..head.len(), keep_body);
+    out
+}
+
+/// A FastCGI stream keeps its record headers (binary framing), its `FCGI_END_REQUEST` and the
+/// application's stderr (the error an operator looks for, which the gateway logs anyway); the
+/// CGI response in `FCGI_STDOUT` is masked like an HTTP head, its `Status:` kept.
+fn mask_fastcgi(head: &[u8], out: &mut [u8], keep_body: bool) {
     let mut in_headers = true;
-    while at < head.len() {
-        let end = head[at..].iter().position(|&c| c == b'\n').map_or(head.len(), |i| at + i + 1);
+    for record in fastcgi::records(head) {
+        match record.kind {
+            fastcgi::RecordType::Stdout if in_headers => {
+                in_headers = !mask_header_block(head, out, record.content, keep_body);
+            }
+            fastcgi::RecordType::Stdout if !keep_body => {
+                for c in &mut out[record.content] {
+                    if !(c.is_ascii_control() || *c == b' ') {
+                        *c = b'*';
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Bytes past the last record header that could be read (a stream the gateway rejects)
+    // are data: masked.
+    let parsed_end = fastcgi::records(head).last().map_or(0, |r| r.content.end);
+    if fastcgi::invalid(head).is_some() {
+        for c in &mut out[parsed_end..] {
+            if !c.is_ascii_control() {
+                *c = b'*';
+            }
+        }
+    }
+}
+
+/// Mask header values (but the framing headers' and a CGI `Status:`) in the lines of
+/// `range`, and the body after the blank line unless `keep_body`; returns whether the blank
+/// line was seen.
+fn mask_header_block(head: &[u8], out: &mut [u8], range: std::ops::Range<usize>, keep_body: bool) -> bool {
+    let mut at = range.start;
+    let mut in_headers = true;
+    while at < range.end {
+        let end = head[at..range.end].iter().position(|&c| c == b'\n').map_or(range.end, |i| at + i + 1);
         let line = &head[at..end];
         let content = line.strip_suffix(b"\n").map_or(line, |l| l.strip_suffix(b"\r").unwrap_or(l));
-        if content.is_empty() {
+        if in_headers && content.is_empty() {
             in_headers = false; // the blank line: a body follows
+            at = end;
+            continue;
         }
         let mut value_from = 0;
         if in_headers && let Some(colon) = content.iter().position(|&c| c == b':') {
@@ -156,9 +260,11 @@ pub fn mask_head(head: &[u8]) -> Vec<u8> {
                 let value = &content[colon + 1..];
                 let length_digits = value.iter().all(|&c| c.is_ascii_digit() || c == b' ' || c == b'\t');
                 let codings = value.iter().all(|&c| c.is_ascii_alphabetic() || b" \t,".contains(&c));
-                let framing = (name.eq_ignore_ascii_case(b"content-length") && length_digits)
-                    || (name.eq_ignore_ascii_case(b"transfer-encoding") && codings);
-                value_from = if framing { content.len() } else { colon + 1 };
+                let status_line = value.len() <= MAX_STATUS_LINE && value.iter().all(|&c| c.is_ascii_alphanumeric() || c == b' ');
+                let kept = (name.eq_ignore_ascii_case(b"content-length") && length_digits)
+                    || (name.eq_ignore_ascii_case(b"transfer-encoding") && codings)
+                    || (name.eq_ignore_ascii_case(b"status") && status_line);
+                value_from = if kept { content.len() } else { colon + 1 };
             }
         }
         if !in_headers && keep_body {
@@ -171,7 +277,7 @@ pub fn mask_head(head: &[u8]) -> Vec<u8> {
         }
         at = end;
     }
-    out
+    !in_headers
 }
 
 #[cfg(test)]
@@ -219,5 +325,36 @@ mod tests {
         let long = [b'x'; 100];
         let masked = mask_head(&long);
         assert!(masked[..MAX_STATUS_LINE].iter().all(|&c| c == b'x') && masked[MAX_STATUS_LINE..].iter().all(|&c| c == b'*'));
+    }
+
+    #[test]
+    fn a_fastcgi_response_is_framed_by_its_records_and_masked_like_a_head() {
+        use crate::engine::fastcgi::build::{end, record};
+        let mut whole = record(6, b"Status: 503 Service Unavailable\r\nSet-Cookie: s3cr3t\r\n\r\ndown for maintenance");
+        whole.extend(end(0));
+        let parsed = ResponseHead::parse(&whole).unwrap();
+        assert_eq!(parsed.status, 503);
+        assert_eq!(parsed.framing(), Framing::Records);
+        assert_eq!(parsed.completeness(&whole, whole.len() as u64, false), Completeness::Complete);
+        assert_eq!(parsed.body(&whole), Some(&b"down for maintenance"[..]));
+        let masked = mask_head(&whole);
+        assert_eq!(masked.len(), whole.len());
+        assert!(!contains(&masked, b"s3cr3t"));
+        assert!(contains(&masked, b"Status: 503 Service Unavailable\r\n"));
+        assert!(contains(&masked, b"down for maintenance"), "a 5xx keeps its body");
+        assert_eq!(ResponseHead::parse(&masked), Some(parsed));
+        assert_eq!(invalid_http(&masked), None);
+        assert_eq!(mask_head(&masked), masked);
+
+        // A 200 without Status:, cut before its end record: short; its body is masked.
+        let cut = record(6, b"X-Powered-By: PHP/8.2\r\nContent-type: text/html\r\n\r\nprivate page");
+        let parsed = ResponseHead::parse(&cut).unwrap();
+        assert_eq!(parsed.status, 200);
+        assert_eq!(parsed.completeness(&cut, cut.len() as u64, true), Completeness::Short);
+        assert_eq!(parsed.completeness(&cut, cut.len() as u64 + 100, true), Completeness::Unseen);
+        let masked = mask_head(&cut);
+        assert!(!contains(&masked, b"private") && !contains(&masked, b"PHP/8.2"));
+        assert_eq!(&masked[..8], &cut[..8], "record headers are framing, kept");
+        assert_eq!(ResponseHead::parse(&masked), Some(parsed));
     }
 }

@@ -3,6 +3,7 @@
 //! gateway's and the upstream's bytes say).
 pub mod attribute;
 pub mod decode;
+pub mod fastcgi;
 pub mod http;
 pub mod track;
 pub mod verdict;

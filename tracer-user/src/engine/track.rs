@@ -100,12 +100,15 @@ pub struct ReadEnd {
     pub ts_ns: u64,
     /// None: the read returned 0 (the upstream's FIN).
     pub errno: Option<i32>,
+    /// The read before it ended with a FastCGI `FCGI_END_REQUEST` record (the kernel looks
+    /// at the last bytes of each read on a unix-socket upstream): the response was whole.
+    pub after_fastcgi_end: bool,
 }
 
 impl ReadEnd {
     fn from_event(ev: &KernelEvent) -> Self {
         let errno = (ev.value < 0).then(|| i32::try_from(-ev.value).unwrap_or(i32::MAX));
-        Self { ts_ns: ev.ts_ns, errno }
+        Self { ts_ns: ev.ts_ns, errno, after_fastcgi_end: ev.aux & tracer_common::RECV_END_AFTER_FCGI_END != 0 }
     }
 
     pub fn eof(&self) -> bool {

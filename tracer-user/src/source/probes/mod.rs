@@ -48,6 +48,7 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "sys_enter_readv", hook: Hook::Tracepoint("syscalls", "sys_enter_readv"), required: false },
     ProgramSpec { program: "sys_enter_connect", hook: Hook::Tracepoint("syscalls", "sys_enter_connect"), required: false },
     ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
+    ProgramSpec { program: "sys_enter_close", hook: Hook::Tracepoint("syscalls", "sys_enter_close"), required: false },
     ProgramSpec { program: "sched_process_fork", hook: Hook::Tracepoint("sched", "sched_process_fork"), required: true },
     ProgramSpec { program: "sched_process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit"), required: false },
     ProgramSpec { program: "signal_generate", hook: Hook::Tracepoint("signal", "signal_generate"), required: false },
