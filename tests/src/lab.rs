@@ -224,6 +224,8 @@ pub enum PhpMode {
     Hang,
     /// The socket is root's with mode 0600: the gateway's workers (nobody) may not connect.
     RootOnlySocket,
+    /// The application answers 500 itself (`http_response_code(500)`), a whole response.
+    AppError,
 }
 
 /// Real php-fpm (Debian's php8.2-fpm) started by the lab: master and two static workers
@@ -285,6 +287,9 @@ pub struct Lab {
     pub upstream_loopback: bool,
     /// The upstream is real php-fpm on a unix socket (`start_php`); nginx speaks FastCGI.
     pub php: Option<PhpFpm>,
+    /// The lab upstream speaks FastCGI (modes `fcgi-*`) on php-fpm's socket path, for the
+    /// faults php-fpm cannot be made to commit; nginx speaks FastCGI.
+    pub fastcgi_upstream: bool,
     /// What the gateway's client side speaks (set before `start_gateway`) and `request` uses.
     pub client: ClientMode,
     /// nginx keeps a pool of idle upstream connections (the lab's default). Off: nginx's own
@@ -316,6 +321,7 @@ impl Lab {
             upstream_group: false,
             upstream_loopback: false,
             php: None,
+            fastcgi_upstream: false,
             client: ClientMode::Plain,
             upstream_keepalive: true,
         };
@@ -364,7 +370,13 @@ impl Lab {
 
     /// Where the upstream listens, in `upstrace-lab-upstream --listen` form.
     fn upstream_listen(&self) -> String {
-        if self.unix_upstream { format!("unix:{}", self.unix_socket_path().display()) } else { self.gateways_upstream() }
+        if self.fastcgi_upstream {
+            format!("unix:{}", self.php_socket_path().display())
+        } else if self.unix_upstream {
+            format!("unix:{}", self.unix_socket_path().display())
+        } else {
+            self.gateways_upstream()
+        }
     }
 
     /// The TCP address the gateway is told its upstream has.
@@ -505,6 +517,7 @@ impl Lab {
             PhpMode::Segfault => "<?php posix_kill(getmypid(), 11); sleep(5); echo \"unreachable\";\n",
             PhpMode::Hang => "<?php sleep(10); echo \"late\";\n",
             PhpMode::Ok | PhpMode::RootOnlySocket => "<?php echo \"ok\";\n",
+            PhpMode::AppError => "<?php http_response_code(500); echo \"app error\";\n",
         };
         std::fs::write(www.join("app.php"), script)?;
         let (owner, socket_mode) = if mode == PhpMode::RootOnlySocket { ("root", "0600") } else { ("nobody", "0666") };
@@ -699,7 +712,7 @@ http {{
 "#,
             // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
             up = self.upstream_listen(),
-            fastcgi = if self.php.is_some() {
+            fastcgi = if self.php.is_some() || self.fastcgi_upstream {
                 format!(
                     "\n            fastcgi_pass unix:{};\n            fastcgi_param SCRIPT_FILENAME {}/www/app.php;\n            \
                      fastcgi_param REQUEST_METHOD $request_method;\n            fastcgi_read_timeout 5s;\n        }}\n        location /unused {{",

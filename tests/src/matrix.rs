@@ -42,6 +42,8 @@ pub enum Setup {
     Php(PhpMode),
     /// php-fpm killed (SIGKILL) after the gateway started: its socket file stays, nobody listens.
     PhpKilled,
+    /// The lab upstream speaking FastCGI on php-fpm's socket, in this mode (`fcgi-*`).
+    FastCgi(&'static str),
 }
 
 /// One row. Its name says the gateway's client side too: `refused` is plain HTTP,
@@ -78,6 +80,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "php-terminate-timeout", setup: Setup::Php(PhpMode::Hang) },
     Scenario { name: "php-permission", setup: Setup::Php(PhpMode::RootOnlySocket) },
     Scenario { name: "php-killed", setup: Setup::PhpKilled },
+    Scenario { name: "php-500", setup: Setup::Php(PhpMode::AppError) },
+    Scenario { name: "fcgi-truncated-headers", setup: Setup::FastCgi("fcgi-truncated-headers") },
+    Scenario { name: "fcgi-truncated-body", setup: Setup::FastCgi("fcgi-truncated-body") },
+    Scenario { name: "fcgi-stall", setup: Setup::FastCgi("fcgi-stall") },
     Scenario { name: "reset-before-headers", setup: Setup::Mode("reset-before-headers") },
     Scenario { name: "reset-partial-headers", setup: Setup::Mode("reset-partial-headers") },
     Scenario { name: "truncated-headers", setup: Setup::Mode("truncated-headers") },
@@ -177,7 +183,7 @@ impl Scenario {
     pub fn runs_on(&self, gw: GatewayKind) -> bool {
         match self.setup {
             // nginx's fastcgi_pass (HAProxy's FastCGI rows are not written yet).
-            Setup::Php(_) | Setup::PhpKilled => gw == GatewayKind::Nginx,
+            Setup::Php(_) | Setup::PhpKilled | Setup::FastCgi(_) => gw == GatewayKind::Nginx,
             _ => gw != GatewayKind::Caddy || self.client().tls(),
         }
     }
@@ -192,6 +198,7 @@ impl Scenario {
             "php-segfault" => Some("(php-fpm: pool www) killed by SIGSEGV"),
             "php-terminate-timeout" => Some("sent by its manager"),
             "php-killed" => Some("killed by SIGKILL"),
+            "php-500" => Some("FastCGI, through its FCGI_END_REQUEST"),
             name if name.starts_with("upstream-5") => Some("itself, a complete response"),
             "head-too-large" if gw == GatewayKind::Haproxy => None,
             "head-too-large" | "head-too-large-20k" => Some("larger than the gateway's header buffer"),
@@ -227,6 +234,13 @@ impl Scenario {
             "php-permission" => v("gateway", &["permission-denied"]),
             // php-fpm's master and workers were killed (SIGKILL): a crash, named.
             "php-killed" => v("upstream", &["crashed"]),
+            // The application's own 500 in FastCGI records, whole at its FCGI_END_REQUEST.
+            "php-500" => v("upstream", &["upstream-5xx"]),
+            // FastCGI streams cut before FCGI_END_REQUEST by a server that did not die.
+            "fcgi-truncated-headers" => v("upstream", &["closed-early"]),
+            "fcgi-truncated-body" => cut(&["closed-early"]),
+            // nginx's fastcgi_read_timeout: it closes the socket, which the kernel sees.
+            "fcgi-stall" => v("upstream", &["stalled"]),
             "crash-before-headers" => v("upstream", &["crashed"]),
             "crash-mid-body" => cut(&["crashed"]),
             "crash-keepalive" => v("upstream", &["crashed"]),
@@ -332,6 +346,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     lab.unix_upstream = matches!(scenario.setup, Setup::Unix(_) | Setup::UnixAbandoned);
     lab.upstream_group = matches!(scenario.setup, Setup::GroupDown);
     lab.upstream_loopback = matches!(scenario.setup, Setup::Loopback);
+    lab.fastcgi_upstream = matches!(scenario.setup, Setup::FastCgi(_));
     lab.client = scenario.client();
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
@@ -344,6 +359,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         Setup::NoUpstream | Setup::GroupDown | Setup::Loopback => {}
         Setup::Php(mode) => lab.start_php(mode)?,
         Setup::PhpKilled => lab.start_php(PhpMode::Ok)?,
+        Setup::FastCgi(mode) => lab.start_upstream(mode)?,
         Setup::Mode(mode) => lab.start_upstream(mode)?,
         Setup::Fault(_) => lab.start_upstream("ok")?,
         Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,

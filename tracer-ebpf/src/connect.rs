@@ -1,6 +1,7 @@
-//! connect(2) entry/exit (and close(2) of unix-socket upstreams): the destination as the gateway asked for it (including unix socket
+//! connect(2) entry/exit: the destination as the gateway asked for it (including unix socket
 //! paths, which have no TCP events), and results that never reach the TCP state machine
-//! (no route, EACCES from a prohibit route, EAGAIN from a full unix backlog, ...).
+//! (no route, EACCES from a prohibit route, EAGAIN from a full unix backlog, ...). close(2)
+//! of a unix-socket upstream: the one sign of the gateway giving up on it.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     AF_INET, AF_INET6, AF_UNIX, EventKind, OWNER_FCGI_ENDED, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
@@ -118,6 +119,8 @@ fn try_sys_enter_close(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(sk) = (unsafe { UNIX_FDS.get(key) }).copied() else { return Ok(()) };
     let _ = UNIX_FDS.remove(key);
     let Some(owner) = unix_owner_of(sk, AF_UNIX as u16) else { return Ok(()) };
+    // An HTTP response on a unix socket is not judged whole here: a gateway that rejects one
+    // (a bad header) closes the socket before it writes its 5xx, which must find the story.
     let ended = owner.flags & (OWNER_QUIET | OWNER_FCGI_ENDED) != 0;
     let shipped = owner.flags & OWNER_OPENING_SHIPPED != 0;
     if !ended && (owner.exchanges > 0 || shipped) {

@@ -166,6 +166,9 @@ impl<'a> Schedule<'a> {
 }
 
 fn serve<S: Read + Write>(mut s: S, mode: &str, abort: fn(S)) {
+    if mode.starts_with("fcgi-") {
+        return serve_fastcgi(s, mode);
+    }
     let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
     let schedule = Schedule::parse(mode);
     let mut served = 0u64;
@@ -269,4 +272,64 @@ fn own_5xx(mode: &str) -> Option<(u16, &str)> {
     let (status, framing) = mode.strip_prefix("upstream-")?.split_once('-')?;
     let status: u16 = status.parse().ok().filter(|s| (500..600).contains(s))?;
     ["length", "chunked", "close"].contains(&framing).then_some((status, framing))
+}
+
+/// A FastCGI record: version 1, type, request id, content (no padding needed for these).
+fn fcgi_record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
+    let len = content.len() as u16;
+    let mut r = vec![1, kind, (id >> 8) as u8, id as u8, (len >> 8) as u8, len as u8, 0, 0];
+    r.extend_from_slice(content);
+    r
+}
+
+/// Read one FastCGI request (records up to its empty FCGI_STDIN); its request id, or None at EOF.
+fn read_fastcgi_request(stream: &mut impl Read) -> Option<u16> {
+    let mut id = 1;
+    loop {
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).ok()?;
+        let len = u16::from_be_bytes([header[4], header[5]]) as usize + header[6] as usize;
+        let mut content = vec![0u8; len];
+        stream.read_exact(&mut content).ok()?;
+        match header[1] {
+            1 => id = u16::from_be_bytes([header[2], header[3]]), // FCGI_BEGIN_REQUEST
+            5 if len == 0 => return Some(id),                     // the empty FCGI_STDIN ends it
+            _ => {}
+        }
+    }
+}
+
+/// The FastCGI modes (`--listen unix:...` behind nginx's fastcgi_pass): `fcgi-ok`,
+/// `fcgi-truncated-headers` (the CGI head cut, then close), `fcgi-stall` (no answer), `fcgi-truncated-body` (a head and
+/// part of the body, then close: no FCGI_END_REQUEST either way; the server does not die).
+fn serve_fastcgi<S: Read + Write>(mut s: S, mode: &str) {
+    const STDOUT: u8 = 6;
+    const END_REQUEST: u8 = 3;
+    while let Some(id) = read_fastcgi_request(&mut s) {
+        let mut out = Vec::new();
+        match mode {
+            "fcgi-ok" => {
+                out.extend(fcgi_record(STDOUT, id, b"Content-type: text/plain\r\n\r\nok"));
+                out.extend(fcgi_record(STDOUT, id, b""));
+                out.extend(fcgi_record(END_REQUEST, id, &[0; 8]));
+            }
+            "fcgi-truncated-headers" => out.extend(fcgi_record(STDOUT, id, b"Content-type: text/pl")),
+            "fcgi-stall" => {
+                std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
+            "fcgi-truncated-body" => {
+                let mut content = b"Content-type: text/plain\r\n\r\n".to_vec();
+                content.extend_from_slice(&[b'x'; 1000]);
+                out.extend(fcgi_record(STDOUT, id, &content));
+            }
+            other => {
+                eprintln!("upstrace-lab-upstream: unknown mode {other}");
+                std::process::exit(2);
+            }
+        }
+        if s.write_all(&out).is_err() || mode != "fcgi-ok" {
+            return;
+        }
+    }
 }

@@ -275,9 +275,13 @@ impl Engine {
         // FastCGI says where a response ends in its own framing: a stream that ended before
         // FCGI_END_REQUEST was cut short, whoever closed it.
         let short = match parsed.fastcgi {
-            Some(_) => {
-                parsed.completeness(head, a.bytes_recv, false) == Completeness::Short && !a.recv_end.is_some_and(|r| r.after_fastcgi_end)
-            }
+            Some(_) => match parsed.completeness(head, a.bytes_recv, false) {
+                Completeness::Complete => false,
+                Completeness::Short => !a.recv_end.is_some_and(|r| r.after_fastcgi_end),
+                // Past the captured head: on a unix socket the kernel looks at the end of
+                // every read, and says whether the stream ended with FCGI_END_REQUEST.
+                Completeness::Unseen => a.path.is_some() && a.recv_end.is_some_and(|r| !r.after_fastcgi_end),
+            },
             None => expected.is_some_and(|total| a.bytes_recv < total),
         };
         // Without a known length, a FIN is how a response may legitimately end.
@@ -778,7 +782,9 @@ fn upstream_answered(c: &Case) -> Option<Finding> {
         (Completeness::Complete, Framing::NoBody) => "no body".to_string(),
         (Completeness::Complete, Framing::Records) => "FastCGI, through its FCGI_END_REQUEST".to_string(),
     };
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    // FastCGI: the CGI head's first line (its `Status:`), past the record header.
+    let from = parsed.fastcgi.map_or(0, |f| f.stdout_start);
+    let line = head[from..].split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
     let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);
     let body = parsed.body(head).filter(|b| !b.is_empty()).map(|b| {
         let more = if b.len() > 60 || a.bytes_recv > head.len() as u64 { "..." } else { "" };

@@ -18,6 +18,7 @@ pub struct ResponseHead {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FastCgiStream {
+    pub stdout_start: usize,
     pub stdout_end: usize,
     pub ended: Option<EndRequest>,
 }
@@ -73,7 +74,7 @@ impl ResponseHead {
             header_len: block_len.map(|l| (stdout.start + l) as u64),
             content_length,
             chunked,
-            fastcgi: Some(FastCgiStream { stdout_end: stdout.end, ended: fastcgi::end_request(head) }),
+            fastcgi: Some(FastCgiStream { stdout_start: stdout.start, stdout_end: stdout.end, ended: fastcgi::end_request(head) }),
         })
     }
 
