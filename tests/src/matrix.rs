@@ -199,6 +199,7 @@ impl Scenario {
             "php-terminate-timeout" => Some("sent by its manager"),
             "php-killed" => Some("killed by SIGKILL"),
             "php-500" => Some("FastCGI, through its FCGI_END_REQUEST"),
+            "php-permission" => Some("owned by root:root with mode 0600, and the gateway's worker runs as nobody"),
             name if name.starts_with("upstream-5") => Some("itself, a complete response"),
             "head-too-large" if gw == GatewayKind::Haproxy => None,
             "head-too-large" | "head-too-large-20k" => Some("larger than the gateway's header buffer"),

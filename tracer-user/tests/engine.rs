@@ -32,6 +32,7 @@ fn ev(kind: Kind, ts_ms: u64, sock: u64) -> KernelEvent {
         stream: None,
         tls: false,
         head: None,
+        socket_file: None,
     }
 }
 

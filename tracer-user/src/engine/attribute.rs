@@ -811,7 +811,10 @@ fn connect_failed(c: &Case) -> Option<Finding> {
         return Some(match errno {
             EACCES | EPERM => Finding::new(
                 Cause::PermissionDenied,
-                format!("{gw}: the gateway may not connect to {up}: {e}: the socket file's owner and mode keep its worker out"),
+                match &c.a.socket_file {
+                    Some(file) => format!("{gw}: the gateway may not connect to {up}: {e}: the socket file is {file}"),
+                    None => format!("{gw}: the gateway may not connect to {up}: {e}: the socket file's owner and mode keep its worker out"),
+                },
             ),
             ENOENT => Finding::new(
                 Cause::NoSocketFile,

@@ -155,6 +155,28 @@ pub struct KernelEvent {
     /// The status was read in the plaintext the gateway handed to TLS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+    /// A unix socket connect refused for permission: the file as the host saw it then
+    /// (looked up by the live source, kept in traces for replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_file: Option<SocketFile>,
+}
+
+/// Who may connect to a unix socket file: its owner, group and mode, and the user the
+/// connecting process runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketFile {
+    pub owner: String,
+    pub group: String,
+    /// Permission bits (`0o660`).
+    pub mode: u32,
+    /// The connecting process's effective user.
+    pub caller: String,
+}
+
+impl std::fmt::Display for SocketFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "owned by {}:{} with mode {:04o}, and the gateway's worker runs as {}", self.owner, self.group, self.mode, self.caller)
+    }
 }
 
 mod hex_u64 {
@@ -314,6 +336,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }),
         stream,
         tls: kind == Kind::HttpStatus && matches!(word_at(&raw.data, STATUS_SEEN_AT), SEEN_OPENSSL | SEEN_GO_TLS),
+        socket_file: None,
         reason: None,
         head: (kind == Kind::ResponseStart && raw.aux > 0)
             .then(|| escape_bytes(&crate::engine::http::mask_head(&raw.data[..(raw.aux as usize).min(128)]))),
@@ -364,6 +387,7 @@ impl KernelEvent {
             head: None,
             stream: None,
             tls: false,
+            socket_file: None,
         }
     }
 

@@ -191,6 +191,8 @@ pub struct Attempt {
     pub dst: Option<SocketAddr>,
     pub src: Option<SocketAddr>,
     pub path: Option<String>,
+    /// A unix socket file that refused the connect for permission, as the host saw it.
+    pub socket_file: Option<crate::engine::decode::SocketFile>,
     pub started_ns: u64,
     /// An exchange on a connection that already carried one (keep-alive reuse).
     pub reused: bool,
@@ -240,6 +242,7 @@ impl Attempt {
             dst: ev.dst,
             src: ev.src.filter(|a| a.port() != 0),
             path: ev.path.clone(),
+            socket_file: ev.socket_file.clone(),
             started_ns: ev.ts_ns,
             reused,
             connected_ns: None,

@@ -20,6 +20,36 @@ pub fn host_netns() -> Option<u32> {
     ["/proc/1/ns/net", "/proc/self/ns/net"].iter().find_map(|p| std::fs::metadata(p).ok()).and_then(|m| u32::try_from(m.ino()).ok())
 }
 
+/// A unix socket file as process `pid` sees it (through its root: a gateway in a container has
+/// its own), with its owner, group and mode, and the user `pid` runs as (names from that root's
+/// /etc/passwd and /etc/group, else numbers).
+pub fn socket_file(pid: u32, path: &str) -> Option<crate::engine::decode::SocketFile> {
+    use std::os::unix::fs::MetadataExt;
+    let root = format!("/proc/{pid}/root");
+    let meta = fs::metadata(format!("{root}{path}")).or_else(|_| fs::metadata(path)).ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let euid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let name = |db: &str, id: u32| {
+        let text = fs::read_to_string(format!("{root}/etc/{db}")).or_else(|_| fs::read_to_string(format!("/etc/{db}"))).unwrap_or_default();
+        id_name(&text, id).unwrap_or_else(|| id.to_string())
+    };
+    Some(crate::engine::decode::SocketFile {
+        owner: name("passwd", meta.uid()),
+        group: name("group", meta.gid()),
+        mode: meta.mode() & 0o7777,
+        caller: name("passwd", euid),
+    })
+}
+
+/// The name of `id` in a passwd or group file (`name:x:id:...`).
+fn id_name(db: &str, id: u32) -> Option<String> {
+    db.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
+    })
+}
+
 pub fn comm_of(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }
@@ -230,6 +260,15 @@ pub fn with_descendants(roots: &BTreeSet<u32>) -> BTreeSet<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_named_from_passwd_and_group_files() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(id_name(passwd, 65534).as_deref(), Some("nobody"));
+        assert_eq!(id_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(id_name(passwd, 33), None);
+        assert_eq!(id_name("garbage\n::\n", 0), None);
+    }
 
     #[test]
     fn listening_unix_stream_sockets_with_a_path() {

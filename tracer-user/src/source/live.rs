@@ -309,8 +309,16 @@ impl Live {
         }
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
-                Ok(ev) => {
+                Ok(mut ev) => {
                     self.counts.events += 1;
+                    // A unix socket that refused the gateway for permission: the file's owner and
+                    // mode, read now (rare: only on such a failure).
+                    if ev.kind == crate::engine::decode::Kind::ConnectSyscall
+                        && matches!(i32::try_from(-ev.value), Ok(tracer_common::errno::EACCES | tracer_common::errno::EPERM))
+                        && let Some(path) = ev.path.as_deref()
+                    {
+                        ev.socket_file = discover::socket_file(ev.pid, path);
+                    }
                     pipeline.event(&ev)?;
                 }
                 Err(_) => self.counts.decode_errors += 1,
