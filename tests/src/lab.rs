@@ -738,6 +738,8 @@ http {{
         } else {
             format!("bind 127.0.0.1:{GATEWAY_PORT}")
         };
+        // php-fpm or the lab's FastCGI server: HAProxy's own FastCGI application (2.1+).
+        let fastcgi = self.php.is_some() || self.fastcgi_upstream;
         let conf = format!(
             r#"global
     maxconn 1024
@@ -754,16 +756,27 @@ frontend fe
     {bind}
     default_backend be
 backend be
-    http-reuse safe
+    http-reuse safe{fcgi_app}
     server up1 {up}{second}
-"#,
-            second = if self.upstream_group {
+{fcgi_section}"#,
+            fcgi_app = if fastcgi { "\n    use-fcgi-app php" } else { "" },
+            fcgi_section =
+                if fastcgi { format!("fcgi-app php\n    docroot {}/www\n    index app.php\n", self.dir.display()) } else { String::new() },
+            second = if fastcgi {
+                " proto fcgi".to_string()
+            } else if self.upstream_group {
                 format!(" check inter 300ms fall 1 rise 1\n    server up2 {} check inter 300ms fall 1 rise 1", self.second_server())
             } else {
                 String::new()
             },
             // HAProxy takes a unix socket as its absolute path.
-            up = if self.unix_upstream { self.unix_socket_path().display().to_string() } else { self.gateways_upstream() },
+            up = if fastcgi {
+                self.php_socket_path().display().to_string()
+            } else if self.unix_upstream {
+                self.unix_socket_path().display().to_string()
+            } else {
+                self.gateways_upstream()
+            },
         );
         let path = self.dir.join("haproxy.cfg");
         std::fs::write(&path, conf)?;
