@@ -287,6 +287,8 @@ pub struct Lab {
     pub upstream_loopback: bool,
     /// The upstream is real php-fpm on a unix socket (`start_php`); nginx speaks FastCGI.
     pub php: Option<PhpFpm>,
+    /// php-fpm listens on TCP (the upstream's address and port) instead of a unix socket.
+    pub php_over_tcp: bool,
     /// The lab upstream speaks FastCGI (modes `fcgi-*`) on php-fpm's socket path, for the
     /// faults php-fpm cannot be made to commit; nginx speaks FastCGI.
     pub fastcgi_upstream: bool,
@@ -322,6 +324,7 @@ impl Lab {
             upstream_loopback: false,
             php: None,
             fastcgi_upstream: false,
+            php_over_tcp: false,
             client: ClientMode::Plain,
             upstream_keepalive: true,
         };
@@ -507,6 +510,11 @@ impl Lab {
         self.dir.join("php.sock")
     }
 
+    /// Where php-fpm listens, as php-fpm and HAProxy write it: a socket path, or `ip:port`.
+    fn php_listen(&self) -> String {
+        if self.php_over_tcp { self.upstream_addr() } else { self.php_socket_path().display().to_string() }
+    }
+
     /// Start php-fpm in the upstream namespace (unix sockets do not care) with its script in
     /// `mode`, and wait until its workers are up.
     pub fn start_php(&mut self, mode: PhpMode) -> Result<()> {
@@ -525,7 +533,7 @@ impl Lab {
             "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
              [www]\nuser = nobody\ngroup = nogroup\nlisten = {sock}\nlisten.owner = {owner}\nlisten.mode = {socket_mode}\n\
              pm = static\npm.max_children = 2\nrequest_terminate_timeout = 1s\ncatch_workers_output = yes\n",
-            sock = self.php_socket_path().display(),
+            sock = self.php_listen(),
         );
         let path = self.dir.join("php-fpm.conf");
         std::fs::write(&path, conf)?;
@@ -540,7 +548,8 @@ impl Lab {
         // `ip netns exec` execs php-fpm: the child is the master.
         let php = PhpFpm { master: child.id(), child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(self.php_socket_path().exists() && php.workers().len() >= 2) {
+        // The master listens before it forks its workers.
+        while !((self.php_over_tcp || self.php_socket_path().exists()) && php.workers().len() >= 2) {
             if Instant::now() > deadline {
                 bail!("php-fpm did not start: {}", std::fs::read_to_string(self.dir.join("php-fpm.log")).unwrap_or_default());
             }
@@ -714,9 +723,9 @@ http {{
             up = self.upstream_listen(),
             fastcgi = if self.php.is_some() || self.fastcgi_upstream {
                 format!(
-                    "\n            fastcgi_pass unix:{};\n            fastcgi_param SCRIPT_FILENAME {}/www/app.php;\n            \
+                    "\n            fastcgi_pass {};\n            fastcgi_param SCRIPT_FILENAME {}/www/app.php;\n            \
                      fastcgi_param REQUEST_METHOD $request_method;\n            fastcgi_read_timeout 5s;\n        }}\n        location /unused {{",
-                    self.php_socket_path().display(),
+                    if self.php_over_tcp { self.upstream_addr() } else { format!("unix:{}", self.php_socket_path().display()) },
                     self.dir.display()
                 )
             } else {
@@ -771,7 +780,7 @@ backend be
             },
             // HAProxy takes a unix socket as its absolute path.
             up = if fastcgi {
-                self.php_socket_path().display().to_string()
+                self.php_listen()
             } else if self.unix_upstream {
                 self.unix_socket_path().display().to_string()
             } else {

@@ -42,6 +42,10 @@ pub enum Setup {
     Php(PhpMode),
     /// php-fpm killed (SIGKILL) after the gateway started: its socket file stays, nobody listens.
     PhpKilled,
+    /// php-fpm over TCP (the upstream's address), its script in this mode.
+    PhpOverTcp(PhpMode),
+    /// php-fpm over TCP, killed (SIGKILL) after the gateway started: nothing listens.
+    PhpOverTcpKilled,
     /// The lab upstream speaking FastCGI on php-fpm's socket, in this mode (`fcgi-*`).
     FastCgi(&'static str),
 }
@@ -81,6 +85,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "php-permission", setup: Setup::Php(PhpMode::RootOnlySocket) },
     Scenario { name: "php-killed", setup: Setup::PhpKilled },
     Scenario { name: "php-500", setup: Setup::Php(PhpMode::AppError) },
+    Scenario { name: "php-tcp-segfault", setup: Setup::PhpOverTcp(PhpMode::Segfault) },
+    Scenario { name: "php-tcp-terminate-timeout", setup: Setup::PhpOverTcp(PhpMode::Hang) },
+    Scenario { name: "php-tcp-killed", setup: Setup::PhpOverTcpKilled },
+    Scenario { name: "php-tcp-500", setup: Setup::PhpOverTcp(PhpMode::AppError) },
     Scenario { name: "fcgi-truncated-headers", setup: Setup::FastCgi("fcgi-truncated-headers") },
     Scenario { name: "fcgi-truncated-body", setup: Setup::FastCgi("fcgi-truncated-body") },
     Scenario { name: "fcgi-stall", setup: Setup::FastCgi("fcgi-stall") },
@@ -167,6 +175,18 @@ impl Scenario {
         self.name.split_once('+').map_or(self.name, |(base, _)| base)
     }
 
+    /// The fault the row is about: its base name, and php-fpm's faults over TCP read as the
+    /// same faults over a unix socket (`php-tcp-segfault` is `php-segfault`).
+    fn fault_name(&self) -> &'static str {
+        match self.base() {
+            "php-tcp-segfault" => "php-segfault",
+            "php-tcp-terminate-timeout" => "php-terminate-timeout",
+            "php-tcp-killed" => "php-killed",
+            "php-tcp-500" => "php-500",
+            other => other,
+        }
+    }
+
     /// The gateway's client side, from the name's suffix.
     pub fn client(&self) -> ClientMode {
         match self.name.split_once('+') {
@@ -185,14 +205,16 @@ impl Scenario {
             // nginx's fastcgi_pass and HAProxy's use-fcgi-app.
             // The lab's HAProxy runs as root, which a root-only socket lets in.
             Setup::Php(PhpMode::RootOnlySocket) => gw == GatewayKind::Nginx,
-            Setup::Php(_) | Setup::PhpKilled | Setup::FastCgi(_) => gw != GatewayKind::Caddy,
+            Setup::Php(_) | Setup::PhpKilled | Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled | Setup::FastCgi(_) => {
+                gw != GatewayKind::Caddy
+            }
             _ => gw != GatewayKind::Caddy || self.client().tls(),
         }
     }
 
     /// Words the deciding verdict's summary must hold, where the row is about them.
     pub fn says(&self, gw: GatewayKind) -> Option<&'static str> {
-        match self.base() {
+        match self.fault_name() {
             // HAProxy's health checks fail every 300 ms: a 503 within a second of one is
             // taken for that connection's request (same cause), so only nginx is held to it.
             "group-down" if gw == GatewayKind::Nginx => Some("without trying any upstream for this request"),
@@ -214,7 +236,7 @@ impl Scenario {
     /// otherwise (said below).
     pub fn expect(&self, gw: GatewayKind) -> Expect {
         let haproxy_h2 = gw == GatewayKind::Haproxy && self.client() == ClientMode::TlsH2;
-        match self.base() {
+        match self.fault_name() {
             // HAProxy's HTTP/2 side marks every request as not the first of its connection
             // (mux_h2 sets SE_FL_NOT_FIRST on each stream). For such a request, a server
             // connection that fails after the request left (reset or closed before any
@@ -357,6 +379,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     lab.upstream_group = matches!(scenario.setup, Setup::GroupDown);
     lab.upstream_loopback = matches!(scenario.setup, Setup::Loopback);
     lab.fastcgi_upstream = matches!(scenario.setup, Setup::FastCgi(_));
+    lab.php_over_tcp = matches!(scenario.setup, Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled);
     lab.client = scenario.client();
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
@@ -368,7 +391,8 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         }
         Setup::NoUpstream | Setup::GroupDown | Setup::Loopback => {}
         Setup::Php(mode) => lab.start_php(mode)?,
-        Setup::PhpKilled => lab.start_php(PhpMode::Ok)?,
+        Setup::PhpKilled | Setup::PhpOverTcpKilled => lab.start_php(PhpMode::Ok)?,
+        Setup::PhpOverTcp(mode) => lab.start_php(mode)?,
         Setup::FastCgi(mode) => lab.start_upstream(mode)?,
         Setup::Mode(mode) => lab.start_upstream(mode)?,
         Setup::Fault(_) => lab.start_upstream("ok")?,
@@ -385,7 +409,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     let tracer = Tracer::start(&arg_refs)?;
     match scenario.setup {
         Setup::Fault(fault) => lab.inject(fault)?,
-        Setup::PhpKilled => lab.kill_php(),
+        Setup::PhpKilled | Setup::PhpOverTcpKilled => lab.kill_php(),
         Setup::BacklogFull => {
             // Fill the never-accepted backlog from the gateway's side (bounded: 15 s each).
             for _ in 0..3 {

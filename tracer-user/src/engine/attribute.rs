@@ -616,7 +616,11 @@ impl Engine {
     /// The death, told by what upstrace knows of the process: its title when it listened
     /// (`php-fpm: pool www`), and whether a manager of the same server killed it.
     fn death_of(&self, a: &Attempt, d: &Death) -> (String, Evidence, bool) {
-        let listeners = a.path.as_ref().and_then(|p| self.tracker.unix_listeners.get(p));
+        let listeners = match (&a.path, a.dst) {
+            (Some(path), _) => self.tracker.unix_listeners.get(path),
+            (None, Some(dst)) => self.tracker.listeners.get(&dst.port()),
+            (None, None) => None,
+        };
         let title = listeners.and_then(|ls| ls.iter().find(|l| l.pid == d.pid)).and_then(|l| l.title.as_deref());
         let manager = d.killed_by.and_then(|k| listeners.and_then(|ls| ls.iter().find(|l| l.pid == k)));
         let (mut who, ev) = death_note_named(d, title.unwrap_or(&d.comm));

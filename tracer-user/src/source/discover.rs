@@ -69,6 +69,8 @@ pub struct ListenerInfo {
     pub pid: u32,
     pub comm: String,
     pub addr: SocketAddr,
+    /// The process title, when it is not just the name (`php-fpm: pool www`).
+    pub title: Option<String>,
 }
 
 /// Parse a /proc/net/tcp{,6} address (`0100007F:1F90`).
@@ -230,7 +232,13 @@ fn title_of(pid: u32, comm: &str) -> Option<String> {
 /// Every process holding a listening TCP socket, in every network namespace: the upstreams
 /// whose deaths explain refusals and resets.
 pub fn listeners() -> Vec<ListenerInfo> {
-    holders(listening_sockets).into_iter().map(|(pid, addr)| ListenerInfo { pid, comm: comm_of(pid).unwrap_or_default(), addr }).collect()
+    holders(listening_sockets)
+        .into_iter()
+        .map(|(pid, addr)| {
+            let comm = comm_of(pid).unwrap_or_default();
+            ListenerInfo { pid, title: title_of(pid, &comm), comm, addr }
+        })
+        .collect()
 }
 
 fn parent_of(pid: u32) -> Option<u32> {

@@ -247,7 +247,9 @@ impl Live {
         for l in discover::listeners() {
             self.probes.watch_listener(l.pid);
             self.listener_pids.insert(l.pid);
-            pipeline.event(&KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr))?;
+            let mut ev = KernelEvent::listen_snapshot(now, l.pid, &l.comm, l.addr);
+            ev.line = l.title;
+            pipeline.event(&ev)?;
         }
         for l in discover::unix_listeners() {
             self.probes.watch_listener(l.pid);
