@@ -385,6 +385,9 @@ const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
+/// Bytes of a connection's first request kept in `RequestSent`'s `data` (zeros: not read):
+/// enough to tell a TLS ClientHello record from an HTTP request line, too few to hold a secret.
+pub const REQUEST_HEAD: usize = 8;
 /// Capacity of the held-exchange map; when it is full, exchanges are shipped at once instead.
 pub const MAX_EXCHANGES: u32 = 16384;
 
