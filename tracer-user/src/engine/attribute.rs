@@ -13,7 +13,7 @@ use crate::engine::{
     decode::{KernelEvent, Kind, errno_name, signal_name},
     http::{self, Completeness, Framing, ResponseHead, invalid_http},
     tls::ContentType,
-    track::{Attempt, Death, Evidence, Overflow, Tracker},
+    track::{Attempt, Death, Evidence, HANDSHAKE_GIVE_UP_NS, Overflow, Tracker},
 };
 
 /// How long after a status line the engine waits for the events that close the story (the
@@ -973,10 +973,6 @@ fn never_connected(c: &Case) -> Option<Finding> {
         ),
     })
 }
-
-/// A gateway that rejects the upstream's certificate gives up at once, when it has checked the
-/// hello; one that waits this long after it is waiting for the rest (a stalled handshake).
-const HANDSHAKE_GIVE_UP_NS: u64 = 1_000_000_000;
 
 /// 5b. TLS between the gateway and its upstream, read in the clear: the gateway's ClientHello
 /// (or its OpenSSL-style 5-byte reads of record headers), the upstream's first record, and how

@@ -66,6 +66,9 @@ const PER_ENDPOINT: usize = 64;
 /// 1.3's middlebox compatibility) and an alert, plain (7) or encrypted (24). A handshake's next
 /// flight (Finished, at least 64 bytes in TLS 1.3) or any HTTP request is longer.
 pub const MAX_ALERT_FLIGHT: u64 = 40;
+/// A gateway that rejects the upstream's certificate gives up at once, when it has checked the
+/// hello; one that waits longer is waiting for the rest (a stalled handshake).
+pub const HANDSHAKE_GIVE_UP_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Evidence {
@@ -327,10 +330,14 @@ impl Attempt {
     }
 
     /// An exchange after the upstream's TLS hello in which the gateway sent no more than an
-    /// alert (and a ChangeCipherSpec): no handshake's next flight, no HTTP request.
+    /// alert (and a ChangeCipherSpec): no handshake's next flight, no HTTP request. Within a
+    /// second of the hello: later, a short write is the close_notify a gateway sends when it
+    /// closes an idle kept-alive connection.
     pub fn handshake_abandoned(&self) -> bool {
         self.reused
-            && self.tls_answer.is_some_and(|t| t.record.content == tls::ContentType::Handshake)
+            && self
+                .tls_answer
+                .is_some_and(|t| t.record.content == tls::ContentType::Handshake && self.started_ns <= t.ts_ns + HANDSHAKE_GIVE_UP_NS)
             && self.bytes_sent <= MAX_ALERT_FLIGHT
     }
 
