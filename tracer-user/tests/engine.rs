@@ -867,3 +867,23 @@ fn tls_alerts_and_protocol_mismatches_are_named() {
     events.push(status(13, 502));
     assert_eq!(one(&events).cause, Cause::InvalidResponse);
 }
+
+#[test]
+fn an_idle_tls_connections_close_notify_is_no_failed_request() {
+    // A healthy HTTPS upstream connection; a minute later the gateway closes it, idle, with a
+    // 31-byte close_notify. A 5xx the same thread writes then is not explained by it.
+    let mut events = tls_connect(10, 0xd1);
+    events.push(first_read(12, 0xd1, 517, 631, "\\x16\\x03\\x03\\x00A\\x02\\x00\\x00="));
+    events.push(with(ev(Kind::RequestSent, 60_000, 0xd1), |e| {
+        e.value = 31;
+        e.bytes_sent = 1200;
+        e.bytes_recv = 2000;
+    }));
+    events.push(with(state(60_000, 0xd1, "ESTABLISHED", "FIN_WAIT1"), |e| {
+        e.bytes_sent = 1200;
+        e.bytes_recv = 2000;
+    }));
+    events.push(status(60_010, 502));
+    let v = one(&events);
+    assert_eq!(v.cause, Cause::NoUpstreamAttempt, "{}", v.summary);
+}

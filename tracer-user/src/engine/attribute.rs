@@ -390,6 +390,7 @@ impl Engine {
             .filter(|id| {
                 let Some(a) = self.tracker.attempt(*id) else { return false };
                 !a.consumed
+                    && !a.tls_goodbye()
                     && a.started_ns <= t
                     && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
                     // A gateway that resets its upstream connection (closing it with bytes
@@ -1041,6 +1042,10 @@ fn tls_handshake(c: &Case) -> Option<Finding> {
 
 /// 6. What came back is not HTTP, or breaks the header syntax: the gateway had to reject it.
 fn invalid_bytes(c: &Case) -> Option<Finding> {
+    // A TLS hello is a handshake going on, not a broken HTTP answer.
+    if c.a.tls_hello() {
+        return None;
+    }
     let head = c.a.head.as_deref()?;
     let why = invalid_http(head)?;
     let shown = crate::engine::decode::escape_bytes(&head[..head.len().min(40)]);
@@ -1108,7 +1113,8 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
         return Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused")));
     }
-    let mid_headers = a.head.as_deref().is_some_and(|h| !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
+    let mid_headers =
+        a.head.as_deref().is_some_and(|h| h.starts_with(b"HTTP/") && !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
     let when = if got == 0 {
         "before sending any response byte".to_string()
     } else if mid_headers {

@@ -324,9 +324,45 @@ impl Attempt {
             && self.rst.is_none()
             && self.sock_err.is_none()
             && self.recv_end.is_none_or(|r| r.eof())
-            && self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none())
+            // An upstream's TLS hello is no HTTP, and no failure either.
+            && (self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none()) || self.tls_hello())
             && !self.http_answered_tls()
             && !self.handshake_abandoned()
+            && !self.tls_refused()
+            || self.tls_goodbye()
+    }
+
+    /// The connection carries TLS: the gateway opened it with a ClientHello, or the upstream
+    /// answered with its hello.
+    pub fn speaks_tls(&self) -> bool {
+        self.sent_client_hello() || self.tls_hello()
+    }
+
+    /// The upstream answered the connection's first request with a TLS handshake record.
+    pub fn tls_hello(&self) -> bool {
+        self.tls_answer.is_some_and(|t| t.record.content == tls::ContentType::Handshake)
+    }
+
+    /// The upstream's first TLS record was no hello (an alert), or came in answer to plain HTTP.
+    pub fn tls_refused(&self) -> bool {
+        self.tls_answer.is_some_and(|t| {
+            t.record.content != tls::ContentType::Handshake
+                || self.request_head.as_deref().is_some_and(crate::engine::http::request_line_start)
+        })
+    }
+
+    /// The close_notify a gateway sends when it closes an idle kept-alive TLS connection: an
+    /// exchange of one short write (no request fits), long after the handshake, answered by
+    /// nothing, ended by the gateway's own close. Not a request: nothing that can fail.
+    pub fn tls_goodbye(&self) -> bool {
+        self.reused
+            && self.tls_answer.is_some_and(|t| t.record.content == tls::ContentType::Handshake)
+            && !self.handshake_abandoned()
+            && self.bytes_sent <= MAX_ALERT_FLIGHT
+            && self.response_ns.is_none()
+            && self.local_close_ns.is_some()
+            && self.rst.is_none()
+            && self.sock_err.is_none()
     }
 
     /// An exchange after the upstream's TLS hello in which the gateway sent no more than an
@@ -403,6 +439,7 @@ impl Attempt {
                 let line = h.split(|&c| c == b'\r' || c == b'\n').next().unwrap_or_default();
                 format!(": \"{}\"", crate::engine::decode::escape_bytes(&line[..line.len().min(60)]))
             });
+            let head = head.or_else(|| self.tls_answer.filter(|_| !self.reused).map(|t| format!(": {}", t.record.describe())));
             out.push(item(r, "response_start", format!("{up}: first response bytes{}", head.unwrap_or_default())));
         }
         out
@@ -767,17 +804,20 @@ impl Tracker {
         let Some(a) = self.current(ev.sock) else { return };
         a.touch(ev);
         a.response_ns = a.response_ns.or(Some(ev.ts_ns));
-        if a.head.is_none() {
-            a.head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+        if a.first_read.is_none() {
             a.first_read = Some(ev.value.max(0) as u64);
-            // Only a connection's first answer can be a handshake's start.
+            let head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+            // Only a connection's first answer can be a handshake's start. A TLS connection's
+            // later answers are ciphertext and say nothing about HTTP: not kept as a head.
             if !a.reused && a.tls_answer.is_none() {
-                let head = a.head.as_deref().unwrap_or_default();
-                a.tls_answer = tls::Record::parse(head).map(|record| TlsAnswer {
+                a.tls_answer = head.as_deref().and_then(tls::Record::parse).map(|record| TlsAnswer {
                     ts_ns: ev.ts_ns,
                     record,
-                    header_only: tls::Record::header_only(head),
+                    header_only: head.as_deref().is_some_and(tls::Record::header_only),
                 });
+            }
+            if !(a.reused && a.speaks_tls()) {
+                a.head = head;
             }
         }
         a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
