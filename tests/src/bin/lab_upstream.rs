@@ -181,7 +181,9 @@ fn serve<S: Read + Write>(mut s: S, mode: &str, abort: fn(S)) {
     // `plain-http`: a healthy plain HTTP server that answers bytes which are not HTTP (a TLS
     // ClientHello from a gateway told https://) with 400 at once, as real servers do.
     if mode == "plain-http" {
-        let mut first = [0u8; 512];
+        // Large enough for a whole ClientHello: bytes left unread would turn the close into
+        // an RST, which can overtake the answer.
+        let mut first = [0u8; 16384];
         match s.read(&mut first) {
             Ok(n) if n > 0 && !request_line_start(&first[..n]) => {
                 let _ = s.write_all(BAD_REQUEST);
