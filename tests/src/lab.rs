@@ -198,6 +198,37 @@ impl Fault {
     }
 }
 
+/// An HTTPS upstream (the gateway connects with TLS and verifies the server's certificate
+/// against the lab's own CA, for the name `upstream.lab`) and what is wrong with it; or, the
+/// other way round, a TLS server behind a plain `http://` upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// The server's certificate is self-signed: no CA the gateway trusts signed it.
+    SelfSigned,
+    /// Signed by the lab CA for the right name, but expired (its notAfter is yesterday).
+    Expired,
+    /// Signed by the lab CA, valid, for another name (`other.lab`).
+    WrongName,
+    /// A plain HTTP server behind `https://` (the lab upstream, answering the ClientHello with
+    /// 400 as real servers do).
+    PlainHttp,
+    /// The server speaks TLS 1.3 only, the gateway TLS 1.2 at most: no shared version.
+    NoSharedVersion,
+    /// The gateway speaks plain HTTP to a server that answers with a TLS alert record (the lab
+    /// upstream's `tls-alert` mode, as a TLS server answers bytes that are no ClientHello).
+    TlsBehindHttp,
+}
+
+impl UpstreamTls {
+    /// Whether the gateway is told to speak TLS to its upstream.
+    pub fn gateway_speaks_tls(self) -> bool {
+        self != UpstreamTls::TlsBehindHttp
+    }
+}
+
+/// The name the gateway expects in the upstream's certificate (and sends as SNI).
+pub const UPSTREAM_TLS_NAME: &str = "upstream.lab";
+
 /// The nft table the firewall faults live in (in the upstream namespace).
 const NFT_TABLE: &str = "upstrace_lab";
 
@@ -297,6 +328,9 @@ pub struct Lab {
     /// nginx keeps a pool of idle upstream connections (the lab's default). Off: nginx's own
     /// default, HTTP/1.0 and a new upstream connection per request.
     pub upstream_keepalive: bool,
+    /// The gateway's upstream is HTTPS (or a TLS server behind http://): set before
+    /// `start_gateway`; `start_tls_upstream` starts the server.
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 impl Lab {
@@ -327,6 +361,7 @@ impl Lab {
             php_over_tcp: false,
             client: ClientMode::Plain,
             upstream_keepalive: true,
+            upstream_tls: None,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -501,6 +536,121 @@ impl Lab {
             let _ = child.kill();
             bail!("lab upstream did not start (mode {mode})");
         }
+        self.upstream = Some(child);
+        Ok(())
+    }
+
+    /// Make the lab's upstream certificates with openssl in its directory: a CA the gateways
+    /// trust, and the server certificate `kind` calls for (self-signed, expired, for another
+    /// name, or a good one). EC keys: fast to make. Returns (ca, cert, key).
+    fn upstream_certificates(&self, kind: UpstreamTls) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let dir = &self.dir;
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out =
+                Command::new("openssl").args(args).current_dir(dir).output().context("the HTTPS upstream needs the openssl command")?;
+            if !out.status.success() {
+                bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let (ca, cert, key) = (path("upstream-ca.pem"), path("upstream-cert.pem"), path("upstream-key.pem"));
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=upstrace lab CA", "-keyout", "upstream-ca.key", "-out", "upstream-ca.pem"],
+            ]
+            .concat(),
+        )?;
+        let name = if kind == UpstreamTls::WrongName { "other.lab" } else { UPSTREAM_TLS_NAME };
+        std::fs::write(path("upstream.ext"), format!("subjectAltName=DNS:{name}\n"))?;
+        let subject = format!("/CN={name}");
+        if kind == UpstreamTls::SelfSigned {
+            let san = format!("subjectAltName=DNS:{name}");
+            openssl(
+                &[
+                    &["req", "-x509"][..],
+                    &ec,
+                    &["-days", "2", "-subj", &subject, "-addext", &san, "-keyout", "upstream-key.pem", "-out", "upstream-cert.pem"],
+                ]
+                .concat(),
+            )?;
+        } else {
+            openssl(&[&["req"][..], &ec, &["-subj", &subject, "-keyout", "upstream-key.pem", "-out", "upstream.csr"]].concat())?;
+            // openssl 3.0 has no -not_after; a negative -days puts notAfter in the past.
+            let days = if kind == UpstreamTls::Expired { "-1" } else { "2" };
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "upstream.csr",
+                "-CA",
+                "upstream-ca.pem",
+                "-CAkey",
+                "upstream-ca.key",
+                "-set_serial",
+                "2",
+                "-days",
+                days,
+                "-extfile",
+                "upstream.ext",
+                "-out",
+                "upstream-cert.pem",
+            ])?;
+        }
+        Ok((ca, cert, key))
+    }
+
+    /// The CA the gateway trusts for its HTTPS upstream.
+    fn upstream_ca(&self) -> PathBuf {
+        self.dir.join("upstream-ca.pem")
+    }
+
+    fn gateway_speaks_tls(&self) -> bool {
+        self.upstream_tls.is_some_and(|t| t.gateway_speaks_tls())
+    }
+
+    /// Start the HTTPS upstream for `kind` in the upstream namespace: `openssl s_server` with
+    /// its certificate (answering HTTP requests with its status page), or the lab upstream
+    /// (plain HTTP behind https://, a TLS alert behind http://).
+    pub fn start_tls_upstream(&mut self, kind: UpstreamTls) -> Result<()> {
+        if kind == UpstreamTls::TlsBehindHttp {
+            return self.start_upstream("tls-alert");
+        }
+        // The gateway's configuration names the CA file, whatever the server speaks.
+        let (_, cert, key) = self.upstream_certificates(kind)?;
+        if kind == UpstreamTls::PlainHttp {
+            return self.start_upstream("plain-http");
+        }
+        self.stop_upstream();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.up_ns, "openssl", "s_server", "-www", "-accept", &self.upstream_addr(), "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key);
+        if kind == UpstreamTls::NoSharedVersion {
+            cmd.arg("-tls1_3");
+        }
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("starting openssl s_server")?;
+        // s_server says ACCEPT once it listens (after a line or two about its parameters).
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        for _ in 0..10 {
+            line.clear();
+            if out.read_line(&mut line)? == 0 || line.trim() == "ACCEPT" {
+                break;
+            }
+        }
+        if line.trim() != "ACCEPT" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("openssl s_server did not start ({kind:?})");
+        }
+        // Keep its stdout open (it logs there) without blocking it: a thread drains it.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         self.upstream = Some(child);
         Ok(())
     }
@@ -711,7 +861,7 @@ http {{
         # and h2load does not reconnect).
         keepalive_requests 1000000;
         location / {{{fastcgi}
-            proxy_pass http://backend;{reuse}
+            proxy_pass {scheme}://backend;{reuse}{upstream_tls}
             proxy_connect_timeout 2s;
             proxy_read_timeout 2s;
             proxy_send_timeout 2s;
@@ -733,6 +883,16 @@ http {{
             },
             second = if self.upstream_group { format!("\n        server {};", self.second_server()) } else { String::new() },
             workers = self.nginx_workers,
+            scheme = if self.gateway_speaks_tls() { "https" } else { "http" },
+            upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {
+                Some(kind) => format!(
+                    "\n            proxy_ssl_verify on;\n            proxy_ssl_trusted_certificate {};\n            \
+                     proxy_ssl_name {UPSTREAM_TLS_NAME};\n            proxy_ssl_server_name on;{}",
+                    self.upstream_ca().display(),
+                    if kind == UpstreamTls::NoSharedVersion { "\n            proxy_ssl_protocols TLSv1.2;" } else { "" }
+                ),
+                None => String::new(),
+            },
         );
         let path = self.dir.join("nginx.conf");
         std::fs::write(&path, conf)?;
@@ -766,7 +926,7 @@ frontend fe
     default_backend be
 backend be
     http-reuse safe{fcgi_app}
-    server up1 {up}{second}
+    server up1 {up}{upstream_tls}{second}
 {fcgi_section}"#,
             fcgi_app = if fastcgi { "\n    use-fcgi-app php" } else { "" },
             fcgi_section =
@@ -777,6 +937,14 @@ backend be
                 format!(" check inter 300ms fall 1 rise 1\n    server up2 {} check inter 300ms fall 1 rise 1", self.second_server())
             } else {
                 String::new()
+            },
+            upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {
+                Some(kind) => format!(
+                    " ssl verify required ca-file {} sni str({UPSTREAM_TLS_NAME}) verifyhost {UPSTREAM_TLS_NAME}{}",
+                    self.upstream_ca().display(),
+                    if kind == UpstreamTls::NoSharedVersion { " ssl-max-ver TLSv1.2" } else { "" }
+                ),
+                None => String::new(),
             },
             // HAProxy takes a unix socket as its absolute path.
             up = if fastcgi {
@@ -816,12 +984,19 @@ backend be
     reverse_proxy {up} {{
         transport http {{
             dial_timeout 2s
-            response_header_timeout 2s
+            response_header_timeout 2s{upstream_tls}
         }}
     }}
 }}
 "#,
             data = self.dir.join("caddy-data").display(),
+            upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {
+                Some(_) => format!(
+                    "\n            tls\n            tls_trusted_ca_certs {}\n            tls_server_name {UPSTREAM_TLS_NAME}",
+                    self.upstream_ca().display()
+                ),
+                None => String::new(),
+            },
         );
         let path = self.dir.join("Caddyfile");
         std::fs::write(&path, conf)?;

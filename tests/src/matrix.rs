@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    lab::{ClientMode, Fault, GatewayKind, Lab, PhpMode, UPSTREAM_PORT},
+    lab::{ClientMode, Fault, GatewayKind, Lab, PhpMode, UPSTREAM_PORT, UpstreamTls},
     tracer::Tracer,
 };
 
@@ -48,6 +48,8 @@ pub enum Setup {
     PhpOverTcpKilled,
     /// The lab upstream speaking FastCGI on php-fpm's socket, in this mode (`fcgi-*`).
     FastCgi(&'static str),
+    /// An HTTPS upstream the gateway verifies, with this flaw (or a TLS server behind http://).
+    UpstreamTls(UpstreamTls),
 }
 
 /// One row. Its name says the gateway's client side too: `refused` is plain HTTP,
@@ -159,6 +161,14 @@ pub const SCENARIOS: &[Scenario] = &[
     // A response head larger than the gateway's header buffer (nginx 4 KB, HAProxy 16 KB).
     Scenario { name: "head-too-large", setup: Setup::Mode("big-head-9") },
     Scenario { name: "head-too-large-20k", setup: Setup::Mode("big-head-20") },
+    // TLS between the gateway and its upstream, seen in the clear on that connection: the
+    // handshake records, plaintext alerts, and who closed after whose hello.
+    Scenario { name: "upstream-tls-self-signed", setup: Setup::UpstreamTls(UpstreamTls::SelfSigned) },
+    Scenario { name: "upstream-tls-expired", setup: Setup::UpstreamTls(UpstreamTls::Expired) },
+    Scenario { name: "upstream-tls-wrong-name", setup: Setup::UpstreamTls(UpstreamTls::WrongName) },
+    Scenario { name: "upstream-tls-plain-http", setup: Setup::UpstreamTls(UpstreamTls::PlainHttp) },
+    Scenario { name: "upstream-tls-no-shared-version", setup: Setup::UpstreamTls(UpstreamTls::NoSharedVersion) },
+    Scenario { name: "upstream-tls-behind-http", setup: Setup::UpstreamTls(UpstreamTls::TlsBehindHttp) },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -208,6 +218,10 @@ impl Scenario {
             Setup::Php(_) | Setup::PhpKilled | Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled | Setup::FastCgi(_) => {
                 gw != GatewayKind::Caddy
             }
+            // Caddy's transport has no setting for the highest TLS version it offers.
+            Setup::UpstreamTls(UpstreamTls::NoSharedVersion) => gw != GatewayKind::Caddy,
+            // Its own TLS client (Go's crypto/tls) is worth a row on each.
+            Setup::UpstreamTls(_) => true,
             _ => gw != GatewayKind::Caddy || self.client().tls(),
         }
     }
@@ -227,6 +241,11 @@ impl Scenario {
             name if name.starts_with("upstream-5") => Some("itself, a complete response"),
             "head-too-large" if gw == GatewayKind::Haproxy => None,
             "head-too-large" | "head-too-large-20k" => Some("larger than the gateway's header buffer"),
+            "upstream-tls-self-signed" | "upstream-tls-expired" | "upstream-tls-wrong-name" => Some("without sending an HTTP request"),
+            "upstream-tls-plain-http" => Some("in plain HTTP"),
+            "upstream-tls-no-shared-version" if gw == GatewayKind::Nginx => Some("protocol_version (70)"),
+            "upstream-tls-no-shared-version" => Some("TLS ClientHello with a TLS alert"),
+            "upstream-tls-behind-http" if gw != GatewayKind::Nginx => Some("a TLS server behind http://"),
             _ => None,
         }
     }
@@ -315,6 +334,15 @@ impl Scenario {
             // HAProxy's 16 KB buffer holds a 9 KB head: it answers 200.
             "head-too-large" if gw == GatewayKind::Haproxy => Expect::NoVerdict,
             "head-too-large" | "head-too-large-20k" => v("gateway", &["head-too-large"]),
+            // The gateway closes the TLS connection after the upstream's hello, no request sent.
+            "upstream-tls-self-signed" | "upstream-tls-expired" | "upstream-tls-wrong-name" => v("upstream", &["tls-cert-rejected"]),
+            // A scheme that does not match the upstream's port: the gateway's setting.
+            "upstream-tls-plain-http" => v("gateway", &["plain-http-behind-https"]),
+            "upstream-tls-no-shared-version" => v("upstream", &["tls-alert"]),
+            // nginx passes the alert record on as an HTTP/0.9 body (as it does garbage), which
+            // curl refuses: no status, nothing to explain.
+            "upstream-tls-behind-http" if gw == GatewayKind::Nginx => Expect::NoAnswer,
+            "upstream-tls-behind-http" => v("gateway", &["tls-behind-http"]),
             other => unreachable!("scenario {other} has no expectation"),
         }
     }
@@ -381,6 +409,9 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     lab.fastcgi_upstream = matches!(scenario.setup, Setup::FastCgi(_));
     lab.php_over_tcp = matches!(scenario.setup, Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled);
     lab.client = scenario.client();
+    if let Setup::UpstreamTls(kind) = scenario.setup {
+        lab.upstream_tls = Some(kind);
+    }
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
         Setup::Unix(None) => {}
@@ -398,6 +429,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         Setup::Fault(_) => lab.start_upstream("ok")?,
         Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,
         Setup::BacklogFull => lab.start_upstream("no-accept")?,
+        Setup::UpstreamTls(kind) => lab.start_tls_upstream(kind)?,
     }
     let pid = lab.start_gateway(gw)?;
     let mut args = vec!["--pid".to_string(), pid.to_string()];

@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -398,6 +398,9 @@ const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
+/// Bytes of a connection's first request kept in `RequestSent`'s `data` (zeros: not read):
+/// enough to tell a TLS ClientHello record from an HTTP request line, too few to hold a secret.
+pub const REQUEST_HEAD: usize = 8;
 /// Capacity of the held-exchange map; when it is full, exchanges are shipped at once instead.
 pub const MAX_EXCHANGES: u32 = 16384;
 /// State changes a held connection story keeps: a healthy connection makes 4 (ESTABLISHED and
@@ -449,8 +452,11 @@ pub struct Exchange {
     /// from its first byte), when the head told; 0 if not. A connection closed before they
     /// were read had its response cut short: its story is shipped.
     pub response_expected: u64,
+    /// The first bytes of the connection's first request (see `REQUEST_HEAD`), zeros if unread
+    /// or for a later exchange.
+    pub request_head: [u8; REQUEST_HEAD],
 }
-const _: () = assert!(size_of::<Exchange>() == 312);
+const _: () = assert!(size_of::<Exchange>() == 320);
 
 impl Exchange {
     pub const fn zeroed() -> Self {

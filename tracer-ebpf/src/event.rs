@@ -2,7 +2,7 @@
 //! identity (pid, tid, comm, cgroup), for every program that sends one.
 use tracer_common::{
     AF_UNIX, COMM_LEN, Event, EventKind, Exchange, HELD_STATES, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
-    RESPONSE_HEAD, SockOwner, TcpState, counter,
+    REQUEST_HEAD, RESPONSE_HEAD, SockOwner, TcpState, counter,
 };
 
 use crate::{
@@ -189,6 +189,7 @@ pub fn ship_held(sk: u64, owner: &mut SockOwner) {
             e.bytes_recv = held.request_bytes_recv;
             e.value = held.request_len as i64;
             e.new_state = TcpState::Established as u8;
+            e.data[..REQUEST_HEAD].copy_from_slice(&held.request_head);
         });
     }
     if held.response_ts != 0 {

@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     EventKind, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RECV_END_AFTER_FCGI_END,
-    RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
+    REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
     status::{SCAN_LEN, find_5xx, response_length},
 };
 
@@ -36,6 +36,9 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sk: u64 = tp_field(ctx, cfg_get!(tp.send_len_sk))?;
     let ret: i32 = tp_field(ctx, cfg_get!(tp.send_len_ret))?;
+    // The write's buffer, remembered at syscall entry (the slot is shared with receives, a
+    // thread being in one call at a time): taken on every send so none goes stale.
+    let buf = take_recv_buffer(tid);
     let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
         on_downstream_send(sk, tgid, tid);
@@ -53,18 +56,42 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     owner.flags &= !(OWNER_FCGI_ENDED | OWNER_QUIET);
     // Exchanges are held, and only shipped if something goes wrong: every one on a connection
     // whose story is held from its connect, the later ones on other kept-alive connections.
-    if (owner.flags & OWNER_STORY_HELD != 0 || owner.exchanges > 1) && hold_request(sk, owner, ret) {
+    if (owner.flags & OWNER_STORY_HELD != 0 || owner.exchanges > 1) && hold_request(sk, owner, ret, buf) {
         return Ok(());
     }
     emit_socket(EventKind::RequestSent, sk, owner, |e| {
         e.value = ret as i64;
         e.new_state = owner.tcp_state as u8;
+        if owner.exchanges == 1 {
+            read_request_head(buf, ret, e);
+        }
     });
     Ok(())
 }
 
+/// The first bytes of a connection's first request (a TLS ClientHello or an HTTP request
+/// line), into `data`; bytes past the write's length stay zero.
 #[inline(always)]
-fn hold_request(sk: u64, owner: &mut SockOwner, len: i32) -> bool {
+fn read_request_head(buf: u64, len: i32, e: &mut tracer_common::Event) {
+    let Some(head) = e.data.first_chunk_mut::<REQUEST_HEAD>() else { return };
+    read_request_bytes(buf, len, head);
+}
+
+#[inline(always)]
+fn read_request_bytes(buf: u64, len: i32, head: &mut [u8; REQUEST_HEAD]) {
+    if buf == 0 || !read_user_bytes(buf, head) {
+        *head = [0; REQUEST_HEAD];
+        return;
+    }
+    for (i, b) in head.iter_mut().enumerate() {
+        if i as i32 >= len {
+            *b = 0;
+        }
+    }
+}
+
+#[inline(always)]
+fn hold_request(sk: u64, owner: &mut SockOwner, len: i32, buf: u64) -> bool {
     let Some(held) = held(sk).or_else(|| new_held(sk)) else {
         return false;
     };
@@ -80,6 +107,11 @@ fn hold_request(sk: u64, owner: &mut SockOwner, len: i32) -> bool {
     held.request_bytes_sent = owner.bytes_sent;
     held.request_bytes_recv = owner.bytes_recv;
     held.request_len = len;
+    if owner.exchanges == 1 {
+        read_request_bytes(buf, len, &mut held.request_head);
+    } else {
+        held.request_head = [0; REQUEST_HEAD];
+    }
     held.response_ts = 0;
     held.head_len = 0;
     held.response_expected = 0;
@@ -104,11 +136,15 @@ fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
 }
 
 /// A response that starts like a plain HTTP/1.x 1xx-4xx answer (or a FastCGI response whose
-/// CGI head does not begin with a 5xx `Status:`) explains no 5xx by itself.
+/// CGI head does not begin with a 5xx `Status:`) explains no 5xx by itself; nor does a TLS
+/// application data record (a kept-alive HTTPS upstream's answer: opaque).
 #[inline(always)]
 fn plain_answer(head: &[u8; RESPONSE_HEAD], len: u32) -> bool {
     if len == 0 {
-        return true; // nothing to judge by (a read(2) caller): hold it like the rest
+        return true; // nothing to judge by: hold it like the rest
+    }
+    if len >= 3 && head[0] == 0x17 && head[1] == 0x03 {
+        return true;
     }
     if head[0] == 1 && head[1] == 6 && head[7] == 0 {
         // FCGI_STDOUT first (an FCGI_STDERR first, PHP's warnings, is worth shipping).
@@ -312,7 +348,9 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_write(ctx: &TracePointContext) -> Result<(), i32> {
-    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
+    let buf = syscall_arg(ctx, 1)?;
+    peek_write(syscall_arg(ctx, 0)? as u32, buf, SEEN_PLAIN);
+    remember_buffer(buf);
     Ok(())
 }
 
@@ -322,7 +360,9 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
-    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
+    let buf = syscall_arg(ctx, 1)?;
+    peek_write(syscall_arg(ctx, 0)? as u32, buf, SEEN_PLAIN);
+    remember_buffer(buf);
     Ok(())
 }
 
@@ -336,6 +376,7 @@ fn try_sys_enter_writev(ctx: &TracePointContext) -> Result<(), i32> {
     // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
     if let Some(base) = read_user::<u64>(iov) {
         peek_write(fd as u32, base, SEEN_PLAIN);
+        remember_buffer(base);
     }
     Ok(())
 }
@@ -350,6 +391,7 @@ fn try_sys_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
     // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
     if let Some(base) = read_user::<u64>(msg + 16).and_then(read_user::<u64>) {
         peek_write(fd as u32, base, SEEN_PLAIN);
+        remember_buffer(base);
     }
     Ok(())
 }
@@ -382,5 +424,17 @@ fn try_sys_enter_readv(ctx: &TracePointContext) -> Result<(), i32> {
     if let Some(base) = read_user::<u64>(syscall_arg(ctx, 1)?) {
         remember_buffer(base);
     }
+    Ok(())
+}
+
+/// read(2): OpenSSL's socket BIO and Go's net package read sockets with it, so a TLS
+/// upstream's first bytes (its hello, an alert, or plain HTTP) come through here.
+#[tracepoint(category = "syscalls", name = "sys_enter_read")]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    done(try_sys_enter_read(&ctx))
+}
+
+fn try_sys_enter_read(ctx: &TracePointContext) -> Result<(), i32> {
+    remember_buffer(syscall_arg(ctx, 1)?);
     Ok(())
 }

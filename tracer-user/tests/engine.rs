@@ -838,3 +838,118 @@ fn a_head_larger_than_the_gateways_buffer_is_told_from_an_early_close() {
     assert_eq!(v.cause.as_str(), "closed-early", "{}", v.summary);
     assert!(v.summary.contains("after 4096 response bytes"), "{}", v.summary);
 }
+
+/// A connection opened with a TLS ClientHello (its first 8 bytes, as the kernel keeps them).
+fn tls_connect(ts: u64, sock: u64) -> Vec<KernelEvent> {
+    vec![
+        with(ev(Kind::ConnectStart, ts, sock), |e| e.src = Some("10.0.0.1:0".parse().unwrap())),
+        state(ts, sock, "SYN_SENT", "ESTABLISHED"),
+        with(ev(Kind::RequestSent, ts + 1, sock), |e| {
+            e.value = 517;
+            e.bytes_sent = 517;
+            e.head = Some("\\x16\\x03\\x01\\x02\\x00\\x01\\x00\\x01".into());
+        }),
+    ]
+}
+
+fn first_read(ts: u64, sock: u64, sent: u64, len: u64, head: &str) -> KernelEvent {
+    with(ev(Kind::ResponseStart, ts, sock), |e| {
+        e.value = len as i64;
+        e.bytes_sent = sent;
+        e.bytes_recv = len;
+        e.head = Some(head.into());
+    })
+}
+
+#[test]
+fn a_gateway_that_closes_after_the_upstreams_tls_hello_rejected_its_certificate() {
+    // The gateway reads the ServerHello, sends only an alert, and closes (no HTTP request).
+    let mut events = tls_connect(10, 0xb1);
+    events.push(first_read(12, 0xb1, 517, 5, "\\x16\\x03\\x03\\x00z"));
+    events.push(with(ev(Kind::RequestSent, 13, 0xb1), |e| {
+        e.value = 7;
+        e.bytes_sent = 524;
+        e.bytes_recv = 611;
+    }));
+    events.push(with(state(13, 0xb1, "ESTABLISHED", "FIN_WAIT1"), |e| {
+        e.bytes_sent = 524;
+        e.bytes_recv = 611;
+    }));
+    events.push(status(14, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause), (Class::Upstream, Cause::TlsCertRejected), "{}", v.summary);
+    assert!(v.summary.contains("without sending an HTTP request") && v.summary.contains("7 bytes (a TLS alert"), "{}", v.summary);
+
+    // A healthy handshake's next flight (Finished and the request) is no rejection: the
+    // upstream's silence afterwards is a stall.
+    let mut events = tls_connect(10, 0xb2);
+    events.push(first_read(12, 0xb2, 517, 631, "\\x16\\x03\\x03\\x00A\\x02\\x00\\x00="));
+    events.push(with(ev(Kind::RequestSent, 13, 0xb2), |e| {
+        e.value = 180;
+        e.bytes_sent = 697;
+        e.bytes_recv = 631;
+    }));
+    events.push(with(state(2013, 0xb2, "ESTABLISHED", "FIN_WAIT1"), |e| {
+        e.bytes_sent = 697;
+        e.bytes_recv = 631;
+    }));
+    events.push(status(2014, 504));
+    assert_eq!(one(&events).cause, Cause::Stalled);
+}
+
+#[test]
+fn tls_alerts_and_protocol_mismatches_are_named() {
+    // The upstream answers the ClientHello with a fatal protocol_version alert.
+    let mut events = tls_connect(10, 0xc1);
+    events.push(first_read(12, 0xc1, 517, 7, "\\x15\\x03\\x03\\x00\\x02\\x02F"));
+    events.push(state(12, 0xc1, "ESTABLISHED", "FIN_WAIT1"));
+    events.push(status(13, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause), (Class::Upstream, Cause::TlsAlert));
+    assert!(v.summary.contains("protocol_version (70)"), "{}", v.summary);
+
+    // A plain HTTP server answers the ClientHello with 400.
+    let mut events = tls_connect(10, 0xc2);
+    events.push(first_read(12, 0xc2, 517, 99, "HTTP/1.1 400 Bad Request\\r\\nContent-Length: 12\\r\\n\\r\\n************"));
+    events.push(state(12, 0xc2, "ESTABLISHED", "CLOSE_WAIT"));
+    events.push(status(13, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause), (Class::Gateway, Cause::PlainHttpBehindHttps), "{}", v.summary);
+
+    // A TLS server answers a plain request with an alert record.
+    let mut events = connect(10, 0xc3);
+    events[2].head = Some("GET ****".into());
+    events.push(first_read(12, 0xc3, 80, 7, "\\x15\\x03\\x03\\x00\\x02\\x02F"));
+    events.push(state(12, 0xc3, "ESTABLISHED", "CLOSE_WAIT"));
+    events.push(status(13, 502));
+    let v = one(&events);
+    assert_eq!((v.class, v.cause), (Class::Gateway, Cause::TlsBehindHttp), "{}", v.summary);
+
+    // Without the request's bytes (an older kernel side), a whole alert read stays what it
+    // was: bytes that are not HTTP.
+    let mut events = connect(10, 0xc4);
+    events.push(first_read(12, 0xc4, 80, 7, "\\x15\\x03\\x03\\x00\\x02\\x02F"));
+    events.push(state(12, 0xc4, "ESTABLISHED", "CLOSE_WAIT"));
+    events.push(status(13, 502));
+    assert_eq!(one(&events).cause, Cause::InvalidResponse);
+}
+
+#[test]
+fn an_idle_tls_connections_close_notify_is_no_failed_request() {
+    // A healthy HTTPS upstream connection; a minute later the gateway closes it, idle, with a
+    // 31-byte close_notify. A 5xx the same thread writes then is not explained by it.
+    let mut events = tls_connect(10, 0xd1);
+    events.push(first_read(12, 0xd1, 517, 631, "\\x16\\x03\\x03\\x00A\\x02\\x00\\x00="));
+    events.push(with(ev(Kind::RequestSent, 60_000, 0xd1), |e| {
+        e.value = 31;
+        e.bytes_sent = 1200;
+        e.bytes_recv = 2000;
+    }));
+    events.push(with(state(60_000, 0xd1, "ESTABLISHED", "FIN_WAIT1"), |e| {
+        e.bytes_sent = 1200;
+        e.bytes_recv = 2000;
+    }));
+    events.push(status(60_010, 502));
+    let v = one(&events);
+    assert_eq!(v.cause, Cause::NoUpstreamAttempt, "{}", v.summary);
+}

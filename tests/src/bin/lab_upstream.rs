@@ -165,11 +165,40 @@ impl<'a> Schedule<'a> {
     }
 }
 
+/// A plain HTTP server's answer to bytes that are no request line (a TLS ClientHello), as
+/// nginx gives it: 400, then close.
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
+
+/// Does this look like the start of an HTTP request (`GET /...`): a method of capitals, a space?
+fn request_line_start(bytes: &[u8]) -> bool {
+    let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method > 0 && bytes.get(method) == Some(&b' ')
+}
+
 fn serve<S: Read + Write>(mut s: S, mode: &str, abort: fn(S)) {
     if mode.starts_with("fcgi-") {
         return serve_fastcgi(s, mode);
     }
     let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
+    // `plain-http`: a healthy plain HTTP server that answers bytes which are not HTTP (a TLS
+    // ClientHello from a gateway told https://) with 400 at once, as real servers do.
+    if mode == "plain-http" {
+        // Large enough for a whole ClientHello: bytes left unread would turn the close into
+        // an RST, which can overtake the answer.
+        let mut first = [0u8; 16384];
+        match s.read(&mut first) {
+            Ok(n) if n > 0 && !request_line_start(&first[..n]) => {
+                let _ = s.write_all(BAD_REQUEST);
+                return;
+            }
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+        // A request: answer it (and the rest of the connection) as `ok`.
+        let _ = s.write_all(OK);
+        return serve(s, "ok", abort);
+    }
     let schedule = Schedule::parse(mode);
     let mut served = 0u64;
     loop {
@@ -192,6 +221,13 @@ fn serve<S: Read + Write>(mut s: S, mode: &str, abort: fn(S)) {
                 die();
             }
             "close-before-headers" => return,
+            // A TLS server behind http://: the plain request is no ClientHello, and the server
+            // answers with a fatal alert record (protocol_version), as OpenSSL does for a
+            // record of an unknown version, then closes.
+            "tls-alert" => {
+                let _ = s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70]);
+                return;
+            }
             "reset-before-headers" => return abort(s),
             "reset-partial-headers" => {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");

@@ -12,7 +12,8 @@ pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Deliv
 use crate::engine::{
     decode::{KernelEvent, Kind, errno_name, signal_name},
     http::{self, Completeness, Framing, ResponseHead, invalid_http},
-    track::{Attempt, Death, Evidence, Overflow, Tracker},
+    tls::ContentType,
+    track::{Attempt, Death, Evidence, HANDSHAKE_GIVE_UP_NS, Overflow, Tracker},
 };
 
 /// How long after a status line the engine waits for the events that close the story (the
@@ -400,6 +401,7 @@ impl Engine {
             .filter(|id| {
                 let Some(a) = self.tracker.attempt(*id) else { return false };
                 !a.consumed
+                    && !a.tls_goodbye()
                     && a.started_ns <= t
                     && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
                     // A gateway that resets its upstream connection (closing it with bytes
@@ -700,13 +702,14 @@ type Rule = fn(&Case) -> Option<Finding>;
 
 /// The rules, in the order they are asked: what fails earliest in a connection's life and
 /// says the most decides first.
-const RULES: [Rule; 10] = [
+const RULES: [Rule; 11] = [
     upstream_answered,
     connect_failed,
     icmp_error,
     packet_dropped,
     refused,
     never_connected,
+    tls_handshake,
     invalid_bytes,
     head_too_large,
     ended_by_upstream,
@@ -993,8 +996,77 @@ fn never_connected(c: &Case) -> Option<Finding> {
     })
 }
 
+/// 5b. TLS between the gateway and its upstream, read in the clear: the gateway's ClientHello
+/// (or its OpenSSL-style 5-byte reads of record headers), the upstream's first record, and how
+/// little the gateway sent after the upstream's hello.
+fn tls_handshake(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    let (gw, up) = (&c.gw, &c.up);
+    let head = a.head.as_deref().unwrap_or_default();
+    if a.http_answered_tls() {
+        let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+        let line = crate::engine::decode::escape_bytes(&line[..line.len().min(60)]);
+        let hello = if a.sent_client_hello() {
+            "the gateway's TLS ClientHello"
+        } else {
+            "the gateway's TLS handshake (the gateway read a 5-byte TLS record header)"
+        };
+        return Some(Finding::new(
+            Cause::PlainHttpBehindHttps,
+            format!("{gw}: {up} answered {hello} in plain HTTP (\"{line}\"): a plain HTTP server behind https://"),
+        ));
+    }
+    let answer = a.tls_answer?;
+    let record = answer.record.describe();
+    if a.request_head.as_deref().is_some_and(http::request_line_start) {
+        return Some(Finding::new(
+            Cause::TlsBehindHttp,
+            format!(
+                "{gw}: the gateway sent {up} a plain HTTP request and the upstream answered with {record}: a TLS server behind http://"
+            ),
+        ));
+    }
+    match answer.record.content {
+        ContentType::Alert if a.sent_client_hello() || answer.header_only => {
+            let what = match answer.record.alert {
+                Some(alert) => format!("{record}: {}", alert.meaning()),
+                None => format!("{record} (the gateway read its header; the alert's description came in its next read)"),
+            };
+            Some(Finding::new(Cause::TlsAlert, format!("{gw}: {up} answered the gateway's TLS ClientHello with {what}")))
+        }
+        ContentType::Handshake => {
+            let hello_ms = ms_between(answer.ts_ns, c.end);
+            // After the hello the gateway sent only an alert (and maybe the rest of a TLS 1.2
+            // handshake), or closed without a word, at once: never an HTTP request.
+            let gave_up = if a.handshake_abandoned() {
+                format!("its last write was {} bytes (a TLS alert, no HTTP request), then the connection ended", a.bytes_sent)
+            } else if !a.reused && a.local_close_ns.or(a.rst_sent_ns).is_some_and(|t| a.fin_ns.is_none_or(|f| f >= t)) {
+                "it closed the connection without sending anything more".to_string()
+            } else {
+                return None;
+            };
+            if c.end.saturating_sub(answer.ts_ns) > HANDSHAKE_GIVE_UP_NS {
+                return None;
+            }
+            Some(Finding::new(
+                Cause::TlsCertRejected,
+                format!(
+                    "{gw}: the gateway closed the TLS connection to {up} {hello_ms:.1} ms after the upstream's hello ({record}) without sending \
+                     an HTTP request: {gave_up}; it rejected the upstream's certificate (self-signed or from a CA it does not trust, expired, \
+                     or for another name: the gateway's error log says which)"
+                ),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// 6. What came back is not HTTP, or breaks the header syntax: the gateway had to reject it.
 fn invalid_bytes(c: &Case) -> Option<Finding> {
+    // A TLS hello is a handshake going on, not a broken HTTP answer.
+    if c.a.tls_hello() {
+        return None;
+    }
     let head = c.a.head.as_deref()?;
     let why = invalid_http(head)?;
     let shown = crate::engine::decode::escape_bytes(&head[..head.len().min(40)]);
@@ -1062,7 +1134,8 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
         return Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused")));
     }
-    let mid_headers = a.head.as_deref().is_some_and(|h| !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
+    let mid_headers =
+        a.head.as_deref().is_some_and(|h| h.starts_with(b"HTTP/") && !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
     let when = if got == 0 {
         "before sending any response byte".to_string()
     } else if mid_headers {

@@ -143,7 +143,8 @@ pub struct KernelEvent {
     /// The head of a status line, for http_status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
-    /// First bytes of the response (up to 128, escaped), for response_start.
+    /// First bytes of the response (up to 128, escaped), for response_start; of a connection's
+    /// first request (up to 8, the method kept and the rest masked), for request_sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
     /// Drop reason name (skb_drop_reason without its prefix), for drop.
@@ -338,8 +339,17 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         tls: kind == Kind::HttpStatus && matches!(word_at(&raw.data, STATUS_SEEN_AT), SEEN_OPENSSL | SEEN_GO_TLS),
         socket_file: None,
         reason: None,
-        head: (kind == Kind::ResponseStart && raw.aux > 0)
-            .then(|| escape_bytes(&crate::engine::http::mask_head(&raw.data[..(raw.aux as usize).min(128)]))),
+        head: match kind {
+            Kind::ResponseStart if raw.aux > 0 => {
+                Some(escape_bytes(&crate::engine::http::mask_head(&raw.data[..(raw.aux as usize).min(128)])))
+            }
+            // A connection's first request: its first bytes, or zeros when they were not read.
+            Kind::RequestSent => {
+                let head = &raw.data[..tracer_common::REQUEST_HEAD.min(raw.value.max(0) as usize)];
+                head.iter().any(|&b| b != 0).then(|| escape_bytes(&crate::engine::http::mask_request_head(head)))
+            }
+            _ => None,
+        },
     })
 }
 
@@ -347,8 +357,9 @@ impl KernelEvent {
     /// Hide the header values of a response head read back from a trace (traces written
     /// before heads were masked at decoding still hold them).
     pub fn mask_head(&mut self) {
+        let mask = if self.kind == Kind::RequestSent { crate::engine::http::mask_request_head } else { crate::engine::http::mask_head };
         if let Some(h) = self.head.as_mut() {
-            *h = escape_bytes(&crate::engine::http::mask_head(&unescape_bytes(h)));
+            *h = escape_bytes(&mask(&unescape_bytes(h)));
         }
     }
 

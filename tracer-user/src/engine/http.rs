@@ -178,6 +178,24 @@ pub fn invalid_http(head: &[u8]) -> Option<&'static str> {
 /// The longest status line kept whole by [`mask_head`].
 pub const MAX_STATUS_LINE: usize = 64;
 
+/// The first bytes of a request with what could be secret hidden: a TLS record (a ClientHello:
+/// binary, public) is kept; text keeps its method (`GET `) and every other printable byte
+/// becomes `*` (the path may hold a token).
+pub fn mask_request_head(head: &[u8]) -> Vec<u8> {
+    if crate::engine::tls::Record::parse(head).is_some() {
+        return head.to_vec();
+    }
+    let method = head.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    let keep = if head.get(method) == Some(&b' ') { method + 1 } else { 0 };
+    head.iter().enumerate().map(|(i, &c)| if i < keep || c.is_ascii_control() || c == b' ' { c } else { b'*' }).collect()
+}
+
+/// Does this look like the start of an HTTP/1.x request (`GET /`): a method, a space?
+pub fn request_line_start(head: &[u8]) -> bool {
+    let method = head.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method > 0 && head.get(method) == Some(&b' ')
+}
+
 /// A response head with what could be secret hidden, for every output (lines, traces, evidence):
 /// the status line is kept, and beyond it each header keeps its name while its value becomes
 /// `*`s (Set-Cookie, Authorization and the like, and any other value), as does any body but a
@@ -323,6 +341,10 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         assert_eq!(mask_head(b""), b"");
         assert_eq!(mask_head(b"HTTP/1.1 200 OK"), b"HTTP/1.1 200 OK");
+        assert_eq!(mask_request_head(b"GET /adm"), b"GET ****");
+        assert_eq!(mask_request_head(b"\x16\x03\x01\x02\x00\x01\x00\x01"), b"\x16\x03\x01\x02\x00\x01\x00\x01");
+        assert_eq!(mask_request_head(b"secret12"), b"********");
+        assert!(request_line_start(b"GET ****") && !request_line_start(b"\x16\x03\x01\x02"));
         let long = [b'x'; 100];
         let masked = mask_head(&long);
         assert!(masked[..MAX_STATUS_LINE].iter().all(|&c| c == b'x') && masked[MAX_STATUS_LINE..].iter().all(|&c| c == b'*'));

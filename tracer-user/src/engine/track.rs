@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use tracer_common::{errno, signal};
 
-use crate::engine::decode::{KernelEvent, Kind, TcpState, icmp_name};
+use crate::engine::{
+    decode::{KernelEvent, Kind, TcpState, icmp_name},
+    tls,
+};
 
 /// Keys here are ids, socket addresses and pids: spread already, attacker-free (they come
 /// from the kernel), so a multiply is hash enough and much cheaper than SipHash.
@@ -58,6 +61,14 @@ const PER_THREAD: usize = 1024;
 const ENDED_PER_THREAD: usize = 128;
 /// Attempts remembered per upstream endpoint for matching packet drops and ICMP errors.
 const PER_ENDPOINT: usize = 64;
+
+/// The most a TLS client sends when it gives up a handshake: a ChangeCipherSpec (6 bytes, TLS
+/// 1.3's middlebox compatibility) and an alert, plain (7) or encrypted (24). A handshake's next
+/// flight (Finished, at least 64 bytes in TLS 1.3) or any HTTP request is longer.
+pub const MAX_ALERT_FLIGHT: u64 = 40;
+/// A gateway that rejects the upstream's certificate gives up at once, when it has checked the
+/// hello; one that waits longer is waiting for the rest (a stalled handshake).
+pub const HANDSHAKE_GIVE_UP_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Evidence {
@@ -180,6 +191,18 @@ pub struct IcmpSeen {
     pub from: String,
 }
 
+/// The upstream's first answer on a connection when it was a TLS record (its hello, or an
+/// alert), and when it came. Kept across the exchanges the kernel splits a handshake into
+/// (the gateway's ClientHello, then its next flight), so a later one knows the connection
+/// never got past the handshake's start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TlsAnswer {
+    pub ts_ns: u64,
+    pub record: tls::Record,
+    /// The gateway's read held the record header alone (5 bytes): how an OpenSSL client reads.
+    pub header_only: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
     pub id: u64,
@@ -223,6 +246,12 @@ pub struct Attempt {
     pub icmp: Vec<IcmpSeen>,
     /// First bytes of the response, as the gateway read them.
     pub head: Option<Vec<u8>>,
+    /// Bytes in the first read of the response.
+    pub first_read: Option<u64>,
+    /// First bytes of the connection's first request (a TLS ClientHello or a request line).
+    pub request_head: Option<Vec<u8>>,
+    /// The upstream answered the connection's first request with a TLS record.
+    pub tls_answer: Option<TlsAnswer>,
     pub last_state: TcpState,
     pub last_ns: u64,
     /// Claimed by a verdict already.
@@ -265,6 +294,9 @@ impl Attempt {
             drops: vec![],
             icmp: vec![],
             head: None,
+            first_read: None,
+            request_head: None,
+            tls_answer: None,
             last_state: TcpState::SynSent,
             last_ns: ev.ts_ns,
             consumed: false,
@@ -298,7 +330,69 @@ impl Attempt {
             && self.rst.is_none()
             && self.sock_err.is_none()
             && self.recv_end.is_none_or(|r| r.eof())
-            && self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none())
+            // An upstream's TLS hello is no HTTP, and no failure either.
+            && (self.head.as_deref().is_none_or(|h| crate::engine::http::invalid_http(h).is_none()) || self.tls_hello())
+            && !self.http_answered_tls()
+            && !self.handshake_abandoned()
+            && !self.tls_refused()
+            || self.tls_goodbye()
+    }
+
+    /// The connection carries TLS: the gateway opened it with a ClientHello, or the upstream
+    /// answered with its hello.
+    pub fn speaks_tls(&self) -> bool {
+        self.sent_client_hello() || self.tls_hello()
+    }
+
+    /// The upstream answered the connection's first request with a TLS handshake record.
+    pub fn tls_hello(&self) -> bool {
+        self.tls_answer.is_some_and(|t| t.record.content == tls::ContentType::Handshake)
+    }
+
+    /// The upstream's first TLS record was no hello (an alert), or came in answer to plain HTTP.
+    pub fn tls_refused(&self) -> bool {
+        self.tls_answer.is_some_and(|t| {
+            t.record.content != tls::ContentType::Handshake
+                || self.request_head.as_deref().is_some_and(crate::engine::http::request_line_start)
+        })
+    }
+
+    /// The close_notify a gateway sends when it closes an idle kept-alive TLS connection: an
+    /// exchange of one short write (no request fits), long after the handshake, answered by
+    /// nothing, ended by the gateway's own close. Not a request: nothing that can fail.
+    pub fn tls_goodbye(&self) -> bool {
+        self.reused
+            && self.tls_answer.is_some_and(|t| t.record.content == tls::ContentType::Handshake)
+            && !self.handshake_abandoned()
+            && self.bytes_sent <= MAX_ALERT_FLIGHT
+            && self.response_ns.is_none()
+            && self.local_close_ns.is_some()
+            && self.rst.is_none()
+            && self.sock_err.is_none()
+    }
+
+    /// An exchange after the upstream's TLS hello in which the gateway sent no more than an
+    /// alert (and a ChangeCipherSpec): no handshake's next flight, no HTTP request. Within a
+    /// second of the hello: later, a short write is the close_notify a gateway sends when it
+    /// closes an idle kept-alive connection.
+    pub fn handshake_abandoned(&self) -> bool {
+        self.reused
+            && self
+                .tls_answer
+                .is_some_and(|t| t.record.content == tls::ContentType::Handshake && self.started_ns <= t.ts_ns + HANDSHAKE_GIVE_UP_NS)
+            && self.bytes_sent <= MAX_ALERT_FLIGHT
+    }
+
+    /// The gateway opened the connection with a TLS ClientHello record.
+    pub fn sent_client_hello(&self) -> bool {
+        self.request_head.as_deref().and_then(tls::Record::parse).is_some_and(|r| r.content == tls::ContentType::Handshake)
+    }
+
+    /// The gateway spoke TLS (its ClientHello, or an OpenSSL-style 5-byte record-header
+    /// read) and the upstream answered in plain HTTP: a plain HTTP server behind https://.
+    pub fn http_answered_tls(&self) -> bool {
+        let http = self.head.as_deref().is_some_and(|h| h.starts_with(b"HTTP/"));
+        !self.reused && http && (self.sent_client_hello() || (self.request_head.is_none() && self.first_read == Some(5)))
     }
 
     /// The response began with a 5xx status line: it may be the one the gateway passes on,
@@ -351,6 +445,7 @@ impl Attempt {
                 let line = h.split(|&c| c == b'\r' || c == b'\n').next().unwrap_or_default();
                 format!(": \"{}\"", crate::engine::decode::escape_bytes(&line[..line.len().min(60)]))
             });
+            let head = head.or_else(|| self.tls_answer.filter(|_| !self.reused).map(|t| format!(": {}", t.record.describe())));
             out.push(item(r, "response_start", format!("{up}: first response bytes{}", head.unwrap_or_default())));
         }
         out
@@ -730,8 +825,21 @@ impl Tracker {
         let Some(a) = self.current(ev.sock) else { return };
         a.touch(ev);
         a.response_ns = a.response_ns.or(Some(ev.ts_ns));
-        if a.head.is_none() {
-            a.head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+        if a.first_read.is_none() {
+            a.first_read = Some(ev.value.max(0) as u64);
+            let head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+            // Only a connection's first answer can be a handshake's start. A TLS connection's
+            // later answers are ciphertext and say nothing about HTTP: not kept as a head.
+            if !a.reused && a.tls_answer.is_none() {
+                a.tls_answer = head.as_deref().and_then(tls::Record::parse).map(|record| TlsAnswer {
+                    ts_ns: ev.ts_ns,
+                    record,
+                    header_only: head.as_deref().is_some_and(tls::Record::header_only),
+                });
+            }
+            if !(a.reused && a.speaks_tls()) {
+                a.head = head;
+            }
         }
         a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
         a.bytes_recv = ev.bytes_recv.saturating_sub(a.base_recv);
@@ -868,6 +976,9 @@ impl Tracker {
         if a.request_ns.is_none() {
             a.touch(ev);
             a.request_ns = Some(ev.ts_ns);
+            if !a.reused {
+                a.request_head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+            }
             a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
             return;
         }
@@ -886,6 +997,9 @@ impl Tracker {
         b.base_sent = prev_bytes.0;
         b.base_recv = prev_bytes.1;
         b.request_ns = Some(ev.ts_ns);
+        // What the connection began with stays its own: a TLS handshake spans exchanges.
+        b.request_head = prev.request_head.clone();
+        b.tls_answer = prev.tls_answer;
         if let Some(fin) = prev.fin_ns {
             b.evidence.push(Evidence {
                 ts_ns: fin,

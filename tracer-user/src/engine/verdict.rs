@@ -94,6 +94,11 @@ pub enum Cause {
     /// The upstream answered the 5xx itself, with a complete response, and the gateway passed
     /// it on: the application's own error, not a failed exchange.
     Upstream5xx,
+    /// The gateway gave up the TLS handshake right after the upstream's hello and certificate
+    /// (no HTTP request sent): it did not accept the certificate.
+    TlsCertRejected,
+    /// The upstream answered the gateway's ClientHello with a TLS alert.
+    TlsAlert,
     // firewall
     Rejected,
     Dropped,
@@ -109,6 +114,10 @@ pub enum Cause {
     /// The upstream's response head did not fit the gateway's header buffer: the gateway
     /// gave up on a valid but large head (gateway class: its setting decides, and the usual fix).
     HeadTooLarge,
+    /// The gateway speaks TLS to an upstream that answers in plain HTTP (https:// to an http port).
+    PlainHttpBehindHttps,
+    /// The gateway speaks plain HTTP to an upstream that answers with TLS (http:// to a TLS port).
+    TlsBehindHttp,
     // unknown
     ConnectFailed,
     ReadError,
@@ -117,7 +126,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 23] = [
+    pub const ALL: [Cause; 27] = [
         Cause::Refused,
         Cause::Crashed,
         Cause::WorkerKilled,
@@ -128,6 +137,8 @@ impl Cause {
         Cause::Overloaded,
         Cause::NoSocketFile,
         Cause::Upstream5xx,
+        Cause::TlsCertRejected,
+        Cause::TlsAlert,
         Cause::Rejected,
         Cause::Dropped,
         Cause::NoRoute,
@@ -137,6 +148,8 @@ impl Cause {
         Cause::LocalResources,
         Cause::PermissionDenied,
         Cause::HeadTooLarge,
+        Cause::PlainHttpBehindHttps,
+        Cause::TlsBehindHttp,
         Cause::ConnectFailed,
         Cause::ReadError,
         Cause::Undecided,
@@ -156,6 +169,8 @@ impl Cause {
             Cause::Overloaded => "overloaded",
             Cause::NoSocketFile => "no-socket-file",
             Cause::Upstream5xx => "upstream-5xx",
+            Cause::TlsCertRejected => "tls-cert-rejected",
+            Cause::TlsAlert => "tls-alert",
             Cause::Rejected => "rejected",
             Cause::Dropped => "dropped",
             Cause::NoRoute => "no-route",
@@ -165,6 +180,8 @@ impl Cause {
             Cause::LocalResources => "local-resources",
             Cause::PermissionDenied => "permission-denied",
             Cause::HeadTooLarge => "head-too-large",
+            Cause::PlainHttpBehindHttps => "plain-http-behind-https",
+            Cause::TlsBehindHttp => "tls-behind-http",
             Cause::ConnectFailed => "connect-failed",
             Cause::ReadError => "read-error",
             Cause::Undecided => "undecided",
@@ -187,10 +204,14 @@ impl Cause {
             | Cause::InvalidResponse
             | Cause::Overloaded
             | Cause::NoSocketFile
-            | Cause::Upstream5xx => Class::Upstream,
+            | Cause::Upstream5xx
+            | Cause::TlsCertRejected
+            | Cause::TlsAlert => Class::Upstream,
             Cause::Rejected | Cause::Dropped => Class::Firewall,
             Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
-            Cause::LocalResources | Cause::PermissionDenied | Cause::HeadTooLarge => Class::Gateway,
+            Cause::LocalResources | Cause::PermissionDenied | Cause::HeadTooLarge | Cause::PlainHttpBehindHttps | Cause::TlsBehindHttp => {
+                Class::Gateway
+            }
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => Class::Unknown,
         }
     }
@@ -226,6 +247,18 @@ impl Cause {
                 upstream.trim_start_matches("unix:")
             ),
             Cause::HeadTooLarge => "The upstream's response head is larger than the gateway's header buffer: raise it (nginx proxy_buffer_size, fastcgi_buffer_size for FastCGI; HAProxy tune.bufsize) or make the upstream's headers smaller (cookies, tokens).".into(),
+            Cause::TlsCertRejected => format!(
+                "The gateway did not accept the certificate {upstream} presented: its error log says why (nginx: \"upstream SSL certificate verify error\"; HAProxy: \"SSL handshake failure\"). Check the chain, dates and names with openssl s_client -connect {upstream} -servername NAME -CAfile CA.pem (and openssl x509 -noout -dates -ext subjectAltName), and the CA the gateway trusts (proxy_ssl_trusted_certificate, ca-file, tls_trusted_ca_certs)."
+            ),
+            Cause::TlsAlert => format!(
+                "{upstream} refused the gateway's TLS handshake (the alert above): compare the TLS versions and ciphers each side allows (openssl s_client -connect {upstream} -tls1_2, then -tls1_3; nginx proxy_ssl_protocols, HAProxy ssl-min-ver/ssl-max-ver) and the name the gateway sends (SNI)."
+            ),
+            Cause::PlainHttpBehindHttps => format!(
+                "{upstream} speaks plain HTTP but the gateway connects with TLS: use http:// for it in the gateway (nginx proxy_pass, HAProxy without ssl on the server line), or point the gateway at the upstream's TLS port."
+            ),
+            Cause::TlsBehindHttp => format!(
+                "{upstream} speaks TLS but the gateway sends plain HTTP: use https:// for it (nginx proxy_pass https://, HAProxy ssl on the server line, Caddy transport http {{ tls }}), or point the gateway at the upstream's plain HTTP port."
+            ),
             Cause::LocalResources => "The gateway ran out of local resources: check the ephemeral port range and TIME_WAIT count (ss -s), and file descriptor limits (ulimit -n).".into(),
             Cause::ConnectFailed | Cause::ReadError | Cause::Undecided | Cause::NoUpstreamAttempt => {
                 "The evidence did not decide: read the events above, and the gateway's own error log at that time.".into()

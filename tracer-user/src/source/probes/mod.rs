@@ -46,6 +46,7 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "sys_enter_sendmsg", hook: Hook::Tracepoint("syscalls", "sys_enter_sendmsg"), required: false },
     ProgramSpec { program: "sys_enter_recvfrom", hook: Hook::Tracepoint("syscalls", "sys_enter_recvfrom"), required: false },
     ProgramSpec { program: "sys_enter_readv", hook: Hook::Tracepoint("syscalls", "sys_enter_readv"), required: false },
+    ProgramSpec { program: "sys_enter_read", hook: Hook::Tracepoint("syscalls", "sys_enter_read"), required: false },
     ProgramSpec { program: "sys_enter_connect", hook: Hook::Tracepoint("syscalls", "sys_enter_connect"), required: false },
     ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
     ProgramSpec { program: "sys_enter_close", hook: Hook::Tracepoint("syscalls", "sys_enter_close"), required: false },
