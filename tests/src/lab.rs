@@ -313,6 +313,9 @@ pub struct Lab {
     /// The gateway's upstream is a group of two servers (the lab upstream's port and the next
     /// one); HAProxy health-checks them.
     pub upstream_group: bool,
+    /// nginx shares the group's state between its workers (`zone`): a server marked failed by
+    /// one worker is failed for all.
+    pub upstream_zone: bool,
     /// The gateway is told its upstream is on 127.0.0.1 (its own namespace's loopback, where
     /// nothing listens): the "localhost inside a container" mistake.
     pub upstream_loopback: bool,
@@ -355,6 +358,7 @@ impl Lab {
             nginx_workers: 1,
             unix_upstream: false,
             upstream_group: false,
+            upstream_zone: false,
             upstream_loopback: false,
             php: None,
             fastcgi_upstream: false,
@@ -881,7 +885,12 @@ http {{
             } else {
                 String::new()
             },
-            second = if self.upstream_group { format!("\n        server {};", self.second_server()) } else { String::new() },
+            second = if self.upstream_group {
+                let zone = if self.upstream_zone { "\n        zone backend 64k;" } else { "" };
+                format!("\n        server {};{zone}", self.second_server())
+            } else {
+                String::new()
+            },
             workers = self.nginx_workers,
             scheme = if self.gateway_speaks_tls() { "https" } else { "http" },
             upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {

@@ -36,6 +36,8 @@ pub enum Setup {
     /// request, marks them failed and answers the next without trying ("no live upstreams");
     /// HAProxy's health checks mark them DOWN and it answers 503 ("no server available").
     GroupDown,
+    /// `GroupDown` with nginx's `zone` (the group's state shared by its two workers).
+    GroupDownShared,
     /// The gateway's upstream is 127.0.0.1 in its own network namespace, where nothing listens.
     Loopback,
     /// Real php-fpm behind nginx's `fastcgi_pass`, its script in this mode.
@@ -81,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "crash-mid-body", setup: Setup::Mode("crash-mid-body") },
     Scenario { name: "crash-keepalive", setup: Setup::KeepaliveCrash },
     Scenario { name: "group-down", setup: Setup::GroupDown },
+    Scenario { name: "group-down-zone", setup: Setup::GroupDownShared },
     Scenario { name: "localhost-in-netns", setup: Setup::Loopback },
     Scenario { name: "php-segfault", setup: Setup::Php(PhpMode::Segfault) },
     Scenario { name: "php-terminate-timeout", setup: Setup::Php(PhpMode::Hang) },
@@ -193,6 +196,7 @@ impl Scenario {
             "php-tcp-terminate-timeout" => "php-terminate-timeout",
             "php-tcp-killed" => "php-killed",
             "php-tcp-500" => "php-500",
+            "group-down-zone" => "group-down",
             other => other,
         }
     }
@@ -215,6 +219,7 @@ impl Scenario {
             // nginx's fastcgi_pass and HAProxy's use-fcgi-app.
             // The lab's HAProxy runs as root, which a root-only socket lets in.
             Setup::Php(PhpMode::RootOnlySocket) => gw == GatewayKind::Nginx,
+            Setup::GroupDownShared => gw == GatewayKind::Nginx,
             Setup::Php(_) | Setup::PhpKilled | Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled | Setup::FastCgi(_) => {
                 gw != GatewayKind::Caddy
             }
@@ -404,7 +409,12 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     let mut lab = Lab::new()?;
     lab.upstream_keepalive = keepalive;
     lab.unix_upstream = matches!(scenario.setup, Setup::Unix(_) | Setup::UnixAbandoned);
-    lab.upstream_group = matches!(scenario.setup, Setup::GroupDown);
+    lab.upstream_group = matches!(scenario.setup, Setup::GroupDown | Setup::GroupDownShared);
+    lab.upstream_zone = matches!(scenario.setup, Setup::GroupDownShared);
+    if lab.upstream_zone {
+        // Two workers: the second request may reach the one that saw no failure itself.
+        lab.nginx_workers = 2;
+    }
     lab.upstream_loopback = matches!(scenario.setup, Setup::Loopback);
     lab.fastcgi_upstream = matches!(scenario.setup, Setup::FastCgi(_));
     lab.php_over_tcp = matches!(scenario.setup, Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled);
@@ -420,7 +430,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
             lab.start_upstream("ok")?;
             lab.stop_upstream();
         }
-        Setup::NoUpstream | Setup::GroupDown | Setup::Loopback => {}
+        Setup::NoUpstream | Setup::GroupDown | Setup::GroupDownShared | Setup::Loopback => {}
         Setup::Php(mode) => lab.start_php(mode)?,
         Setup::PhpKilled | Setup::PhpOverTcpKilled => lab.start_php(PhpMode::Ok)?,
         Setup::PhpOverTcp(mode) => lab.start_php(mode)?,
@@ -465,7 +475,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         // Health checks every 300 ms mark both servers DOWN.
         std::thread::sleep(Duration::from_millis(1200));
     }
-    let requests = if matches!(scenario.setup, Setup::KeepaliveCrash | Setup::GroupDown) { 2 } else { 1 };
+    let requests = if matches!(scenario.setup, Setup::KeepaliveCrash | Setup::GroupDown | Setup::GroupDownShared) { 2 } else { 1 };
     for i in 0..requests {
         if i > 0 {
             std::thread::sleep(Duration::from_millis(300));

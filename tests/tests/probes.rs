@@ -157,6 +157,35 @@ fn healthy_traffic_ships_nothing(keepalive: bool) {
     assert_eq!(stats["evicted"]["closed_sockets"], 0, "{stats}");
 }
 
+#[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
+fn healthy_fastcgi_exchanges_stay_in_the_kernel() {
+    require_root();
+    setup();
+    // Real php-fpm behind nginx's fastcgi_pass: a new unix-socket connection per request, each
+    // response ended by FCGI_END_REQUEST.
+    let mut lab = Lab::new().unwrap();
+    lab.start_php(upstrace_lab::lab::PhpMode::Ok).expect("php-fpm");
+    let tracer = start(&mut lab, None);
+    const REQUESTS: usize = 12;
+    for _ in 0..REQUESTS {
+        assert_eq!(lab.request("/").unwrap().0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, lines) = tracer.stop().unwrap();
+    let shipped: Vec<&Value> = lines
+        .iter()
+        .filter(|v| {
+            v["type"] == "event"
+                && ["connect_syscall", "request_sent", "response_start", "recv_end", "state_change"]
+                    .contains(&v["kind"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(shipped.is_empty(), "healthy FastCGI ships no socket event: {shipped:#?}");
+    let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
+    assert_eq!(stats["lost_total"], 0);
+}
+
 /// Three good exchanges on one kept-alive connection, then a fault on the fourth: the kernel
 /// ships the held fourth exchange (with its own times), and nothing of the connection's opening
 /// or of the three healthy exchanges; upstrace explains the 5xx.
