@@ -328,6 +328,7 @@ impl Engine {
             ),
             attempts: vec![summarize(a, t)],
             evidence,
+            gateway_said: None,
         })
     }
 
@@ -502,6 +503,7 @@ impl Engine {
             summary,
             attempts: attempts.iter().map(|a| summarize(a, t)).collect(),
             evidence,
+            gateway_said: None,
         };
         // The verdict carries the evidence now; explained attempts stay only briefly, as
         // markers for late events of their sockets, and should weigh little meanwhile.

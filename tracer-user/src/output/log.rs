@@ -84,6 +84,7 @@ mod tests {
             summary: "refused\nthe connection".into(),
             attempts: vec![],
             evidence: vec![],
+            gateway_said: None,
         };
         log.verdict(&v).unwrap();
         log.stats(&Stats { events: 5, verdicts: 1, ..Stats::default() }).unwrap();
