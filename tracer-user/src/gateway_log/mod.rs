@@ -250,8 +250,16 @@ impl Pending {
         // Rank: names the last attempt's upstream, then nearest in time, then oldest first.
         let mut best: Option<((bool, i64), usize, Vec<MatchKey>)> = None;
         let mut tied_other_story = false;
-        for (i, r) in self.lines.iter().enumerate().filter(|(_, r)| !r.taken) {
-            let Some(keys) = fit(&r.line, q, dialect) else { continue };
+        // Lines come in time order (HAProxy's by accept time, nearly): the newest first, and
+        // none older than the dialect's window is looked at, so a backlog of unmatched lines
+        // does not make every verdict slower.
+        let oldest = q.unix_ms - dialect.window_ms();
+        let recent = self.lines.iter().enumerate().rev().take_while(|(_, r)| r.line.unix_ms >= oldest);
+        let mut fitting: Vec<(usize, Vec<MatchKey>)> =
+            recent.filter(|(_, r)| !r.taken).filter_map(|(i, r)| Some((i, fit(&r.line, q, dialect)?))).collect();
+        fitting.reverse();
+        for (i, keys) in fitting {
+            let r = &self.lines[i];
             let rank = (r.line.upstream.as_ref() != last || r.line.upstream.is_none(), (q.unix_ms - r.line.unix_ms).abs());
             match &best {
                 Some((b, j, _)) if *b == rank => {
@@ -274,7 +282,22 @@ impl Pending {
             return None;
         }
         self.lines[i].taken = true;
-        Some((self.lines[i].line.clone(), keys))
+        let found = self.lines[i].line.clone();
+        while self.lines.front().is_some_and(|r| r.taken) {
+            self.lines.pop_front();
+        }
+        Some((found, keys))
+    }
+}
+
+impl Dialect {
+    /// How long before a verdict its line can be stamped.
+    fn window_ms(self) -> i64 {
+        match self {
+            Dialect::NginxError => 3000,
+            Dialect::HaproxyHttp => 600_000,
+            Dialect::CaddyJson => 2000,
+        }
     }
 }
 
@@ -378,7 +401,9 @@ mod tests {
             p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
         }
         assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
-        assert!(p.lines[0].taken && !p.lines[1].taken);
+        // The taken line leaves; the other waits for its own verdict.
+        assert!(p.lines.len() == 1 && !p.lines[0].taken);
+        assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
     }
 
     #[test]
