@@ -36,7 +36,15 @@ impl Default for Pipeline {
 
 impl Pipeline {
     pub fn new() -> Self {
-        Self { engine: Engine::new(), outputs: Vec::new(), verdicts: 0, collected: None, latency: None, slowest: None, gateway_words: GatewayWords::None }
+        Self {
+            engine: Engine::new(),
+            outputs: Vec::new(),
+            verdicts: 0,
+            collected: None,
+            latency: None,
+            slowest: None,
+            gateway_words: GatewayWords::None,
+        }
     }
 
     pub fn with(mut self, output: impl Output + 'static) -> Self {

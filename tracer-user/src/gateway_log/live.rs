@@ -264,7 +264,10 @@ mod tests {
             std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
             File::open(p).unwrap()
         };
-        let mut error = write("error.log", "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: \"GET / HTTP/1.1\"\n");
+        let mut error = write(
+            "error.log",
+            "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: \"GET / HTTP/1.1\"\n",
+        );
         let mut access = write("access.log", "127.0.0.1 - - [28/Nov/2026:16:53:43 +0000] \"GET / HTTP/1.1\" 502 157 \"-\" \"curl\"\n");
         let mut empty = write("empty.log", "\n\n");
         assert_eq!(sniff(&mut error, Dialect::NginxError, 0), Sniffed::Its);

@@ -141,13 +141,28 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Local civil time to Unix ms, with the local zone's offset from UTC.
-fn civil_ms(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32, utc_offset_s: i64) -> Option<i64> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 || ms > 999 {
-        return None;
+/// A local civil time as a log writes it.
+#[derive(Clone, Copy)]
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    milli: u32,
+}
+
+impl Civil {
+    /// Unix ms, with the local zone's offset from UTC.
+    fn unix_ms(&self, utc_offset_s: i64) -> Option<i64> {
+        let Civil { year, month, day, hour, minute, second, milli } = *self;
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 || milli > 999 {
+            return None;
+        }
+        let secs = days_from_civil(year, month, day) * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - utc_offset_s;
+        Some(secs * 1000 + i64::from(milli))
     }
-    let secs = days_from_civil(y, mo, d) * 86_400 + i64::from(h * 3600 + mi * 60 + s) - utc_offset_s;
-    Some(secs * 1000 + i64::from(ms))
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
@@ -219,16 +234,16 @@ fn nginx_error(line: &str, utc_offset_s: i64) -> Option<LogLine> {
     if b[4] != b'/' || b[7] != b'/' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let unix_ms = civil_ms(
-        num(&date[..4])?,
-        num(&date[5..7])?,
-        num(&date[8..10])?,
-        num(&date[11..13])?,
-        num(&date[14..16])?,
-        num(&date[17..19])?,
-        0,
-        utc_offset_s,
-    )?;
+    let unix_ms = Civil {
+        year: num(&date[..4])?,
+        month: num(&date[5..7])?,
+        day: num(&date[8..10])?,
+        hour: num(&date[11..13])?,
+        minute: num(&date[14..16])?,
+        second: num(&date[17..19])?,
+        milli: 0,
+    }
+    .unix_ms(utc_offset_s)?;
     let rest = line.get(19..)?.strip_prefix(" [")?;
     let (level, rest) = rest.split_once("] ")?;
     if !matches!(level, "warn" | "error" | "crit" | "alert" | "emerg") {
@@ -264,7 +279,11 @@ fn nginx_claim(message: &str) -> Option<Claim> {
         if has("while connecting to upstream") { Claim::ConnectTimeout } else { Claim::ReadTimeout }
     } else if has("too big header") {
         Claim::HeadTooLarge
-    } else if has("upstream sent invalid") || has("upstream sent no valid") || has("upstream sent unexpected") || has("upstream sent duplicate") {
+    } else if has("upstream sent invalid")
+        || has("upstream sent no valid")
+        || has("upstream sent unexpected")
+        || has("upstream sent duplicate")
+    {
         Claim::InvalidResponse
     } else if has("prematurely closed") {
         Claim::ClosedEarly
@@ -303,7 +322,8 @@ fn haproxy_date(field: &str, utc_offset_s: i64) -> Option<i64> {
     let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
     let (s, ms) = s.split_once('.').unwrap_or((s, "0"));
     let mo = MONTHS.iter().position(|&x| x == month)? as u32 + 1;
-    civil_ms(num(year)?, mo, num(day)?, num(h)?, num(m)?, num(s)?, num(ms)?, utc_offset_s)
+    Civil { year: num(year)?, month: mo, day: num(day)?, hour: num(h)?, minute: num(m)?, second: num(s)?, milli: num(ms)? }
+        .unix_ms(utc_offset_s)
 }
 
 /// HAProxy's `option httplog` line, raw (`log ... format raw`) or after a syslog header that
@@ -468,7 +488,7 @@ mod tests {
         assert_eq!(l.client_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(l.upstream.as_deref(), Some("10.107.0.2:8081"));
         assert_eq!(l.claim, Some(Claim::Refused));
-        assert_eq!(l.unix_ms, civil_ms(2026, 11, 28, 16, 53, 43, 0, 0).unwrap());
+        assert_eq!(l.unix_ms, Civil { year: 2026, month: 11, day: 28, hour: 16, minute: 53, second: 43, milli: 0 }.unix_ms(0).unwrap());
         assert!(!l.text.contains("secret"), "query strings are masked: {}", l.text);
         // Local time: one hour east of UTC is an hour earlier in Unix time.
         assert_eq!(Dialect::NginxError.parse(REFUSED, 3600).unwrap().unix_ms, l.unix_ms - 3_600_000);
@@ -478,15 +498,28 @@ mod tests {
 
     #[test]
     fn nginx_words_name_their_cause() {
-        let line = |msg: &str| format!("2026/11/28 16:53:43 [error] 7#7: *9 {msg}, client: 10.0.0.1, server: _, request: \"GET / HTTP/1.1\", upstream: \"http://unix:/run/a.sock:/\", host: \"x\"");
+        let line = |msg: &str| {
+            format!(
+                "2026/11/28 16:53:43 [error] 7#7: *9 {msg}, client: 10.0.0.1, server: _, request: \"GET / HTTP/1.1\", upstream: \"http://unix:/run/a.sock:/\", host: \"x\""
+            )
+        };
         let claim = |msg: &str| Dialect::NginxError.parse(&line(msg), 0).and_then(|l| l.claim);
         assert_eq!(claim("upstream sent too big header while reading response header from upstream"), Some(Claim::HeadTooLarge));
-        assert_eq!(claim("upstream timed out (110: Connection timed out) while reading response header from upstream"), Some(Claim::ReadTimeout));
+        assert_eq!(
+            claim("upstream timed out (110: Connection timed out) while reading response header from upstream"),
+            Some(Claim::ReadTimeout)
+        );
         assert_eq!(claim("upstream timed out (110: Connection timed out) while connecting to upstream"), Some(Claim::ConnectTimeout));
         assert_eq!(claim("recv() failed (104: Connection reset by peer) while reading response header from upstream"), Some(Claim::Reset));
         assert_eq!(claim("upstream prematurely closed connection while reading response header from upstream"), Some(Claim::ClosedEarly));
-        assert_eq!(claim("upstream sent invalid header: \"X\\x01\" while reading response header from upstream"), Some(Claim::InvalidResponse));
-        assert_eq!(claim("connect() to unix:/run/a.sock failed (2: No such file or directory) while connecting to upstream"), Some(Claim::NoSocketFile));
+        assert_eq!(
+            claim("upstream sent invalid header: \"X\\x01\" while reading response header from upstream"),
+            Some(Claim::InvalidResponse)
+        );
+        assert_eq!(
+            claim("connect() to unix:/run/a.sock failed (2: No such file or directory) while connecting to upstream"),
+            Some(Claim::NoSocketFile)
+        );
         assert_eq!(claim("no live upstreams while connecting to upstream"), Some(Claim::NoLiveUpstream));
         assert_eq!(claim("something new"), None);
         assert_eq!(Dialect::NginxError.parse(&line("x"), 0).unwrap().upstream.as_deref(), Some("unix:/run/a.sock"));
@@ -521,7 +554,7 @@ mod tests {
         let raw = r#"127.0.0.1:45420 [28/Nov/2026:16:53:46.571] fe be/up1 0/0/-1/-1/0 503 217 - - SC-- 1/1/0/0/0 0/0 "GET /?q=1 HTTP/1.1""#;
         let l = Dialect::HaproxyHttp.parse(raw, 0).unwrap();
         assert_eq!((l.client_port, l.status, l.claim, l.pid), (Some(45420), Some(503), Some(Claim::ConnectFailed), None));
-        assert_eq!(l.unix_ms, civil_ms(2026, 11, 28, 16, 53, 46, 571, 0).unwrap());
+        assert_eq!(l.unix_ms, Civil { year: 2026, month: 11, day: 28, hour: 16, minute: 53, second: 46, milli: 571 }.unix_ms(0).unwrap());
         assert_eq!(haproxy_state(&l.text), Some("SC--"));
         let syslog = format!("<134>Nov 28 16:53:46 haproxy[4242]: {}", raw.replace("SC--", "SH--"));
         let l = Dialect::HaproxyHttp.parse(&syslog, 0).unwrap();
