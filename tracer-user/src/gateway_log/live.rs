@@ -70,7 +70,7 @@ fn sniff(file: &mut File, dialect: Dialect, utc_offset_s: i64) -> Sniffed {
     if lines.peek().is_none() {
         return Sniffed::Empty;
     }
-    if lines.any(|l| dialect.parse(l, utc_offset_s).is_some()) { Sniffed::Its } else { Sniffed::Other }
+    if lines.any(|l| dialect.looks_like(l, utc_offset_s)) { Sniffed::Its } else { Sniffed::Other }
 }
 
 /// The local zone's offset from UTC now, in seconds (nginx and HAProxy write local time).
@@ -264,6 +264,11 @@ mod tests {
             std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
             File::open(p).unwrap()
         };
+        let mut notices = write("notices.log", "2026/11/28 16:53:43 [notice] 7#7: signal process started\n");
+        assert_eq!(sniff(&mut notices, Dialect::NginxError, 0), Sniffed::Its, "any level of nginx's");
+        let mut caddy = write("caddy.log", "{\"level\":\"info\",\"ts\":1795885895.26,\"msg\":\"serving initial configuration\"}\n");
+        assert_eq!(sniff(&mut caddy, Dialect::CaddyJson, 0), Sniffed::Its);
+        assert_eq!(sniff(&mut caddy, Dialect::NginxError, 0), Sniffed::Other);
         let mut error = write(
             "error.log",
             "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: \"GET / HTTP/1.1\"\n",

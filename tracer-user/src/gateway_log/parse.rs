@@ -32,6 +32,31 @@ impl Dialect {
         }
     }
 
+    /// Whether a line is of this gateway's log at all (any level, any status, its own notices):
+    /// how a file among its open files is told to be its log.
+    pub fn looks_like(self, line: &str, utc_offset_s: i64) -> bool {
+        match self {
+            Dialect::NginxError => {
+                let b = line.as_bytes();
+                b.len() > 24
+                    && b[4] == b'/'
+                    && b[7] == b'/'
+                    && b[10] == b' '
+                    && b[13] == b':'
+                    && b[16] == b':'
+                    && line[..4].bytes().all(|c| c.is_ascii_digit())
+                    && line[19..].starts_with(" [")
+                    && line[19..]
+                        .split_once("] ")
+                        .is_some_and(|(_, rest)| rest.split_once('#').is_some_and(|(pid, _)| num::<u32>(pid).is_some()))
+            }
+            Dialect::HaproxyHttp => {
+                haproxy_http(line, utc_offset_s).is_some() || ["[NOTICE]", "[WARNING]", "[ALERT]"].iter().any(|tag| line.starts_with(tag))
+            }
+            Dialect::CaddyJson => line.starts_with('{') && line.contains("\"level\":") && line.contains("\"ts\":"),
+        }
+    }
+
     /// Read one line (without its newline); `utc_offset_s` turns the local times nginx and
     /// HAProxy write into Unix time.
     pub fn parse(self, line: &str, utc_offset_s: i64) -> Option<LogLine> {
