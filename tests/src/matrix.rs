@@ -445,6 +445,8 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Said at start: which log of the gateway upstrace follows.
+    let follows_log = tracer.stderr().contains(&format!("upstrace: {}: gateway log ", gw.name()));
     let (_, lines) = tracer.stop()?;
     for mut h in holders {
         let _ = h.kill();
@@ -465,6 +467,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         _ => (pass, why),
     };
     let (pass, why) = match (scenario.gateway_says(gw), verdicts.last()) {
+        (Some(_), _) if pass && !follows_log => (false, "no start line naming the gateway's log".to_string()),
         (Some(words), Some(v)) if pass => match gateway_words_mismatch(v, words) {
             Some(wrong) => (false, wrong),
             None => (pass, why),
