@@ -65,6 +65,14 @@ impl Follower {
         self.inode
     }
 
+    /// Another process has the file open: look for rotations through it once the process
+    /// that showed the way is gone (`/proc/PID/root` of a dead pid shows nothing).
+    pub fn also_at(&mut self, reopen: PathBuf) {
+        if !self.reopen.exists() {
+            self.reopen = reopen;
+        }
+    }
+
     /// The complete lines written since the last look (without their newlines).
     pub fn new_lines(&mut self) -> Vec<String> {
         let mut lines = Vec::new();

@@ -136,6 +136,7 @@ impl LiveLogs {
             let Ok(meta) = std::fs::metadata(&via) else { continue };
             if let Some(s) = self.sources.iter_mut().find(|s| s.follower.inode() == (meta.dev(), meta.ino())) {
                 s.comms.insert(comm.to_owned());
+                s.follower.also_at(PathBuf::from(format!("/proc/{pid}/root{path}")));
                 continue;
             }
             let Ok(mut file) = File::open(&via) else { continue };
