@@ -57,7 +57,7 @@ enum Sniffed {
     Empty,
 }
 
-fn sniff(file: &mut File, dialect: Dialect, utc_offset_s: i64) -> Sniffed {
+fn sniff(file: &mut File, dialect: Dialect) -> Sniffed {
     let Ok(len) = file.metadata().map(|m| m.len()) else { return Sniffed::Empty };
     let from = len.saturating_sub(SNIFF_BYTES);
     let mut buf = Vec::new();
@@ -70,7 +70,7 @@ fn sniff(file: &mut File, dialect: Dialect, utc_offset_s: i64) -> Sniffed {
     if lines.peek().is_none() {
         return Sniffed::Empty;
     }
-    if lines.any(|l| dialect.looks_like(l, utc_offset_s)) { Sniffed::Its } else { Sniffed::Other }
+    if lines.any(|l| dialect.looks_like(l)) { Sniffed::Its } else { Sniffed::Other }
 }
 
 /// The local zone's offset from UTC now, in seconds (nginx and HAProxy write local time).
@@ -126,7 +126,6 @@ impl LiveLogs {
         let Some(dialect) = Dialect::of_comm(comm) else {
             return self.announce(comm, format!("{comm}: its log is not read (upstrace reads nginx, HAProxy and Caddy logs)"));
         };
-        let offset = utc_offset_s();
         let mut added = Vec::new();
         for (fd, path) in open_files(pid) {
             if !may_be_log(dialect, fd, &path) || self.sources.len() >= MAX_SOURCES {
@@ -140,9 +139,12 @@ impl LiveLogs {
                 continue;
             }
             let Ok(mut file) = File::open(&via) else { continue };
-            let follow = match sniff(&mut file, dialect, offset) {
+            // HAProxy's and Caddy's stdout and stderr are theirs whatever else they hold; a
+            // `*.log` file must show lines of the gateway's log (nginx's access log does not).
+            let own_output = fd <= 2 && dialect != Dialect::NginxError;
+            let follow = match sniff(&mut file, dialect) {
                 Sniffed::Its => true,
-                Sniffed::Other => false,
+                Sniffed::Other => own_output,
                 Sniffed::Empty => !Path::new(&path).file_name().is_some_and(|n| n.to_string_lossy().contains("access")),
             };
             if !follow {
@@ -266,19 +268,19 @@ mod tests {
             File::open(p).unwrap()
         };
         let mut notices = write("notices.log", "2026/11/28 16:53:43 [notice] 7#7: signal process started\n");
-        assert_eq!(sniff(&mut notices, Dialect::NginxError, 0), Sniffed::Its, "any level of nginx's");
+        assert_eq!(sniff(&mut notices, Dialect::NginxError), Sniffed::Its, "any level of nginx's");
         let mut caddy = write("caddy.log", "{\"level\":\"info\",\"ts\":1795885895.26,\"msg\":\"serving initial configuration\"}\n");
-        assert_eq!(sniff(&mut caddy, Dialect::CaddyJson, 0), Sniffed::Its);
-        assert_eq!(sniff(&mut caddy, Dialect::NginxError, 0), Sniffed::Other);
+        assert_eq!(sniff(&mut caddy, Dialect::CaddyJson), Sniffed::Its);
+        assert_eq!(sniff(&mut caddy, Dialect::NginxError), Sniffed::Other);
         let mut error = write(
             "error.log",
             "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: \"GET / HTTP/1.1\"\n",
         );
         let mut access = write("access.log", "127.0.0.1 - - [28/Nov/2026:16:53:43 +0000] \"GET / HTTP/1.1\" 502 157 \"-\" \"curl\"\n");
         let mut empty = write("empty.log", "\n\n");
-        assert_eq!(sniff(&mut error, Dialect::NginxError, 0), Sniffed::Its);
-        assert_eq!(sniff(&mut access, Dialect::NginxError, 0), Sniffed::Other);
-        assert_eq!(sniff(&mut empty, Dialect::NginxError, 0), Sniffed::Empty);
+        assert_eq!(sniff(&mut error, Dialect::NginxError), Sniffed::Its);
+        assert_eq!(sniff(&mut access, Dialect::NginxError), Sniffed::Other);
+        assert_eq!(sniff(&mut empty, Dialect::NginxError), Sniffed::Empty);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -34,7 +34,7 @@ impl Dialect {
 
     /// Whether a line is of this gateway's log at all (any level, any status, its own notices):
     /// how a file among its open files is told to be its log.
-    pub fn looks_like(self, line: &str, utc_offset_s: i64) -> bool {
+    pub fn looks_like(self, line: &str) -> bool {
         match self {
             Dialect::NginxError => {
                 let b = line.as_bytes();
@@ -50,8 +50,12 @@ impl Dialect {
                         .split_once("] ")
                         .is_some_and(|(_, rest)| rest.split_once('#').is_some_and(|(pid, _)| num::<u32>(pid).is_some()))
             }
+            // Its request lines and connection errors (`127.0.0.1:47604 [28/Nov/2026:...] fe/1:
+            // Connection closed during SSL handshake`) start with the client and the date.
             Dialect::HaproxyHttp => {
-                haproxy_http(line, utc_offset_s).is_some() || ["[NOTICE]", "[WARNING]", "[ALERT]"].iter().any(|tag| line.starts_with(tag))
+                let mut words = line.split_ascii_whitespace();
+                (words.next().is_some_and(|w| w.parse::<SocketAddr>().is_ok()) && words.next().is_some_and(|w| w.starts_with('[')))
+                    || ["[NOTICE]", "[WARNING]", "[ALERT]"].iter().any(|tag| line.starts_with(tag))
             }
             Dialect::CaddyJson => line.starts_with('{') && line.contains("\"level\":") && line.contains("\"ts\":"),
         }
@@ -584,6 +588,8 @@ mod tests {
         let syslog = format!("<134>Nov 28 16:53:46 haproxy[4242]: {}", raw.replace("SC--", "SH--"));
         let l = Dialect::HaproxyHttp.parse(&syslog, 0).unwrap();
         assert_eq!((l.pid, l.claim), (Some(4242), Some(Claim::ServerAborted)));
+        assert!(Dialect::HaproxyHttp.looks_like("127.0.0.1:47604 [28/Nov/2026:17:20:26.597] fe/1: Connection closed during SSL handshake"));
+        assert!(!Dialect::HaproxyHttp.looks_like("GET / HTTP/1.1"));
         let nosrv = raw.replace("be/up1", "be/<NOSRV>");
         assert_eq!(Dialect::HaproxyHttp.parse(&nosrv, 0).unwrap().claim, Some(Claim::NoLiveUpstream));
         for bad in [
