@@ -45,10 +45,12 @@ impl Dialect {
                     && b[13] == b':'
                     && b[16] == b':'
                     && line[..4].bytes().all(|c| c.is_ascii_digit())
-                    && line[19..].starts_with(" [")
-                    && line[19..]
-                        .split_once("] ")
-                        .is_some_and(|(_, rest)| rest.split_once('#').is_some_and(|(pid, _)| num::<u32>(pid).is_some()))
+                    && line.get(19..).is_some_and(|rest| {
+                        rest.starts_with(" [")
+                            && rest
+                                .split_once("] ")
+                                .is_some_and(|(_, r)| r.split_once('#').is_some_and(|(pid, _)| num::<u32>(pid).is_some()))
+                    })
             }
             // Its request lines and connection errors (`127.0.0.1:47604 [28/Nov/2026:...] fe/1:
             // Connection closed during SSL handshake`) start with the client and the date.
@@ -616,6 +618,32 @@ mod tests {
             "not json",
         ] {
             assert_eq!(Dialect::CaddyJson.parse(bad, 0), None, "{bad:?}");
+        }
+    }
+
+    /// Every cut of every sample line, and the samples with a multibyte character or a control
+    /// byte put at every position: no panic, and no cut line reads as another request's.
+    #[test]
+    fn no_line_makes_a_parser_panic() {
+        let haproxy = r#"127.0.0.1:45420 [28/Nov/2026:16:53:46.571] fe be/up1 0/0/-1/-1/0 503 217 - - SC-- 1/1/0/0/0 0/0 "GET / HTTP/1.1""#;
+        let caddy = r#"{"level":"error","ts":1795884826.5,"logger":"http.log.error","msg":"dial tcp 10.0.0.2:8081: connect: connection refused","request":{"remote_ip":"127.0.0.1","remote_port":"5000","method":"GET","uri":"/"},"status":502}"#;
+        let dialects = [Dialect::NginxError, Dialect::HaproxyHttp, Dialect::CaddyJson];
+        for sample in [REFUSED, haproxy, caddy] {
+            let mut variants: Vec<String> =
+                (0..=sample.len()).filter(|&i| sample.is_char_boundary(i)).map(|i| sample[..i].to_owned()).collect();
+            for i in (0..=sample.len()).filter(|&i| sample.is_char_boundary(i)) {
+                for odd in ["é", "€", "\u{10348}", "\u{0}", "\n"] {
+                    variants.push(format!("{}{odd}{}", &sample[..i], &sample[i..]));
+                }
+            }
+            for line in &variants {
+                for d in dialects {
+                    let _ = d.looks_like(line);
+                    if let Some(l) = d.parse(line, 0) {
+                        assert!(l.text.len() <= MAX_KEPT + 3, "bounded");
+                    }
+                }
+            }
         }
     }
 
