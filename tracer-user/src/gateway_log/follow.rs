@@ -15,7 +15,7 @@ pub const MAX_READ: u64 = 1 << 20;
 /// A line longer than this is no gateway line (cut off and dropped, counted).
 pub const MAX_LINE: usize = 16 * 1024;
 /// How many of the last bytes read are checked again at the next look.
-const SEEN_TAIL: usize = 64;
+const SEEN_TAIL: usize = 1024;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReadCounts {
@@ -38,8 +38,9 @@ pub struct Follower {
     partial: Vec<u8>,
     /// The rest of an over-long line is being dropped.
     dropping: bool,
-    /// The last bytes read, which must still be there at the next look: a file truncated and
-    /// written again past the offset in between (copytruncate) is told by them.
+    /// The last bytes read (up to 1 KiB: a whole line or more), which must still be there at the
+    /// next look: a file truncated and written again past the offset in between (copytruncate)
+    /// is told by them.
     seen_tail: Vec<u8>,
     pub counts: ReadCounts,
 }
