@@ -247,8 +247,10 @@ impl Pending {
     /// The line of this verdict's request, if exactly one story fits; it is taken.
     pub fn take_match(&mut self, q: &Query, dialect: Dialect) -> Option<(LogLine, Vec<MatchKey>)> {
         let last = q.upstreams.last();
-        // Rank: names the last attempt's upstream, then nearest in time, then oldest first.
-        let mut best: Option<((bool, i64), usize, Vec<MatchKey>)> = None;
+        // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
+        // what a FastCGI application wrote to stderr for the same request), then nearest in
+        // time, then oldest first.
+        let mut best: Option<((bool, bool, i64), usize, Vec<MatchKey>)> = None;
         let mut tied_other_story = false;
         // Lines come in time order (HAProxy's by accept time, nearly): the newest first, and
         // none older than the dialect's window is looked at, so a backlog of unmatched lines
@@ -260,7 +262,8 @@ impl Pending {
         fitting.reverse();
         for (i, keys) in fitting {
             let r = &self.lines[i];
-            let rank = (r.line.upstream.as_ref() != last || r.line.upstream.is_none(), (q.unix_ms - r.line.unix_ms).abs());
+            let rank =
+                (r.line.upstream.as_ref() != last || r.line.upstream.is_none(), r.line.claim.is_none(), (q.unix_ms - r.line.unix_ms).abs());
             match &best {
                 Some((b, j, _)) if *b == rank => {
                     // Two lines fit alike: fine if they tell the same story (the same claim
@@ -404,6 +407,17 @@ mod tests {
         // The taken line leaves; the other waits for its own verdict.
         assert!(p.lines.len() == 1 && !p.lines[0].taken);
         assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
+    }
+
+    #[test]
+    fn a_line_that_names_a_cause_wins_over_the_applications_words() {
+        let mut p = Pending::default();
+        let mut stderr = nginx(100, 7, "10.0.0.1", "unix:/run/php.sock", Claim::Reset);
+        stderr.claim = None;
+        p.push(stderr);
+        p.push(nginx(100, 7, "10.0.0.1", "unix:/run/php.sock", Claim::ClosedEarly));
+        let (line, _) = p.take_match(&query(100_200, 7, "10.0.0.1:5000", "unix:/run/php.sock"), Dialect::NginxError).unwrap();
+        assert_eq!(line.claim, Some(Claim::ClosedEarly));
     }
 
     #[test]

@@ -305,6 +305,10 @@ fn nginx_error(line: &str, utc_offset_s: i64) -> Option<LogLine> {
 
 /// What nginx's message says (its own wording, and the errno it quotes).
 fn nginx_claim(message: &str) -> Option<Claim> {
+    // The application's own words (PHP's errors), which may say anything.
+    if message.starts_with("FastCGI sent in stderr") {
+        return None;
+    }
     let has = |s: &str| message.contains(s);
     Some(if has("upstream timed out") || has("(110: ") {
         if has("while connecting to upstream") { Claim::ConnectTimeout } else { Claim::ReadTimeout }
@@ -553,6 +557,13 @@ mod tests {
         );
         assert_eq!(claim("no live upstreams while connecting to upstream"), Some(Claim::NoLiveUpstream));
         assert_eq!(claim("something new"), None);
+        assert_eq!(
+            claim(
+                "FastCGI sent in stderr: \"PHP message: upstream timed out (111: Connection refused)\" while reading response header from upstream"
+            ),
+            None,
+            "the application's words"
+        );
         assert_eq!(Dialect::NginxError.parse(&line("x"), 0).unwrap().upstream.as_deref(), Some("unix:/run/a.sock"));
         assert_eq!(upstream_of_url("http://backend/"), None, "a group name is no address");
         assert_eq!(upstream_of_url("http://[::1]:8080/"), Some("[::1]:8080".into()));
