@@ -219,6 +219,10 @@ pub const RETAIN_MS: i64 = 120_000;
 /// At most this many lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
 
+/// How well a line fits a verdict, lower first: (names another upstream or none, names no
+/// cause, ms away).
+type Rank = (bool, bool, i64);
+
 /// The lines of one log waiting for their verdicts.
 #[derive(Debug, Default)]
 pub struct Pending {
@@ -250,7 +254,7 @@ impl Pending {
         // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
         // what a FastCGI application wrote to stderr for the same request), then nearest in
         // time, then oldest first.
-        let mut best: Option<((bool, bool, i64), usize, Vec<MatchKey>)> = None;
+        let mut best: Option<(Rank, usize, Vec<MatchKey>)> = None;
         let mut tied_other_story = false;
         // Lines come in time order (HAProxy's by accept time, nearly): the newest first, and
         // none older than the dialect's window is looked at, so a backlog of unmatched lines
