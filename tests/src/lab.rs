@@ -791,7 +791,10 @@ impl Lab {
                 .env("XDG_DATA_HOME", self.dir.join("xdg"))
                 .env("XDG_CONFIG_HOME", self.dir.join("xdg")),
         };
-        // HAProxy logs to stdout (see its config), Caddy to stderr; nginx writes its own error_log.
+        // HAProxy logs to stdout (`log stdout format raw local0` with `option httplog`, see its
+        // config) sent to a file, as systemd's `StandardOutput=append:` does; Caddy logs JSON to
+        // stderr, also a file; nginx writes its own error_log. upstrace finds all three among
+        // the gateway's open files and puts their lines into its verdicts (`gateway_said`).
         let log_file = || -> Result<Stdio> {
             Ok(std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into())
         };

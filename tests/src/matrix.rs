@@ -255,6 +255,23 @@ impl Scenario {
         }
     }
 
+    /// Words the gateway's own log line (the deciding verdict's `gateway_said`) must hold, where
+    /// the gateway writes one upstrace reads; that line must agree with the kernel's verdict.
+    pub fn gateway_says(&self, gw: GatewayKind) -> Option<&'static str> {
+        match (gw, self.base()) {
+            (GatewayKind::Nginx, "refused") => Some("(111: Connection refused) while connecting to upstream"),
+            (GatewayKind::Nginx, "reset-before-headers") => Some("(104: Connection reset by peer) while reading response header"),
+            (GatewayKind::Nginx, "stall") => Some("upstream timed out"),
+            (GatewayKind::Nginx, "head-too-large" | "head-too-large-20k") => Some("upstream sent too big header"),
+            // HAProxy's termination state: the server refused (SC) or aborted (SH).
+            (GatewayKind::Haproxy, "refused") => Some(" SC-- "),
+            (GatewayKind::Haproxy, "reset-before-headers") if self.client() != ClientMode::TlsH2 => Some(" SH-- "),
+            (GatewayKind::Caddy, "refused") => Some("connection refused"),
+            (GatewayKind::Caddy, "reset-before-headers") => Some("connection reset by peer"),
+            _ => None,
+        }
+    }
+
     /// The verdict for this row: the plain row's whatever the client side speaks (the fault is
     /// between the gateway and its upstream), except where a gateway answers an HTTPS client
     /// otherwise (said below).
@@ -494,6 +511,8 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Said at start: which log of the gateway upstrace follows.
+    let follows_log = tracer.stderr().contains(&format!("upstrace: {}: gateway log ", gw.name()));
     let (_, lines) = tracer.stop()?;
     for mut h in holders {
         let _ = h.kill();
@@ -513,8 +532,30 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         Some(words) if pass && !summary.contains(words) => (false, format!("summary lacks \"{words}\": {summary}")),
         _ => (pass, why),
     };
+    let (pass, why) = match (scenario.gateway_says(gw), verdicts.last()) {
+        (Some(_), _) if pass && !follows_log => (false, "no start line naming the gateway's log".to_string()),
+        (Some(words), Some(v)) if pass => match gateway_words_mismatch(v, words) {
+            Some(wrong) => (false, wrong),
+            None => (pass, why),
+        },
+        _ => (pass, why),
+    };
     let gateway_log = lab.gateway.as_ref().map(|g| g.log()).unwrap_or_default();
     Ok(RowResult { scenario: scenario.name, gateway: gw, statuses, expect, verdicts, pass, why, gateway_log, lost })
+}
+
+/// What is wrong with a verdict's `gateway_said` where the gateway's line must hold `words`
+/// and agree with the kernel.
+pub fn gateway_words_mismatch(v: &Value, words: &str) -> Option<String> {
+    let said = &v["gateway_said"];
+    let Some(line) = said["line"].as_str() else { return Some(format!("no gateway_said (the gateway's line for \"{words}\")")) };
+    if !line.contains(words) {
+        return Some(format!("gateway_said lacks \"{words}\": {line}"));
+    }
+    if said["agreement"] != "agrees" {
+        return Some(format!("gateway_said does not agree ({}): {line}", said["agreement"]));
+    }
+    None
 }
 
 fn count_verdicts(lines: &[Value]) -> usize {
@@ -619,6 +660,17 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), SCENARIOS.len(), "row names are unique");
+    }
+
+    #[test]
+    fn the_gateways_words_are_judged() {
+        let v = |said: Value| serde_json::json!({"gateway_said": said});
+        let ok = v(serde_json::json!({"line": "x (111: Connection refused) y", "agreement": "agrees"}));
+        assert_eq!(gateway_words_mismatch(&ok, "Connection refused"), None);
+        assert!(gateway_words_mismatch(&ok, "timed out").is_some());
+        assert!(gateway_words_mismatch(&serde_json::json!({}), "x").is_some(), "no line at all");
+        let disagrees = v(serde_json::json!({"line": "Connection refused", "agreement": "disagrees"}));
+        assert!(gateway_words_mismatch(&disagrees, "Connection refused").is_some());
     }
 
     #[test]

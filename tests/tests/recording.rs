@@ -27,9 +27,11 @@ fn replay_verdicts(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-fn key(v: &Value) -> (Value, Value, Value, Value, Value, (Value, Value, Value)) {
+/// What must survive the recording: the verdict, its client side, and the gateway's own line.
+fn key(v: &Value) -> (Value, Value, Value, Value, Value, (Value, Value, Value), Value) {
     let client_side = (v["protocol"].clone(), v["tls"].clone(), v["stream"].clone());
-    (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone(), v["upstream"].clone(), client_side)
+    let said = v["gateway_said"]["line"].clone();
+    (v["ts_ns"].clone(), v["class"].clone(), v["cause"].clone(), v["status"].clone(), v["upstream"].clone(), client_side, said)
 }
 
 #[test]
@@ -50,6 +52,9 @@ fn live_verdicts_equal_replayed_verdicts() {
         let path = dir.join(format!("{name}.jsonl"));
         let row = matrix::run(scenario, gw, Some(&path)).unwrap();
         assert!(!row.verdicts.is_empty(), "{name}: live verdicts");
+        if name == "refused" {
+            assert!(row.verdicts.iter().all(|v| v["gateway_said"]["line"].is_string()), "{name}: the gateway's line");
+        }
         let replayed = replay_verdicts(&path);
         assert_eq!(row.verdicts.iter().map(key).collect::<Vec<_>>(), replayed.iter().map(key).collect::<Vec<_>>(), "{name}");
         let header: Value = serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().next().unwrap()).unwrap();

@@ -191,3 +191,44 @@ fn huge_traces_stream_and_huge_lines_are_refused() {
     assert!(err.contains("longer than 16 MiB"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The gateway's own line recorded in a trace's verdict comes back on replay and in the report,
+/// judged again against the re-derived verdict; a trace recorded before has none.
+#[test]
+fn recorded_gateway_lines_come_back_on_replay() {
+    let fixture = fixtures().join("refused-nginx.jsonl");
+    let (_, lines, _) = replay(&fixture, &[]);
+    let verdict = lines.iter().rev().find(|l| l["type"] == "verdict").expect("a verdict").clone();
+    assert!(verdict.get("gateway_said").is_none(), "an old trace has no gateway line");
+    let dir = std::env::temp_dir().join(format!("upstrace-said-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_line = |says: &str| {
+        let mut recorded = verdict.clone();
+        recorded["gateway_said"] = serde_json::json!({
+            "source": "/var/log/nginx/error.log",
+            "line": "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream",
+            "matched_by": ["time", "pid", "client", "upstream"],
+            "says": says,
+            "agreement": "agrees",
+        });
+        let path = dir.join(format!("{says}.jsonl"));
+        let mut text = std::fs::read_to_string(&fixture).unwrap();
+        text.push_str(&format!("{recorded}\n"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let agreeing = with_line("refused");
+    let (code, lines, err) = replay(&agreeing, &[]);
+    assert_eq!(code, 0, "{err}");
+    let v = lines.iter().rev().find(|l| l["type"] == "verdict").unwrap();
+    assert_eq!(v["gateway_said"]["agreement"], "agrees", "{v}");
+    assert_eq!(v["gateway_said"]["source"], "/var/log/nginx/error.log");
+    let (_, md, _) = report(&agreeing);
+    assert!(md.contains("nginx said: `2026/11/28") && md.contains("the kernel saw: upstream/refused (they agree)"), "{md}");
+    // The same line naming another cause is a finding, judged against the replayed verdict.
+    let (_, lines, _) = replay(&with_line("head-too-large"), &[]);
+    let v = lines.iter().rev().find(|l| l["type"] == "verdict").unwrap();
+    assert_eq!(v["gateway_said"]["agreement"], "disagrees");
+    assert!(v["summary"].as_str().unwrap().contains("nginx's own log disagrees: it says \"upstream sent too big header\""), "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -67,6 +67,9 @@ pub struct Stats {
     /// `--otlp-endpoint`: the exporter's counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpStats>,
+    /// The gateways' own logs (live only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_log: Option<crate::gateway_log::GatewayLogStats>,
 }
 
 impl Stats {

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod clock;
 pub mod engine;
+pub mod gateway_log;
 pub mod health;
 pub mod output;
 pub mod pipeline;

@@ -8,6 +8,7 @@ use crate::{
         attribute::{Delivered, Engine, Verdict},
         decode::KernelEvent,
     },
+    gateway_log::GatewayWords,
     health::{AttachReport, LatencyMs, SlowestVerdict, Stats},
     output::Output,
 };
@@ -23,6 +24,8 @@ pub struct Pipeline {
     /// Live only: the slowest verdict since the last stats line (latency ns, status time,
     /// "class/cause"), so a latency tail can be traced to what was late.
     slowest: Option<(u64, u64, String)>,
+    /// Where verdicts get the gateway's own log line (live logs, or a trace's record).
+    pub gateway_words: GatewayWords,
 }
 
 impl Default for Pipeline {
@@ -33,7 +36,15 @@ impl Default for Pipeline {
 
 impl Pipeline {
     pub fn new() -> Self {
-        Self { engine: Engine::new(), outputs: Vec::new(), verdicts: 0, collected: None, latency: None, slowest: None }
+        Self {
+            engine: Engine::new(),
+            outputs: Vec::new(),
+            verdicts: 0,
+            collected: None,
+            latency: None,
+            slowest: None,
+            gateway_words: GatewayWords::None,
+        }
     }
 
     pub fn with(mut self, output: impl Output + 'static) -> Self {
@@ -114,6 +125,7 @@ impl Pipeline {
         s.engine.attempts = tracker.attempts.len();
         s.engine.attempts_evicted = tracker.evicted;
         s.engine.longest_thread_queue = tracker.by_tid.values().map(|q| q.len()).max().unwrap_or(0);
+        s.gateway_log = self.gateway_words.stats();
         s.verdict_latency_ms = self.latency.as_ref().and_then(|h| h.percentiles_ms()).map(|(p50, p99, max)| LatencyMs { p50, p99, max });
         if line {
             s.slowest_verdict = self.slowest.take().map(|(late, ts_ns, verdict)| SlowestVerdict {
@@ -145,7 +157,10 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self, verdicts: Vec<Verdict>) -> Result<()> {
+    fn emit(&mut self, mut verdicts: Vec<Verdict>) -> Result<()> {
+        if !verdicts.is_empty() {
+            self.gateway_words.annotate(&mut verdicts);
+        }
         if let Some(lat) = self.latency.as_mut() {
             let now = clock::monotonic_ns();
             for v in verdicts.iter().filter(|v| v.delivered == Delivered::Status) {

@@ -189,3 +189,41 @@ fn history_counts_5xx_per_second_by_class() {
     assert_eq!(total as usize, state.verdicts.len());
     assert!(state.causes.keys().any(|k| k == "firewall/dropped"));
 }
+
+#[test]
+fn detail_view_puts_the_gateways_words_beside_the_kernels() {
+    use upstrace::gateway_log::{self, Agreement, Claim, GatewaySaid, MatchKey};
+    let mut state = State::new(Header::default());
+    let mut engine = Engine::new();
+    let mut verdicts = Vec::new();
+    replay::read_events(&fixture(), |ev| {
+        verdicts.extend(engine.handle(&ev));
+        Ok(())
+    })
+    .unwrap();
+    verdicts.extend(engine.flush());
+    let mut v = verdicts.into_iter().find(|v| v.class == Class::Firewall).expect("a firewall verdict");
+    let said = GatewaySaid {
+        source: "/var/log/nginx/error.log".into(),
+        line: "upstream timed out (110: Connection timed out) while connecting to upstream".into(),
+        matched_by: vec![MatchKey::Time, MatchKey::Pid, MatchKey::Client],
+        says: Some(Claim::ConnectTimeout),
+        agreement: Agreement::Unknown,
+    };
+    gateway_log::apply(&mut v, said.clone());
+    assert_eq!(v.gateway_said.as_ref().map(|s| s.agreement), Some(Agreement::Agrees));
+    state.on_verdict(&v);
+    state.tick(v.ts_ns);
+    state.on_key(Key::Enter);
+    let text = render(&state, 160, 48);
+    assert!(text.contains(&format!("{} said: upstream timed out", v.gateway.comm)), "{text}");
+    assert!(text.contains("the kernel saw: firewall/") && text.contains("agrees"), "{text}");
+    // The same words about a refusal disagree with a firewall drop: said in the view too.
+    let mut refused = v.clone();
+    gateway_log::apply(&mut refused, GatewaySaid { says: Some(Claim::Refused), ..said });
+    let mut state = State::new(Header::default());
+    state.on_verdict(&refused);
+    state.tick(refused.ts_ns);
+    state.on_key(Key::Enter);
+    assert!(render(&state, 160, 48).contains("DISAGREES"));
+}

@@ -26,6 +26,12 @@ pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Optio
                         passed += 1;
                     }
                     println!("{}", matrix::table_line(&row));
+                    if std::env::var_os("UPSTRACE_LAB_SHOW_LOG").is_some() {
+                        println!("--- gateway log:\n{}", row.gateway_log);
+                        for v in &row.verdicts {
+                            println!("--- verdict: {v}");
+                        }
+                    }
                 }
                 Err(e) => println!("{:<30} {:<8} ERROR {e:#}", s.name, gw.name()),
             }

@@ -329,6 +329,7 @@ impl Engine {
             ),
             attempts: vec![summarize(a, t)],
             evidence,
+            gateway_said: None,
         })
     }
 
@@ -504,6 +505,7 @@ impl Engine {
             summary,
             attempts: attempts.iter().map(|a| summarize(a, t)).collect(),
             evidence,
+            gateway_said: None,
         };
         // The verdict carries the evidence now; explained attempts stay only briefly, as
         // markers for late events of their sockets, and should weigh little meanwhile.

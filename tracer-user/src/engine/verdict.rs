@@ -372,6 +372,10 @@ pub struct Verdict {
     pub summary: String,
     pub attempts: Vec<AttemptSummary>,
     pub evidence: Vec<EvidenceItem>,
+    /// The gateway's own log line for this request, when its log is read (set after the
+    /// engine, which does no I/O: see `gateway_log`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_said: Option<crate::gateway_log::GatewaySaid>,
 }
 
 impl Verdict {

@@ -28,8 +28,9 @@ fn one_line(s: &str) -> String {
 
 impl<W: Write> Output for Log<W> {
     fn verdict(&mut self, v: &Verdict) -> Result<()> {
+        let said = v.gateway_said.as_ref().map(|s| format!(" ({} said: {})", v.gateway.comm, s.line)).unwrap_or_default();
         let line = format!(
-            "upstrace: verdict: {} from {} {} for {} via {}: {}: {}",
+            "upstrace: verdict: {} from {} {} for {} via {}: {}: {}{said}",
             v.status_text(),
             v.gateway.comm,
             v.gateway.pid,
@@ -45,9 +46,15 @@ impl<W: Write> Output for Log<W> {
 
     fn stats(&mut self, s: &Stats) -> Result<()> {
         let warn = if s.lost_total > 0 { " (EVENTS WERE LOST)" } else { "" };
+        let logs = s
+            .gateway_log
+            .as_ref()
+            .filter(|g| g.files > 0)
+            .map(|g| format!(", gateway log: {} matched, {} unmatched lines", g.matched, g.lines_unmatched))
+            .unwrap_or_default();
         writeln!(
             self.out,
-            "upstrace: stats: {} events, {} verdicts, {} traced processes, {} lost{warn}, {} evicted",
+            "upstrace: stats: {} events, {} verdicts, {} traced processes, {} lost{warn}, {} evicted{logs}",
             s.events,
             s.verdicts,
             s.traced_processes,
@@ -84,6 +91,7 @@ mod tests {
             summary: "refused\nthe connection".into(),
             attempts: vec![],
             evidence: vec![],
+            gateway_said: None,
         };
         log.verdict(&v).unwrap();
         log.stats(&Stats { events: 5, verdicts: 1, ..Stats::default() }).unwrap();

@@ -691,6 +691,7 @@ mod tests {
             summary: String::new(),
             attempts: vec![],
             evidence: vec![],
+            gateway_said: None,
         }
     }
 

@@ -601,6 +601,7 @@ mod tests {
             summary: "refused".into(),
             attempts: vec![],
             evidence: vec![EvidenceItem { t_ms: 0.2, event: "rst".into(), detail: "RST to SYN".into() }],
+            gateway_said: None,
         }
     }
 

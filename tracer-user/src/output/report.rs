@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::{
     clock,
     engine::attribute::{Class, Delivered, Engine, Verdict},
+    gateway_log::Agreement,
     source::replay::{self, TraceInfo},
 };
 
@@ -35,6 +36,7 @@ impl Report {
         info.warn_if_cut(path);
         verdicts.extend(engine.flush());
         verdicts.sort_by_key(|v| v.ts_ns);
+        crate::gateway_log::recorded::RecordedWords::from_trace(path).annotate(&mut verdicts);
         let events = info.events;
         Ok(Report { file: path.display().to_string(), info, verdicts, first_ns: first, last_ns: last, events })
     }
@@ -161,6 +163,10 @@ impl Report {
                 if v.delivered == Delivered::Truncated { " (cut short)" } else { "" }
             );
             let _ = writeln!(md, "> {}\n", v.summary);
+            if let Some(said) = &v.gateway_said {
+                let _ = writeln!(md, "{} said: `{}` ({})  ", v.gateway.comm, said.line.replace('`', "'"), said.source);
+                let _ = writeln!(md, "the kernel saw: {}{}\n", v.label(), agreement_note(said.agreement));
+            }
             let _ = writeln!(md, "What to check next: {}\n", v.next_check());
             md.push_str("| t (ms) | event | detail |\n|---:|---|---|\n");
             for e in &v.evidence {
@@ -207,7 +213,7 @@ impl Report {
                 v.class.as_str(),
                 v.class.as_str(),
                 v.cause.as_str(),
-                esc(&v.summary)
+                esc(&v.summary) + &gateway_said_html(v)
             );
         }
         h.push_str("</table>\n</body>\n</html>\n");
@@ -260,6 +266,28 @@ impl Report {
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// "nginx said: ... / the kernel saw: ..." under a verdict's summary in the HTML table.
+fn gateway_said_html(v: &Verdict) -> String {
+    let Some(said) = &v.gateway_said else { return String::new() };
+    format!(
+        "<br><small><b>{} said:</b> <code>{}</code> ({})<br><b>the kernel saw:</b> {}{}</small>",
+        esc(&v.gateway.comm),
+        esc(&said.line),
+        esc(&said.source),
+        esc(&v.label()),
+        esc(agreement_note(said.agreement))
+    )
+}
+
+/// How the gateway's words and the kernel's verdict compare, for the report.
+fn agreement_note(a: Agreement) -> &'static str {
+    match a {
+        Agreement::Agrees => " (they agree)",
+        Agreement::Disagrees => " (they DISAGREE: the gateway's log names another cause)",
+        Agreement::Unknown => "",
     }
 }
 

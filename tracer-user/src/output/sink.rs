@@ -133,9 +133,20 @@ impl<W: Write> Output for Sink<W> {
             Format::Text => {
                 let warn = if s.lost_total > 0 { "  <-- EVENTS WERE LOST" } else { "" };
                 let otlp = s.otlp.as_ref().map(|o| format!(", otlp: {} exported, {} dropped", o.exported, o.dropped)).unwrap_or_default();
+                let logs = s
+                    .gateway_log
+                    .as_ref()
+                    .filter(|g| g.files > 0)
+                    .map(|g| {
+                        format!(
+                            ", gateway log: {} matched, {} verdicts without a line, {} lines unmatched, {} unparsed",
+                            g.matched, g.verdicts_unmatched, g.lines_unmatched, g.lines_unparsed
+                        )
+                    })
+                    .unwrap_or_default();
                 writeln!(
                     self.out,
-                    "-- stats: {} events, {} traced processes, {} lost{otlp}{warn}",
+                    "-- stats: {} events, {} traced processes, {} lost{otlp}{logs}{warn}",
                     s.events, s.traced_processes, s.lost_total
                 )?;
             }

@@ -16,6 +16,7 @@ use tokio::{
 use crate::{
     clock,
     engine::decode::{Decoder, KernelEvent},
+    gateway_log::{GatewayWords, live::LiveLogs},
     health::{ProgramCost, Stats},
     pipeline::Pipeline,
     source::{
@@ -133,6 +134,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         probes.enable_run_time_stats()?;
     }
     pipeline.latency.get_or_insert_with(Default::default);
+    pipeline.gateway_words = GatewayWords::Live(LiveLogs::new(clock::boot_offset_ns()));
     if let Some(netns) = discover::host_netns() {
         pipeline.engine.set_host_netns(netns);
     }
@@ -260,8 +262,15 @@ impl Live {
 
     /// Read what this gateway process answers its clients: at its writes always, and at
     /// OpenSSL's `SSL_write` when it maps a libssl. Said once per gateway name and view.
+    /// Its own log is looked for too (its words go into its verdicts).
     fn adopt_client_view(&mut self, pid: u32, pipeline: &mut Pipeline) {
         let comm = discover::comm_of(pid).unwrap_or_default();
+        if let GatewayWords::Live(logs) = &mut pipeline.gateway_words
+            && let Some(said) = logs.adopt(pid, &comm)
+            && !self.quiet
+        {
+            eprintln!("upstrace: {said}");
+        }
         if self.infer.contains(&comm) {
             if self.views.insert(comm.clone(), ClientView::InferredOnly).is_none() {
                 pipeline.engine.set_answers_readable(&comm, false);

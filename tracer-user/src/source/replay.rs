@@ -132,6 +132,10 @@ pub async fn run(path: &Path, pace: Pace, pipeline: &mut Pipeline) -> Result<Tra
     if let Some(netns) = recorded_host_netns(path) {
         pipeline.engine.set_host_netns(netns);
     }
+    let words = crate::gateway_log::recorded::RecordedWords::from_trace(path);
+    if !words.is_empty() {
+        pipeline.gateway_words = crate::gateway_log::GatewayWords::Recorded(words);
+    }
     let mut last_ts: Option<u64> = None;
     let mut stopped = false;
     let result = read_events(path, |ev| {

@@ -11,6 +11,7 @@ use super::state::{Focus, Input, State};
 use crate::{
     clock,
     engine::verdict::{Cause, Class, Delivered, Hue},
+    gateway_log::Agreement,
 };
 
 /// The terminal colour of a class's hue.
@@ -258,8 +259,27 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
         ]),
         Line::from(v.summary.clone()),
         Line::from(""),
-        Line::from("attempts:").bold(),
     ];
+    // The gateway's own account beside the kernel's.
+    if let Some(said) = &v.gateway_said {
+        let (mark, colour) = match said.agreement {
+            Agreement::Agrees => ("agrees", Color::Green),
+            Agreement::Disagrees => ("DISAGREES", Color::Red),
+            Agreement::Unknown => ("", Color::Gray),
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{} said: ", v.gateway.comm), Style::new().bold()),
+            Span::raw(said.line.clone()),
+            Span::styled(format!("  ({})", said.source), Style::new().fg(Color::Gray)),
+        ]));
+        lines.push(Line::from(vec![
+            Span::styled("the kernel saw: ", Style::new().bold()),
+            Span::raw(format!("{} ", v.label())),
+            Span::styled(mark, Style::new().bold().fg(colour)),
+        ]));
+        lines.push(Line::from(""));
+    }
+    lines.push(Line::from("attempts:").bold());
     for a in &v.attempts {
         lines.push(Line::from(format!(
             "  {:>9.1} ms  {}{}  {}  sent {} B, got {} B{}",

@@ -1,0 +1,447 @@
+//! The gateway's own account of each 5xx: its log line for the failed request, found without
+//! configuration and put beside the kernel's verdict (`gateway_said`), with whether the two
+//! agree. nginx's error log, HAProxy's httplog lines and Caddy's JSON log are read from the
+//! files the gateway has open (`live`), only when a 5xx verdict is made (nothing on the
+//! healthy path); a replay takes the lines its trace recorded (`recorded`).
+//!
+//! A line is matched to a verdict by what both know (worker pid, time, client address,
+//! upstream address, status), never guessed: a verdict without a fitting line, or with two
+//! that say different things, gets none, and lines that fit no verdict are counted.
+pub mod follow;
+pub mod live;
+pub mod parse;
+pub mod recorded;
+
+use std::{collections::VecDeque, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::parse::{Claim, Dialect, LogLine};
+use crate::engine::verdict::{Cause, Class, Delivered, Verdict};
+
+/// What matched a line to a verdict (JSON names: `pid`, `time`, `client`, `client-port`,
+/// `upstream`, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatchKey {
+    Pid,
+    Time,
+    Client,
+    ClientPort,
+    Upstream,
+    Status,
+}
+
+/// Whether the gateway's words fit the kernel's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Agreement {
+    Agrees,
+    /// A finding: the gateway's log names another cause than the kernel saw.
+    Disagrees,
+    /// The line names no cause upstrace reads, or the kernel did not decide.
+    Unknown,
+}
+
+/// The gateway's log line for a verdict (`gateway_said` in the JSON verdict).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewaySaid {
+    /// The log it came from: a file path (`/var/log/nginx/error.log`).
+    pub source: String,
+    /// The line, bounded, control characters escaped, query strings masked (Caddy: its
+    /// level, logger, message and error, not the whole entry).
+    pub line: String,
+    pub matched_by: Vec<MatchKey>,
+    /// What the words say went wrong, when upstrace reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub says: Option<Claim>,
+    pub agreement: Agreement,
+}
+
+/// The kernel causes that fit each of the gateway's claims (a gateway sees one side: nginx
+/// reads EOF where a FIN came before the RST, HAProxy's `SC` is any connect failure).
+fn fits(claim: Claim, cause: Cause) -> bool {
+    use Cause as C;
+    let fitting: &[Cause] = match claim {
+        Claim::Refused => &[C::Refused, C::Crashed, C::Rejected],
+        Claim::Reset => &[C::Reset, C::Crashed, C::WorkerKilled, C::Rejected],
+        Claim::ClosedEarly => &[C::ClosedEarly, C::Reset, C::Crashed, C::WorkerKilled],
+        Claim::ServerAborted => &[C::Reset, C::ClosedEarly, C::Crashed, C::WorkerKilled, C::Rejected],
+        Claim::ConnectFailed => &[
+            C::Refused,
+            C::Crashed,
+            C::Rejected,
+            C::NoRoute,
+            C::Unreachable,
+            C::NoSocketFile,
+            C::PermissionDenied,
+            C::Overloaded,
+            C::LocalResources,
+        ],
+        Claim::ConnectTimeout => &[C::Timeout, C::Dropped, C::Unreachable, C::Overloaded, C::Loss],
+        Claim::ReadTimeout => &[C::Stalled, C::Loss],
+        Claim::HeadTooLarge => &[C::HeadTooLarge],
+        Claim::InvalidResponse => &[C::InvalidResponse, C::HeadTooLarge],
+        Claim::Unreachable => &[C::Unreachable, C::NoRoute, C::Rejected, C::Timeout],
+        Claim::NoRoute => &[C::NoRoute],
+        Claim::PermissionDenied => &[C::PermissionDenied, C::NoRoute],
+        Claim::NoSocketFile => &[C::NoSocketFile],
+        Claim::Overloaded => &[C::Overloaded],
+        Claim::LocalResources => &[C::LocalResources],
+        // No server was tried: any cause that took them out fits.
+        Claim::NoLiveUpstream => return true,
+    };
+    fitting.contains(&cause)
+}
+
+/// Compare the gateway's words with the kernel's cause.
+pub fn agreement(says: Option<Claim>, cause: Cause) -> Agreement {
+    match says {
+        Some(_) if cause.class() == Class::Unknown => Agreement::Unknown,
+        Some(claim) if fits(claim, cause) => Agreement::Agrees,
+        Some(_) => Agreement::Disagrees,
+        None => Agreement::Unknown,
+    }
+}
+
+/// Put the gateway's line into the verdict (live or replayed alike), judging the agreement
+/// against this verdict's cause; a disagreement is said in the summary.
+pub fn apply(v: &mut Verdict, mut said: GatewaySaid) {
+    said.agreement = agreement(said.says, v.cause);
+    if said.agreement == Agreement::Disagrees
+        && let Some(claim) = said.says
+    {
+        v.summary.push_str(&format!(
+            "; {}'s own log disagrees: it says \"{}\" where the kernel saw {}",
+            v.gateway.comm,
+            claim.words(),
+            v.cause
+        ));
+    } else if v.class == Class::Unknown
+        && let Some(claim) = said.says
+    {
+        v.summary.push_str(&format!("; {}'s own log says \"{}\"", v.gateway.comm, claim.words()));
+    }
+    v.gateway_said = Some(said);
+}
+
+/// Counters for the stats line (`gateway_log`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GatewayLogStats {
+    /// Log files followed.
+    pub files: usize,
+    /// Lines read from them.
+    pub lines_read: u64,
+    /// Lines in no shape upstrace reads (another format, cut short): skipped.
+    pub lines_unparsed: u64,
+    /// Verdicts that got their gateway's line.
+    pub matched: u64,
+    /// 5xx verdicts of a gateway whose log is followed that got no line (none fitted, or two
+    /// fitted that say different things).
+    pub verdicts_unmatched: u64,
+    /// Lines about a failed request that no verdict took.
+    pub lines_unmatched: u64,
+    /// Bytes skipped in a flood (more than 1 MiB between two looks), lines dropped for length,
+    /// and rotations seen.
+    pub bytes_skipped: u64,
+    pub lines_too_long: u64,
+    pub rotations: u64,
+}
+
+/// Where verdicts get their gateway's words: the live logs, a trace's recorded lines, or
+/// nowhere.
+#[derive(Default)]
+pub enum GatewayWords {
+    #[default]
+    None,
+    Live(live::LiveLogs),
+    Recorded(recorded::RecordedWords),
+}
+
+impl GatewayWords {
+    /// Annotate a batch of new verdicts (one look at each log for the whole batch).
+    pub fn annotate(&mut self, verdicts: &mut [Verdict]) {
+        match self {
+            GatewayWords::None => {}
+            GatewayWords::Live(l) => l.annotate(verdicts),
+            GatewayWords::Recorded(r) => r.annotate(verdicts),
+        }
+    }
+
+    pub fn stats(&self) -> Option<GatewayLogStats> {
+        match self {
+            GatewayWords::Live(l) => Some(l.stats()),
+            _ => None,
+        }
+    }
+}
+
+/// What a verdict offers to match a line by.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub unix_ms: i64,
+    pub pid: u32,
+    pub client: SocketAddr,
+    pub status: u16,
+    /// Every upstream its attempts went to, the last one last.
+    pub upstreams: Vec<String>,
+}
+
+impl Query {
+    /// Status verdicts (a 5xx to a known client) only: the others name no request the
+    /// gateway's log could name.
+    pub fn of(v: &Verdict, boot_offset_ns: i128) -> Option<Query> {
+        if v.delivered != Delivered::Status {
+            return None;
+        }
+        let client = v.client.parse().ok()?;
+        let mut upstreams: Vec<String> = v.attempts.iter().map(|a| a.upstream.clone()).collect();
+        upstreams.push(v.upstream.clone());
+        Some(Query {
+            unix_ms: ((v.ts_ns as i128 + boot_offset_ns) / 1_000_000) as i64,
+            pid: v.gateway.pid,
+            client,
+            status: v.status.filter(|s| *s >= 500)?,
+            upstreams,
+        })
+    }
+}
+
+/// A line kept for matching, until a verdict takes it or it grows old.
+#[derive(Debug, Clone)]
+pub struct Retained {
+    pub line: LogLine,
+    pub taken: bool,
+}
+
+/// Lines older than this (by the newest verdict's time) can explain no verdict any more.
+pub const RETAIN_MS: i64 = 120_000;
+/// At most this many lines kept per log (a flood of errors keeps the newest).
+pub const RETAIN_LINES: usize = 2048;
+
+/// How well a line fits a verdict, lower first: (names another upstream or none, names no
+/// cause, ms away).
+type Rank = (bool, bool, i64);
+
+/// The lines of one log waiting for their verdicts.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub lines: VecDeque<Retained>,
+    /// Lines that left without a verdict taking them.
+    pub unmatched: u64,
+}
+
+impl Pending {
+    pub fn push(&mut self, line: LogLine) {
+        if self.lines.len() >= RETAIN_LINES && self.lines.pop_front().is_some_and(|r| !r.taken) {
+            self.unmatched += 1;
+        }
+        self.lines.push_back(Retained { line, taken: false });
+    }
+
+    /// Forget lines too old for any verdict still to come.
+    pub fn age(&mut self, now_ms: i64) {
+        while self.lines.front().is_some_and(|r| r.line.unix_ms < now_ms - RETAIN_MS) {
+            if self.lines.pop_front().is_some_and(|r| !r.taken) {
+                self.unmatched += 1;
+            }
+        }
+    }
+
+    /// The line of this verdict's request, if exactly one story fits; it is taken.
+    pub fn take_match(&mut self, q: &Query, dialect: Dialect) -> Option<(LogLine, Vec<MatchKey>)> {
+        let last = q.upstreams.last();
+        // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
+        // what a FastCGI application wrote to stderr for the same request), then nearest in
+        // time, then oldest first.
+        let mut best: Option<(Rank, usize, Vec<MatchKey>)> = None;
+        let mut tied_other_story = false;
+        // Lines come in time order (HAProxy's by accept time, nearly): the newest first, and
+        // none older than the dialect's window is looked at, so a backlog of unmatched lines
+        // does not make every verdict slower.
+        let oldest = q.unix_ms - dialect.window_ms();
+        let recent = self.lines.iter().enumerate().rev().take_while(|(_, r)| r.line.unix_ms >= oldest);
+        let mut fitting: Vec<(usize, Vec<MatchKey>)> =
+            recent.filter(|(_, r)| !r.taken).filter_map(|(i, r)| Some((i, fit(&r.line, q, dialect)?))).collect();
+        fitting.reverse();
+        for (i, keys) in fitting {
+            let r = &self.lines[i];
+            let rank =
+                (r.line.upstream.as_ref() != last || r.line.upstream.is_none(), r.line.claim.is_none(), (q.unix_ms - r.line.unix_ms).abs());
+            match &best {
+                Some((b, j, _)) if *b == rank => {
+                    // Two lines fit alike: fine if they tell the same story (the same claim
+                    // about the same upstream); otherwise which one is this request's is a guess.
+                    let other = &self.lines[*j].line;
+                    if other.claim != r.line.claim || other.upstream != r.line.upstream {
+                        tied_other_story = true;
+                    }
+                }
+                Some((b, _, _)) if *b < rank => {}
+                _ => {
+                    best = Some((rank, i, keys));
+                    tied_other_story = false;
+                }
+            }
+        }
+        let (_, i, keys) = best?;
+        if tied_other_story {
+            return None;
+        }
+        self.lines[i].taken = true;
+        let found = self.lines[i].line.clone();
+        while self.lines.front().is_some_and(|r| r.taken) {
+            self.lines.pop_front();
+        }
+        Some((found, keys))
+    }
+}
+
+impl Dialect {
+    /// How long before a verdict its line can be stamped.
+    fn window_ms(self) -> i64 {
+        match self {
+            Dialect::NginxError => 3000,
+            Dialect::HaproxyHttp => 600_000,
+            Dialect::CaddyJson => 2000,
+        }
+    }
+}
+
+/// Whether a line can be this verdict's, and by what. Every field the line has must agree;
+/// time and the client's address are needed, and the pid or the client's port besides.
+fn fit(line: &LogLine, q: &Query, dialect: Dialect) -> Option<Vec<MatchKey>> {
+    let ahead = q.unix_ms - line.unix_ms;
+    let in_time = match dialect {
+        // Logged when the failure was handled, to the second, just before the status.
+        Dialect::NginxError => (q.unix_ms.div_euclid(1000) - line.unix_ms.div_euclid(1000)) <= 2 && ahead >= -1000,
+        // Stamped when the request was accepted; a request may wait for its timeouts.
+        Dialect::HaproxyHttp => (-1000..=600_000).contains(&ahead),
+        Dialect::CaddyJson => ahead.abs() <= 2000,
+    };
+    if !in_time {
+        return None;
+    }
+    let mut keys = vec![MatchKey::Time];
+    if let Some(pid) = line.pid {
+        if pid != q.pid {
+            return None;
+        }
+        keys.push(MatchKey::Pid);
+    }
+    if line.client_ip? != q.client.ip() {
+        return None;
+    }
+    keys.push(MatchKey::Client);
+    if let Some(port) = line.client_port {
+        if port != q.client.port() {
+            return None;
+        }
+        keys.push(MatchKey::ClientPort);
+    }
+    if let Some(up) = &line.upstream {
+        if !q.upstreams.contains(up) {
+            return None;
+        }
+        keys.push(MatchKey::Upstream);
+    }
+    if let Some(status) = line.status {
+        if status != q.status {
+            return None;
+        }
+        keys.push(MatchKey::Status);
+    }
+    (keys.contains(&MatchKey::Pid) || keys.contains(&MatchKey::ClientPort)).then_some(keys)
+}
+
+/// Whether a line is about a failed request (worth keeping for a verdict).
+pub fn about_a_failure(line: &LogLine) -> bool {
+    line.claim.is_some() || line.status.is_some_and(|s| s >= 500) || (line.status.is_none() && line.client_ip.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nginx(at_s: i64, pid: u32, client: &str, upstream: &str, claim: Claim) -> LogLine {
+        LogLine {
+            unix_ms: at_s * 1000,
+            pid: Some(pid),
+            client_ip: Some(client.parse().unwrap()),
+            client_port: None,
+            upstream: Some(upstream.into()),
+            status: None,
+            claim: Some(claim),
+            text: format!("{claim:?}"),
+        }
+    }
+
+    fn query(at_ms: i64, pid: u32, client: &str, upstream: &str) -> Query {
+        Query { unix_ms: at_ms, pid, client: client.parse().unwrap(), status: 502, upstreams: vec![upstream.into()] }
+    }
+
+    #[test]
+    fn matches_by_pid_time_client_and_upstream_never_by_guess() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        // Another worker, another client, another upstream, too old: none fits.
+        assert!(p.take_match(&query(100_500, 8, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        assert!(p.take_match(&query(100_500, 7, "10.0.0.9:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        assert!(p.take_match(&query(100_500, 7, "10.0.0.1:5000", "10.1.0.3:80"), Dialect::NginxError).is_none());
+        assert!(p.take_match(&query(110_000, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        let (line, keys) = p.take_match(&query(100_500, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).unwrap();
+        assert_eq!(line.claim, Some(Claim::Refused));
+        assert_eq!(keys, [MatchKey::Time, MatchKey::Pid, MatchKey::Client, MatchKey::Upstream]);
+        // Taken once only.
+        assert!(p.take_match(&query(100_500, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+    }
+
+    #[test]
+    fn two_lines_that_fit_alike_but_differ_match_nothing() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::ReadTimeout));
+        assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        // The same story twice (a flood of one failure): the oldest first, then the next.
+        let mut p = Pending::default();
+        for _ in 0..2 {
+            p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        }
+        assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
+        // The taken line leaves; the other waits for its own verdict.
+        assert!(p.lines.len() == 1 && !p.lines[0].taken);
+        assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
+    }
+
+    #[test]
+    fn a_line_that_names_a_cause_wins_over_the_applications_words() {
+        let mut p = Pending::default();
+        let mut stderr = nginx(100, 7, "10.0.0.1", "unix:/run/php.sock", Claim::Reset);
+        stderr.claim = None;
+        p.push(stderr);
+        p.push(nginx(100, 7, "10.0.0.1", "unix:/run/php.sock", Claim::ClosedEarly));
+        let (line, _) = p.take_match(&query(100_200, 7, "10.0.0.1:5000", "unix:/run/php.sock"), Dialect::NginxError).unwrap();
+        assert_eq!(line.claim, Some(Claim::ClosedEarly));
+    }
+
+    #[test]
+    fn a_flood_keeps_the_newest_lines_and_counts_the_rest() {
+        let mut p = Pending::default();
+        for i in 0..(RETAIN_LINES + 10) {
+            p.push(nginx(100 + i as i64 / 100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Reset));
+        }
+        assert_eq!((p.lines.len(), p.unmatched), (RETAIN_LINES, 10));
+        p.age(1_000_000);
+        assert_eq!((p.lines.len(), p.unmatched), (0, RETAIN_LINES as u64 + 10));
+    }
+
+    #[test]
+    fn agreement_is_judged_against_the_kernel_cause() {
+        assert_eq!(agreement(Some(Claim::Refused), Cause::Refused), Agreement::Agrees);
+        assert_eq!(agreement(Some(Claim::Refused), Cause::Reset), Agreement::Disagrees);
+        assert_eq!(agreement(Some(Claim::HeadTooLarge), Cause::ClosedEarly), Agreement::Disagrees);
+        assert_eq!(agreement(Some(Claim::ConnectFailed), Cause::Refused), Agreement::Agrees);
+        assert_eq!(agreement(Some(Claim::Refused), Cause::Undecided), Agreement::Unknown);
+        assert_eq!(agreement(None, Cause::Refused), Agreement::Unknown);
+    }
+}
