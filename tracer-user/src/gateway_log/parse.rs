@@ -112,6 +112,10 @@ pub enum Claim {
     /// nginx "no live upstreams", HAProxy `<NOSRV>`, Caddy "no upstreams available": no
     /// server was tried.
     NoLiveUpstream,
+    /// The TLS handshake with the upstream failed (nginx "SSL certificate verify error",
+    /// "SSL_do_handshake() failed"; Go's "tls: ..." and "x509: ...", "server gave HTTP response
+    /// to HTTPS client").
+    TlsHandshake,
 }
 
 impl Claim {
@@ -134,6 +138,7 @@ impl Claim {
             Claim::Overloaded => "resource temporarily unavailable",
             Claim::LocalResources => "local resources exhausted",
             Claim::NoLiveUpstream => "no live upstream",
+            Claim::TlsHandshake => "TLS handshake with the upstream failed",
         }
     }
 }
@@ -312,6 +317,8 @@ fn nginx_claim(message: &str) -> Option<Claim> {
     let has = |s: &str| message.contains(s);
     Some(if has("upstream timed out") || has("(110: ") {
         if has("while connecting to upstream") { Claim::ConnectTimeout } else { Claim::ReadTimeout }
+    } else if has("SSL certificate verify error") || has("SSL_do_handshake() failed") || has("while SSL handshaking to upstream") {
+        Claim::TlsHandshake
     } else if has("too big header") {
         Claim::HeadTooLarge
     } else if has("upstream sent invalid")
@@ -483,7 +490,9 @@ fn caddy_json(line: &str) -> Option<LogLine> {
 /// What Go's error text says.
 fn caddy_claim(words: &str) -> Option<Claim> {
     let has = |s: &str| words.contains(s);
-    Some(if has("connection refused") {
+    Some(if has("tls: ") || has("x509: ") || has("server gave HTTP response to HTTPS client") {
+        Claim::TlsHandshake
+    } else if has("connection refused") {
         Claim::Refused
     } else if has("connection reset by peer") {
         Claim::Reset
@@ -540,6 +549,10 @@ mod tests {
         };
         let claim = |msg: &str| Dialect::NginxError.parse(&line(msg), 0).and_then(|l| l.claim);
         assert_eq!(claim("upstream sent too big header while reading response header from upstream"), Some(Claim::HeadTooLarge));
+        assert_eq!(
+            claim("upstream SSL certificate verify error: (18:self-signed certificate) while SSL handshaking to upstream"),
+            Some(Claim::TlsHandshake)
+        );
         assert_eq!(
             claim("upstream timed out (110: Connection timed out) while reading response header from upstream"),
             Some(Claim::ReadTimeout)
