@@ -284,7 +284,11 @@ fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32, buf: u6
         held.response_bytes_recv = owner.bytes_recv;
         held.response_len = len;
         held.head_len = read_head(buf, len, &mut held.head);
-        if !plain_answer(&held.head, held.head_len) {
+        // A TLS ClientHello answered with anything but a TLS record (plain HTTP's 400 from a
+        // server that does not speak TLS) is no answer at all.
+        let tls_hello_unanswered =
+            held.request_head[0] == 0x16 && held.head_len > 0 && !(held.head[0] >= 0x14 && held.head[0] <= 0x17 && held.head[1] == 0x03);
+        if !plain_answer(&held.head, held.head_len) || tls_hello_unanswered {
             ship_held(sk, owner);
         } else if owner.flags & OWNER_STORY_HELD != 0 {
             // A connection's end is judged by it (see `tcp::hold_state`).
