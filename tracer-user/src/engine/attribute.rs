@@ -280,8 +280,9 @@ impl Engine {
                 Completeness::Complete => false,
                 Completeness::Short => !a.recv_end.is_some_and(|r| r.after_fastcgi_end),
                 // Past the captured head: on a unix socket the kernel looks at the end of
-                // every read, and says whether the stream ended with FCGI_END_REQUEST.
-                Completeness::Unseen => a.path.is_some() && a.recv_end.is_some_and(|r| !r.after_fastcgi_end),
+                // every read, and says whether the stream ended with FCGI_END_REQUEST (at the
+                // end of stream; a close by the gateway is shipped only when it had not).
+                Completeness::Unseen => a.path.is_some() && !a.recv_end.is_some_and(|r| r.after_fastcgi_end),
             },
             None => expected.is_some_and(|total| a.bytes_recv < total),
         };
