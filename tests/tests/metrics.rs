@@ -228,8 +228,8 @@ fn prometheus_scrapes_the_verdict_of_a_lab_fault_from_serve() {
         s.iter().any(|(m, v)| m["upstream"] == upstream.as_str() && *v >= 3.0)
     });
     assert!(attempts.iter().any(|(m, v)| m["upstream"] == upstream.as_str() && *v >= 3.0), "{attempts:?}");
-    let connects = query(prom_port, "upstrace_upstream_connect_duration_seconds_count");
-    assert!(connects.iter().any(|(m, v)| m["upstream"] == upstream.as_str() && *v >= 1.0), "healthy connects timed: {connects:?}");
+    // Connect durations come from the connections whose story was shipped: healthy ones stay in
+    // the kernel (issue 12), and these were rejected. Nothing is asserted on that histogram here.
     let health = query(prom_port, "upstrace_events_total");
     assert!(health.first().is_some_and(|(_, v)| *v > 0.0), "upstrace's own health: {health:?}");
     let ring = query(prom_port, "upstrace_ring_buffer_size_bytes");
