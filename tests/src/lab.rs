@@ -669,6 +669,11 @@ impl Lab {
         if self.php_over_tcp { self.upstream_addr() } else { self.php_socket_path().display().to_string() }
     }
 
+    /// The gateway speaks FastCGI to its upstream (php-fpm, or the lab's FastCGI server).
+    fn speaks_fastcgi(&self) -> bool {
+        self.php.is_some() || self.fastcgi_upstream
+    }
+
     /// Start php-fpm in the upstream namespace (unix sockets do not care) with its script in
     /// `mode`, and wait until its workers are up.
     pub fn start_php(&mut self, mode: PhpMode) -> Result<()> {
@@ -878,11 +883,12 @@ http {{
 "#,
             // nginx names unix sockets "unix:/path", like the lab upstream's --listen.
             up = self.upstream_listen(),
-            fastcgi = if self.php.is_some() || self.fastcgi_upstream {
+            fastcgi = if self.speaks_fastcgi() {
                 format!(
                     "\n            fastcgi_pass {};\n            fastcgi_param SCRIPT_FILENAME {}/www/app.php;\n            \
                      fastcgi_param REQUEST_METHOD $request_method;\n            fastcgi_read_timeout 5s;\n        }}\n        location /unused {{",
-                    if self.php_over_tcp { self.upstream_addr() } else { format!("unix:{}", self.php_socket_path().display()) },
+                    // nginx names a unix socket "unix:/path".
+                    if self.php_over_tcp { self.php_listen() } else { format!("unix:{}", self.php_listen()) },
                     self.dir.display()
                 )
             } else {
@@ -920,7 +926,7 @@ http {{
             format!("bind 127.0.0.1:{GATEWAY_PORT}")
         };
         // php-fpm or the lab's FastCGI server: HAProxy's own FastCGI application (2.1+).
-        let fastcgi = self.php.is_some() || self.fastcgi_upstream;
+        let fastcgi = self.speaks_fastcgi();
         let conf = format!(
             r#"global
     maxconn 1024

@@ -5,12 +5,12 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     AF_INET, AF_INET6, AF_UNIX, EventKind, OWNER_FCGI_ENDED, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
-    PendingConnect, SockOwner, TcpState, counter, errno,
+    PendingConnect, TcpState, counter, errno,
 };
 
 use crate::{
     done,
-    event::{Who, emit, ship_held},
+    event::{Who, emit, emit_socket, ship_held},
     maps::{
         PENDING_CONNECT, UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, cfg_get, count, forget_unix_socket, is_traced, new_owner,
         take_pending_connect, unix_owner_of,
@@ -125,23 +125,13 @@ fn try_sys_enter_close(ctx: &TracePointContext) -> Result<(), i32> {
     let shipped = owner.flags & OWNER_OPENING_SHIPPED != 0;
     if !ended && (owner.exchanges > 0 || shipped) {
         ship_held(sk, owner);
-        emit_socket_unix(EventKind::StateChange, sk, owner, |e| {
+        emit_socket(EventKind::StateChange, sk, owner, |e| {
             e.old_state = TcpState::Established as u8;
             e.new_state = TcpState::FinWait1 as u8;
         });
     }
     forget_unix_socket(sk);
     Ok(())
-}
-
-/// An event on a unix-socket upstream: the owner's identity; no tuple.
-#[inline(always)]
-fn emit_socket_unix(kind: EventKind, sk: u64, owner: &SockOwner, fill: impl FnOnce(&mut tracer_common::Event)) {
-    emit(kind, Who::Owner(owner), |e| {
-        e.sock = sk;
-        e.family = AF_UNIX;
-        fill(e);
-    });
 }
 
 /// A connected unix-socket upstream: find its socket (the socket hooks know only that) and

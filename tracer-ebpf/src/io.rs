@@ -118,6 +118,9 @@ fn hold_request(sk: u64, owner: &mut SockOwner, len: i32, buf: u64) -> bool {
     true
 }
 
+/// TLS record type of a handshake message (a ClientHello starts `16 03 0x`).
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// Read the head of a response from the caller's buffer; returns how many bytes are valid.
 #[inline(always)]
 fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
@@ -138,10 +141,15 @@ fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
 /// A response that starts like a plain HTTP/1.x 1xx-4xx answer (or a FastCGI response whose
 /// CGI head does not begin with a 5xx `Status:`) explains no 5xx by itself; nor does a TLS
 /// application data record (a kept-alive HTTPS upstream's answer: opaque).
+/// `after_tls_hello`: the request was a TLS ClientHello, which only a TLS record answers (plain
+/// HTTP's 400 from a server that does not speak TLS is no answer at all).
 #[inline(always)]
-fn plain_answer(head: &[u8; RESPONSE_HEAD], len: u32) -> bool {
+fn plain_answer(head: &[u8; RESPONSE_HEAD], len: u32, after_tls_hello: bool) -> bool {
     if len == 0 {
         return true; // nothing to judge by: hold it like the rest
+    }
+    if after_tls_hello && !(head[0] >= 0x14 && head[0] <= 0x17 && head[1] == 0x03) {
+        return false;
     }
     if len >= 3 && head[0] == 0x17 && head[1] == 0x03 {
         return true;
@@ -284,11 +292,7 @@ fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32, buf: u6
         held.response_bytes_recv = owner.bytes_recv;
         held.response_len = len;
         held.head_len = read_head(buf, len, &mut held.head);
-        // A TLS ClientHello answered with anything but a TLS record (plain HTTP's 400 from a
-        // server that does not speak TLS) is no answer at all.
-        let tls_hello_unanswered =
-            held.request_head[0] == 0x16 && held.head_len > 0 && !(held.head[0] >= 0x14 && held.head[0] <= 0x17 && held.head[1] == 0x03);
-        if !plain_answer(&held.head, held.head_len) || tls_hello_unanswered {
+        if !plain_answer(&held.head, held.head_len, held.request_head[0] == TLS_HANDSHAKE) {
             ship_held(sk, owner);
         } else if owner.flags & OWNER_STORY_HELD != 0 {
             // A connection's end is judged by it (see `tcp::hold_state`).
@@ -325,6 +329,11 @@ pub fn peek_write(fd: u32, buf: u64, seen: u32) {
     if !is_traced(tgid) {
         return;
     }
+    if seen == SEEN_PLAIN {
+        // The socket send this syscall makes may want the buffer too (a connection's first
+        // request bytes); plaintext handed to TLS is not what goes on the wire.
+        remember_recv_buffer(tid, buf);
+    }
     let mut scan = [0u8; SCAN_LEN];
     // A short write near the end of its mapping cannot be read whole: its first 32 bytes
     // still hold any HTTP/1.x status line and a small HEADERS frame.
@@ -352,9 +361,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_write(ctx: &TracePointContext) -> Result<(), i32> {
-    let buf = syscall_arg(ctx, 1)?;
-    peek_write(syscall_arg(ctx, 0)? as u32, buf, SEEN_PLAIN);
-    remember_buffer(buf);
+    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
     Ok(())
 }
 
@@ -364,9 +371,7 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
-    let buf = syscall_arg(ctx, 1)?;
-    peek_write(syscall_arg(ctx, 0)? as u32, buf, SEEN_PLAIN);
-    remember_buffer(buf);
+    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
     Ok(())
 }
 
@@ -380,7 +385,6 @@ fn try_sys_enter_writev(ctx: &TracePointContext) -> Result<(), i32> {
     // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
     if let Some(base) = read_user::<u64>(iov) {
         peek_write(fd as u32, base, SEEN_PLAIN);
-        remember_buffer(base);
     }
     Ok(())
 }
@@ -395,7 +399,6 @@ fn try_sys_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
     // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
     if let Some(base) = read_user::<u64>(msg + 16).and_then(read_user::<u64>) {
         peek_write(fd as u32, base, SEEN_PLAIN);
-        remember_buffer(base);
     }
     Ok(())
 }
@@ -439,6 +442,6 @@ pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_read(ctx: &TracePointContext) -> Result<(), i32> {
-    remember_buffer(syscall_arg(ctx, 1)?);
-    Ok(())
+    // Same arguments as recvfrom's where it matters: (fd, buf, ...).
+    try_sys_enter_recvfrom(ctx)
 }

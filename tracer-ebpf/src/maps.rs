@@ -96,34 +96,28 @@ static EMPTY_EXCHANGE: Exchange = Exchange::zeroed();
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(MAX_PENDING, 0);
 
-/// User buffer of the receive call in progress on this CPU (to show the response's head).
-/// Syscall entry and the socket tracepoint run on the same CPU unless the task migrates in
-/// between, hence the tid check; a per-CPU slot costs a fraction of a hash update.
+/// A value left by a thread on this CPU for a later hook of the same thread. Syscall entry and
+/// the socket tracepoint run on the same CPU unless the task migrates in between, hence the tid
+/// check (a moved thread leaves the slot unused); a per-CPU slot costs a fraction of a hash
+/// update.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct RecvBuffer {
+pub struct ThreadSlot {
     pub tid: u32,
     pub _pad: u32,
-    pub buf: u64,
+    pub value: u64,
 }
 
+/// User buffer of the I/O call in progress on this CPU (to show a response's head, or a
+/// connection's first request bytes).
 #[map]
-pub static PENDING_RECV: PerCpuArray<RecvBuffer> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING_RECV: PerCpuArray<ThreadSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// The upstream socket whose response a thread read last on this CPU. A gateway that rejects a
 /// response (a header it will not take) writes its 5xx right after, on the same thread: the
-/// status ships that socket's held story. A per-CPU slot with a tid check, like `PENDING_RECV`:
-/// a thread moved to another CPU in between leaves it unused.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct LastResponse {
-    pub tid: u32,
-    pub _pad: u32,
-    pub sk: u64,
-}
-
+/// status ships that socket's held story.
 #[map]
-pub static LAST_RESPONSE: PerCpuArray<LastResponse> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_RESPONSE: PerCpuArray<ThreadSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// 5xx status lines written by a thread, waiting for the socket send that carries them.
 #[map]
@@ -283,48 +277,49 @@ pub fn take_pending_status(tid: u32) -> Option<PendingStatus> {
     Some(pending)
 }
 
-/// Remember the user buffer of a receive call starting on this CPU.
+#[inline(always)]
+fn put_slot(slots: &PerCpuArray<ThreadSlot>, tid: u32, value: u64) {
+    if let Some(slot) = slots.get_ptr_mut(0) {
+        // SAFETY: see above; a per-CPU slot is this CPU's alone.
+        unsafe { *slot = ThreadSlot { tid, _pad: 0, value } };
+    }
+}
+
+/// The value this thread left in the slot, or 0; the slot is used once.
+#[inline(always)]
+fn take_slot(slots: &PerCpuArray<ThreadSlot>, tid: u32) -> u64 {
+    let Some(slot) = slots.get_ptr_mut(0) else { return 0 };
+    // SAFETY: see above; a per-CPU slot is this CPU's alone.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != tid {
+        return 0;
+    }
+    slot.tid = 0;
+    slot.value
+}
+
+/// Remember the user buffer of an I/O call starting on this CPU.
 #[inline(always)]
 pub fn remember_recv_buffer(tid: u32, buf: u64) {
-    if let Some(slot) = PENDING_RECV.get_ptr_mut(0) {
-        // SAFETY: see above; a per-CPU slot is this CPU's alone.
-        unsafe { *slot = RecvBuffer { tid, _pad: 0, buf } };
-    }
+    put_slot(&PENDING_RECV, tid, buf);
 }
 
 /// The buffer remembered at syscall entry, if this thread's; the slot is used once.
 #[inline(always)]
 pub fn take_recv_buffer(tid: u32) -> u64 {
-    let Some(slot) = PENDING_RECV.get_ptr_mut(0) else { return 0 };
-    // SAFETY: see above; a per-CPU slot is this CPU's alone.
-    let slot = unsafe { &mut *slot };
-    if slot.tid != tid {
-        return 0;
-    }
-    slot.tid = 0;
-    slot.buf
+    take_slot(&PENDING_RECV, tid)
 }
 
 /// Remember that this thread read the first bytes of a response on `sk`.
 #[inline(always)]
 pub fn remember_last_response(tid: u32, sk: u64) {
-    if let Some(slot) = LAST_RESPONSE.get_ptr_mut(0) {
-        // SAFETY: see above; a per-CPU slot is this CPU's alone.
-        unsafe { *slot = LastResponse { tid, _pad: 0, sk } };
-    }
+    put_slot(&LAST_RESPONSE, tid, sk);
 }
 
 /// The socket this thread read a response on last (on this CPU), or 0; the slot is used once.
 #[inline(always)]
 pub fn take_last_response(tid: u32) -> u64 {
-    let Some(slot) = LAST_RESPONSE.get_ptr_mut(0) else { return 0 };
-    // SAFETY: see above; a per-CPU slot is this CPU's alone.
-    let slot = unsafe { &mut *slot };
-    if slot.tid != tid {
-        return 0;
-    }
-    slot.tid = 0;
-    slot.sk
+    take_slot(&LAST_RESPONSE, tid)
 }
 
 /// Note an upstream endpoint, so the packet hooks report its drops and ICMP errors.

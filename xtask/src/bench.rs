@@ -96,6 +96,30 @@ fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> R
     Ok((load, floor))
 }
 
+/// One A/B pair on the same load: without upstrace, with it (and its CPU share, percent of a
+/// core, over that run), then with empty programs at the same hooks (the floor).
+struct Pair {
+    without: Wrk,
+    with: Wrk,
+    floor: Wrk,
+    tracer_cpu_pct: f64,
+}
+
+fn ab_pair(lab: &Lab, gw: u32, secs: u64) -> Result<Pair> {
+    let without = wrk(lab, secs, 32)?;
+    let tracer = start_tracer(gw, false)?;
+    let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
+    let with = wrk(lab, secs, 32)?;
+    let tracer_cpu_pct = (cpu_ticks(tracer.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+    stop_tracer(tracer)?;
+    let (floor, _) = wrk_at_floor(lab, secs, 32, "all", false)?;
+    Ok(Pair { without, with, floor, tracer_cpu_pct })
+}
+
+fn describe_pair(a: &Wrk, b: &Wrk, f: &Wrk, floor: &str) -> String {
+    format!("without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, {floor} {:.0} req/s", a.rps, a.p99_ms, b.rps, b.p99_ms, f.rps)
+}
+
 pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -126,23 +150,9 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     let (mut rps_ratio, mut p99_ratio, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut floor_ratio, mut floor_ns, mut healthy_cpu_per_10k) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..pairs {
-        let a = wrk(&lab, secs, 32)?;
-        let tracer = start_tracer(gw, false)?;
-        let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
-        let b = wrk(&lab, secs, 32)?;
-        let healthy_cpu = (cpu_ticks(tracer.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
-        healthy_cpu_per_10k.push(healthy_cpu * 10_000.0 / b.rps.max(1.0));
-        stop_tracer(tracer)?;
-        let (f, _) = wrk_at_floor(&lab, secs, 32, "all", false)?;
-        eprintln!(
-            "bench: pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, empty programs {:.0} req/s",
-            i + 1,
-            a.rps,
-            a.p99_ms,
-            b.rps,
-            b.p99_ms,
-            f.rps
-        );
+        let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs)?;
+        healthy_cpu_per_10k.push(tracer_cpu_pct * 10_000.0 / b.rps.max(1.0));
+        eprintln!("bench: pair {}: {}", i + 1, describe_pair(&a, &b, &f, "empty programs"));
         rps_ratio.push(b.rps / a.rps);
         p99_ratio.push(b.p99_ms / a.p99_ms);
         floor_ratio.push(f.rps / a.rps);
@@ -249,20 +259,8 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
         wrk(&lab, 4, 32)?;
         let (mut rps_ratio, mut p99_ratio, mut floor_ratio) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..pairs {
-            let a = wrk(&lab, secs, 32)?;
-            let tracer = start_tracer(gw, false)?;
-            let b = wrk(&lab, secs, 32)?;
-            stop_tracer(tracer)?;
-            let (f, _) = wrk_at_floor(&lab, secs, 32, "all", false)?;
-            eprintln!(
-                "bench: {name} pair {}: without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, floor {:.0} req/s",
-                i + 1,
-                a.rps,
-                a.p99_ms,
-                b.rps,
-                b.p99_ms,
-                f.rps
-            );
+            let Pair { without: a, with: b, floor: f, .. } = ab_pair(&lab, gw, secs)?;
+            eprintln!("bench: {name} pair {}: {}", i + 1, describe_pair(&a, &b, &f, "floor"));
             rps_ratio.push(b.rps / a.rps);
             p99_ratio.push(b.p99_ms / a.p99_ms);
             floor_ratio.push(f.rps / a.rps);

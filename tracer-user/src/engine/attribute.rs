@@ -11,6 +11,7 @@ use tracer_common::errno::{
 pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Delivered, EvidenceItem, Gateway, Protocol, Verdict};
 use crate::engine::{
     decode::{KernelEvent, Kind, errno_name, signal_name},
+    fastcgi,
     http::{self, Completeness, Framing, ResponseHead, invalid_http},
     tls::ContentType,
     track::{Attempt, Death, Evidence, HANDSHAKE_GIVE_UP_NS, Overflow, Tracker},
@@ -1137,8 +1138,10 @@ fn ended_by_upstream(c: &Case) -> Option<Finding> {
     if a.reused && a.fin_ns.is_some_and(|f| f < a.started_ns) {
         return Some(Finding::new(Cause::ClosedEarly, format!("{gw}: {up} had closed the idle keep-alive connection the gateway reused")));
     }
-    let mid_headers =
-        a.head.as_deref().is_some_and(|h| h.starts_with(b"HTTP/") && !http::contains(h, b"\r\n\r\n") && got as usize <= h.len());
+    let mid_headers = a.head.as_deref().is_some_and(|h| {
+        // An HTTP head, or a FastCGI stream's CGI head; not a TLS record.
+        (h.starts_with(b"HTTP/") || fastcgi::is_records(h)) && !http::contains(h, b"\r\n\r\n") && got as usize <= h.len()
+    });
     let when = if got == 0 {
         "before sending any response byte".to_string()
     } else if mid_headers {

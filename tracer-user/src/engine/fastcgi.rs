@@ -51,16 +51,6 @@ impl ProtocolStatus {
             other => ProtocolStatus::Other(other),
         }
     }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            ProtocolStatus::RequestComplete => "request complete",
-            ProtocolStatus::CantMultiplex => "cannot multiplex connections",
-            ProtocolStatus::Overloaded => "overloaded",
-            ProtocolStatus::UnknownRole => "unknown role",
-            ProtocolStatus::Other(_) => "an unknown protocol status",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +78,12 @@ pub fn is_records(head: &[u8]) -> bool {
 /// The records within the captured bytes, in order; stops at the first that is not a valid
 /// record header (a stream the gateway would reject).
 pub fn records(head: &[u8]) -> Vec<Record> {
+    walk(head).0
+}
+
+/// The records, and where the walk stopped: past the end of the captured bytes, inside a
+/// record header cut by the capture, or at a header that is not FastCGI 1.0.
+fn walk(head: &[u8]) -> (Vec<Record>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(h) = head.get(at..at + HEADER_LEN) {
@@ -99,38 +95,26 @@ pub fn records(head: &[u8]) -> Vec<Record> {
         out.push(Record { kind, content: start..end.min(head.len()), whole: end <= head.len() });
         at = end + padding;
     }
-    out
+    (out, at)
 }
 
 /// Why a record stream cannot be valid, if it cannot: a header that is not FastCGI 1.0.
 pub fn invalid(head: &[u8]) -> Option<&'static str> {
-    let mut at = 0;
-    while let Some(h) = head.get(at..at + HEADER_LEN) {
-        if h[0] != VERSION || RecordType::from_byte(h[1]).is_none() {
-            return Some("bytes that are not FastCGI records");
-        }
-        at += HEADER_LEN + u16::from_be_bytes([h[4], h[5]]) as usize + h[6] as usize;
-    }
-    None
+    let (_, stopped) = walk(head);
+    (stopped + HEADER_LEN <= head.len()).then_some("bytes that are not FastCGI records")
 }
 
 /// The end of the response, if its `FCGI_END_REQUEST` record is within the captured bytes.
-pub fn end_request(head: &[u8]) -> Option<EndRequest> {
-    records(head).into_iter().find(|r| r.kind == RecordType::EndRequest && r.whole && r.content.len() >= 8).map(|r| {
-        let c = &head[r.content];
+pub fn end_request(head: &[u8], records: &[Record]) -> Option<EndRequest> {
+    records.iter().find(|r| r.kind == RecordType::EndRequest && r.whole && r.content.len() >= 8).map(|r| {
+        let c = &head[r.content.clone()];
         EndRequest { app_status: u32::from_be_bytes([c[0], c[1], c[2], c[3]]), protocol_status: ProtocolStatus::from_byte(c[4]) }
     })
 }
 
 /// Where the CGI response begins: the first `FCGI_STDOUT` record's content.
-pub fn first_stdout(head: &[u8]) -> Option<Range<usize>> {
-    records(head).into_iter().find(|r| r.kind == RecordType::Stdout).map(|r| r.content)
-}
-
-/// What the application wrote to stderr (PHP's warnings and fatal errors), within the captured
-/// bytes.
-pub fn stderr(head: &[u8]) -> Vec<u8> {
-    records(head).into_iter().filter(|r| r.kind == RecordType::Stderr).flat_map(|r| head[r.content].to_vec()).collect()
+pub fn first_stdout(records: &[Record]) -> Option<Range<usize>> {
+    records.iter().find(|r| r.kind == RecordType::Stdout).map(|r| r.content.clone())
 }
 
 /// The CGI status of a response head (`Status: 503 ...`; none means 200).
@@ -167,19 +151,20 @@ mod tests {
         stream.extend(end(0));
         assert!(is_records(&stream));
         assert_eq!(invalid(&stream), None);
-        let end = end_request(&stream).unwrap();
+        let end = end_request(&stream, &records(&stream)).unwrap();
         assert_eq!(end.protocol_status, ProtocolStatus::RequestComplete);
-        let out = first_stdout(&stream).unwrap();
+        let out = first_stdout(&records(&stream)).unwrap();
         assert!(stream[out].starts_with(b"X-Powered-By"));
     }
 
     #[test]
     fn a_cut_stream_has_no_end_and_never_panics() {
         let stream = record(6, b"Status: 500 Internal Server Error\r\n\r\nboom");
-        assert_eq!(end_request(&stream), None);
+        assert_eq!(end_request(&stream, &records(&stream)), None);
         for cut in 0..stream.len() {
             let part = &stream[..cut];
-            let _ = (records(part), invalid(part), end_request(part), first_stdout(part), stderr(part));
+            let found = records(part);
+            let _ = (invalid(part), end_request(part, &found), first_stdout(&found));
         }
         assert_eq!(cgi_status("Status: 500 Internal Server Error\r\n\r\n"), Some(500));
         assert_eq!(cgi_status("Content-type: text/html\r\n\r\n"), None);
@@ -193,8 +178,5 @@ mod tests {
             invalid(b"\x01\x06\x00\x01\x00\x00\x00\x00\x02\x06\x00\x01\x00\x00\x00\x00"),
             Some("bytes that are not FastCGI records")
         );
-        let mut with_stderr = record(7, b"PHP message: PHP Fatal error:  boom");
-        with_stderr.extend(record(6, b"Status: 500\r\n\r\n"));
-        assert_eq!(stderr(&with_stderr), b"PHP message: PHP Fatal error:  boom");
     }
 }

@@ -63,7 +63,8 @@ impl ResponseHead {
     /// A CGI response in FastCGI records: its status is the `Status:` header's (200 without
     /// one); `header_len` counts from the start of the captured bytes, like HTTP's.
     fn parse_fastcgi(head: &[u8]) -> Option<Self> {
-        let stdout = fastcgi::first_stdout(head)?;
+        let records = fastcgi::records(head);
+        let stdout = fastcgi::first_stdout(&records)?;
         let text = valid_prefix(&head[stdout.clone()])?;
         let block_len = text.find("\r\n\r\n").map(|i| i + 4).or_else(|| text.find("\n\n").map(|i| i + 2));
         let block = &text[..block_len.unwrap_or(text.len())];
@@ -74,7 +75,11 @@ impl ResponseHead {
             header_len: block_len.map(|l| (stdout.start + l) as u64),
             content_length,
             chunked,
-            fastcgi: Some(FastCgiStream { stdout_start: stdout.start, stdout_end: stdout.end, ended: fastcgi::end_request(head) }),
+            fastcgi: Some(FastCgiStream {
+                stdout_start: stdout.start,
+                stdout_end: stdout.end,
+                ended: fastcgi::end_request(head, &records),
+            }),
         })
     }
 
@@ -229,7 +234,8 @@ pub fn mask_head(head: &[u8]) -> Vec<u8> {
 /// CGI response in `FCGI_STDOUT` is masked like an HTTP head, its `Status:` kept.
 fn mask_fastcgi(head: &[u8], out: &mut [u8], keep_body: bool) {
     let mut in_headers = true;
-    for record in fastcgi::records(head) {
+    let records = fastcgi::records(head);
+    for record in records.iter().cloned() {
         match record.kind {
             fastcgi::RecordType::Stdout if in_headers => {
                 in_headers = !mask_header_block(head, out, record.content, keep_body);
@@ -246,7 +252,7 @@ fn mask_fastcgi(head: &[u8], out: &mut [u8], keep_body: bool) {
     }
     // Bytes past the last record header that could be read (a stream the gateway rejects)
     // are data: masked.
-    let parsed_end = fastcgi::records(head).last().map_or(0, |r| r.content.end);
+    let parsed_end = records.last().map_or(0, |r| r.content.end);
     if fastcgi::invalid(head).is_some() {
         for c in &mut out[parsed_end..] {
             if !c.is_ascii_control() {

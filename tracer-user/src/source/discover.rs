@@ -29,15 +29,16 @@ pub fn socket_file(pid: u32, path: &str) -> Option<crate::engine::decode::Socket
     let meta = fs::metadata(format!("{root}{path}")).or_else(|_| fs::metadata(path)).ok()?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let euid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    let name = |db: &str, id: u32| {
-        let text = fs::read_to_string(format!("{root}/etc/{db}")).or_else(|_| fs::read_to_string(format!("/etc/{db}"))).unwrap_or_default();
-        id_name(&text, id).unwrap_or_else(|| id.to_string())
+    let db = |name: &str| {
+        fs::read_to_string(format!("{root}/etc/{name}")).or_else(|_| fs::read_to_string(format!("/etc/{name}"))).unwrap_or_default()
     };
+    let (passwd, group) = (db("passwd"), db("group"));
+    let named = |text: &str, id: u32| id_name(text, id).unwrap_or_else(|| id.to_string());
     Some(crate::engine::decode::SocketFile {
-        owner: name("passwd", meta.uid()),
-        group: name("group", meta.gid()),
+        owner: named(&passwd, meta.uid()),
+        group: named(&group, meta.gid()),
         mode: meta.mode() & 0o7777,
-        caller: name("passwd", euid),
+        caller: named(&passwd, euid),
     })
 }
 
