@@ -306,6 +306,18 @@ fn check_record(post: &Post, r: &LogRecord, v: &Json) {
     if protocol == "h2" {
         want.insert("upstrace.http2_stream");
     }
+    // The gateway's own line, where upstrace matched one.
+    let said = &v["gateway_said"];
+    if let Some(line) = said["line"].as_str() {
+        assert_eq!(attr(a, "upstrace.gateway.said"), &s(line));
+        assert_eq!(attr(a, "upstrace.gateway.log"), &s(said["source"].as_str().unwrap()));
+        assert_eq!(attr(a, "upstrace.gateway.agreement"), &s(said["agreement"].as_str().unwrap()));
+        want.extend(["upstrace.gateway.said", "upstrace.gateway.log", "upstrace.gateway.agreement"]);
+        if let Some(claim) = said["says"].as_str() {
+            assert_eq!(attr(a, "upstrace.gateway.claim"), &s(claim));
+            want.insert("upstrace.gateway.claim");
+        }
+    }
     let got: BTreeSet<&str> = a.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(got, want);
 }
@@ -393,6 +405,8 @@ fn live_fault_verdict_is_exported_with_every_attribute() {
     assert_eq!(status, 502);
     let v = tracer.wait_for(Duration::from_secs(5), |l| l["type"] == "verdict").expect("a verdict");
     assert_eq!((v["cause"].as_str(), v["upstream"].as_str()), (Some("refused"), Some(lab.upstream_addr().as_str())));
+    // nginx's error line travels too (checked against the record in check_record).
+    assert!(v["gateway_said"]["line"].as_str().is_some_and(|l| l.contains("Connection refused")), "{v}");
     let records = rx.wait_records(1, Duration::from_secs(10));
     assert_eq!(records.len(), 1, "one verdict, one record");
     check_record(&records[0].0, &records[0].1, &v);

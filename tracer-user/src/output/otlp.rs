@@ -222,6 +222,14 @@ pub fn log_record(v: &Verdict, boot_offset_ns: i128, observed_unix_ns: u64) -> L
         .map(|e| AnyValue { value: Some(Value::StringValue(format!("+{:.1} ms {} {}", e.t_ms, e.event, e.detail))) })
         .collect();
     attrs.push(kv("upstrace.evidence", Value::ArrayValue(ArrayValue { values: evidence })));
+    if let Some(said) = &v.gateway_said {
+        attrs.push(text("upstrace.gateway.said", said.line.clone()));
+        attrs.push(text("upstrace.gateway.log", said.source.clone()));
+        attrs.push(text("upstrace.gateway.agreement", serde_name(&said.agreement)));
+        if let Some(claim) = said.says {
+            attrs.push(text("upstrace.gateway.claim", serde_name(&claim)));
+        }
+    }
     let severity = severity(v.class);
     LogRecord {
         time_unix_nano: (v.ts_ns as i128 + boot_offset_ns).max(0) as u64,
@@ -246,6 +254,11 @@ pub fn log_record(v: &Verdict, boot_offset_ns: i128, observed_unix_ns: u64) -> L
         event_name: EVENT_NAME.into(),
         ..Default::default()
     }
+}
+
+/// A unit enum's JSON name (`agrees`, `head-too-large`): one spelling for JSON and OTLP.
+fn serde_name<T: serde::Serialize>(t: &T) -> String {
+    serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// The host's resource attributes, sent with every batch.
@@ -625,6 +638,26 @@ mod tests {
         assert_eq!(attr(&r, "network.transport"), Some(&Value::StringValue("unix".into())));
         assert_eq!((attr(&r, "server.port"), attr(&r, "client.address"), attr(&r, "http.response.status_code")), (None, None, None));
         assert_eq!(r.severity_number, SeverityNumber::Warn as i32);
+        assert_eq!(attr(&r, "upstrace.gateway.said"), None, "no line, no attribute");
+    }
+
+    #[test]
+    fn the_gateways_line_travels_with_its_agreement() {
+        use crate::gateway_log::{Agreement, Claim, GatewaySaid, MatchKey};
+        let mut v = verdict();
+        v.gateway_said = Some(GatewaySaid {
+            source: "/var/log/nginx/error.log".into(),
+            line: "connect() failed (111: Connection refused)".into(),
+            matched_by: vec![MatchKey::Pid, MatchKey::Time],
+            says: Some(Claim::HeadTooLarge),
+            agreement: Agreement::Disagrees,
+        });
+        let r = log_record(&v, 0, 0);
+        let s = |x: &str| Some(Value::StringValue(x.into()));
+        assert_eq!(attr(&r, "upstrace.gateway.said").cloned(), s("connect() failed (111: Connection refused)"));
+        assert_eq!(attr(&r, "upstrace.gateway.log").cloned(), s("/var/log/nginx/error.log"));
+        assert_eq!(attr(&r, "upstrace.gateway.agreement").cloned(), s("disagrees"));
+        assert_eq!(attr(&r, "upstrace.gateway.claim").cloned(), s("head-too-large"));
     }
 
     #[test]
