@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -80,10 +80,18 @@ pub enum EventKind {
     /// Never sent by the kernel: userspace samples a listening socket's accept queue and finds
     /// it full (`value` = queue length, `aux` = its limit).
     ListenOverflow = 18,
+    /// A traced process sent a DNS query (a UDP datagram to port 53 on a connected socket);
+    /// the tuple is the socket's (daddr = the resolver), `data` the message's first bytes
+    /// (header and question), `aux` how many of them, `value` the send's result.
+    DnsQuery = 19,
+    /// A traced process read from its DNS socket: `value` is the read's result (bytes, or
+    /// -errno: -ECONNREFUSED when the resolver's port answered with ICMP), `data` the
+    /// message's first bytes (header with the response code, question), `aux` how many.
+    DnsAnswer = 20,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         Self::ConnectStart,
         Self::ConnectSyscall,
         Self::StateChange,
@@ -102,11 +110,13 @@ impl EventKind {
         Self::Drop,
         Self::IcmpError,
         Self::ListenOverflow,
+        Self::DnsQuery,
+        Self::DnsAnswer,
     ];
 
     /// The kinds a kernel record may carry (all but the ones userspace makes itself).
     pub const fn from_kernel(v: u8) -> Option<Self> {
-        if v >= 1 && v < Self::ListenOverflow as u8 { Some(Self::ALL[v as usize - 1]) } else { None }
+        if v == 0 || v as usize > Self::ALL.len() || v == Self::ListenOverflow as u8 { None } else { Some(Self::ALL[v as usize - 1]) }
     }
 
     /// The JSON name.
@@ -130,6 +140,8 @@ impl EventKind {
             Self::Drop => "drop",
             Self::IcmpError => "icmp_error",
             Self::ListenOverflow => "listen_overflow",
+            Self::DnsQuery => "dns_query",
+            Self::DnsAnswer => "dns_answer",
         }
     }
 }
@@ -590,8 +602,12 @@ pub struct TracepointLayout {
     pub kfree_protocol: u16,
     pub kfree_reason: u16,
     pub netif_skbaddr: u16,
+    pub send_len_protocol: u16,
+    pub recv_len_protocol: u16,
+    /// Keeps `Config`'s bitmap 8-aligned without implicit padding.
+    pub _pad: [u16; 2],
 }
-const _: () = assert!(size_of::<TracepointLayout>() == 68);
+const _: () = assert!(size_of::<TracepointLayout>() == 76);
 
 /// Byte offsets inside kernel structs, read by userspace from /sys/kernel/btf/vmlinux
 /// (Rust eBPF has no CO-RE field relocations).
@@ -659,8 +675,8 @@ pub struct Config {
     /// Bitmap over enum skb_drop_reason values (resolved by name from BTF at start).
     pub drop_reasons: [u64; (MAX_DROP_REASON / 64) as usize],
 }
-// 4 + 68 + 56 = 128 bytes before the bitmap: it needs no padding to be 8-aligned.
-const _: () = assert!(size_of::<Config>() == 192);
+// 4 + 76 + 56 = 136 bytes before the bitmap: it needs no padding to be 8-aligned.
+const _: () = assert!(size_of::<Config>() == 200);
 
 impl Config {
     pub const fn zeroed() -> Self {

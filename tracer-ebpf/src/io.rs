@@ -8,6 +8,7 @@ use tracer_common::{
 };
 
 use crate::{
+    dns::{IPPROTO_UDP, on_udp},
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
@@ -41,6 +42,11 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     let buf = take_recv_buffer(tid);
     let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
+        if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP
+            && on_udp(EventKind::DnsQuery, sk, tgid, tid, buf, ret)
+        {
+            return Ok(());
+        }
         on_downstream_send(sk, tgid, tid);
         return Ok(());
     };
@@ -225,7 +231,10 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
     let owner = owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.recv_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
         // Not an upstream socket: its buffer must not be taken for a later read(2) of one.
-        take_recv_buffer(tid);
+        let buf = take_recv_buffer(tid);
+        if tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) == IPPROTO_UDP {
+            on_udp(EventKind::DnsAnswer, sk, tgid, tid, buf, ret);
+        }
         return Ok(());
     };
     let unix = owner.ino != 0;

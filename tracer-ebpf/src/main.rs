@@ -9,6 +9,7 @@
 #![no_main]
 
 mod connect;
+mod dns;
 mod event;
 mod floor;
 mod io;

@@ -427,7 +427,7 @@ impl Engine {
             Some(primary) => {
                 self.decide(primary, t, u16::try_from(status.value).ok(), format!("{} answered {}", status.comm, status.value))
             }
-            None => match self.marked_failed(status) {
+            None => match self.unresolved(status).or_else(|| self.marked_failed(status)) {
                 Some((finding, upstream)) => {
                     marked_upstream = Some(upstream);
                     finding
@@ -539,6 +539,32 @@ impl Engine {
         if let Some(f) = self.tracker.attempt(id).and_then(|a| self.unclaimed_failure(a)) {
             remember(&mut self.recent_failures, f);
         }
+    }
+
+    /// A 5xx for which the gateway tried no upstream because the name it looked up last did
+    /// not resolve (its own DNS exchanges, seen in the kernel). The verdict's upstream is the name.
+    fn unresolved(&self, status: &KernelEvent) -> Option<(Finding, String)> {
+        let u = self.tracker.dns.unresolved(status.pid, status.ts_ns)?;
+        let summary = format!(
+            "{} answered {} without trying any upstream for this request: the name {} did not resolve; resolver {} {} ({:.0} ms before the answer)",
+            status.comm,
+            status.value,
+            u.name,
+            u.resolver,
+            u.what,
+            ms_between(u.ended_ns.unwrap_or(u.asked_ns), status.ts_ns),
+        );
+        let mut finding = Finding::new(u.cause, summary);
+        finding = finding.with(Evidence {
+            ts_ns: u.asked_ns,
+            event: "dns_query".into(),
+            detail: format!("{} {} asked resolver {} for {}", status.comm, status.pid, u.resolver, u.name),
+        });
+        if let Some(at) = u.ended_ns {
+            finding =
+                finding.with(Evidence { ts_ns: at, event: "dns_answer".into(), detail: format!("resolver {} {}", u.resolver, u.what) });
+        }
+        Some((finding, u.name))
     }
 
     /// A 5xx for which the gateway tried no upstream, explained by the failures that took its

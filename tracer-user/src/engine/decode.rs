@@ -45,6 +45,8 @@ pub fn carries(kind: Kind) -> Carries {
             | K::Listen
             | K::Drop
             | K::IcmpError
+            | K::DnsQuery
+            | K::DnsAnswer
     );
     let old_state = matches!(kind, K::ConnectStart | K::StateChange);
     let new_state = old_state || matches!(kind, K::SockError | K::ResetReceived | K::RequestSent | K::ResponseStart | K::RecvEnd);
@@ -160,6 +162,9 @@ pub struct KernelEvent {
     /// (looked up by the live source, kept in traces for replay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_file: Option<SocketFile>,
+    /// A DNS message's header and question, for dns_query and dns_answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::engine::dns::DnsMessage>,
 }
 
 /// Who may connect to a unix socket file: its owner, group and mode, and the user the
@@ -338,6 +343,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         stream,
         tls: kind == Kind::HttpStatus && matches!(word_at(&raw.data, STATUS_SEEN_AT), SEEN_OPENSSL | SEEN_GO_TLS),
         socket_file: None,
+        dns: matches!(kind, Kind::DnsQuery | Kind::DnsAnswer)
+            .then(|| crate::engine::dns::parse(&raw.data[..(raw.aux as usize).min(raw.data.len())]))
+            .flatten(),
         reason: None,
         head: match kind {
             Kind::ResponseStart if raw.aux > 0 => {
@@ -399,6 +407,7 @@ impl KernelEvent {
             stream: None,
             tls: false,
             socket_file: None,
+            dns: None,
         }
     }
 
@@ -482,6 +491,32 @@ impl KernelEvent {
                 self.aux
             ),
             Kind::ProcessFork => format!("{} {} forked child {}", self.comm, self.pid, self.aux),
+            Kind::DnsQuery => match &self.dns {
+                Some(m) => format!(
+                    "{} {} asked resolver {peer} for {} {} (id {:#06x})",
+                    self.comm,
+                    self.pid,
+                    crate::engine::dns::qtype_name(m.qtype),
+                    m.name,
+                    m.id
+                ),
+                None => format!("{} {} sent {} B to resolver {peer}", self.comm, self.pid, self.value),
+            },
+            Kind::DnsAnswer => match &self.dns {
+                _ if self.value < 0 => {
+                    format!("resolver {peer}: read failed: {} ({})", errno_name(self.value), -self.value)
+                }
+                Some(m) => format!(
+                    "resolver {peer} answered {} for {} {}: {} record{} (id {:#06x})",
+                    crate::engine::dns::rcode_name(m.rcode),
+                    crate::engine::dns::qtype_name(m.qtype),
+                    m.name,
+                    m.answers,
+                    if m.answers == 1 { "" } else { "s" },
+                    m.id
+                ),
+                None => format!("resolver {peer}: {} B that are not a DNS answer", self.value),
+            },
             Kind::Listen => format!(
                 "{} {} listens on {}",
                 self.comm,

@@ -1,8 +1,10 @@
 //! Events in, verdicts out: `decode` (ring records -> typed events), `track` (per-connection
 //! and per-request state), `attribute` (the pure, clock-injected judge), `http` (what the
-//! gateway's and the upstream's bytes say), `tls` (TLS records seen in the clear).
+//! gateway's and the upstream's bytes say), `tls` (TLS records seen in the clear), `dns`
+//! (the gateway's own lookups).
 pub mod attribute;
 pub mod decode;
+pub mod dns;
 pub mod fastcgi;
 pub mod http;
 pub mod tls;

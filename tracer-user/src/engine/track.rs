@@ -521,6 +521,8 @@ pub struct Tracker {
     pub loose_packets: VecDeque<KernelEvent>,
     pub overflows: VecDeque<Overflow>,
     pub evicted: u64,
+    /// The gateways' own DNS lookups.
+    pub dns: crate::engine::dns::Lookups,
 }
 
 impl Tracker {
@@ -721,6 +723,7 @@ impl Tracker {
             Kind::Listen => self.on_listen(ev),
             Kind::Drop | Kind::IcmpError => self.on_packet(ev),
             Kind::ListenOverflow => self.on_listen_overflow(ev),
+            Kind::DnsQuery | Kind::DnsAnswer => self.dns.on_event(ev),
             Kind::HttpStatus | Kind::ProcessFork => {}
         }
     }

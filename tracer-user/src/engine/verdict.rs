@@ -107,6 +107,18 @@ pub enum Cause {
     Unreachable,
     Timeout,
     Loss,
+    // network: the gateway's own DNS lookup of the upstream's name (no attempt followed)
+    /// The resolver's DNS port refused the query (ICMP port unreachable).
+    DnsUnreachable,
+    DnsNxdomain,
+    DnsServfail,
+    DnsRefused,
+    /// Another DNS error code (FORMERR, NOTIMP, ...).
+    DnsError,
+    /// NOERROR with no address for the name.
+    DnsNoAddress,
+    /// The resolver did not answer before the gateway gave up.
+    DnsTimeout,
     // gateway
     LocalResources,
     /// The gateway may not connect to a unix socket (its owner and mode keep the worker out).
@@ -126,7 +138,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 27] = [
+    pub const ALL: [Cause; 34] = [
         Cause::Refused,
         Cause::Crashed,
         Cause::WorkerKilled,
@@ -145,6 +157,13 @@ impl Cause {
         Cause::Unreachable,
         Cause::Timeout,
         Cause::Loss,
+        Cause::DnsUnreachable,
+        Cause::DnsNxdomain,
+        Cause::DnsServfail,
+        Cause::DnsRefused,
+        Cause::DnsError,
+        Cause::DnsNoAddress,
+        Cause::DnsTimeout,
         Cause::LocalResources,
         Cause::PermissionDenied,
         Cause::HeadTooLarge,
@@ -177,6 +196,13 @@ impl Cause {
             Cause::Unreachable => "unreachable",
             Cause::Timeout => "timeout",
             Cause::Loss => "loss",
+            Cause::DnsUnreachable => "dns-unreachable",
+            Cause::DnsNxdomain => "dns-nxdomain",
+            Cause::DnsServfail => "dns-servfail",
+            Cause::DnsRefused => "dns-refused",
+            Cause::DnsError => "dns-error",
+            Cause::DnsNoAddress => "dns-no-address",
+            Cause::DnsTimeout => "dns-timeout",
             Cause::LocalResources => "local-resources",
             Cause::PermissionDenied => "permission-denied",
             Cause::HeadTooLarge => "head-too-large",
@@ -208,7 +234,17 @@ impl Cause {
             | Cause::TlsCertRejected
             | Cause::TlsAlert => Class::Upstream,
             Cause::Rejected | Cause::Dropped => Class::Firewall,
-            Cause::NoRoute | Cause::Unreachable | Cause::Timeout | Cause::Loss => Class::Network,
+            Cause::NoRoute
+            | Cause::Unreachable
+            | Cause::Timeout
+            | Cause::Loss
+            | Cause::DnsUnreachable
+            | Cause::DnsNxdomain
+            | Cause::DnsServfail
+            | Cause::DnsRefused
+            | Cause::DnsError
+            | Cause::DnsNoAddress
+            | Cause::DnsTimeout => Class::Network,
             Cause::LocalResources | Cause::PermissionDenied | Cause::HeadTooLarge | Cause::PlainHttpBehindHttps | Cause::TlsBehindHttp => {
                 Class::Gateway
             }
@@ -237,6 +273,24 @@ impl Cause {
             Cause::Unreachable => format!("The upstream host does not answer: check it is up, then neighbours and routes from the gateway (ip neigh; ip route get {ip})."),
             Cause::NoRoute => format!("Routing on the gateway refuses this destination: ip route get {ip}; check for blackhole/prohibit/unreachable routes and interfaces that are down."),
             Cause::Timeout => format!("SYNs went unanswered with no local drop: check the path and remote firewalls (a silent drop), and that {ip} is up."),
+            Cause::DnsUnreachable => format!(
+                "Nothing answers DNS at the gateway's resolver: is the DNS server running there (and is the resolver address in the gateway's config right)? Try dig @RESOLVER {upstream}."
+            ),
+            Cause::DnsNxdomain => format!(
+                "The name {upstream} does not exist for the gateway's resolver: check its spelling in the gateway's config and its DNS record (dig @RESOLVER {upstream}); a search domain does not apply to the gateway's own resolver."
+            ),
+            Cause::DnsServfail | Cause::DnsError => format!(
+                "The gateway's resolver failed to resolve {upstream}: check the resolver's own log and its upstream servers or DNSSEC (dig @RESOLVER {upstream} +dnssec)."
+            ),
+            Cause::DnsRefused => format!(
+                "The resolver refused to answer the gateway: check its access control (allow-query, allow-recursion, or the listen/allow list of dnsmasq/unbound) for the gateway's address, then dig @RESOLVER {upstream}."
+            ),
+            Cause::DnsNoAddress => format!(
+                "{upstream} exists but has no address of the type the gateway asked for: check its A/AAAA records (dig @RESOLVER {upstream} A and AAAA), and nginx's resolver ipv6=off if only A exists."
+            ),
+            Cause::DnsTimeout => format!(
+                "The gateway's resolver did not answer in time: check that it is reachable from the gateway (a firewall on port 53/udp) and responsive (dig @RESOLVER {upstream}); compare with the gateway's resolver timeout (nginx resolver_timeout, HAProxy timeout resolve)."
+            ),
             Cause::Loss => "Packets were lost on the path: check interface and qdisc drops (ip -s link; tc -s qdisc) on both ends.".into(),
             Cause::NoSocketFile => format!(
                 "The socket file {} is not there: is the upstream (php-fpm, uwsgi, gunicorn) running, and is the path in the gateway's config the one it listens on?",

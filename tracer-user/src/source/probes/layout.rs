@@ -128,6 +128,9 @@ pub fn tracepoint_layout(fs: &Tracefs) -> Result<TracepointLayout> {
         kfree_protocol: field(&kfree, "skb:kfree_skb", "protocol", 2)?,
         kfree_reason: field(&kfree, "skb:kfree_skb", "reason", 4)?,
         netif_skbaddr: field(&netif, "net:netif_receive_skb", "skbaddr", 8)?,
+        send_len_protocol: field(&send_len, "sock:sock_send_length", "protocol", 2)?,
+        recv_len_protocol: field(&recv_len, "sock:sock_recv_length", "protocol", 2)?,
+        _pad: [0; 2],
     })
 }
 

@@ -1,0 +1,53 @@
+//! DNS exchanges of traced processes with their resolvers (connected UDP sockets to port 53,
+//! as nginx's `resolver`, HAProxy's `resolvers` and Go's resolver use): rare next to HTTP
+//! traffic, so each query and each read of an answer is shipped with the message's first
+//! bytes. Userspace reads the name, the response code, and what never came back.
+use tracer_common::{EventKind, errno};
+
+use crate::{
+    event::{Who, emit, fill_tuple_from_sock},
+    maps::cfg_get,
+    read::{read_kernel, read_user_bytes},
+};
+
+pub const IPPROTO_UDP: u16 = 17;
+const DNS_PORT: u16 = 53;
+/// The header and a question for names up to ~100 characters.
+const DNS_HEAD: usize = 128;
+/// What is readable of a short message near the end of its mapping: header and a short name.
+const DNS_SHORT: usize = 48;
+
+/// Ship a DNS query (`DnsQuery`, from a send) or an answer (`DnsAnswer`, from a read) on UDP
+/// socket `sk`; false when the socket does not talk to port 53.
+#[inline(always)]
+pub fn on_udp(kind: EventKind, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32) -> bool {
+    let dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
+    if dport != DNS_PORT {
+        return false;
+    }
+    // An event loop's last read of a round finds nothing: not an answer.
+    if ret == -errno::EAGAIN {
+        return true;
+    }
+    emit(kind, Who::Current(tgid, tid), |e| {
+        e.sock = sk;
+        fill_tuple_from_sock(e, sk);
+        e.value = ret as i64;
+        if ret <= 0 || buf == 0 {
+            return;
+        }
+        let Some(head) = e.data.first_chunk_mut::<DNS_HEAD>() else { return };
+        if read_user_bytes(buf, head) {
+            e.aux = (ret as u32).min(DNS_HEAD as u32);
+            return;
+        }
+        *head = [0; DNS_HEAD];
+        let Some(short) = e.data.first_chunk_mut::<DNS_SHORT>() else { return };
+        if read_user_bytes(buf, short) {
+            e.aux = (ret as u32).min(DNS_SHORT as u32);
+        } else {
+            *short = [0; DNS_SHORT];
+        }
+    });
+    true
+}

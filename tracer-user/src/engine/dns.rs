@@ -1,0 +1,353 @@
+//! The gateway's own DNS lookups (nginx's `resolver`, HAProxy's `resolvers`, Go's resolver in
+//! Caddy): the messages the kernel ships (`dns_query`, `dns_answer`) read as RFC 1035 headers
+//! and questions, paired into lookups, so that a 5xx answered without any upstream attempt
+//! can be put down to a name that did not resolve, with the resolver and the time spent.
+use std::{collections::VecDeque, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::errno;
+
+use crate::engine::{
+    decode::{KernelEvent, Kind, errno_name, escape_bytes},
+    verdict::Cause,
+};
+
+/// What a DNS message's first bytes say: its header and first question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsMessage {
+    pub id: u16,
+    pub response: bool,
+    /// The response code (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED).
+    pub rcode: u8,
+    pub answers: u16,
+    /// The question's name, dotted (bytes outside names' usual set escaped); `...` ends one
+    /// cut short by the kernel's copy.
+    pub name: String,
+    /// The question's type (1 A, 28 AAAA, 33 SRV), 0 if not read.
+    pub qtype: u16,
+}
+
+const HEADER: usize = 12;
+
+/// Read a DNS message's header and first question; None if it is not one.
+pub fn parse(bytes: &[u8]) -> Option<DnsMessage> {
+    let header = bytes.get(..HEADER)?;
+    let word = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
+    let (id, flags, questions, answers) = (word(0), word(2), word(4), word(6));
+    // Opcode 0 (a standard query) with one question is all resolvers send.
+    if (flags >> 11) & 0xf != 0 || questions != 1 {
+        return None;
+    }
+    let mut name = Vec::new();
+    let mut at = HEADER;
+    let mut whole = false;
+    while let Some(&len) = bytes.get(at) {
+        if len == 0 {
+            at += 1;
+            whole = true;
+            break;
+        }
+        // Questions are never compressed; longer labels do not exist.
+        if len > 63 {
+            return None;
+        }
+        let label = &bytes[at + 1..bytes.len().min(at + 1 + len as usize)];
+        if !name.is_empty() {
+            name.push(b'.');
+        }
+        name.extend_from_slice(label);
+        if label.len() < len as usize {
+            break;
+        }
+        at += 1 + len as usize;
+    }
+    let qtype = if whole { bytes.get(at..at + 2).map_or(0, |t| u16::from_be_bytes([t[0], t[1]])) } else { 0 };
+    let mut name = escape_bytes(&name);
+    if !whole {
+        name.push_str("...");
+    }
+    Some(DnsMessage { id, response: flags & 0x8000 != 0, rcode: (flags & 0xf) as u8, answers, name, qtype })
+}
+
+/// A response code's name.
+pub fn rcode_name(rcode: u8) -> &'static str {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        _ => "an error code",
+    }
+}
+
+pub fn qtype_name(qtype: u16) -> String {
+    match qtype {
+        1 => "A".into(),
+        28 => "AAAA".into(),
+        33 => "SRV".into(),
+        5 => "CNAME".into(),
+        t => format!("type {t}"),
+    }
+}
+
+/// How a lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered {
+        rcode: u8,
+        answers: u16,
+    },
+    /// The read on the resolver's socket failed (ECONNREFUSED: its port answered with ICMP).
+    ReadFailed(i32),
+}
+
+/// One query and what came of it.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub sock: u64,
+    pub resolver: Option<SocketAddr>,
+    pub id: u16,
+    pub name: String,
+    pub qtype: u16,
+    /// The same query sent again (resolvers resend an unanswered one).
+    pub resent: u32,
+    pub ended: Option<(u64, Outcome)>,
+}
+
+/// A name that did not resolve, as a verdict tells it.
+#[derive(Debug, Clone)]
+pub struct Unresolved {
+    pub cause: Cause,
+    pub name: String,
+    pub resolver: String,
+    /// The first query of the last round, and how it ended (None: no answer yet).
+    pub asked_ns: u64,
+    pub ended_ns: Option<u64>,
+    pub queries: usize,
+    /// What the resolver did, in words ("answered NXDOMAIN (the name does not exist)").
+    pub what: String,
+}
+
+/// Lookups remembered (a resolver storm is bounded like everything else).
+const MAX_LOOKUPS: usize = 256;
+/// A 5xx this long after a lookup may be its consequence: nginx's `resolver_timeout` is 30 s
+/// by default, HAProxy keeps a server out until a lookup succeeds.
+pub const LOOKUP_RELEVANT_NS: u64 = 65_000_000_000;
+/// Queries for one name sent this close to its latest are one round (A and AAAA, resends).
+const ROUND_NS: u64 = 5_000_000_000;
+/// A query unanswered for this long when the gateway gave up was not going to be answered.
+const UNANSWERED_NS: u64 = 200_000_000;
+
+#[derive(Debug, Default)]
+pub struct Lookups {
+    recent: VecDeque<Lookup>,
+}
+
+impl Lookups {
+    pub fn on_event(&mut self, ev: &KernelEvent) {
+        match ev.kind {
+            Kind::DnsQuery => {
+                let Some(m) = ev.dns.as_ref().filter(|m| !m.response && ev.value > 0) else { return };
+                if let Some(l) = self.recent.iter_mut().rev().find(|l| l.sock == ev.sock && l.id == m.id && l.ended.is_none()) {
+                    l.resent += 1;
+                    return;
+                }
+                if self.recent.len() == MAX_LOOKUPS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(Lookup {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.pid,
+                    sock: ev.sock,
+                    resolver: ev.dst,
+                    id: m.id,
+                    name: m.name.clone(),
+                    qtype: m.qtype,
+                    resent: 0,
+                    ended: None,
+                });
+            }
+            Kind::DnsAnswer => {
+                let outcome = match &ev.dns {
+                    Some(m) if m.response && ev.value > 0 => Outcome::Answered { rcode: m.rcode, answers: m.answers },
+                    _ if ev.value < 0 => Outcome::ReadFailed(i32::try_from(-ev.value).unwrap_or(i32::MAX)),
+                    _ => return,
+                };
+                let id = ev.dns.as_ref().map(|m| m.id);
+                let open = self
+                    .recent
+                    .iter_mut()
+                    .rev()
+                    .find(|l| l.sock == ev.sock && l.ended.is_none() && id.is_none_or(|id| id == l.id) && l.ts_ns <= ev.ts_ns);
+                if let Some(l) = open {
+                    l.ended = Some((ev.ts_ns, outcome));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The name process `pid` failed to resolve last, if its latest round of lookups before
+    /// `t` got no address: the cause the gateway's 5xx without an upstream attempt points to.
+    pub fn unresolved(&self, pid: u32, t: u64) -> Option<Unresolved> {
+        let mine = || self.recent.iter().filter(move |l| l.pid == pid && l.ts_ns <= t && l.ts_ns + LOOKUP_RELEVANT_NS >= t);
+        let latest = mine().last()?;
+        let round: Vec<&Lookup> = mine().filter(|l| l.name == latest.name && l.ts_ns + ROUND_NS >= latest.ts_ns).collect();
+        let ended_by_t = |l: &&Lookup| l.ended.filter(|(at, _)| *at <= t);
+        if round.iter().filter_map(ended_by_t).any(|(_, o)| matches!(o, Outcome::Answered { rcode: 0, answers } if answers > 0)) {
+            return None;
+        }
+        // The most telling end of the round: a refusal of the port or an error code, then an
+        // empty answer, then silence.
+        let rank = |o: &Outcome| match o {
+            Outcome::ReadFailed(_) => 0,
+            Outcome::Answered { rcode, .. } if *rcode != 0 => 1,
+            Outcome::Answered { .. } => 2,
+        };
+        let ended = round.iter().filter_map(|l| ended_by_t(l).map(|e| (*l, e))).min_by_key(|(_, (_, o))| rank(o));
+        let first = round[0];
+        let resolver = first.resolver.map_or_else(|| "?".to_string(), |r| r.to_string());
+        let (cause, what, ended_ns) = match ended {
+            Some((l, (at, Outcome::ReadFailed(e)))) => (
+                Cause::DnsUnreachable,
+                match e {
+                    errno::ECONNREFUSED => {
+                        "refused the query: its DNS port answered with ICMP port unreachable (ECONNREFUSED on the read)".to_string()
+                    }
+                    e => format!("could not be read from: {} ({e})", errno_name(-(e as i64))),
+                },
+                Some(at.max(l.ts_ns)),
+            ),
+            Some((l, (at, Outcome::Answered { rcode, .. }))) if rcode != 0 => (
+                match rcode {
+                    3 => Cause::DnsNxdomain,
+                    2 => Cause::DnsServfail,
+                    5 => Cause::DnsRefused,
+                    _ => Cause::DnsError,
+                },
+                format!(
+                    "answered {} ({}) {:.0} ms after the {} query",
+                    rcode_name(rcode),
+                    match rcode {
+                        3 => "the name does not exist",
+                        2 => "the resolver failed to get an answer",
+                        5 => "the resolver will not answer this client",
+                        _ => "an error",
+                    },
+                    (at - l.ts_ns) as f64 / 1e6,
+                    qtype_name(l.qtype)
+                ),
+                Some(at),
+            ),
+            Some((_, (at, _))) => (Cause::DnsNoAddress, "answered with no address for it (NOERROR, no records)".to_string(), Some(at)),
+            None if t.saturating_sub(latest.ts_ns) >= UNANSWERED_NS => (
+                Cause::DnsTimeout,
+                format!(
+                    "sent no answer in {:.0} ms ({} quer{} sent{})",
+                    (t - first.ts_ns) as f64 / 1e6,
+                    round.len(),
+                    if round.len() == 1 { "y" } else { "ies" },
+                    match round.iter().map(|l| l.resent).sum::<u32>() {
+                        0 => String::new(),
+                        n => format!(", {n} resent"),
+                    }
+                ),
+                None,
+            ),
+            None => return None,
+        };
+        Some(Unresolved { cause, name: latest.name.clone(), resolver, asked_ns: first.ts_ns, ended_ns, queries: round.len(), what })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` (type A) with id 0x1234, or its answer with `rcode` and `answers`.
+    fn message(name: &str, answer: Option<(u8, u16)>) -> Vec<u8> {
+        let flags: u16 = match answer {
+            Some((rcode, _)) => 0x8180 | rcode as u16,
+            None => 0x0100,
+        };
+        let mut m = vec![0x12, 0x34];
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&1u16.to_be_bytes());
+        m.extend_from_slice(&answer.map_or(0, |a| a.1).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        for label in name.split('.') {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        m
+    }
+
+    #[test]
+    fn reads_header_and_question() {
+        let q = parse(&message("app.lab", None)).unwrap();
+        assert_eq!(q, DnsMessage { id: 0x1234, response: false, rcode: 0, answers: 0, name: "app.lab".into(), qtype: 1 });
+        let a = parse(&message("app.lab", Some((3, 0)))).unwrap();
+        assert!(a.response && a.rcode == 3 && a.name == "app.lab");
+        // Cut by the kernel's copy: the name so far, said to be cut.
+        let m = message("averyveryverylongname.example.org", None);
+        assert_eq!(parse(&m[..20]).unwrap().name, "averyve...");
+        // Not DNS.
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(parse(&[0; 5]), None);
+        // Bytes outside a name's set cannot forge anything in a summary.
+        assert_eq!(parse(&message("a\nb.lab", None)).unwrap().name, "a\\nb.lab");
+    }
+
+    fn event(kind: Kind, ts_ms: u64, bytes: Option<Vec<u8>>, value: i64) -> KernelEvent {
+        let mut ev = KernelEvent::listen_snapshot(ts_ms * 1_000_000, 7, "nginx", "10.0.0.1:40000".parse().unwrap());
+        ev.kind = kind;
+        ev.sock = 0xabc;
+        ev.src = Some("10.0.0.1:40000".parse().unwrap());
+        ev.dst = Some("10.0.0.53:53".parse().unwrap());
+        ev.dns = bytes.as_deref().and_then(parse);
+        ev.value = value;
+        ev
+    }
+
+    fn ms(t: u64) -> u64 {
+        t * 1_000_000
+    }
+
+    #[test]
+    fn a_name_that_did_not_resolve_is_told_by_its_last_round() {
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
+        assert!(l.unresolved(7, ms(1100)).is_none(), "asked 100 ms ago: not yet a silence");
+        l.on_event(&event(Kind::DnsAnswer, 1002, Some(message("app.lab", Some((3, 0)))), 30));
+        let u = l.unresolved(7, ms(1010)).unwrap();
+        assert_eq!((u.cause, u.name.as_str(), u.resolver.as_str()), (Cause::DnsNxdomain, "app.lab", "10.0.0.53:53"));
+        assert!(u.what.contains("NXDOMAIN") && u.what.contains("2 ms"), "{}", u.what);
+        assert!(l.unresolved(8, ms(1010)).is_none(), "another process asked nothing");
+
+        // Later the name resolves: a later 5xx is not put down to it.
+        l.on_event(&event(Kind::DnsQuery, 5000, Some(message("app.lab", None)), 30));
+        l.on_event(&event(Kind::DnsAnswer, 5001, Some(message("app.lab", Some((0, 1)))), 46));
+        assert!(l.unresolved(7, ms(5010)).is_none());
+
+        // The resolver's port refuses (ICMP): the read fails.
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
+        l.on_event(&event(Kind::DnsAnswer, 1001, None, -(errno::ECONNREFUSED as i64)));
+        assert_eq!(l.unresolved(7, ms(1500)).unwrap().cause, Cause::DnsUnreachable);
+
+        // Silence, with the query resent.
+        let mut l = Lookups::default();
+        for t in [1000, 2000, 3000] {
+            l.on_event(&event(Kind::DnsQuery, t, Some(message("app.lab", None)), 30));
+        }
+        let u = l.unresolved(7, ms(4000)).unwrap();
+        assert_eq!((u.cause, u.queries), (Cause::DnsTimeout, 1));
+        assert!(u.what.contains("3000 ms") && u.what.contains("2 resent"), "{}", u.what);
+        assert!(l.unresolved(7, ms(1000 + LOOKUP_RELEVANT_NS / 1_000_000 + 3000)).is_none(), "too old to explain");
+    }
+}
