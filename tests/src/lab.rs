@@ -229,6 +229,37 @@ impl UpstreamTls {
 /// The name the gateway expects in the upstream's certificate (and sends as SNI).
 pub const UPSTREAM_TLS_NAME: &str = "upstream.lab";
 
+/// The name the gateway resolves for its upstream when the lab runs a resolver.
+pub const UPSTREAM_NAME: &str = "app.lab";
+
+/// The lab's resolver (in the upstream namespace, port 53) and what it does with every query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// Answers with the upstream's address.
+    Ok,
+    /// Nothing listens on port 53: the query gets ICMP port unreachable.
+    Down,
+    Nxdomain,
+    Servfail,
+    Refused,
+    /// Takes the queries and never answers.
+    Silent,
+}
+
+impl Resolver {
+    /// The lab upstream's DNS mode, or None when no server runs.
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            Resolver::Ok => Some("dns-ok"),
+            Resolver::Down => None,
+            Resolver::Nxdomain => Some("dns-nxdomain"),
+            Resolver::Servfail => Some("dns-servfail"),
+            Resolver::Refused => Some("dns-refused"),
+            Resolver::Silent => Some("dns-silent"),
+        }
+    }
+}
+
 /// The nft table the firewall faults live in (in the upstream namespace).
 const NFT_TABLE: &str = "upstrace_lab";
 
@@ -334,6 +365,10 @@ pub struct Lab {
     /// The gateway's upstream is HTTPS (or a TLS server behind http://): set before
     /// `start_gateway`; `start_tls_upstream` starts the server.
     pub upstream_tls: Option<UpstreamTls>,
+    /// The gateway finds its upstream by name (`UPSTREAM_NAME`) through this resolver, at the
+    /// upstream's address: set before `start_gateway`, then `start_resolver`.
+    pub resolver: Option<Resolver>,
+    resolver_process: Option<Child>,
 }
 
 impl Lab {
@@ -366,6 +401,8 @@ impl Lab {
             client: ClientMode::Plain,
             upstream_keepalive: true,
             upstream_tls: None,
+            resolver: None,
+            resolver_process: None,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -541,6 +578,29 @@ impl Lab {
             bail!("lab upstream did not start (mode {mode})");
         }
         self.upstream = Some(child);
+        Ok(())
+    }
+
+    /// Start the lab's resolver on the upstream's address, port 53/udp (as `self.resolver`
+    /// says; nothing for `Resolver::Down`).
+    pub fn start_resolver(&mut self) -> Result<()> {
+        let Some(mode) = self.resolver.and_then(Resolver::mode) else { return Ok(()) };
+        let bin = crate::find_binary("upstrace-lab-upstream", "UPSTRACE_LAB_UPSTREAM")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.up_ns])
+            .arg(&bin)
+            .args(["--listen", &format!("udp:{}:53", self.up_ip), "--mode", mode])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            bail!("lab resolver did not start (mode {mode})");
+        }
+        self.resolver_process = Some(child);
         Ok(())
     }
 
@@ -872,8 +932,8 @@ http {{
         # Benchmarks hold HTTP/2 connections for many requests (the default 1000 ends them,
         # and h2load does not reconnect).
         keepalive_requests 1000000;
-        location / {{{fastcgi}
-            proxy_pass {scheme}://backend;{reuse}{upstream_tls}
+        location / {{{fastcgi}{by_name}
+            proxy_pass {scheme}://{target};{reuse}{upstream_tls}
             proxy_connect_timeout 2s;
             proxy_read_timeout 2s;
             proxy_send_timeout 2s;
@@ -901,6 +961,16 @@ http {{
                 String::new()
             },
             workers = self.nginx_workers,
+            // Resolved at request time (a variable in proxy_pass), by nginx's own resolver.
+            by_name = if self.resolver.is_some() {
+                format!(
+                    "\n            resolver {} valid=1s ipv6=off;\n            resolver_timeout 2s;\n            set $upstream_name {UPSTREAM_NAME};",
+                    self.up_ip
+                )
+            } else {
+                String::new()
+            },
+            target = if self.resolver.is_some() { format!("$upstream_name:{UPSTREAM_PORT}") } else { "backend".to_string() },
             scheme = if self.gateway_speaks_tls() { "https" } else { "http" },
             upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {
                 Some(kind) => format!(
@@ -945,12 +1015,23 @@ frontend fe
 backend be
     http-reuse safe{fcgi_app}
     server up1 {up}{upstream_tls}{second}
-{fcgi_section}"#,
+{fcgi_section}{resolvers}"#,
+            // The server's address from the lab's resolver, every second; none until it answers.
+            resolvers = if self.resolver.is_some() {
+                format!(
+                    "resolvers lab\n    nameserver ns1 {}:53\n    resolve_retries 2\n    timeout resolve 1s\n    timeout retry 500ms\n    hold valid 1s\n    hold nx 1s\n    hold other 1s\n    hold refused 1s\n    hold timeout 1s\n",
+                    self.up_ip
+                )
+            } else {
+                String::new()
+            },
             fcgi_app = if fastcgi { "\n    use-fcgi-app php" } else { "" },
             fcgi_section =
                 if fastcgi { format!("fcgi-app php\n    docroot {}/www\n    index app.php\n", self.dir.display()) } else { String::new() },
             second = if fastcgi {
                 " proto fcgi".to_string()
+            } else if self.resolver.is_some() {
+                " resolvers lab init-addr none".to_string()
             } else if self.upstream_group {
                 format!(" check inter 300ms fall 1 rise 1\n    server up2 {} check inter 300ms fall 1 rise 1", self.second_server())
             } else {
@@ -969,6 +1050,8 @@ backend be
                 self.php_listen()
             } else if self.unix_upstream {
                 self.unix_socket_path().display().to_string()
+            } else if self.resolver.is_some() {
+                format!("{UPSTREAM_NAME}:{UPSTREAM_PORT}")
             } else {
                 self.gateways_upstream()
             },
@@ -990,7 +1073,13 @@ backend be
             format!("http://127.0.0.1:{GATEWAY_PORT} {{")
         };
         // Caddy names a unix upstream "unix//path".
-        let up = if self.unix_upstream { format!("unix/{}", self.unix_socket_path().display()) } else { self.gateways_upstream() };
+        let up = if self.unix_upstream {
+            format!("unix/{}", self.unix_socket_path().display())
+        } else if self.resolver.is_some() {
+            format!("{UPSTREAM_NAME}:{UPSTREAM_PORT}")
+        } else {
+            self.gateways_upstream()
+        };
         let conf = format!(
             r#"{{
     admin off
@@ -1002,12 +1091,17 @@ backend be
     reverse_proxy {up} {{
         transport http {{
             dial_timeout 2s
-            response_header_timeout 2s{upstream_tls}
+            response_header_timeout 2s{upstream_tls}{resolvers}
         }}
     }}
 }}
 "#,
             data = self.dir.join("caddy-data").display(),
+            // Go's resolver, asked at each dial (no cache).
+            resolvers = match self.resolver {
+                Some(_) => format!("\n            resolvers {}", self.up_ip),
+                None => String::new(),
+            },
             upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {
                 Some(_) => format!(
                     "\n            tls\n            tls_trusted_ca_certs {}\n            tls_server_name {UPSTREAM_TLS_NAME}",
@@ -1057,6 +1151,10 @@ impl Drop for Lab {
         self.stop_gateway();
         self.kill_php();
         self.stop_upstream();
+        if let Some(mut r) = self.resolver_process.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
         let _ = sh(&["ip", "netns", "del", &self.gw_ns]);
         let _ = sh(&["ip", "netns", "del", &self.up_ns]);
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    lab::{ClientMode, Fault, GatewayKind, Lab, PhpMode, UPSTREAM_PORT, UpstreamTls},
+    lab::{ClientMode, Fault, GatewayKind, Lab, PhpMode, Resolver, UPSTREAM_PORT, UpstreamTls},
     tracer::Tracer,
 };
 
@@ -52,6 +52,8 @@ pub enum Setup {
     FastCgi(&'static str),
     /// An HTTPS upstream the gateway verifies, with this flaw (or a TLS server behind http://).
     UpstreamTls(UpstreamTls),
+    /// A healthy upstream the gateway finds by name through the lab's resolver, which does this.
+    Dns(Resolver),
 }
 
 /// One row. Its name says the gateway's client side too: `refused` is plain HTTP,
@@ -172,6 +174,14 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "upstream-tls-plain-http", setup: Setup::UpstreamTls(UpstreamTls::PlainHttp) },
     Scenario { name: "upstream-tls-no-shared-version", setup: Setup::UpstreamTls(UpstreamTls::NoSharedVersion) },
     Scenario { name: "upstream-tls-behind-http", setup: Setup::UpstreamTls(UpstreamTls::TlsBehindHttp) },
+    // The upstream's name, resolved by the gateway itself: nginx's `resolver` with a variable
+    // in proxy_pass, HAProxy's `resolvers` section, Caddy's transport `resolvers`.
+    Scenario { name: "dns-ok", setup: Setup::Dns(Resolver::Ok) },
+    Scenario { name: "dns-down", setup: Setup::Dns(Resolver::Down) },
+    Scenario { name: "dns-nxdomain", setup: Setup::Dns(Resolver::Nxdomain) },
+    Scenario { name: "dns-servfail", setup: Setup::Dns(Resolver::Servfail) },
+    Scenario { name: "dns-refused", setup: Setup::Dns(Resolver::Refused) },
+    Scenario { name: "dns-silent", setup: Setup::Dns(Resolver::Silent) },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -227,6 +237,8 @@ impl Scenario {
             Setup::UpstreamTls(UpstreamTls::NoSharedVersion) => gw != GatewayKind::Caddy,
             // Its own TLS client (Go's crypto/tls) is worth a row on each.
             Setup::UpstreamTls(_) => true,
+            // Go's resolver.
+            Setup::Dns(_) => true,
             // What Go's HTTP client makes of the application's own 5xx and of a large head.
             Setup::Mode(mode) if mode.starts_with("upstream-5") || mode.starts_with("big-head-") => true,
             _ => gw != GatewayKind::Caddy || self.client().tls(),
@@ -294,6 +306,13 @@ impl Scenario {
             // 503 (not the plain row's 502), and the verdict names the crash (its listener died).
             "crash-before-headers" if haproxy_h2 => v("upstream", &["crashed"]),
             "refused" => v("upstream", &["refused"]),
+            // The name resolves: a healthy proxied request, nothing to explain.
+            "dns-ok" => Expect::NoVerdict,
+            "dns-down" => v("network", &["dns-unreachable"]),
+            "dns-nxdomain" => v("network", &["dns-nxdomain"]),
+            "dns-servfail" => v("network", &["dns-servfail"]),
+            "dns-refused" => v("network", &["dns-refused"]),
+            "dns-silent" => v("network", &["dns-timeout"]),
             // The last request was answered without an attempt: its cause is the failures
             // that took the servers out.
             "group-down" => v("upstream", &["refused"]),
@@ -443,6 +462,9 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     if let Setup::UpstreamTls(kind) = scenario.setup {
         lab.upstream_tls = Some(kind);
     }
+    if let Setup::Dns(resolver) = scenario.setup {
+        lab.resolver = Some(resolver);
+    }
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
         Setup::Unix(None) => {}
@@ -461,6 +483,10 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,
         Setup::BacklogFull => lab.start_upstream("no-accept")?,
         Setup::UpstreamTls(kind) => lab.start_tls_upstream(kind)?,
+        Setup::Dns(_) => {
+            lab.start_upstream("ok")?;
+            lab.start_resolver()?;
+        }
     }
     let pid = lab.start_gateway(gw)?;
     let mut args = vec!["--pid".to_string(), pid.to_string()];

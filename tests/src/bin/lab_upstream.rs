@@ -23,6 +23,9 @@ fn main() {
         std::process::exit(2);
     };
     let backlog: i32 = get("--backlog").and_then(|b| b.parse().ok()).unwrap_or(128);
+    if let Some(addr) = listen.strip_prefix("udp:") {
+        return resolver(addr, &mode);
+    }
     let listener = match bind(&listen, backlog) {
         Ok(l) => l,
         Err(e) => {
@@ -368,4 +371,68 @@ fn serve_fastcgi<S: Read + Write>(mut s: S, mode: &str) {
             return;
         }
     }
+}
+
+/// The lab's DNS server (`--listen udp:IP:53 --mode dns-*`): every name is the listening
+/// address (`dns-ok`: an A record, an empty answer for other types), or every query gets
+/// NXDOMAIN, SERVFAIL or REFUSED, or no answer at all (`dns-silent`).
+fn resolver(addr: &str, mode: &str) {
+    let socket = match std::net::UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("upstrace-lab-upstream: cannot listen on udp:{addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let ip = match socket.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => a.ip().octets(),
+        _ => [127, 0, 0, 1],
+    };
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let rcode = match mode {
+        "dns-ok" => 0,
+        "dns-servfail" => 2,
+        "dns-nxdomain" => 3,
+        "dns-refused" => 5,
+        "dns-silent" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        other => {
+            eprintln!("upstrace-lab-upstream: unknown DNS mode {other}");
+            std::process::exit(2);
+        }
+    };
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        if let Some(answer) = dns_answer(&buf[..n], rcode, ip) {
+            let _ = socket.send_to(&answer, from);
+        }
+    }
+}
+
+/// The answer to one query: its header and question, then one A record (TTL 1 s) when the
+/// code is NOERROR and the question is for A.
+fn dns_answer(query: &[u8], rcode: u8, ip: [u8; 4]) -> Option<Vec<u8>> {
+    let mut end = 12;
+    loop {
+        let len = *query.get(end)? as usize;
+        end += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    let question = query.get(12..end + 4)?;
+    let a_record = rcode == 0 && question[question.len() - 4..question.len() - 2] == [0, 1];
+    let mut out = query[..2].to_vec();
+    // QR, the query's RD, RA, and the code.
+    out.push(0x80 | (query[2] & 0x01));
+    out.push(0x80 | rcode);
+    out.extend_from_slice(&[0, 1, 0, a_record as u8, 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    if a_record {
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+        out.extend_from_slice(&ip);
+    }
+    Some(out)
 }

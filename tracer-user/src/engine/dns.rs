@@ -244,7 +244,7 @@ impl Lookups {
                 Some(at),
             ),
             Some((_, (at, _))) => (Cause::DnsNoAddress, "answered with no address for it (NOERROR, no records)".to_string(), Some(at)),
-            None if t.saturating_sub(latest.ts_ns) >= UNANSWERED_NS => (
+            None if t.saturating_sub(first.ts_ns) >= UNANSWERED_NS => (
                 Cause::DnsTimeout,
                 format!(
                     "sent no answer in {:.0} ms ({} quer{} sent{})",

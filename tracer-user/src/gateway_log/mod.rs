@@ -93,6 +93,9 @@ fn fits(claim: Claim, cause: Cause) -> bool {
         Claim::NoSocketFile => &[C::NoSocketFile],
         Claim::Overloaded => &[C::Overloaded],
         Claim::LocalResources => &[C::LocalResources],
+        Claim::NotResolved => {
+            &[C::DnsUnreachable, C::DnsNxdomain, C::DnsServfail, C::DnsRefused, C::DnsError, C::DnsNoAddress, C::DnsTimeout]
+        }
         // No server was tried: any cause that took them out fits.
         Claim::NoLiveUpstream => return true,
     };

@@ -116,6 +116,9 @@ pub enum Claim {
     /// "SSL_do_handshake() failed"; Go's "tls: ..." and "x509: ...", "server gave HTTP response
     /// to HTTPS client").
     TlsHandshake,
+    /// The upstream's name did not resolve (nginx "could not be resolved", Go's "lookup NAME
+    /// on RESOLVER: ...").
+    NotResolved,
 }
 
 impl Claim {
@@ -139,6 +142,7 @@ impl Claim {
             Claim::LocalResources => "local resources exhausted",
             Claim::NoLiveUpstream => "no live upstream",
             Claim::TlsHandshake => "TLS handshake with the upstream failed",
+            Claim::NotResolved => "the upstream's name could not be resolved",
         }
     }
 }
@@ -315,7 +319,9 @@ fn nginx_claim(message: &str) -> Option<Claim> {
         return None;
     }
     let has = |s: &str| message.contains(s);
-    Some(if has("upstream timed out") || has("(110: ") {
+    Some(if has("could not be resolved") || has("while resolving") {
+        Claim::NotResolved
+    } else if has("upstream timed out") || has("(110: ") {
         if has("while connecting to upstream") { Claim::ConnectTimeout } else { Claim::ReadTimeout }
     } else if has("SSL certificate verify error") || has("SSL_do_handshake() failed") || has("while SSL handshaking to upstream") {
         Claim::TlsHandshake
@@ -490,7 +496,10 @@ fn caddy_json(line: &str) -> Option<LogLine> {
 /// What Go's error text says.
 fn caddy_claim(words: &str) -> Option<Claim> {
     let has = |s: &str| words.contains(s);
-    Some(if has("tls: ") || has("x509: ") || has("server gave HTTP response to HTTPS client") {
+    // The resolver's failures come first: their words quote the read's error too.
+    Some(if has("lookup ") && (has(" on ") || has("no such host")) {
+        Claim::NotResolved
+    } else if has("tls: ") || has("x509: ") || has("server gave HTTP response to HTTPS client") {
         Claim::TlsHandshake
     } else if has("connection refused") {
         Claim::Refused
@@ -549,6 +558,8 @@ mod tests {
         };
         let claim = |msg: &str| Dialect::NginxError.parse(&line(msg), 0).and_then(|l| l.claim);
         assert_eq!(claim("upstream sent too big header while reading response header from upstream"), Some(Claim::HeadTooLarge));
+        assert_eq!(claim("app.lab could not be resolved (110: Operation timed out)"), Some(Claim::NotResolved));
+        assert_eq!(claim("recv() failed (111: Connection refused) while resolving, resolver: 10.0.0.2:53"), Some(Claim::NotResolved));
         assert_eq!(
             claim("upstream SSL certificate verify error: (18:self-signed certificate) while SSL handshaking to upstream"),
             Some(Claim::TlsHandshake)
