@@ -1099,7 +1099,8 @@ backend be
             data = self.dir.join("caddy-data").display(),
             // Go's resolver, asked at each dial (no cache).
             resolvers = match self.resolver {
-                Some(_) => format!("\n            resolvers {}", self.up_ip),
+                // Caddy 2.6 takes a bare address for TCP (and port 0).
+                Some(_) => format!("\n            resolvers udp/{}:53", self.up_ip),
                 None => String::new(),
             },
             upstream_tls = match self.upstream_tls.filter(|t| t.gateway_speaks_tls()) {

@@ -252,6 +252,8 @@ impl Scenario {
             // taken for that connection's request (same cause), so only nginx is held to it.
             "group-down" if gw == GatewayKind::Nginx => Some("without trying any upstream for this request"),
             "localhost-in-netns" => Some("that namespace's own loopback"),
+            "dns-ok" => None,
+            name if name.starts_with("dns-") => Some("the name app.lab did not resolve; resolver "),
             "php-segfault" => Some("(php-fpm: pool www) killed by SIGSEGV"),
             "php-terminate-timeout" => Some("sent by its manager"),
             "php-killed" => Some("killed by SIGKILL"),
@@ -281,6 +283,11 @@ impl Scenario {
             // HAProxy's termination state: the server refused (SC) or aborted (SH).
             (GatewayKind::Haproxy, "refused") => Some(" SC-- "),
             (GatewayKind::Haproxy, "reset-before-headers") if self.client() != ClientMode::TlsH2 => Some(" SH-- "),
+            (GatewayKind::Nginx, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => {
+                Some("app.lab could not be resolved")
+            }
+            (GatewayKind::Haproxy, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => Some("be/<NOSRV>"),
+            (GatewayKind::Caddy, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => Some("lookup app.lab"),
             (GatewayKind::Caddy, "refused") => Some("connection refused"),
             (GatewayKind::Caddy, "reset-before-headers") => Some("connection reset by peer"),
             _ => None,
@@ -521,6 +528,11 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     if matches!(scenario.setup, Setup::GroupDown) && gw == GatewayKind::Haproxy {
         // Health checks every 300 ms mark both servers DOWN.
         std::thread::sleep(Duration::from_millis(1200));
+    }
+    if matches!(scenario.setup, Setup::Dns(_)) && gw == GatewayKind::Haproxy {
+        // HAProxy resolves in the background (every second here), not for the request: its
+        // lookups since upstrace started are the ones that can explain the 503.
+        std::thread::sleep(Duration::from_millis(2500));
     }
     let requests = if matches!(scenario.setup, Setup::KeepaliveCrash | Setup::GroupDown | Setup::GroupDownShared) { 2 } else { 1 };
     for i in 0..requests {

@@ -33,6 +33,7 @@ fn ev(kind: Kind, ts_ms: u64, sock: u64) -> KernelEvent {
         tls: false,
         head: None,
         socket_file: None,
+        dns: None,
     }
 }
 

@@ -546,13 +546,16 @@ impl Engine {
     fn unresolved(&self, status: &KernelEvent) -> Option<(Finding, String)> {
         let u = self.tracker.dns.unresolved(status.pid, status.ts_ns)?;
         let summary = format!(
-            "{} answered {} without trying any upstream for this request: the name {} did not resolve; resolver {} {} ({:.0} ms before the answer)",
+            "{} answered {} without trying any upstream for this request: the name {} did not resolve; resolver {} {}{}",
             status.comm,
             status.value,
             u.name,
             u.resolver,
             u.what,
-            ms_between(u.ended_ns.unwrap_or(u.asked_ns), status.ts_ns),
+            match u.ended_ns {
+                Some(at) => format!(" ({:.0} ms before the {})", ms_between(at, status.ts_ns), status.value),
+                None => String::new(),
+            },
         );
         let mut finding = Finding::new(u.cause, summary);
         finding = finding.with(Evidence {

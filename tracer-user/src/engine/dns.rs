@@ -195,7 +195,7 @@ impl Lookups {
     /// `t` got no address: the cause the gateway's 5xx without an upstream attempt points to.
     pub fn unresolved(&self, pid: u32, t: u64) -> Option<Unresolved> {
         let mine = || self.recent.iter().filter(move |l| l.pid == pid && l.ts_ns <= t && l.ts_ns + LOOKUP_RELEVANT_NS >= t);
-        let latest = mine().last()?;
+        let latest = mine().next_back()?;
         let round: Vec<&Lookup> = mine().filter(|l| l.name == latest.name && l.ts_ns + ROUND_NS >= latest.ts_ns).collect();
         let ended_by_t = |l: &&Lookup| l.ended.filter(|(at, _)| *at <= t);
         if round.iter().filter_map(ended_by_t).any(|(_, o)| matches!(o, Outcome::Answered { rcode: 0, answers } if answers > 0)) {

@@ -497,7 +497,7 @@ fn caddy_json(line: &str) -> Option<LogLine> {
 fn caddy_claim(words: &str) -> Option<Claim> {
     let has = |s: &str| words.contains(s);
     // The resolver's failures come first: their words quote the read's error too.
-    Some(if has("lookup ") && (has(" on ") || has("no such host")) {
+    Some(if has("lookup ") {
         Claim::NotResolved
     } else if has("tls: ") || has("x509: ") || has("server gave HTTP response to HTTPS client") {
         Claim::TlsHandshake
@@ -645,6 +645,14 @@ mod tests {
         let l = Dialect::CaddyJson.parse(line, 0).unwrap();
         assert_eq!((l.client_port, l.status, l.claim, l.unix_ms), (Some(5000), Some(502), Some(Claim::Refused), 1_795_884_826_500));
         assert!(!l.text.contains("secret") && !l.text.contains("k=v"), "{}", l.text);
+        // Go's resolver errors quote the read's error too: the lookup is what failed.
+        for words in [
+            "dial tcp: lookup app.lab on 10.0.0.2:53: no such host",
+            "dial tcp: lookup app.lab on 10.0.0.2:53: read udp 10.0.0.1:4000->10.0.0.2:53: read: connection refused",
+            "dial tcp: lookup app.lab: i/o timeout",
+        ] {
+            assert_eq!(caddy_claim(words), Some(Claim::NotResolved), "{words}");
+        }
         for bad in [
             r#"{"level":"info","ts":1.0,"logger":"http","msg":"x","request":{}}"#,
             r#"{"level":"error","ts":"2026-11-28","logger":"http.log.error","msg":"x","request":{}}"#,
