@@ -288,6 +288,16 @@ pub enum PhpMode {
     RootOnlySocket,
     /// The application answers 500 itself (`http_response_code(500)`), a whole response.
     AppError,
+    /// One worker (`pm.max_children = 1`) and `listen.backlog = 1`: while the worker runs a
+    /// slow request and two more wait in the socket's queue, a connect finds the queue full.
+    Saturated,
+}
+
+impl PhpMode {
+    /// The pool's workers.
+    fn workers(self) -> usize {
+        if self == PhpMode::Saturated { 1 } else { 2 }
+    }
 }
 
 /// Real php-fpm (Debian's php8.2-fpm) started by the lab: master and two static workers
@@ -745,14 +755,18 @@ impl Lab {
             PhpMode::Hang => "<?php sleep(10); echo \"late\";\n",
             PhpMode::Ok | PhpMode::RootOnlySocket => "<?php echo \"ok\";\n",
             PhpMode::AppError => "<?php http_response_code(500); echo \"app error\";\n",
+            PhpMode::Saturated => "<?php sleep(3); echo \"slow\";\n",
         };
         std::fs::write(www.join("app.php"), script)?;
         let (owner, socket_mode) = if mode == PhpMode::RootOnlySocket { ("root", "0600") } else { ("nobody", "0666") };
         let conf = format!(
             "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
              [www]\nuser = nobody\ngroup = nogroup\nlisten = {sock}\nlisten.owner = {owner}\nlisten.mode = {socket_mode}\n\
-             pm = static\npm.max_children = 2\nrequest_terminate_timeout = 1s\ncatch_workers_output = yes\n",
+             pm = static\npm.max_children = {workers}\nrequest_terminate_timeout = {terminate}\ncatch_workers_output = yes\n{backlog}",
             sock = self.php_listen(),
+            workers = mode.workers(),
+            terminate = if mode == PhpMode::Saturated { "0" } else { "1s" },
+            backlog = if mode == PhpMode::Saturated { "listen.backlog = 1\n" } else { "" },
         );
         let path = self.dir.join("php-fpm.conf");
         std::fs::write(&path, conf)?;
@@ -768,7 +782,7 @@ impl Lab {
         let php = PhpFpm { master: child.id(), child };
         let deadline = Instant::now() + Duration::from_secs(10);
         // The master listens before it forks its workers.
-        while !((self.php_over_tcp || self.php_socket_path().exists()) && php.workers().len() >= 2) {
+        while !((self.php_over_tcp || self.php_socket_path().exists()) && php.workers().len() >= mode.workers()) {
             if Instant::now() > deadline {
                 bail!("php-fpm did not start: {}", std::fs::read_to_string(self.dir.join("php-fpm.log")).unwrap_or_default());
             }
@@ -1133,6 +1147,22 @@ backend be
 
     /// One HTTP request from a client inside the gateway namespace, speaking `self.client`.
     /// Returns the status (0 when no valid status line came back) and curl's exit code.
+    /// A request in the background (curl, 12 s at most), for faults that need the upstream
+    /// busy; the caller kills it when done.
+    pub fn background_request(&self, path: &str) -> Result<Child> {
+        let (protocol, scheme) = self.client.curl_args();
+        Command::new("ip")
+            .args(["netns", "exec", &self.gw_ns, "curl", "-s"])
+            .args(protocol)
+            .args(["-o", "/dev/null", "--max-time", "12"])
+            .arg(format!("{scheme}://127.0.0.1:{GATEWAY_PORT}{path}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running curl")
+    }
+
     pub fn request(&self, path: &str) -> Result<(u16, i32)> {
         let (protocol, scheme) = self.client.curl_args();
         let out = Command::new("ip")

@@ -50,6 +50,8 @@ pub enum Setup {
     PhpOverTcpKilled,
     /// The lab upstream speaking FastCGI on php-fpm's socket, in this mode (`fcgi-*`).
     FastCgi(&'static str),
+    /// The gateway speaks FastCGI to php-fpm's socket path, and php-fpm was never started.
+    PhpNotStarted,
     /// An HTTPS upstream the gateway verifies, with this flaw (or a TLS server behind http://).
     UpstreamTls(UpstreamTls),
     /// A healthy upstream the gateway finds by name through the lab's resolver, which does this.
@@ -92,6 +94,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "php-permission", setup: Setup::Php(PhpMode::RootOnlySocket) },
     Scenario { name: "php-killed", setup: Setup::PhpKilled },
     Scenario { name: "php-500", setup: Setup::Php(PhpMode::AppError) },
+    Scenario { name: "php-saturated", setup: Setup::Php(PhpMode::Saturated) },
+    Scenario { name: "php-not-started", setup: Setup::PhpNotStarted },
     Scenario { name: "php-tcp-segfault", setup: Setup::PhpOverTcp(PhpMode::Segfault) },
     Scenario { name: "php-tcp-terminate-timeout", setup: Setup::PhpOverTcp(PhpMode::Hang) },
     Scenario { name: "php-tcp-killed", setup: Setup::PhpOverTcpKilled },
@@ -230,9 +234,12 @@ impl Scenario {
             // The lab's HAProxy runs as root, which a root-only socket lets in.
             Setup::Php(PhpMode::RootOnlySocket) => gw == GatewayKind::Nginx,
             Setup::GroupDownShared => gw == GatewayKind::Nginx,
-            Setup::Php(_) | Setup::PhpKilled | Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled | Setup::FastCgi(_) => {
-                gw != GatewayKind::Caddy
-            }
+            Setup::Php(_)
+            | Setup::PhpKilled
+            | Setup::PhpOverTcp(_)
+            | Setup::PhpOverTcpKilled
+            | Setup::FastCgi(_)
+            | Setup::PhpNotStarted => gw != GatewayKind::Caddy,
             // Caddy's transport has no setting for the highest TLS version it offers.
             Setup::UpstreamTls(UpstreamTls::NoSharedVersion) => gw != GatewayKind::Caddy,
             // Its own TLS client (Go's crypto/tls) is worth a row on each.
@@ -272,6 +279,15 @@ impl Scenario {
         }
     }
 
+    /// Whether the gateway writes a line of its own about this row's failure (every row where a
+    /// verdict is expected, but those listed).
+    pub fn gateway_writes_a_line(&self, gw: GatewayKind) -> bool {
+        if !matches!(self.expect(gw), Expect::Verdict { .. }) {
+            return false;
+        }
+        !matches!((gw, self.base()), (GatewayKind::Nginx, "__none__"))
+    }
+
     /// Words the gateway's own log line (the deciding verdict's `gateway_said`) must hold, where
     /// the gateway writes one upstrace reads; that line must agree with the kernel's verdict.
     pub fn gateway_says(&self, gw: GatewayKind) -> Option<&'static str> {
@@ -288,6 +304,8 @@ impl Scenario {
             }
             (GatewayKind::Haproxy, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => Some("be/<NOSRV>"),
             (GatewayKind::Caddy, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => Some("lookup app.lab"),
+            (GatewayKind::Nginx, "php-saturated") => Some("(11: Resource temporarily unavailable) while connecting to upstream"),
+            (GatewayKind::Nginx, "php-not-started") => Some("(2: No such file or directory) while connecting to upstream"),
             (GatewayKind::Caddy, "refused") => Some("connection refused"),
             (GatewayKind::Caddy, "reset-before-headers") => Some("connection reset by peer"),
             _ => None,
@@ -331,6 +349,9 @@ impl Scenario {
             "php-killed" => v("upstream", &["crashed"]),
             // The application's own 500 in FastCGI records, whole at its FCGI_END_REQUEST.
             "php-500" => v("upstream", &["upstream-5xx"]),
+            // The one worker busy and the socket's queue full: the connect fails with EAGAIN.
+            "php-saturated" => v("upstream", &["overloaded"]),
+            "php-not-started" => v("upstream", &["no-socket-file"]),
             // FastCGI streams cut before FCGI_END_REQUEST by a server that did not die.
             // HAProxy's FastCGI multiplexer closes the client's connection without an answer
             // when the CGI head is cut: no status, nothing to explain.
@@ -463,7 +484,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         lab.nginx_workers = 2;
     }
     lab.upstream_loopback = matches!(scenario.setup, Setup::Loopback);
-    lab.fastcgi_upstream = matches!(scenario.setup, Setup::FastCgi(_));
+    lab.fastcgi_upstream = matches!(scenario.setup, Setup::FastCgi(_) | Setup::PhpNotStarted);
     lab.php_over_tcp = matches!(scenario.setup, Setup::PhpOverTcp(_) | Setup::PhpOverTcpKilled);
     lab.client = scenario.client();
     if let Setup::UpstreamTls(kind) = scenario.setup {
@@ -485,6 +506,7 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         Setup::PhpKilled | Setup::PhpOverTcpKilled => lab.start_php(PhpMode::Ok)?,
         Setup::PhpOverTcp(mode) => lab.start_php(mode)?,
         Setup::FastCgi(mode) => lab.start_upstream(mode)?,
+        Setup::PhpNotStarted => {}
         Setup::Mode(mode) => lab.start_upstream(mode)?,
         Setup::Fault(_) => lab.start_upstream("ok")?,
         Setup::KeepaliveCrash => lab.start_upstream("ok-then-crash")?,
@@ -506,6 +528,14 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     match scenario.setup {
         Setup::Fault(fault) => lab.inject(fault)?,
         Setup::PhpKilled | Setup::PhpOverTcpKilled => lab.kill_php(),
+        Setup::Php(PhpMode::Saturated) => {
+            // One request holds the worker, two wait in the queue (a unix socket's queue takes
+            // one more than its backlog).
+            for _ in 0..3 {
+                holders.push(lab.background_request("/")?);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        }
         Setup::BacklogFull => {
             // Fill the never-accepted backlog from the gateway's side (bounded: 15 s each).
             for _ in 0..3 {
@@ -574,6 +604,14 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
         Some(words) if pass && !summary.contains(words) => (false, format!("summary lacks \"{words}\": {summary}")),
         _ => (pass, why),
     };
+    // Every verdict carries the gateway's own line where it writes one, and the two agree.
+    let (pass, why) = match verdicts.last() {
+        Some(v) if pass && scenario.gateway_writes_a_line(gw) => match gateway_account_mismatch(v) {
+            Some(wrong) => (false, wrong),
+            None => (pass, why),
+        },
+        _ => (pass, why),
+    };
     let (pass, why) = match (scenario.gateway_says(gw), verdicts.last()) {
         (Some(_), _) if pass && !follows_log => (false, "no start line naming the gateway's log".to_string()),
         (Some(words), Some(v)) if pass => match gateway_words_mismatch(v, words) {
@@ -584,6 +622,14 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     };
     let gateway_log = lab.gateway.as_ref().map(|g| g.log()).unwrap_or_default();
     Ok(RowResult { scenario: scenario.name, gateway: gw, statuses, expect, verdicts, pass, why, gateway_log, lost })
+}
+
+/// What is wrong with a verdict's `gateway_said` where the gateway wrote a line for it: none
+/// matched, or it disagrees with the kernel.
+pub fn gateway_account_mismatch(v: &Value) -> Option<String> {
+    let said = &v["gateway_said"];
+    let Some(line) = said["line"].as_str() else { return Some("no gateway_said (the gateway's own line for this verdict)".into()) };
+    (said["agreement"] == "disagrees").then(|| format!("gateway_said disagrees: {line}"))
 }
 
 /// What is wrong with a verdict's `gateway_said` where the gateway's line must hold `words`

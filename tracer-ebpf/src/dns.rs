@@ -33,18 +33,22 @@ pub fn on_udp(kind: EventKind, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32)
         e.sock = sk;
         fill_tuple_from_sock(e, sk);
         e.value = ret as i64;
-        if ret <= 0 || buf == 0 {
+        // A query whose send failed is still the query (an earlier ICMP error reported on the
+        // connected socket); a failed read left nothing in its buffer.
+        let readable = ret > 0 || (kind == EventKind::DnsQuery && ret < 0);
+        if !readable || buf == 0 {
             return;
         }
+        let len = if ret > 0 { ret as u32 } else { DNS_HEAD as u32 };
         let Some(head) = e.data.first_chunk_mut::<DNS_HEAD>() else { return };
         if read_user_bytes(buf, head) {
-            e.aux = (ret as u32).min(DNS_HEAD as u32);
+            e.aux = len.min(DNS_HEAD as u32);
             return;
         }
         *head = [0; DNS_HEAD];
         let Some(short) = e.data.first_chunk_mut::<DNS_SHORT>() else { return };
         if read_user_bytes(buf, short) {
-            e.aux = (ret as u32).min(DNS_SHORT as u32);
+            e.aux = len.min(DNS_SHORT as u32);
         } else {
             *short = [0; DNS_SHORT];
         }

@@ -427,7 +427,9 @@ impl Engine {
             Some(primary) => {
                 self.decide(primary, t, u16::try_from(status.value).ok(), format!("{} answered {}", status.comm, status.value))
             }
-            None => match self.unresolved(status).or_else(|| self.marked_failed(status)) {
+            // Failed connections that took the servers out come first: a name that did not
+            // resolve makes none, and the name looked up last need not be this request's.
+            None => match self.marked_failed(status).or_else(|| self.unresolved(status)) {
                 Some((finding, upstream)) => {
                     marked_upstream = Some(upstream);
                     finding

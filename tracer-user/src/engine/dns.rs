@@ -25,6 +25,9 @@ pub struct DnsMessage {
     pub name: String,
     /// The question's type (1 A, 28 AAAA, 33 SRV), 0 if not read.
     pub qtype: u16,
+    /// TC: the answer did not fit a datagram (the resolver's client asks again over TCP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 const HEADER: usize = 12;
@@ -34,9 +37,16 @@ pub fn parse(bytes: &[u8]) -> Option<DnsMessage> {
     let header = bytes.get(..HEADER)?;
     let word = |i: usize| u16::from_be_bytes([header[i], header[i + 1]]);
     let (id, flags, questions, answers) = (word(0), word(2), word(4), word(6));
-    // Opcode 0 (a standard query) with one question is all resolvers send.
-    if (flags >> 11) & 0xf != 0 || questions != 1 {
+    let response = flags & 0x8000 != 0;
+    // Opcode 0 (a standard query) with one question is all resolvers send; some answer an
+    // error without the question.
+    if (flags >> 11) & 0xf != 0 || !(questions == 1 || (questions == 0 && response)) {
         return None;
+    }
+    let truncated = flags & 0x0200 != 0;
+    let (id, rcode) = (id, (flags & 0xf) as u8);
+    if questions == 0 {
+        return Some(DnsMessage { id, response, rcode, answers, name: String::new(), qtype: 0, truncated });
     }
     let mut name = Vec::new();
     let mut at = HEADER;
@@ -66,7 +76,7 @@ pub fn parse(bytes: &[u8]) -> Option<DnsMessage> {
     if !whole {
         name.push_str("...");
     }
-    Some(DnsMessage { id, response: flags & 0x8000 != 0, rcode: (flags & 0xf) as u8, answers, name, qtype })
+    Some(DnsMessage { id, response, rcode, answers, name, qtype, truncated })
 }
 
 /// A response code's name.
@@ -99,8 +109,12 @@ pub enum Outcome {
         rcode: u8,
         answers: u16,
     },
-    /// The read on the resolver's socket failed (ECONNREFUSED: its port answered with ICMP).
+    /// The read on the resolver's socket failed (ECONNREFUSED: its port answered with ICMP),
+    /// or the send did (a connected socket reports an earlier ICMP error there too).
     ReadFailed(i32),
+    /// Something came back that is not read here (bytes not kept, a truncated answer the
+    /// gateway asks again over TCP): not taken for a failure.
+    Unknown,
 }
 
 /// One query and what came of it.
@@ -151,9 +165,12 @@ impl Lookups {
     pub fn on_event(&mut self, ev: &KernelEvent) {
         match ev.kind {
             Kind::DnsQuery => {
-                let Some(m) = ev.dns.as_ref().filter(|m| !m.response && ev.value > 0) else { return };
+                let Some(m) = ev.dns.as_ref().filter(|m| !m.response && ev.value != 0) else { return };
+                // A send that failed ended its lookup at once.
+                let failed = (ev.value < 0).then(|| (ev.ts_ns, Outcome::ReadFailed(i32::try_from(-ev.value).unwrap_or(i32::MAX))));
                 if let Some(l) = self.recent.iter_mut().rev().find(|l| l.sock == ev.sock && l.id == m.id && l.ended.is_none()) {
                     l.resent += 1;
+                    l.ended = failed;
                     return;
                 }
                 if self.recent.len() == MAX_LOOKUPS {
@@ -168,16 +185,18 @@ impl Lookups {
                     name: m.name.clone(),
                     qtype: m.qtype,
                     resent: 0,
-                    ended: None,
+                    ended: failed,
                 });
             }
             Kind::DnsAnswer => {
                 let outcome = match &ev.dns {
+                    Some(m) if m.response && m.truncated => Outcome::Unknown,
                     Some(m) if m.response && ev.value > 0 => Outcome::Answered { rcode: m.rcode, answers: m.answers },
                     _ if ev.value < 0 => Outcome::ReadFailed(i32::try_from(-ev.value).unwrap_or(i32::MAX)),
+                    _ if ev.value > 0 => Outcome::Unknown,
                     _ => return,
                 };
-                let id = ev.dns.as_ref().map(|m| m.id);
+                let id = ev.dns.as_ref().filter(|m| m.response).map(|m| m.id);
                 let open = self
                     .recent
                     .iter_mut()
@@ -196,9 +215,23 @@ impl Lookups {
     pub fn unresolved(&self, pid: u32, t: u64) -> Option<Unresolved> {
         let mine = || self.recent.iter().filter(move |l| l.pid == pid && l.ts_ns <= t && l.ts_ns + LOOKUP_RELEVANT_NS >= t);
         let latest = mine().next_back()?;
-        let round: Vec<&Lookup> = mine().filter(|l| l.name == latest.name && l.ts_ns + ROUND_NS >= latest.ts_ns).collect();
+        // The round: this name's queries since the last lookup of it that had ended when the
+        // latest was sent (an earlier round's answer, even a good one, says nothing of this one).
+        let earlier_end = mine()
+            .filter(|l| l.name == latest.name)
+            .filter_map(|l| l.ended.map(|(at, _)| at))
+            .filter(|&at| at < latest.ts_ns)
+            .max()
+            .unwrap_or(0);
+        let round: Vec<&Lookup> = mine()
+            .filter(|l| l.name == latest.name && l.ts_ns + ROUND_NS >= latest.ts_ns && l.ts_ns > earlier_end)
+            .collect();
         let ended_by_t = |l: &&Lookup| l.ended.filter(|(at, _)| *at <= t);
-        if round.iter().filter_map(ended_by_t).any(|(_, o)| matches!(o, Outcome::Answered { rcode: 0, answers } if answers > 0)) {
+        if round
+            .iter()
+            .filter_map(ended_by_t)
+            .any(|(_, o)| matches!(o, Outcome::Answered { rcode: 0, answers } if answers > 0) || o == Outcome::Unknown)
+        {
             return None;
         }
         // The most telling end of the round: a refusal of the port or an error code, then an
@@ -206,7 +239,7 @@ impl Lookups {
         let rank = |o: &Outcome| match o {
             Outcome::ReadFailed(_) => 0,
             Outcome::Answered { rcode, .. } if *rcode != 0 => 1,
-            Outcome::Answered { .. } => 2,
+            Outcome::Answered { .. } | Outcome::Unknown => 2,
         };
         let ended = round.iter().filter_map(|l| ended_by_t(l).map(|e| (*l, e))).min_by_key(|(_, (_, o))| rank(o));
         let first = round[0];
@@ -290,7 +323,7 @@ mod tests {
     #[test]
     fn reads_header_and_question() {
         let q = parse(&message("app.lab", None)).unwrap();
-        assert_eq!(q, DnsMessage { id: 0x1234, response: false, rcode: 0, answers: 0, name: "app.lab".into(), qtype: 1 });
+        assert_eq!(q, DnsMessage { id: 0x1234, response: false, rcode: 0, answers: 0, name: "app.lab".into(), qtype: 1, truncated: false });
         let a = parse(&message("app.lab", Some((3, 0)))).unwrap();
         assert!(a.response && a.rcode == 3 && a.name == "app.lab");
         // Cut by the kernel's copy: the name so far, said to be cut.
@@ -349,5 +382,38 @@ mod tests {
         assert_eq!((u.cause, u.queries), (Cause::DnsTimeout, 1));
         assert!(u.what.contains("3000 ms") && u.what.contains("2 resent"), "{}", u.what);
         assert!(l.unresolved(7, ms(1000 + LOOKUP_RELEVANT_NS / 1_000_000 + 3000)).is_none(), "too old to explain");
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_no_failure_and_each_round_stands_alone() {
+        // An answer whose bytes were not kept closes its lookup: no silence to blame later.
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
+        l.on_event(&event(Kind::DnsAnswer, 1001, None, 46));
+        assert!(l.unresolved(7, ms(2000)).is_none());
+        // A truncated answer: the gateway asks again over TCP.
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
+        let mut tc = message("app.lab", Some((0, 0)));
+        tc[2] |= 0x02;
+        l.on_event(&event(Kind::DnsAnswer, 1001, Some(tc), 30));
+        assert!(l.unresolved(7, ms(2000)).is_none());
+        // A send refused (an earlier ICMP error reported on the connected socket).
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), -(errno::ECONNREFUSED as i64)));
+        assert_eq!(l.unresolved(7, ms(1010)).unwrap().cause, Cause::DnsUnreachable);
+        // A good answer a second ago does not hide the failure of the round after it.
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
+        l.on_event(&event(Kind::DnsAnswer, 1001, Some(message("app.lab", Some((0, 1)))), 46));
+        let mut again = message("app.lab", None);
+        again[1] = 0x35;
+        l.on_event(&event(Kind::DnsQuery, 2000, Some(again.clone()), 30));
+        again[2] = 0x81;
+        again[3] = 0x82;
+        l.on_event(&event(Kind::DnsAnswer, 2001, Some(again), 30));
+        assert_eq!(l.unresolved(7, ms(2010)).unwrap().cause, Cause::DnsServfail);
+        // An error answer without its question still ends its lookup.
+        assert!(parse(&[0x12, 0x34, 0x81, 0x85, 0, 0, 0, 0, 0, 0, 0, 0]).is_some_and(|m| m.rcode == 5 && m.name.is_empty()));
     }
 }

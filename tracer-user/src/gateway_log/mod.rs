@@ -189,29 +189,27 @@ impl GatewayWords {
 pub struct Query {
     pub unix_ms: i64,
     pub pid: u32,
-    pub client: SocketAddr,
+    /// The gateway's client; not known for a response cut short (its status was passed on
+    /// before the cut, on a write upstrace did not keep).
+    pub client: Option<SocketAddr>,
     pub status: u16,
     /// Every upstream its attempts went to, the last one last.
     pub upstreams: Vec<String>,
 }
 
 impl Query {
-    /// Status verdicts (a 5xx to a known client) only: the others name no request the
-    /// gateway's log could name.
+    /// Status verdicts (a 5xx to a known client) and responses cut short (by the gateway's
+    /// process and the upstream: their client is not known); inferred ones name no request
+    /// the gateway's log could name.
     pub fn of(v: &Verdict, boot_offset_ns: i128) -> Option<Query> {
-        if v.delivered != Delivered::Status {
-            return None;
-        }
-        let client = v.client.parse().ok()?;
+        let (client, status) = match v.delivered {
+            Delivered::Status => (Some(v.client.parse().ok()?), v.status.filter(|s| *s >= 500)?),
+            Delivered::Truncated => (None, v.status?),
+            Delivered::Inferred => return None,
+        };
         let mut upstreams: Vec<String> = v.attempts.iter().map(|a| a.upstream.clone()).collect();
         upstreams.push(v.upstream.clone());
-        Some(Query {
-            unix_ms: ((v.ts_ns as i128 + boot_offset_ns) / 1_000_000) as i64,
-            pid: v.gateway.pid,
-            client,
-            status: v.status.filter(|s| *s >= 500)?,
-            upstreams,
-        })
+        Some(Query { unix_ms: ((v.ts_ns as i128 + boot_offset_ns) / 1_000_000) as i64, pid: v.gateway.pid, client, status, upstreams })
     }
 }
 
@@ -272,6 +270,15 @@ impl Pending {
         let mut fitting: Vec<(usize, Vec<MatchKey>)> =
             recent.filter(|(_, r)| !r.taken).filter_map(|(i, r)| Some((i, fit(&r.line, q, dialect)?))).collect();
         fitting.reverse();
+        // Without the client, any line of another story nearby makes the choice a guess.
+        if q.client.is_none()
+            && let Some((first, _)) = fitting.first()
+        {
+            let story = |i: usize| (self.lines[i].line.claim, self.lines[i].line.upstream.clone());
+            if fitting.iter().any(|(i, _)| story(*i) != story(*first)) {
+                return None;
+            }
+        }
         for (i, keys) in fitting {
             let r = &self.lines[i];
             let rank =
@@ -317,7 +324,8 @@ impl Dialect {
 }
 
 /// Whether a line can be this verdict's, and by what. Every field the line has must agree;
-/// time and the client's address are needed, and the pid or the client's port besides.
+/// time and the client's address are needed, and the pid or the client's port besides (for a
+/// response cut short, whose client is not known: time, the pid and the upstream).
 fn fit(line: &LogLine, q: &Query, dialect: Dialect) -> Option<Vec<MatchKey>> {
     let ahead = q.unix_ms - line.unix_ms;
     let in_time = match dialect {
@@ -337,15 +345,17 @@ fn fit(line: &LogLine, q: &Query, dialect: Dialect) -> Option<Vec<MatchKey>> {
         }
         keys.push(MatchKey::Pid);
     }
-    if line.client_ip? != q.client.ip() {
-        return None;
-    }
-    keys.push(MatchKey::Client);
-    if let Some(port) = line.client_port {
-        if port != q.client.port() {
+    if let Some(client) = q.client {
+        if line.client_ip? != client.ip() {
             return None;
         }
-        keys.push(MatchKey::ClientPort);
+        keys.push(MatchKey::Client);
+        if let Some(port) = line.client_port {
+            if port != client.port() {
+                return None;
+            }
+            keys.push(MatchKey::ClientPort);
+        }
     }
     if let Some(up) = &line.upstream {
         if !q.upstreams.contains(up) {
@@ -359,7 +369,16 @@ fn fit(line: &LogLine, q: &Query, dialect: Dialect) -> Option<Vec<MatchKey>> {
         }
         keys.push(MatchKey::Status);
     }
-    (keys.contains(&MatchKey::Pid) || keys.contains(&MatchKey::ClientPort)).then_some(keys)
+    let enough = match q.client {
+        Some(_) => keys.contains(&MatchKey::Pid) || keys.contains(&MatchKey::ClientPort),
+        // Only words a cut mid-response can have.
+        None => {
+            keys.contains(&MatchKey::Pid)
+                && keys.contains(&MatchKey::Upstream)
+                && matches!(line.claim, Some(Claim::ClosedEarly | Claim::Reset | Claim::ReadTimeout | Claim::ServerAborted))
+        }
+    };
+    enough.then_some(keys)
 }
 
 /// Whether a line is about a failed request (worth keeping for a verdict).
@@ -385,7 +404,31 @@ mod tests {
     }
 
     fn query(at_ms: i64, pid: u32, client: &str, upstream: &str) -> Query {
-        Query { unix_ms: at_ms, pid, client: client.parse().unwrap(), status: 502, upstreams: vec![upstream.into()] }
+        Query { unix_ms: at_ms, pid, client: Some(client.parse().unwrap()), status: 502, upstreams: vec![upstream.into()] }
+    }
+
+    #[test]
+    fn a_cut_short_response_is_matched_by_its_worker_and_upstream() {
+        let cut = |pid: u32, upstream: &str| Query { unix_ms: 100_300, pid, client: None, status: 200, upstreams: vec![upstream.into()] };
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::ClosedEarly));
+        assert!(p.take_match(&cut(8, "10.1.0.2:80"), Dialect::NginxError).is_none(), "another worker");
+        assert!(p.take_match(&cut(7, "10.1.0.3:80"), Dialect::NginxError).is_none(), "another upstream");
+        let (line, keys) = p.take_match(&cut(7, "10.1.0.2:80"), Dialect::NginxError).unwrap();
+        assert_eq!((line.claim, keys), (Some(Claim::ClosedEarly), vec![MatchKey::Time, MatchKey::Pid, MatchKey::Upstream]));
+        // A line that names neither pid nor upstream (HAProxy's) is no match without a client.
+        let mut p = Pending::default();
+        let mut l = nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::ServerAborted);
+        (l.pid, l.upstream) = (None, None);
+        p.push(l);
+        assert!(p.take_match(&cut(7, "10.1.0.2:80"), Dialect::NginxError).is_none());
+        // Another request's refusal is no cut; and two stories nearby make it a guess.
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        assert!(p.take_match(&cut(7, "10.1.0.2:80"), Dialect::NginxError).is_none());
+        p.push(nginx(101, 7, "10.0.0.1", "10.1.0.2:80", Claim::ClosedEarly));
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Reset));
+        assert!(p.take_match(&cut(7, "10.1.0.2:80"), Dialect::NginxError).is_none());
     }
 
     #[test]

@@ -126,6 +126,8 @@ enum Peer {
     Inet(SocketAddr),
     /// A unix socket, by path.
     Unix(String),
+    /// A host name (the name a DNS verdict says did not resolve).
+    Name(String),
     /// Not known (`?`).
     Unknown,
 }
@@ -135,7 +137,11 @@ impl Peer {
         if let Some(path) = s.strip_prefix("unix:") {
             return Peer::Unix(path.to_owned());
         }
-        s.parse().map_or(Peer::Unknown, Peer::Inet)
+        match s.parse() {
+            Ok(a) => Peer::Inet(a),
+            Err(_) if s != "?" && !s.is_empty() => Peer::Name(s.to_owned()),
+            Err(_) => Peer::Unknown,
+        }
     }
 }
 
@@ -179,6 +185,7 @@ pub fn log_record(v: &Verdict, boot_offset_ns: i128, observed_unix_ns: u64) -> L
             attrs.push(text("server.address", path));
             attrs.push(text("network.transport", "unix"));
         }
+        Peer::Name(name) => attrs.push(text("server.address", name)),
         Peer::Unknown => {}
     }
     if let Peer::Inet(a) = Peer::parse(&v.client) {
@@ -639,6 +646,11 @@ mod tests {
         assert_eq!((attr(&r, "server.port"), attr(&r, "client.address"), attr(&r, "http.response.status_code")), (None, None, None));
         assert_eq!(r.severity_number, SeverityNumber::Warn as i32);
         assert_eq!(attr(&r, "upstrace.gateway.said"), None, "no line, no attribute");
+        // A name that did not resolve is the server's address.
+        let mut v = verdict();
+        (v.upstream, v.cause) = ("app.lab".into(), Cause::DnsNxdomain);
+        let r = log_record(&v, 0, 0);
+        assert_eq!((attr(&r, "server.address"), attr(&r, "server.port")), (Some(&Value::StringValue("app.lab".into())), None));
     }
 
     #[test]
