@@ -31,7 +31,7 @@ fn main() {
             let q = Query {
                 unix_ms: start_ms,
                 pid: 1234,
-                client: format!("10.0.{}.{}:5000", last / 250 % 250, last % 250).parse().unwrap(),
+                client: Some(format!("10.0.{}.{}:5000", last / 250 % 250, last % 250).parse().unwrap()),
                 status: 502,
                 upstreams: vec!["10.1.0.2:8080".into()],
             };

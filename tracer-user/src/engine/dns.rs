@@ -223,9 +223,8 @@ impl Lookups {
             .filter(|&at| at < latest.ts_ns)
             .max()
             .unwrap_or(0);
-        let round: Vec<&Lookup> = mine()
-            .filter(|l| l.name == latest.name && l.ts_ns + ROUND_NS >= latest.ts_ns && l.ts_ns > earlier_end)
-            .collect();
+        let round: Vec<&Lookup> =
+            mine().filter(|l| l.name == latest.name && l.ts_ns + ROUND_NS >= latest.ts_ns && l.ts_ns > earlier_end).collect();
         let ended_by_t = |l: &&Lookup| l.ended.filter(|(at, _)| *at <= t);
         if round
             .iter()

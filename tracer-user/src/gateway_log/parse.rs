@@ -247,7 +247,9 @@ pub fn keep(text: &str) -> String {
 fn upstream_of_url(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     if let Some(path) = rest.strip_prefix("unix:") {
-        let path = path.split(':').next().unwrap_or("");
+        // nginx sometimes leaves out the colon before the URI (`unix:/run/a.sock/` in a read
+        // timeout's line): a socket path does not end with a slash.
+        let path = path.split(':').next().unwrap_or("").trim_end_matches('/');
         return path.starts_with('/').then(|| format!("unix:{path}"));
     }
     let authority = rest.split('/').next().unwrap_or("");
@@ -591,6 +593,7 @@ mod tests {
         assert_eq!(Dialect::NginxError.parse(&line("x"), 0).unwrap().upstream.as_deref(), Some("unix:/run/a.sock"));
         assert_eq!(upstream_of_url("http://backend/"), None, "a group name is no address");
         assert_eq!(upstream_of_url("http://[::1]:8080/"), Some("[::1]:8080".into()));
+        assert_eq!(upstream_of_url("http://unix:/run/a.sock/"), Some("unix:/run/a.sock".into()), "no colon before the URI");
     }
 
     #[test]
