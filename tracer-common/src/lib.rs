@@ -44,7 +44,8 @@ pub enum EventKind {
     ConnectStart = 1,
     /// connect(2) returned something other than EINPROGRESS (unix sockets, immediate errors).
     ConnectSyscall = 2,
-    /// A TCP state change of an owned socket; `old_state`/`new_state` hold the states.
+    /// A TCP state change of an owned socket; `old_state`/`new_state` hold the states; into
+    /// CLOSE, `value` is the socket's error then (sk_err, positive errno, 0 for none).
     StateChange = 3,
     /// A socket error was reported on an owned socket; `value` is sk_err (positive errno).
     SockError = 4,

@@ -179,6 +179,11 @@ fn on_owned_state_change(sk: u64, old: i32, new: i32) {
         emit_socket(EventKind::StateChange, sk, owner, |e| {
             e.old_state = old as u8;
             e.new_state = new as u8;
+            // The error that closed it, read now: the gateway woken by the close may take it
+            // (SO_ERROR) before the error report that follows runs.
+            if new == CLOSE {
+                e.value = read_kernel::<i32>(sk, cfg_get!(kernel.sk_err)).unwrap_or(0) as i64;
+            }
         });
     }
     if new == CLOSE {

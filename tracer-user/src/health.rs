@@ -8,11 +8,17 @@ pub struct AttachReport {
     pub attached: Vec<String>,
     /// (program, the kernel's reason)
     pub skipped: Vec<(String, String)>,
+    /// Loaded, attached only while a traced connection is in trouble (per-packet hooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_demand: Vec<String>,
 }
 
 impl std::fmt::Display for AttachReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "attached {} programs: {}", self.attached.len(), self.attached.join(", "))?;
+        if !self.on_demand.is_empty() {
+            write!(f, "; while a connection is in trouble: {}", self.on_demand.join(", "))?;
+        }
         for (name, why) in &self.skipped {
             write!(f, "\nskipped {name}: {why}")?;
         }

@@ -270,6 +270,30 @@ fn firewall_and_network_evidence() {
         assert!(v.summary.contains("10.0.0.254"), "names the ICMP sender: {}", v.summary);
     }
 
+    // The same ICMP errors with the packet hook off (it is attached on a retransmit): the
+    // socket's own error tells. A refusal without a reset is an ICMP port unreachable, a
+    // host unreachable reported while connecting an administratively prohibited one.
+    // The gateway woken by the close may take the error before its report runs (the report
+    // then reads 0): the close carries it too.
+    // Both read 0 when the gateway took the error first: an error while connecting and no
+    // reset is still an ICMP error.
+    for (errno, reported) in [(111, 111), (113, 113), (111, 0), (0, 0)] {
+        let mut events = vec![ev(Kind::ConnectStart, 0, 0xa1)];
+        events.push(with(ev(Kind::Drop, 1, 0), |e| {
+            e.reason = Some("NETFILTER_DROP".into());
+            e.netns = 4026532000;
+        }));
+        events.push(with(ev(Kind::SockError, 1, 0xa1), |e| {
+            e.value = reported;
+            e.new_state = Some(TcpState::SynSent);
+        }));
+        events.push(with(state(1, 0xa1, "SYN_SENT", "CLOSE"), |e| e.value = errno));
+        events.push(status(2, 502));
+        let v = one(&events);
+        assert_eq!((v.class, v.cause.as_str()), (Class::Firewall, "rejected"), "errno {errno}: {}", v.summary);
+        assert!(v.summary.contains("4026532000") && v.summary.contains("ICMP"), "{}", v.summary);
+    }
+
     // Immediate connect errors from routing.
     for (errno, cause) in [(-101, "no-route"), (-22, "no-route"), (-13, "no-route"), (-99, "local-resources")] {
         let events = vec![with(ev(Kind::ConnectSyscall, 0, 0), |e| e.value = errno), status(1, 502)];

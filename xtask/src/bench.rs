@@ -258,12 +258,18 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
         let gw = lab.start_gateway(GatewayKind::Nginx)?;
         wrk(&lab, 4, 32)?;
         let (mut rps_ratio, mut p99_ratio, mut floor_ratio) = (Vec::new(), Vec::new(), Vec::new());
+        // upstrace's own process: percent of a core per 10k req/s, and microseconds per request.
+        let (mut cpu_per_10k, mut user_us) = (Vec::new(), Vec::new());
         for i in 0..pairs {
-            let Pair { without: a, with: b, floor: f, .. } = ab_pair(&lab, gw, secs)?;
-            eprintln!("bench: {name} pair {}: {}", i + 1, describe_pair(&a, &b, &f, "floor"));
+            let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs)?;
+            eprintln!("bench: {name} pair {}: {}, upstrace {tracer_cpu_pct:.2}% of a core", i + 1, describe_pair(&a, &b, &f, "floor"));
             rps_ratio.push(b.rps / a.rps);
             p99_ratio.push(b.p99_ms / a.p99_ms);
             floor_ratio.push(f.rps / a.rps);
+            if b.rps > 0.0 {
+                cpu_per_10k.push(tracer_cpu_pct * 10_000.0 / b.rps);
+                user_us.push(tracer_cpu_pct / 100.0 / b.rps * 1e6);
+            }
         }
         let tracer = start_tracer(gw, true)?;
         let load = wrk(&lab, secs, 32)?;
@@ -282,6 +288,9 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
             })
             .collect();
         let runs_per_request: f64 = programs.iter().map(|p| p["per_request"].as_f64().unwrap_or(0.0)).sum();
+        // The kernel side: every program's runs per request times its average run time.
+        let bpf_us_per_request: f64 =
+            programs.iter().map(|p| p["per_request"].as_f64().unwrap_or(0.0) * p["avg_ns"].as_f64().unwrap_or(0.0) / 1000.0).sum();
         eprintln!(
             "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request, lost {}",
             per_request(events),
@@ -296,6 +305,8 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
             "events_per_request": per_request(events),
             "lost": stats["lost_total"],
             "runs_per_request": runs_per_request,
+            "upstrace_cpu_pct_per_10k_rps": mean(&cpu_per_10k),
+            "cpu_us_per_request": {"bpf": bpf_us_per_request, "userspace": mean(&user_us)},
             "programs": programs,
         }));
     }
@@ -314,7 +325,7 @@ fn healthy_markdown(h: &serde_json::Value) -> String {
         "\n## 7. Healthy rows by upstream configuration (nginx 2 workers, wrk -t2 -c32; {} pairs of {} s)\n\n",
         h["pairs"], h["seconds"]
     );
-    md.push_str("| row | throughput with / without (min-max) | p99 with / without (min-max) | floor (min-max) | events per request | program runs per request | lost |\n|---|---|---|---|---:|---:|---:|\n");
+    md.push_str("| row | throughput with / without (min-max) | p99 with / without (min-max) | floor (min-max) | events per request | program runs per request | upstrace CPU % of a core per 10k req/s | CPU µs per request: BPF + userspace | lost |\n|---|---|---|---|---:|---:|---:|---:|---:|\n");
     let ratio = |v: &serde_json::Value| {
         format!(
             "{:.3} ({:.3}-{:.3})",
@@ -326,13 +337,16 @@ fn healthy_markdown(h: &serde_json::Value) -> String {
     for row in h["rows"].as_array().into_iter().flatten() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.3} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.2} | {:.3} | {:.2} + {:.2} | {} |",
             row["row"].as_str().unwrap_or("?"),
             ratio(&row["throughput_ratio"]),
             ratio(&row["p99_ratio"]),
             ratio(&row["floor_ratio"]),
             row["events_per_request"].as_f64().unwrap_or(0.0),
             row["runs_per_request"].as_f64().unwrap_or(0.0),
+            row["upstrace_cpu_pct_per_10k_rps"].as_f64().unwrap_or(0.0),
+            row["cpu_us_per_request"]["bpf"].as_f64().unwrap_or(0.0),
+            row["cpu_us_per_request"]["userspace"].as_f64().unwrap_or(0.0),
             row["lost"]
         );
     }

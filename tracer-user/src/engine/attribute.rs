@@ -737,10 +737,11 @@ type Rule = fn(&Case) -> Option<Finding>;
 
 /// The rules, in the order they are asked: what fails earliest in a connection's life and
 /// says the most decides first.
-const RULES: [Rule; 11] = [
+const RULES: [Rule; 12] = [
     upstream_answered,
     connect_failed,
     icmp_error,
+    icmp_error_on_the_socket,
     packet_dropped,
     refused,
     never_connected,
@@ -923,6 +924,49 @@ fn icmp_error(c: &Case) -> Option<Finding> {
     } else {
         Finding::new(Cause::Unreachable, format!("{gw}: {up}: ICMP {what} from {from}"))
     })
+}
+
+/// 2b. An ICMP error that ended the connect, told by the socket's own error where the packet
+/// was not seen (the per-packet hook is attached only once a connection retransmits). The
+/// kernel reports no ECONNREFUSED after a reset in SYN_SENT, so a refusal without one is an
+/// ICMP port unreachable; and of the unreachable codes only the administratively prohibited
+/// ones are reported while connecting (the others wait, as soft errors, for the kernel's own
+/// connect timeout, minutes after the retries that turn the hook on).
+fn icmp_error_on_the_socket(c: &Case) -> Option<Finding> {
+    let a = c.a;
+    if !a.icmp.is_empty() || a.connected_ns.is_some() || a.rst.is_some() {
+        return None;
+    }
+    let (gw, up) = (&c.gw, &c.up);
+    let fw_drop =
+        a.drops.iter().find(|d| d.by_netfilter()).map(|d| format!(", netfilter dropped the SYN in netns {}", d.netns)).unwrap_or_default();
+    let Some(errno) = a.sock_err.map(|f| f.errno) else {
+        // The error the gateway took before its report could read it.
+        return a.error_taken_ns.is_some().then(|| {
+            Finding::new(
+                Cause::Rejected,
+                format!(
+                    "{gw}: a firewall rejected the connection to {up}: the connect ended with a socket error and no TCP reset, which an ICMP port unreachable or administratively prohibited does{fw_drop}"
+                ),
+            )
+        });
+    };
+    let e = errno_name(errno.into());
+    match errno {
+        ECONNREFUSED => Some(Finding::new(
+            Cause::Rejected,
+            format!(
+                "{gw}: a firewall rejected the connection to {up}: refused ({e}) without a TCP reset, which an ICMP port unreachable does{fw_drop}"
+            ),
+        )),
+        EHOSTUNREACH | ENETUNREACH => Some(Finding::new(
+            Cause::Rejected,
+            format!(
+                "{gw}: a firewall rejected the connection to {up}: {e} while connecting, which only an ICMP administratively prohibited does{fw_drop}"
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// 3. Local packet drops on the flow.

@@ -234,6 +234,9 @@ pub struct Attempt {
     pub rst: Option<ResetSeen>,
     pub rst_sent_ns: Option<u64>,
     pub sock_err: Option<Failure>,
+    /// The socket reported an error while connecting, but the gateway, woken first, took it
+    /// (the report reads 0): a fatal ICMP error when no reset came.
+    pub error_taken_ns: Option<u64>,
     /// connect(2) failed at once.
     pub connect_err: Option<Failure>,
     pub recv_end: Option<ReadEnd>,
@@ -287,6 +290,7 @@ impl Attempt {
             rst: None,
             rst_sent_ns: None,
             sock_err: None,
+            error_taken_ns: None,
             connect_err: None,
             recv_end: None,
             local_close_ns: None,
@@ -763,8 +767,14 @@ impl Tracker {
             (Some(Established), CloseWait) => a.fin_ns = a.fin_ns.or(Some(ev.ts_ns)),
             // The gateway closed first.
             (Some(Established), FinWait1) => a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns)),
-            (Some(SynSent), Close) if a.rst.is_none() && a.sock_err.is_none() => {
-                a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns));
+            (Some(SynSent), Close) if a.rst.is_none() && a.sock_err.is_none() && a.error_taken_ns.is_none() => {
+                match i32::try_from(ev.value) {
+                    // The error that ended the connect, read as the socket closed (its error report
+                    // comes after the wake-up, when the gateway may already have taken it). The
+                    // gateway aborting its own connect reports ECONNRESET: a local give-up.
+                    Ok(err) if err > 0 && err != errno::ECONNRESET => a.sock_err = Some(Failure { ts_ns: ev.ts_ns, errno: err }),
+                    _ => a.local_close_ns = a.local_close_ns.or(Some(ev.ts_ns)),
+                }
             }
             _ => {}
         }
@@ -778,7 +788,14 @@ impl Tracker {
         a.touch(ev);
         let Ok(err) = i32::try_from(ev.value) else { return };
         if err == 0 {
-            return; // the error went to sk_err_soft; the ICMP or RST hooks tell more
+            if ev.new_state == Some(TcpState::SynSent) && a.connected_ns.is_none() {
+                a.error_taken_ns = a.error_taken_ns.or(Some(ev.ts_ns));
+                // Not a local give-up either: the close that follows is the error's.
+                if a.local_close_ns.is_some_and(|t| ev.ts_ns.saturating_sub(t) < 1_000_000) {
+                    a.local_close_ns = None;
+                }
+            }
+            return;
         }
         // The gateway aborting its own pending connect (close with linger 0) reports
         // ECONNRESET with no RST from the peer: that is a local give-up.

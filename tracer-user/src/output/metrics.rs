@@ -833,7 +833,11 @@ mod tests {
     #[test]
     fn health_comes_from_the_stats_snapshot() {
         let mut m = Metrics::new();
-        let report = AttachReport { attached: vec!["sock_send_length".into()], skipped: vec![("kfree_skb".into(), "EINVAL".into())] };
+        let report = AttachReport {
+            attached: vec!["sock_send_length".into()],
+            skipped: vec![("kfree_skb".into(), "EINVAL".into())],
+            on_demand: vec![],
+        };
         m.started(&report, &[]);
         let mut s = Stats { events: 1234, traced_processes: 3, lost: vec![("ring_full", 5), ("decode_errors", 0)], ..Stats::default() };
         s.evicted.closed_sockets = 7;
@@ -866,7 +870,7 @@ mod tests {
     fn exposed() -> Vec<String> {
         // A family shows only once it has a series: give every one something.
         let mut m = Metrics::new();
-        m.started(&AttachReport { attached: vec!["p".into()], skipped: vec![] }, &[]);
+        m.started(&AttachReport { attached: vec!["p".into()], skipped: vec![], on_demand: vec![] }, &[]);
         m.verdict(&verdict("10.0.2.2:8081", Some(502), Cause::Refused)).unwrap();
         m.event(&event(Kind::ConnectStart, 1, 7)).unwrap();
         let mut up = event(Kind::StateChange, 2, 7);

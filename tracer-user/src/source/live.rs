@@ -114,6 +114,9 @@ struct Live {
     ring_fill: Option<RingFill>,
     infer: Vec<String>,
     announce: bool,
+    /// When a traced connection last retransmitted: the per-packet hook stays on until
+    /// `PACKET_HOOK_IDLE` after it.
+    last_trouble: Option<std::time::Instant>,
 }
 
 pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
@@ -159,6 +162,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         ring_fill,
         infer: opts.infer.clone(),
         announce: opts.announce && !quiet,
+        last_trouble: None,
     };
     for pid in &initial {
         live.probes.trace_pid(*pid)?;
@@ -322,6 +326,11 @@ impl Live {
             match self.decoder.decode(&item) {
                 Ok(mut ev) => {
                     self.counts.events += 1;
+                    // A retransmit on a traced connection: ICMP errors about it may follow.
+                    if ev.kind == crate::engine::decode::Kind::Retransmit {
+                        self.last_trouble = Some(std::time::Instant::now());
+                        self.probes.want_packet_hook();
+                    }
                     // A unix socket that refused the gateway for permission: the file's owner and
                     // mode, read now (rare: only on such a failure).
                     if ev.kind == crate::engine::decode::Kind::ConnectSyscall
@@ -340,6 +349,10 @@ impl Live {
 
     /// Gateways restart and reload: pick up new processes, forget dead ones.
     fn rescan(&mut self, pipeline: &mut Pipeline) -> Result<()> {
+        if self.last_trouble.is_some_and(|t| t.elapsed() > crate::source::probes::PACKET_HOOK_IDLE) {
+            self.last_trouble = None;
+            self.probes.drop_packet_hook();
+        }
         let mut new = Vec::new();
         for pid in self.targets.scan() {
             if self.known.insert(pid) {

@@ -32,6 +32,15 @@ struct ProgramSpec {
     required: bool,
 }
 
+/// Every packet on the host runs it, and it only looks for ICMP errors about traced flows.
+/// The errors that end a connect at once reach the socket too (`inet_sk_error_report`: ICMP
+/// port unreachable as ECONNREFUSED without a reset, administratively prohibited as
+/// EHOSTUNREACH/ENETUNREACH before any retransmit), so it is attached only once a traced
+/// connection retransmits (a router's "host unreachable" answers each retry), and taken off
+/// again after `PACKET_HOOK_IDLE` without one.
+const ON_DEMAND: &str = "netif_receive_skb";
+pub const PACKET_HOOK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "inet_sock_set_state", hook: Hook::Tracepoint("sock", "inet_sock_set_state"), required: true },
     ProgramSpec { program: "tcp_receive_reset", hook: Hook::Tracepoint("tcp", "tcp_receive_reset"), required: false },
@@ -106,6 +115,9 @@ pub struct Probes {
     unix: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
     evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::engine::decode::Decoder,
+    /// The on-demand per-packet hook's link while attached.
+    packet_link: Option<aya::programs::trace_point::TracePointLinkId>,
+    packet_attaches: u64,
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -164,6 +176,13 @@ impl Probes {
 
         let mut report = AttachReport::default();
         for spec in PROGRAMS {
+            if spec.program == ON_DEMAND {
+                match load_only(&mut ebpf, spec) {
+                    Ok(()) => report.on_demand.push(spec.program.to_owned()),
+                    Err(e) => report.skipped.push((spec.program.to_owned(), format!("{e:#}"))),
+                }
+                continue;
+            }
             match attach(&mut ebpf, spec, &aya_btf) {
                 Ok(()) => report.attached.push(spec.program.to_owned()),
                 Err(e) if spec.required => {
@@ -186,7 +205,55 @@ impl Probes {
         // Parsing the kernel's BTF twice took tens of MiB that are garbage now: hand them back.
         unsafe { libc::malloc_trim(0) };
         let evicted = std::cell::Cell::new(LruEvictions::default());
-        Ok((Self { ebpf, logger, stats_fd: None, report, traced, listeners, counters, closed, peers, unix, evicted, decoder }, ring))
+        Ok((
+            Self {
+                ebpf,
+                logger,
+                stats_fd: None,
+                report,
+                traced,
+                listeners,
+                counters,
+                closed,
+                peers,
+                unix,
+                evicted,
+                decoder,
+                packet_link: None,
+                packet_attaches: 0,
+            },
+            ring,
+        ))
+    }
+
+    /// A traced connection is in trouble: have the per-packet hook attached (once).
+    pub fn want_packet_hook(&mut self) {
+        if self.packet_link.is_some() || !self.report.on_demand.iter().any(|p| p == ON_DEMAND) {
+            return;
+        }
+        let Some(Hook::Tracepoint(category, name)) = PROGRAMS.iter().find(|s| s.program == ON_DEMAND).map(|s| &s.hook) else { return };
+        let Some(program) = self.ebpf.program_mut(ON_DEMAND) else { return };
+        let Ok(tp) = <&mut TracePoint>::try_from(program) else { return };
+        match tp.attach(category, name) {
+            Ok(link) => {
+                self.packet_link = Some(link);
+                self.packet_attaches += 1;
+            }
+            Err(e) => eprintln!("upstrace: attaching {ON_DEMAND} failed: {e}"),
+        }
+    }
+
+    /// Nothing in trouble for a while: take the per-packet hook off.
+    pub fn drop_packet_hook(&mut self) {
+        let Some(link) = self.packet_link.take() else { return };
+        if let Some(tp) = self.ebpf.program_mut(ON_DEMAND).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+            let _ = tp.detach(link);
+        }
+    }
+
+    /// Whether the per-packet hook is attached now, and how many times it was.
+    pub fn packet_hook(&self) -> (bool, u64) {
+        (self.packet_link.is_some(), self.packet_attaches)
     }
 
     /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
@@ -211,7 +278,8 @@ impl Probes {
                 let program: &mut TracePoint = ebpf.program_mut("floor").context("floor program missing")?.try_into()?;
                 program.load().map_err(|e| anyhow!("load floor: {e}"))?;
                 let mut hooks = 0;
-                for spec in PROGRAMS {
+                // All: the hooks upstrace keeps attached (not the on-demand one).
+                for spec in PROGRAMS.iter().filter(|s| set != FloorSet::All || s.program != ON_DEMAND) {
                     if let Hook::Tracepoint(category, name) = spec.hook
                         && (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name))
                         && program.attach(category, name).is_ok()
@@ -272,7 +340,7 @@ impl Probes {
         }
         self.ebpf
             .programs()
-            .filter(|(name, _)| self.report.attached.iter().any(|a| a == name))
+            .filter(|(name, _)| self.report.attached.iter().chain(&self.report.on_demand).any(|a| a == name))
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
                 Some((name.to_owned(), info.run_count(), info.run_time().as_nanos() as u64))
@@ -330,6 +398,13 @@ fn lru_evicted(previous: u64, live: u64, capacity: u32, present: impl FnOnce() -
         return previous;
     }
     previous.max(live.saturating_sub(present() as u64))
+}
+
+/// Load a tracepoint program without attaching it (the on-demand hook).
+fn load_only(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<()> {
+    let program = ebpf.program_mut(spec.program).ok_or_else(|| anyhow!("program {} missing from the object", spec.program))?;
+    let tp: &mut TracePoint = program.try_into()?;
+    tp.load().map_err(|e| anyhow!("load: {e}"))
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
