@@ -572,22 +572,8 @@ impl Lab {
     /// Start the misbehaving upstream in the upstream namespace and wait until it listens.
     pub fn start_upstream(&mut self, mode: &str) -> Result<()> {
         self.stop_upstream();
-        let bin = crate::find_binary("upstrace-lab-upstream", "UPSTRACE_LAB_UPSTREAM")?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.up_ns])
-            .arg(&bin)
-            .args(["--listen", &self.upstream_listen(), "--mode", mode, "--backlog", if mode == "no-accept" { "1" } else { "128" }])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            bail!("lab upstream did not start (mode {mode})");
-        }
-        self.upstream = Some(child);
+        let backlog = if mode == "no-accept" { "1" } else { "128" };
+        self.upstream = Some(self.spawn_lab_upstream(&["--listen", &self.upstream_listen(), "--mode", mode, "--backlog", backlog])?);
         Ok(())
     }
 
@@ -595,11 +581,17 @@ impl Lab {
     /// says; nothing for `Resolver::Down`).
     pub fn start_resolver(&mut self) -> Result<()> {
         let Some(mode) = self.resolver.and_then(Resolver::mode) else { return Ok(()) };
+        self.resolver_process = Some(self.spawn_lab_upstream(&["--listen", &format!("udp:{}:53", self.up_ip), "--mode", mode])?);
+        Ok(())
+    }
+
+    /// `upstrace-lab-upstream ARGS` in the upstream namespace, once it says it is ready.
+    fn spawn_lab_upstream(&self, args: &[&str]) -> Result<Child> {
         let bin = crate::find_binary("upstrace-lab-upstream", "UPSTRACE_LAB_UPSTREAM")?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.up_ns])
             .arg(&bin)
-            .args(["--listen", &format!("udp:{}:53", self.up_ip), "--mode", mode])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -608,10 +600,9 @@ impl Lab {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
         if line.trim() != "ready" {
             let _ = child.kill();
-            bail!("lab resolver did not start (mode {mode})");
+            bail!("lab upstream did not start ({})", args.join(" "));
         }
-        self.resolver_process = Some(child);
-        Ok(())
+        Ok(child)
     }
 
     /// Make the lab's upstream certificates with openssl in its directory: a CA the gateways

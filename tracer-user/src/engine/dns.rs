@@ -44,7 +44,7 @@ pub fn parse(bytes: &[u8]) -> Option<DnsMessage> {
         return None;
     }
     let truncated = flags & 0x0200 != 0;
-    let (id, rcode) = (id, (flags & 0xf) as u8);
+    let rcode = (flags & 0xf) as u8;
     if questions == 0 {
         return Some(DnsMessage { id, response, rcode, answers, name: String::new(), qtype: 0, truncated });
     }
