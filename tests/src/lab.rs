@@ -244,6 +244,11 @@ pub enum Resolver {
     Refused,
     /// Takes the queries and never answers.
     Silent,
+    /// Over TCP, with nothing listening there: its UDP answers are truncated (TC) so that
+    /// nginx and Go ask again over TCP; HAProxy's nameserver is `tcp@` (the RST to its SYN).
+    TcpDown,
+    /// Over TCP (as above), answering NXDOMAIN there.
+    TcpNxdomain,
 }
 
 impl Resolver {
@@ -256,7 +261,14 @@ impl Resolver {
             Resolver::Servfail => Some("dns-servfail"),
             Resolver::Refused => Some("dns-refused"),
             Resolver::Silent => Some("dns-silent"),
+            Resolver::TcpDown => Some("dns-tcp-down"),
+            Resolver::TcpNxdomain => Some("dns-tcp-nxdomain"),
         }
+    }
+
+    /// The gateway reaches it over TCP.
+    pub fn over_tcp(self) -> bool {
+        matches!(self, Resolver::TcpDown | Resolver::TcpNxdomain)
     }
 }
 
@@ -379,7 +391,29 @@ pub struct Lab {
     /// upstream's address: set before `start_gateway`, then `start_resolver`.
     pub resolver: Option<Resolver>,
     resolver_process: Option<Child>,
+    /// Where HAProxy sends its log (set before `start_gateway`).
+    pub haproxy_log: HaproxyLog,
+    /// HAProxy drops root for this user after reading its configuration (`user`, as
+    /// Debian's runs as haproxy); none: it stays root.
+    pub haproxy_user: Option<&'static str>,
+    /// The lab's rsyslogd, for `HaproxyLog::SyslogUnix` and `SyslogUdp`.
+    syslog_daemon: Option<Child>,
 }
+
+/// Where the lab's HAProxy sends its `option httplog` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaproxyLog {
+    /// `log stdout format raw`, its stdout a file (systemd's `StandardOutput=append:`).
+    Stdout,
+    /// `log <lab>/dev/log local0`: a unix datagram socket where the lab's rsyslogd listens
+    /// and writes the lines to `syslog/haproxy.log`, as Debian's rsyslog does for its HAProxy.
+    SyslogUnix,
+    /// `log 127.0.0.1:5514 local0`: the same rsyslogd's UDP input.
+    SyslogUdp,
+}
+
+/// The UDP port of the lab's rsyslogd (in the gateway's namespace).
+pub const SYSLOG_UDP_PORT: u16 = 5514;
 
 impl Lab {
     /// Two namespaces (gateway, upstream) joined by a veth pair on a /24 of their own.
@@ -413,6 +447,9 @@ impl Lab {
             upstream_tls: None,
             resolver: None,
             resolver_process: None,
+            haproxy_log: HaproxyLog::Stdout,
+            haproxy_user: None,
+            syslog_daemon: None,
         };
         lab.setup_network()?;
         Ok(lab)
@@ -868,14 +905,19 @@ impl Lab {
         let log_file = || -> Result<Stdio> {
             Ok(std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?.into())
         };
+        let by_syslog = kind == GatewayKind::Haproxy && self.haproxy_log != HaproxyLog::Stdout;
+        if by_syslog {
+            self.start_syslog_daemon()?;
+        }
         let (stdout, stderr) = match kind {
             GatewayKind::Nginx => (Stdio::null(), Stdio::null()),
+            GatewayKind::Haproxy if by_syslog => (Stdio::null(), Stdio::null()),
             GatewayKind::Haproxy => (log_file()?, Stdio::null()),
             GatewayKind::Caddy => (Stdio::null(), log_file()?),
         };
         let child = cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id();
-        self.gateway = Some(Gateway { pid, child, log_path });
+        self.gateway = Some(Gateway { pid, child, log_path: log_path.clone() });
         // Ready when its port accepts connections (checked from inside its namespace).
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -885,7 +927,10 @@ impl Lab {
                 .stderr(Stdio::null())
                 .status()?;
             let workers = self.gateway.as_ref().map(|g| g.workers().len()).unwrap_or(0);
-            if probe.success() && (!kind.has_workers() || workers > 0) {
+            // Through syslog, ready when rsyslogd has written HAProxy's first line (its
+            // "Proxy fe started." notice): the file upstrace finds among rsyslogd's.
+            let logged = !by_syslog || std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0);
+            if probe.success() && (!kind.has_workers() || workers > 0) && logged {
                 return Ok(pid);
             }
             let exited = self.gateway.as_mut().is_some_and(|g| matches!(g.child.try_wait(), Ok(Some(_))));
@@ -951,7 +996,7 @@ http {{
             fastcgi = if self.speaks_fastcgi() {
                 format!(
                     "\n            fastcgi_pass {};\n            fastcgi_param SCRIPT_FILENAME {}/www/app.php;\n            \
-                     fastcgi_param REQUEST_METHOD $request_method;\n            fastcgi_read_timeout 5s;\n        }}\n        location /unused {{",
+                     fastcgi_param REQUEST_METHOD $request_method;\n            fastcgi_connect_timeout 2s;\n            fastcgi_read_timeout 5s;\n        }}\n        location /unused {{",
                     // nginx names a unix socket "unix:/path".
                     if self.php_over_tcp { self.php_listen() } else { format!("unix:{}", self.php_listen()) },
                     self.dir.display()
@@ -992,8 +1037,75 @@ http {{
         Ok((path, log))
     }
 
+    /// The lab's rsyslogd in the gateway's namespace, configured as Debian's rsyslog is for
+    /// HAProxy (a listening socket of its own, HAProxy's lines to their own file), plus a UDP
+    /// input. Ready when its socket exists.
+    fn start_syslog_daemon(&mut self) -> Result<()> {
+        let d = self.dir.display();
+        std::fs::create_dir_all(self.dir.join("dev"))?;
+        std::fs::create_dir_all(self.dir.join("syslog"))?;
+        let conf = format!(
+            r#"global(workDirectory="{d}/syslog")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" Socket="{d}/dev/log")
+module(load="imudp")
+input(type="imudp" address="127.0.0.1" port="{SYSLOG_UDP_PORT}")
+:programname, startswith, "haproxy" {{
+  {d}/syslog/haproxy.log
+  stop
+}}
+"#
+        );
+        let path = self.dir.join("rsyslog.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.gw_ns, "rsyslogd", "-n", "-f"])
+            .arg(&path)
+            .arg("-i")
+            .arg(self.dir.join("syslog/rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting rsyslogd (Debian package rsyslog)")?;
+        self.syslog_daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.dir.join("dev/log").exists() {
+            if Instant::now() > deadline {
+                bail!("rsyslogd did not create {d}/dev/log within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Kill the lab's rsyslogd: HAProxy's log lines then reach no process.
+    pub fn stop_syslog_daemon(&mut self) {
+        if let Some(mut child) = self.syslog_daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn haproxy_conf(&self) -> Result<(PathBuf, PathBuf)> {
-        let log = self.dir.join("haproxy.log");
+        let log = match self.haproxy_log {
+            HaproxyLog::Stdout => self.dir.join("haproxy.log"),
+            HaproxyLog::SyslogUnix | HaproxyLog::SyslogUdp => self.dir.join("syslog/haproxy.log"),
+        };
+        // Debian's shape: chrooted, logging to /dev/log, which is the lab's <dir>/dev/log
+        // inside the chroot. Not when its upstream is a unix socket (outside the chroot).
+        let unix_upstream = self.unix_upstream || (self.speaks_fastcgi() && !self.php_over_tcp);
+        let chroot = self.haproxy_log != HaproxyLog::Stdout && !unix_upstream;
+        let log_target = match self.haproxy_log {
+            HaproxyLog::Stdout => "stdout format raw".to_string(),
+            HaproxyLog::SyslogUnix if chroot => "/dev/log".to_string(),
+            HaproxyLog::SyslogUnix => format!("{}/dev/log", self.dir.display()),
+            HaproxyLog::SyslogUdp => format!("127.0.0.1:{SYSLOG_UDP_PORT}"),
+        };
+        let mut chroot = if chroot { format!("\n    chroot {}", self.dir.display()) } else { String::new() };
+        if let Some(user) = self.haproxy_user {
+            chroot.push_str(&format!("\n    user {user}\n    group nogroup"));
+        }
         let bind = if self.client.tls() {
             let (_, _, both) = self.certificate()?;
             format!("bind 127.0.0.1:{GATEWAY_PORT} ssl crt {} alpn h2,http/1.1", both.display())
@@ -1002,10 +1114,13 @@ http {{
         };
         // php-fpm or the lab's FastCGI server: HAProxy's own FastCGI application (2.1+).
         let fastcgi = self.speaks_fastcgi();
+        // A name resolved at run time takes a `server-template` (the servers a DNS answer
+        // fills, here one: `up1` as the plain line names it).
+        let (server, one) = if self.resolver.is_some() { ("server-template", " 1") } else { ("server", "1") };
         let conf = format!(
             r#"global
     maxconn 1024
-    log stdout format raw local0 info
+    log {log_target} local0 info{chroot}
 defaults
     mode http
     log global
@@ -1019,12 +1134,13 @@ frontend fe
     default_backend be
 backend be
     http-reuse safe{fcgi_app}
-    server up1 {up}{upstream_tls}{second}
+    {server} up{one} {up}{upstream_tls}{second}
 {fcgi_section}{resolvers}"#,
             // The server's address from the lab's resolver, every second; none until it answers.
             resolvers = if self.resolver.is_some() {
                 format!(
-                    "resolvers lab\n    nameserver ns1 {}:53\n    resolve_retries 2\n    timeout resolve 1s\n    timeout retry 500ms\n    hold valid 1s\n    hold nx 1s\n    hold other 1s\n    hold refused 1s\n    hold timeout 1s\n",
+                    "resolvers lab\n    nameserver ns1 {}{}:53\n    resolve_retries 2\n    timeout resolve 1s\n    timeout retry 500ms\n    hold valid 1s\n    hold nx 1s\n    hold other 1s\n    hold refused 1s\n    hold timeout 1s\n",
+                    if self.resolver.is_some_and(Resolver::over_tcp) { "tcp@" } else { "" },
                     self.up_ip
                 )
             } else {
@@ -1173,9 +1289,9 @@ impl Drop for Lab {
         self.stop_gateway();
         self.kill_php();
         self.stop_upstream();
-        if let Some(mut r) = self.resolver_process.take() {
-            let _ = r.kill();
-            let _ = r.wait();
+        for mut child in [self.resolver_process.take(), self.syslog_daemon.take()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = sh(&["ip", "netns", "del", &self.gw_ns]);
         let _ = sh(&["ip", "netns", "del", &self.up_ns]);

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
-    lab::{ClientMode, Fault, GatewayKind, Lab, PhpMode, Resolver, UPSTREAM_PORT, UpstreamTls},
+    lab::{ClientMode, Fault, GatewayKind, HaproxyLog, Lab, PhpMode, Resolver, UPSTREAM_PORT, UpstreamTls},
     tracer::Tracer,
 };
 
@@ -100,6 +100,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "php-tcp-terminate-timeout", setup: Setup::PhpOverTcp(PhpMode::Hang) },
     Scenario { name: "php-tcp-killed", setup: Setup::PhpOverTcpKilled },
     Scenario { name: "php-tcp-500", setup: Setup::PhpOverTcp(PhpMode::AppError) },
+    Scenario { name: "php-tcp-saturated", setup: Setup::PhpOverTcp(PhpMode::Saturated) },
     Scenario { name: "fcgi-truncated-headers", setup: Setup::FastCgi("fcgi-truncated-headers") },
     Scenario { name: "fcgi-truncated-body", setup: Setup::FastCgi("fcgi-truncated-body") },
     Scenario { name: "fcgi-stall", setup: Setup::FastCgi("fcgi-stall") },
@@ -186,6 +187,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "dns-servfail", setup: Setup::Dns(Resolver::Servfail) },
     Scenario { name: "dns-refused", setup: Setup::Dns(Resolver::Refused) },
     Scenario { name: "dns-silent", setup: Setup::Dns(Resolver::Silent) },
+    // Over TCP: nginx and Go after a truncated UDP answer, HAProxy with a `tcp@` nameserver.
+    Scenario { name: "dns-tcp-down", setup: Setup::Dns(Resolver::TcpDown) },
+    Scenario { name: "dns-tcp-nxdomain", setup: Setup::Dns(Resolver::TcpNxdomain) },
 ];
 
 const fn v(class: &'static str, causes: &'static [&'static str]) -> Expect {
@@ -210,8 +214,20 @@ impl Scenario {
             "php-tcp-terminate-timeout" => "php-terminate-timeout",
             "php-tcp-killed" => "php-killed",
             "php-tcp-500" => "php-500",
+            // A full TCP listen queue drops the SYN: the TCP `overloaded` row's fault.
+            "php-tcp-saturated" => "overloaded",
             "group-down-zone" => "group-down",
             other => other,
+        }
+    }
+
+    /// Where HAProxy sends its log on this row: through syslog as Debian's does (a unix
+    /// socket; UDP on the DNS rows), and to its stdout on the HTTPS-client rows.
+    pub fn haproxy_log(&self) -> HaproxyLog {
+        match self.setup {
+            Setup::Dns(_) => HaproxyLog::SyslogUdp,
+            _ if self.client().tls() => HaproxyLog::Stdout,
+            _ => HaproxyLog::SyslogUnix,
         }
     }
 
@@ -231,8 +247,6 @@ impl Scenario {
     pub fn runs_on(&self, gw: GatewayKind) -> bool {
         match self.setup {
             // nginx's fastcgi_pass and HAProxy's use-fcgi-app.
-            // The lab's HAProxy runs as root, which a root-only socket lets in.
-            Setup::Php(PhpMode::RootOnlySocket) => gw == GatewayKind::Nginx,
             Setup::GroupDownShared => gw == GatewayKind::Nginx,
             Setup::Php(_)
             | Setup::PhpKilled
@@ -260,6 +274,8 @@ impl Scenario {
             "group-down" if gw == GatewayKind::Nginx => Some("without trying any upstream for this request"),
             "localhost-in-netns" => Some("that namespace's own loopback"),
             "dns-ok" => None,
+            // HAProxy's `tcp@` nameserver refused before its query went out: no name seen.
+            "dns-tcp-down" if gw == GatewayKind::Haproxy => Some("the name it looks up did not resolve; resolver "),
             name if name.starts_with("dns-") => Some("the name app.lab did not resolve; resolver "),
             "php-segfault" => Some("(php-fpm: pool www) killed by SIGSEGV"),
             "php-terminate-timeout" => Some("sent by its manager"),
@@ -308,17 +324,20 @@ impl Scenario {
             // HAProxy's termination state: the server refused (SC) or aborted (SH).
             (GatewayKind::Haproxy, "refused") => Some(" SC-- "),
             (GatewayKind::Haproxy, "reset-before-headers") if self.client() != ClientMode::TlsH2 => Some(" SH-- "),
-            (GatewayKind::Nginx, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => {
-                Some("app.lab could not be resolved")
-            }
-            (GatewayKind::Haproxy, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => Some("be/<NOSRV>"),
-            (GatewayKind::Caddy, "dns-down" | "dns-nxdomain" | "dns-servfail" | "dns-refused" | "dns-silent") => Some("lookup app.lab"),
+            (GatewayKind::Nginx, name) if Self::dns_failure(name) => Some("app.lab could not be resolved"),
+            (GatewayKind::Haproxy, name) if Self::dns_failure(name) => Some("be/<NOSRV>"),
+            (GatewayKind::Caddy, name) if Self::dns_failure(name) => Some("lookup app.lab"),
             (GatewayKind::Nginx, "php-saturated") => Some("(11: Resource temporarily unavailable) while connecting to upstream"),
             (GatewayKind::Nginx, "php-not-started") => Some("(2: No such file or directory) while connecting to upstream"),
             (GatewayKind::Caddy, "refused") => Some("connection refused"),
             (GatewayKind::Caddy, "reset-before-headers") => Some("connection reset by peer"),
             _ => None,
         }
+    }
+
+    /// A row whose resolver fails the lookup.
+    fn dns_failure(name: &str) -> bool {
+        name.starts_with("dns-") && name != "dns-ok"
     }
 
     /// The verdict for this row: the plain row's whatever the client side speaks (the fault is
@@ -347,6 +366,11 @@ impl Scenario {
             "dns-servfail" => v("network", &["dns-servfail"]),
             "dns-refused" => v("network", &["dns-refused"]),
             "dns-silent" => v("network", &["dns-timeout"]),
+            // Caddy's transport `resolvers` dial UDP whatever Go's resolver asks for: a
+            // truncated answer is asked again over UDP, truncated again, and that is the end.
+            "dns-tcp-down" | "dns-tcp-nxdomain" if gw == GatewayKind::Caddy => v("network", &["dns-error"]),
+            "dns-tcp-down" => v("network", &["dns-unreachable"]),
+            "dns-tcp-nxdomain" => v("network", &["dns-nxdomain"]),
             // The last request was answered without an attempt: its cause is the failures
             // that took the servers out.
             "group-down" => v("upstream", &["refused"]),
@@ -502,6 +526,12 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
     if let Setup::Dns(resolver) = scenario.setup {
         lab.resolver = Some(resolver);
     }
+    lab.haproxy_log = scenario.haproxy_log();
+    if let Setup::Php(PhpMode::RootOnlySocket) = scenario.setup {
+        // A socket only root may open, and a HAProxy that is not root (nginx's workers are
+        // nobody already).
+        lab.haproxy_user = Some("nobody");
+    }
     let mut holders: Vec<Child> = Vec::new();
     match scenario.setup {
         Setup::Unix(None) => {}
@@ -545,8 +575,12 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
                 std::thread::sleep(Duration::from_millis(150));
             }
         }
-        Setup::BacklogFull => {
-            // Fill the never-accepted backlog from the gateway's side (bounded: 15 s each).
+        // Over TCP, php-fpm's one worker takes a connection that sends nothing and the next
+        // two fill its listen queue: held from the gateway's side, not through it (requests
+        // through it would time out and answer 5xx of their own while the row's request waits
+        // for its connect).
+        Setup::PhpOverTcp(PhpMode::Saturated) | Setup::BacklogFull => {
+            // Bounded: 15 s each.
             for _ in 0..3 {
                 holders.push(
                     Command::new("ip")
@@ -627,6 +661,18 @@ pub fn run_with(scenario: &Scenario, gw: GatewayKind, record: Option<&Path>, kee
             Some(wrong) => (false, wrong),
             None => (pass, why),
         },
+        _ => (pass, why),
+    };
+    // HAProxy's lines through syslog are read from the file rsyslogd writes them to.
+    let (pass, why) = match verdicts.last() {
+        Some(v) if pass && gw == GatewayKind::Haproxy && lab.haproxy_log != HaproxyLog::Stdout && v["gateway_said"].is_object() => {
+            let source = v["gateway_said"]["source"].as_str().unwrap_or_default();
+            if source.ends_with("syslog/haproxy.log") {
+                (pass, why)
+            } else {
+                (false, format!("gateway_said from {source}, not rsyslogd's file for HAProxy ({:?})", lab.haproxy_log))
+            }
+        }
         _ => (pass, why),
     };
     let gateway_log = lab.gateway.as_ref().map(|g| g.log()).unwrap_or_default();

@@ -1,11 +1,13 @@
-//! Root test of the gateway's own account on a real nginx: its error log is found among its
-//! open files and said at start, each 502 gets its line, and the log stays followed when it is
-//! rotated under upstrace (logrotate's rename and USR1, then copytruncate).
+//! Root tests of the gateway's own account: a real nginx's error log is found among its open
+//! files and said at start, each 502 gets its line, and the log stays followed when it is
+//! rotated under upstrace (logrotate's rename and USR1, then copytruncate); a real HAProxy's log
+//! sent to syslog as Debian's is (chrooted, `log /dev/log`) is read from the file a real
+//! rsyslogd writes it to, and a log socket nobody listens on is said at start.
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use upstrace_lab::{
-    lab::{GatewayKind, Lab},
+    lab::{GatewayKind, HaproxyLog, Lab},
     require_root,
     tracer::Tracer,
 };
@@ -71,4 +73,36 @@ fn nginx_error_log_is_followed_through_rotations() {
     let stats = lines.iter().rev().find(|l| l["type"] == "stats").expect("a stats line");
     assert_eq!(stats["gateway_log"]["matched"], 3, "{stats}");
     assert!(stats["gateway_log"]["rotations"].as_u64().unwrap_or(0) >= 2, "{stats}");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
+fn haproxy_log_through_syslog_is_read_where_rsyslogd_writes_it() {
+    require_root();
+    setup();
+    let mut lab = Lab::new().unwrap();
+    lab.haproxy_log = HaproxyLog::SyslogUnix;
+    let pid = lab.start_gateway(GatewayKind::Haproxy).unwrap();
+    let source = lab.gateway.as_ref().unwrap().log_path.display().to_string();
+    let tracer = Tracer::start(&["--pid", &pid.to_string()]).unwrap();
+    let start = tracer.stderr();
+    assert!(start.contains(&format!("upstrace: haproxy: gateway log {source} (via rsyslogd ")), "{start}");
+    assert!(start.contains(" from /dev/log)"), "the chrooted HAProxy's own name for its log socket: {start}");
+
+    assert_eq!(lab.request("/").unwrap().0, 503);
+    let v = nth_verdict(&tracer, 1);
+    let said = &v["gateway_said"];
+    assert_eq!(said["source"], source.as_str(), "{v}");
+    assert!(said["line"].as_str().unwrap_or("").contains(" SC-- "), "{v}");
+    assert!(said["matched_by"].as_array().is_some_and(|m| m.iter().any(|k| k == "pid")), "the syslog header's pid: {v}");
+    assert_eq!(said["agreement"], "agrees", "{v}");
+    tracer.stop().unwrap();
+
+    // rsyslogd gone: HAProxy's lines reach no process, and upstrace says so at start.
+    lab.stop_syslog_daemon();
+    let tracer = Tracer::start(&["--pid", &pid.to_string()]).unwrap();
+    let start = tracer.stderr();
+    assert!(start.contains("no readable log"), "{start}");
+    assert!(start.contains("its log sent to /dev/log reaches no process"), "{start}");
+    tracer.stop().unwrap();
 }

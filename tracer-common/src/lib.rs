@@ -88,6 +88,8 @@ pub enum EventKind {
     /// A traced process read from its DNS socket: `value` is the read's result (bytes, or
     /// -errno: -ECONNREFUSED when the resolver's port answered with ICMP), `data` the
     /// message's first bytes (header with the response code, question), `aux` how many.
+    /// `old_state` of both DNS kinds is the socket's IP protocol: `DNS_OVER_TCP` for a read on
+    /// a TCP connection to port 53 (its bytes start with the message's two-byte length).
     DnsAnswer = 20,
 }
 
@@ -411,6 +413,8 @@ const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
+/// A DNS event's `old_state` when the message came over TCP (IPPROTO_TCP).
+pub const DNS_OVER_TCP: u8 = 6;
 /// Bytes of a connection's first request kept in `RequestSent`'s `data` (zeros: not read):
 /// enough to tell a TLS ClientHello record from an HTTP request line, too few to hold a secret.
 pub const REQUEST_HEAD: usize = 8;

@@ -1,7 +1,10 @@
 //! DNS exchanges of traced processes with their resolvers (connected UDP sockets to port 53,
 //! as nginx's `resolver`, HAProxy's `resolvers` and Go's resolver use): rare next to HTTP
 //! traffic, so each query and each read of an answer is shipped with the message's first
-//! bytes. Userspace reads the name, the response code, and what never came back.
+//! bytes. Userspace reads the name, the response code, and what never came back. Answers read
+//! on a TCP connection to port 53 that was open before tracing began (HAProxy's `tcp@`
+//! nameservers keep theirs) are shipped too, behind their two-byte length; TCP connections
+//! seen from their connect are followed like upstream connections (userspace tells them apart).
 use tracer_common::{EventKind, errno};
 
 use crate::{
@@ -17,10 +20,11 @@ const DNS_HEAD: usize = 128;
 /// What is readable of a short message near the end of its mapping: header and a short name.
 const DNS_SHORT: usize = 48;
 
-/// Ship a DNS query (`DnsQuery`, from a send) or an answer (`DnsAnswer`, from a read) on UDP
-/// socket `sk`; false when the socket does not talk to port 53.
+/// Ship a DNS query (`DnsQuery`, from a send) or an answer (`DnsAnswer`, from a read) on
+/// socket `sk` of IP protocol `protocol` (in the event's `old_state`); false when the socket
+/// does not talk to port 53.
 #[inline(always)]
-pub fn on_udp(kind: EventKind, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32) -> bool {
+pub fn on_socket(kind: EventKind, protocol: u16, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32) -> bool {
     let dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
     if dport != DNS_PORT {
         return false;
@@ -33,6 +37,7 @@ pub fn on_udp(kind: EventKind, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32)
         e.sock = sk;
         fill_tuple_from_sock(e, sk);
         e.value = ret as i64;
+        e.old_state = protocol as u8;
         // A query whose send failed is still the query (an earlier ICMP error reported on the
         // connected socket); a failed read left nothing in its buffer.
         let readable = ret > 0 || (kind == EventKind::DnsQuery && ret < 0);

@@ -8,7 +8,7 @@ use tracer_common::{
 };
 
 use crate::{
-    dns::{IPPROTO_UDP, on_udp},
+    dns::{IPPROTO_UDP, on_socket as on_dns},
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
@@ -24,6 +24,7 @@ use crate::{
 /// entry and the socket send can take tens of milliseconds (10 ms lost one 5xx in 205k in a
 /// 30-minute soak).
 const STATUS_MAX_AGE_NS: u64 = 1_000_000_000;
+const TCP: u16 = crate::packet::IPPROTO_TCP as u16;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -43,7 +44,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
         if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP
-            && on_udp(EventKind::DnsQuery, sk, tgid, tid, buf, ret)
+            && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, buf, ret)
         {
             return Ok(());
         }
@@ -232,8 +233,16 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(owner) = owner else {
         // Not an upstream socket: its buffer must not be taken for a later read(2) of one.
         let buf = take_recv_buffer(tid);
-        if tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) == IPPROTO_UDP {
-            on_udp(EventKind::DnsAnswer, sk, tgid, tid, buf, ret);
+        // UDP answers; and TCP answers on a resolver connection older than the trace (one
+        // read of the port per read of a client's request: the price of seeing them).
+        match tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) {
+            IPPROTO_UDP => {
+                on_dns(EventKind::DnsAnswer, IPPROTO_UDP, sk, tgid, tid, buf, ret);
+            }
+            TCP if ret > 0 => {
+                on_dns(EventKind::DnsAnswer, TCP, sk, tgid, tid, buf, ret);
+            }
+            _ => {}
         }
         return Ok(());
     };

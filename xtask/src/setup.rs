@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::status;
 
 /// Debian packages: the LLVM 22 libraries bpf-linker links against, bpftool, the gateways
-/// (nginx, HAProxy, Caddy) and tools the fault lab drives (openssl makes its certificates, h2load loads HTTP/2),
+/// (nginx, HAProxy, Caddy), rsyslog (HAProxy's log through syslog, as Debian sends it) and tools the fault lab drives (openssl makes its certificates, h2load loads HTTP/2),
 /// tmux for terminal tests, systemd for `systemd-analyze verify` of the packaged unit, and a
 /// Prometheus server that scrapes upstrace's metrics in a test.
 const APT_PACKAGES: &[&str] = &[
@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "nginx",
     "haproxy",
+    "rsyslog",
     "caddy",
     "php8.2-fpm",
     "openssl",

@@ -375,7 +375,9 @@ fn serve_fastcgi<S: Read + Write>(mut s: S, mode: &str) {
 
 /// The lab's DNS server (`--listen udp:IP:53 --mode dns-*`): every name is the listening
 /// address (`dns-ok`: an A record, an empty answer for other types), or every query gets
-/// NXDOMAIN, SERVFAIL or REFUSED, or no answer at all (`dns-silent`).
+/// NXDOMAIN, SERVFAIL or REFUSED, or no answer at all (`dns-silent`). `dns-tcp-*`: every UDP
+/// answer is truncated (TC, no records) so that the client asks again over TCP, where nothing
+/// listens (`dns-tcp-down`) or NXDOMAIN is answered (`dns-tcp-nxdomain`).
 fn resolver(addr: &str, mode: &str) {
     let socket = match std::net::UdpSocket::bind(addr) {
         Ok(s) => s,
@@ -388,6 +390,34 @@ fn resolver(addr: &str, mode: &str) {
         Ok(std::net::SocketAddr::V4(a)) => a.ip().octets(),
         _ => [127, 0, 0, 1],
     };
+    if let Some(over_tcp) = mode.strip_prefix("dns-tcp-") {
+        if over_tcp == "nxdomain" {
+            let tcp = match TcpListener::bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("upstrace-lab-upstream: cannot listen on tcp:{addr}: {e}");
+                    std::process::exit(1);
+                }
+            };
+            std::thread::spawn(move || {
+                for conn in tcp.incoming().flatten() {
+                    std::thread::spawn(move || answer_over_tcp(conn, 3, ip));
+                }
+            });
+        } else if over_tcp != "down" {
+            eprintln!("upstrace-lab-upstream: unknown DNS mode {mode}");
+            std::process::exit(2);
+        }
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if let Some(answer) = dns_answer(&buf[..n], Answer { rcode: 0, ip, truncated: true }) {
+                let _ = socket.send_to(&answer, from);
+            }
+        }
+        return;
+    }
     println!("ready");
     let _ = std::io::stdout().flush();
     let rcode = match mode {
@@ -405,15 +435,45 @@ fn resolver(addr: &str, mode: &str) {
     };
     let mut buf = [0u8; 1500];
     while let Ok((n, from)) = socket.recv_from(&mut buf) {
-        if let Some(answer) = dns_answer(&buf[..n], rcode, ip) {
+        if let Some(answer) = dns_answer(&buf[..n], Answer { rcode, ip, truncated: false }) {
             let _ = socket.send_to(&answer, from);
         }
     }
 }
 
+/// DNS over TCP (RFC 7766): each message after its two-byte length; one connection may carry
+/// several queries.
+fn answer_over_tcp(mut conn: TcpStream, rcode: u8, ip: [u8; 4]) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    loop {
+        let mut len = [0u8; 2];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+        if conn.read_exact(&mut query).is_err() {
+            return;
+        }
+        let Some(answer) = dns_answer(&query, Answer { rcode, ip, truncated: false }) else { return };
+        let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&answer);
+        if conn.write_all(&framed).is_err() {
+            return;
+        }
+    }
+}
+
+/// How to answer a query.
+struct Answer {
+    rcode: u8,
+    ip: [u8; 4],
+    /// TC set and no records: the answer did not fit, ask again over TCP.
+    truncated: bool,
+}
+
 /// The answer to one query: its header and question, then one A record (TTL 1 s) when the
 /// code is NOERROR and the question is for A.
-fn dns_answer(query: &[u8], rcode: u8, ip: [u8; 4]) -> Option<Vec<u8>> {
+fn dns_answer(query: &[u8], Answer { rcode, ip, truncated }: Answer) -> Option<Vec<u8>> {
     let mut end = 12;
     loop {
         let len = *query.get(end)? as usize;
@@ -423,10 +483,10 @@ fn dns_answer(query: &[u8], rcode: u8, ip: [u8; 4]) -> Option<Vec<u8>> {
         }
     }
     let question = query.get(12..end + 4)?;
-    let a_record = rcode == 0 && question[question.len() - 4..question.len() - 2] == [0, 1];
+    let a_record = rcode == 0 && !truncated && question[question.len() - 4..question.len() - 2] == [0, 1];
     let mut out = query[..2].to_vec();
-    // QR, the query's RD, RA, and the code.
-    out.push(0x80 | (query[2] & 0x01));
+    // QR, TC when truncated, the query's RD, RA, and the code.
+    out.push(0x80 | if truncated { 0x02 } else { 0 } | (query[2] & 0x01));
     out.push(0x80 | rcode);
     out.extend_from_slice(&[0, 1, 0, a_record as u8, 0, 0, 0, 0]);
     out.extend_from_slice(question);

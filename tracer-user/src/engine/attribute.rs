@@ -94,6 +94,7 @@ impl Engine {
         }
         if matches!(ev.kind, Kind::StateChange | Kind::ResetReceived | Kind::RecvEnd)
             && let Some(a) = self.tracker.current_attempt(ev.sock)
+            && !a.dns
             && a.response_ns.is_some()
             && a.end_ns().is_some()
             && self.truncation_queued.insert(a.id)
@@ -132,7 +133,7 @@ impl Engine {
         };
         let Some(a) = attempt else { return };
         let Some(end) = a.end_ns() else { return };
-        if self.unreadable.contains(&a.comm) && !a.succeeded() && !a.consumed && self.inference_queued.insert(a.id) {
+        if self.unreadable.contains(&a.comm) && !a.dns && !a.succeeded() && !a.consumed && self.inference_queued.insert(a.id) {
             self.inference_checks.push_back((end + INFERENCE_WAIT_NS, a.id));
         }
     }
@@ -524,7 +525,7 @@ impl Engine {
     /// A failed attempt no request claimed, as a past failure, when its cause is known.
     fn unclaimed_failure(&self, a: &Attempt) -> Option<PastFailure> {
         let end = a.end_ns()?;
-        if a.consumed || a.succeeded() {
+        if a.consumed || a.dns || a.succeeded() {
             return None;
         }
         let cause = self.decide(a, end, None, String::new()).cause;
@@ -547,11 +548,13 @@ impl Engine {
     /// not resolve (its own DNS exchanges, seen in the kernel). The verdict's upstream is the name.
     fn unresolved(&self, status: &KernelEvent) -> Option<(Finding, String)> {
         let u = self.tracker.dns.unresolved(status.pid, status.ts_ns)?;
+        // A lookup over TCP refused before its query went out names no name.
+        let name = if u.name.is_empty() { "it looks up".to_string() } else { u.name.clone() };
         let summary = format!(
             "{} answered {} without trying any upstream for this request: the name {} did not resolve; resolver {} {}{}",
             status.comm,
             status.value,
-            u.name,
+            name,
             u.resolver,
             u.what,
             match u.ended_ns {
@@ -563,13 +566,17 @@ impl Engine {
         finding = finding.with(Evidence {
             ts_ns: u.asked_ns,
             event: "dns_query".into(),
-            detail: format!("{} {} asked resolver {} for {}", status.comm, status.pid, u.resolver, u.name),
+            detail: if u.name.is_empty() {
+                format!("{} {} connected to resolver {} over TCP", status.comm, status.pid, u.resolver)
+            } else {
+                format!("{} {} asked resolver {} for {}", status.comm, status.pid, u.resolver, u.name)
+            },
         });
         if let Some(at) = u.ended_ns {
             finding =
                 finding.with(Evidence { ts_ns: at, event: "dns_answer".into(), detail: format!("resolver {} {}", u.resolver, u.what) });
         }
-        Some((finding, u.name))
+        Some((finding, if u.name.is_empty() { u.resolver } else { u.name }))
     }
 
     /// A 5xx for which the gateway tried no upstream, explained by the failures that took its

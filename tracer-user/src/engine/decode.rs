@@ -344,7 +344,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         tls: kind == Kind::HttpStatus && matches!(word_at(&raw.data, STATUS_SEEN_AT), SEEN_OPENSSL | SEEN_GO_TLS),
         socket_file: None,
         dns: matches!(kind, Kind::DnsQuery | Kind::DnsAnswer)
-            .then(|| crate::engine::dns::parse(&raw.data[..(raw.aux as usize).min(raw.data.len())]))
+            .then(|| {
+                let bytes = &raw.data[..(raw.aux as usize).min(raw.data.len())];
+                let tcp = raw.old_state == tracer_common::DNS_OVER_TCP;
+                // Over TCP, the message follows its two-byte length.
+                let mut m = crate::engine::dns::parse(if tcp { bytes.get(2..)? } else { bytes })?;
+                m.tcp = tcp;
+                Some(m)
+            })
             .flatten(),
         reason: None,
         head: match kind {

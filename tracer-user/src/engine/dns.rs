@@ -28,6 +28,10 @@ pub struct DnsMessage {
     /// TC: the answer did not fit a datagram (the resolver's client asks again over TCP).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Read on a TCP connection to the resolver (one open before the trace began: those seen
+    /// from their connect are followed as connections, `TcpLookup`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp: bool,
 }
 
 const HEADER: usize = 12;
@@ -46,7 +50,7 @@ pub fn parse(bytes: &[u8]) -> Option<DnsMessage> {
     let truncated = flags & 0x0200 != 0;
     let rcode = (flags & 0xf) as u8;
     if questions == 0 {
-        return Some(DnsMessage { id, response, rcode, answers, name: String::new(), qtype: 0, truncated });
+        return Some(DnsMessage { id, response, rcode, answers, name: String::new(), qtype: 0, truncated, tcp: false });
     }
     let mut name = Vec::new();
     let mut at = HEADER;
@@ -76,7 +80,7 @@ pub fn parse(bytes: &[u8]) -> Option<DnsMessage> {
     if !whole {
         name.push_str("...");
     }
-    Some(DnsMessage { id, response, rcode, answers, name, qtype, truncated })
+    Some(DnsMessage { id, response, rcode, answers, name, qtype, truncated, tcp: false })
 }
 
 /// A response code's name.
@@ -112,9 +116,29 @@ pub enum Outcome {
     /// The read on the resolver's socket failed (ECONNREFUSED: its port answered with ICMP),
     /// or the send did (a connected socket reports an earlier ICMP error there too).
     ReadFailed(i32),
-    /// Something came back that is not read here (bytes not kept, a truncated answer the
-    /// gateway asks again over TCP): not taken for a failure.
+    /// Something came back that is not read here (bytes not kept): not taken for a failure.
     Unknown,
+    /// The answer did not fit a datagram (TC): the gateway asks again over TCP, which decides.
+    Truncated,
+    /// The resolver closed its TCP connection without answering.
+    Closed,
+}
+
+/// The port resolvers listen on, UDP and TCP.
+pub const DNS_PORT: u16 = 53;
+
+/// A lookup over TCP (a truncated answer asked again, HAProxy's `tcp@` nameservers), as its
+/// connection's story stands: the tracker follows it like any connection.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLookup<'a> {
+    pub sock: u64,
+    pub pid: u32,
+    pub resolver: Option<SocketAddr>,
+    pub started_ns: u64,
+    /// The first answer's first bytes, behind its two-byte length.
+    pub answer: Option<(u64, &'a [u8])>,
+    /// The connection ended before an answer: when, and the error (0: closed by the resolver).
+    pub failed: Option<(u64, i32)>,
 }
 
 /// One query and what came of it.
@@ -130,6 +154,8 @@ pub struct Lookup {
     /// The same query sent again (resolvers resend an unanswered one).
     pub resent: u32,
     pub ended: Option<(u64, Outcome)>,
+    /// Over TCP (`sock` is the connection's).
+    pub tcp: bool,
 }
 
 /// A name that did not resolve, as a verdict tells it.
@@ -162,6 +188,13 @@ pub struct Lookups {
 }
 
 impl Lookups {
+    fn remember(&mut self, lookup: Lookup) {
+        if self.recent.len() == MAX_LOOKUPS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(lookup);
+    }
+
     pub fn on_event(&mut self, ev: &KernelEvent) {
         match ev.kind {
             Kind::DnsQuery => {
@@ -173,10 +206,7 @@ impl Lookups {
                     l.ended = failed;
                     return;
                 }
-                if self.recent.len() == MAX_LOOKUPS {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back(Lookup {
+                self.remember(Lookup {
                     ts_ns: ev.ts_ns,
                     pid: ev.pid,
                     sock: ev.sock,
@@ -186,11 +216,12 @@ impl Lookups {
                     qtype: m.qtype,
                     resent: 0,
                     ended: failed,
+                    tcp: false,
                 });
             }
             Kind::DnsAnswer => {
                 let outcome = match &ev.dns {
-                    Some(m) if m.response && m.truncated => Outcome::Unknown,
+                    Some(m) if m.response && m.truncated => Outcome::Truncated,
                     Some(m) if m.response && ev.value > 0 => Outcome::Answered { rcode: m.rcode, answers: m.answers },
                     _ if ev.value < 0 => Outcome::ReadFailed(i32::try_from(-ev.value).unwrap_or(i32::MAX)),
                     _ if ev.value > 0 => Outcome::Unknown,
@@ -202,12 +233,78 @@ impl Lookups {
                     .iter_mut()
                     .rev()
                     .find(|l| l.sock == ev.sock && l.ended.is_none() && id.is_none_or(|id| id == l.id) && l.ts_ns <= ev.ts_ns);
-                if let Some(l) = open {
-                    l.ended = Some((ev.ts_ns, outcome));
+                match open {
+                    Some(l) => l.ended = Some((ev.ts_ns, outcome)),
+                    // Its query was not seen (a TCP connection's sends are not looked at): the
+                    // answer's question names the lookup.
+                    None => {
+                        if let Some(m) = ev.dns.as_ref().filter(|m| m.tcp && m.response) {
+                            self.remember(Lookup {
+                                ts_ns: ev.ts_ns,
+                                pid: ev.pid,
+                                sock: ev.sock,
+                                resolver: ev.dst,
+                                id: m.id,
+                                name: m.name.clone(),
+                                qtype: m.qtype,
+                                resent: 0,
+                                ended: Some((ev.ts_ns, outcome)),
+                                tcp: true,
+                            });
+                        }
+                    }
                 }
             }
             _ => {}
         }
+    }
+
+    /// Follow a lookup over TCP. Its name is in the answer's question; before an answer (a
+    /// refused connection) it is the name whose UDP answer came back truncated just before,
+    /// or none (HAProxy's `tcp@` nameservers ask over TCP from the start).
+    pub fn on_tcp(&mut self, t: &TcpLookup) {
+        let answer = t.answer.map(|(at, bytes)| (at, parse(bytes).filter(|m| m.response)));
+        let idx = match self.recent.iter().rposition(|l| l.tcp && l.sock == t.sock) {
+            Some(i) => i,
+            None => {
+                let asked_again = self.recent.iter().rev().find(|l| {
+                    l.pid == t.pid
+                        && !l.tcp
+                        && l.resolver.map(|r| r.ip()) == t.resolver.map(|r| r.ip())
+                        && matches!(l.ended, Some((at, Outcome::Truncated)) if at <= t.started_ns && at + ROUND_NS >= t.started_ns)
+                });
+                let (name, qtype, id) = asked_again.map(|l| (l.name.clone(), l.qtype, l.id)).unwrap_or_default();
+                self.remember(Lookup {
+                    ts_ns: t.started_ns,
+                    pid: t.pid,
+                    sock: t.sock,
+                    resolver: t.resolver,
+                    id,
+                    name,
+                    qtype,
+                    resent: 0,
+                    ended: None,
+                    tcp: true,
+                });
+                self.recent.len() - 1
+            }
+        };
+        let l = &mut self.recent[idx];
+        if l.ended.is_some() {
+            return;
+        }
+        if let Some((_, Some(m))) = &answer
+            && l.name.is_empty()
+        {
+            (l.name, l.qtype, l.id) = (m.name.clone(), m.qtype, m.id);
+        }
+        l.ended = match (answer, t.failed) {
+            (Some((at, Some(m))), _) => Some((at, Outcome::Answered { rcode: m.rcode, answers: m.answers })),
+            (Some((at, None)), _) => Some((at, Outcome::Unknown)),
+            (None, Some((at, 0))) => Some((at, Outcome::Closed)),
+            (None, Some((at, err))) => Some((at, Outcome::ReadFailed(err))),
+            (None, None) => None,
+        };
     }
 
     /// The name process `pid` failed to resolve last, if its latest round of lookups before
@@ -233,26 +330,40 @@ impl Lookups {
         {
             return None;
         }
+        // A truncated answer is decided by the lookup over TCP that follows it. None followed
+        // (Caddy's transport `resolvers` dial UDP whatever Go asks for): the truncation is
+        // the end.
+        let over_tcp = round.iter().any(|l| l.tcp);
+        let truncated = |l: &&Lookup| over_tcp && matches!(ended_by_t(l), Some((_, Outcome::Truncated)));
         // The most telling end of the round: a refusal of the port or an error code, then an
         // empty answer, then silence.
         let rank = |o: &Outcome| match o {
-            Outcome::ReadFailed(_) => 0,
+            Outcome::ReadFailed(_) | Outcome::Closed => 0,
             Outcome::Answered { rcode, .. } if *rcode != 0 => 1,
-            Outcome::Answered { .. } | Outcome::Unknown => 2,
+            Outcome::Answered { .. } | Outcome::Unknown | Outcome::Truncated => 2,
         };
-        let ended = round.iter().filter_map(|l| ended_by_t(l).map(|e| (*l, e))).min_by_key(|(_, (_, o))| rank(o));
+        let ended = round.iter().filter(|l| !truncated(l)).filter_map(|l| ended_by_t(l).map(|e| (*l, e))).min_by_key(|(_, (_, o))| rank(o));
         let first = round[0];
         let resolver = first.resolver.map_or_else(|| "?".to_string(), |r| r.to_string());
         let (cause, what, ended_ns) = match ended {
             Some((l, (at, Outcome::ReadFailed(e)))) => (
                 Cause::DnsUnreachable,
-                match e {
-                    errno::ECONNREFUSED => {
+                match (l.tcp, e) {
+                    (false, errno::ECONNREFUSED) => {
                         "refused the query: its DNS port answered with ICMP port unreachable (ECONNREFUSED on the read)".to_string()
                     }
-                    e => format!("could not be read from: {} ({e})", errno_name(-(e as i64))),
+                    (true, errno::ECONNREFUSED) => "refused the TCP connection to its DNS port (RST to SYN)".to_string(),
+                    (true, errno::ECONNRESET) => "reset the TCP connection before answering".to_string(),
+                    (true, e) => format!("could not be reached over TCP: {} ({e})", errno_name(-(e as i64))),
+                    (false, e) => format!("could not be read from: {} ({e})", errno_name(-(e as i64))),
                 },
                 Some(at.max(l.ts_ns)),
+            ),
+            Some((_, (at, Outcome::Closed))) => (Cause::DnsError, "closed the TCP connection without answering".to_string(), Some(at)),
+            Some((_, (at, Outcome::Truncated))) => (
+                Cause::DnsError,
+                "answered with truncated (TC) replies only, and the gateway asked no further over TCP".to_string(),
+                Some(at),
             ),
             Some((l, (at, Outcome::Answered { rcode, .. }))) if rcode != 0 => (
                 match rcode {
@@ -262,7 +373,7 @@ impl Lookups {
                     _ => Cause::DnsError,
                 },
                 format!(
-                    "answered {} ({}) {:.0} ms after the {} query",
+                    "answered {} ({}) {:.0} ms after the {} query{}",
                     rcode_name(rcode),
                     match rcode {
                         3 => "the name does not exist",
@@ -271,7 +382,8 @@ impl Lookups {
                         _ => "an error",
                     },
                     (at - l.ts_ns) as f64 / 1e6,
-                    qtype_name(l.qtype)
+                    qtype_name(l.qtype),
+                    if l.tcp { " over TCP" } else { "" }
                 ),
                 Some(at),
             ),
@@ -322,7 +434,19 @@ mod tests {
     #[test]
     fn reads_header_and_question() {
         let q = parse(&message("app.lab", None)).unwrap();
-        assert_eq!(q, DnsMessage { id: 0x1234, response: false, rcode: 0, answers: 0, name: "app.lab".into(), qtype: 1, truncated: false });
+        assert_eq!(
+            q,
+            DnsMessage {
+                id: 0x1234,
+                response: false,
+                rcode: 0,
+                answers: 0,
+                name: "app.lab".into(),
+                qtype: 1,
+                truncated: false,
+                tcp: false
+            }
+        );
         let a = parse(&message("app.lab", Some((3, 0)))).unwrap();
         assert!(a.response && a.rcode == 3 && a.name == "app.lab");
         // Cut by the kernel's copy: the name so far, said to be cut.
@@ -390,13 +514,16 @@ mod tests {
         l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
         l.on_event(&event(Kind::DnsAnswer, 1001, None, 46));
         assert!(l.unresolved(7, ms(2000)).is_none());
-        // A truncated answer: the gateway asks again over TCP.
+        // Truncated answers and no lookup over TCP after them: the gateway never got a
+        // whole answer.
         let mut l = Lookups::default();
         l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
         let mut tc = message("app.lab", Some((0, 0)));
         tc[2] |= 0x02;
         l.on_event(&event(Kind::DnsAnswer, 1001, Some(tc), 30));
-        assert!(l.unresolved(7, ms(2000)).is_none());
+        let u = l.unresolved(7, ms(2000)).unwrap();
+        assert_eq!(u.cause, Cause::DnsError);
+        assert!(u.what.contains("truncated (TC) replies only"), "{}", u.what);
         // A send refused (an earlier ICMP error reported on the connected socket).
         let mut l = Lookups::default();
         l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), -(errno::ECONNREFUSED as i64)));
@@ -414,5 +541,61 @@ mod tests {
         assert_eq!(l.unresolved(7, ms(2010)).unwrap().cause, Cause::DnsServfail);
         // An error answer without its question still ends its lookup.
         assert!(parse(&[0x12, 0x34, 0x81, 0x85, 0, 0, 0, 0, 0, 0, 0, 0]).is_some_and(|m| m.rcode == 5 && m.name.is_empty()));
+    }
+
+    #[test]
+    fn lookups_over_tcp_end_as_their_connection_does() {
+        let resolver = Some("10.0.0.53:53".parse().unwrap());
+        let feed = |l: &mut Lookups, sock: u64, started_ms: u64, answer: Option<(u64, &[u8])>, failed: Option<(u64, i32)>| {
+            let answer = answer.map(|(at, b)| (ms(at), b));
+            let failed = failed.map(|(at, e)| (ms(at), e));
+            l.on_tcp(&TcpLookup { sock, pid: 7, resolver, started_ns: ms(started_ms), answer, failed });
+        };
+        // nginx: the UDP answer is truncated, the TCP connection to the same resolver is
+        // refused. The name comes from the truncated lookup.
+        let mut l = Lookups::default();
+        l.on_event(&event(Kind::DnsQuery, 1000, Some(message("app.lab", None)), 30));
+        let mut tc = message("app.lab", Some((0, 0)));
+        tc[2] |= 0x02;
+        l.on_event(&event(Kind::DnsAnswer, 1001, Some(tc), 30));
+        feed(&mut l, 0xdef, 1002, None, None);
+        assert!(l.unresolved(7, ms(1002)).is_none(), "connecting, 0 ms: not yet a silence");
+        feed(&mut l, 0xdef, 1002, None, Some((1003, errno::ECONNREFUSED)));
+        let u = l.unresolved(7, ms(1010)).unwrap();
+        assert_eq!((u.cause, u.name.as_str()), (Cause::DnsUnreachable, "app.lab"));
+        assert!(u.what.contains("refused the TCP connection"), "{}", u.what);
+
+        // Over TCP from the start (HAProxy's `tcp@`): refused before any query, no name.
+        let mut l = Lookups::default();
+        feed(&mut l, 0xdef, 1000, None, Some((1001, errno::ECONNREFUSED)));
+        let u = l.unresolved(7, ms(1010)).unwrap();
+        assert_eq!((u.cause, u.name.as_str()), (Cause::DnsUnreachable, ""));
+
+        // An answer over TCP (two-byte length stripped by the caller): its code and name.
+        let mut l = Lookups::default();
+        let nx = message("app.lab", Some((3, 0)));
+        feed(&mut l, 0xdef, 1000, Some((1004, &nx)), None);
+        let u = l.unresolved(7, ms(1010)).unwrap();
+        assert_eq!((u.cause, u.name.as_str()), (Cause::DnsNxdomain, "app.lab"));
+        assert!(u.what.contains("over TCP"), "{}", u.what);
+        // A later event of the same connection changes nothing.
+        feed(&mut l, 0xdef, 1000, Some((1004, &nx)), Some((1005, 0)));
+        assert_eq!(l.unresolved(7, ms(1010)).unwrap().cause, Cause::DnsNxdomain);
+
+        // An answer read on a TCP connection older than the trace (its query unseen).
+        let mut l = Lookups::default();
+        let mut ev = event(Kind::DnsAnswer, 1000, Some(message("app.lab", Some((3, 0)))), 40);
+        ev.dns.as_mut().unwrap().tcp = true;
+        l.on_event(&ev);
+        let u = l.unresolved(7, ms(1010)).unwrap();
+        assert_eq!((u.cause, u.name.as_str()), (Cause::DnsNxdomain, "app.lab"));
+
+        // Closed without an answer; and a good answer over TCP is no failure.
+        let mut l = Lookups::default();
+        feed(&mut l, 0xdef, 1000, None, Some((1001, 0)));
+        assert_eq!(l.unresolved(7, ms(1010)).unwrap().cause, Cause::DnsError);
+        let ok = message("app.lab", Some((0, 1)));
+        feed(&mut l, 0xabc, 2000, Some((2001, &ok)), None);
+        assert!(l.unresolved(7, ms(2010)).is_none());
     }
 }

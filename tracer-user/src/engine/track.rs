@@ -260,6 +260,8 @@ pub struct Attempt {
     /// Claimed by a verdict already.
     pub consumed: bool,
     pub evidence: Vec<Evidence>,
+    /// A TCP connection to a resolver's DNS port: a lookup (`dns.rs`), not an upstream attempt.
+    pub dns: bool,
 }
 
 impl Attempt {
@@ -305,11 +307,30 @@ impl Attempt {
             last_ns: ev.ts_ns,
             consumed: false,
             evidence: vec![],
+            dns: ev.path.is_none() && ev.dst.is_some_and(|d| d.port() == crate::engine::dns::DNS_PORT),
         }
     }
 
     pub fn upstream(&self) -> String {
         self.dst.map(|a| a.to_string()).or_else(|| self.path.clone().map(|p| format!("unix:{p}"))).unwrap_or_else(|| "?".into())
+    }
+
+    /// A connection to a resolver's DNS port, as a lookup: its answer, or how it ended
+    /// without one (refused, reset, closed; the gateway giving up is no end of the resolver's).
+    pub fn as_tcp_lookup(&self) -> crate::engine::dns::TcpLookup<'_> {
+        let answer = self.response_ns.zip(self.head.as_deref().and_then(|h| h.get(2..)));
+        let failed = if answer.is_some() {
+            None
+        } else if let Some(f) = self.connect_err.or(self.sock_err) {
+            Some((f.ts_ns, f.errno))
+        } else if let Some(r) = self.rst {
+            Some((r.ts_ns, if r.refused() { errno::ECONNREFUSED } else { errno::ECONNRESET }))
+        } else if let Some(r) = self.recv_end {
+            Some((r.ts_ns, r.errno.unwrap_or(0)))
+        } else {
+            self.fin_ns.map(|at| (at, 0))
+        };
+        crate::engine::dns::TcpLookup { sock: self.sock, pid: self.pid, resolver: self.dst, started_ns: self.started_ns, answer, failed }
     }
 
     /// When the attempt visibly ended (or None while it is still open and quiet).
@@ -616,10 +637,13 @@ impl Tracker {
 
     fn add_attempt(&mut self, attempt: Attempt) -> u64 {
         let id = attempt.id;
-        let q = self.by_tid.entry(attempt.tid).or_default();
-        q.push_back((attempt.started_ns, id));
-        if q.len() > PER_THREAD {
-            q.pop_front();
+        // A lookup over TCP is no request's upstream attempt: not queued with its thread's.
+        if !attempt.dns {
+            let q = self.by_tid.entry(attempt.tid).or_default();
+            q.push_back((attempt.started_ns, id));
+            if q.len() > PER_THREAD {
+                q.pop_front();
+            }
         }
         if let Some(dst) = attempt.dst {
             let q = self.by_dst.entry(dst).or_default();
@@ -729,6 +753,12 @@ impl Tracker {
             Kind::ListenOverflow => self.on_listen_overflow(ev),
             Kind::DnsQuery | Kind::DnsAnswer => self.dns.on_event(ev),
             Kind::HttpStatus | Kind::ProcessFork => {}
+        }
+        if ev.sock != 0
+            && let Some(a) = self.by_sock.get(&ev.sock).and_then(|id| self.attempts.get(id))
+            && a.dns
+        {
+            self.dns.on_tcp(&a.as_tcp_lookup());
         }
     }
 

@@ -5,8 +5,10 @@
 //!   whose last lines are nginx error lines is followed, one whose lines are not (an access
 //!   log, a custom format) is not; an empty one is followed unless its name says "access".
 //! - HAProxy: its stdout and stderr when they are regular files (`log stdout` with the output
-//!   sent to a file, as under systemd's `StandardOutput=append:`), and its `*.log` files. A
-//!   log sent to syslog (`log /dev/log`) or a pipe is not read: upstrace says so at start.
+//!   sent to a file, as under systemd's `StandardOutput=append:`), its `*.log` files, and the
+//!   files where the syslog daemon listening on its `log` targets (`/dev/log` in its chroot, a
+//!   UDP address) writes its lines (`syslog.rs`). journald and a pipe are not read: upstrace
+//!   says so at start.
 //! - Caddy: its stdout/stderr when they are files, and its `*.log` files (JSON).
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{GatewayLogStats, GatewaySaid, Pending, Query, about_a_failure, apply, follow::Follower, parse::Dialect};
+use super::{GatewayLogStats, GatewaySaid, Pending, Query, about_a_failure, apply, follow::Follower, parse::Dialect, syslog};
 use crate::engine::verdict::Verdict;
 
 /// At most this many log files followed (reloads and rotations add some).
@@ -25,8 +27,11 @@ const MAX_SOURCES: usize = 32;
 const SNIFF_BYTES: u64 = 8192;
 
 struct Source {
-    /// The path the gateway opened it by.
+    /// The path its writer opened it by.
     path: String,
+    /// The syslog daemon that writes it for the gateway, and the target it listens on; none
+    /// for a file the gateway writes itself.
+    via: Option<String>,
     dialect: Dialect,
     /// Gateway names writing it.
     comms: BTreeSet<String>,
@@ -46,8 +51,16 @@ pub struct LiveLogs {
     verdicts_unmatched: u64,
 }
 
+/// An open file of a process, as a log to follow for a gateway.
+struct Candidate<'a> {
+    pid: u32,
+    fd: u32,
+    path: &'a str,
+    via: Option<&'a str>,
+}
+
 /// What a file among the gateway's open files is, by its last lines.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sniffed {
     /// Lines in the gateway's log dialect.
     Its,
@@ -120,57 +133,120 @@ impl LiveLogs {
         Self { boot_offset_ns, ..Self::default() }
     }
 
-    /// Look at a (new) gateway process's open files; returns a line to say on stderr the first
-    /// time a gateway name is seen, or when it starts writing another log.
+    /// Look at a (new) gateway process's open files, and for HAProxy at where its syslog
+    /// targets land; returns a line to say on stderr the first time a gateway name is seen, or
+    /// when it starts writing another log.
     pub fn adopt(&mut self, pid: u32, comm: &str) -> Option<String> {
         let Some(dialect) = Dialect::of_comm(comm) else {
             return self.announce(comm, format!("{comm}: its log is not read (upstrace reads nginx, HAProxy and Caddy logs)"));
         };
-        let mut added = Vec::new();
+        let mut added = false;
         for (fd, path) in open_files(pid) {
-            if !may_be_log(dialect, fd, &path) || self.sources.len() >= MAX_SOURCES {
+            if !may_be_log(dialect, fd, &path) {
                 continue;
             }
-            let via = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-            let Ok(meta) = std::fs::metadata(&via) else { continue };
-            if let Some(s) = self.sources.iter_mut().find(|s| s.follower.inode() == (meta.dev(), meta.ino())) {
-                s.comms.insert(comm.to_owned());
-                s.follower.also_at(PathBuf::from(format!("/proc/{pid}/root{path}")));
-                continue;
-            }
-            let Ok(mut file) = File::open(&via) else { continue };
             // HAProxy's and Caddy's stdout and stderr are theirs whatever else they hold; a
             // `*.log` file must show lines of the gateway's log (nginx's access log does not).
             let own_output = fd <= 2 && dialect != Dialect::NginxError;
-            let follow = match sniff(&mut file, dialect) {
+            let wanted = |sniffed: Sniffed| match sniffed {
                 Sniffed::Its => true,
                 Sniffed::Other => own_output,
                 Sniffed::Empty => !Path::new(&path).file_name().is_some_and(|n| n.to_string_lossy().contains("access")),
             };
-            if !follow {
-                continue;
-            }
-            // Found again under its name after a rotation (in the gateway's mount namespace).
-            let reopen = PathBuf::from(format!("/proc/{pid}/root{path}"));
-            let Ok(follower) = Follower::at_end(reopen, file) else { continue };
-            self.sources.push(Source {
-                path: path.clone(),
-                dialect,
-                comms: BTreeSet::from([comm.to_owned()]),
-                follower,
-                pending: Pending::default(),
-            });
-            added.push(path);
+            added |= self.consider(Candidate { pid, fd, path: &path, via: None }, comm, dialect, wanted);
         }
-        let files: Vec<&str> = self.sources.iter().filter(|s| s.comms.contains(comm)).map(|s| s.path.as_str()).collect();
-        let said = if files.is_empty() {
+        let mut notes = Vec::new();
+        if dialect == Dialect::HaproxyHttp {
+            added |= self.adopt_syslog(pid, comm, dialect, &mut notes);
+        }
+        let files: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|s| s.comms.contains(comm))
+            .map(|s| match &s.via {
+                Some(via) => format!("{} (via {via})", s.path),
+                None => s.path.clone(),
+            })
+            .collect();
+        let mut said = if files.is_empty() {
             format!(
-                "{comm}: no readable log among its open files (a log sent to syslog, a pipe or a terminal is not read): verdicts come without its words"
+                "{comm}: no readable log among its open files (a log sent to journald, a pipe or a terminal is not read): verdicts come without its words"
             )
         } else {
             format!("{comm}: gateway log {} ({}): its words go into verdicts", files.join(", "), dialect.describe())
         };
-        if !added.is_empty() || !self.announced.contains_key(comm) { self.announce(comm, said) } else { None }
+        for note in notes {
+            said.push_str("; ");
+            said.push_str(&note);
+        }
+        if added || !self.announced.contains_key(comm) { self.announce(comm, said) } else { None }
+    }
+
+    /// HAProxy's syslog targets (`log /dev/log`, `log 127.0.0.1:514`): the files of the
+    /// process listening there that hold its lines. What cannot be followed is said in `notes`.
+    fn adopt_syslog(&mut self, pid: u32, comm: &str, dialect: Dialect, notes: &mut Vec<String>) -> bool {
+        let logging = syslog::haproxy_logging(pid);
+        let mut added = false;
+        for target in &logging.targets {
+            let Some(receiver) = syslog::receiver(target, logging.chroot.as_deref(), pid) else {
+                notes.push(format!("its log sent to {target} reaches no process"));
+                continue;
+            };
+            let receiver_comm = std::fs::read_to_string(format!("/proc/{receiver}/comm")).unwrap_or_default().trim().to_owned();
+            if receiver_comm == "systemd-journal" {
+                notes.push(format!("its log sent to {target} goes to journald (pid {receiver}), which is not read"));
+                continue;
+            }
+            let via = format!("{receiver_comm} {receiver} from {target}");
+            let before = self.sources.iter().filter(|s| s.comms.contains(comm)).count();
+            for (fd, path) in open_files(receiver) {
+                // A syslog daemon's files hold every program's lines: one with the gateway's,
+                // or an empty one named after it (rsyslog's /var/log/haproxy.log).
+                let named = Path::new(&path).file_name().is_some_and(|n| n.to_string_lossy().contains(comm));
+                let wanted = |sniffed: Sniffed| sniffed == Sniffed::Its || (sniffed == Sniffed::Empty && named);
+                added |= self.consider(Candidate { pid: receiver, fd, path: &path, via: Some(&via) }, comm, dialect, wanted);
+            }
+            if self.sources.iter().filter(|s| s.comms.contains(comm)).count() == before
+                && !self.sources.iter().any(|s| s.via.as_deref() == Some(via.as_str()))
+            {
+                notes.push(format!(
+                    "its log sent to {target} goes to {receiver_comm} (pid {receiver}), none of whose files holds its lines yet"
+                ));
+            }
+        }
+        added
+    }
+
+    /// Follow one open file of `candidate.pid` as `comm`'s log if `wanted` says so by its last
+    /// lines; true when it is a new source.
+    fn consider(&mut self, candidate: Candidate, comm: &str, dialect: Dialect, wanted: impl Fn(Sniffed) -> bool) -> bool {
+        let Candidate { pid, fd, path, via } = candidate;
+        if self.sources.len() >= MAX_SOURCES {
+            return false;
+        }
+        let at = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+        let Ok(meta) = std::fs::metadata(&at) else { return false };
+        if let Some(s) = self.sources.iter_mut().find(|s| s.follower.inode() == (meta.dev(), meta.ino())) {
+            s.comms.insert(comm.to_owned());
+            s.follower.also_at(PathBuf::from(format!("/proc/{pid}/root{path}")));
+            return false;
+        }
+        let Ok(mut file) = File::open(&at) else { return false };
+        if !wanted(sniff(&mut file, dialect)) {
+            return false;
+        }
+        // Found again under its name after a rotation (in the writer's mount namespace).
+        let reopen = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let Ok(follower) = Follower::at_end(reopen, file) else { return false };
+        self.sources.push(Source {
+            path: path.to_owned(),
+            via: via.map(str::to_owned),
+            dialect,
+            comms: BTreeSet::from([comm.to_owned()]),
+            follower,
+            pending: Pending::default(),
+        });
+        true
     }
 
     fn announce(&mut self, comm: &str, said: String) -> Option<String> {
@@ -198,6 +274,8 @@ impl LiveLogs {
                 match source.dialect.parse(&text, offset) {
                     Some(line) if about_a_failure(&line) => source.pending.push(line),
                     Some(_) => {}
+                    // A syslog daemon's file holds other programs' lines too: not the gateway's.
+                    None if source.via.is_some() && !source.dialect.looks_like(&text) => {}
                     None => self.lines_unparsed += 1,
                 }
             }

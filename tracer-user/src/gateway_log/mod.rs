@@ -11,6 +11,7 @@ pub mod follow;
 pub mod live;
 pub mod parse;
 pub mod recorded;
+pub mod syslog;
 
 use std::{collections::VecDeque, net::SocketAddr};
 

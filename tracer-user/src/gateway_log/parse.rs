@@ -55,6 +55,7 @@ impl Dialect {
             // Its request lines and connection errors (`127.0.0.1:47604 [28/Nov/2026:...] fe/1:
             // Connection closed during SSL handshake`) start with the client and the date.
             Dialect::HaproxyHttp => {
+                let (_, line) = behind_syslog_header(line);
                 let mut words = line.split_ascii_whitespace();
                 (words.next().is_some_and(|w| w.parse::<SocketAddr>().is_ok()) && words.next().is_some_and(|w| w.starts_with('[')))
                     || ["[NOTICE]", "[WARNING]", "[ALERT]"].iter().any(|tag| line.starts_with(tag))
@@ -381,14 +382,7 @@ fn haproxy_date(field: &str, utc_offset_s: i64) -> Option<i64> {
 /// `127.0.0.1:45420 [28/Nov/2026:16:53:46.571] fe be/up1 0/0/-1/-1/0 503 217 - - SC--
 /// 1/1/0/0/0 0/0 "GET / HTTP/1.1"`.
 fn haproxy_http(line: &str, utc_offset_s: i64) -> Option<LogLine> {
-    let (pid, body) = match line.find("]: ") {
-        // rfc3164: `haproxy[123]: `
-        Some(at) if !line.starts_with(|c: char| c.is_ascii_digit() || c == '[') => {
-            let open = line[..at].rfind('[')?;
-            (Some(num::<u32>(&line[open + 1..at])?), &line[at + 3..])
-        }
-        _ => (None, line),
-    };
+    let (pid, body) = behind_syslog_header(line);
     let tokens: Vec<&str> = body.split_ascii_whitespace().take(12).collect();
     if tokens.len() < 11 {
         return None;
@@ -426,6 +420,31 @@ fn haproxy_http(line: &str, utc_offset_s: i64) -> Option<LogLine> {
         claim,
         text: keep(body),
     })
+}
+
+fn starts_with_address(line: &str) -> bool {
+    line.split_ascii_whitespace().next().is_some_and(|w| w.parse::<SocketAddr>().is_ok())
+}
+
+/// A line's message behind the syslog header a sender or a syslog daemon put before it, and
+/// the pid that header names: what HAProxy sends (`<134>Nov 28 16:53:46 haproxy[123]: `),
+/// and what rsyslog writes to a file, traditional (`Nov 28 16:53:46 host haproxy[123]: `) or
+/// Debian's default (`2026-11-28T16:53:46.571234+00:00 host haproxy[123]: `). A line that
+/// starts with the client's address is HAProxy's raw format, kept whole.
+pub fn behind_syslog_header(line: &str) -> (Option<u32>, &str) {
+    if starts_with_address(line) || line.starts_with('[') {
+        return (None, line);
+    }
+    let Some(at) = line.find("]: ") else { return (None, line) };
+    let Some(open) = line[..at].rfind('[') else { return (None, line) };
+    // The tag is one word right before the pid: `haproxy[123]`.
+    if line[..open].ends_with(' ') || line[open + 1..at].contains(' ') {
+        return (None, line);
+    }
+    match num::<u32>(&line[open + 1..at]) {
+        Some(pid) => (Some(pid), &line[at + 3..]),
+        None => (None, line),
+    }
 }
 
 /// HAProxy's termination state in a kept line (`SC--`), for outputs that name it.
@@ -628,6 +647,17 @@ mod tests {
         let syslog = format!("<134>Nov 28 16:53:46 haproxy[4242]: {}", raw.replace("SC--", "SH--"));
         let l = Dialect::HaproxyHttp.parse(&syslog, 0).unwrap();
         assert_eq!((l.pid, l.claim), (Some(4242), Some(Claim::ServerAborted)));
+        // As rsyslog writes them to a file: Debian's default format, and the traditional one.
+        for header in ["2026-11-28T16:53:46.571234+00:00 gw1 haproxy[4243]: ", "Nov 28 16:53:46 gw1 haproxy[4243]: "] {
+            let line = format!("{header}{raw}");
+            assert!(Dialect::HaproxyHttp.looks_like(&line), "{line}");
+            let l = Dialect::HaproxyHttp.parse(&line, 0).unwrap();
+            assert_eq!((l.pid, l.status, l.client_port), (Some(4243), Some(503), Some(45420)), "{line}");
+        }
+        // Another program's line in the same file is none of HAProxy's.
+        let other = "2026-11-28T16:53:46.571234+00:00 gw1 sshd[77]: Accepted publickey for root from 10.0.0.9 port 5 ssh2";
+        assert!(!Dialect::HaproxyHttp.looks_like(other));
+        assert_eq!(Dialect::HaproxyHttp.parse(other, 0), None);
         assert!(Dialect::HaproxyHttp.looks_like("127.0.0.1:47604 [28/Nov/2026:17:20:26.597] fe/1: Connection closed during SSL handshake"));
         assert!(!Dialect::HaproxyHttp.looks_like("GET / HTTP/1.1"));
         let nosrv = raw.replace("be/up1", "be/<NOSRV>");

@@ -1,0 +1,251 @@
+//! A gateway log sent to syslog, as Debian's HAProxy does by default (`log /dev/log local0`
+//! with `chroot /var/lib/haproxy`; rsyslog listens in the chroot and writes
+//! /var/log/haproxy.log). The lines are read where they land: the process that listens on the
+//! log socket (rsyslogd, syslog-ng, busybox syslogd) is found by that socket's inode, and its
+//! open files are the candidates, as a gateway's own open files are.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+/// The port `log 10.0.0.1` means.
+const SYSLOG_PORT: u16 = 514;
+/// At most this many configuration files read (a directory of them under `-f`).
+const MAX_CONFIG_FILES: usize = 64;
+
+/// Where a gateway sends its log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// A unix datagram socket (`/dev/log`), as named in the configuration.
+    Unix(PathBuf),
+    Udp(SocketAddr),
+}
+
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogTarget::Unix(path) => write!(f, "{}", path.display()),
+            LogTarget::Udp(addr) => write!(f, "udp {addr}"),
+        }
+    }
+}
+
+/// What HAProxy's configuration says of its syslog targets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HaproxyLogging {
+    pub targets: Vec<LogTarget>,
+    /// Its `chroot`: a unix target is opened from inside it.
+    pub chroot: Option<PathBuf>,
+}
+
+/// A target of one `log` line's address word; none for stdout/stderr (read as its own
+/// output), a ring buffer, a file descriptor, or `log global`.
+fn target_of(word: &str) -> Option<LogTarget> {
+    if let Some(path) = word.strip_prefix("unix@") {
+        return Some(LogTarget::Unix(path.into()));
+    }
+    if word.starts_with('/') {
+        return Some(LogTarget::Unix(word.into()));
+    }
+    let addr = ["udp@", "udp4@", "udp6@", "ipv4@", "ipv6@"].iter().find_map(|p| word.strip_prefix(p)).unwrap_or(word);
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Some(LogTarget::Udp(a));
+    }
+    addr.parse::<IpAddr>().ok().map(|ip| LogTarget::Udp(SocketAddr::new(ip, SYSLOG_PORT)))
+}
+
+/// The `log` and `chroot` lines of HAProxy configuration text (any section: `global`,
+/// `defaults`, a proxy's own).
+pub fn read_haproxy_config(text: &str, into: &mut HaproxyLogging) {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_ascii_whitespace();
+        match (words.next(), words.next()) {
+            (Some("log"), Some(addr)) => {
+                if let Some(t) = target_of(addr)
+                    && !into.targets.contains(&t)
+                {
+                    into.targets.push(t);
+                }
+            }
+            (Some("chroot"), Some(dir)) => into.chroot = Some(dir.into()),
+            _ => {}
+        }
+    }
+}
+
+/// The configuration files of a running HAProxy, from its `-f` arguments (a directory stands
+/// for its `*.cfg` files), as paths readable from here.
+fn haproxy_config_files(pid: u32) -> Vec<PathBuf> {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return vec![] };
+    let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| "/".into());
+    let mut files = Vec::new();
+    for pair in args.windows(2) {
+        if pair[0] != "-f" {
+            continue;
+        }
+        let named = cwd.join(&pair[1]);
+        // Seen from its root (a container), or as named when that is not there: a chrooted
+        // HAProxy read its configuration before its chroot, which is its root now.
+        let in_root = root.join(named.strip_prefix("/").unwrap_or(&named));
+        let seen = if in_root.exists() { in_root } else { named };
+        if seen.is_dir() {
+            let Ok(dir) = std::fs::read_dir(&seen) else { continue };
+            let mut cfgs: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cfg")).collect();
+            cfgs.sort();
+            files.extend(cfgs);
+        } else {
+            files.push(seen);
+        }
+    }
+    files.truncate(MAX_CONFIG_FILES);
+    files
+}
+
+/// A running HAProxy's syslog targets and chroot.
+pub fn haproxy_logging(pid: u32) -> HaproxyLogging {
+    let mut logging = HaproxyLogging::default();
+    for file in haproxy_config_files(pid) {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            read_haproxy_config(&text, &mut logging);
+        }
+    }
+    logging
+}
+
+/// The inode of the socket bound to `path`, from /proc/net/unix text
+/// (`Num RefCount Protocol Flags Type St Inode Path`).
+fn unix_socket_inode(table: &str, path: &Path) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        (fields.len() == 8 && Path::new(fields[7]) == path).then(|| fields[6].parse().ok()).flatten()
+    })
+}
+
+/// An address of /proc/net/udp{,6}: the IP as the kernel's words in host order, then the port.
+fn proc_net_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The inode of the UDP socket that receives datagrams sent to `to`, from /proc/net/udp{,6}
+/// text (`sl local_address rem_address st ... inode`): bound to that port, on that address or
+/// on any.
+fn udp_socket_inode(table: &str, to: SocketAddr) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        let local = proc_net_addr(fields.get(1)?)?;
+        let receives = local.port() == to.port() && (local.ip() == to.ip() || local.ip().is_unspecified());
+        receives.then(|| fields.get(9)?.parse().ok()).flatten()
+    })
+}
+
+/// The process holding socket `inode` (the first found), other than `but`.
+fn holder_of(inode: u64, but: u32) -> Option<u32> {
+    let wanted = format!("socket:[{inode}]");
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == but {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == wanted.as_str())) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The process that receives what `gateway` sends to `target`. A unix path is bound in the
+/// gateway's chroot when it has one (Debian's rsyslog listens at /var/lib/haproxy/dev/log), and
+/// its receiver may live in the gateway's network namespace or in upstrace's (a host /dev/log
+/// mounted into a container); a UDP receiver is in the gateway's.
+pub fn receiver(target: &LogTarget, chroot: Option<&Path>, gateway: u32) -> Option<u32> {
+    let inode = match target {
+        LogTarget::Unix(path) => {
+            let mut paths = Vec::new();
+            if let Some(root) = chroot {
+                paths.push(root.join(path.strip_prefix("/").unwrap_or(path)));
+            }
+            paths.push(path.clone());
+            let tables: Vec<String> = [format!("/proc/{gateway}/net/unix"), "/proc/self/net/unix".to_string()]
+                .iter()
+                .filter_map(|t| std::fs::read_to_string(t).ok())
+                .collect();
+            paths.iter().find_map(|p| tables.iter().find_map(|t| unix_socket_inode(t, p)))?
+        }
+        LogTarget::Udp(to) => ["udp", "udp6"]
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(format!("/proc/{gateway}/net/{t}")).ok())
+            .find_map(|t| udp_socket_inode(&t, *to))?,
+    };
+    holder_of(inode, gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_haproxy_log_targets() {
+        let mut l = HaproxyLogging::default();
+        read_haproxy_config(
+            "global\n\tlog /dev/log\tlocal0\n\tlog /dev/log\tlocal1 notice\n\tchroot /var/lib/haproxy\n  log 10.0.0.5 local2 # remote\n  \
+             log udp@127.0.0.1:5514 local0\n  log stdout format raw local0\n  log ring@buf local0\n\
+             defaults\n  log global\n  # log /commented/out local0\nfrontend fe\n  log unix@/run/fe.sock local3\n",
+            &mut l,
+        );
+        assert_eq!(
+            l.targets,
+            vec![
+                LogTarget::Unix("/dev/log".into()),
+                LogTarget::Udp("10.0.0.5:514".parse().unwrap()),
+                LogTarget::Udp("127.0.0.1:5514".parse().unwrap()),
+                LogTarget::Unix("/run/fe.sock".into()),
+            ]
+        );
+        assert_eq!(l.chroot, Some(PathBuf::from("/var/lib/haproxy")));
+    }
+
+    #[test]
+    fn finds_sockets_in_proc_net_tables() {
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                    0000000000000000: 00000002 00000000 00000000 0002 01 41234 /var/lib/haproxy/dev/log\n\
+                    0000000000000000: 00000003 00000000 00000000 0001 03 41240\n\
+                    0000000000000000: 00000002 00000000 00000000 0002 01 41299 /dev/log\n";
+        assert_eq!(unix_socket_inode(unix, Path::new("/var/lib/haproxy/dev/log")), Some(41234));
+        assert_eq!(unix_socket_inode(unix, Path::new("/dev/log")), Some(41299));
+        assert_eq!(unix_socket_inode(unix, Path::new("/run/none")), None);
+        let udp = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n  \
+                   120: 0100007F:159A 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51234 2 0000000000000000 0\n  \
+                   121: 00000000:0202 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51240 2 0000000000000000 0\n";
+        assert_eq!(udp_socket_inode(udp, "127.0.0.1:5530".parse().unwrap()), Some(51234));
+        assert_eq!(udp_socket_inode(udp, "10.1.2.3:514".parse().unwrap()), Some(51240), "bound to any address");
+        assert_eq!(udp_socket_inode(udp, "127.0.0.1:515".parse().unwrap()), None);
+        let udp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n  \
+                    5: 00000000000000000000000001000000:0202 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 61234 2\n";
+        assert_eq!(udp_socket_inode(udp6, "[::1]:514".parse().unwrap()), Some(61234));
+    }
+
+    #[test]
+    fn a_missing_process_has_no_logging_and_no_receiver() {
+        assert_eq!(haproxy_logging(u32::MAX - 1), HaproxyLogging::default());
+        assert_eq!(receiver(&LogTarget::Unix("/nonexistent/upstrace/log".into()), None, u32::MAX - 1), None);
+    }
+}
