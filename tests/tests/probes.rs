@@ -155,6 +155,30 @@ fn healthy_traffic_ships_nothing(keepalive: bool) {
     assert_eq!(stats["lost_total"], 0);
     assert_eq!(stats["exchanges_shipped_early"], 0);
     assert_eq!(stats["evicted"]["closed_sockets"], 0, "{stats}");
+    assert_read_hook(&stats, false);
+}
+
+/// Whether the read(2) hook is attached (the stats line's `on_demand_attached`).
+fn assert_read_hook(stats: &Value, attached: bool) {
+    let on = stats["on_demand_attached"].as_array().is_some_and(|a| a.iter().any(|p| p == "sys_enter_read"));
+    assert_eq!(on, attached, "sys_enter_read attached: {stats}");
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs and creates network namespaces")]
+fn the_read_hook_is_attached_for_an_nginx_with_an_https_upstream() {
+    require_root();
+    setup();
+    // nginx's OpenSSL reads its upstream's TLS records with read(2): told by its configuration
+    // (`proxy_pass https://...`, proxy_ssl_*) at start, before any request.
+    let mut lab = Lab::new().unwrap();
+    lab.upstream_tls = Some(upstrace_lab::lab::UpstreamTls::SelfSigned);
+    lab.start_tls_upstream(upstrace_lab::lab::UpstreamTls::SelfSigned).expect("TLS upstream");
+    let tracer = start(&mut lab, None);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, lines) = tracer.stop().unwrap();
+    let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
+    assert_read_hook(stats, true);
 }
 
 #[test]
@@ -184,6 +208,8 @@ fn healthy_fastcgi_exchanges_stay_in_the_kernel() {
     assert!(shipped.is_empty(), "healthy FastCGI ships no socket event: {shipped:#?}");
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
     assert_eq!(stats["lost_total"], 0);
+    // nginx reads php-fpm's answers with recv(2): php-fpm's own reads run no program.
+    assert_read_hook(stats, false);
 }
 
 /// Three good exchanges on one kept-alive connection, then a fault on the fourth: the kernel

@@ -88,7 +88,7 @@ pub enum EventKind {
     /// A traced process read from its DNS socket: `value` is the read's result (bytes, or
     /// -errno: -ECONNREFUSED when the resolver's port answered with ICMP), `data` the
     /// message's first bytes (header with the response code, question), `aux` how many.
-    /// `old_state` of both DNS kinds is the socket's IP protocol: `DNS_OVER_TCP` for a read on
+    /// `old_state` of both DNS kinds is the socket's IP protocol: `IPPROTO_TCP` for a read on
     /// a TCP connection to port 53 (its bytes start with the message's two-byte length).
     DnsAnswer = 20,
 }
@@ -413,8 +413,9 @@ const _: () = assert!(size_of::<SockOwner>() == 80);
 
 /// Bytes of a response's head kept (status line and the first headers).
 pub const RESPONSE_HEAD: usize = 128;
-/// A DNS event's `old_state` when the message came over TCP (IPPROTO_TCP).
-pub const DNS_OVER_TCP: u8 = 6;
+/// IP protocol numbers: a DNS event's `old_state` is its socket's.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 /// Bytes of a connection's first request kept in `RequestSent`'s `data` (zeros: not read):
 /// enough to tell a TLS ClientHello record from an HTTP request line, too few to hold a secret.
 pub const REQUEST_HEAD: usize = 8;
@@ -551,7 +552,10 @@ pub mod counter {
     /// A 5xx status line whose write reached no socket send within `STATUS_MAX_AGE_NS` (it
     /// went to a file or pipe, or the thread stalled that long): not reported.
     pub const STATUS_EXPIRED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Not a loss: TLS ClientHellos traced processes sent on upstream connections (userspace
+    /// attaches the read(2) hook at the first: OpenSSL reads the answer with read).
+    pub const UPSTREAM_TLS_HELLOS: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -565,6 +569,7 @@ pub mod counter {
         "peers_added",
         "unix_added",
         "status_expired",
+        "upstream_tls_hellos",
     ];
 }
 

@@ -5,15 +5,14 @@
 //! on a TCP connection to port 53 that was open before tracing began (HAProxy's `tcp@`
 //! nameservers keep theirs) are shipped too, behind their two-byte length; TCP connections
 //! seen from their connect are followed like upstream connections (userspace tells them apart).
-use tracer_common::{EventKind, errno};
+use tracer_common::{EventKind, IPPROTO_TCP, errno};
 
 use crate::{
     event::{Who, emit, fill_tuple_from_sock},
     maps::cfg_get,
-    read::{read_kernel, read_user_bytes},
+    read::{read_kernel, read_user, read_user_bytes},
 };
 
-pub const IPPROTO_UDP: u16 = 17;
 const DNS_PORT: u16 = 53;
 /// The header and a question for names up to ~100 characters.
 const DNS_HEAD: usize = 128;
@@ -21,10 +20,10 @@ const DNS_HEAD: usize = 128;
 const DNS_SHORT: usize = 48;
 
 /// Ship a DNS query (`DnsQuery`, from a send) or an answer (`DnsAnswer`, from a read) on
-/// socket `sk` of IP protocol `protocol` (in the event's `old_state`); false when the socket
-/// does not talk to port 53.
+/// socket `sk` of IP protocol `protocol` (`IPPROTO_UDP`, or `IPPROTO_TCP` for reads only: in
+/// the event's `old_state`); false when the socket does not talk to port 53.
 #[inline(always)]
-pub fn on_socket(kind: EventKind, protocol: u16, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32) -> bool {
+pub fn on_socket(kind: EventKind, protocol: u8, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32) -> bool {
     let dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
     if dport != DNS_PORT {
         return false;
@@ -33,11 +32,16 @@ pub fn on_socket(kind: EventKind, protocol: u16, sk: u64, tgid: u32, tid: u32, b
     if ret == -errno::EAGAIN {
         return true;
     }
+    // Over TCP, only what reads as a whole answer behind its length: a client connection
+    // whose peer port is 53 is no resolver, and its request stays unread.
+    if protocol == IPPROTO_TCP && !(ret > 0 && tcp_answer(buf, ret)) {
+        return true;
+    }
     emit(kind, Who::Current(tgid, tid), |e| {
         e.sock = sk;
         fill_tuple_from_sock(e, sk);
         e.value = ret as i64;
-        e.old_state = protocol as u8;
+        e.old_state = protocol;
         // A query whose send failed is still the query (an earlier ICMP error reported on the
         // connected socket); a failed read left nothing in its buffer.
         let readable = ret > 0 || (kind == EventKind::DnsQuery && ret < 0);
@@ -59,4 +63,13 @@ pub fn on_socket(kind: EventKind, protocol: u16, sk: u64, tgid: u32, tid: u32, b
         }
     });
     true
+}
+
+/// A read that starts with a DNS response over TCP: its two-byte length fits the read, QR is
+/// set and there is one question.
+#[inline(always)]
+fn tcp_answer(buf: u64, ret: i32) -> bool {
+    let Some(h) = read_user::<[u8; 8]>(buf) else { return false };
+    let length = u16::from_be_bytes([h[0], h[1]]) as i32;
+    length >= 12 && length + 2 <= ret && h[4] & 0x80 != 0 && h[6] == 0 && h[7] == 1
 }

@@ -2,13 +2,13 @@
 //! not per call), and 5xx status lines written to downstream (client) sockets.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    EventKind, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus, RECV_END_AFTER_FCGI_END,
-    REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
+    EventKind, IPPROTO_TCP, IPPROTO_UDP, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus,
+    RECV_END_AFTER_FCGI_END, REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
     status::{SCAN_LEN, find_5xx, response_length},
 };
 
 use crate::{
-    dns::{IPPROTO_UDP, on_socket as on_dns},
+    dns::on_socket as on_dns,
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
@@ -24,7 +24,6 @@ use crate::{
 /// entry and the socket send can take tens of milliseconds (10 ms lost one 5xx in 205k in a
 /// 30-minute soak).
 const STATUS_MAX_AGE_NS: u64 = 1_000_000_000;
-const TCP: u16 = crate::packet::IPPROTO_TCP as u16;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -43,7 +42,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     let buf = take_recv_buffer(tid);
     let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
-        if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP
+        if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP as u16
             && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, buf, ret)
         {
             return Ok(());
@@ -94,6 +93,10 @@ fn read_request_bytes(buf: u64, len: i32, head: &mut [u8; REQUEST_HEAD]) {
         if i as i32 >= len {
             *b = 0;
         }
+    }
+    // Its answer is read with read(2) (OpenSSL's socket BIO): userspace attaches that hook.
+    if head[0] == TLS_HANDSHAKE {
+        count(counter::UPSTREAM_TLS_HELLOS);
     }
 }
 
@@ -235,14 +238,9 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
         let buf = take_recv_buffer(tid);
         // UDP answers; and TCP answers on a resolver connection older than the trace (one
         // read of the port per read of a client's request: the price of seeing them).
-        match tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) {
-            IPPROTO_UDP => {
-                on_dns(EventKind::DnsAnswer, IPPROTO_UDP, sk, tgid, tid, buf, ret);
-            }
-            TCP if ret > 0 => {
-                on_dns(EventKind::DnsAnswer, TCP, sk, tgid, tid, buf, ret);
-            }
-            _ => {}
+        let protocol = tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) as u8;
+        if protocol == IPPROTO_UDP || (protocol == IPPROTO_TCP && ret > 0) {
+            on_dns(EventKind::DnsAnswer, protocol, sk, tgid, tid, buf, ret);
         }
         return Ok(());
     };

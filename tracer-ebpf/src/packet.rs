@@ -14,7 +14,7 @@ use crate::{
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
+pub use tracer_common::IPPROTO_TCP;
 /// The ICMP errors that quote the offending packet's headers.
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;

@@ -8,7 +8,8 @@ pub struct AttachReport {
     pub attached: Vec<String>,
     /// (program, the kernel's reason)
     pub skipped: Vec<(String, String)>,
-    /// Loaded, attached only while a traced connection is in trouble (per-packet hooks).
+    /// Loaded, attached only when wanted: the per-packet hook while a traced connection is in
+    /// trouble, the read(2) hook for gateways that read their sockets with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_demand: Vec<String>,
 }
@@ -17,7 +18,7 @@ impl std::fmt::Display for AttachReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "attached {} programs: {}", self.attached.len(), self.attached.join(", "))?;
         if !self.on_demand.is_empty() {
-            write!(f, "; while a connection is in trouble: {}", self.on_demand.join(", "))?;
+            write!(f, "; attached when wanted: {}", self.on_demand.join(", "))?;
         }
         for (name, why) in &self.skipped {
             write!(f, "\nskipped {name}: {why}")?;
@@ -73,6 +74,10 @@ pub struct Stats {
     /// `--otlp-endpoint`: the exporter's counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpStats>,
+    /// The on-demand hooks attached at this moment (`netif_receive_skb` while a traced
+    /// connection is in trouble, `sys_enter_read` for gateways that read sockets with read(2)).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_demand_attached: Vec<&'static str>,
     /// The gateways' own logs (live only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_log: Option<crate::gateway_log::GatewayLogStats>,

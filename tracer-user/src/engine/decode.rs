@@ -346,7 +346,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         dns: matches!(kind, Kind::DnsQuery | Kind::DnsAnswer)
             .then(|| {
                 let bytes = &raw.data[..(raw.aux as usize).min(raw.data.len())];
-                let tcp = raw.old_state == tracer_common::DNS_OVER_TCP;
+                let tcp = raw.old_state == tracer_common::IPPROTO_TCP;
                 // Over TCP, the message follows its two-byte length.
                 let mut m = crate::engine::dns::parse(if tcp { bytes.get(2..)? } else { bytes })?;
                 m.tcp = tcp;
@@ -369,6 +369,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 }
 
 impl KernelEvent {
+    /// A connection event toward a resolver's DNS port (TCP 53): a lookup, never counted as an
+    /// upstream attempt (the tracker's, the metrics', the dashboard's).
+    pub fn to_resolver(&self) -> bool {
+        self.path.is_none() && self.dst.is_some_and(|d| d.port() == crate::engine::dns::DNS_PORT)
+    }
+
     /// Hide the header values of a response head read back from a trace (traces written
     /// before heads were masked at decoding still hold them).
     pub fn mask_head(&mut self) {

@@ -264,7 +264,9 @@ impl Lookups {
     /// or none (HAProxy's `tcp@` nameservers ask over TCP from the start).
     pub fn on_tcp(&mut self, t: &TcpLookup) {
         let answer = t.answer.map(|(at, bytes)| (at, parse(bytes).filter(|m| m.response)));
-        let idx = match self.recent.iter().rposition(|l| l.tcp && l.sock == t.sock) {
+        // The kernel reuses a closed socket's address: a lookup is its connection's (or kept-alive
+        // exchange's) by its start too.
+        let idx = match self.recent.iter().rposition(|l| l.tcp && l.sock == t.sock && l.ts_ns == t.started_ns) {
             Some(i) => i,
             None => {
                 let asked_again = self.recent.iter().rev().find(|l| {

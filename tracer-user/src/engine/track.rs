@@ -307,7 +307,7 @@ impl Attempt {
             last_ns: ev.ts_ns,
             consumed: false,
             evidence: vec![],
-            dns: ev.path.is_none() && ev.dst.is_some_and(|d| d.port() == crate::engine::dns::DNS_PORT),
+            dns: ev.to_resolver(),
         }
     }
 
@@ -969,6 +969,11 @@ impl Tracker {
         if ev.value >= 0 && ev.path.is_none() {
             return; // a TCP connect that succeeded at once: the TCP hooks tell the rest
         }
+        // A lookup over TCP: its connection's TCP events tell its end (a polled connect's
+        // error repeats them).
+        if ev.to_resolver() {
+            return;
+        }
         // An immediate failure right after a SYN_SENT on the same thread (e.g. no free
         // ephemeral port) belongs to that attempt.
         if ev.value < 0 {
@@ -1040,6 +1045,7 @@ impl Tracker {
         b.started_ns = ev.ts_ns;
         b.connected_ns = prev.connected_ns;
         b.dst = prev.dst.or(ev.dst);
+        b.dns = prev.dns;
         b.path = prev.path.clone().or(b.path);
         b.src = prev.src.or(b.src);
         b.fin_ns = prev.fin_ns; // a FIN that came while idle explains a failed reuse

@@ -14,11 +14,16 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{Read, Seek, SeekFrom},
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
-use super::{GatewayLogStats, GatewaySaid, Pending, Query, about_a_failure, apply, follow::Follower, parse::Dialect, syslog};
+use super::{
+    GatewayLogStats, GatewaySaid, Pending, Query, about_a_failure, apply,
+    follow::Follower,
+    parse::{Dialect, syslog_tag},
+    syslog,
+};
 use crate::engine::verdict::Verdict;
 
 /// At most this many log files followed (reloads and rotations add some).
@@ -119,8 +124,16 @@ fn open_files(pid: u32) -> Vec<(u32, String)> {
     found
 }
 
+/// Kernel interfaces are no logs, and reading some (/proc/kmsg) blocks and consumes.
+fn kernel_interface(path: &str) -> bool {
+    ["/proc/", "/sys/", "/dev/"].iter().any(|p| path.starts_with(p))
+}
+
 /// Whether an open file may be this gateway's log, before looking at its lines.
 fn may_be_log(dialect: Dialect, fd: u32, path: &str) -> bool {
+    if kernel_interface(path) {
+        return false;
+    }
     let named_log = path.ends_with(".log") || path.contains("/log/");
     match dialect {
         Dialect::NginxError => named_log || fd == 2,
@@ -201,8 +214,13 @@ impl LiveLogs {
             let before = self.sources.iter().filter(|s| s.comms.contains(comm)).count();
             for (fd, path) in open_files(receiver) {
                 // A syslog daemon's files hold every program's lines: one with the gateway's,
-                // or an empty one named after it (rsyslog's /var/log/haproxy.log).
+                // or an empty one named after it (rsyslog's /var/log/haproxy.log). Only log
+                // files: rsyslog holds /proc/kmsg open too, whose reads take the kernel's messages.
                 let named = Path::new(&path).file_name().is_some_and(|n| n.to_string_lossy().contains(comm));
+                let log_like = may_be_log(dialect, u32::MAX, &path) || (named && !kernel_interface(&path));
+                if !log_like {
+                    continue;
+                }
                 let wanted = |sniffed: Sniffed| sniffed == Sniffed::Its || (sniffed == Sniffed::Empty && named);
                 added |= self.consider(Candidate { pid: receiver, fd, path: &path, via: Some(&via) }, comm, dialect, wanted);
             }
@@ -231,7 +249,8 @@ impl LiveLogs {
             s.follower.also_at(PathBuf::from(format!("/proc/{pid}/root{path}")));
             return false;
         }
-        let Ok(mut file) = File::open(&at) else { return false };
+        // Never blocking the event loop, whatever the file turns out to be.
+        let Ok(mut file) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&at) else { return false };
         if !wanted(sniff(&mut file, dialect)) {
             return false;
         }
@@ -270,12 +289,15 @@ impl LiveLogs {
         for &s in &followed {
             let source = &mut self.sources[s];
             for text in source.follower.new_lines() {
+                // A syslog daemon's file holds other programs' lines too: only the gateway's
+                // (by the header's program name) are read.
+                if source.via.is_some() && syslog_tag(&text).is_none_or(|tag| !source.comms.contains(tag)) {
+                    continue;
+                }
                 self.lines_read += 1;
                 match source.dialect.parse(&text, offset) {
                     Some(line) if about_a_failure(&line) => source.pending.push(line),
                     Some(_) => {}
-                    // A syslog daemon's file holds other programs' lines too: not the gateway's.
-                    None if source.via.is_some() && !source.dialect.looks_like(&text) => {}
                     None => self.lines_unparsed += 1,
                 }
             }

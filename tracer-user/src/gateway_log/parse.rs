@@ -432,19 +432,30 @@ fn starts_with_address(line: &str) -> bool {
 /// Debian's default (`2026-11-28T16:53:46.571234+00:00 host haproxy[123]: `). A line that
 /// starts with the client's address is HAProxy's raw format, kept whole.
 pub fn behind_syslog_header(line: &str) -> (Option<u32>, &str) {
-    if starts_with_address(line) || line.starts_with('[') {
-        return (None, line);
-    }
-    let Some(at) = line.find("]: ") else { return (None, line) };
-    let Some(open) = line[..at].rfind('[') else { return (None, line) };
-    // The tag is one word right before the pid: `haproxy[123]`.
-    if line[..open].ends_with(' ') || line[open + 1..at].contains(' ') {
-        return (None, line);
-    }
-    match num::<u32>(&line[open + 1..at]) {
-        Some(pid) => (Some(pid), &line[at + 3..]),
+    match syslog_header(line) {
+        Some((_, pid, body)) => (Some(pid), body),
         None => (None, line),
     }
+}
+
+/// The program name a syslog header gives its line (`haproxy` in `... haproxy[123]: `).
+pub fn syslog_tag(line: &str) -> Option<&str> {
+    syslog_header(line).map(|(tag, _, _)| tag)
+}
+
+/// (tag, pid, message) of a line behind a syslog header.
+fn syslog_header(line: &str) -> Option<(&str, u32, &str)> {
+    if starts_with_address(line) || line.starts_with('[') {
+        return None;
+    }
+    let at = line.find("]: ")?;
+    let open = line[..at].rfind('[')?;
+    // The tag is one word right before the pid: `haproxy[123]`.
+    if line[..open].ends_with(' ') || line[open + 1..at].contains(' ') {
+        return None;
+    }
+    let tag = line[..open].rsplit([' ', '>']).next().filter(|t| !t.is_empty())?;
+    Some((tag, num::<u32>(&line[open + 1..at])?, &line[at + 3..]))
 }
 
 /// HAProxy's termination state in a kept line (`SC--`), for outputs that name it.
@@ -654,6 +665,9 @@ mod tests {
             let l = Dialect::HaproxyHttp.parse(&line, 0).unwrap();
             assert_eq!((l.pid, l.status, l.client_port), (Some(4243), Some(503), Some(45420)), "{line}");
         }
+        assert_eq!(syslog_tag("Nov 28 16:53:46 gw1 haproxy[4243]: x"), Some("haproxy"));
+        assert_eq!(syslog_tag("<134>Nov 28 16:53:46 haproxy[4242]: x"), Some("haproxy"));
+        assert_eq!(syslog_tag(raw), None);
         // Another program's line in the same file is none of HAProxy's.
         let other = "2026-11-28T16:53:46.571234+00:00 gw1 sshd[77]: Accepted publickey for root from 10.0.0.9 port 5 ssh2";
         assert!(!Dialect::HaproxyHttp.looks_like(other));

@@ -4,14 +4,17 @@
 //! log socket (rsyslogd, syslog-ng, busybox syslogd) is found by that socket's inode, and its
 //! open files are the candidates, as a gateway's own open files are.
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
+
+use crate::source::discover::{holders_of_socket, proc_net_addr};
 
 /// The port `log 10.0.0.1` means.
 const SYSLOG_PORT: u16 = 514;
 /// At most this many configuration files read (a directory of them under `-f`).
 const MAX_CONFIG_FILES: usize = 64;
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Where a gateway sends its log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +53,13 @@ fn target_of(word: &str) -> Option<LogTarget> {
     let addr = ["udp@", "udp4@", "udp6@", "ipv4@", "ipv6@"].iter().find_map(|p| word.strip_prefix(p)).unwrap_or(word);
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Some(LogTarget::Udp(a));
+    }
+    // HAProxy takes the port after the last colon, IPv6 unbracketed too (`::1:514`).
+    if addr.matches(':').count() > 1
+        && let Some((ip, port)) = addr.rsplit_once(':')
+        && let (Ok(ip), Ok(port)) = (ip.parse::<Ipv6Addr>(), port.parse::<u16>())
+    {
+        return Some(LogTarget::Udp(SocketAddr::new(IpAddr::V6(ip), port)));
     }
     addr.parse::<IpAddr>().ok().map(|ip| LogTarget::Udp(SocketAddr::new(ip, SYSLOG_PORT)))
 }
@@ -91,6 +101,7 @@ fn haproxy_config_files(pid: u32) -> Vec<PathBuf> {
         // HAProxy read its configuration before its chroot, which is its root now.
         let in_root = root.join(named.strip_prefix("/").unwrap_or(&named));
         let seen = if in_root.exists() { in_root } else { named };
+        // Regular files of sane size only (a FIFO would block, `-f /dev/stdin` is not ours).
         if seen.is_dir() {
             let Ok(dir) = std::fs::read_dir(&seen) else { continue };
             let mut cfgs: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cfg")).collect();
@@ -100,6 +111,7 @@ fn haproxy_config_files(pid: u32) -> Vec<PathBuf> {
             files.push(seen);
         }
     }
+    files.retain(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.len() <= MAX_CONFIG_BYTES));
     files.truncate(MAX_CONFIG_FILES);
     files
 }
@@ -124,52 +136,24 @@ fn unix_socket_inode(table: &str, path: &Path) -> Option<u64> {
     })
 }
 
-/// An address of /proc/net/udp{,6}: the IP as the kernel's words in host order, then the port.
-fn proc_net_addr(field: &str) -> Option<SocketAddr> {
-    let (ip, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
-    let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(b))
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
 /// The inode of the UDP socket that receives datagrams sent to `to`, from /proc/net/udp{,6}
 /// text (`sl local_address rem_address st ... inode`): bound to that port, on that address or
-/// on any.
+/// on any when `to` is loopback (a remote syslog host is not this host's daemon).
 fn udp_socket_inode(table: &str, to: SocketAddr) -> Option<u64> {
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_ascii_whitespace().collect();
         let local = proc_net_addr(fields.get(1)?)?;
-        let receives = local.port() == to.port() && (local.ip() == to.ip() || local.ip().is_unspecified());
+        let any_here = local.ip().is_unspecified() && (to.ip().is_loopback() || to.ip().is_unspecified());
+        let receives = local.port() == to.port() && (local.ip() == to.ip() || any_here);
         receives.then(|| fields.get(9)?.parse().ok()).flatten()
     })
 }
 
-/// The process holding socket `inode` (the first found), other than `but`.
+/// The process holding socket `inode`, other than `but`: not init when another holds it too
+/// (systemd holds the sockets it activates, journald reads them).
 fn holder_of(inode: u64, but: u32) -> Option<u32> {
-    let wanted = format!("socket:[{inode}]");
-    let procs = std::fs::read_dir("/proc").ok()?;
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == but {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
-        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == wanted.as_str())) {
-            return Some(pid);
-        }
-    }
-    None
+    let holders: Vec<u32> = holders_of_socket(inode).into_iter().filter(|&p| p != but).collect();
+    holders.iter().copied().find(|&p| p != 1).or(holders.first().copied())
 }
 
 /// The process that receives what `gateway` sends to `target`. A unix path is bound in the
@@ -179,11 +163,18 @@ fn holder_of(inode: u64, but: u32) -> Option<u32> {
 pub fn receiver(target: &LogTarget, chroot: Option<&Path>, gateway: u32) -> Option<u32> {
     let inode = match target {
         LogTarget::Unix(path) => {
-            let mut paths = Vec::new();
-            if let Some(root) = chroot {
-                paths.push(root.join(path.strip_prefix("/").unwrap_or(path)));
+            // The path the gateway reaches (inside its chroot: outside it, it reaches nothing),
+            // and where that leads (systemd's /dev/log is /run/systemd/journal/dev-log).
+            let reached = match chroot {
+                Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+                None => path.clone(),
+            };
+            let mut paths = vec![reached.clone()];
+            if let Ok(real) = std::fs::canonicalize(&reached)
+                && real != reached
+            {
+                paths.push(real);
             }
-            paths.push(path.clone());
             let tables: Vec<String> = [format!("/proc/{gateway}/net/unix"), "/proc/self/net/unix".to_string()]
                 .iter()
                 .filter_map(|t| std::fs::read_to_string(t).ok())
@@ -220,6 +211,16 @@ mod tests {
                 LogTarget::Unix("/run/fe.sock".into()),
             ]
         );
+        let mut v6 = HaproxyLogging::default();
+        read_haproxy_config("global\n  log ipv6@::1:5514 local0\n  log [fd00::5]:514 local0\n  log fd00::6 local0\n", &mut v6);
+        assert_eq!(
+            v6.targets,
+            vec![
+                LogTarget::Udp("[::1]:5514".parse().unwrap()),
+                LogTarget::Udp("[fd00::5]:514".parse().unwrap()),
+                LogTarget::Udp("[fd00::6]:514".parse().unwrap()),
+            ]
+        );
         assert_eq!(l.chroot, Some(PathBuf::from("/var/lib/haproxy")));
     }
 
@@ -236,7 +237,8 @@ mod tests {
                    120: 0100007F:159A 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51234 2 0000000000000000 0\n  \
                    121: 00000000:0202 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 51240 2 0000000000000000 0\n";
         assert_eq!(udp_socket_inode(udp, "127.0.0.1:5530".parse().unwrap()), Some(51234));
-        assert_eq!(udp_socket_inode(udp, "10.1.2.3:514".parse().unwrap()), Some(51240), "bound to any address");
+        assert_eq!(udp_socket_inode(udp, "127.0.0.2:514".parse().unwrap()), Some(51240), "bound to any address");
+        assert_eq!(udp_socket_inode(udp, "10.1.2.3:514".parse().unwrap()), None, "a remote syslog host");
         assert_eq!(udp_socket_inode(udp, "127.0.0.1:515".parse().unwrap()), None);
         let udp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n  \
                     5: 00000000000000000000000001000000:0202 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 61234 2\n";

@@ -414,7 +414,7 @@ impl Metrics {
     fn on_event(&mut self, ev: &KernelEvent) {
         let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e9;
         match ev.kind {
-            Kind::ConnectStart => {
+            Kind::ConnectStart if !ev.to_resolver() => {
                 let Some(dst) = ev.dst else { return };
                 let key = self.upstream_labels(&ev.comm, &dst.to_string());
                 self.attempts.get_or_create(&key).inc();

@@ -74,8 +74,8 @@ pub struct ListenerInfo {
     pub title: Option<String>,
 }
 
-/// Parse a /proc/net/tcp{,6} address (`0100007F:1F90`).
-fn proc_net_addr(field: &str) -> Option<SocketAddr> {
+/// Parse a /proc/net/{tcp,udp}{,6} address (`0100007F:1F90`).
+pub fn proc_net_addr(field: &str) -> Option<SocketAddr> {
     let (ip, port) = field.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip: IpAddr = match ip.len() {
@@ -202,14 +202,8 @@ fn holders<A: Clone + Ord>(sockets_of: fn(u32) -> HashMap<u64, A>) -> Vec<(u32, 
         if sockets.is_empty() {
             continue;
         }
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         let mut seen = BTreeSet::new();
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else { continue };
-            let target = target.to_string_lossy();
-            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) else {
-                continue;
-            };
+        for inode in socket_inodes(pid) {
             if let Some(socket) = sockets.get(&inode)
                 && seen.insert(socket.clone())
             {
@@ -218,6 +212,22 @@ fn holders<A: Clone + Ord>(sockets_of: fn(u32) -> HashMap<u64, A>) -> Vec<(u32, 
         }
     }
     found
+}
+
+/// The inodes of the sockets among a process's open files (`socket:[12345]`).
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return vec![] };
+    fds.flatten()
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.path()).ok()?;
+            target.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// The processes holding socket `inode`.
+pub fn holders_of_socket(inode: u64) -> Vec<u32> {
+    all_pids().filter(|&pid| socket_inodes(pid).contains(&inode)).collect()
 }
 
 /// The process title when it says more than the name: servers that name their workers

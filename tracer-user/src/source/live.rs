@@ -22,7 +22,7 @@ use crate::{
     source::{
         discover,
         probes::{
-            Probes,
+            OnDemand, Probes, reads_with_read,
             uprobes::{GoTls, OpenSsl},
         },
         ring_fill::RingFill,
@@ -269,6 +269,9 @@ impl Live {
     /// Its own log is looked for too (its words go into its verdicts).
     fn adopt_client_view(&mut self, pid: u32, pipeline: &mut Pipeline) {
         let comm = discover::comm_of(pid).unwrap_or_default();
+        if reads_with_read(pid, &comm) {
+            self.probes.attach_on_demand(OnDemand::Reads);
+        }
         if let GatewayWords::Live(logs) = &mut pipeline.gateway_words
             && let Some(said) = logs.adopt(pid, &comm)
             && !self.quiet
@@ -329,7 +332,7 @@ impl Live {
                     // A retransmit on a traced connection: ICMP errors about it may follow.
                     if ev.kind == crate::engine::decode::Kind::Retransmit {
                         self.last_trouble = Some(std::time::Instant::now());
-                        self.probes.want_packet_hook();
+                        self.probes.attach_on_demand(OnDemand::Packets);
                     }
                     // A unix socket that refused the gateway for permission: the file's owner and
                     // mode, read now (rare: only on such a failure).
@@ -351,7 +354,10 @@ impl Live {
     fn rescan(&mut self, pipeline: &mut Pipeline) -> Result<()> {
         if self.last_trouble.is_some_and(|t| t.elapsed() > crate::source::probes::PACKET_HOOK_IDLE) {
             self.last_trouble = None;
-            self.probes.drop_packet_hook();
+            self.probes.detach_on_demand(OnDemand::Packets);
+        }
+        if self.probes.upstream_tls_hellos() > 0 {
+            self.probes.attach_on_demand(OnDemand::Reads);
         }
         let mut new = Vec::new();
         for pid in self.targets.scan() {
@@ -415,6 +421,7 @@ impl Live {
             exchanges_shipped_early: self.probes.exchanges_shipped_early(),
             status_lines_expired: self.probes.status_lines_expired(),
             evicted: self.probes.lru_evictions(),
+            on_demand_attached: OnDemand::ALL.into_iter().filter(|&h| self.probes.on_demand(h).0).map(OnDemand::program).collect(),
             ring: self.ring_fill.as_ref().map(RingFill::usage),
             programs: costs
                 .into_iter()

@@ -190,7 +190,7 @@ impl State {
         }
         let upstream = ev.dst.map(|a| a.to_string()).or_else(|| ev.path.clone().map(|p| format!("unix:{p}")));
         match ev.kind {
-            Kind::ConnectStart | Kind::ConnectSyscall => {
+            Kind::ConnectStart | Kind::ConnectSyscall if !ev.to_resolver() => {
                 if let Some(u) = upstream {
                     self.upstreams.entry(u.clone()).or_insert_with(|| UpstreamRow { upstream: u, ..Default::default() }).attempts += 1;
                 }

@@ -32,14 +32,53 @@ struct ProgramSpec {
     required: bool,
 }
 
-/// Every packet on the host runs it, and it only looks for ICMP errors about traced flows.
-/// The errors that end a connect at once reach the socket too (`inet_sk_error_report`: ICMP
-/// port unreachable as ECONNREFUSED without a reset, administratively prohibited as
-/// EHOSTUNREACH/ENETUNREACH before any retransmit), so it is attached only once a traced
-/// connection retransmits (a router's "host unreachable" answers each retry), and taken off
-/// again after `PACKET_HOOK_IDLE` without one.
-const ON_DEMAND: &str = "netif_receive_skb";
+/// Programs loaded at start and attached only when wanted: their hooks run for every packet,
+/// or every read(2), on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDemand {
+    /// Every packet on the host runs it, and it only looks for ICMP errors about traced
+    /// flows. The errors that end a connect at once reach the socket too
+    /// (`inet_sk_error_report`: ICMP port unreachable as ECONNREFUSED without a reset,
+    /// administratively prohibited as EHOSTUNREACH/ENETUNREACH before any retransmit), so it
+    /// is attached only once a traced connection retransmits (a router's "host unreachable"
+    /// answers each retry), and taken off again after `PACKET_HOOK_IDLE` without one.
+    Packets,
+    /// read(2) of every process (php-fpm's file and socket reads most, beside nginx): nginx and
+    /// HAProxy read their sockets with recv(2), but OpenSSL's socket BIO (an HTTPS upstream)
+    /// and Go's net package read them with read(2). Attached at the first TLS ClientHello a
+    /// traced process sends to an upstream, or at start for a gateway that is not nginx or
+    /// HAProxy (Go's Caddy and Traefik, anything unknown); never taken off.
+    Reads,
+}
+
+impl OnDemand {
+    pub const ALL: [OnDemand; 2] = [OnDemand::Packets, OnDemand::Reads];
+
+    pub fn program(self) -> &'static str {
+        match self {
+            OnDemand::Packets => "netif_receive_skb",
+            OnDemand::Reads => "sys_enter_read",
+        }
+    }
+
+    fn of_program(program: &str) -> Option<OnDemand> {
+        Self::ALL.into_iter().find(|h| h.program() == program)
+    }
+}
+
 pub const PACKET_HOOK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a traced gateway process needs read(2) looked at: nginx and HAProxy read their
+/// sockets with recv(2), nginx's OpenSSL excepted (an HTTPS upstream, told by its configuration;
+/// the kernel's `upstream_tls_hellos` catches what that misses, from the next connection on).
+/// HAProxy's OpenSSL reads through HAProxy's own recv(2). Anything else may use read(2) (Go).
+pub fn reads_with_read(pid: u32, comm: &str) -> bool {
+    match comm {
+        "haproxy" => false,
+        "nginx" => crate::source::nginx_conf::upstream_tls(pid).unwrap_or(true),
+        _ => true,
+    }
+}
 
 const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "inet_sock_set_state", hook: Hook::Tracepoint("sock", "inet_sock_set_state"), required: true },
@@ -115,9 +154,10 @@ pub struct Probes {
     unix: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
     evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::engine::decode::Decoder,
-    /// The on-demand per-packet hook's link while attached.
-    packet_link: Option<aya::programs::trace_point::TracePointLinkId>,
-    packet_attaches: u64,
+    /// The on-demand hooks' links while attached, and how many times each was (`OnDemand`
+    /// order).
+    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 2],
+    on_demand_attaches: [u64; 2],
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -176,7 +216,7 @@ impl Probes {
 
         let mut report = AttachReport::default();
         for spec in PROGRAMS {
-            if spec.program == ON_DEMAND {
+            if OnDemand::of_program(spec.program).is_some() {
                 match load_only(&mut ebpf, spec) {
                     Ok(()) => report.on_demand.push(spec.program.to_owned()),
                     Err(e) => report.skipped.push((spec.program.to_owned(), format!("{e:#}"))),
@@ -219,41 +259,47 @@ impl Probes {
                 unix,
                 evicted,
                 decoder,
-                packet_link: None,
-                packet_attaches: 0,
+                on_demand_links: [None, None],
+                on_demand_attaches: [0, 0],
             },
             ring,
         ))
     }
 
-    /// A traced connection is in trouble: have the per-packet hook attached (once).
-    pub fn want_packet_hook(&mut self) {
-        if self.packet_link.is_some() || !self.report.on_demand.iter().any(|p| p == ON_DEMAND) {
+    /// Have an on-demand hook attached (once).
+    pub fn attach_on_demand(&mut self, hook: OnDemand) {
+        let program = hook.program();
+        let slot = hook as usize;
+        if self.on_demand_links[slot].is_some() || !self.report.on_demand.iter().any(|p| p == program) {
             return;
         }
-        let Some(Hook::Tracepoint(category, name)) = PROGRAMS.iter().find(|s| s.program == ON_DEMAND).map(|s| &s.hook) else { return };
-        let Some(program) = self.ebpf.program_mut(ON_DEMAND) else { return };
-        let Ok(tp) = <&mut TracePoint>::try_from(program) else { return };
+        let Some(Hook::Tracepoint(category, name)) = PROGRAMS.iter().find(|s| s.program == program).map(|s| &s.hook) else { return };
+        let Some(tp) = self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) else { return };
         match tp.attach(category, name) {
             Ok(link) => {
-                self.packet_link = Some(link);
-                self.packet_attaches += 1;
+                self.on_demand_links[slot] = Some(link);
+                self.on_demand_attaches[slot] += 1;
             }
-            Err(e) => eprintln!("upstrace: attaching {ON_DEMAND} failed: {e}"),
+            Err(e) => eprintln!("upstrace: attaching {program} failed: {e}"),
         }
     }
 
-    /// Nothing in trouble for a while: take the per-packet hook off.
-    pub fn drop_packet_hook(&mut self) {
-        let Some(link) = self.packet_link.take() else { return };
-        if let Some(tp) = self.ebpf.program_mut(ON_DEMAND).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+    /// Take an on-demand hook off (nothing in trouble for a while).
+    pub fn detach_on_demand(&mut self, hook: OnDemand) {
+        let Some(link) = self.on_demand_links[hook as usize].take() else { return };
+        if let Some(tp) = self.ebpf.program_mut(hook.program()).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
             let _ = tp.detach(link);
         }
     }
 
-    /// Whether the per-packet hook is attached now, and how many times it was.
-    pub fn packet_hook(&self) -> (bool, u64) {
-        (self.packet_link.is_some(), self.packet_attaches)
+    /// Whether an on-demand hook is attached now, and how many times it was.
+    pub fn on_demand(&self, hook: OnDemand) -> (bool, u64) {
+        (self.on_demand_links[hook as usize].is_some(), self.on_demand_attaches[hook as usize])
+    }
+
+    /// TLS ClientHellos traced processes sent to upstreams (the read hook is wanted once one is).
+    pub fn upstream_tls_hellos(&self) -> u64 {
+        self.counter(counter::UPSTREAM_TLS_HELLOS)
     }
 
     /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
@@ -279,7 +325,7 @@ impl Probes {
                 program.load().map_err(|e| anyhow!("load floor: {e}"))?;
                 let mut hooks = 0;
                 // All: the hooks upstrace keeps attached (not the on-demand one).
-                for spec in PROGRAMS.iter().filter(|s| set != FloorSet::All || s.program != ON_DEMAND) {
+                for spec in PROGRAMS.iter().filter(|s| set != FloorSet::All || OnDemand::of_program(s.program).is_none()) {
                     if let Hook::Tracepoint(category, name) = spec.hook
                         && (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name))
                         && program.attach(category, name).is_ok()
