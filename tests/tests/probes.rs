@@ -155,7 +155,7 @@ fn healthy_traffic_ships_nothing(keepalive: bool) {
     assert_eq!(stats["lost_total"], 0);
     assert_eq!(stats["exchanges_shipped_early"], 0);
     assert_eq!(stats["evicted"]["closed_sockets"], 0, "{stats}");
-    assert_read_hook(&stats, false);
+    assert_read_hook(stats, false);
 }
 
 /// Whether the read(2) hook is attached (the stats line's `on_demand_attached`).
