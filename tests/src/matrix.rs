@@ -306,9 +306,13 @@ impl Scenario {
             // The application's own 5xx, passed on: nginx and Caddy log no error for it
             // (HAProxy's access line says `----`: nothing went wrong between them).
             GatewayKind::Nginx | GatewayKind::Caddy if passed_on => false,
-            // A response cut short: HAProxy's line names neither the worker nor the upstream
-            // address, and the cut verdict does not know the client.
-            GatewayKind::Haproxy => !matches!(self.base(), "crash-mid-body" | "truncated-body" | "unix-truncated-body"),
+            // A response cut short, whose verdict does not know the client: HAProxy's line is
+            // matched by its pid (in the syslog header; its raw stdout lines have none) and its
+            // server's address (from its configuration).
+            GatewayKind::Haproxy => {
+                self.haproxy_log() != HaproxyLog::Stdout
+                    || !matches!(self.base(), "crash-mid-body" | "truncated-body" | "unix-truncated-body")
+            }
             _ => true,
         }
     }

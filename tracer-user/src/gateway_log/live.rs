@@ -21,7 +21,7 @@ use std::{
 use super::{
     GatewayLogStats, GatewaySaid, Pending, Query, about_a_failure, apply,
     follow::Follower,
-    parse::{Dialect, syslog_tag},
+    parse::{Dialect, haproxy_server, syslog_tag},
     syslog,
 };
 use crate::engine::verdict::Verdict;
@@ -42,6 +42,9 @@ struct Source {
     comms: BTreeSet<String>,
     follower: Follower,
     pending: Pending,
+    /// HAProxy's servers by `backend/server`, with their addresses (from its configuration):
+    /// its lines name no address.
+    servers: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -170,7 +173,11 @@ impl LiveLogs {
         }
         let mut notes = Vec::new();
         if dialect == Dialect::HaproxyHttp {
-            added |= self.adopt_syslog(pid, comm, dialect, &mut notes);
+            let config = syslog::haproxy_logging(pid);
+            added |= self.adopt_syslog(pid, comm, dialect, &config, &mut notes);
+            for source in self.sources.iter_mut().filter(|s| s.comms.contains(comm)) {
+                source.servers.extend(config.servers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
         }
         let files: Vec<String> = self
             .sources
@@ -197,8 +204,7 @@ impl LiveLogs {
 
     /// HAProxy's syslog targets (`log /dev/log`, `log 127.0.0.1:514`): the files of the
     /// process listening there that hold its lines. What cannot be followed is said in `notes`.
-    fn adopt_syslog(&mut self, pid: u32, comm: &str, dialect: Dialect, notes: &mut Vec<String>) -> bool {
-        let logging = syslog::haproxy_logging(pid);
+    fn adopt_syslog(&mut self, pid: u32, comm: &str, dialect: Dialect, logging: &syslog::HaproxyLogging, notes: &mut Vec<String>) -> bool {
         let mut added = false;
         for target in &logging.targets {
             let Some(receiver) = syslog::receiver(target, logging.chroot.as_deref(), pid) else {
@@ -264,6 +270,7 @@ impl LiveLogs {
             comms: BTreeSet::from([comm.to_owned()]),
             follower,
             pending: Pending::default(),
+            servers: BTreeMap::new(),
         });
         true
     }
@@ -296,7 +303,12 @@ impl LiveLogs {
                 }
                 self.lines_read += 1;
                 match source.dialect.parse(&text, offset) {
-                    Some(line) if about_a_failure(&line) => source.pending.push(line),
+                    Some(mut line) if about_a_failure(&line) => {
+                        if line.upstream.is_none() {
+                            line.upstream = haproxy_server(&line.text).and_then(|s| source.servers.get(s)).cloned();
+                        }
+                        source.pending.push(line)
+                    }
                     Some(_) => {}
                     None => self.lines_unparsed += 1,
                 }

@@ -463,6 +463,11 @@ pub fn haproxy_state(text: &str) -> Option<&str> {
     text.split_ascii_whitespace().nth(9).filter(|s| s.len() == 4)
 }
 
+/// HAProxy's `backend/server` in a kept line (`be/up1`; `<NOSRV>` is none).
+pub fn haproxy_server(text: &str) -> Option<&str> {
+    text.split_ascii_whitespace().nth(3).filter(|s| s.contains('/') && !s.ends_with("/<NOSRV>"))
+}
+
 #[derive(Deserialize)]
 struct CaddyRequest {
     remote_ip: Option<String>,

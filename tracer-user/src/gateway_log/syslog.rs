@@ -4,6 +4,7 @@
 //! log socket (rsyslogd, syslog-ng, busybox syslogd) is found by that socket's inode, and its
 //! open files are the candidates, as a gateway's own open files are.
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -33,12 +34,25 @@ impl std::fmt::Display for LogTarget {
     }
 }
 
-/// What HAProxy's configuration says of its syslog targets.
+/// What HAProxy's configuration says of its logging and its servers.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HaproxyLogging {
     pub targets: Vec<LogTarget>,
     /// Its `chroot`: a unix target is opened from inside it.
     pub chroot: Option<PathBuf>,
+    /// Its log lines name a server `backend/server`: the address that is, as verdicts name
+    /// upstreams (`10.0.0.2:8080`, `unix:/run/app.sock`); servers by name or template are not
+    /// known before they resolve.
+    pub servers: BTreeMap<String, String>,
+}
+
+/// A `server` line's address as verdicts name upstreams, when it is one.
+fn server_address(word: &str) -> Option<String> {
+    if let Some(path) = word.strip_prefix("unix@").or(word.starts_with('/').then_some(word)) {
+        return Some(format!("unix:{path}"));
+    }
+    let addr = ["ipv4@", "ipv6@", "tcp@", "tcp4@", "tcp6@"].iter().find_map(|p| word.strip_prefix(p)).unwrap_or(word);
+    addr.parse::<SocketAddr>().ok().map(|a| a.to_string())
 }
 
 /// A target of one `log` line's address word; none for stdout/stderr (read as its own
@@ -67,10 +81,21 @@ fn target_of(word: &str) -> Option<LogTarget> {
 /// The `log` and `chroot` lines of HAProxy configuration text (any section: `global`,
 /// `defaults`, a proxy's own).
 pub fn read_haproxy_config(text: &str, into: &mut HaproxyLogging) {
+    let mut proxy: Option<String> = None;
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_ascii_whitespace();
         match (words.next(), words.next()) {
+            (Some("backend" | "listen"), Some(name)) => proxy = Some(name.to_owned()),
+            (
+                Some("frontend" | "defaults" | "global" | "resolvers" | "peers" | "userlist" | "fcgi-app" | "cache" | "program" | "ring"),
+                _,
+            ) => proxy = None,
+            (Some("server"), Some(name)) => {
+                if let (Some(proxy), Some(addr)) = (&proxy, words.next().and_then(server_address)) {
+                    into.servers.insert(format!("{proxy}/{name}"), addr);
+                }
+            }
             (Some("log"), Some(addr)) => {
                 if let Some(t) = target_of(addr)
                     && !into.targets.contains(&t)
@@ -222,6 +247,20 @@ mod tests {
             ]
         );
         assert_eq!(l.chroot, Some(PathBuf::from("/var/lib/haproxy")));
+        let mut servers = HaproxyLogging::default();
+        read_haproxy_config(
+            "backend be\n    server up1 10.0.0.2:8081 check\n    server up2 /run/app.sock proto fcgi\n    server-template up 3 app.lab:80 resolvers r\n    \
+             server named app.lab:80\nlisten both\n    bind :80\n    server s1 [fd00::2]:80\nfrontend fe\n    server not-a-proxy 10.9.9.9:1\n",
+            &mut servers,
+        );
+        assert_eq!(
+            servers.servers.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("be/up1".to_string(), "10.0.0.2:8081".to_string()),
+                ("be/up2".to_string(), "unix:/run/app.sock".to_string()),
+                ("both/s1".to_string(), "[fd00::2]:80".to_string()),
+            ]
+        );
     }
 
     #[test]
