@@ -13,6 +13,7 @@ pub mod gateway_log;
 pub mod health;
 pub mod output;
 pub mod pipeline;
+pub mod procfs;
 pub mod serve;
 pub mod source;
 pub mod trace_format;

@@ -158,6 +158,24 @@ pub struct Lookup {
     pub tcp: bool,
 }
 
+impl Lookup {
+    /// The lookup a shipped message starts: its query, or an answer whose query was not seen.
+    fn of(ev: &KernelEvent, m: &DnsMessage, ended: Option<(u64, Outcome)>) -> Self {
+        Lookup {
+            ts_ns: ev.ts_ns,
+            pid: ev.pid,
+            sock: ev.sock,
+            resolver: ev.dst,
+            id: m.id,
+            name: m.name.clone(),
+            qtype: m.qtype,
+            resent: 0,
+            ended,
+            tcp: m.tcp,
+        }
+    }
+}
+
 /// A name that did not resolve, as a verdict tells it.
 #[derive(Debug, Clone)]
 pub struct Unresolved {
@@ -206,18 +224,7 @@ impl Lookups {
                     l.ended = failed;
                     return;
                 }
-                self.remember(Lookup {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.pid,
-                    sock: ev.sock,
-                    resolver: ev.dst,
-                    id: m.id,
-                    name: m.name.clone(),
-                    qtype: m.qtype,
-                    resent: 0,
-                    ended: failed,
-                    tcp: false,
-                });
+                self.remember(Lookup::of(ev, m, failed));
             }
             Kind::DnsAnswer => {
                 let outcome = match &ev.dns {
@@ -239,18 +246,7 @@ impl Lookups {
                     // answer's question names the lookup.
                     None => {
                         if let Some(m) = ev.dns.as_ref().filter(|m| m.tcp && m.response) {
-                            self.remember(Lookup {
-                                ts_ns: ev.ts_ns,
-                                pid: ev.pid,
-                                sock: ev.sock,
-                                resolver: ev.dst,
-                                id: m.id,
-                                name: m.name.clone(),
-                                qtype: m.qtype,
-                                resent: 0,
-                                ended: Some((ev.ts_ns, outcome)),
-                                tcp: true,
-                            });
+                            self.remember(Lookup::of(ev, m, Some((ev.ts_ns, outcome))));
                         }
                     }
                 }

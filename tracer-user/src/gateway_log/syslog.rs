@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::source::discover::{holders_of_socket, proc_net_addr};
+use crate::procfs::{holders_of_socket, proc_net_addr};
 
 /// The port `log 10.0.0.1` means.
 const SYSLOG_PORT: u16 = 514;

@@ -3,8 +3,10 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
 };
+
+use crate::procfs::{all_pids, proc_net_addr, socket_inodes};
 
 /// Gateways upstrace looks for when no --pid or --comm is given.
 pub const DEFAULT_COMMS: &[&str] = &["nginx", "haproxy", "envoy", "caddy", "traefik"];
@@ -55,10 +57,6 @@ pub fn comm_of(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }
 
-fn all_pids() -> impl Iterator<Item = u32> {
-    fs::read_dir("/proc").into_iter().flatten().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-}
-
 /// Processes whose comm is one of `comms`.
 pub fn pids_by_comm(comms: &[String]) -> BTreeSet<u32> {
     all_pids().filter(|&pid| comm_of(pid).is_some_and(|c| comms.contains(&c))).collect()
@@ -72,25 +70,6 @@ pub struct ListenerInfo {
     pub addr: SocketAddr,
     /// The process title, when it is not just the name (`php-fpm: pool www`).
     pub title: Option<String>,
-}
-
-/// Parse a /proc/net/{tcp,udp}{,6} address (`0100007F:1F90`).
-pub fn proc_net_addr(field: &str) -> Option<SocketAddr> {
-    let (ip, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let ip: IpAddr = match ip.len() {
-        8 => Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes()).into(),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
-            }
-            Ipv6Addr::from(bytes).into()
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
 }
 
 /// A LISTEN row of /proc/<pid>/net/tcp{,6} (the netns `pid` lives in): local address, socket
@@ -212,22 +191,6 @@ fn holders<A: Clone + Ord>(sockets_of: fn(u32) -> HashMap<u64, A>) -> Vec<(u32, 
         }
     }
     found
-}
-
-/// The inodes of the sockets among a process's open files (`socket:[12345]`).
-fn socket_inodes(pid: u32) -> Vec<u64> {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return vec![] };
-    fds.flatten()
-        .filter_map(|fd| {
-            let target = fs::read_link(fd.path()).ok()?;
-            target.to_string_lossy().strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
-}
-
-/// The processes holding socket `inode`.
-pub fn holders_of_socket(inode: u64) -> Vec<u32> {
-    all_pids().filter(|&pid| socket_inodes(pid).contains(&inode)).collect()
 }
 
 /// The process title when it says more than the name: servers that name their workers
