@@ -211,13 +211,12 @@ impl LiveLogs {
                 notes.push(format!("its log sent to {target} reaches no process"));
                 continue;
             };
-            let receiver_comm = std::fs::read_to_string(format!("/proc/{receiver}/comm")).unwrap_or_default().trim().to_owned();
+            let receiver_comm = crate::procfs::comm_of(receiver).unwrap_or_default();
             if receiver_comm == "systemd-journal" {
                 notes.push(format!("its log sent to {target} goes to journald (pid {receiver}), which is not read"));
                 continue;
             }
             let via = format!("{receiver_comm} {receiver} from {target}");
-            let before = self.sources.iter().filter(|s| s.comms.contains(comm)).count();
             for (fd, path) in open_files(receiver) {
                 // A syslog daemon's files hold every program's lines: one with the gateway's,
                 // or an empty one named after it (rsyslog's /var/log/haproxy.log). Only log
@@ -230,9 +229,7 @@ impl LiveLogs {
                 let wanted = |sniffed: Sniffed| sniffed == Sniffed::Its || (sniffed == Sniffed::Empty && named);
                 added |= self.consider(Candidate { pid: receiver, fd, path: &path, via: Some(&via) }, comm, dialect, wanted);
             }
-            if self.sources.iter().filter(|s| s.comms.contains(comm)).count() == before
-                && !self.sources.iter().any(|s| s.via.as_deref() == Some(via.as_str()))
-            {
+            if !self.sources.iter().any(|s| s.via.as_deref() == Some(via.as_str())) {
                 notes.push(format!(
                     "its log sent to {target} goes to {receiver_comm} (pid {receiver}), none of whose files holds its lines yet"
                 ));

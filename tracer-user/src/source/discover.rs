@@ -6,6 +6,7 @@ use std::{
     net::SocketAddr,
 };
 
+pub use crate::procfs::comm_of;
 use crate::procfs::{all_pids, proc_net_addr, socket_inodes};
 
 /// Gateways upstrace looks for when no --pid or --comm is given.
@@ -51,10 +52,6 @@ fn id_name(db: &str, id: u32) -> Option<String> {
         let name = fields.next()?;
         (fields.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
     })
-}
-
-pub fn comm_of(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }
 
 /// Processes whose comm is one of `comms`.

@@ -269,7 +269,8 @@ impl Live {
     /// Its own log is looked for too (its words go into its verdicts).
     fn adopt_client_view(&mut self, pid: u32, pipeline: &mut Pipeline) {
         let comm = discover::comm_of(pid).unwrap_or_default();
-        if reads_with_read(pid, &comm) {
+        // Once on, the read hook stays: no configuration to read again for each worker.
+        if !self.probes.is_attached(OnDemand::Reads) && reads_with_read(pid, &comm) {
             self.probes.attach_on_demand(OnDemand::Reads);
         }
         if let GatewayWords::Live(logs) = &mut pipeline.gateway_words
@@ -356,7 +357,7 @@ impl Live {
             self.last_trouble = None;
             self.probes.detach_on_demand(OnDemand::Packets);
         }
-        if self.probes.upstream_tls_hellos() > 0 {
+        if !self.probes.is_attached(OnDemand::Reads) && self.probes.upstream_tls_hellos() > 0 {
             self.probes.attach_on_demand(OnDemand::Reads);
         }
         let mut new = Vec::new();
@@ -421,7 +422,7 @@ impl Live {
             exchanges_shipped_early: self.probes.exchanges_shipped_early(),
             status_lines_expired: self.probes.status_lines_expired(),
             evicted: self.probes.lru_evictions(),
-            on_demand_attached: OnDemand::ALL.into_iter().filter(|&h| self.probes.on_demand(h).0).map(OnDemand::program).collect(),
+            on_demand_attached: OnDemand::ALL.into_iter().filter(|&h| self.probes.is_attached(h)).map(OnDemand::program).collect(),
             ring: self.ring_fill.as_ref().map(RingFill::usage),
             programs: costs
                 .into_iter()

@@ -45,9 +45,9 @@ pub enum OnDemand {
     Packets,
     /// read(2) of every process (php-fpm's file and socket reads most, beside nginx): nginx and
     /// HAProxy read their sockets with recv(2), but OpenSSL's socket BIO (an HTTPS upstream)
-    /// and Go's net package read them with read(2). Attached at the first TLS ClientHello a
-    /// traced process sends to an upstream, or at start for a gateway that is not nginx or
-    /// HAProxy (Go's Caddy and Traefik, anything unknown); never taken off.
+    /// and Go's net package read them with read(2). Attached for a gateway that may read its
+    /// sockets with it (`reads_with_read`), or at the first TLS ClientHello a traced process
+    /// sends to an upstream; never taken off.
     Reads,
 }
 
@@ -154,10 +154,8 @@ pub struct Probes {
     unix: BpfHashMap<MapData, u64, tracer_common::SockOwner>,
     evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::engine::decode::Decoder,
-    /// The on-demand hooks' links while attached, and how many times each was (`OnDemand`
-    /// order).
+    /// The on-demand hooks' links while attached (`OnDemand` order).
     on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 2],
-    on_demand_attaches: [u64; 2],
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -260,7 +258,6 @@ impl Probes {
                 evicted,
                 decoder,
                 on_demand_links: [None, None],
-                on_demand_attaches: [0, 0],
             },
             ring,
         ))
@@ -276,10 +273,7 @@ impl Probes {
         let Some(Hook::Tracepoint(category, name)) = PROGRAMS.iter().find(|s| s.program == program).map(|s| &s.hook) else { return };
         let Some(tp) = self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) else { return };
         match tp.attach(category, name) {
-            Ok(link) => {
-                self.on_demand_links[slot] = Some(link);
-                self.on_demand_attaches[slot] += 1;
-            }
+            Ok(link) => self.on_demand_links[slot] = Some(link),
             Err(e) => eprintln!("upstrace: attaching {program} failed: {e}"),
         }
     }
@@ -292,9 +286,9 @@ impl Probes {
         }
     }
 
-    /// Whether an on-demand hook is attached now, and how many times it was.
-    pub fn on_demand(&self, hook: OnDemand) -> (bool, u64) {
-        (self.on_demand_links[hook as usize].is_some(), self.on_demand_attaches[hook as usize])
+    /// Whether an on-demand hook is attached now.
+    pub fn is_attached(&self, hook: OnDemand) -> bool {
+        self.on_demand_links[hook as usize].is_some()
     }
 
     /// TLS ClientHellos traced processes sent to upstreams (the read hook is wanted once one is).
