@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -552,10 +552,7 @@ pub mod counter {
     /// A 5xx status line whose write reached no socket send within `STATUS_MAX_AGE_NS` (it
     /// went to a file or pipe, or the thread stalled that long): not reported.
     pub const STATUS_EXPIRED: u32 = 11;
-    /// Not a loss: TLS ClientHellos traced processes sent on upstream connections (userspace
-    /// attaches the read(2) hook at the first: OpenSSL reads the answer with read).
-    pub const UPSTREAM_TLS_HELLOS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -569,7 +566,6 @@ pub mod counter {
         "peers_added",
         "unix_added",
         "status_expired",
-        "upstream_tls_hellos",
     ];
 }
 

@@ -19,11 +19,11 @@ const DNS_HEAD: usize = 128;
 /// What is readable of a short message near the end of its mapping: header and a short name.
 const DNS_SHORT: usize = 48;
 
-/// Ship a DNS query (`DnsQuery`, from a send) or an answer (`DnsAnswer`, from a read) on
-/// socket `sk` of IP protocol `protocol` (`IPPROTO_UDP`, or `IPPROTO_TCP` for reads only: in
+/// Ship a DNS query (`DnsQuery`, from a send) or an answer (`DnsAnswer`, from a read) in
+/// `buf` on socket `sk` of IP protocol `protocol` (`IPPROTO_UDP`, or `IPPROTO_TCP` for reads only: in
 /// the event's `old_state`); false when the socket does not talk to port 53.
 #[inline(always)]
-pub fn on_socket(kind: EventKind, protocol: u8, sk: u64, tgid: u32, tid: u32, buf: u64, ret: i32) -> bool {
+pub fn on_socket(kind: EventKind, protocol: u8, sk: u64, tgid: u32, tid: u32, buf: impl FnOnce() -> u64, ret: i32) -> bool {
     let dport = u16::from_be(read_kernel::<u16>(sk, cfg_get!(kernel.skc_dport)).unwrap_or(0));
     if dport != DNS_PORT {
         return false;
@@ -32,6 +32,8 @@ pub fn on_socket(kind: EventKind, protocol: u8, sk: u64, tgid: u32, tid: u32, bu
     if ret == -errno::EAGAIN {
         return true;
     }
+    // The message's bytes, only once the socket is known to be a resolver's.
+    let buf = buf();
     // Over TCP, only what reads as a whole answer behind its length: a client connection
     // whose peer port is 53 is no resolver, and its request stays unread.
     if protocol == IPPROTO_TCP && !(ret > 0 && tcp_answer(buf, ret)) {

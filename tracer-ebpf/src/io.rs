@@ -1,9 +1,12 @@
 //! Socket I/O of traced processes: byte counts on upstream sockets (one event per exchange,
-//! not per call), and 5xx status lines written to downstream (client) sockets.
+//! not per call), and 5xx status lines written to downstream (client) sockets. One program per
+//! send and one per receive, at the socket tracepoints: they name the socket, and the bytes are
+//! read from the buffer the syscall was given (`read::syscall_buffer`), so no syscall is hooked.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    EventKind, IPPROTO_TCP, IPPROTO_UDP, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus,
-    RECV_END_AFTER_FCGI_END, REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
+    EventKind, FD_UNKNOWN, IPPROTO_TCP, IPPROTO_UDP, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING,
+    PendingStatus, RECV_END_AFTER_FCGI_END, REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter,
+    errno,
     status::{SCAN_LEN, find_5xx, response_length},
 };
 
@@ -13,9 +16,9 @@ use crate::{
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
         HELD, PENDING_STATUS, cfg_get, count, forget_unix_socket, held, is_traced, new_held, open_owner_of, owner_of,
-        remember_last_response, remember_recv_buffer, take_last_response, take_pending_status, take_recv_buffer, unix_owner_of,
+        remember_last_response, take_last_response, take_pending_status, unix_owner_of,
     },
-    read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_arg, tp_field},
+    read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_buffer, tp_field},
 };
 
 /// A status line must reach the socket within this long of the write(2) that carried it
@@ -37,15 +40,16 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sk: u64 = tp_field(ctx, cfg_get!(tp.send_len_sk))?;
     let ret: i32 = tp_field(ctx, cfg_get!(tp.send_len_ret))?;
-    // The write's buffer, remembered at syscall entry (the slot is shared with receives, a
-    // thread being in one call at a time): taken on every send so none goes stale.
-    let buf = take_recv_buffer(tid);
     let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
+        let buf = syscall_buffer();
         if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP as u16
-            && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, buf, ret)
+            && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, || buf, ret)
         {
             return Ok(());
+        }
+        if ret > 0 && buf != 0 {
+            look_for_status(FD_UNKNOWN, buf, SEEN_PLAIN);
         }
         on_downstream_send(sk, tgid, tid);
         return Ok(());
@@ -62,6 +66,8 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     owner.flags &= !(OWNER_FCGI_ENDED | OWNER_QUIET);
     // Exchanges are held, and only shipped if something goes wrong: every one on a connection
     // whose story is held from its connect, the later ones on other kept-alive connections.
+    // The request's first bytes are kept for a connection's first exchange only.
+    let buf = if owner.exchanges == 1 { syscall_buffer() } else { 0 };
     if (owner.flags & OWNER_STORY_HELD != 0 || owner.exchanges > 1) && hold_request(sk, owner, ret, buf) {
         return Ok(());
     }
@@ -93,10 +99,6 @@ fn read_request_bytes(buf: u64, len: i32, head: &mut [u8; REQUEST_HEAD]) {
         if i as i32 >= len {
             *b = 0;
         }
-    }
-    // Its answer is read with read(2) (OpenSSL's socket BIO): userspace attaches that hook.
-    if head[0] == TLS_HANDSHAKE {
-        count(counter::UPSTREAM_TLS_HELLOS);
     }
 }
 
@@ -234,13 +236,11 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
     // Reads after CLOSE (data that arrived before an RST, the error itself) count too.
     let owner = owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.recv_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
-        // Not an upstream socket: its buffer must not be taken for a later read(2) of one.
-        let buf = take_recv_buffer(tid);
         // UDP answers; and TCP answers on a resolver connection older than the trace (one
         // read of the port per read of a client's request: the price of seeing them).
         let protocol = tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) as u8;
         if protocol == IPPROTO_UDP || (protocol == IPPROTO_TCP && ret > 0) {
-            on_dns(EventKind::DnsAnswer, protocol, sk, tgid, tid, buf, ret);
+            on_dns(EventKind::DnsAnswer, protocol, sk, tgid, tid, syscall_buffer, ret);
         }
         return Ok(());
     };
@@ -249,7 +249,7 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
         owner.bytes_recv += ret as u64;
         let first = owner.phase != PHASE_RECEIVING;
         // Unix-socket upstreams (FastCGI) are judged by each read's last bytes.
-        let buf = if first || unix { take_recv_buffer(tid) } else { 0 };
+        let buf = if first || unix { syscall_buffer() } else { 0 };
         if first {
             owner.phase = PHASE_RECEIVING;
             on_response_start(sk, owner, ret, tid, buf);
@@ -335,21 +335,22 @@ fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32, buf: u6
     });
 }
 
-/// Look at the first bytes a traced thread writes (or hands to TLS); remember a 5xx status
-/// (an HTTP/1.x status line, or an HTTP/2 HEADERS frame's `:status`) until the socket send that
-/// carries it (sock_send_length knows the socket, the syscall only knows the fd). Only a hit
-/// is kept, so the ciphertext write that follows `SSL_write` cannot clobber it.
+/// Look at the plaintext a traced thread hands to TLS (`SSL_write`, Go's `Conn.Write`):
+/// remember a 5xx status (an HTTP/1.x status line, or an HTTP/2 HEADERS frame's `:status`)
+/// until the socket send that carries it (the ciphertext) names the client socket.
 #[inline(always)]
 pub fn peek_write(fd: u32, buf: u64, seen: u32) {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return;
+    let (tgid, _) = current_ids();
+    if is_traced(tgid) {
+        look_for_status(fd, buf, seen);
     }
-    if seen == SEEN_PLAIN {
-        // The socket send this syscall makes may want the buffer too (a connection's first
-        // request bytes); plaintext handed to TLS is not what goes on the wire.
-        remember_recv_buffer(tid, buf);
-    }
+}
+
+/// Remember a 5xx status at the start of `buf` for the current thread's next client send. Only
+/// a hit is kept, so the ciphertext send that follows `SSL_write` cannot clobber it.
+#[inline(always)]
+fn look_for_status(fd: u32, buf: u64, seen: u32) {
+    let tid = current_ids().1;
     let mut scan = [0u8; SCAN_LEN];
     // A short write near the end of its mapping cannot be read whole: its first 32 bytes
     // still hold any HTTP/1.x status line and a small HEADERS frame.
@@ -369,95 +370,4 @@ pub fn peek_write(fd: u32, buf: u64, seen: u32) {
     if PENDING_STATUS.insert(tid, pending, 0).is_err() {
         count(counter::PENDING_MAP_FULL);
     }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_write(&ctx))
-}
-
-fn try_sys_enter_write(ctx: &TracePointContext) -> Result<(), i32> {
-    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
-    Ok(())
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_sendto(&ctx))
-}
-
-fn try_sys_enter_sendto(ctx: &TracePointContext) -> Result<(), i32> {
-    peek_write(syscall_arg(ctx, 0)? as u32, syscall_arg(ctx, 1)?, SEEN_PLAIN);
-    Ok(())
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
-pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_writev(&ctx))
-}
-
-fn try_sys_enter_writev(ctx: &TracePointContext) -> Result<(), i32> {
-    let (fd, iov) = (syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)?);
-    // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
-    if let Some(base) = read_user::<u64>(iov) {
-        peek_write(fd as u32, base, SEEN_PLAIN);
-    }
-    Ok(())
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
-pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_sendmsg(&ctx))
-}
-
-fn try_sys_enter_sendmsg(ctx: &TracePointContext) -> Result<(), i32> {
-    let (fd, msg) = (syscall_arg(ctx, 0)?, syscall_arg(ctx, 1)?);
-    // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
-    if let Some(base) = read_user::<u64>(msg + 16).and_then(read_user::<u64>) {
-        peek_write(fd as u32, base, SEEN_PLAIN);
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn remember_buffer(buf: u64) {
-    let (tgid, tid) = current_ids();
-    if is_traced(tgid) {
-        remember_recv_buffer(tid, buf);
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
-pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_recvfrom(&ctx))
-}
-
-fn try_sys_enter_recvfrom(ctx: &TracePointContext) -> Result<(), i32> {
-    remember_buffer(syscall_arg(ctx, 1)?);
-    Ok(())
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
-pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_readv(&ctx))
-}
-
-fn try_sys_enter_readv(ctx: &TracePointContext) -> Result<(), i32> {
-    // iov[0].iov_base, as for writev.
-    if let Some(base) = read_user::<u64>(syscall_arg(ctx, 1)?) {
-        remember_buffer(base);
-    }
-    Ok(())
-}
-
-/// read(2): OpenSSL's socket BIO and Go's net package read sockets with it, so a TLS
-/// upstream's first bytes (its hello, an alert, or plain HTTP) come through here.
-#[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_read(&ctx))
-}
-
-fn try_sys_enter_read(ctx: &TracePointContext) -> Result<(), i32> {
-    // Same arguments as recvfrom's where it matters: (fd, buf, ...).
-    try_sys_enter_recvfrom(ctx)
 }

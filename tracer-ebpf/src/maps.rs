@@ -96,10 +96,9 @@ static EMPTY_EXCHANGE: Exchange = Exchange::zeroed();
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(MAX_PENDING, 0);
 
-/// A value left by a thread on this CPU for a later hook of the same thread. Syscall entry and
-/// the socket tracepoint run on the same CPU unless the task migrates in between, hence the tid
-/// check (a moved thread leaves the slot unused); a per-CPU slot costs a fraction of a hash
-/// update.
+/// A value left by a thread on this CPU for a later hook of the same thread. Both run on the
+/// same CPU unless the task migrates in between, hence the tid check (a moved thread leaves the
+/// slot unused); a per-CPU slot costs a fraction of a hash update.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ThreadSlot {
@@ -107,11 +106,6 @@ pub struct ThreadSlot {
     pub _pad: u32,
     pub value: u64,
 }
-
-/// User buffer of the I/O call in progress on this CPU (to show a response's head, or a
-/// connection's first request bytes).
-#[map]
-pub static PENDING_RECV: PerCpuArray<ThreadSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// The upstream socket whose response a thread read last on this CPU. A gateway that rejects a
 /// response (a header it will not take) writes its 5xx right after, on the same thread: the
@@ -296,18 +290,6 @@ fn take_slot(slots: &PerCpuArray<ThreadSlot>, tid: u32) -> u64 {
     }
     slot.tid = 0;
     slot.value
-}
-
-/// Remember the user buffer of an I/O call starting on this CPU.
-#[inline(always)]
-pub fn remember_recv_buffer(tid: u32, buf: u64) {
-    put_slot(&PENDING_RECV, tid, buf);
-}
-
-/// The buffer remembered at syscall entry, if this thread's; the slot is used once.
-#[inline(always)]
-pub fn take_recv_buffer(tid: u32) -> u64 {
-    take_slot(&PENDING_RECV, tid)
 }
 
 /// Remember that this thread read the first bytes of a response on `sk`.

@@ -2,9 +2,11 @@
 //! the current task. The unsafe BPF reads live here, each with the reason it is sound; the hook
 //! families call these safe helpers.
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_task_pt_regs,
     },
     programs::TracePointContext,
 };
@@ -34,6 +36,8 @@ unsafe impl Plain for i32 {}
 unsafe impl Plain for i64 {}
 // SAFETY: as above.
 unsafe impl<const N: usize> Plain for [u8; N] {}
+// SAFETY: as above.
+unsafe impl<const N: usize> Plain for [u64; N] {}
 
 /// The `T` at `offset` in the hook's tracepoint record: an offset from `CONFIG.tp` (read by
 /// userspace from the tracepoint's tracefs `format`) or from the fixed syscall record layout.
@@ -59,6 +63,41 @@ pub fn syscall_arg(ctx: &TracePointContext, n: u16) -> Result<u64, i32> {
 #[inline(always)]
 pub fn syscall_ret(ctx: &TracePointContext) -> Result<i64, i32> {
     tp_field(ctx, SYSCALL_ARGS)
+}
+
+/// x86_64 numbers of the socket I/O syscalls whose buffer the socket hooks read.
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+}
+
+/// The user buffer of the socket I/O syscall the current thread is in (the first segment of a
+/// vector), from the registers it entered the kernel with: the socket tracepoints know the
+/// socket, and this gives them the bytes, with no program at the syscall's entry. 0 for other
+/// callers (sendfile, io_uring workers, the kernel's own sends).
+#[inline(always)]
+pub fn syscall_buffer() -> u64 {
+    // SAFETY: both helpers take and give the current task's own pointers; the registers are
+    // then copied with a probe read, which fails instead of faulting.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
+    const FIRST: usize = core::mem::offset_of!(pt_regs, rsi);
+    const _: () = assert!(core::mem::offset_of!(pt_regs, orig_rax) == FIRST + 16);
+    // rsi (the second argument), rdi, orig_rax (the syscall number).
+    let Some([arg1, _, number]) = read_kernel::<[u64; 3]>(regs, FIRST as u16) else { return 0 };
+    match number {
+        nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO => arg1,
+        // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
+        nr::READV | nr::WRITEV => read_user::<u64>(arg1).unwrap_or(0),
+        // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
+        nr::RECVMSG | nr::SENDMSG => read_user::<u64>(arg1 + 16).and_then(read_user::<u64>).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// The `T` at `base + offset` in kernel memory: a field of a kernel struct at an offset from

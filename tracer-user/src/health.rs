@@ -9,7 +9,7 @@ pub struct AttachReport {
     /// (program, the kernel's reason)
     pub skipped: Vec<(String, String)>,
     /// Loaded, attached only when wanted: the per-packet hook while a traced connection is in
-    /// trouble, the read(2) hook for gateways that read their sockets with it.
+    /// trouble.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_demand: Vec<String>,
 }
@@ -75,7 +75,7 @@ pub struct Stats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpStats>,
     /// The on-demand hooks attached at this moment (`netif_receive_skb` while a traced
-    /// connection is in trouble, `sys_enter_read` for gateways that read sockets with read(2)).
+    /// connection is in trouble).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_demand_attached: Vec<&'static str>,
     /// The gateways' own logs (live only).

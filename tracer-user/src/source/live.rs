@@ -22,7 +22,7 @@ use crate::{
     source::{
         discover,
         probes::{
-            OnDemand, Probes, reads_with_read,
+            OnDemand, Probes,
             uprobes::{GoTls, OpenSsl},
         },
         ring_fill::RingFill,
@@ -269,10 +269,6 @@ impl Live {
     /// Its own log is looked for too (its words go into its verdicts).
     fn adopt_client_view(&mut self, pid: u32, pipeline: &mut Pipeline) {
         let comm = discover::comm_of(pid).unwrap_or_default();
-        // Once on, the read hook stays: no configuration to read again for each worker.
-        if !self.probes.is_attached(OnDemand::Reads) && reads_with_read(pid, &comm) {
-            self.probes.attach_on_demand(OnDemand::Reads);
-        }
         if let GatewayWords::Live(logs) = &mut pipeline.gateway_words
             && let Some(said) = logs.adopt(pid, &comm)
             && !self.quiet
@@ -356,9 +352,6 @@ impl Live {
         if self.last_trouble.is_some_and(|t| t.elapsed() > crate::source::probes::PACKET_HOOK_IDLE) {
             self.last_trouble = None;
             self.probes.detach_on_demand(OnDemand::Packets);
-        }
-        if !self.probes.is_attached(OnDemand::Reads) && self.probes.upstream_tls_hellos() > 0 {
-            self.probes.attach_on_demand(OnDemand::Reads);
         }
         let mut new = Vec::new();
         for pid in self.targets.scan() {

@@ -1,11 +1,9 @@
 //! Where events come from: the kernel (`probes` loads and attaches the programs, `live` drains
-//! their ring buffer, `ring_fill` says how full it is, `discover` finds the gateways,
-//! `nginx_conf` reads whether an nginx speaks TLS to upstreams) or a
+//! their ring buffer, `ring_fill` says how full it is, `discover` finds the gateways) or a
 //! recorded trace (`replay`).
 pub mod discover;
 pub mod gosym;
 pub mod live;
-pub mod nginx_conf;
 pub mod probes;
 pub mod replay;
 pub mod ring_fill;

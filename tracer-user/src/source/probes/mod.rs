@@ -32,8 +32,8 @@ struct ProgramSpec {
     required: bool,
 }
 
-/// Programs loaded at start and attached only when wanted: their hooks run for every packet,
-/// or every read(2), on the host.
+/// Programs loaded at start and attached only when wanted: their hooks run for every packet
+/// on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDemand {
     /// Every packet on the host runs it, and it only looks for ICMP errors about traced
@@ -43,21 +43,14 @@ pub enum OnDemand {
     /// is attached only once a traced connection retransmits (a router's "host unreachable"
     /// answers each retry), and taken off again after `PACKET_HOOK_IDLE` without one.
     Packets,
-    /// read(2) of every process (php-fpm's file and socket reads most, beside nginx): nginx and
-    /// HAProxy read their sockets with recv(2), but OpenSSL's socket BIO (an HTTPS upstream)
-    /// and Go's net package read them with read(2). Attached for a gateway that may read its
-    /// sockets with it (`reads_with_read`), or at the first TLS ClientHello a traced process
-    /// sends to an upstream; never taken off.
-    Reads,
 }
 
 impl OnDemand {
-    pub const ALL: [OnDemand; 2] = [OnDemand::Packets, OnDemand::Reads];
+    pub const ALL: [OnDemand; 1] = [OnDemand::Packets];
 
     pub fn program(self) -> &'static str {
         match self {
             OnDemand::Packets => "netif_receive_skb",
-            OnDemand::Reads => "sys_enter_read",
         }
     }
 
@@ -68,18 +61,6 @@ impl OnDemand {
 
 pub const PACKET_HOOK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Whether a traced gateway process needs read(2) looked at: nginx and HAProxy read their
-/// sockets with recv(2), nginx's OpenSSL excepted (an HTTPS upstream, told by its configuration;
-/// the kernel's `upstream_tls_hellos` catches what that misses, from the next connection on).
-/// HAProxy's OpenSSL reads through HAProxy's own recv(2). Anything else may use read(2) (Go).
-pub fn reads_with_read(pid: u32, comm: &str) -> bool {
-    match comm {
-        "haproxy" => false,
-        "nginx" => crate::source::nginx_conf::upstream_tls(pid).unwrap_or(true),
-        _ => true,
-    }
-}
-
 const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "inet_sock_set_state", hook: Hook::Tracepoint("sock", "inet_sock_set_state"), required: true },
     ProgramSpec { program: "tcp_receive_reset", hook: Hook::Tracepoint("tcp", "tcp_receive_reset"), required: false },
@@ -88,13 +69,6 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false },
     ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true },
     ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true },
-    ProgramSpec { program: "sys_enter_write", hook: Hook::Tracepoint("syscalls", "sys_enter_write"), required: false },
-    ProgramSpec { program: "sys_enter_writev", hook: Hook::Tracepoint("syscalls", "sys_enter_writev"), required: false },
-    ProgramSpec { program: "sys_enter_sendto", hook: Hook::Tracepoint("syscalls", "sys_enter_sendto"), required: false },
-    ProgramSpec { program: "sys_enter_sendmsg", hook: Hook::Tracepoint("syscalls", "sys_enter_sendmsg"), required: false },
-    ProgramSpec { program: "sys_enter_recvfrom", hook: Hook::Tracepoint("syscalls", "sys_enter_recvfrom"), required: false },
-    ProgramSpec { program: "sys_enter_readv", hook: Hook::Tracepoint("syscalls", "sys_enter_readv"), required: false },
-    ProgramSpec { program: "sys_enter_read", hook: Hook::Tracepoint("syscalls", "sys_enter_read"), required: false },
     ProgramSpec { program: "sys_enter_connect", hook: Hook::Tracepoint("syscalls", "sys_enter_connect"), required: false },
     ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
     ProgramSpec { program: "sys_enter_close", hook: Hook::Tracepoint("syscalls", "sys_enter_close"), required: false },
@@ -155,7 +129,7 @@ pub struct Probes {
     evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::engine::decode::Decoder,
     /// The on-demand hooks' links while attached (`OnDemand` order).
-    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 2],
+    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 1],
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -257,7 +231,7 @@ impl Probes {
                 unix,
                 evicted,
                 decoder,
-                on_demand_links: [None, None],
+                on_demand_links: [None],
             },
             ring,
         ))
@@ -289,11 +263,6 @@ impl Probes {
     /// Whether an on-demand hook is attached now.
     pub fn is_attached(&self, hook: OnDemand) -> bool {
         self.on_demand_links[hook as usize].is_some()
-    }
-
-    /// TLS ClientHellos traced processes sent to upstreams (the read hook is wanted once one is).
-    pub fn upstream_tls_hellos(&self) -> u64 {
-        self.counter(counter::UPSTREAM_TLS_HELLOS)
     }
 
     /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
