@@ -552,7 +552,10 @@ pub mod counter {
     /// A 5xx status line whose write reached no socket send within `STATUS_MAX_AGE_NS` (it
     /// went to a file or pipe, or the thread stalled that long): not reported.
     pub const STATUS_EXPIRED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Not a loss: unix stream upstreams traced processes connected to (userspace attaches the
+    /// close(2) hook at the first: `probes::OnDemand::Closes`).
+    pub const UNIX_CONNECTS: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -566,6 +569,7 @@ pub mod counter {
         "peers_added",
         "unix_added",
         "status_expired",
+        "unix_connects",
     ];
 }
 

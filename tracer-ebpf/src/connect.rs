@@ -81,6 +81,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sk = if unix && ret == 0 { adopt_unix_socket(pending.fd, tgid, tid) } else { 0 };
     if sk != 0 {
+        count(counter::UNIX_CONNECTS);
         // A healthy FastCGI exchange ends with its connection: its connect is held with the
         // rest of its story, and shipped (`event::ship_held`) only ahead of a failure.
         let opening = UnixOpening { ts_ns: now_ns(), fd: pending.fd, _pad: 0, path: pending.path };
