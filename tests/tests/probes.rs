@@ -162,7 +162,8 @@ fn healthy_traffic_ships_nothing(keepalive: bool) {
 /// per-packet program for healthy traffic, and no syscall hook but connect and, once a unix
 /// upstream is connected to, close (the socket hooks read each call's buffer themselves).
 fn assert_on_demand(stats: &Value, expected: &[&str]) {
-    let attached: Vec<&str> = stats["on_demand_attached"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let attached: Vec<&str> =
+        stats["on_demand_attached"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     assert_eq!(attached, expected, "on-demand hooks attached: {stats}");
 }
 
