@@ -409,3 +409,96 @@ fn a_status_line_is_read_at_its_socket_send_not_at_a_file_write() {
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
     assert_eq!(stats["status_lines_expired"], 0, "{stats}");
 }
+
+/// How a test thread moves bytes through a socket: one syscall per shape, each of which the
+/// socket hooks must read the buffer of (from the registers the call entered the kernel with).
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    ReadWrite,
+    Vector,
+    SendRecv,
+    Msg,
+}
+
+impl Call {
+    fn send(self, fd: i32, bytes: &[u8]) -> isize {
+        let half = bytes.len() / 2;
+        let mut iov = [
+            libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: half },
+            libc::iovec { iov_base: bytes[half..].as_ptr() as *mut _, iov_len: bytes.len() - half },
+        ];
+        // SAFETY: the buffers and iovecs outlive the calls; fd is an open socket of this test.
+        unsafe {
+            match self {
+                Call::ReadWrite => libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
+                Call::Vector => libc::writev(fd, iov.as_ptr(), 2),
+                Call::SendRecv => libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0),
+                Call::Msg => {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iov.as_mut_ptr();
+                    msg.msg_iovlen = 2;
+                    libc::sendmsg(fd, &msg, 0)
+                }
+            }
+        }
+    }
+
+    fn recv(self, fd: i32, buf: &mut [u8]) -> isize {
+        let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+        // SAFETY: as for `send`.
+        unsafe {
+            match self {
+                Call::ReadWrite => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
+                Call::Vector => libc::readv(fd, iov.as_ptr(), 1),
+                Call::SendRecv => libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
+                Call::Msg => {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iov.as_mut_ptr();
+                    msg.msg_iovlen = 1;
+                    libc::recvmsg(fd, &mut msg, 0)
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root: loads eBPF programs")]
+fn every_socket_call_shape_is_read_at_the_socket_hooks() {
+    require_root();
+    // This test's own process is traced. Its client side connects to its server side (a
+    // thread) over loopback, once per call shape: the request and the server's 503 are sent
+    // with that shape, and the client reads the 503 with it. Every 503 the server sends is a
+    // status line written to a client; every 503 the client reads is an upstream's answer whose
+    // head must reach userspace (a 5xx is never held in the kernel).
+    use std::os::fd::AsRawFd;
+    const SHAPES: [Call; 4] = [Call::ReadWrite, Call::Vector, Call::SendRecv, Call::Msg];
+    const RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tracer = Tracer::start(&["--pid", &std::process::id().to_string()]).expect("upstrace");
+    let server = std::thread::spawn(move || {
+        for shape in SHAPES {
+            let (conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 256];
+            assert!(shape.recv(conn.as_raw_fd(), &mut request) > 0, "{shape:?}: request read");
+            assert_eq!(shape.send(conn.as_raw_fd(), RESPONSE), RESPONSE.len() as isize, "{shape:?}: response sent");
+        }
+    });
+    for shape in SHAPES {
+        let conn = std::net::TcpStream::connect(addr).unwrap();
+        let request = format!("GET /{shape:?} HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(shape.send(conn.as_raw_fd(), request.as_bytes()), request.len() as isize, "{shape:?}: request sent");
+        let mut response = [0u8; 256];
+        assert_eq!(shape.recv(conn.as_raw_fd(), &mut response), RESPONSE.len() as isize, "{shape:?}: response read");
+    }
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, lines) = tracer.stop().unwrap();
+    let statuses = events(&lines, "http_status");
+    assert_eq!(statuses.len(), SHAPES.len(), "a status per send shape: {statuses:#?}");
+    assert!(statuses.iter().all(|s| s["value"] == 503), "{statuses:#?}");
+    let heads: Vec<&str> = events(&lines, "response_start").iter().filter_map(|e| e["head"].as_str()).collect();
+    assert_eq!(heads.len(), SHAPES.len(), "a response head per receive shape: {lines:#?}");
+    assert!(heads.iter().all(|h| h.starts_with("HTTP/1.1 503")), "{heads:#?}");
+}

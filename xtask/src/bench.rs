@@ -178,27 +178,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         hook_kinds.insert(set.into(), serde_json::json!({"avg_ns": floor["avg_ns"], "runs": floor["runs"], "rps": load.rps}));
     }
 
-    // 3. Failure storms: refused and reset, with upstrace's own accounting.
-    let mut storms = Vec::new();
-    for (name, mode) in [("refused", None), ("reset", Some("reset-before-headers"))] {
-        eprintln!("bench: {name} storm, {secs} s");
-        match mode {
-            None => lab.stop_upstream(),
-            Some(m) => lab.start_upstream(m)?,
-        }
-        storms.push(traced_load(&lab, gw, name, secs, 64)?);
-    }
-    // 4. A gateway at full healthy load with a share of failures mixed in: what upstrace
-    // costs during an ordinary incident rather than a total outage.
-    let mut mixed = Vec::new();
-    for every in [100u32, 20] {
-        let name = format!("1 in {every} reset");
-        eprintln!("bench: {name}, {secs} s");
-        lab.start_upstream(&format!("every-{every}:reset-before-headers"))?;
-        let mut run = traced_load(&lab, gw, &name, secs, 32)?;
-        run["failing_share"] = serde_json::json!(1.0 / every as f64);
-        mixed.push(run);
-    }
+    let (storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
     drop(lab);
 
     // 6. HTTPS clients (its own labs).
@@ -544,6 +524,55 @@ fn markdown(r: &serde_json::Value) -> String {
         md.push_str(&healthy_markdown(&r["healthy"]));
     }
     md
+}
+
+/// Sections 3 and 4: failure storms (refused, reset) and failures mixed into a healthy load,
+/// each with upstrace's own accounting.
+fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+    // 3. Failure storms: refused and reset, with upstrace's own accounting.
+    let mut storms = Vec::new();
+    for (name, mode) in [("refused", None), ("reset", Some("reset-before-headers"))] {
+        eprintln!("bench: {name} storm, {secs} s");
+        match mode {
+            None => lab.stop_upstream(),
+            Some(m) => lab.start_upstream(m)?,
+        }
+        storms.push(traced_load(lab, gw, name, secs, 64)?);
+    }
+    // 4. A gateway at full healthy load with a share of failures mixed in: what upstrace
+    // costs during an ordinary incident rather than a total outage.
+    let mut mixed = Vec::new();
+    for every in [100u32, 20] {
+        let name = format!("1 in {every} reset");
+        eprintln!("bench: {name}, {secs} s");
+        lab.start_upstream(&format!("every-{every}:reset-before-headers"))?;
+        let mut run = traced_load(lab, gw, &name, secs, 32)?;
+        run["failing_share"] = serde_json::json!(1.0 / every as f64);
+        mixed.push(run);
+    }
+    Ok((storms, mixed))
+}
+
+/// Only the storm and mixed rows: measured, merged into bench/results.json, RESULTS.md
+/// re-rendered.
+pub fn run_storms(secs: u64) -> Result<()> {
+    upstrace_lab::ensure_root("the benchmark")?;
+    crate::use_release_build();
+    let mut lab = Lab::new()?;
+    lab.nginx_workers = 2;
+    lab.start_upstream("ok")?;
+    let gw = lab.start_gateway(GatewayKind::Nginx)?;
+    wrk(&lab, 4, 32)?;
+    let (storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
+    drop(lab);
+    let dir = crate::workspace_root().join("bench");
+    let path = dir.join("results.json");
+    let mut r: serde_json::Value = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    r["storms"] = serde_json::json!(storms);
+    r["mixed"] = serde_json::json!(mixed);
+    std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")?;
+    std::fs::write(dir.join("RESULTS.md"), markdown(&r))?;
+    Ok(())
 }
 
 /// Only the HTTPS rows: measured, merged into bench/results.json, RESULTS.md re-rendered.

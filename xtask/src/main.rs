@@ -68,6 +68,9 @@ enum Task {
         /// connection per request): ratios, events and program runs per request.
         #[arg(long)]
         healthy: bool,
+        /// Only the failure storms and the failures mixed into a healthy load
+        #[arg(long)]
+        storms: bool,
     },
     /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
     Fuzz {
@@ -197,6 +200,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             bench::run_healthy(pairs.max(1), seconds.clamp(1, 60))
+        }
+        Task::Bench { seconds, storms: true, .. } => {
+            setup::run()?;
+            build()?;
+            bench::run_storms(seconds.clamp(1, 60))
         }
         Task::Bench { pairs, seconds, https: true, .. } => {
             setup::run()?;

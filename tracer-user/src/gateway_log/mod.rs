@@ -219,12 +219,24 @@ impl Query {
 pub struct Retained {
     pub line: LogLine,
     pub taken: bool,
+    /// The upstream it names, hashed once: a verdict compares it with every line it looks at.
+    upstream_hash: u64,
+}
+
+/// A hash of an upstream's name (`None`: the line names none).
+fn upstream_hash(upstream: Option<&String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    upstream.hash(&mut h);
+    h.finish()
 }
 
 /// Lines older than this (by the newest verdict's time) can explain no verdict any more.
 pub const RETAIN_MS: i64 = 120_000;
 /// At most this many lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
+/// A verdict looks at most at this many untaken lines of its window, the newest.
+const MAX_LOOKED: usize = 256;
 
 /// How well a line fits a verdict, lower first: (names another upstream or none, names no
 /// cause, ms away).
@@ -243,7 +255,8 @@ impl Pending {
         if self.lines.len() >= RETAIN_LINES && self.lines.pop_front().is_some_and(|r| !r.taken) {
             self.unmatched += 1;
         }
-        self.lines.push_back(Retained { line, taken: false });
+        let upstream_hash = upstream_hash(line.upstream.as_ref());
+        self.lines.push_back(Retained { line, taken: false, upstream_hash });
     }
 
     /// Forget lines too old for any verdict still to come.
@@ -255,44 +268,54 @@ impl Pending {
         }
     }
 
-    /// The line of this verdict's request, if exactly one story fits; it is taken.
+    /// The line of this verdict's request, if exactly one story fits; it is taken. One pass
+    /// over the newest lines of the verdict's window, with no allocation per line: in a storm
+    /// the window holds thousands of lines, and every verdict looks.
     pub fn take_match(&mut self, q: &Query, dialect: Dialect) -> Option<(LogLine, Vec<MatchKey>)> {
-        let last = q.upstreams.last();
+        let last = upstream_hash(q.upstreams.last());
+        let named: Vec<u64> = q.upstreams.iter().map(|u| upstream_hash(Some(u))).collect();
+        let no_upstream = upstream_hash(None);
+        // Lines come in time order (HAProxy's by accept time, nearly): none older than the
+        // dialect's window is looked at, so a backlog of unmatched lines does not make every
+        // verdict slower; nor more than `MAX_LOOKED` untaken ones (a storm's second holds
+        // thousands that tell the same story).
+        let oldest = q.unix_ms - dialect.window_ms();
+        let mut first = self.lines.len();
+        let mut looked = 0;
+        for (i, r) in self.lines.iter().enumerate().rev() {
+            if r.line.unix_ms < oldest || looked == MAX_LOOKED {
+                break;
+            }
+            first = i;
+            looked += usize::from(!r.taken);
+        }
         // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
         // what a FastCGI application wrote to stderr for the same request), then nearest in
         // time, then oldest first.
-        let mut best: Option<(Rank, usize, Vec<MatchKey>)> = None;
+        let mut best: Option<(Rank, usize, Keys)> = None;
         let mut tied_other_story = false;
-        // Lines come in time order (HAProxy's by accept time, nearly): the newest first, and
-        // none older than the dialect's window is looked at, so a backlog of unmatched lines
-        // does not make every verdict slower.
-        let oldest = q.unix_ms - dialect.window_ms();
-        let recent = self.lines.iter().enumerate().rev().take_while(|(_, r)| r.line.unix_ms >= oldest);
-        let mut fitting: Vec<(usize, Vec<MatchKey>)> =
-            recent.filter(|(_, r)| !r.taken).filter_map(|(i, r)| Some((i, fit(&r.line, q, dialect)?))).collect();
-        fitting.reverse();
         // Without the client, any line of another story nearby makes the choice a guess.
-        if q.client.is_none()
-            && let Some((first, _)) = fitting.first()
-        {
-            let story = |i: usize| (self.lines[i].line.claim, self.lines[i].line.upstream.clone());
-            if fitting.iter().any(|(i, _)| story(*i) != story(*first)) {
-                return None;
+        let mut first_story: Option<usize> = None;
+        let same_story = |a: &Retained, b: &Retained| a.line.claim == b.line.claim && a.upstream_hash == b.upstream_hash;
+        for (i, r) in self.lines.iter().enumerate().skip(first) {
+            if r.taken {
+                continue;
             }
-        }
-        for (i, keys) in fitting {
-            let r = &self.lines[i];
-            let rank =
-                (r.line.upstream.as_ref() != last || r.line.upstream.is_none(), r.line.claim.is_none(), (q.unix_ms - r.line.unix_ms).abs());
-            match &best {
-                Some((b, j, _)) if *b == rank => {
-                    // Two lines fit alike: fine if they tell the same story (the same claim
-                    // about the same upstream); otherwise which one is this request's is a guess.
-                    let other = &self.lines[*j].line;
-                    if other.claim != r.line.claim || other.upstream != r.line.upstream {
-                        tied_other_story = true;
-                    }
+            let names_known = r.upstream_hash == no_upstream || named.contains(&r.upstream_hash);
+            let Some(keys) = fit(&r.line, names_known, q, dialect) else { continue };
+            if q.client.is_none() {
+                match first_story {
+                    None => first_story = Some(i),
+                    Some(f) if !same_story(&self.lines[f], r) => return None,
+                    Some(_) => {}
                 }
+            }
+            let rank =
+                (r.upstream_hash != last || r.upstream_hash == no_upstream, r.line.claim.is_none(), (q.unix_ms - r.line.unix_ms).abs());
+            match &best {
+                // Two lines fit alike: fine if they tell the same story (the same claim about
+                // the same upstream); otherwise which one is this request's is a guess.
+                Some((b, j, _)) if *b == rank => tied_other_story |= !same_story(&self.lines[*j], r),
                 Some((b, _, _)) if *b < rank => {}
                 _ => {
                     best = Some((rank, i, keys));
@@ -301,7 +324,9 @@ impl Pending {
             }
         }
         let (_, i, keys) = best?;
-        if tied_other_story {
+        // The names compared by hash: the winner's by its words too.
+        let found = &self.lines[i].line;
+        if tied_other_story || found.upstream.as_ref().is_some_and(|up| !q.upstreams.contains(up)) {
             return None;
         }
         self.lines[i].taken = true;
@@ -309,7 +334,30 @@ impl Pending {
         while self.lines.front().is_some_and(|r| r.taken) {
             self.lines.pop_front();
         }
-        Some((found, keys))
+        Some((found, keys.list()))
+    }
+}
+
+/// The keys a line fits a verdict by, one bit per `MatchKey`: no allocation for the many
+/// lines a verdict looks at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Keys(u8);
+
+impl Keys {
+    /// In the order a verdict shows them.
+    const ORDER: [MatchKey; 6] =
+        [MatchKey::Time, MatchKey::Pid, MatchKey::Client, MatchKey::ClientPort, MatchKey::Upstream, MatchKey::Status];
+
+    fn with(self, key: MatchKey, set: bool) -> Self {
+        if set { Keys(self.0 | 1 << key as u8) } else { self }
+    }
+
+    fn has(self, key: MatchKey) -> bool {
+        self.0 & 1 << key as u8 != 0
+    }
+
+    fn list(self) -> Vec<MatchKey> {
+        Self::ORDER.into_iter().filter(|&k| self.has(k)).collect()
     }
 }
 
@@ -324,10 +372,11 @@ impl Dialect {
     }
 }
 
-/// Whether a line can be this verdict's, and by what. Every field the line has must agree;
+/// Whether a line can be this verdict's, and by what (`names_known`: the upstream it names, if
+/// any, is one of the verdict's). Every field the line has must agree;
 /// time and the client's address are needed, and the pid or the client's port besides (for a
 /// response cut short, whose client is not known: time, the pid and the upstream).
-fn fit(line: &LogLine, q: &Query, dialect: Dialect) -> Option<Vec<MatchKey>> {
+fn fit(line: &LogLine, names_known: bool, q: &Query, dialect: Dialect) -> Option<Keys> {
     let ahead = q.unix_ms - line.unix_ms;
     let in_time = match dialect {
         // Logged when the failure was handled, to the second, just before the status.
@@ -339,43 +388,31 @@ fn fit(line: &LogLine, q: &Query, dialect: Dialect) -> Option<Vec<MatchKey>> {
     if !in_time {
         return None;
     }
-    let mut keys = vec![MatchKey::Time];
-    if let Some(pid) = line.pid {
-        if pid != q.pid {
-            return None;
-        }
-        keys.push(MatchKey::Pid);
+    // Numbers only (the upstream's name by its hash, `names_known`): most lines a verdict
+    // looks at are rejected.
+    if !names_known || line.pid.is_some_and(|pid| pid != q.pid) || line.status.is_some_and(|s| s != q.status) {
+        return None;
     }
+    let mut client_port = false;
     if let Some(client) = q.client {
-        if line.client_ip? != client.ip() {
+        if line.client_ip? != client.ip() || line.client_port.is_some_and(|p| p != client.port()) {
             return None;
         }
-        keys.push(MatchKey::Client);
-        if let Some(port) = line.client_port {
-            if port != client.port() {
-                return None;
-            }
-            keys.push(MatchKey::ClientPort);
-        }
+        client_port = line.client_port.is_some();
     }
-    if let Some(up) = &line.upstream {
-        if !q.upstreams.contains(up) {
-            return None;
-        }
-        keys.push(MatchKey::Upstream);
-    }
-    if let Some(status) = line.status {
-        if status != q.status {
-            return None;
-        }
-        keys.push(MatchKey::Status);
-    }
+    let keys = Keys::default()
+        .with(MatchKey::Time, true)
+        .with(MatchKey::Pid, line.pid.is_some())
+        .with(MatchKey::Client, q.client.is_some())
+        .with(MatchKey::ClientPort, client_port)
+        .with(MatchKey::Upstream, line.upstream.is_some())
+        .with(MatchKey::Status, line.status.is_some());
     let enough = match q.client {
-        Some(_) => keys.contains(&MatchKey::Pid) || keys.contains(&MatchKey::ClientPort),
+        Some(_) => keys.has(MatchKey::Pid) || keys.has(MatchKey::ClientPort),
         // Only words a cut mid-response can have.
         None => {
-            keys.contains(&MatchKey::Pid)
-                && keys.contains(&MatchKey::Upstream)
+            keys.has(MatchKey::Pid)
+                && keys.has(MatchKey::Upstream)
                 && matches!(line.claim, Some(Claim::ClosedEarly | Claim::Reset | Claim::ReadTimeout | Claim::ServerAborted))
         }
     };
