@@ -501,13 +501,14 @@ pub struct PendingConnect {
 }
 const _: () = assert!(size_of::<PendingConnect>() == 144);
 
-/// A 5xx status line seen at write entry, waiting for the socket send that carries it.
+/// A 5xx status line seen in TLS plaintext (`SSL_write`), waiting for the socket send that
+/// carries it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingStatus {
     pub ts_ns: u64,
     pub status: u32,
-    /// The client fd, or [`FD_UNKNOWN`] when the status was seen in TLS plaintext.
+    /// The client fd, or [`FD_UNKNOWN`] when not known (TLS plaintext, a call without one).
     pub fd: u32,
     /// The HTTP/2 stream of a HEADERS frame; 0 for HTTP/1.x.
     pub stream: u32,
@@ -549,13 +550,10 @@ pub mod counter {
     pub const PEERS_ADDED: u32 = 9;
     /// Unix-socket upstream connections added to their LRU map (evictions derived the same way).
     pub const UNIX_ADDED: u32 = 10;
-    /// A 5xx status line whose write reached no socket send within `STATUS_MAX_AGE_NS` (it
-    /// went to a file or pipe, or the thread stalled that long): not reported.
+    /// A 5xx status line handed to TLS that reached no socket send within `STATUS_MAX_AGE_NS`
+    /// (its ciphertext never went out, or the thread stalled that long): not reported.
     pub const STATUS_EXPIRED: u32 = 11;
-    /// Not a loss: unix stream upstreams traced processes connected to (userspace attaches the
-    /// close(2) hook at the first: `probes::OnDemand::Closes`).
-    pub const UNIX_CONNECTS: u32 = 12;
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "owned_map_full",
@@ -569,7 +567,6 @@ pub mod counter {
         "peers_added",
         "unix_added",
         "status_expired",
-        "unix_connects",
     ];
 }
 

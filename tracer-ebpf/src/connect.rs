@@ -81,7 +81,6 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sk = if unix && ret == 0 { adopt_unix_socket(pending.fd, tgid, tid) } else { 0 };
     if sk != 0 {
-        count(counter::UNIX_CONNECTS);
         // A healthy FastCGI exchange ends with its connection: its connect is held with the
         // rest of its story, and shipped (`event::ship_held`) only ahead of a failure.
         let opening = UnixOpening { ts_ns: now_ns(), fd: pending.fd, _pad: 0, path: pending.path };
@@ -119,6 +118,11 @@ fn try_sys_enter_close(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: a map value copied out at once.
     let Some(sk) = (unsafe { UNIX_FDS.get(key) }).copied() else { return Ok(()) };
     let _ = UNIX_FDS.remove(key);
+    // An fd closed unseen (close_range, dup2 over it, an LRU entry outliving its socket) is
+    // reused: only a close of the same socket says anything.
+    if socket_of_fd(syscall_arg(ctx, 0)? as u32) != sk {
+        return Ok(());
+    }
     let Some(owner) = unix_owner_of(sk, AF_UNIX as u16) else { return Ok(()) };
     // An HTTP response on a unix socket is not judged whole here: a gateway that rejects one
     // (a bad header) closes the socket before it writes its 5xx, which must find the story.

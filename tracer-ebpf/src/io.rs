@@ -4,9 +4,8 @@
 //! read from the buffer the syscall was given (`read::syscall_buffer`), so no syscall is hooked.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    EventKind, FD_UNKNOWN, IPPROTO_TCP, IPPROTO_UDP, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING,
-    PendingStatus, RECV_END_AFTER_FCGI_END, REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter,
-    errno,
+    EventKind, IPPROTO_TCP, IPPROTO_UDP, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus,
+    RECV_END_AFTER_FCGI_END, REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
     status::{SCAN_LEN, find_5xx, response_length},
 };
 
@@ -18,14 +17,13 @@ use crate::{
         HELD, PENDING_STATUS, cfg_get, count, forget_unix_socket, held, is_traced, new_held, open_owner_of, owner_of,
         remember_last_response, take_last_response, take_pending_status, unix_owner_of,
     },
-    read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_buffer, tp_field},
+    read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_buffer, syscall_fd_and_buffer, tp_field},
 };
 
-/// A status line must reach the socket within this long of the write(2) that carried it
-/// (else it went to something that is not a socket and must not stick to a later send).
-/// Generous: a thread preempted, or a vCPU descheduled by the hypervisor, between syscall
-/// entry and the socket send can take tens of milliseconds (10 ms lost one 5xx in 205k in a
-/// 30-minute soak).
+/// A status line seen in TLS plaintext (`SSL_write`) must reach the socket within this long
+/// (else its ciphertext never went out, and it must not stick to a later send). Generous: a
+/// thread preempted, or a vCPU descheduled by the hypervisor, between the two can take tens
+/// of milliseconds (10 ms lost one 5xx in 205k in a 30-minute soak).
 const STATUS_MAX_AGE_NS: u64 = 1_000_000_000;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
@@ -42,14 +40,15 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     let ret: i32 = tp_field(ctx, cfg_get!(tp.send_len_ret))?;
     let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
     let Some(owner) = owner else {
-        let buf = syscall_buffer();
+        let (fd, buf) = syscall_fd_and_buffer();
         if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP as u16
             && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, || buf, ret)
         {
             return Ok(());
         }
-        if ret > 0 && buf != 0 {
-            look_for_status(FD_UNKNOWN, buf, SEEN_PLAIN);
+        // Reported even when the send fails (the client gone): the gateway answered it.
+        if buf != 0 {
+            look_for_status(fd, buf, SEEN_PLAIN);
         }
         on_downstream_send(sk, tgid, tid);
         return Ok(());

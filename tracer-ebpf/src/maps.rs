@@ -60,8 +60,9 @@ pub static OWNED: HashMap<u64, SockOwner> = HashMap::with_max_entries(MAX_OWNED_
 #[map]
 pub static CLOSED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_CLOSED_SOCKETS, 0);
 
-/// Unix-socket upstream connections (adopted at connect(2), see `connect.rs`). No hook sees
-/// them close, so the least recently used make room for new ones (counted: `UNIX_ADDED`).
+/// Unix-socket upstream connections (adopted at connect(2), see `connect.rs`). Only the
+/// gateway's close(2) is seen, not the socket's end, so the least recently used make room for
+/// new ones (counted: `UNIX_ADDED`).
 #[map]
 pub static UNIX_OWNED: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(MAX_UNIX_SOCKETS, 0);
 
@@ -96,9 +97,10 @@ static EMPTY_EXCHANGE: Exchange = Exchange::zeroed();
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(MAX_PENDING, 0);
 
-/// A value left by a thread on this CPU for a later hook of the same thread. Both run on the
-/// same CPU unless the task migrates in between, hence the tid check (a moved thread leaves the
-/// slot unused); a per-CPU slot costs a fraction of a hash update.
+/// A value left by a thread on this CPU for a later hook of the same thread (a response read,
+/// then the 5xx written for it). Both run on the same CPU unless the task migrates in between,
+/// hence the tid check (a moved thread leaves the slot unused); a per-CPU slot costs a fraction
+/// of a hash update.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ThreadSlot {

@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     programs::TracePointContext,
 };
-use tracer_common::{COMM_LEN, counter};
+use tracer_common::{COMM_LEN, FD_UNKNOWN, counter};
 
 use crate::maps::{cfg_get, count};
 
@@ -80,24 +80,32 @@ mod nr {
 /// The user buffer of the socket I/O syscall the current thread is in (the first segment of a
 /// vector), from the registers it entered the kernel with: the socket tracepoints know the
 /// socket, and this gives them the bytes, with no program at the syscall's entry. 0 for other
-/// callers (sendfile, io_uring workers, the kernel's own sends).
+/// callers (sendfile, splice, io_uring workers, the kernel's own sends).
 #[inline(always)]
 pub fn syscall_buffer() -> u64 {
+    syscall_fd_and_buffer().1
+}
+
+/// The fd argument and the buffer of the socket I/O syscall the current thread is in (see
+/// `syscall_buffer`); (`FD_UNKNOWN`, 0) for other callers.
+#[inline(always)]
+pub fn syscall_fd_and_buffer() -> (u32, u64) {
     // SAFETY: both helpers take and give the current task's own pointers; the registers are
     // then copied with a probe read, which fails instead of faulting.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
     const FIRST: usize = core::mem::offset_of!(pt_regs, rsi);
     const _: () = assert!(core::mem::offset_of!(pt_regs, orig_rax) == FIRST + 16);
-    // rsi (the second argument), rdi, orig_rax (the syscall number).
-    let Some([arg1, _, number]) = read_kernel::<[u64; 3]>(regs, FIRST as u16) else { return 0 };
-    match number {
+    // rsi (the second argument), rdi (the first: the fd), orig_rax (the syscall number).
+    let Some([arg1, arg0, number]) = read_kernel::<[u64; 3]>(regs, FIRST as u16) else { return (FD_UNKNOWN, 0) };
+    let buf = match number {
         nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO => arg1,
         // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
         nr::READV | nr::WRITEV => read_user::<u64>(arg1).unwrap_or(0),
         // msg->msg_iov is at offset 16 of the user ABI's struct msghdr on 64-bit.
         nr::RECVMSG | nr::SENDMSG => read_user::<u64>(arg1 + 16).and_then(read_user::<u64>).unwrap_or(0),
-        _ => 0,
-    }
+        _ => return (FD_UNKNOWN, 0),
+    };
+    (arg0 as u32, buf)
 }
 
 /// The `T` at `base + offset` in kernel memory: a field of a kernel struct at an offset from

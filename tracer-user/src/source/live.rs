@@ -349,9 +349,6 @@ impl Live {
 
     /// Gateways restart and reload: pick up new processes, forget dead ones.
     fn rescan(&mut self, pipeline: &mut Pipeline) -> Result<()> {
-        if !self.probes.is_attached(OnDemand::Closes) && self.probes.unix_connects() > 0 {
-            self.probes.attach_on_demand(OnDemand::Closes);
-        }
         if self.last_trouble.is_some_and(|t| t.elapsed() > crate::source::probes::PACKET_HOOK_IDLE) {
             self.last_trouble = None;
             self.probes.detach_on_demand(OnDemand::Packets);

@@ -1,5 +1,5 @@
 //! Which client-side view upstrace has of each gateway. A gateway that writes its responses
-//! in the clear is read at write(2); one that encrypts them with a shared OpenSSL is read at
+//! in the clear is read at its socket sends; one that encrypts them with a shared OpenSSL is read at
 //! `SSL_write`/`SSL_write_ex` in the libssl it maps (one attachment per library file, found
 //! through `/proc/PID/maps`, so a reload or an upgrade that maps another libssl is picked up).
 use std::{

@@ -32,8 +32,8 @@ struct ProgramSpec {
     required: bool,
 }
 
-/// Programs loaded at start and attached only when wanted: their hooks run for every packet,
-/// or every close(2), on the host.
+/// Programs loaded at start and attached only when wanted: their hooks run for every packet
+/// on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDemand {
     /// Every packet on the host runs it, and it only looks for ICMP errors about traced
@@ -43,19 +43,14 @@ pub enum OnDemand {
     /// is attached only once a traced connection retransmits (a router's "host unreachable"
     /// answers each retry), and taken off again after `PACKET_HOOK_IDLE` without one.
     Packets,
-    /// close(2) of every process: only a unix-socket upstream's close says anything (a gateway
-    /// giving up on it: FastCGI timeouts), so it is attached at the first unix upstream a traced
-    /// process connects to (a kernel counter, read each second); never taken off.
-    Closes,
 }
 
 impl OnDemand {
-    pub const ALL: [OnDemand; 2] = [OnDemand::Packets, OnDemand::Closes];
+    pub const ALL: [OnDemand; 1] = [OnDemand::Packets];
 
     pub fn program(self) -> &'static str {
         match self {
             OnDemand::Packets => "netif_receive_skb",
-            OnDemand::Closes => "sys_enter_close",
         }
     }
 
@@ -134,7 +129,7 @@ pub struct Probes {
     evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::engine::decode::Decoder,
     /// The on-demand hooks' links while attached (`OnDemand` order).
-    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 2],
+    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 1],
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -236,7 +231,7 @@ impl Probes {
                 unix,
                 evicted,
                 decoder,
-                on_demand_links: [None, None],
+                on_demand_links: [None],
             },
             ring,
         ))
@@ -268,11 +263,6 @@ impl Probes {
     /// Whether an on-demand hook is attached now.
     pub fn is_attached(&self, hook: OnDemand) -> bool {
         self.on_demand_links[hook as usize].is_some()
-    }
-
-    /// Unix stream upstreams traced processes connected to (the close hook is wanted at the first).
-    pub fn unix_connects(&self) -> u64 {
-        self.counter(counter::UNIX_CONNECTS)
     }
 
     /// Attach empty programs to the hooks of `set`, hold them for `duration`, and return
