@@ -90,14 +90,16 @@ fn read_request_head(buf: u64, len: i32, e: &mut tracer_common::Event) {
 
 #[inline(always)]
 fn read_request_bytes(buf: u64, len: i32, head: &mut [u8; REQUEST_HEAD]) {
-    if buf == 0 || !read_user_bytes(buf, head) {
-        *head = [0; REQUEST_HEAD];
+    *head = [0; REQUEST_HEAD];
+    if buf == 0 || len <= 0 {
         return;
     }
-    for (i, b) in head.iter_mut().enumerate() {
-        if i as i32 >= len {
-            *b = 0;
-        }
+    // The bytes sent only (see `read_head`).
+    let n = (len as u32).min(REQUEST_HEAD as u32) as usize;
+    if let Some(sent) = head.get_mut(..n)
+        && !read_user_bytes(buf, sent)
+    {
+        *head = [0; REQUEST_HEAD];
     }
 }
 
@@ -135,16 +137,17 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// Read the head of a response from the caller's buffer; returns how many bytes are valid.
 #[inline(always)]
 fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
-    if buf == 0 {
+    if buf == 0 || len <= 0 {
         return 0;
     }
-    let n = if (len as usize) < RESPONSE_HEAD { len as u32 } else { RESPONSE_HEAD as u32 };
-    if read_user_bytes(buf, &mut head[..]) {
+    let n = (len as u32).min(RESPONSE_HEAD as u32);
+    // Only the bytes the call returned: past them the buffer may run into a page the process
+    // never touched, which a BPF read cannot fault in (a 93-byte answer read into a fresh
+    // buffer near a page's end lost its head that way).
+    if let Some(valid) = head.get_mut(..n as usize)
+        && read_user_bytes(buf, valid)
+    {
         return n;
-    }
-    // The buffer ends close by: settle for less.
-    if read_user_bytes(buf, &mut head[..32]) {
-        return n.min(32);
     }
     0
 }
