@@ -432,12 +432,7 @@ impl Call {
                 Call::ReadWrite => libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
                 Call::Vector => libc::writev(fd, iov.as_ptr(), 2),
                 Call::SendRecv => libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0),
-                Call::Msg => {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = iov.as_mut_ptr();
-                    msg.msg_iovlen = 2;
-                    libc::sendmsg(fd, &msg, 0)
-                }
+                Call::Msg => libc::sendmsg(fd, &msghdr_of(&mut iov), 0),
             }
         }
     }
@@ -450,15 +445,19 @@ impl Call {
                 Call::ReadWrite => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
                 Call::Vector => libc::readv(fd, iov.as_ptr(), 1),
                 Call::SendRecv => libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
-                Call::Msg => {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = iov.as_mut_ptr();
-                    msg.msg_iovlen = 1;
-                    libc::recvmsg(fd, &mut msg, 0)
-                }
+                Call::Msg => libc::recvmsg(fd, &mut msghdr_of(&mut iov), 0),
             }
         }
     }
+}
+
+/// A message header over `iov` (no address, no control data).
+fn msghdr_of(iov: &mut [libc::iovec]) -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    msg
 }
 
 #[test]

@@ -17,7 +17,9 @@ use crate::{
         HELD, PENDING_STATUS, cfg_get, count, forget_unix_socket, held, is_traced, new_held, open_owner_of, owner_of,
         remember_last_response, take_last_response, take_pending_status, unix_owner_of,
     },
-    read::{current_ids, now_ns, read_user, read_user_bytes, sock_netns, syscall_buffer, syscall_fd_and_buffer, tp_field},
+    read::{
+        current_ids, now_ns, read_user, read_user_bytes, read_user_prefix, sock_netns, syscall_buffer, syscall_fd_and_buffer, tp_field,
+    },
 };
 
 /// A status line seen in TLS plaintext (`SSL_write`) must reach the socket within this long
@@ -48,7 +50,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
         }
         // Reported even when the send fails (the client gone): the gateway answered it.
         if buf != 0 {
-            look_for_status(fd, buf, SEEN_PLAIN);
+            look_for_status(tid, fd, buf, SEEN_PLAIN);
         }
         on_downstream_send(sk, tgid, tid);
         return Ok(());
@@ -91,14 +93,7 @@ fn read_request_head(buf: u64, len: i32, e: &mut tracer_common::Event) {
 #[inline(always)]
 fn read_request_bytes(buf: u64, len: i32, head: &mut [u8; REQUEST_HEAD]) {
     *head = [0; REQUEST_HEAD];
-    if buf == 0 || len <= 0 {
-        return;
-    }
-    // The bytes sent only (see `read_head`).
-    let n = (len as u32).min(REQUEST_HEAD as u32) as usize;
-    if let Some(sent) = head.get_mut(..n)
-        && !read_user_bytes(buf, sent)
-    {
+    if read_user_prefix(buf, len, head) == 0 {
         *head = [0; REQUEST_HEAD];
     }
 }
@@ -137,19 +132,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// Read the head of a response from the caller's buffer; returns how many bytes are valid.
 #[inline(always)]
 fn read_head(buf: u64, len: i32, head: &mut [u8; RESPONSE_HEAD]) -> u32 {
-    if buf == 0 || len <= 0 {
-        return 0;
-    }
-    let n = (len as u32).min(RESPONSE_HEAD as u32);
-    // Only the bytes the call returned: past them the buffer may run into a page the process
-    // never touched, which a BPF read cannot fault in (a 93-byte answer read into a fresh
-    // buffer near a page's end lost its head that way).
-    if let Some(valid) = head.get_mut(..n as usize)
-        && read_user_bytes(buf, valid)
-    {
-        return n;
-    }
-    0
+    read_user_prefix(buf, len, head)
 }
 
 /// A response that starts like a plain HTTP/1.x 1xx-4xx answer (or a FastCGI response whose
@@ -342,17 +325,16 @@ fn on_response_start(sk: u64, owner: &mut SockOwner, len: i32, tid: u32, buf: u6
 /// until the socket send that carries it (the ciphertext) names the client socket.
 #[inline(always)]
 pub fn peek_write(fd: u32, buf: u64, seen: u32) {
-    let (tgid, _) = current_ids();
+    let (tgid, tid) = current_ids();
     if is_traced(tgid) {
-        look_for_status(fd, buf, seen);
+        look_for_status(tid, fd, buf, seen);
     }
 }
 
 /// Remember a 5xx status at the start of `buf` for the current thread's next client send. Only
 /// a hit is kept, so the ciphertext send that follows `SSL_write` cannot clobber it.
 #[inline(always)]
-fn look_for_status(fd: u32, buf: u64, seen: u32) {
-    let tid = current_ids().1;
+fn look_for_status(tid: u32, fd: u32, buf: u64, seen: u32) {
     let mut scan = [0u8; SCAN_LEN];
     // A short write near the end of its mapping cannot be read whole: its first 32 bytes
     // still hold any HTTP/1.x status line and a small HEADERS frame.

@@ -142,6 +142,24 @@ pub fn read_user_bytes(addr: u64, dst: &mut [u8]) -> bool {
     unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_ok()
 }
 
+/// Fill the start of `dst` with the `len` bytes a call left at `addr` (at most `dst.len()`);
+/// how many, or 0 if they cannot be read. Never past `len`: there the buffer may run into a
+/// page the process never touched, which a BPF read cannot fault in (a 93-byte answer read
+/// into a fresh buffer near a page's end lost its head that way).
+#[inline(always)]
+pub fn read_user_prefix(addr: u64, len: i32, dst: &mut [u8]) -> u32 {
+    if addr == 0 || len <= 0 {
+        return 0;
+    }
+    let n = (len as u32).min(dst.len() as u32);
+    if let Some(valid) = dst.get_mut(..n as usize)
+        && read_user_bytes(addr, valid)
+    {
+        return n;
+    }
+    0
+}
+
 /// Copy the NUL-terminated string at `addr` in the current process's memory into `dst`
 /// (truncated to fit); `dst` is left as it was if nothing can be read.
 #[inline(always)]
