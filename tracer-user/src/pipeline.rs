@@ -26,6 +26,10 @@ pub struct Pipeline {
     slowest: Option<(u64, u64, String)>,
     /// Where verdicts get the gateway's own log line (live logs, or a trace's record).
     pub gateway_words: GatewayWords,
+    /// Verdicts decided by `event` and `tick`, held until `release` when the source asks
+    /// for batches (live): in a storm, one look at the gateway's log and one write per batch
+    /// rather than per verdict.
+    held: Option<Vec<Verdict>>,
 }
 
 impl Default for Pipeline {
@@ -44,6 +48,28 @@ impl Pipeline {
             latency: None,
             slowest: None,
             gateway_words: GatewayWords::None,
+            held: None,
+        }
+    }
+
+    /// Hold verdicts until `release` (or `finish`) instead of sending each as it is decided.
+    pub fn hold_verdicts(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// How many verdicts wait for `release`.
+    pub fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Send the held verdicts: one look at the gateway's log, one flush.
+    pub fn release(&mut self) -> Result<()> {
+        match self.held.as_mut() {
+            Some(held) if !held.is_empty() => {
+                let verdicts = std::mem::take(held);
+                self.send(verdicts)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -108,6 +134,7 @@ impl Pipeline {
     pub fn finish(&mut self) -> Result<()> {
         let verdicts = self.engine.flush();
         self.emit(verdicts)?;
+        self.release()?;
         self.flush()
     }
 
@@ -157,7 +184,17 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self, mut verdicts: Vec<Verdict>) -> Result<()> {
+    fn emit(&mut self, verdicts: Vec<Verdict>) -> Result<()> {
+        match self.held.as_mut() {
+            Some(held) => {
+                held.extend(verdicts);
+                Ok(())
+            }
+            None => self.send(verdicts),
+        }
+    }
+
+    fn send(&mut self, mut verdicts: Vec<Verdict>) -> Result<()> {
         if !verdicts.is_empty() {
             self.gateway_words.annotate(&mut verdicts);
         }

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use upstrace_lab::lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab};
 
-use crate::bench::{mean, parse_ms, spread, start_tracer};
+use crate::bench::{cpu_ticks, mean, parse_ms, spread, start_tracer};
 
 /// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
 /// percentiles, so its mean).
@@ -90,11 +90,14 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
         load(&lab, mode, 4)?; // warm-up
         let mut idle = if untraced { Some(idle_libssl_process()?) } else { None };
         let target = idle.as_ref().map_or(gw, |c| c.id());
-        let (mut rps, mut latency) = (Vec::new(), Vec::new());
+        let (mut rps, mut latency, mut user_us) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..pairs {
             let without = load(&lab, mode, secs)?;
             let t = start_tracer(target, false)?;
+            let ticks = cpu_ticks(t.pid());
             let with = load(&lab, mode, secs)?;
+            // upstrace's own process: CPU seconds (100 ticks a second) per request served.
+            user_us.push((cpu_ticks(t.pid()) - ticks) as f64 / 100.0 / with.requests.max(1.0) * 1e6);
             t.stop()?;
             rps.push(with.rps / without.rps);
             latency.push(with.latency_ms / without.latency_ms);
@@ -116,6 +119,9 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
                 serde_json::json!({"name": p["name"], "runs_per_request": p["runs"].as_f64().unwrap_or(0.0) / counted.requests.max(1.0), "avg_ns": p["avg_ns"]})
             })
             .collect();
+        let runs_per_request: f64 = per_request.iter().map(|p| p["runs_per_request"].as_f64().unwrap_or(0.0)).sum();
+        let bpf_us: f64 =
+            per_request.iter().map(|p| p["runs_per_request"].as_f64().unwrap_or(0.0) * p["avg_ns"].as_f64().unwrap_or(0.0) / 1000.0).sum();
         if let Some(mut c) = idle.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -128,6 +134,10 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
             "latency_ratio": ratio_stats(&latency),
             "latency_figure": if mode == ClientMode::TlsH2 { "mean" } else { "p99" },
             "programs_per_request": per_request,
+            "runs_per_request": runs_per_request,
+            "events_per_request": stats["events"].as_f64().unwrap_or(0.0) / counted.requests.max(1.0),
+            "lost": stats["lost_total"],
+            "cpu_us_per_request": {"bpf": bpf_us, "userspace": mean(&user_us)},
         }));
     }
     Ok(serde_json::json!({"pairs": pairs, "seconds": secs, "rows": rows}))
@@ -139,7 +149,7 @@ pub fn markdown(h: &serde_json::Value) -> String {
         "\n## 6. HTTPS clients (nginx 2 workers terminating TLS; wrk -c32 for HTTP/1.1, h2load -c32 -m4 for HTTP/2; keep-alive clients)\n\n",
     );
     md.push_str("The last row traces an idle process mapping the same libssl: the OpenSSL probe is attached (for every process, filtered in the kernel) while the loaded nginx is not traced.\n\n");
-    md.push_str("| row | throughput with / without (min-max) | latency with / without (min-max) | programs per request (avg ns) |\n|---|---|---|---|\n");
+    md.push_str("| row | throughput with / without (min-max) | latency with / without (min-max) | events per request | program runs per request | CPU µs per request: BPF + userspace | lost | programs per request (avg ns) |\n|---|---|---|---:|---:|---:|---:|---|\n");
     for r in h["rows"].as_array().into_iter().flatten() {
         let f = |v: &serde_json::Value| {
             format!(
@@ -166,11 +176,16 @@ pub fn markdown(h: &serde_json::Value) -> String {
         let _ = std::fmt::Write::write_fmt(
             &mut md,
             format_args!(
-                "| {} | {} | {} {} | {} |\n",
+                "| {} | {} | {} {} | {:.3} | {:.2} | {:.2} + {:.2} | {} | {} |\n",
                 r["row"].as_str().unwrap_or("?"),
                 f(&r["throughput_ratio"]),
                 f(&r["latency_ratio"]),
                 r["latency_figure"].as_str().unwrap_or(""),
+                r["events_per_request"].as_f64().unwrap_or(f64::NAN),
+                r["runs_per_request"].as_f64().unwrap_or(f64::NAN),
+                r["cpu_us_per_request"]["bpf"].as_f64().unwrap_or(f64::NAN),
+                r["cpu_us_per_request"]["userspace"].as_f64().unwrap_or(f64::NAN),
+                r["lost"],
                 programs.join(", ")
             ),
         );

@@ -597,8 +597,8 @@ impl Tracker {
                 Some(_) => None,
             }
         };
-        let ended = q.iter().filter(|entry| claimable(entry) == Some(true)).count();
-        // Past the bound, the oldest ended ones go.
+        // Past the bound, the oldest ended ones go (a queue within it cannot pass it: no count).
+        let ended = if q.len() > ENDED_PER_THREAD { q.iter().filter(|entry| claimable(entry) == Some(true)).count() } else { 0 };
         let mut surplus = ended.saturating_sub(ENDED_PER_THREAD);
         let mut unclaimed_failure = |&(_, id): &(u64, u64)| {
             if attempts.get(&id).is_some_and(|a| !a.consumed && !a.succeeded() && a.end_ns().is_some()) {

@@ -236,7 +236,7 @@ pub const RETAIN_MS: i64 = 120_000;
 /// At most this many lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
 /// A verdict looks at most at this many untaken lines of its window, the newest.
-const MAX_LOOKED: usize = 256;
+const MAX_LOOKED: usize = 64;
 
 /// How well a line fits a verdict, lower first: (names another upstream or none, names no
 /// cause, ms away).
@@ -248,12 +248,14 @@ pub struct Pending {
     pub lines: VecDeque<Retained>,
     /// Lines that left without a verdict taking them.
     pub unmatched: u64,
+    /// Taken lines still in `lines`.
+    taken: usize,
 }
 
 impl Pending {
     pub fn push(&mut self, line: LogLine) {
-        if self.lines.len() >= RETAIN_LINES && self.lines.pop_front().is_some_and(|r| !r.taken) {
-            self.unmatched += 1;
+        if self.lines.len() >= RETAIN_LINES {
+            self.pop_front();
         }
         let upstream_hash = upstream_hash(line.upstream.as_ref());
         self.lines.push_back(Retained { line, taken: false, upstream_hash });
@@ -262,10 +264,45 @@ impl Pending {
     /// Forget lines too old for any verdict still to come.
     pub fn age(&mut self, now_ms: i64) {
         while self.lines.front().is_some_and(|r| r.line.unix_ms < now_ms - RETAIN_MS) {
-            if self.lines.pop_front().is_some_and(|r| !r.taken) {
-                self.unmatched += 1;
-            }
+            self.pop_front();
         }
+    }
+
+    fn pop_front(&mut self) {
+        match self.lines.pop_front() {
+            Some(r) if r.taken => self.taken -= 1,
+            Some(_) => self.unmatched += 1,
+            None => {}
+        }
+    }
+
+    /// Mark line `i` taken. Taken lines leave in bulk once they are a quarter of those kept: in a
+    /// storm verdicts take lines nearly in order, and every verdict would otherwise step over
+    /// thousands of taken ones (and they would push untaken ones out of `RETAIN_LINES`).
+    fn take(&mut self, i: usize) -> LogLine {
+        self.lines[i].taken = true;
+        self.taken += 1;
+        // Moved out: a taken line is never read again but for its time (the window's edge).
+        let unix_ms = self.lines[i].line.unix_ms;
+        let emptied = LogLine {
+            unix_ms,
+            pid: None,
+            client_ip: None,
+            client_port: None,
+            upstream: None,
+            status: None,
+            claim: None,
+            text: String::new(),
+        };
+        let line = std::mem::replace(&mut self.lines[i].line, emptied);
+        if self.taken >= 32 && self.taken * 4 >= self.lines.len() {
+            self.lines.retain(|r| !r.taken);
+            self.taken = 0;
+        }
+        while self.lines.front().is_some_and(|r| r.taken) {
+            self.pop_front();
+        }
+        line
     }
 
     /// The line of this verdict's request, if exactly one story fits; it is taken. One pass
@@ -277,8 +314,9 @@ impl Pending {
         let no_upstream = upstream_hash(None);
         // Lines come in time order (HAProxy's by accept time, nearly): none older than the
         // dialect's window is looked at, so a backlog of unmatched lines does not make every
-        // verdict slower; nor more than `MAX_LOOKED` untaken ones (a storm's second holds
-        // thousands that tell the same story).
+        // verdict slower; nor more than `MAX_LOOKED` untaken ones that another process did not
+        // write (a storm's second holds thousands that tell the same story; other workers'
+        // lines must not hide this one's).
         let oldest = q.unix_ms - dialect.window_ms();
         let mut first = self.lines.len();
         let mut looked = 0;
@@ -287,7 +325,7 @@ impl Pending {
                 break;
             }
             first = i;
-            looked += usize::from(!r.taken);
+            looked += usize::from(!r.taken && r.line.pid.is_none_or(|pid| pid == q.pid));
         }
         // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
         // what a FastCGI application wrote to stderr for the same request), then nearest in
@@ -329,12 +367,7 @@ impl Pending {
         if tied_other_story || found.upstream.as_ref().is_some_and(|up| !q.upstreams.contains(up)) {
             return None;
         }
-        self.lines[i].taken = true;
-        let found = self.lines[i].line.clone();
-        while self.lines.front().is_some_and(|r| r.taken) {
-            self.lines.pop_front();
-        }
-        Some((found, keys.list()))
+        Some((self.take(i), keys.list()))
     }
 }
 
@@ -522,6 +555,24 @@ mod tests {
         assert_eq!((p.lines.len(), p.unmatched), (RETAIN_LINES, 10));
         p.age(1_000_000);
         assert_eq!((p.lines.len(), p.unmatched), (0, RETAIN_LINES as u64 + 10));
+    }
+
+    #[test]
+    fn taken_lines_leave_in_bulk_and_untaken_ones_are_counted_once() {
+        let mut p = Pending::default();
+        // Two workers' lines, interleaved; verdicts come only for worker 7's.
+        for i in 0..200 {
+            p.push(nginx(100, 7 + i % 2, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        }
+        for _ in 0..100 {
+            assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
+        }
+        assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        // The taken ones are gone (not stepped over by every later verdict).
+        assert!(p.lines.iter().filter(|r| r.taken).count() < 40, "{}", p.lines.len());
+        assert!(p.lines.iter().all(|r| r.line.pid == Some(8) || r.taken));
+        p.age(1_000_000);
+        assert_eq!((p.lines.len(), p.unmatched), (0, 100));
     }
 
     #[test]

@@ -30,6 +30,9 @@ use crate::{
     },
 };
 
+/// The most verdicts a drain holds before sending them (one log look, one write per batch).
+const MAX_HELD_VERDICTS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Hold the kernel's BPF run-time statistics and report each program's cost.
@@ -137,6 +140,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
         probes.enable_run_time_stats()?;
     }
     pipeline.latency.get_or_insert_with(Default::default);
+    pipeline.hold_verdicts();
     pipeline.gateway_words = GatewayWords::Live(LiveLogs::new(clock::boot_offset_ns()));
     if let Some(netns) = discover::host_netns() {
         pipeline.engine.set_host_netns(netns);
@@ -208,6 +212,7 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
                 live.drain(ring.get_mut(), pipeline)?;
                 let now = clock::monotonic_ns();
                 pipeline.tick(now)?;
+                pipeline.release()?;
                 if !pipeline.poll(now)? {
                     break;
                 }
@@ -340,10 +345,15 @@ impl Live {
                         ev.socket_file = discover::socket_file(ev.pid, path);
                     }
                     pipeline.event(&ev)?;
+                    // A storm can keep the ring from ever running dry: batches stay bounded.
+                    if pipeline.held() >= MAX_HELD_VERDICTS {
+                        pipeline.release()?;
+                    }
                 }
                 Err(_) => self.counts.decode_errors += 1,
             }
         }
+        pipeline.release()?;
         pipeline.flush().context("writing output")
     }
 
