@@ -2,8 +2,10 @@
 //! kernel sends for each refused attempt (connect start, RST, ECONNREFUSED, CLOSE, the 502
 //! status line), then decodes them and runs them through the pipeline (JSON verdicts into a
 //! discarded writer), as the live loop does. Prints ns per event and the RSS reached.
-//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost]`
-//! (the last one mimics a ring buffer that overflowed: attempts whose status never arrives).
+//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost] [json|none]`
+//! (the third mimics a ring buffer that overflowed: attempts whose status never arrives; the
+//! last says whether verdicts are written as JSON lines or only counted, as the metrics and the
+//! dashboard do).
 use std::time::Instant;
 
 use tracer_common::{AF_INET, Event, EventKind};
@@ -39,6 +41,7 @@ fn main() {
     let attempts: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let lost_pct: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let written = args.next().is_none_or(|a| a != "none");
     let gap = 1_000_000_000 / rate.max(1);
     let mut stream = Vec::with_capacity(attempts as usize * 5);
     for i in 0..attempts {
@@ -74,7 +77,10 @@ fn main() {
         }));
     }
     let decoder = Decoder::default();
-    let mut pipeline = Pipeline::new().with(Sink::new(std::io::sink(), Format::Json, false, 0));
+    let mut pipeline = Pipeline::new();
+    if written {
+        pipeline = pipeline.with(Sink::new(std::io::sink(), Format::Json, false, 0));
+    }
     let started = Instant::now();
     for bytes in &stream {
         let ev = decoder.decode(bytes).expect("valid record");

@@ -97,7 +97,10 @@ fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> R
 }
 
 /// One A/B pair on the same load: without upstrace, with it (and its CPU share, percent of a
-/// core, over that run), then with empty programs at the same hooks (the floor).
+/// core, over that run), and with empty programs at the same hooks (the floor). The three run
+/// in an order that turns with `round`: whatever drifts over a pair (TIME_WAIT sockets piling
+/// up in a row of new connections, a neighbour on the host) must not always weigh on the
+/// same one.
 struct Pair {
     without: Wrk,
     with: Wrk,
@@ -105,14 +108,23 @@ struct Pair {
     tracer_cpu_pct: f64,
 }
 
-fn ab_pair(lab: &Lab, gw: u32, secs: u64) -> Result<Pair> {
-    let without = wrk(lab, secs, 32)?;
-    let tracer = start_tracer(gw, false)?;
-    let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
-    let with = wrk(lab, secs, 32)?;
-    let tracer_cpu_pct = (cpu_ticks(tracer.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
-    stop_tracer(tracer)?;
-    let (floor, _) = wrk_at_floor(lab, secs, 32, "all", false)?;
+fn ab_pair(lab: &Lab, gw: u32, secs: u64, round: usize) -> Result<Pair> {
+    let (mut without, mut with, mut floor, mut tracer_cpu_pct) = (None, None, None, 0.0);
+    for step in 0..3 {
+        match (step + round) % 3 {
+            0 => without = Some(wrk(lab, secs, 32)?),
+            1 => {
+                let tracer = start_tracer(gw, false)?;
+                let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
+                with = Some(wrk(lab, secs, 32)?);
+                tracer_cpu_pct = (cpu_ticks(tracer.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+                stop_tracer(tracer)?;
+            }
+            _ => floor = Some(wrk_at_floor(lab, secs, 32, "all", false)?.0),
+        }
+    }
+    let all = without.zip(with).zip(floor);
+    let ((without, with), floor) = all.context("a pair's runs")?;
     Ok(Pair { without, with, floor, tracer_cpu_pct })
 }
 
@@ -122,6 +134,18 @@ fn describe_pair(a: &Wrk, b: &Wrk, f: &Wrk, floor: &str) -> String {
 
 pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// The middle value (the mean of the middle two for an even count): one disturbed run moves
+/// it less than it moves the mean.
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 pub(crate) fn spread(v: &[f64]) -> (f64, f64) {
@@ -150,7 +174,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
     let (mut rps_ratio, mut p99_ratio, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut floor_ratio, mut floor_ns, mut healthy_cpu_per_10k) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..pairs {
-        let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs)?;
+        let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs, i)?;
         healthy_cpu_per_10k.push(tracer_cpu_pct * 10_000.0 / b.rps.max(1.0));
         eprintln!("bench: pair {}: {}", i + 1, describe_pair(&a, &b, &f, "empty programs"));
         rps_ratio.push(b.rps / a.rps);
@@ -241,7 +265,7 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
         // upstrace's own process: percent of a core per 10k req/s, and microseconds per request.
         let (mut cpu_per_10k, mut user_us) = (Vec::new(), Vec::new());
         for i in 0..pairs {
-            let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs)?;
+            let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs, i)?;
             eprintln!("bench: {name} pair {}: {}, upstrace {tracer_cpu_pct:.2}% of a core", i + 1, describe_pair(&a, &b, &f, "floor"));
             rps_ratio.push(b.rps / a.rps);
             p99_ratio.push(b.p99_ms / a.p99_ms);
@@ -278,9 +302,9 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
         );
         rows.push(serde_json::json!({
             "row": name,
-            "throughput_ratio": {"mean": mean(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
-            "p99_ratio": {"mean": mean(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
-            "floor_ratio": {"mean": mean(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
+            "throughput_ratio": {"mean": mean(&rps_ratio), "median": median(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
+            "p99_ratio": {"mean": mean(&p99_ratio), "median": median(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
+            "floor_ratio": {"mean": mean(&floor_ratio), "median": median(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
             "requests": load.requests,
             "events_per_request": per_request(events),
             "lost": stats["lost_total"],
@@ -305,11 +329,13 @@ fn healthy_markdown(h: &serde_json::Value) -> String {
         "\n## 7. Healthy rows by upstream configuration (nginx 2 workers, wrk -t2 -c32; {} pairs of {} s)\n\n",
         h["pairs"], h["seconds"]
     );
-    md.push_str("| row | throughput with / without (min-max) | p99 with / without (min-max) | floor (min-max) | events per request | program runs per request | upstrace CPU % of a core per 10k req/s | CPU µs per request: BPF + userspace | lost |\n|---|---|---|---|---:|---:|---:|---:|---:|\n");
+    md.push_str("Ratios: mean, then median and the range over the pairs. Each pair runs without upstrace, with it, and with empty programs at its hooks (the floor), in an order that turns from pair to pair.\n\n");
+    md.push_str("| row | throughput with / without (median, min-max) | p99 with / without (median, min-max) | floor (median, min-max) | events per request | program runs per request | upstrace CPU % of a core per 10k req/s | CPU µs per request: BPF + userspace | lost |\n|---|---|---|---|---:|---:|---:|---:|---:|\n");
     let ratio = |v: &serde_json::Value| {
         format!(
-            "{:.3} ({:.3}-{:.3})",
+            "{:.3} ({:.3}, {:.3}-{:.3})",
             v["mean"].as_f64().unwrap_or(0.0),
+            v["median"].as_f64().unwrap_or(f64::NAN),
             v["min"].as_f64().unwrap_or(0.0),
             v["max"].as_f64().unwrap_or(0.0)
         )

@@ -313,7 +313,7 @@ impl Engine {
             .iter()
             .chain(routine.iter())
             .chain(extra.iter())
-            .map(|e| EvidenceItem { t_ms: ms(e.ts_ns), event: e.event.clone(), detail: e.detail.clone() })
+            .map(|e| EvidenceItem { t_ms: ms(e.ts_ns), event: e.event, detail: e.detail.clone() })
             .collect();
         evidence.sort_by(|x, y| x.t_ms.total_cmp(&y.t_ms));
         Some(Verdict {
@@ -460,7 +460,7 @@ impl Engine {
         if let Some(upstream) = marked_upstream {
             v.upstream = upstream;
         }
-        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status".into(), detail: status.detail() });
+        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status", detail: status.detail() });
         v.evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         v
     }
@@ -488,38 +488,35 @@ impl Engine {
             failures.into_iter().for_each(|f| remember(&mut self.recent_failures, f));
         }
         let ms = |ns: u64| (ns as f64 - t as f64) / 1e6;
+        let item = |e: Evidence| EvidenceItem { t_ms: round3(ms(e.ts_ns)), event: e.event, detail: e.detail };
         let routine: Vec<Evidence> = attempts.iter().flat_map(|a| a.routine_evidence()).collect();
-        let mut evidence: Vec<EvidenceItem> = attempts
-            .iter()
-            .flat_map(|a| a.evidence.iter())
-            .chain(routine.iter())
-            .chain(extra.iter())
-            .map(|e| EvidenceItem { t_ms: round3(ms(e.ts_ns)), event: e.event.clone(), detail: e.detail.clone() })
-            .collect();
+        let summaries: Vec<AttemptSummary> = attempts.iter().map(|a| summarize(a, t)).collect();
+        let upstream = attempts.last().map(|a| a.upstream()).unwrap_or_else(|| "?".into());
+        // The verdict carries the evidence now (moved, not copied); explained attempts stay
+        // only briefly, as markers for late events of their sockets, and weigh little meanwhile.
+        let mut evidence: Vec<EvidenceItem> = Vec::new();
+        for id in chain {
+            if let Some(a) = self.tracker.attempts.get_mut(id) {
+                evidence.extend(std::mem::take(&mut a.evidence).into_iter().map(item));
+            }
+        }
+        evidence.extend(routine.into_iter().chain(extra).map(item));
         evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-        let verdict = Verdict {
+        Verdict {
             ts_ns: t,
             gateway,
             client,
             client_side,
             status,
             delivered,
-            upstream: attempts.last().map(|a| a.upstream()).unwrap_or_else(|| "?".into()),
+            upstream,
             class: cause.class(),
             cause,
             summary,
-            attempts: attempts.iter().map(|a| summarize(a, t)).collect(),
+            attempts: summaries,
             evidence,
             gateway_said: None,
-        };
-        // The verdict carries the evidence now; explained attempts stay only briefly, as
-        // markers for late events of their sockets, and should weigh little meanwhile.
-        for id in chain {
-            if let Some(a) = self.tracker.attempts.get_mut(id) {
-                a.evidence = Vec::new();
-            }
         }
-        verdict
     }
 
     /// A failed attempt no request claimed, as a past failure, when its cause is known.
@@ -565,7 +562,7 @@ impl Engine {
         let mut finding = Finding::new(u.cause, summary);
         finding = finding.with(Evidence {
             ts_ns: u.asked_ns,
-            event: "dns_query".into(),
+            event: "dns_query",
             detail: if u.name.is_empty() {
                 format!("{} {} connected to resolver {} over TCP", status.comm, status.pid, u.resolver)
             } else {
@@ -574,7 +571,7 @@ impl Engine {
         });
         if let Some(at) = u.ended_ns {
             finding =
-                finding.with(Evidence { ts_ns: at, event: "dns_answer".into(), detail: format!("resolver {} {}", u.resolver, u.what) });
+                finding.with(Evidence { ts_ns: at, event: "dns_answer", detail: format!("resolver {} {}", u.resolver, u.what) });
         }
         Some((finding, if u.name.is_empty() { u.resolver } else { u.name }))
     }
@@ -628,7 +625,7 @@ impl Engine {
         for f in failures.iter().rev().take(8) {
             finding = finding.with(Evidence {
                 ts_ns: f.ts_ns,
-                event: "earlier_failure".into(),
+                event: "earlier_failure",
                 detail: format!("{} {} (pid {})", f.upstream, f.cause.as_str(), f.pid),
             });
         }

@@ -74,13 +74,13 @@ pub const HANDSHAKE_GIVE_UP_NS: u64 = 1_000_000_000;
 pub struct Evidence {
     #[serde(skip)]
     pub ts_ns: u64,
-    pub event: String,
+    pub event: &'static str,
     pub detail: String,
 }
 
 impl Evidence {
     pub fn from_event(ev: &KernelEvent) -> Self {
-        Self { ts_ns: ev.ts_ns, event: ev.kind.name().to_owned(), detail: ev.detail() }
+        Self { ts_ns: ev.ts_ns, event: ev.kind.name(), detail: ev.detail() }
     }
 }
 
@@ -214,6 +214,9 @@ pub struct Attempt {
     pub dst: Option<SocketAddr>,
     pub src: Option<SocketAddr>,
     pub path: Option<String>,
+    /// `dst` or `path` as text (`upstream()`), made once: a verdict names its upstream many
+    /// times, and in a storm formatting it again was a tenth of the engine's time.
+    label: String,
     /// A unix socket file that refused the connect for permission, as the host saw it.
     pub socket_file: Option<crate::engine::decode::SocketFile>,
     pub started_ns: u64,
@@ -264,6 +267,15 @@ pub struct Attempt {
     pub dns: bool,
 }
 
+/// An upstream as verdicts name it: `ip:port`, `unix:/path`, or `?`.
+fn upstream_label(dst: Option<SocketAddr>, path: Option<&str>) -> String {
+    match (dst, path) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(p)) => format!("unix:{p}"),
+        (None, None) => "?".into(),
+    }
+}
+
 impl Attempt {
     fn new(id: u64, ev: &KernelEvent, reused: bool) -> Self {
         Attempt {
@@ -276,6 +288,7 @@ impl Attempt {
             dst: ev.dst,
             src: ev.src.filter(|a| a.port() != 0),
             path: ev.path.clone(),
+            label: upstream_label(ev.dst, ev.path.as_deref()),
             socket_file: ev.socket_file.clone(),
             started_ns: ev.ts_ns,
             reused,
@@ -312,7 +325,7 @@ impl Attempt {
     }
 
     pub fn upstream(&self) -> String {
-        self.dst.map(|a| a.to_string()).or_else(|| self.path.clone().map(|p| format!("unix:{p}"))).unwrap_or_else(|| "?".into())
+        self.label.clone()
     }
 
     /// A connection to a resolver's DNS port, as a lookup: its answer, or how it ended
@@ -437,11 +450,14 @@ impl Attempt {
             || (ev.kind == Kind::StateChange && ev.old_state == Some(TcpState::SynSent) && ev.new_state == Some(TcpState::Established));
         if !routine && self.evidence.len() < 64 {
             // Socket events of a unix-socket upstream carry no address: name it by its path.
+            // Named by the attempt's own label when the event names the same peer (no new
+            // formatting of the address).
             let detail = match (ev.dst, &ev.path, &self.path) {
-                (None, None, Some(path)) => ev.detail_naming(&format!("unix:{path}")),
+                (None, None, Some(_)) => ev.detail_naming(&self.label),
+                (Some(dst), _, _) if self.dst == Some(dst) => ev.detail_naming(&self.label),
                 _ => ev.detail(),
             };
-            self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.name().to_owned(), detail });
+            self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.name(), detail });
         }
     }
 
@@ -449,7 +465,7 @@ impl Attempt {
     pub fn routine_evidence(&self) -> Vec<Evidence> {
         let up = self.upstream();
         let mut out = Vec::with_capacity(4);
-        let item = |ts_ns, event: &str, detail: String| Evidence { ts_ns, event: event.into(), detail };
+        let item = |ts_ns, event: &'static str, detail: String| Evidence { ts_ns, event, detail };
         if self.reused {
             out.push(item(self.started_ns, "request_sent", format!("{up}: request sent on a reused keep-alive connection")));
         } else {
@@ -585,7 +601,12 @@ impl Tracker {
         let attempts = &self.attempts;
         let mut unclaimed = Vec::new();
         let Some(q) = self.by_tid.get_mut(&tid) else { return unclaimed };
-        // Attempts begun after `t` are passed over without a lookup; open ones always stay.
+        // The queue is in start order, nearly: only its part begun by `t` can go. The newer rest
+        // (in a storm, every attempt begun while this status settled) is not looked at. An
+        // exchange shipped late (held in the kernel) can break the order: what lies past the
+        // cut then waits for a later status.
+        let begun = q.partition_point(|&(started, _)| started <= t);
+        // Open ones always stay, and those begun after `t` (shipped late, out of order).
         let claimable = |&(started, id): &(u64, u64)| -> Option<bool> {
             if started > t {
                 return Some(false);
@@ -597,27 +618,36 @@ impl Tracker {
                 Some(_) => None,
             }
         };
-        // Past the bound, the oldest ended ones go (a queue within it cannot pass it: no count).
-        let ended = if q.len() > ENDED_PER_THREAD { q.iter().filter(|entry| claimable(entry) == Some(true)).count() } else { 0 };
+        // Past the bound, the oldest ended ones go (fewer begun than the bound: no count).
+        let ended = if begun > ENDED_PER_THREAD { q.range(..begun).filter(|entry| claimable(entry) == Some(true)).count() } else { 0 };
         let mut surplus = ended.saturating_sub(ENDED_PER_THREAD);
-        let mut unclaimed_failure = |&(_, id): &(u64, u64)| {
-            if attempts.get(&id).is_some_and(|a| !a.consumed && !a.succeeded() && a.end_ns().is_some()) {
-                unclaimed.push(id);
+        let mut going = Vec::new();
+        for (i, entry) in q.range(..begun).enumerate() {
+            let go = match claimable(entry) {
+                None => true,
+                Some(false) => false,
+                Some(true) if surplus > 0 => {
+                    surplus -= 1;
+                    true
+                }
+                Some(true) => false,
+            };
+            if go {
+                going.push(i);
+                if attempts.get(&entry.1).is_some_and(|a| !a.consumed && !a.succeeded() && a.end_ns().is_some()) {
+                    unclaimed.push(entry.1);
+                }
             }
-        };
-        q.retain(|entry| match claimable(entry) {
-            None => {
-                unclaimed_failure(entry);
-                false
+        }
+        if !going.is_empty() {
+            // Rebuild the front: what stays of the begun part, in order, before the newer rest.
+            let front: Vec<(u64, u64)> = q.drain(..begun).collect();
+            for (i, entry) in front.into_iter().enumerate().rev() {
+                if going.binary_search(&i).is_err() {
+                    q.push_front(entry);
+                }
             }
-            Some(false) => true,
-            Some(true) if surplus > 0 => {
-                surplus -= 1;
-                unclaimed_failure(entry);
-                false
-            }
-            Some(true) => true,
-        });
+        }
         unclaimed
     }
 
@@ -1047,6 +1077,7 @@ impl Tracker {
         b.dst = prev.dst.or(ev.dst);
         b.dns = prev.dns;
         b.path = prev.path.clone().or(b.path);
+        b.label = upstream_label(b.dst, b.path.as_deref());
         b.src = prev.src.or(b.src);
         b.fin_ns = prev.fin_ns; // a FIN that came while idle explains a failed reuse
         b.last_state = prev.last_state;
@@ -1059,7 +1090,7 @@ impl Tracker {
         if let Some(fin) = prev.fin_ns {
             b.evidence.push(Evidence {
                 ts_ns: fin,
-                event: "state_change".into(),
+                event: "state_change",
                 detail: format!("{}: upstream had closed the idle keep-alive connection", b.upstream()),
             });
         }

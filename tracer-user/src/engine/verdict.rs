@@ -404,7 +404,7 @@ fn is_zero(v: &u32) -> bool {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EvidenceItem {
     pub t_ms: f64,
-    pub event: String,
+    pub event: &'static str,
     pub detail: String,
 }
 

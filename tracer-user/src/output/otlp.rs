@@ -620,7 +620,7 @@ mod tests {
             cause: Cause::Refused,
             summary: "refused".into(),
             attempts: vec![],
-            evidence: vec![EvidenceItem { t_ms: 0.2, event: "rst".into(), detail: "RST to SYN".into() }],
+            evidence: vec![EvidenceItem { t_ms: 0.2, event: "rst", detail: "RST to SYN".into() }],
             gateway_said: None,
         }
     }
