@@ -570,8 +570,7 @@ impl Engine {
             },
         });
         if let Some(at) = u.ended_ns {
-            finding =
-                finding.with(Evidence { ts_ns: at, event: "dns_answer", detail: format!("resolver {} {}", u.resolver, u.what) });
+            finding = finding.with(Evidence { ts_ns: at, event: "dns_answer", detail: format!("resolver {} {}", u.resolver, u.what) });
         }
         Some((finding, if u.name.is_empty() { u.resolver } else { u.name }))
     }

@@ -236,7 +236,7 @@ pub const RETAIN_MS: i64 = 120_000;
 /// At most this many lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
 /// A verdict looks at most at this many untaken lines of its window, the newest.
-const MAX_LOOKED: usize = 64;
+const MAX_LOOKED: usize = 256;
 
 /// How well a line fits a verdict, lower first: (names another upstream or none, names no
 /// cause, ms away).
@@ -560,11 +560,13 @@ mod tests {
     #[test]
     fn taken_lines_leave_in_bulk_and_untaken_ones_are_counted_once() {
         let mut p = Pending::default();
-        // Two workers' lines, interleaved; verdicts come only for worker 7's.
-        for i in 0..200 {
-            p.push(nginx(100, 7 + i % 2, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        // Two workers' lines, interleaved, more of each than a verdict looks at; verdicts come
+        // only for worker 7's.
+        let each = MAX_LOOKED + 44;
+        for i in 0..2 * each {
+            p.push(nginx(100, 7 + i as u32 % 2, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
         }
-        for _ in 0..100 {
+        for _ in 0..each {
             assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
         }
         assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
@@ -572,7 +574,7 @@ mod tests {
         assert!(p.lines.iter().filter(|r| r.taken).count() < 40, "{}", p.lines.len());
         assert!(p.lines.iter().all(|r| r.line.pid == Some(8) || r.taken));
         p.age(1_000_000);
-        assert_eq!((p.lines.len(), p.unmatched), (0, 100));
+        assert_eq!((p.lines.len(), p.unmatched), (0, each as u64));
     }
 
     #[test]
