@@ -13,6 +13,9 @@ use crate::{
     output::Output,
 };
 
+/// The most verdicts held before they are sent (one log look, one write per batch).
+const MAX_HELD_VERDICTS: usize = 256;
+
 pub struct Pipeline {
     pub engine: Engine,
     pub outputs: Vec<Box<dyn Output>>,
@@ -26,7 +29,7 @@ pub struct Pipeline {
     slowest: Option<(u64, u64, String)>,
     /// Where verdicts get the gateway's own log line (live logs, or a trace's record).
     pub gateway_words: GatewayWords,
-    /// Verdicts decided by `event` and `tick`, held until `release` when the source asks
+    /// Verdicts decided by `event`, held until the batch ends (`flush`) when the source asks
     /// for batches (live): in a storm, one look at the gateway's log and one write per batch
     /// rather than per verdict.
     held: Option<Vec<Verdict>>,
@@ -52,18 +55,14 @@ impl Pipeline {
         }
     }
 
-    /// Hold verdicts until `release` (or `finish`) instead of sending each as it is decided.
+    /// Hold verdicts until the batch ends (`flush`, `tick`, `finish`) or `MAX_HELD_VERDICTS`
+    /// gather, instead of sending each as it is decided.
     pub fn hold_verdicts(&mut self) {
         self.held.get_or_insert_with(Vec::new);
     }
 
-    /// How many verdicts wait for `release`.
-    pub fn held(&self) -> usize {
-        self.held.as_ref().map_or(0, Vec::len)
-    }
-
     /// Send the held verdicts: one look at the gateway's log, one flush.
-    pub fn release(&mut self) -> Result<()> {
+    fn release(&mut self) -> Result<()> {
         match self.held.as_mut() {
             Some(held) if !held.is_empty() => {
                 let verdicts = std::mem::take(held);
@@ -99,8 +98,13 @@ impl Pipeline {
         }
     }
 
-    /// End of a batch of events: push output and the trace file.
+    /// End of a batch of events: send the verdicts held, push output and the trace file.
     pub fn flush(&mut self) -> Result<()> {
+        self.release()?;
+        self.flush_outputs()
+    }
+
+    fn flush_outputs(&mut self) -> Result<()> {
         for o in &mut self.outputs {
             o.flush()?;
         }
@@ -118,7 +122,8 @@ impl Pipeline {
     /// Move the clock (CLOCK_MONOTONIC ns), so verdicts come out even when events stop.
     pub fn tick(&mut self, now_ns: u64) -> Result<()> {
         let verdicts = self.engine.advance(now_ns);
-        self.emit(verdicts)
+        self.emit(verdicts)?;
+        self.release()
     }
 
     /// Let the outputs run (keys, redraw); false when one asks to stop.
@@ -134,7 +139,6 @@ impl Pipeline {
     pub fn finish(&mut self) -> Result<()> {
         let verdicts = self.engine.flush();
         self.emit(verdicts)?;
-        self.release()?;
         self.flush()
     }
 
@@ -188,7 +192,8 @@ impl Pipeline {
         match self.held.as_mut() {
             Some(held) => {
                 held.extend(verdicts);
-                Ok(())
+                // A storm can keep the ring from ever running dry: batches stay bounded.
+                if held.len() >= MAX_HELD_VERDICTS { self.release() } else { Ok(()) }
             }
             None => self.send(verdicts),
         }
@@ -215,7 +220,7 @@ impl Pipeline {
             }
         }
         if !verdicts.is_empty() {
-            self.flush()?;
+            self.flush_outputs()?;
         }
         if let Some(c) = self.collected.as_mut() {
             c.extend(verdicts);

@@ -117,7 +117,7 @@ fn ab_pair(lab: &Lab, gw: u32, secs: u64, round: usize) -> Result<Pair> {
                 let tracer = start_tracer(gw, false)?;
                 let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
                 with = Some(wrk(lab, secs, 32)?);
-                tracer_cpu_pct = (cpu_ticks(tracer.pid()) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+                tracer_cpu_pct = cpu_ticks(tracer.pid()).saturating_sub(c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
                 stop_tracer(tracer)?;
             }
             _ => floor = Some(wrk_at_floor(lab, secs, 32, "all", false)?.0),
@@ -134,6 +134,15 @@ fn describe_pair(a: &Wrk, b: &Wrk, f: &Wrk, floor: &str) -> String {
 
 pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Program runs per request, summed over `programs` (each with its runs per request under
+/// `key` and its `avg_ns`), and the kernel's CPU µs per request: runs times average run time.
+pub(crate) fn runs_and_bpf_us(programs: &[serde_json::Value], key: &str) -> (f64, f64) {
+    programs.iter().fold((0.0, 0.0), |(runs, us), p| {
+        let r = p[key].as_f64().unwrap_or(0.0);
+        (runs + r, us + r * p["avg_ns"].as_f64().unwrap_or(0.0) / 1000.0)
+    })
 }
 
 /// The middle value (the mean of the middle two for an even count): one disturbed run moves
@@ -291,10 +300,7 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
                 serde_json::json!({"name": p["name"], "per_request": per_request(runs), "avg_ns": p["avg_ns"]})
             })
             .collect();
-        let runs_per_request: f64 = programs.iter().map(|p| p["per_request"].as_f64().unwrap_or(0.0)).sum();
-        // The kernel side: every program's runs per request times its average run time.
-        let bpf_us_per_request: f64 =
-            programs.iter().map(|p| p["per_request"].as_f64().unwrap_or(0.0) * p["avg_ns"].as_f64().unwrap_or(0.0) / 1000.0).sum();
+        let (runs_per_request, bpf_us_per_request) = runs_and_bpf_us(&programs, "per_request");
         eprintln!(
             "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request, lost {}",
             per_request(events),

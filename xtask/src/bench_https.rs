@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use upstrace_lab::lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab};
 
-use crate::bench::{cpu_ticks, mean, parse_ms, spread, start_tracer};
+use crate::bench::{cpu_ticks, mean, parse_ms, runs_and_bpf_us, spread, start_tracer};
 
 /// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
 /// percentiles, so its mean).
@@ -97,7 +97,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
             let ticks = cpu_ticks(t.pid());
             let with = load(&lab, mode, secs)?;
             // upstrace's own process: CPU seconds (100 ticks a second) per request served.
-            user_us.push((cpu_ticks(t.pid()) - ticks) as f64 / 100.0 / with.requests.max(1.0) * 1e6);
+            user_us.push(cpu_ticks(t.pid()).saturating_sub(ticks) as f64 / 100.0 / with.requests.max(1.0) * 1e6);
             t.stop()?;
             rps.push(with.rps / without.rps);
             latency.push(with.latency_ms / without.latency_ms);
@@ -119,9 +119,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
                 serde_json::json!({"name": p["name"], "runs_per_request": p["runs"].as_f64().unwrap_or(0.0) / counted.requests.max(1.0), "avg_ns": p["avg_ns"]})
             })
             .collect();
-        let runs_per_request: f64 = per_request.iter().map(|p| p["runs_per_request"].as_f64().unwrap_or(0.0)).sum();
-        let bpf_us: f64 =
-            per_request.iter().map(|p| p["runs_per_request"].as_f64().unwrap_or(0.0) * p["avg_ns"].as_f64().unwrap_or(0.0) / 1000.0).sum();
+        let (runs_per_request, bpf_us) = runs_and_bpf_us(&per_request, "runs_per_request");
         if let Some(mut c) = idle.take() {
             let _ = c.kill();
             let _ = c.wait();

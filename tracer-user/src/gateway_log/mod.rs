@@ -283,17 +283,7 @@ impl Pending {
         self.lines[i].taken = true;
         self.taken += 1;
         // Moved out: a taken line is never read again but for its time (the window's edge).
-        let unix_ms = self.lines[i].line.unix_ms;
-        let emptied = LogLine {
-            unix_ms,
-            pid: None,
-            client_ip: None,
-            client_port: None,
-            upstream: None,
-            status: None,
-            claim: None,
-            text: String::new(),
-        };
+        let emptied = LogLine { unix_ms: self.lines[i].line.unix_ms, ..LogLine::default() };
         let line = std::mem::replace(&mut self.lines[i].line, emptied);
         if self.taken >= 32 && self.taken * 4 >= self.lines.len() {
             self.lines.retain(|r| !r.taken);

@@ -149,7 +149,7 @@ impl Claim {
 }
 
 /// One line the gateway wrote about a request, with what it can be matched by.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogLine {
     /// Unix time in ms of the line (nginx: when it logged, to the second; HAProxy: when the
     /// request was accepted, to the ms; Caddy: when it logged).

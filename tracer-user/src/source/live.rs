@@ -30,9 +30,6 @@ use crate::{
     },
 };
 
-/// The most verdicts a drain holds before sending them (one log look, one write per batch).
-const MAX_HELD_VERDICTS: usize = 256;
-
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Hold the kernel's BPF run-time statistics and report each program's cost.
@@ -212,7 +209,6 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
                 live.drain(ring.get_mut(), pipeline)?;
                 let now = clock::monotonic_ns();
                 pipeline.tick(now)?;
-                pipeline.release()?;
                 if !pipeline.poll(now)? {
                     break;
                 }
@@ -345,15 +341,10 @@ impl Live {
                         ev.socket_file = discover::socket_file(ev.pid, path);
                     }
                     pipeline.event(&ev)?;
-                    // A storm can keep the ring from ever running dry: batches stay bounded.
-                    if pipeline.held() >= MAX_HELD_VERDICTS {
-                        pipeline.release()?;
-                    }
                 }
                 Err(_) => self.counts.decode_errors += 1,
             }
         }
-        pipeline.release()?;
         pipeline.flush().context("writing output")
     }
 
