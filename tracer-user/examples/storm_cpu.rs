@@ -6,7 +6,11 @@
 //! (the third mimics a ring buffer that overflowed: attempts whose status never arrives; the
 //! last says whether verdicts are written as JSON lines or only counted, as the metrics and the
 //! dashboard do).
-use std::time::Instant;
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use tracer_common::{AF_INET, Event, EventKind};
 use upstrace::{
@@ -18,6 +22,29 @@ use upstrace::{
 // The harness's RSS reader (upstrace-tests), shared by path: one copy.
 #[path = "../../tests/src/rss.rs"]
 mod rss;
+
+/// Counts heap allocations (the engine's main cost besides formatting).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn record(kind: EventKind, ts_ns: u64, sock: u64, fill: impl FnOnce(&mut Event)) -> Vec<u8> {
     let mut e = Event::zeroed();
@@ -81,6 +108,7 @@ fn main() {
     if written {
         pipeline = pipeline.with(Sink::new(std::io::sink(), Format::Json, false, 0));
     }
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
     for bytes in &stream {
         let ev = decoder.decode(bytes).expect("valid record");
@@ -92,11 +120,13 @@ fn main() {
     }
     pipeline.finish().expect("finish");
     let elapsed = started.elapsed();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let rss_kib = rss::rss_kib(std::process::id());
     println!(
-        "{{\"attempts\":{attempts},\"events\":{},\"verdicts\":{},\"ns_per_event\":{:.0},\"rss_kib\":{rss_kib}}}",
+        "{{\"attempts\":{attempts},\"events\":{},\"verdicts\":{},\"ns_per_event\":{:.0},\"allocations_per_attempt\":{:.1},\"rss_kib\":{rss_kib}}}",
         stream.len(),
         pipeline.verdicts,
-        elapsed.as_nanos() as f64 / stream.len() as f64
+        elapsed.as_nanos() as f64 / stream.len() as f64,
+        allocations as f64 / attempts.max(1) as f64
     );
 }

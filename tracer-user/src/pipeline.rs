@@ -15,6 +15,8 @@ use crate::{
 
 /// The most verdicts held before they are sent (one log look, one write per batch).
 const MAX_HELD_VERDICTS: usize = 256;
+/// The longest a held verdict waits, in event time, when the ring never runs dry.
+const MAX_HELD_NS: u64 = 10_000_000;
 
 pub struct Pipeline {
     pub engine: Engine,
@@ -33,6 +35,8 @@ pub struct Pipeline {
     /// for batches (live): in a storm, one look at the gateway's log and one write per batch
     /// rather than per verdict.
     held: Option<Vec<Verdict>>,
+    /// Event time at which the oldest held verdict was decided.
+    held_since_ns: u64,
 }
 
 impl Default for Pipeline {
@@ -52,6 +56,7 @@ impl Pipeline {
             slowest: None,
             gateway_words: GatewayWords::None,
             held: None,
+            held_since_ns: 0,
         }
     }
 
@@ -116,13 +121,13 @@ impl Pipeline {
             o.event(ev)?;
         }
         let verdicts = self.engine.handle(ev);
-        self.emit(verdicts)
+        self.emit(verdicts, ev.ts_ns)
     }
 
     /// Move the clock (CLOCK_MONOTONIC ns), so verdicts come out even when events stop.
     pub fn tick(&mut self, now_ns: u64) -> Result<()> {
         let verdicts = self.engine.advance(now_ns);
-        self.emit(verdicts)?;
+        self.emit(verdicts, now_ns)?;
         self.release()
     }
 
@@ -138,7 +143,7 @@ impl Pipeline {
     /// Decide what is still pending (end of input).
     pub fn finish(&mut self) -> Result<()> {
         let verdicts = self.engine.flush();
-        self.emit(verdicts)?;
+        self.emit(verdicts, 0)?;
         self.flush()
     }
 
@@ -188,12 +193,18 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self, verdicts: Vec<Verdict>) -> Result<()> {
+    /// `now_ns`: the event time that decided `verdicts`.
+    fn emit(&mut self, verdicts: Vec<Verdict>, now_ns: u64) -> Result<()> {
         match self.held.as_mut() {
             Some(held) => {
+                if held.is_empty() {
+                    self.held_since_ns = now_ns;
+                }
                 held.extend(verdicts);
-                // A storm can keep the ring from ever running dry: batches stay bounded.
-                if held.len() >= MAX_HELD_VERDICTS { self.release() } else { Ok(()) }
+                // A storm can keep the ring from ever running dry: batches stay bounded, in
+                // number and in time.
+                let waited = now_ns.saturating_sub(self.held_since_ns);
+                if held.len() >= MAX_HELD_VERDICTS || (!held.is_empty() && waited >= MAX_HELD_NS) { self.release() } else { Ok(()) }
             }
             None => self.send(verdicts),
         }

@@ -2,6 +2,7 @@
 use upstrace::{
     engine::attribute::{Cause, Class, Engine, SETTLE_NS, Verdict},
     engine::decode::{KernelEvent, Kind, TcpState},
+    pipeline::Pipeline,
 };
 
 const MS: u64 = 1_000_000;
@@ -977,4 +978,29 @@ fn an_idle_tls_connections_close_notify_is_no_failed_request() {
     events.push(status(60_010, 502));
     let v = one(&events);
     assert_eq!(v.cause, Cause::NoUpstreamAttempt, "{}", v.summary);
+}
+
+/// Live batches: a verdict held while the ring never runs dry (no flush, no tick) still
+/// leaves within 10 ms of event time once decided.
+#[test]
+fn held_verdicts_leave_within_ten_ms_of_event_time_in_an_endless_drain() {
+    let mut pipeline = Pipeline::new().collecting();
+    pipeline.hold_verdicts();
+    let mut events = refused(10, 0xa1);
+    events.push(status(11, 502));
+    for e in &events {
+        pipeline.event(e).unwrap();
+    }
+    // Unrelated traffic every millisecond: retransmits on another connection.
+    let settled_ms = 11 + SETTLE_NS / MS;
+    let mut left_at = None;
+    for t in 12..settled_ms + 100 {
+        pipeline.event(&with(ev(Kind::Retransmit, t, 0xb1), |e| e.value = 1)).unwrap();
+        if left_at.is_none() && !pipeline.collected.as_ref().unwrap().is_empty() {
+            left_at = Some(t);
+        }
+    }
+    let left_at = left_at.expect("the verdict left without a flush");
+    assert!((settled_ms..=settled_ms + 12).contains(&left_at), "left at {left_at} ms, settled at {settled_ms} ms");
+    assert_eq!(pipeline.collected.as_ref().unwrap()[0].cause, Cause::Refused);
 }

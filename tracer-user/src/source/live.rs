@@ -195,48 +195,57 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     let mut log_tick = tokio::time::interval(Duration::from_millis(500));
     let mut ui_tick = tokio::time::interval(Duration::from_secs(1));
 
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                live.drain(guard.get_inner_mut(), pipeline)?;
-                guard.clear_ready();
-            }
-            _ = rescan.tick() => live.rescan(pipeline)?,
-            _ = verdict_tick.tick() => {
-                // Judge by wall time only once everything the kernel has sent is processed,
-                // or a verdict could miss the events that close its story.
-                live.drain(ring.get_mut(), pipeline)?;
-                let now = clock::monotonic_ns();
-                pipeline.tick(now)?;
-                if !pipeline.poll(now)? {
-                    break;
+    let traced_until_stop: Result<()> = async {
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    live.drain(guard.get_inner_mut(), pipeline)?;
+                    guard.clear_ready();
                 }
-            }
-            _ = queue_tick.tick() => live.sample_accept_queues(pipeline)?,
-            _ = ui_tick.tick(), if refreshing => {
-                let snapshot = live.snapshot();
-                pipeline.refresh(snapshot);
-            }
-            _ = stats_tick.tick() => {
-                let snapshot = live.snapshot();
-                pipeline.stats(snapshot)?;
-            }
-            _ = log_tick.tick() => {
-                if let Some(logger) = live.probes.logger.as_mut() {
-                    logger.flush();
+                _ = rescan.tick() => live.rescan(pipeline)?,
+                _ = verdict_tick.tick() => {
+                    // Judge by wall time only once everything the kernel has sent is processed,
+                    // or a verdict could miss the events that close its story.
+                    live.drain(ring.get_mut(), pipeline)?;
+                    let now = clock::monotonic_ns();
+                    pipeline.tick(now)?;
+                    if !pipeline.poll(now)? {
+                        break;
+                    }
                 }
-            }
-            _ = &mut deadline => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => {
-                if !live.announce {
-                    break;
+                _ = queue_tick.tick() => live.sample_accept_queues(pipeline)?,
+                _ = ui_tick.tick(), if refreshing => {
+                    let snapshot = live.snapshot();
+                    pipeline.refresh(snapshot);
                 }
-                eprintln!("upstrace: SIGHUP ignored: settings are read at start only (restart to apply new ones)");
+                _ = stats_tick.tick() => {
+                    let snapshot = live.snapshot();
+                    pipeline.stats(snapshot)?;
+                }
+                _ = log_tick.tick() => {
+                    if let Some(logger) = live.probes.logger.as_mut() {
+                        logger.flush();
+                    }
+                }
+                _ = &mut deadline => break,
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = sighup.recv() => {
+                    if !live.announce {
+                        break;
+                    }
+                    eprintln!("upstrace: SIGHUP ignored: settings are read at start only (restart to apply new ones)");
+                }
             }
         }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = traced_until_stop {
+        // The verdicts already decided still go out (best effort: an output may be what failed).
+        let _ = pipeline.flush();
+        return Err(e);
     }
     live.drain(ring.get_mut(), pipeline)?;
     pipeline.finish()?;
