@@ -2,10 +2,10 @@
 //! kernel sends for each refused attempt (connect start, RST, ECONNREFUSED, CLOSE, the 502
 //! status line), then decodes them and runs them through the pipeline (JSON verdicts into a
 //! discarded writer), as the live loop does. Prints ns per event and the RSS reached.
-//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost] [json|none]`
+//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost] [json|none] [tcp|unix]`
 //! (the third mimics a ring buffer that overflowed: attempts whose status never arrives; the
 //! last says whether verdicts are written as JSON lines or only counted, as the metrics and the
-//! dashboard do).
+//! dashboard do; `unix` makes the upstream a killed PHP-FPM behind its unix socket).
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     sync::atomic::{AtomicU64, Ordering},
@@ -69,30 +69,40 @@ fn main() {
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let lost_pct: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let written = args.next().is_none_or(|a| a != "none");
+    // `unix`: PHP-FPM behind a unix socket, killed (connect(2) refused: one event per attempt).
+    let unix = args.next().is_some_and(|a| a == "unix");
     let gap = 1_000_000_000 / rate.max(1);
     let mut stream = Vec::with_capacity(attempts as usize * 5);
     for i in 0..attempts {
         let t = 1_000_000_000 + i * gap;
         let sock = 0xffff_8880_0000_0000 + (i % 50_000) * 0x800;
         let port = (i % 28_000) as u16 + 32_768;
-        stream.push(record(EventKind::ConnectStart, t, sock, |e| {
-            e.sport = port;
-            e.old_state = 7;
-            e.new_state = 2;
-        }));
-        stream.push(record(EventKind::ResetReceived, t + 40_000, sock, |e| {
-            e.sport = port;
-            e.new_state = 2;
-        }));
-        stream.push(record(EventKind::StateChange, t + 41_000, sock, |e| {
-            e.sport = port;
-            e.old_state = 2;
-            e.new_state = 7;
-        }));
-        stream.push(record(EventKind::SockError, t + 42_000, sock, |e| {
-            e.value = 111;
-            e.new_state = 7;
-        }));
+        if unix {
+            stream.push(record(EventKind::ConnectSyscall, t, sock, |e| {
+                e.family = tracer_common::AF_UNIX;
+                e.value = -111;
+                e.data[..23].copy_from_slice(b"/run/php/php-fpm.sock\0\0");
+            }));
+        } else {
+            stream.push(record(EventKind::ConnectStart, t, sock, |e| {
+                e.sport = port;
+                e.old_state = 7;
+                e.new_state = 2;
+            }));
+            stream.push(record(EventKind::ResetReceived, t + 40_000, sock, |e| {
+                e.sport = port;
+                e.new_state = 2;
+            }));
+            stream.push(record(EventKind::StateChange, t + 41_000, sock, |e| {
+                e.sport = port;
+                e.old_state = 2;
+                e.new_state = 7;
+            }));
+            stream.push(record(EventKind::SockError, t + 42_000, sock, |e| {
+                e.value = 111;
+                e.new_state = 7;
+            }));
+        }
         if i * 7919 % 100 < lost_pct {
             continue;
         }
@@ -105,6 +115,9 @@ fn main() {
     }
     let decoder = Decoder::default();
     let mut pipeline = Pipeline::new();
+    if std::env::var_os("STORM_DEBUG").is_some() {
+        pipeline = pipeline.collecting();
+    }
     if written {
         pipeline = pipeline.with(Sink::new(std::io::sink(), Format::Json, false, 0));
     }
@@ -119,6 +132,9 @@ fn main() {
         eprintln!("queues {lens:?}, attempts {}", pipeline.engine.tracker.attempts.len());
     }
     pipeline.finish().expect("finish");
+    if let Some(v) = pipeline.collected.as_ref().and_then(|c| c.get(c.len() / 2)) {
+        eprintln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
     let elapsed = started.elapsed();
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let rss_kib = rss::rss_kib(std::process::id());

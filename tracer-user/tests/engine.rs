@@ -1004,3 +1004,28 @@ fn held_verdicts_leave_within_ten_ms_of_event_time_in_an_endless_drain() {
     assert!((settled_ms..=settled_ms + 12).contains(&left_at), "left at {left_at} ms, settled at {settled_ms} ms");
     assert_eq!(pipeline.collected.as_ref().unwrap()[0].cause, Cause::Refused);
 }
+
+/// A killed PHP-FPM in a storm: one thread's unix connects refused back to back, each answered
+/// 502 at once. Each status links its own refused attempt (none is taken for a polled TCP
+/// connect's second report, none is left to "servers marked failed").
+#[test]
+fn back_to_back_refused_unix_connects_are_one_attempt_each() {
+    let path = "/run/php/php8.2-fpm.sock";
+    let mut events = Vec::new();
+    for i in 0..20u64 {
+        events.push(with(ev(Kind::ConnectSyscall, i * 2, 0xd0 + i), |e| {
+            e.value = -111;
+            e.src = None;
+            e.dst = None;
+            e.path = Some(path.into());
+        }));
+        events.push(status(i * 2 + 1, 502));
+    }
+    let verdicts = judge(&events);
+    assert_eq!(verdicts.len(), 20);
+    for v in &verdicts {
+        assert_eq!(v.cause, Cause::Refused, "{}", v.summary);
+        assert_eq!(v.attempts.len(), 1, "{v:#?}");
+        assert!(v.summary.contains("nothing listens on it"), "{}", v.summary);
+    }
+}

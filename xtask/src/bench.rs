@@ -211,8 +211,9 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         hook_kinds.insert(set.into(), serde_json::json!({"avg_ns": floor["avg_ns"], "runs": floor["runs"], "rps": load.rps}));
     }
 
-    let (storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
+    let (mut storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
     drop(lab);
+    storms.extend(default_config_storms(secs)?);
 
     // 6. HTTPS clients (its own labs).
     let https = crate::bench_https::run(pairs.min(3), secs)?;
@@ -408,11 +409,21 @@ fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<
     let ticks = cpu_ticks(tracer.pid()) - c0;
     let hz = 100.0; // USER_HZ
     let cpu_pct = ticks as f64 / hz / elapsed * 100.0;
-    let stats = stop_tracer(tracer)?;
+    let (_, lines) = tracer.stop()?;
+    let stats = lines.last().cloned().context("upstrace printed no stats line")?;
+    // The slowest verdict of the run (each stats line names its interval's slowest): what a
+    // latency tail was made of.
+    let slowest = lines
+        .iter()
+        .map(|l| &l["slowest_verdict"])
+        .filter(|v| !v.is_null())
+        .max_by(|a, b| a["latency_ms"].as_f64().unwrap_or(0.0).total_cmp(&b["latency_ms"].as_f64().unwrap_or(0.0)))
+        .cloned()
+        .unwrap_or_default();
     let events = stats["events"].as_u64().unwrap_or(0);
     eprintln!(
-        "bench: {name}: {rps:.0} req/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB, engine {}",
-        events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"], stats["engine"]
+        "bench: {name}: {rps:.0} req/s, {} events, lost {}, verdicts {}, latency {}, cpu {cpu_pct:.1}%, rss {rss_max} KiB, engine {}, slowest {slowest}, gateway log {}",
+        events, stats["lost_total"], stats["verdicts"], stats["verdict_latency_ms"], stats["engine"], stats["gateway_log"]
     );
     Ok(serde_json::json!({
         "storm": name,
@@ -428,6 +439,7 @@ fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<
         "upstrace_cpu_pct_per_10k_rps": if rps > 0.0 { cpu_pct * 10_000.0 / rps } else { 0.0 },
         "upstrace_rss_kib_max": rss_max,
         "engine": stats["engine"],
+        "slowest_verdict": slowest,
     }))
 }
 
@@ -563,7 +575,7 @@ fn markdown(r: &serde_json::Value) -> String {
 fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     // 3. Failure storms: refused and reset, with upstrace's own accounting.
     let mut storms = Vec::new();
-    for (name, mode) in [("refused", None), ("reset", Some("reset-before-headers"))] {
+    for (name, mode) in [("refused, keep-alive pool", None), ("reset, keep-alive pool", Some("reset-before-headers"))] {
         eprintln!("bench: {name} storm, {secs} s");
         match mode {
             None => lab.stop_upstream(),
@@ -585,6 +597,30 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json
     Ok((storms, mixed))
 }
 
+/// Storms in the upstream configurations most gateways run, each in its own lab: nginx's
+/// default (a new upstream connection per request, so every failure is a new connection) and
+/// PHP-FPM over a unix socket (killed: the socket file stays, connect(2) is refused).
+fn default_config_storms(secs: u64) -> Result<Vec<serde_json::Value>> {
+    let mut storms = Vec::new();
+    for (name, fastcgi) in [("reset, connection per request", false), ("refused, FastCGI (php-fpm killed)", true)] {
+        eprintln!("bench: {name} storm, {secs} s");
+        let mut lab = Lab::new()?;
+        lab.nginx_workers = 2;
+        lab.upstream_keepalive = false;
+        if fastcgi {
+            lab.start_php(upstrace_lab::lab::PhpMode::Ok)?;
+        } else {
+            lab.start_upstream("reset-before-headers")?;
+        }
+        let gw = lab.start_gateway(GatewayKind::Nginx)?;
+        if fastcgi {
+            lab.kill_php();
+        }
+        storms.push(traced_load(&lab, gw, name, secs, 64)?);
+    }
+    Ok(storms)
+}
+
 /// Only the storm and mixed rows: measured, merged into bench/results.json, RESULTS.md
 /// re-rendered.
 pub fn run_storms(secs: u64) -> Result<()> {
@@ -595,8 +631,9 @@ pub fn run_storms(secs: u64) -> Result<()> {
     lab.start_upstream("ok")?;
     let gw = lab.start_gateway(GatewayKind::Nginx)?;
     wrk(&lab, 4, 32)?;
-    let (storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
+    let (mut storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
     drop(lab);
+    storms.extend(default_config_storms(secs)?);
     let dir = crate::workspace_root().join("bench");
     let path = dir.join("results.json");
     let mut r: serde_json::Value = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
