@@ -575,11 +575,11 @@ fn a_unix_socket_upstream_is_judged_on_its_socket_events() {
     assert_eq!(v.upstream, format!("unix:{FPM}"));
     assert!(v.summary.contains("before sending any response byte"), "{}", v.summary);
     assert!(
-        v.evidence.iter().any(|e| e.event == "recv_end" && e.detail.starts_with(&format!("unix:{FPM}"))),
+        v.evidence.iter().any(|e| e.event == "recv_end" && e.detail.to_string().starts_with(&format!("unix:{FPM}"))),
         "socket events are named by the path: {:#?}",
         v.evidence
     );
-    assert!(!v.evidence.iter().any(|e| e.detail.contains("SYN")), "no TCP steps for a unix socket: {:#?}", v.evidence);
+    assert!(!v.evidence.iter().any(|e| e.detail.to_string().contains("SYN")), "no TCP steps for a unix socket: {:#?}", v.evidence);
 
     // A response head the gateway rejects, then the close.
     let mut events = unix_connect(0, 0xb1, FPM);

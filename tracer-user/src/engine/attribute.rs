@@ -8,9 +8,9 @@ use tracer_common::errno::{
     EACCES, EADDRNOTAVAIL, EAGAIN, ECONNREFUSED, EHOSTUNREACH, EINVAL, EMFILE, ENETUNREACH, ENFILE, ENOBUFS, ENOENT, EPERM, ETIMEDOUT,
 };
 
-pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Delivered, EvidenceItem, Gateway, Protocol, Verdict};
+pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Delivered, Detail, EvidenceItem, Gateway, Protocol, Verdict};
 use crate::engine::{
-    decode::{KernelEvent, Kind, errno_name, signal_name},
+    decode::{Comm, KernelEvent, Kind, errno_name, signal_name},
     fastcgi,
     http::{self, Completeness, Framing, ResponseHead, invalid_http},
     tls::ContentType,
@@ -44,7 +44,7 @@ const MAX_RECENT_FAILURES: usize = 256;
 struct PastFailure {
     ts_ns: u64,
     pid: u32,
-    comm: String,
+    comm: Comm,
     upstream: String,
     cause: Cause,
 }
@@ -133,7 +133,7 @@ impl Engine {
         };
         let Some(a) = attempt else { return };
         let Some(end) = a.end_ns() else { return };
-        if self.unreadable.contains(&a.comm) && !a.dns && !a.succeeded() && !a.consumed && self.inference_queued.insert(a.id) {
+        if self.unreadable.contains(a.comm.as_str()) && !a.dns && !a.succeeded() && !a.consumed && self.inference_queued.insert(a.id) {
             self.inference_checks.push_back((end + INFERENCE_WAIT_NS, a.id));
         }
     }
@@ -194,8 +194,8 @@ impl Engine {
     fn infer(&mut self, chain: Vec<u64>) -> Verdict {
         let last = chain.last().and_then(|id| self.tracker.attempt(*id));
         let (t, gateway) = match last {
-            Some(a) => (a.end_ns().unwrap_or(a.last_ns), Gateway { pid: a.pid, comm: a.comm.clone() }),
-            None => (self.now_ns, Gateway { pid: 0, comm: String::new() }),
+            Some(a) => (a.end_ns().unwrap_or(a.last_ns), Gateway { pid: a.pid, comm: a.comm }),
+            None => (self.now_ns, Gateway { pid: 0, comm: Comm::EMPTY }),
         };
         let finding = match last {
             Some(a) => self.decide(a, t, None, format!("{} (its answer to the client is not readable here)", a.comm)),
@@ -318,7 +318,7 @@ impl Engine {
         evidence.sort_by(|x, y| x.t_ms.total_cmp(&y.t_ms));
         Some(Verdict {
             ts_ns: t,
-            gateway: Gateway { pid: a.pid, comm: a.comm.clone() },
+            gateway: Gateway { pid: a.pid, comm: a.comm },
             client: "?".into(),
             client_side: None,
             status: Some(parsed.status),
@@ -450,7 +450,7 @@ impl Engine {
             stream: status.stream,
         };
         let answer = Answer {
-            gateway: Gateway { pid: status.pid, comm: status.comm.clone() },
+            gateway: Gateway { pid: status.pid, comm: status.comm },
             client: status.dst.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
             client_side: Some(client_side),
             status: u16::try_from(status.value).ok(),
@@ -460,7 +460,13 @@ impl Engine {
         if let Some(upstream) = marked_upstream {
             v.upstream = upstream;
         }
-        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status", detail: status.detail() });
+        let status_detail = Detail::Status {
+            gateway: status.comm,
+            pid: status.pid,
+            line: status.line.clone().unwrap_or_else(|| status.value.to_string()),
+            client: status.dst,
+        };
+        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status", detail: status_detail });
         v.evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         v
     }
@@ -483,7 +489,7 @@ impl Engine {
         if cause.class() != Class::Unknown && cause != Cause::Upstream5xx {
             let failures: Vec<PastFailure> = attempts
                 .iter()
-                .map(|a| PastFailure { ts_ns: a.end_ns().unwrap_or(t), pid: a.pid, comm: a.comm.clone(), upstream: a.upstream(), cause })
+                .map(|a| PastFailure { ts_ns: a.end_ns().unwrap_or(t), pid: a.pid, comm: a.comm, upstream: a.upstream(), cause })
                 .collect();
             failures.into_iter().for_each(|f| remember(&mut self.recent_failures, f));
         }
@@ -526,13 +532,7 @@ impl Engine {
             return None;
         }
         let cause = self.decide(a, end, None, String::new()).cause;
-        (cause.class() != Class::Unknown).then(|| PastFailure {
-            ts_ns: end,
-            pid: a.pid,
-            comm: a.comm.clone(),
-            upstream: a.upstream(),
-            cause,
-        })
+        (cause.class() != Class::Unknown).then(|| PastFailure { ts_ns: end, pid: a.pid, comm: a.comm, upstream: a.upstream(), cause })
     }
 
     fn remember_unclaimed(&mut self, id: u64) {
@@ -564,13 +564,14 @@ impl Engine {
             ts_ns: u.asked_ns,
             event: "dns_query",
             detail: if u.name.is_empty() {
-                format!("{} {} connected to resolver {} over TCP", status.comm, status.pid, u.resolver)
+                format!("{} {} connected to resolver {} over TCP", status.comm, status.pid, u.resolver).into()
             } else {
-                format!("{} {} asked resolver {} for {}", status.comm, status.pid, u.resolver, u.name)
+                format!("{} {} asked resolver {} for {}", status.comm, status.pid, u.resolver, u.name).into()
             },
         });
         if let Some(at) = u.ended_ns {
-            finding = finding.with(Evidence { ts_ns: at, event: "dns_answer", detail: format!("resolver {} {}", u.resolver, u.what) });
+            finding =
+                finding.with(Evidence { ts_ns: at, event: "dns_answer", detail: format!("resolver {} {}", u.resolver, u.what).into() });
         }
         Some((finding, if u.name.is_empty() { u.resolver } else { u.name }))
     }
@@ -625,7 +626,7 @@ impl Engine {
             finding = finding.with(Evidence {
                 ts_ns: f.ts_ns,
                 event: "earlier_failure",
-                detail: format!("{} {} (pid {})", f.upstream, f.cause.as_str(), f.pid),
+                detail: format!("{} {} (pid {})", f.upstream, f.cause.as_str(), f.pid).into(),
             });
         }
         Some((finding, latest.upstream))

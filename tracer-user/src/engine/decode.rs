@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::engine::comm::Comm;
 use tracer_common::{
     AF_INET, AF_INET6, AF_UNIX, EVENT_SIZE, Event, EventKind, SEEN_GO_TLS, SEEN_OPENSSL, STATUS_SEEN_AT, STATUS_STREAM_AT,
 };
@@ -114,7 +116,7 @@ pub struct KernelEvent {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     #[serde(default)]
     pub netns: u32,
     #[serde(default)]
@@ -323,7 +325,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         ts_ns: raw.ts_ns,
         pid: raw.pid,
         tid: raw.tid,
-        comm: c_string(&raw.comm),
+        comm: Comm::from_kernel(&raw.comm),
         netns: raw.netns,
         cgroup: raw.cgroup,
         sock: raw.sock,
@@ -401,7 +403,7 @@ impl KernelEvent {
             ts_ns,
             pid,
             tid: pid,
-            comm: comm.to_owned(),
+            comm: Comm::new(comm),
             netns: 0,
             cgroup: 0,
             sock: 0,
@@ -441,32 +443,17 @@ impl KernelEvent {
     /// `detail`, naming the peer as given (the I/O events of a unix socket carry no address:
     /// the attempt knows its path).
     pub fn detail_naming(&self, peer: &str) -> String {
-        let state = |s: &Option<TcpState>| s.map_or("", TcpState::name);
         match self.kind {
-            Kind::ConnectStart => format!("connect to {peer} started (SYN sent)"),
-            Kind::ConnectSyscall if self.value == 0 => format!("connect to {peer} succeeded"),
-            Kind::ConnectSyscall => {
-                format!("connect to {peer} failed: {} ({})", errno_name(self.value), -self.value)
-            }
-            Kind::StateChange => format!(
-                "{peer}: {} -> {} (sent {} B, received {} B)",
-                state(&self.old_state),
-                state(&self.new_state),
-                self.bytes_sent,
-                self.bytes_recv
-            ),
-            Kind::SockError => {
-                format!("{peer}: socket error {} ({})", errno_name(self.value), self.value)
-            }
-            Kind::ResetReceived => format!("{peer}: RST received in {}", state(&self.new_state)),
-            Kind::ResetSent => format!("{peer}: RST sent in {}", tcp_state_name(self.value as u8)),
-            Kind::Retransmit => {
-                format!("{peer}: retransmit in {}", tcp_state_name(self.value as u8))
-            }
-            Kind::RequestSent => format!("{peer}: request sent ({} B so far)", self.bytes_sent),
-            Kind::ResponseStart => format!("{peer}: first response bytes ({} B)", self.value),
-            Kind::RecvEnd if self.value == 0 => format!("{peer}: upstream closed (read returned EOF after {} B)", self.bytes_recv),
-            Kind::RecvEnd => format!("{peer}: read failed: {} ({}) after {} B", errno_name(self.value), -self.value, self.bytes_recv),
+            Kind::ConnectStart
+            | Kind::ConnectSyscall
+            | Kind::StateChange
+            | Kind::SockError
+            | Kind::ResetReceived
+            | Kind::ResetSent
+            | Kind::Retransmit
+            | Kind::RequestSent
+            | Kind::ResponseStart
+            | Kind::RecvEnd => SocketFacts::from_event(self).naming(&peer).to_string(),
             Kind::HttpStatus => {
                 format!("{} {} wrote {} to client {peer}", self.comm, self.pid, self.line.clone().unwrap_or_else(|| self.value.to_string()))
             }
@@ -540,6 +527,89 @@ impl KernelEvent {
                     (None, None) => format!("port {}", self.aux),
                 }
             ),
+        }
+    }
+}
+
+/// What a connection event says besides its peer: evidence keeps these few numbers and words
+/// them only when an output writes the verdict (in a storm, most verdicts are only counted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SocketFacts {
+    kind: Kind,
+    value: i64,
+    bytes_sent: u64,
+    bytes_recv: u64,
+    old_state: Option<TcpState>,
+    new_state: Option<TcpState>,
+}
+
+impl SocketFacts {
+    /// The facts of an event whose sentence names nothing but its peer; `None` for the others.
+    pub fn of(ev: &KernelEvent) -> Option<Self> {
+        matches!(
+            ev.kind,
+            Kind::ConnectStart
+                | Kind::ConnectSyscall
+                | Kind::StateChange
+                | Kind::SockError
+                | Kind::ResetReceived
+                | Kind::ResetSent
+                | Kind::Retransmit
+                | Kind::RequestSent
+                | Kind::ResponseStart
+                | Kind::RecvEnd
+        )
+        .then(|| Self::from_event(ev))
+    }
+
+    fn from_event(ev: &KernelEvent) -> Self {
+        SocketFacts {
+            kind: ev.kind,
+            value: ev.value,
+            bytes_sent: ev.bytes_sent,
+            bytes_recv: ev.bytes_recv,
+            old_state: ev.old_state,
+            new_state: ev.new_state,
+        }
+    }
+
+    /// The sentence, naming `peer`.
+    pub fn naming<'a>(&'a self, peer: &'a dyn std::fmt::Display) -> impl std::fmt::Display + 'a {
+        Sentence { facts: self, peer }
+    }
+}
+
+struct Sentence<'a> {
+    facts: &'a SocketFacts,
+    peer: &'a dyn std::fmt::Display,
+}
+
+impl std::fmt::Display for Sentence<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, peer) = (self.facts, self.peer);
+        let state = |s: &Option<TcpState>| s.map_or("", TcpState::name);
+        match s.kind {
+            Kind::ConnectStart => write!(f, "connect to {peer} started (SYN sent)"),
+            Kind::ConnectSyscall if s.value == 0 => write!(f, "connect to {peer} succeeded"),
+            Kind::ConnectSyscall => write!(f, "connect to {peer} failed: {} ({})", errno_name(s.value), -s.value),
+            Kind::StateChange => write!(
+                f,
+                "{peer}: {} -> {} (sent {} B, received {} B)",
+                state(&s.old_state),
+                state(&s.new_state),
+                s.bytes_sent,
+                s.bytes_recv
+            ),
+            Kind::SockError => write!(f, "{peer}: socket error {} ({})", errno_name(s.value), s.value),
+            Kind::ResetReceived => write!(f, "{peer}: RST received in {}", state(&s.new_state)),
+            Kind::ResetSent => write!(f, "{peer}: RST sent in {}", tcp_state_name(s.value as u8)),
+            Kind::Retransmit => write!(f, "{peer}: retransmit in {}", tcp_state_name(s.value as u8)),
+            Kind::RequestSent => write!(f, "{peer}: request sent ({} B so far)", s.bytes_sent),
+            Kind::ResponseStart => write!(f, "{peer}: first response bytes ({} B)", s.value),
+            Kind::RecvEnd if s.value == 0 => write!(f, "{peer}: upstream closed (read returned EOF after {} B)", s.bytes_recv),
+            Kind::RecvEnd => write!(f, "{peer}: read failed: {} ({}) after {} B", errno_name(s.value), -s.value, s.bytes_recv),
+            // Facts are made for the kinds above only.
+            other => write!(f, "{peer}: {}", other.name()),
         }
     }
 }

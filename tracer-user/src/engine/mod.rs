@@ -3,6 +3,7 @@
 //! gateway's and the upstream's bytes say), `tls` (TLS records seen in the clear), `dns`
 //! (the gateway's own lookups).
 pub mod attribute;
+pub mod comm;
 pub mod decode;
 pub mod dns;
 pub mod fastcgi;

@@ -6,6 +6,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -13,8 +14,9 @@ use serde::Serialize;
 use tracer_common::{errno, signal};
 
 use crate::engine::{
-    decode::{KernelEvent, Kind, TcpState, icmp_name},
+    decode::{Comm, KernelEvent, Kind, SocketFacts, TcpState, icmp_name},
     tls,
+    verdict::{Detail, Peer, Step},
 };
 
 /// Keys here are ids, socket addresses and pids: spread already, attacker-free (they come
@@ -75,12 +77,12 @@ pub struct Evidence {
     #[serde(skip)]
     pub ts_ns: u64,
     pub event: &'static str,
-    pub detail: String,
+    pub detail: Detail,
 }
 
 impl Evidence {
     pub fn from_event(ev: &KernelEvent) -> Self {
-        Self { ts_ns: ev.ts_ns, event: ev.kind.name(), detail: ev.detail() }
+        Self { ts_ns: ev.ts_ns, event: ev.kind.name(), detail: ev.detail().into() }
     }
 }
 
@@ -209,14 +211,14 @@ pub struct Attempt {
     pub sock: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub netns: u32,
     pub dst: Option<SocketAddr>,
     pub src: Option<SocketAddr>,
     pub path: Option<String>,
     /// `dst` or `path` as text (`upstream()`), made once: a verdict names its upstream many
     /// times, and in a storm formatting it again was a tenth of the engine's time.
-    label: String,
+    label: Arc<str>,
     /// A unix socket file that refused the connect for permission, as the host saw it.
     pub socket_file: Option<crate::engine::decode::SocketFile>,
     pub started_ns: u64,
@@ -268,10 +270,10 @@ pub struct Attempt {
 }
 
 /// An upstream as verdicts name it: `ip:port`, `unix:/path`, or `?`.
-fn upstream_label(dst: Option<SocketAddr>, path: Option<&str>) -> String {
+fn upstream_label(dst: Option<SocketAddr>, path: Option<&str>) -> Arc<str> {
     match (dst, path) {
-        (Some(a), _) => a.to_string(),
-        (None, Some(p)) => format!("unix:{p}"),
+        (Some(a), _) => a.to_string().into(),
+        (None, Some(p)) => format!("unix:{p}").into(),
         (None, None) => "?".into(),
     }
 }
@@ -283,7 +285,7 @@ impl Attempt {
             sock: ev.sock,
             pid: ev.pid,
             tid: ev.tid,
-            comm: ev.comm.clone(),
+            comm: ev.comm,
             netns: ev.netns,
             dst: ev.dst,
             src: ev.src.filter(|a| a.port() != 0),
@@ -325,7 +327,12 @@ impl Attempt {
     }
 
     pub fn upstream(&self) -> String {
-        self.label.clone()
+        self.label.to_string()
+    }
+
+    /// The upstream as evidence names it (shared, not copied).
+    pub fn peer(&self) -> Peer {
+        Peer::Label(self.label.clone())
     }
 
     /// A connection to a resolver's DNS port, as a lookup: its answer, or how it ended
@@ -452,10 +459,15 @@ impl Attempt {
             // Socket events of a unix-socket upstream carry no address: name it by its path.
             // Named by the attempt's own label when the event names the same peer (no new
             // formatting of the address).
-            let detail = match (ev.dst, &ev.path, &self.path) {
-                (None, None, Some(_)) => ev.detail_naming(&self.label),
-                (Some(dst), _, _) if self.dst == Some(dst) => ev.detail_naming(&self.label),
-                _ => ev.detail(),
+            let peer = match (ev.dst, &ev.path, &self.path) {
+                (None, None, Some(_)) => Some(self.peer()),
+                (Some(dst), _, _) if self.dst == Some(dst) => Some(self.peer()),
+                (Some(dst), _, _) => Some(Peer::Addr(dst)),
+                _ => None,
+            };
+            let detail = match (peer, SocketFacts::of(ev)) {
+                (Some(peer), Some(facts)) => Detail::Socket { peer, facts },
+                _ => ev.detail().into(),
             };
             self.evidence.push(Evidence { ts_ns: ev.ts_ns, event: ev.kind.name(), detail });
         }
@@ -463,22 +475,23 @@ impl Attempt {
 
     /// The routine steps (connect, established, request, first response byte) as evidence.
     pub fn routine_evidence(&self) -> Vec<Evidence> {
-        let up = self.upstream();
+        let up = &self.label;
         let mut out = Vec::with_capacity(4);
-        let item = |ts_ns, event: &'static str, detail: String| Evidence { ts_ns, event, detail };
+        let step = |ts_ns, event: &'static str, step: Step| Evidence { ts_ns, event, detail: Detail::Step { peer: self.peer(), step } };
+        let item = |ts_ns, event: &'static str, detail: String| Evidence { ts_ns, event, detail: detail.into() };
         if self.reused {
-            out.push(item(self.started_ns, "request_sent", format!("{up}: request sent on a reused keep-alive connection")));
+            out.push(step(self.started_ns, "request_sent", Step::RequestSentReused));
         } else {
             // A unix-socket connect is one step, already in the evidence as `connect_syscall`.
             let tcp = self.path.is_none();
             if tcp && (self.sock != 0 || self.connect_err.is_none()) {
-                out.push(item(self.started_ns, "connect_start", format!("connect to {up} started (SYN sent)")));
+                out.push(step(self.started_ns, "connect_start", Step::ConnectStarted));
             }
             if let Some(c) = self.connected_ns.filter(|_| tcp) {
-                out.push(item(c, "state_change", format!("{up}: SYN_SENT -> ESTABLISHED")));
+                out.push(step(c, "state_change", Step::Established));
             }
             if let Some(r) = self.request_ns {
-                out.push(item(r, "request_sent", format!("{up}: request sent")));
+                out.push(step(r, "request_sent", Step::RequestSent));
             }
         }
         if let Some(r) = self.response_ns {
@@ -497,7 +510,7 @@ impl Attempt {
 pub struct Death {
     pub ts_ns: u64,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// Killing signal, if it died of one.
     pub signal: Option<i32>,
     pub exit_code: Option<i64>,
@@ -530,7 +543,7 @@ pub struct Overflow {
 pub struct Listener {
     pub ts_ns: u64,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub addr: Option<SocketAddr>,
     /// Its process title where it says more than the name (`php-fpm: pool www`).
     pub title: Option<String>,
@@ -657,8 +670,8 @@ impl Tracker {
     }
 
     /// The latest known owner of a listening address.
-    pub fn listener_of(&self, addr: SocketAddr) -> Option<(u32, String)> {
-        self.listeners.get(&addr.port())?.iter().rev().find(|l| l.addr.is_none_or(|a| a.ip() == addr.ip())).map(|l| (l.pid, l.comm.clone()))
+    pub fn listener_of(&self, addr: SocketAddr) -> Option<(u32, Comm)> {
+        self.listeners.get(&addr.port())?.iter().rev().find(|l| l.addr.is_none_or(|a| a.ip() == addr.ip())).map(|l| (l.pid, l.comm))
     }
 
     pub fn attempt(&self, id: u64) -> Option<&Attempt> {
@@ -941,7 +954,7 @@ impl Tracker {
         let death = Death {
             ts_ns: ev.ts_ns,
             pid: ev.pid,
-            comm: ev.comm.clone(),
+            comm: ev.comm,
             signal: death_signal,
             exit_code: (killed_by == 0).then_some((ev.value >> 8) & 0xff),
             killed_by: signal.filter(|&(_, sig, sender)| Some(sig) == death_signal && sender != ev.pid && sender != 0).map(|s| s.2),
@@ -965,7 +978,7 @@ impl Tracker {
     }
 
     fn on_listen(&mut self, ev: &KernelEvent) {
-        let listener = Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm.clone(), addr: ev.src, title: ev.line.clone() };
+        let listener = Listener { ts_ns: ev.ts_ns, pid: ev.pid, comm: ev.comm, addr: ev.src, title: ev.line.clone() };
         let list = match &ev.path {
             Some(path) => self.unix_listeners.entry(path.clone()).or_default(),
             None => self.listeners.entry(ev.src.map(|a| a.port()).unwrap_or(ev.aux as u16)).or_default(),
@@ -1096,7 +1109,7 @@ impl Tracker {
             b.evidence.push(Evidence {
                 ts_ns: fin,
                 event: "state_change",
-                detail: format!("{}: upstream had closed the idle keep-alive connection", b.upstream()),
+                detail: format!("{}: upstream had closed the idle keep-alive connection", b.label).into(),
             });
         }
         b.touch(ev);

@@ -1,9 +1,11 @@
 //! What the engine concludes: a verdict per 5xx (or cut-short response), its class and cause.
 //! Every fact about a cause lives here, once: its JSON name, its class, and what to check
 //! next; every output (lines, dashboard, report, metrics) takes them from here.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::{Serialize, Serializer};
+
+use crate::engine::{comm::Comm, decode::SocketFacts};
 
 /// Who is to blame, broadly. The JSON names are the lowercase variant names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -378,7 +380,7 @@ impl ClientSide {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Gateway {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -405,7 +407,84 @@ fn is_zero(v: &u32) -> bool {
 pub struct EvidenceItem {
     pub t_ms: f64,
     pub event: &'static str,
-    pub detail: String,
+    pub detail: Detail,
+}
+
+/// What one piece of evidence says, kept as facts: worded only when an output writes it (in a
+/// storm most verdicts are only counted, by the metrics and the dashboard). The JSON field is
+/// the sentence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    /// A connection event, named by its upstream (`ip:port`, `unix:/path`).
+    Socket { peer: Peer, facts: SocketFacts },
+    /// A routine step of an exchange, kept as a field of its attempt and told for a verdict.
+    Step { peer: Peer, step: Step },
+    /// The status line the gateway wrote to its client.
+    Status { gateway: Comm, pid: u32, line: String, client: Option<SocketAddr> },
+    /// Worded when it was found (rarer events).
+    Text(String),
+}
+
+/// How evidence names a peer: an attempt's label (made once, shared) or an address.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peer {
+    Label(Arc<str>),
+    Addr(SocketAddr),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Label(l) => f.write_str(l),
+            Peer::Addr(a) => a.fmt(f),
+        }
+    }
+}
+
+/// The routine steps of an exchange, as evidence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    ConnectStarted,
+    Established,
+    RequestSent,
+    RequestSentReused,
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Detail::Socket { peer, facts } => facts.naming(peer).fmt(f),
+            Detail::Step { peer, step } => match step {
+                Step::ConnectStarted => write!(f, "connect to {peer} started (SYN sent)"),
+                Step::Established => write!(f, "{peer}: SYN_SENT -> ESTABLISHED"),
+                Step::RequestSent => write!(f, "{peer}: request sent"),
+                Step::RequestSentReused => write!(f, "{peer}: request sent on a reused keep-alive connection"),
+            },
+            Detail::Status { gateway, pid, line, client } => match client {
+                Some(c) => write!(f, "{gateway} {pid} wrote {line} to client {c}"),
+                None => write!(f, "{gateway} {pid} wrote {line} to client ?"),
+            },
+            Detail::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl From<String> for Detail {
+    fn from(text: String) -> Self {
+        Detail::Text(text)
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(text: &str) -> Self {
+        Detail::Text(text.to_owned())
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

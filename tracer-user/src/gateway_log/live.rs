@@ -317,7 +317,7 @@ impl LiveLogs {
             let mut found = None;
             for &s in &followed {
                 let source = &mut self.sources[s];
-                if !source.comms.contains(&v.gateway.comm) {
+                if !source.comms.contains(v.gateway.comm.as_str()) {
                     continue;
                 }
                 if let Some((line, keys)) = source.pending.take_match(&q, source.dialect) {
@@ -336,7 +336,7 @@ impl LiveLogs {
                     self.matched += 1;
                     apply(v, said);
                 }
-                None if self.sources.iter().any(|s| s.comms.contains(&v.gateway.comm)) => self.verdicts_unmatched += 1,
+                None if self.sources.iter().any(|s| s.comms.contains(v.gateway.comm.as_str())) => self.verdicts_unmatched += 1,
                 None => {}
             }
         }

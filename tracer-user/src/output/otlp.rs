@@ -208,7 +208,7 @@ pub fn log_record(v: &Verdict, boot_offset_ns: i128, observed_unix_ns: u64) -> L
     }
     // The gateway process the verdict is about (upstrace itself is the resource).
     attrs.push(int("process.pid", v.gateway.pid.into()));
-    attrs.push(text("process.executable.name", v.gateway.comm.clone()));
+    attrs.push(text("process.executable.name", v.gateway.comm.to_string()));
     attrs.push(text("upstrace.class", v.class.as_str()));
     attrs.push(text("upstrace.cause", v.cause.as_str()));
     attrs.push(text("upstrace.summary", v.summary.clone()));

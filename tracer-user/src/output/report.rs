@@ -170,7 +170,7 @@ impl Report {
             let _ = writeln!(md, "What to check next: {}\n", v.next_check());
             md.push_str("| t (ms) | event | detail |\n|---:|---|---|\n");
             for e in &v.evidence {
-                let _ = writeln!(md, "| {:.1} | {} | {} |", e.t_ms, e.event, e.detail.replace('|', "\\|"));
+                let _ = writeln!(md, "| {:.1} | {} | {} |", e.t_ms, e.event, e.detail.to_string().replace('|', "\\|"));
             }
         }
         if self.verdicts.is_empty() {

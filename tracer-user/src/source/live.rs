@@ -400,8 +400,8 @@ impl Live {
             for (addr, queued, limit) in discover::full_accept_queues(pid) {
                 let last = self.overflowing.get(&addr).copied();
                 if last.is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000) {
-                    let owner = pipeline.engine.tracker.listener_of(addr).unwrap_or((pid, String::new()));
-                    pipeline.event(&KernelEvent::listen_overflow(now, owner.0, &owner.1, addr, queued, limit))?;
+                    let owner = pipeline.engine.tracker.listener_of(addr).unwrap_or((pid, Default::default()));
+                    pipeline.event(&KernelEvent::listen_overflow(now, owner.0, owner.1.as_str(), addr, queued, limit))?;
                     now_full.insert(addr, now);
                 } else {
                     now_full.insert(addr, last.unwrap_or(now));

@@ -297,7 +297,7 @@ fn draw_detail(frame: &mut Frame, state: &State, area: Rect) {
         lines.push(Line::from(vec![
             Span::styled(format!("  {:>9.1} ms ", e.t_ms), Style::new().fg(Color::Cyan)),
             Span::styled(format!("{:<15} ", e.event), Style::new().add_modifier(Modifier::BOLD)),
-            Span::raw(e.detail.clone()),
+            Span::raw(e.detail.to_string()),
         ]));
     }
     lines.push(Line::from("next check:").bold());

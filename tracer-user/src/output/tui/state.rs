@@ -201,14 +201,14 @@ impl State {
                 }
             }
             Kind::ProcessFork => {
-                let pids = self.header.gateways.entry(ev.comm.clone()).or_default();
+                let pids = self.header.gateways.entry(ev.comm.to_string()).or_default();
                 if !pids.contains(&ev.aux) {
                     pids.push(ev.aux);
                 }
             }
             // A replayed trace names its gateways only through their events.
             Kind::HttpStatus if !ev.comm.is_empty() => {
-                let pids = self.header.gateways.entry(ev.comm.clone()).or_default();
+                let pids = self.header.gateways.entry(ev.comm.to_string()).or_default();
                 if !pids.contains(&ev.pid) {
                     pids.push(ev.pid);
                 }
