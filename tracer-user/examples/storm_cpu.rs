@@ -2,10 +2,11 @@
 //! kernel sends for each refused attempt (connect start, RST, ECONNREFUSED, CLOSE, the 502
 //! status line), then decodes them and runs them through the pipeline (JSON verdicts into a
 //! discarded writer), as the live loop does. Prints ns per event and the RSS reached.
-//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost] [json|none] [tcp|unix]`
+//! `cargo run --release --example storm_cpu -- [attempts] [attempts per second] [% statuses lost] [json|none] [tcp|unix|marked]`
 //! (the third mimics a ring buffer that overflowed: attempts whose status never arrives; the
 //! last says whether verdicts are written as JSON lines or only counted, as the metrics and the
-//! dashboard do; `unix` makes the upstream a killed PHP-FPM behind its unix socket).
+//! dashboard do; `unix` makes the upstream a killed PHP-FPM behind its unix socket, `marked` a gateway
+//! answering without trying once its servers are marked failed).
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     sync::atomic::{AtomicU64, Ordering},
@@ -70,14 +71,20 @@ fn main() {
     let lost_pct: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
     let written = args.next().is_none_or(|a| a != "none");
     // `unix`: PHP-FPM behind a unix socket, killed (connect(2) refused: one event per attempt).
-    let unix = args.next().is_some_and(|a| a == "unix");
+    // `marked`: after a first few refusals, the gateway answers without trying (nginx's "no
+    // live upstreams" once its servers are marked failed): statuses alone.
+    let shape = args.next().unwrap_or_default();
+    let unix = shape == "unix";
+    let marked = shape == "marked";
     let gap = 1_000_000_000 / rate.max(1);
     let mut stream = Vec::with_capacity(attempts as usize * 5);
     for i in 0..attempts {
         let t = 1_000_000_000 + i * gap;
         let sock = 0xffff_8880_0000_0000 + (i % 50_000) * 0x800;
         let port = (i % 28_000) as u16 + 32_768;
-        if unix {
+        if marked && i >= 16 {
+            // No attempt: the status alone.
+        } else if unix {
             stream.push(record(EventKind::ConnectSyscall, t, sock, |e| {
                 e.family = tracer_common::AF_UNIX;
                 e.value = -111;

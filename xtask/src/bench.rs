@@ -598,22 +598,35 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json
 }
 
 /// Storms in the upstream configurations most gateways run, each in its own lab: nginx's
-/// default (a new upstream connection per request, so every failure is a new connection) and
-/// PHP-FPM over a unix socket (killed: the socket file stays, connect(2) is refused).
+/// default (a new upstream connection per request, so every failure is a new connection),
+/// PHP-FPM over a unix socket (killed: the socket file stays, connect(2) is refused), and a
+/// group of two servers, both down (nginx marks them failed and answers most requests without
+/// trying any: "no live upstreams").
 fn default_config_storms(secs: u64) -> Result<Vec<serde_json::Value>> {
+    #[derive(PartialEq)]
+    enum Shape {
+        Reset,
+        FastCgiKilled,
+        GroupDown,
+    }
     let mut storms = Vec::new();
-    for (name, fastcgi) in [("reset, connection per request", false), ("refused, FastCGI (php-fpm killed)", true)] {
+    for (name, shape) in [
+        ("reset, connection per request", Shape::Reset),
+        ("refused, FastCGI (php-fpm killed)", Shape::FastCgiKilled),
+        ("group of two down (no live upstreams)", Shape::GroupDown),
+    ] {
         eprintln!("bench: {name} storm, {secs} s");
         let mut lab = Lab::new()?;
         lab.nginx_workers = 2;
         lab.upstream_keepalive = false;
-        if fastcgi {
-            lab.start_php(upstrace_lab::lab::PhpMode::Ok)?;
-        } else {
-            lab.start_upstream("reset-before-headers")?;
+        match shape {
+            Shape::Reset => lab.start_upstream("reset-before-headers")?,
+            Shape::FastCgiKilled => lab.start_php(upstrace_lab::lab::PhpMode::Ok)?,
+            // Nothing listens on either server.
+            Shape::GroupDown => lab.upstream_group = true,
         }
         let gw = lab.start_gateway(GatewayKind::Nginx)?;
-        if fastcgi {
+        if shape == Shape::FastCgiKilled {
             lab.kill_php();
         }
         storms.push(traced_load(&lab, gw, name, secs, 64)?);

@@ -45,7 +45,8 @@ struct PastFailure {
     ts_ns: u64,
     pid: u32,
     comm: Comm,
-    upstream: String,
+    /// The attempt's label, shared: a storm remembers hundreds and each status looks at them.
+    upstream: std::sync::Arc<str>,
     cause: Cause,
 }
 
@@ -489,7 +490,7 @@ impl Engine {
         if cause.class() != Class::Unknown && cause != Cause::Upstream5xx {
             let failures: Vec<PastFailure> = attempts
                 .iter()
-                .map(|a| PastFailure { ts_ns: a.end_ns().unwrap_or(t), pid: a.pid, comm: a.comm, upstream: a.upstream(), cause })
+                .map(|a| PastFailure { ts_ns: a.end_ns().unwrap_or(t), pid: a.pid, comm: a.comm, upstream: a.label(), cause })
                 .collect();
             failures.into_iter().for_each(|f| remember(&mut self.recent_failures, f));
         }
@@ -532,7 +533,7 @@ impl Engine {
             return None;
         }
         let cause = self.decide(a, end, None, String::new()).cause;
-        (cause.class() != Class::Unknown).then(|| PastFailure { ts_ns: end, pid: a.pid, comm: a.comm, upstream: a.upstream(), cause })
+        (cause.class() != Class::Unknown).then(|| PastFailure { ts_ns: end, pid: a.pid, comm: a.comm, upstream: a.label(), cause })
     }
 
     fn remember_unclaimed(&mut self, id: u64) {
@@ -583,31 +584,33 @@ impl Engine {
     /// Class and cause are the latest failure's; the summary says no attempt was made.
     fn marked_failed(&self, status: &KernelEvent) -> Option<(Finding, String)> {
         let t = status.ts_ns;
-        let recent = |ts: u64| ts <= t && ts + MARKED_FAILED_NS >= t;
-        let mut failures: Vec<PastFailure> =
-            self.recent_failures.iter().filter(|f| recent(f.ts_ns) && f.comm == status.comm).cloned().collect();
+        let recent = |f: &PastFailure| f.ts_ns <= t && f.ts_ns + MARKED_FAILED_NS >= t && f.comm == status.comm;
         // Unclaimed failed connections of this gateway still queued (the newest few of each
         // thread); older ones were remembered when their thread's queue was pruned.
-        for q in self.tracker.by_tid.values() {
-            for &(_, id) in q.iter().rev().take(16) {
-                if let Some(f) = self.tracker.attempt(id).and_then(|a| self.unclaimed_failure(a)) {
-                    failures.push(f);
-                }
-            }
-        }
-        failures.retain(|f| recent(f.ts_ns) && f.comm == status.comm);
+        let unclaimed: Vec<PastFailure> = self
+            .tracker
+            .by_tid
+            .values()
+            .flat_map(|q| q.iter().rev().take(16))
+            .filter_map(|&(_, id)| self.tracker.attempt(id).and_then(|a| self.unclaimed_failure(a)))
+            .filter(recent)
+            .collect();
+        // Borrowed, not copied: in a storm of statuses without attempts, every one looks at
+        // all the failures remembered.
+        let mut failures: Vec<&PastFailure> = self.recent_failures.iter().filter(|f| recent(f)).chain(unclaimed.iter()).collect();
         failures.sort_by_key(|f| (f.ts_ns, f.pid));
         failures.dedup_by_key(|f| (f.ts_ns, f.pid));
         let same_process = failures.iter().any(|f| f.pid == status.pid);
         failures.retain(|f| !same_process || f.pid == status.pid);
-        let latest = failures.last()?.clone();
-        let mut upstreams: Vec<String> = Vec::new();
+        let latest = *failures.last()?;
+        let mut upstreams: Vec<(&str, Cause)> = Vec::new();
         for f in failures.iter().rev() {
-            let named = format!("{} {}", f.upstream, f.cause.as_str());
+            let named = (&*f.upstream, f.cause);
             if !upstreams.contains(&named) {
                 upstreams.push(named);
             }
         }
+        let upstreams: Vec<String> = upstreams.iter().map(|(up, cause)| format!("{up} {}", cause.as_str())).collect();
         let who = if same_process { "this process".to_string() } else { format!("other {} processes", status.comm) };
         let summary = format!(
             "{} answered {} without trying any upstream for this request: its servers were marked failed after {} failure{} seen by {who} in the last {:.1} s ({}); the latest, {:.0} ms before: {} {}",
@@ -626,10 +629,10 @@ impl Engine {
             finding = finding.with(Evidence {
                 ts_ns: f.ts_ns,
                 event: "earlier_failure",
-                detail: format!("{} {} (pid {})", f.upstream, f.cause.as_str(), f.pid).into(),
+                detail: Detail::EarlierFailure { upstream: f.upstream.clone(), cause: f.cause, pid: f.pid },
             });
         }
-        Some((finding, latest.upstream))
+        Some((finding, latest.upstream.to_string()))
     }
 
     /// The listener of the attempt's upstream port that died before `until`, if any, and

@@ -330,6 +330,11 @@ impl Attempt {
         self.label.to_string()
     }
 
+    /// The upstream's text, shared (`upstream` copies it).
+    pub fn label(&self) -> Arc<str> {
+        self.label.clone()
+    }
+
     /// The upstream as evidence names it (shared, not copied).
     pub fn peer(&self) -> Peer {
         Peer::Label(self.label.clone())

@@ -421,6 +421,8 @@ pub enum Detail {
     Step { peer: Peer, step: Step },
     /// The status line the gateway wrote to its client.
     Status { gateway: Comm, pid: u32, line: String, client: Option<SocketAddr> },
+    /// A failure that took the servers out before a status for which no upstream was tried.
+    EarlierFailure { upstream: Arc<str>, cause: Cause, pid: u32 },
     /// Worded when it was found (rarer events).
     Text(String),
 }
@@ -464,6 +466,7 @@ impl std::fmt::Display for Detail {
                 Some(c) => write!(f, "{gateway} {pid} wrote {line} to client {c}"),
                 None => write!(f, "{gateway} {pid} wrote {line} to client ?"),
             },
+            Detail::EarlierFailure { upstream, cause, pid } => write!(f, "{upstream} {} (pid {pid})", cause.as_str()),
             Detail::Text(t) => f.write_str(t),
         }
     }
