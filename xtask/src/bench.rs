@@ -211,9 +211,9 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         hook_kinds.insert(set.into(), serde_json::json!({"avg_ns": floor["avg_ns"], "runs": floor["runs"], "rps": load.rps}));
     }
 
-    let (mut storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
+    let (mut storms, mixed) = storms_and_mixed(&mut lab, gw, secs, None)?;
     drop(lab);
-    storms.extend(default_config_storms(secs)?);
+    storms.extend(default_config_storms(secs, None)?);
 
     // 6. HTTPS clients (its own labs).
     let https = crate::bench_https::run(pairs.min(3), secs)?;
@@ -572,10 +572,13 @@ fn markdown(r: &serde_json::Value) -> String {
 
 /// Sections 3 and 4: failure storms (refused, reset) and failures mixed into a healthy load,
 /// each with upstrace's own accounting.
-fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64, only: Option<&str>) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     // 3. Failure storms: refused and reset, with upstrace's own accounting.
     let mut storms = Vec::new();
     for (name, mode) in [("refused, keep-alive pool", None), ("reset, keep-alive pool", Some("reset-before-headers"))] {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         eprintln!("bench: {name} storm, {secs} s");
         match mode {
             None => lab.stop_upstream(),
@@ -586,7 +589,7 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json
     // 4. A gateway at full healthy load with a share of failures mixed in: what upstrace
     // costs during an ordinary incident rather than a total outage.
     let mut mixed = Vec::new();
-    for every in [100u32, 20] {
+    for every in [100u32, 20].into_iter().filter(|_| only.is_none()) {
         let name = format!("1 in {every} reset");
         eprintln!("bench: {name}, {secs} s");
         lab.start_upstream(&format!("every-{every}:reset-before-headers"))?;
@@ -602,7 +605,7 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64) -> Result<(Vec<serde_json
 /// PHP-FPM over a unix socket (killed: the socket file stays, connect(2) is refused), and a
 /// group of two servers, both down (nginx marks them failed and answers most requests without
 /// trying any: "no live upstreams").
-fn default_config_storms(secs: u64) -> Result<Vec<serde_json::Value>> {
+fn default_config_storms(secs: u64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
     #[derive(PartialEq)]
     enum Shape {
         Reset,
@@ -615,6 +618,9 @@ fn default_config_storms(secs: u64) -> Result<Vec<serde_json::Value>> {
         ("refused, FastCGI (php-fpm killed)", Shape::FastCgiKilled),
         ("group of two down (no live upstreams)", Shape::GroupDown),
     ] {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         eprintln!("bench: {name} storm, {secs} s");
         let mut lab = Lab::new()?;
         lab.nginx_workers = 2;
@@ -636,7 +642,7 @@ fn default_config_storms(secs: u64) -> Result<Vec<serde_json::Value>> {
 
 /// Only the storm and mixed rows: measured, merged into bench/results.json, RESULTS.md
 /// re-rendered.
-pub fn run_storms(secs: u64) -> Result<()> {
+pub fn run_storms(secs: u64, only: Option<&str>) -> Result<()> {
     upstrace_lab::ensure_root("the benchmark")?;
     crate::use_release_build();
     let mut lab = Lab::new()?;
@@ -644,9 +650,13 @@ pub fn run_storms(secs: u64) -> Result<()> {
     lab.start_upstream("ok")?;
     let gw = lab.start_gateway(GatewayKind::Nginx)?;
     wrk(&lab, 4, 32)?;
-    let (mut storms, mixed) = storms_and_mixed(&mut lab, gw, secs)?;
+    let (mut storms, mixed) = storms_and_mixed(&mut lab, gw, secs, only)?;
     drop(lab);
-    storms.extend(default_config_storms(secs)?);
+    storms.extend(default_config_storms(secs, only)?);
+    if only.is_some() {
+        println!("{}", serde_json::to_string_pretty(&storms)?);
+        return Ok(());
+    }
     let dir = crate::workspace_root().join("bench");
     let path = dir.join("results.json");
     let mut r: serde_json::Value = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();

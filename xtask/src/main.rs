@@ -71,6 +71,10 @@ enum Task {
         /// Only the failure storms and the failures mixed into a healthy load
         #[arg(long)]
         storms: bool,
+        /// With --storms: only the storms whose name contains this text, printed and not
+        /// merged into the results (for profiling one storm).
+        #[arg(long, requires = "storms")]
+        only: Option<String>,
     },
     /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
     Fuzz {
@@ -201,10 +205,10 @@ fn main() -> Result<()> {
             build()?;
             bench::run_healthy(pairs.max(1), seconds.clamp(1, 60))
         }
-        Task::Bench { seconds, storms: true, .. } => {
+        Task::Bench { seconds, storms: true, only, .. } => {
             setup::run()?;
             build()?;
-            bench::run_storms(seconds.clamp(1, 60))
+            bench::run_storms(seconds.clamp(1, 60), only.as_deref())
         }
         Task::Bench { pairs, seconds, https: true, .. } => {
             setup::run()?;
