@@ -308,9 +308,14 @@ impl Pending {
         // write (a storm's second holds thousands that tell the same story; other workers'
         // lines must not hide this one's).
         let oldest = q.unix_ms - dialect.window_ms();
-        let mut first = self.lines.len();
+        // Nor any stamped later than this verdict's line can be: when verdicts lag behind a
+        // storm's log by more than that, those are the newest lines, and they must not fill
+        // the lines looked at (the verdict's own would fall out, and be left behind for good).
+        let latest = q.unix_ms + dialect.max_ahead_ms();
+        let end = self.lines.partition_point(|r| r.line.unix_ms <= latest);
+        let mut first = end;
         let mut looked = 0;
-        for (i, r) in self.lines.iter().enumerate().rev() {
+        for (i, r) in self.lines.range(..end).enumerate().rev() {
             if r.line.unix_ms < oldest || looked == MAX_LOOKED {
                 break;
             }
@@ -325,7 +330,7 @@ impl Pending {
         // Without the client, any line of another story nearby makes the choice a guess.
         let mut first_story: Option<usize> = None;
         let same_story = |a: &Retained, b: &Retained| a.line.claim == b.line.claim && a.upstream_hash == b.upstream_hash;
-        for (i, r) in self.lines.iter().enumerate().skip(first) {
+        for (i, r) in self.lines.range(first..end).enumerate().map(|(k, r)| (first + k, r)) {
             if r.taken {
                 continue;
             }
@@ -393,6 +398,15 @@ impl Dialect {
             Dialect::CaddyJson => 2000,
         }
     }
+
+    /// How long after a verdict's status its line can be stamped (a clock's second, and
+    /// HAProxy's accept stamp against a status read a moment earlier).
+    fn max_ahead_ms(self) -> i64 {
+        match self {
+            Dialect::NginxError | Dialect::HaproxyHttp => 1000,
+            Dialect::CaddyJson => 2000,
+        }
+    }
 }
 
 /// Whether a line can be this verdict's, and by what (`names_known`: the upstream it names, if
@@ -403,10 +417,10 @@ fn fit(line: &LogLine, names_known: bool, q: &Query, dialect: Dialect) -> Option
     let ahead = q.unix_ms - line.unix_ms;
     let in_time = match dialect {
         // Logged when the failure was handled, to the second, just before the status.
-        Dialect::NginxError => (q.unix_ms.div_euclid(1000) - line.unix_ms.div_euclid(1000)) <= 2 && ahead >= -1000,
+        Dialect::NginxError => (q.unix_ms.div_euclid(1000) - line.unix_ms.div_euclid(1000)) <= 2 && ahead >= -dialect.max_ahead_ms(),
         // Stamped when the request was accepted; a request may wait for its timeouts.
-        Dialect::HaproxyHttp => (-1000..=600_000).contains(&ahead),
-        Dialect::CaddyJson => ahead.abs() <= 2000,
+        Dialect::HaproxyHttp => (-dialect.max_ahead_ms()..=600_000).contains(&ahead),
+        Dialect::CaddyJson => ahead.abs() <= dialect.max_ahead_ms(),
     };
     if !in_time {
         return None;
@@ -545,6 +559,19 @@ mod tests {
         assert_eq!((p.lines.len(), p.unmatched), (RETAIN_LINES, 10));
         p.age(1_000_000);
         assert_eq!((p.lines.len(), p.unmatched), (0, RETAIN_LINES as u64 + 10));
+    }
+
+    /// Verdicts that lag behind a storm's log: the lines stamped after a verdict's own could be
+    /// (more than a second later for nginx) are the newest, and many; they do not hide its line.
+    #[test]
+    fn lines_too_new_for_a_lagging_verdict_do_not_hide_its_own() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        for _ in 0..MAX_LOOKED + 10 {
+            p.push(nginx(103, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        }
+        let (line, _) = p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line");
+        assert_eq!(line.unix_ms, 100_000);
     }
 
     #[test]
