@@ -304,9 +304,9 @@ impl Pending {
         let no_upstream = upstream_hash(None);
         // Lines come in time order (HAProxy's by accept time, nearly): none older than the
         // dialect's window is looked at, so a backlog of unmatched lines does not make every
-        // verdict slower; nor more than `MAX_LOOKED` untaken ones that another process did not
-        // write (a storm's second holds thousands that tell the same story; other workers'
-        // lines must not hide this one's).
+        // verdict slower; nor more than `MAX_LOOKED` untaken ones that could be its own: written
+        // by its process, about its client (a storm's second holds thousands that tell the same
+        // story; other workers' and other clients' lines must not hide this one's).
         let oldest = q.unix_ms - dialect.window_ms();
         // Nor any stamped later than this verdict's line can be: when verdicts lag behind a
         // storm's log by more than that, those are the newest lines, and they must not fill
@@ -320,7 +320,8 @@ impl Pending {
                 break;
             }
             first = i;
-            looked += usize::from(!r.taken && r.line.pid.is_none_or(|pid| pid == q.pid));
+            let could_be_its_own = r.line.pid.is_none_or(|pid| pid == q.pid) && q.client.is_none_or(|c| r.line.client_ip == Some(c.ip()));
+            looked += usize::from(!r.taken && could_be_its_own);
         }
         // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
         // what a FastCGI application wrote to stderr for the same request), then nearest in
@@ -572,6 +573,19 @@ mod tests {
         }
         let (line, _) = p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line");
         assert_eq!(line.unix_ms, 100_000);
+    }
+
+    /// Many clients: a burst of another client's lines, newer than this verdict's own and more
+    /// than it looks at, does not hide it.
+    #[test]
+    fn another_clients_burst_does_not_hide_a_verdicts_line() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        for _ in 0..MAX_LOOKED + 10 {
+            p.push(nginx(100, 7, "10.0.0.9", "10.1.0.2:80", Claim::Refused));
+        }
+        let (line, _) = p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line");
+        assert_eq!(line.client_ip, Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -215,6 +215,11 @@ fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
 
 /// Escape control characters, mask query strings (they may hold tokens), and bound the text.
 pub fn keep(text: &str) -> String {
+    // Most lines have nothing to escape or mask: copied whole (each line of a storm's log
+    // passes here). 0xC2 leads the C1 controls U+0080..U+009F.
+    if text.len() <= MAX_KEPT && !text.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2 || b == b'?') {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len().min(MAX_KEPT));
     let mut in_query = false;
     for c in text.chars() {
@@ -747,5 +752,9 @@ mod tests {
         let long = format!("a\u{1b}[31m{}", "x".repeat(5000));
         let kept = keep(&long);
         assert!(kept.len() <= MAX_KEPT + 3 + 8 && !kept.contains('\u{1b}'), "{}", kept.len());
+        // Plain lines are kept as they are; a C1 control and a query string are not.
+        let plain = "2026/11/28 16:50:08 [error] 12#12: *5 no live upstreams, client: 10.0.0.1, request: \"GET /é HTTP/1.1\"";
+        assert_eq!(keep(plain), plain);
+        assert_eq!(keep("a\u{85}b GET /x?token=1 HTTP"), "a\\u{85}b GET /x?* HTTP");
     }
 }
