@@ -139,11 +139,11 @@ fn main() {
         eprintln!("queues {lens:?}, attempts {}", pipeline.engine.tracker.attempts.len());
     }
     pipeline.finish().expect("finish");
+    let elapsed = started.elapsed();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     if let Some(v) = pipeline.collected.as_ref().and_then(|c| c.get(c.len() / 2)) {
         eprintln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
-    let elapsed = started.elapsed();
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let rss_kib = rss::rss_kib(std::process::id());
     println!(
         "{{\"attempts\":{attempts},\"events\":{},\"verdicts\":{},\"ns_per_event\":{:.0},\"allocations_per_attempt\":{:.1},\"rss_kib\":{rss_kib}}}",

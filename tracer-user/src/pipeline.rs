@@ -143,6 +143,7 @@ impl Pipeline {
     /// Decide what is still pending (end of input).
     pub fn finish(&mut self) -> Result<()> {
         let verdicts = self.engine.flush();
+        // No event time to weigh: `flush` sends everything held at once.
         self.emit(verdicts, 0)?;
         self.flush()
     }

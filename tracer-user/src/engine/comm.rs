@@ -7,7 +7,7 @@ const CAPACITY: usize = 47;
 
 /// A command name (`nginx`, `php-fpm8.2`): a string of at most 47 bytes, `Copy`.
 /// Longer text (a hand-made trace) is cut at a character boundary.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Comm {
     len: u8,
     bytes: [u8; CAPACITY],
@@ -38,6 +38,26 @@ impl Comm {
     pub fn as_str(&self) -> &str {
         // Built only from whole characters of a &str (`new`).
         std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+// Hashed and ordered as its text, as `Borrow<str>` requires (a map keyed by `Comm` must find
+// it by `&str`).
+impl std::hash::Hash for Comm {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialOrd for Comm {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Comm {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -133,5 +153,8 @@ mod tests {
         assert_eq!(cut.len(), 46);
         assert!(long.starts_with(cut.as_str()));
         assert_eq!(format!("[{:<7}]", Comm::new("ab")), "[ab     ]");
+        let set: std::collections::BTreeSet<Comm> = ["nginx", "haproxy", "ab"].into_iter().map(Comm::new).collect();
+        assert!(set.contains("nginx"));
+        assert_eq!(set.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["ab", "haproxy", "nginx"]);
     }
 }

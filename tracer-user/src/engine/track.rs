@@ -1023,17 +1023,14 @@ impl Tracker {
             return;
         }
         // An immediate failure right after a SYN_SENT on the same thread (e.g. no free
-        // ephemeral port) belongs to that attempt. TCP only: a unix socket's connect(2)
-        // fails or succeeds at once, so each failure is an attempt of its own (a killed
-        // PHP-FPM refuses every request in turn).
-        if ev.value < 0 && ev.path.is_none() {
+        // ephemeral port) belongs to that attempt. TCP only (it carries an address): a unix
+        // socket's connect(2) fails or succeeds at once, so each failure is an attempt of its
+        // own (a killed PHP-FPM refuses every request in turn; an abstract socket has no path).
+        if ev.value < 0 && ev.dst.is_some() {
             let recent = self.by_tid.get(&ev.tid).and_then(|q| q.back()).map(|&(_, id)| id);
             if let Some(a) = recent.and_then(|id| self.attempts.get_mut(&id)) {
-                let polled = a.path.is_none()
-                    && a.dst == ev.dst
-                    && a.connected_ns.is_none()
-                    && a.sock != 0
-                    && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
+                let polled =
+                    a.dst == ev.dst && a.connected_ns.is_none() && a.sock != 0 && a.closed_ns.is_none_or(|c| ev.ts_ns <= c + 5_000_000);
                 if polled {
                     a.touch(ev);
                     let failure = Failure { ts_ns: ev.ts_ns, errno: i32::try_from(-ev.value).unwrap_or(i32::MAX) };

@@ -312,14 +312,20 @@ impl Pending {
         // storm's log by more than that, those are the newest lines, and they must not fill
         // the lines looked at (the verdict's own would fall out, and be left behind for good).
         let latest = q.unix_ms + dialect.max_ahead_ms();
+        // Lines are only nearly in time order (HAProxy's come as requests end, stamped when
+        // they were accepted), but every line written before the verdict's own is stamped no
+        // later than its own: the cut never falls before it.
         let end = self.lines.partition_point(|r| r.line.unix_ms <= latest);
         let mut first = end;
-        let mut looked = 0;
+        let (mut looked, mut untaken) = (0, 0);
         for (i, r) in self.lines.range(..end).enumerate().rev() {
-            if r.line.unix_ms < oldest || looked == MAX_LOOKED {
+            // The second bound holds when no line can name the verdict's client (a log that
+            // names the client behind a load balancer): each verdict would read the whole window.
+            if r.line.unix_ms < oldest || looked == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
                 break;
             }
             first = i;
+            untaken += usize::from(!r.taken);
             let could_be_its_own = r.line.pid.is_none_or(|pid| pid == q.pid) && q.client.is_none_or(|c| r.line.client_ip == Some(c.ip()));
             looked += usize::from(!r.taken && could_be_its_own);
         }
