@@ -66,12 +66,13 @@ impl Pipeline {
         self.held.get_or_insert_with(Vec::new);
     }
 
-    /// Send the held verdicts: one look at the gateway's log, one flush.
-    fn release(&mut self) -> Result<()> {
+    /// Send the held verdicts: one look at the gateway's log, one flush. `behind`: released by
+    /// a bound, not by the end of a drain (the ring did not run dry).
+    fn release(&mut self, behind: bool) -> Result<()> {
         match self.held.as_mut() {
             Some(held) if !held.is_empty() => {
                 let verdicts = std::mem::take(held);
-                self.send(verdicts)
+                self.send(verdicts, behind)
             }
             _ => Ok(()),
         }
@@ -105,7 +106,7 @@ impl Pipeline {
 
     /// End of a batch of events: send the verdicts held, push output and the trace file.
     pub fn flush(&mut self) -> Result<()> {
-        self.release()?;
+        self.release(false)?;
         self.flush_outputs()
     }
 
@@ -128,7 +129,7 @@ impl Pipeline {
     pub fn tick(&mut self, now_ns: u64) -> Result<()> {
         let verdicts = self.engine.advance(now_ns);
         self.emit(verdicts, now_ns)?;
-        self.release()
+        self.release(false)
     }
 
     /// Let the outputs run (keys, redraw); false when one asks to stop.
@@ -205,15 +206,18 @@ impl Pipeline {
                 // A storm can keep the ring from ever running dry: batches stay bounded, in
                 // number and in time.
                 let waited = now_ns.saturating_sub(self.held_since_ns);
-                if held.len() >= MAX_HELD_VERDICTS || (!held.is_empty() && waited >= MAX_HELD_NS) { self.release() } else { Ok(()) }
+                // A full batch within one drain is a storm upstrace is behind on (a drain after
+                // a pause of the process can span 10 ms, and is not).
+                let behind = held.len() >= MAX_HELD_VERDICTS;
+                if behind || (!held.is_empty() && waited >= MAX_HELD_NS) { self.release(behind) } else { Ok(()) }
             }
-            None => self.send(verdicts),
+            None => self.send(verdicts, false),
         }
     }
 
-    fn send(&mut self, mut verdicts: Vec<Verdict>) -> Result<()> {
+    fn send(&mut self, mut verdicts: Vec<Verdict>, behind: bool) -> Result<()> {
         if !verdicts.is_empty() {
-            self.gateway_words.annotate(&mut verdicts);
+            self.gateway_words.annotate(&mut verdicts, behind);
         }
         if let Some(lat) = self.latency.as_mut() {
             let now = clock::monotonic_ns();

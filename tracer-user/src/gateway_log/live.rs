@@ -57,6 +57,7 @@ pub struct LiveLogs {
     lines_unparsed: u64,
     matched: u64,
     verdicts_unmatched: u64,
+    verdicts_shed: u64,
 }
 
 /// An open file of a process, as a log to follow for a gateway.
@@ -279,7 +280,9 @@ impl LiveLogs {
 
     /// Read what the logs of these verdicts' gateways wrote since the last look (nothing is
     /// read when no verdict asks), then give each verdict its line.
-    pub fn annotate(&mut self, verdicts: &mut [Verdict]) {
+    /// `shed`: upstrace is behind the kernel; the lines are read (the file must not run away)
+    /// but not matched, and the verdicts are counted as shed.
+    pub fn annotate(&mut self, verdicts: &mut [Verdict], shed: bool) {
         let queries: Vec<(usize, Query)> =
             verdicts.iter().enumerate().filter_map(|(i, v)| Some((i, Query::of(v, self.boot_offset_ns)?))).collect();
         let wanted: BTreeSet<&str> = queries.iter().map(|(i, _)| verdicts[*i].gateway.comm.as_str()).collect();
@@ -311,6 +314,11 @@ impl LiveLogs {
                 }
             }
             source.pending.age(newest);
+        }
+        if shed {
+            let of_a_followed_log = |v: &Verdict| self.sources.iter().any(|s| s.comms.contains(v.gateway.comm.as_str()));
+            self.verdicts_shed += queries.iter().filter(|(i, _)| of_a_followed_log(&verdicts[*i])).count() as u64;
+            return;
         }
         for (i, q) in queries {
             let v = &mut verdicts[i];
@@ -349,6 +357,7 @@ impl LiveLogs {
             lines_unparsed: self.lines_unparsed,
             matched: self.matched,
             verdicts_unmatched: self.verdicts_unmatched,
+            verdicts_shed: self.verdicts_shed,
             ..GatewayLogStats::default()
         };
         for source in &self.sources {
@@ -366,6 +375,56 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    /// Behind the kernel, the lines are read but not matched, and the verdicts counted as shed;
+    /// caught up, the same verdict finds its line.
+    #[test]
+    fn matching_is_shed_while_behind_and_counted() {
+        use crate::engine::verdict::{Cause, Class, Delivered, Gateway};
+        let dir = std::env::temp_dir().join(format!("upstrace-shed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("error.log");
+        let mut log = File::create(&path).unwrap();
+        // A verdict at 2026-11-28 16:53:43.200 UTC (monotonic 1 s, booted at that instant - 1 s).
+        let boot_offset_ns = (1_795_884_823_200_i128 - 1_000) * 1_000_000;
+        let mut logs = LiveLogs::new(boot_offset_ns);
+        logs.sources.push(Source {
+            path: path.display().to_string(),
+            via: None,
+            dialect: Dialect::NginxError,
+            comms: BTreeSet::from(["nginx".to_owned()]),
+            follower: Follower::at_end(path.clone(), File::open(&path).unwrap()).unwrap(),
+            pending: Pending::default(),
+            servers: BTreeMap::new(),
+        });
+        let line = "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: \"GET / HTTP/1.1\", upstream: \"http://10.1.0.2:80/\"\n";
+        let verdict = Verdict {
+            ts_ns: 1_000_000_000,
+            gateway: Gateway { pid: 7, comm: "nginx".into() },
+            client: "127.0.0.1:5000".into(),
+            client_side: None,
+            status: Some(502),
+            delivered: Delivered::Status,
+            upstream: "10.1.0.2:80".into(),
+            class: Class::Upstream,
+            cause: Cause::Refused,
+            summary: String::new(),
+            attempts: vec![],
+            evidence: vec![],
+            gateway_said: None,
+        };
+        log.write_all(line.as_bytes()).unwrap();
+        let mut verdicts = vec![verdict.clone()];
+        logs.annotate(&mut verdicts, true);
+        assert!(verdicts[0].gateway_said.is_none());
+        assert_eq!((logs.stats().lines_read, logs.stats().verdicts_shed, logs.stats().matched), (1, 1, 0));
+        log.write_all(line.as_bytes()).unwrap();
+        let mut verdicts = vec![verdict];
+        logs.annotate(&mut verdicts, false);
+        assert!(verdicts[0].gateway_said.is_some(), "caught up: matched");
+        assert_eq!((logs.stats().verdicts_shed, logs.stats().matched), (1, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn tells_an_error_log_from_an_access_log() {

@@ -148,6 +148,9 @@ pub struct GatewayLogStats {
     /// 5xx verdicts of a gateway whose log is followed that got no line (none fitted, or two
     /// fitted that say different things).
     pub verdicts_unmatched: u64,
+    /// 5xx verdicts sent without looking for their line: upstrace was behind the kernel.
+    #[serde(default)]
+    pub verdicts_shed: u64,
     /// Lines about a failed request that no verdict took.
     pub lines_unmatched: u64,
     /// Bytes skipped in a flood (more than 1 MiB between two looks), lines dropped for length,
@@ -169,10 +172,13 @@ pub enum GatewayWords {
 
 impl GatewayWords {
     /// Annotate a batch of new verdicts (one look at each log for the whole batch).
-    pub fn annotate(&mut self, verdicts: &mut [Verdict]) {
+    /// `behind`: upstrace is behind the kernel (live only). Matching lines is what costs most
+    /// per verdict in a storm, and its cost grows as unmatched lines pile up: it is shed until
+    /// upstrace catches up, so that the verdicts themselves are not lost.
+    pub fn annotate(&mut self, verdicts: &mut [Verdict], behind: bool) {
         match self {
             GatewayWords::None => {}
-            GatewayWords::Live(l) => l.annotate(verdicts),
+            GatewayWords::Live(l) => l.annotate(verdicts, behind),
             GatewayWords::Recorded(r) => r.annotate(verdicts),
         }
     }

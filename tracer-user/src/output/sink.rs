@@ -139,8 +139,8 @@ impl<W: Write> Output for Sink<W> {
                     .filter(|g| g.files > 0)
                     .map(|g| {
                         format!(
-                            ", gateway log: {} matched, {} verdicts without a line, {} lines unmatched, {} unparsed",
-                            g.matched, g.verdicts_unmatched, g.lines_unmatched, g.lines_unparsed
+                            ", gateway log: {} matched, {} verdicts without a line, {} shed while behind, {} lines unmatched, {} unparsed",
+                            g.matched, g.verdicts_unmatched, g.verdicts_shed, g.lines_unmatched, g.lines_unparsed
                         )
                     })
                     .unwrap_or_default();
