@@ -10,7 +10,7 @@ use tracer_common::errno::{
 
 pub use crate::engine::verdict::{AttemptSummary, Cause, Class, ClientSide, Delivered, Detail, EvidenceItem, Gateway, Protocol, Verdict};
 use crate::engine::{
-    decode::{Comm, KernelEvent, Kind, errno_name, signal_name},
+    decode::{Comm, KernelEvent, Kind, StatusFacts, errno_name, signal_name},
     fastcgi,
     http::{self, Completeness, Framing, ResponseHead, invalid_http},
     tls::ContentType,
@@ -461,13 +461,7 @@ impl Engine {
         if let Some(upstream) = marked_upstream {
             v.upstream = upstream;
         }
-        let status_detail = Detail::Status {
-            gateway: status.comm,
-            pid: status.pid,
-            line: status.line.clone().unwrap_or_else(|| status.value.to_string()),
-            client: status.dst,
-        };
-        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status", detail: status_detail });
+        v.evidence.push(EvidenceItem { t_ms: 0.0, event: "http_status", detail: Detail::Status(StatusFacts::of(status)) });
         v.evidence.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         v
     }

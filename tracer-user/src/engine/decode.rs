@@ -444,19 +444,7 @@ impl KernelEvent {
     /// the attempt knows its path).
     pub fn detail_naming(&self, peer: &str) -> String {
         match self.kind {
-            Kind::ConnectStart
-            | Kind::ConnectSyscall
-            | Kind::StateChange
-            | Kind::SockError
-            | Kind::ResetReceived
-            | Kind::ResetSent
-            | Kind::Retransmit
-            | Kind::RequestSent
-            | Kind::ResponseStart
-            | Kind::RecvEnd => SocketFacts::from_event(self).naming(&peer).to_string(),
-            Kind::HttpStatus => {
-                format!("{} {} wrote {} to client {peer}", self.comm, self.pid, self.line.clone().unwrap_or_else(|| self.value.to_string()))
-            }
+            Kind::HttpStatus => StatusFacts::of(self).naming(&peer).to_string(),
             Kind::ProcessExit => format!(
                 "process {} ({}) exited, exit word {:#x}{}",
                 self.pid,
@@ -527,6 +515,8 @@ impl KernelEvent {
                     (None, None) => format!("port {}", self.aux),
                 }
             ),
+            // The connection events of `PEER_ONLY_KINDS`, worded by their facts.
+            _ => SocketFacts::of(self).map_or_else(|| self.kind.name().to_owned(), |f| f.naming(&peer).to_string()),
         }
     }
 }
@@ -543,39 +533,77 @@ pub struct SocketFacts {
     new_state: Option<TcpState>,
 }
 
+/// The connection events whose sentence names nothing but their peer (`SocketFacts`).
+const PEER_ONLY_KINDS: [Kind; 10] = [
+    Kind::ConnectStart,
+    Kind::ConnectSyscall,
+    Kind::StateChange,
+    Kind::SockError,
+    Kind::ResetReceived,
+    Kind::ResetSent,
+    Kind::Retransmit,
+    Kind::RequestSent,
+    Kind::ResponseStart,
+    Kind::RecvEnd,
+];
+
 impl SocketFacts {
     /// The facts of an event whose sentence names nothing but its peer; `None` for the others.
     pub fn of(ev: &KernelEvent) -> Option<Self> {
-        matches!(
-            ev.kind,
-            Kind::ConnectStart
-                | Kind::ConnectSyscall
-                | Kind::StateChange
-                | Kind::SockError
-                | Kind::ResetReceived
-                | Kind::ResetSent
-                | Kind::Retransmit
-                | Kind::RequestSent
-                | Kind::ResponseStart
-                | Kind::RecvEnd
-        )
-        .then(|| Self::from_event(ev))
-    }
-
-    fn from_event(ev: &KernelEvent) -> Self {
-        SocketFacts {
+        PEER_ONLY_KINDS.contains(&ev.kind).then_some(SocketFacts {
             kind: ev.kind,
             value: ev.value,
             bytes_sent: ev.bytes_sent,
             bytes_recv: ev.bytes_recv,
             old_state: ev.old_state,
             new_state: ev.new_state,
-        }
+        })
+    }
+
+    /// A connect's first step (the SYN sent), as an attempt keeps it: a routine step.
+    pub fn connect_started() -> Self {
+        SocketFacts { kind: Kind::ConnectStart, value: 0, bytes_sent: 0, bytes_recv: 0, old_state: None, new_state: None }
     }
 
     /// The sentence, naming `peer`.
     pub fn naming<'a>(&'a self, peer: &'a dyn std::fmt::Display) -> impl std::fmt::Display + 'a {
         Sentence { facts: self, peer }
+    }
+}
+
+/// What a status line the gateway wrote says besides its client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusFacts {
+    gateway: Comm,
+    pid: u32,
+    /// The line's head, or the status alone.
+    line: String,
+    client: Option<SocketAddr>,
+}
+
+impl StatusFacts {
+    pub fn of(ev: &KernelEvent) -> Self {
+        StatusFacts { gateway: ev.comm, pid: ev.pid, line: ev.line.clone().unwrap_or_else(|| ev.value.to_string()), client: ev.dst }
+    }
+
+    /// The sentence, naming the client as given.
+    fn naming<'a>(&'a self, client: &'a dyn std::fmt::Display) -> impl std::fmt::Display + 'a {
+        struct Said<'a>(&'a StatusFacts, &'a dyn std::fmt::Display);
+        impl std::fmt::Display for Said<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{} {} wrote {} to client {}", self.0.gateway, self.0.pid, self.0.line, self.1)
+            }
+        }
+        Said(self, client)
+    }
+}
+
+impl std::fmt::Display for StatusFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.client {
+            Some(c) => self.naming(&c).fmt(f),
+            None => self.naming(&"?").fmt(f),
+        }
     }
 }
 

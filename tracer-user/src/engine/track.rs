@@ -490,7 +490,8 @@ impl Attempt {
             // A unix-socket connect is one step, already in the evidence as `connect_syscall`.
             let tcp = self.path.is_none();
             if tcp && (self.sock != 0 || self.connect_err.is_none()) {
-                out.push(step(self.started_ns, "connect_start", Step::ConnectStarted));
+                let detail = Detail::Socket { peer: self.peer(), facts: SocketFacts::connect_started() };
+                out.push(Evidence { ts_ns: self.started_ns, event: "connect_start", detail });
             }
             if let Some(c) = self.connected_ns.filter(|_| tcp) {
                 out.push(step(c, "state_change", Step::Established));

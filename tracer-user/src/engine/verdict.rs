@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use serde::{Serialize, Serializer};
 
-use crate::engine::{comm::Comm, decode::SocketFacts};
+use crate::engine::decode::{Comm, SocketFacts, StatusFacts};
 
 /// Who is to blame, broadly. The JSON names are the lowercase variant names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -420,7 +420,7 @@ pub enum Detail {
     /// A routine step of an exchange, kept as a field of its attempt and told for a verdict.
     Step { peer: Peer, step: Step },
     /// The status line the gateway wrote to its client.
-    Status { gateway: Comm, pid: u32, line: String, client: Option<SocketAddr> },
+    Status(StatusFacts),
     /// A failure that took the servers out before a status for which no upstream was tried.
     EarlierFailure { upstream: Arc<str>, cause: Cause, pid: u32 },
     /// Worded when it was found (rarer events).
@@ -443,10 +443,10 @@ impl std::fmt::Display for Peer {
     }
 }
 
-/// The routine steps of an exchange, as evidence.
+/// The routine steps of an exchange after its connect (`SocketFacts::connect_started`), as
+/// evidence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Step {
-    ConnectStarted,
     Established,
     RequestSent,
     RequestSentReused,
@@ -457,15 +457,11 @@ impl std::fmt::Display for Detail {
         match self {
             Detail::Socket { peer, facts } => facts.naming(peer).fmt(f),
             Detail::Step { peer, step } => match step {
-                Step::ConnectStarted => write!(f, "connect to {peer} started (SYN sent)"),
                 Step::Established => write!(f, "{peer}: SYN_SENT -> ESTABLISHED"),
                 Step::RequestSent => write!(f, "{peer}: request sent"),
                 Step::RequestSentReused => write!(f, "{peer}: request sent on a reused keep-alive connection"),
             },
-            Detail::Status { gateway, pid, line, client } => match client {
-                Some(c) => write!(f, "{gateway} {pid} wrote {line} to client {c}"),
-                None => write!(f, "{gateway} {pid} wrote {line} to client ?"),
-            },
+            Detail::Status(facts) => facts.fmt(f),
             Detail::EarlierFailure { upstream, cause, pid } => write!(f, "{upstream} {} (pid {pid})", cause.as_str()),
             Detail::Text(t) => f.write_str(t),
         }
@@ -538,6 +534,29 @@ impl Verdict {
 
     pub fn next_check(&self) -> String {
         self.cause.next_check(&self.upstream)
+    }
+}
+
+#[cfg(test)]
+impl Verdict {
+    /// A refused request's verdict (nginx 42, client 127.0.0.1:5000, upstream 10.1.0.2:8081),
+    /// for the tests of the outputs to change what they look at.
+    pub fn example() -> Verdict {
+        Verdict {
+            ts_ns: 1_000,
+            gateway: Gateway { pid: 42, comm: "nginx".into() },
+            client: "127.0.0.1:5000".into(),
+            client_side: None,
+            status: Some(502),
+            delivered: Delivered::Status,
+            upstream: "10.1.0.2:8081".into(),
+            class: Class::Upstream,
+            cause: Cause::Refused,
+            summary: "refused".into(),
+            attempts: vec![],
+            evidence: vec![],
+            gateway_said: None,
+        }
     }
 }
 

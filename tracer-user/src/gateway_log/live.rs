@@ -316,8 +316,7 @@ impl LiveLogs {
             source.pending.age(newest);
         }
         if shed {
-            let of_a_followed_log = |v: &Verdict| self.sources.iter().any(|s| s.comms.contains(v.gateway.comm.as_str()));
-            self.verdicts_shed += queries.iter().filter(|(i, _)| of_a_followed_log(&verdicts[*i])).count() as u64;
+            self.verdicts_shed += queries.iter().filter(|(i, _)| self.follows(&verdicts[*i].gateway.comm)).count() as u64;
             return;
         }
         for (i, q) in queries {
@@ -344,10 +343,15 @@ impl LiveLogs {
                     self.matched += 1;
                     apply(v, said);
                 }
-                None if self.sources.iter().any(|s| s.comms.contains(v.gateway.comm.as_str())) => self.verdicts_unmatched += 1,
+                None if self.follows(&v.gateway.comm) => self.verdicts_unmatched += 1,
                 None => {}
             }
         }
+    }
+
+    /// A log of this gateway is followed.
+    fn follows(&self, comm: &str) -> bool {
+        self.sources.iter().any(|s| s.comms.contains(comm))
     }
 
     pub fn stats(&self) -> GatewayLogStats {
@@ -380,7 +384,6 @@ mod tests {
     /// caught up, the same verdict finds its line.
     #[test]
     fn matching_is_shed_while_behind_and_counted() {
-        use crate::engine::verdict::{Cause, Class, Delivered, Gateway};
         let dir = std::env::temp_dir().join(format!("upstrace-shed-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("error.log");
@@ -398,21 +401,8 @@ mod tests {
             servers: BTreeMap::new(),
         });
         let line = "2026/11/28 16:53:43 [error] 7#7: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: \"GET / HTTP/1.1\", upstream: \"http://10.1.0.2:80/\"\n";
-        let verdict = Verdict {
-            ts_ns: 1_000_000_000,
-            gateway: Gateway { pid: 7, comm: "nginx".into() },
-            client: "127.0.0.1:5000".into(),
-            client_side: None,
-            status: Some(502),
-            delivered: Delivered::Status,
-            upstream: "10.1.0.2:80".into(),
-            class: Class::Upstream,
-            cause: Cause::Refused,
-            summary: String::new(),
-            attempts: vec![],
-            evidence: vec![],
-            gateway_said: None,
-        };
+        let mut verdict = Verdict::example();
+        (verdict.ts_ns, verdict.gateway.pid, verdict.upstream) = (1_000_000_000, 7, "10.1.0.2:80".into());
         log.write_all(line.as_bytes()).unwrap();
         let mut verdicts = vec![verdict.clone()];
         logs.annotate(&mut verdicts, true);

@@ -578,25 +578,26 @@ mod tests {
     /// (more than a second later for nginx) are the newest, and many; they do not hide its line.
     #[test]
     fn lines_too_new_for_a_lagging_verdict_do_not_hide_its_own() {
+        let line = own_line_behind(nginx(103, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        assert_eq!(line.unix_ms, 100_000);
+    }
+
+    /// The line a verdict (pid 7, client 10.0.0.1, at 100.4 s) takes when its own line (at
+    /// 100 s) is followed by more copies of `other` than it looks at.
+    fn own_line_behind(other: LogLine) -> LogLine {
         let mut p = Pending::default();
         p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
         for _ in 0..MAX_LOOKED + 10 {
-            p.push(nginx(103, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+            p.push(other.clone());
         }
-        let (line, _) = p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line");
-        assert_eq!(line.unix_ms, 100_000);
+        p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line").0
     }
 
     /// Many clients: a burst of another client's lines, newer than this verdict's own and more
     /// than it looks at, does not hide it.
     #[test]
     fn another_clients_burst_does_not_hide_a_verdicts_line() {
-        let mut p = Pending::default();
-        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
-        for _ in 0..MAX_LOOKED + 10 {
-            p.push(nginx(100, 7, "10.0.0.9", "10.1.0.2:80", Claim::Refused));
-        }
-        let (line, _) = p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line");
+        let line = own_line_behind(nginx(100, 7, "10.0.0.9", "10.1.0.2:80", Claim::Refused));
         assert_eq!(line.client_ip, Some("10.0.0.1".parse().unwrap()));
     }
 

@@ -73,7 +73,7 @@ impl<W: Write> Output for Log<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::attribute::{Cause, Delivered, Gateway};
+    use crate::engine::attribute::Gateway;
 
     #[test]
     fn a_verdict_is_one_line() {
@@ -82,16 +82,9 @@ mod tests {
             ts_ns: 1,
             gateway: Gateway { pid: 10, comm: "nginx".into() },
             client: "10.0.0.9:5000".into(),
-            client_side: None,
-            status: Some(502),
-            delivered: Delivered::Status,
             upstream: "10.0.2.2:8081".into(),
-            class: Cause::Refused.class(),
-            cause: Cause::Refused,
             summary: "refused\nthe connection".into(),
-            attempts: vec![],
-            evidence: vec![],
-            gateway_said: None,
+            ..Verdict::example()
         };
         log.verdict(&v).unwrap();
         log.stats(&Stats { events: 5, verdicts: 1, ..Stats::default() }).unwrap();

@@ -682,16 +682,13 @@ mod tests {
             ts_ns: clock::monotonic_ns(),
             gateway: Gateway { pid: 10, comm: "nginx".into() },
             client: "10.0.0.9:5000".into(),
-            client_side: None,
             status,
             delivered: if status.is_some() { Delivered::Status } else { Delivered::Inferred },
             upstream: upstream.into(),
             class: cause.class(),
             cause,
             summary: String::new(),
-            attempts: vec![],
-            evidence: vec![],
-            gateway_said: None,
+            ..Verdict::example()
         }
     }
 

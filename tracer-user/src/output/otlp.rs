@@ -589,7 +589,7 @@ impl Drop for OtlpExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::verdict::{Cause, ClientSide, EvidenceItem, Gateway};
+    use crate::engine::verdict::{Cause, ClientSide, EvidenceItem};
 
     #[test]
     fn endpoints_parse_or_say_why() {
@@ -609,19 +609,9 @@ mod tests {
 
     fn verdict() -> Verdict {
         Verdict {
-            ts_ns: 1_000,
-            gateway: Gateway { pid: 42, comm: "nginx".into() },
-            client: "127.0.0.1:5000".into(),
             client_side: Some(ClientSide { protocol: Protocol::H2, tls: true, stream: Some(3) }),
-            status: Some(502),
-            delivered: Delivered::Status,
-            upstream: "10.1.0.2:8081".into(),
-            class: Class::Upstream,
-            cause: Cause::Refused,
-            summary: "refused".into(),
-            attempts: vec![],
             evidence: vec![EvidenceItem { t_ms: 0.2, event: "rst", detail: "RST to SYN".into() }],
-            gateway_said: None,
+            ..Verdict::example()
         }
     }
 
