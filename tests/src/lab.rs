@@ -384,6 +384,9 @@ pub struct Lab {
     /// nginx keeps a pool of idle upstream connections (the lab's default). Off: nginx's own
     /// default, HTTP/1.0 and a new upstream connection per request.
     pub upstream_keepalive: bool,
+    /// nginx also listens on this many more addresses of its namespace (`client_address`),
+    /// plain HTTP: load aimed at each comes from that address, as from that many clients.
+    pub client_addresses: u8,
     /// The gateway's upstream is HTTPS (or a TLS server behind http://): set before
     /// `start_gateway`; `start_tls_upstream` starts the server.
     pub upstream_tls: Option<UpstreamTls>,
@@ -444,6 +447,7 @@ impl Lab {
             php_over_tcp: false,
             client: ClientMode::Plain,
             upstream_keepalive: true,
+            client_addresses: 0,
             upstream_tls: None,
             resolver: None,
             resolver_process: None,
@@ -469,6 +473,12 @@ impl Lab {
             let _ = sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
         }
         Ok(())
+    }
+
+    /// The gateway's `k`-th extra client-facing address (1-based, `client_addresses`). It is
+    /// on the namespace's loopback, so a connection to it also comes from it.
+    pub fn client_address(k: u8) -> String {
+        format!("10.250.0.{k}")
     }
 
     pub fn veth_gw(&self) -> String {
@@ -886,6 +896,9 @@ impl Lab {
             GatewayKind::Haproxy => self.haproxy_conf()?,
             GatewayKind::Caddy => self.caddy_conf()?,
         };
+        for k in 1..=self.client_addresses {
+            sh(&["ip", "-n", &self.gw_ns, "addr", "replace", &format!("{}/32", Lab::client_address(k)), "dev", "lo"])?;
+        }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.gw_ns]);
         match kind {
@@ -955,6 +968,10 @@ impl Lab {
         } else {
             format!("listen 127.0.0.1:{GATEWAY_PORT};")
         };
+        let mut listen = listen;
+        for k in 1..=self.client_addresses {
+            listen += &format!("\n        listen {}:{GATEWAY_PORT};", Lab::client_address(k));
+        }
         let (pool, reuse) = if self.upstream_keepalive {
             ("\n        keepalive 64;", "\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";")
         } else {

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use upstrace_lab::{
-    lab::{GATEWAY_PORT, GatewayKind, Lab},
+    lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab},
     rss_kib,
     tracer::Tracer,
 };
@@ -383,28 +383,56 @@ fn healthy_markdown(h: &serde_json::Value) -> String {
     md
 }
 
-/// wrk against the gateway for `secs` with upstrace attached: its throughput, upstrace's
+/// Where a storm's load comes from.
+#[derive(Clone, Copy)]
+enum Clients {
+    /// One load generator on the gateway's loopback: wrk, over TLS for `TlsH1`, h2load for `TlsH2`.
+    Loopback(ClientMode),
+    /// One plain wrk per extra gateway address (`Lab::client_addresses`), the connections
+    /// shared among them: that many client addresses.
+    Addresses(u8),
+}
+
+impl Clients {
+    /// Requests per second served to all of them in `secs`.
+    fn run(self, gw_ns: &str, secs: u64, conns: u32) -> Result<f64> {
+        match self {
+            Clients::Loopback(mode) => Ok(crate::bench_https::load(gw_ns, crate::bench_https::LOOPBACK, mode, secs, conns)?.rps),
+            Clients::Addresses(n) => {
+                let per = (conns / u32::from(n)).max(2);
+                let runs: Vec<_> = (1..=n)
+                    .map(|k| {
+                        let gw_ns = gw_ns.to_string();
+                        std::thread::spawn(move || {
+                            crate::bench_https::load(&gw_ns, &Lab::client_address(k), ClientMode::Plain, secs, per)
+                        })
+                    })
+                    .collect();
+                let mut rps = 0.0;
+                for run in runs {
+                    rps += run.join().map_err(|_| anyhow::anyhow!("load thread"))??.rps;
+                }
+                Ok(rps)
+            }
+        }
+    }
+}
+
+/// A load against the gateway for `secs` with upstrace attached: its throughput, upstrace's
 /// accounting (events, losses, verdicts, latency, engine), CPU and peak RSS.
-fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32) -> Result<serde_json::Value> {
+fn traced_load(lab: &Lab, gw: u32, name: &str, secs: u64, conns: u32, clients: Clients) -> Result<serde_json::Value> {
     let tracer = start_tracer(gw, false)?;
     let (t0, c0) = (Instant::now(), cpu_ticks(tracer.pid()));
     let mut rss_max = 0;
     let load = {
         let gw_ns = lab.gw_ns.clone();
-        std::thread::spawn(move || {
-            Command::new("ip")
-                .args(["netns", "exec", &gw_ns, "wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"])
-                .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
-                .output()
-        })
+        std::thread::spawn(move || clients.run(&gw_ns, secs, conns))
     };
     while !load.is_finished() {
         rss_max = rss_max.max(rss_kib(tracer.pid()));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rps: f64 = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+    let rps = load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
     let elapsed = t0.elapsed().as_secs_f64();
     let ticks = cpu_ticks(tracer.pid()).saturating_sub(c0);
     let hz = 100.0; // USER_HZ
@@ -513,7 +541,7 @@ fn markdown(r: &serde_json::Value) -> String {
             let _ = writeln!(md, "| {} | {} | {:.0} |", p["name"].as_str().unwrap_or("?"), p["runs"], p["avg_ns"].as_f64().unwrap_or(0.0));
         }
     }
-    md.push_str("\n## 3. Failure storms (wrk -t2 -c64 against a broken upstream)\n\n| storm | attempts/s | events/s | lost | verdicts | verdict latency p50 / p99 ms | upstrace CPU % of a core | per 10k req/s | RSS max KiB |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n");
+    md.push_str("\n## 3. Failure storms (64 connections against a broken upstream: wrk -t2, h2load -m4 for HTTP/2 clients, one wrk per address for many client addresses)\n\n| storm | attempts/s | events/s | lost | verdicts | verdict latency p50 / p99 ms | upstrace CPU % of a core | per 10k req/s | RSS max KiB |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n");
     if let Some(list) = r["storms"].as_array() {
         for s in list {
             let _ = writeln!(
@@ -591,7 +619,7 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64, only: Option<&str>) -> Re
             None => lab.stop_upstream(),
             Some(m) => lab.start_upstream(m)?,
         }
-        storms.push(traced_load(lab, gw, name, secs, 64)?);
+        storms.push(traced_load(lab, gw, name, secs, 64, Clients::Loopback(ClientMode::Plain))?);
     }
     // 4. A gateway at full healthy load with a share of failures mixed in: what upstrace
     // costs during an ordinary incident rather than a total outage.
@@ -600,7 +628,7 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64, only: Option<&str>) -> Re
         let name = format!("1 in {every} reset");
         eprintln!("bench: {name}, {secs} s");
         lab.start_upstream(&format!("every-{every}:reset-before-headers"))?;
-        let mut run = traced_load(lab, gw, &name, secs, 32)?;
+        let mut run = traced_load(lab, gw, &name, secs, 32, Clients::Loopback(ClientMode::Plain))?;
         run["failing_share"] = serde_json::json!(1.0 / every as f64);
         mixed.push(run);
     }
@@ -608,41 +636,54 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64, only: Option<&str>) -> Re
 }
 
 /// Storms in the upstream configurations most gateways run, each in its own lab: nginx's
-/// default (a new upstream connection per request, so every failure is a new connection),
-/// PHP-FPM over a unix socket (killed: the socket file stays, connect(2) is refused), and a
-/// group of two servers, both down (nginx marks them failed and answers most requests without
-/// trying any: "no live upstreams").
+/// default (a new upstream connection per request, so every failure is a new connection), with
+/// plaintext, HTTPS and HTTP/2 clients, and with clients from many addresses (each verdict's
+/// line among many clients' lines); PHP-FPM over a unix socket (killed: the socket file stays,
+/// connect(2) is refused); and a group of two servers, both down (nginx marks them failed and
+/// answers most requests without trying any: "no live upstreams").
 fn default_config_storms(secs: u64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
     #[derive(PartialEq)]
     enum Shape {
         Reset,
+        Refused,
         FastCgiKilled,
         GroupDown,
     }
+    const ADDRESSES: u8 = 16;
     let mut storms = Vec::new();
-    for (name, shape) in [
-        ("reset, connection per request", Shape::Reset),
-        ("refused, FastCGI (php-fpm killed)", Shape::FastCgiKilled),
-        ("group of two down (no live upstreams)", Shape::GroupDown),
+    for (name, shape, clients) in [
+        ("reset, connection per request", Shape::Reset, Clients::Loopback(ClientMode::Plain)),
+        ("refused, connection per request", Shape::Refused, Clients::Loopback(ClientMode::Plain)),
+        ("refused, connection per request, HTTPS clients", Shape::Refused, Clients::Loopback(ClientMode::TlsH1)),
+        ("refused, connection per request, HTTP/2 clients", Shape::Refused, Clients::Loopback(ClientMode::TlsH2)),
+        ("refused, connection per request, 16 client addresses", Shape::Refused, Clients::Addresses(ADDRESSES)),
+        ("refused, FastCGI (php-fpm killed)", Shape::FastCgiKilled, Clients::Loopback(ClientMode::Plain)),
+        ("group of two down (no live upstreams)", Shape::GroupDown, Clients::Loopback(ClientMode::Plain)),
     ]
     .into_iter()
-    .filter(|(name, _)| picked(only, name))
+    .filter(|(name, ..)| picked(only, name))
     {
         eprintln!("bench: {name} storm, {secs} s");
         let mut lab = Lab::new()?;
         lab.nginx_workers = 2;
         lab.upstream_keepalive = false;
+        match clients {
+            Clients::Loopback(mode) => lab.client = mode,
+            Clients::Addresses(n) => lab.client_addresses = n,
+        }
         match shape {
             Shape::Reset => lab.start_upstream("reset-before-headers")?,
             Shape::FastCgiKilled => lab.start_php(upstrace_lab::lab::PhpMode::Ok)?,
             // Nothing listens on either server.
             Shape::GroupDown => lab.upstream_group = true,
+            // Nothing listens on the upstream's port.
+            Shape::Refused => {}
         }
         let gw = lab.start_gateway(GatewayKind::Nginx)?;
         if shape == Shape::FastCgiKilled {
             lab.kill_php();
         }
-        storms.push(traced_load(&lab, gw, name, secs, 64)?);
+        storms.push(traced_load(&lab, gw, name, secs, 64, clients)?);
     }
     Ok(storms)
 }

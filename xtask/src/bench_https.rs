@@ -14,23 +14,28 @@ use upstrace_lab::lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab};
 
 use crate::bench::{cpu_ticks, mean, parse_ms, runs_and_bpf_us, spread, start_tracer};
 
+/// The gateway's usual client-facing address (in its namespace).
+pub(crate) const LOOPBACK: &str = "127.0.0.1";
+
 /// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
 /// percentiles, so its mean).
 #[derive(Clone, Copy)]
-struct Load {
-    rps: f64,
+pub(crate) struct Load {
+    pub rps: f64,
     latency_ms: f64,
     requests: f64,
 }
 
-fn load(lab: &Lab, mode: ClientMode, secs: u64) -> Result<Load> {
-    let url = format!("{}://127.0.0.1:{GATEWAY_PORT}/", if mode.tls() { "https" } else { "http" });
+/// A load run from inside the gateway's namespace: `conns` connections to `addr` (on the
+/// gateway's port) for `secs`.
+pub(crate) fn load(gw_ns: &str, addr: &str, mode: ClientMode, secs: u64, conns: u32) -> Result<Load> {
+    let url = format!("{}://{addr}:{GATEWAY_PORT}/", if mode.tls() { "https" } else { "http" });
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.gw_ns]);
+    cmd.args(["netns", "exec", gw_ns]);
     if mode == ClientMode::TlsH2 {
-        cmd.args(["h2load", "-c32", "-m4", "-t2", "-D", &secs.to_string(), &url]);
+        cmd.args(["h2load", &format!("-c{conns}"), "-m4", "-t2", "-D", &secs.to_string(), &url]);
     } else {
-        cmd.args(["wrk", "-t2", "-c32", &format!("-d{secs}s"), "--latency", &url]);
+        cmd.args(["wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &url]);
     }
     let out = cmd.output().context("running the load generator")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -87,15 +92,15 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
         lab.client = mode;
         lab.start_upstream("ok")?;
         let gw = lab.start_gateway(GatewayKind::Nginx)?;
-        load(&lab, mode, 4)?; // warm-up
+        load(&lab.gw_ns, LOOPBACK, mode, 4, 32)?; // warm-up
         let mut idle = if untraced { Some(idle_libssl_process()?) } else { None };
         let target = idle.as_ref().map_or(gw, |c| c.id());
         let (mut rps, mut latency, mut user_us) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..pairs {
-            let without = load(&lab, mode, secs)?;
+            let without = load(&lab.gw_ns, LOOPBACK, mode, secs, 32)?;
             let t = start_tracer(target, false)?;
             let ticks = cpu_ticks(t.pid());
-            let with = load(&lab, mode, secs)?;
+            let with = load(&lab.gw_ns, LOOPBACK, mode, secs, 32)?;
             // upstrace's own process: CPU seconds (100 ticks a second) per request served.
             user_us.push(cpu_ticks(t.pid()).saturating_sub(ticks) as f64 / 100.0 / with.requests.max(1.0) * 1e6);
             t.stop()?;
@@ -108,7 +113,7 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
         }
         // The probe's own runs and cost, in a run of its own (the counting costs clock reads).
         let t = start_tracer(target, true)?;
-        let counted = load(&lab, mode, secs)?;
+        let counted = load(&lab.gw_ns, LOOPBACK, mode, secs, 32)?;
         let (_, lines) = t.stop()?;
         let stats = lines.last().cloned().unwrap_or_default();
         let programs = stats["programs"].as_array().cloned().unwrap_or_default();
