@@ -403,9 +403,7 @@ impl Clients {
                 let runs: Vec<_> = (1..=n)
                     .map(|k| {
                         let gw_ns = gw_ns.to_string();
-                        std::thread::spawn(move || {
-                            crate::bench_https::load(&gw_ns, &Lab::client_address(k), ClientMode::Plain, secs, per)
-                        })
+                        std::thread::spawn(move || crate::bench_https::load(&gw_ns, &Lab::client_address(k), ClientMode::Plain, secs, per))
                     })
                     .collect();
                 let mut rps = 0.0;

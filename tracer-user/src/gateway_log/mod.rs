@@ -13,7 +13,10 @@ pub mod parse;
 pub mod recorded;
 pub mod syslog;
 
-use std::{collections::VecDeque, net::SocketAddr};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -239,8 +242,11 @@ fn upstream_hash(upstream: Option<&String>) -> u64 {
 
 /// Lines older than this (by the newest verdict's time) can explain no verdict any more.
 pub const RETAIN_MS: i64 = 120_000;
-/// At most this many lines kept per log (a flood of errors keeps the newest).
+/// At most this many untaken lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
+/// Taken lines stay in place until they reach the front (so a line's place follows from its
+/// number); past this many lines in all, the oldest leave whether taken or not.
+const RETAIN_PLACES: usize = 4 * RETAIN_LINES;
 /// A verdict looks at most at this many untaken lines of its window, the newest.
 const MAX_LOOKED: usize = 256;
 
@@ -251,49 +257,91 @@ type Rank = (bool, bool, i64);
 /// The lines of one log waiting for their verdicts.
 #[derive(Debug, Default)]
 pub struct Pending {
-    pub lines: VecDeque<Retained>,
+    /// Every line kept, in the order read; a taken line stays as an empty placeholder until it
+    /// reaches the front. Line number `n` is at `n - first`.
+    lines: VecDeque<Retained>,
+    first: u64,
+    /// The untaken lines that name a client, by its address, in the order read: a verdict
+    /// whose client is known looks only at its client's lines. In a storm from many clients
+    /// the window holds thousands of lines, and a verdict's own are a few among them.
+    by_client: HashMap<IpAddr, VecDeque<u64>>,
     /// Lines that left without a verdict taking them.
     pub unmatched: u64,
-    /// Taken lines still in `lines`.
-    taken: usize,
+    /// Untaken lines in `lines`.
+    untaken: usize,
+    /// The line numbers a verdict ranks, reused.
+    scratch: Vec<u64>,
 }
 
 impl Pending {
     pub fn push(&mut self, line: LogLine) {
-        if self.lines.len() >= RETAIN_LINES {
+        while self.untaken >= RETAIN_LINES || self.lines.len() >= RETAIN_PLACES {
             self.pop_front();
+        }
+        let number = self.first + self.lines.len() as u64;
+        if let Some(ip) = line.client_ip {
+            self.by_client.entry(ip).or_default().push_back(number);
         }
         let upstream_hash = upstream_hash(line.upstream.as_ref());
         self.lines.push_back(Retained { line, taken: false, upstream_hash });
+        self.untaken += 1;
+    }
+
+    /// Untaken lines kept.
+    pub fn len(&self) -> usize {
+        self.untaken
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.untaken == 0
     }
 
     /// Forget lines too old for any verdict still to come.
     pub fn age(&mut self, now_ms: i64) {
-        while self.lines.front().is_some_and(|r| r.line.unix_ms < now_ms - RETAIN_MS) {
+        while self.lines.front().is_some_and(|r| r.taken || r.line.unix_ms < now_ms - RETAIN_MS) {
             self.pop_front();
         }
     }
 
     fn pop_front(&mut self) {
-        match self.lines.pop_front() {
-            Some(r) if r.taken => self.taken -= 1,
-            Some(_) => self.unmatched += 1,
-            None => {}
+        let Some(r) = self.lines.pop_front() else { return };
+        let number = self.first;
+        self.first += 1;
+        if r.taken {
+            return;
+        }
+        self.unmatched += 1;
+        self.untaken -= 1;
+        if let Some(ip) = r.line.client_ip {
+            self.unindex(ip, number);
         }
     }
 
-    /// Mark line `i` taken. Taken lines leave in bulk once they are a quarter of those kept: in a
-    /// storm verdicts take lines nearly in order, and every verdict would otherwise step over
-    /// thousands of taken ones (and they would push untaken ones out of `RETAIN_LINES`).
-    fn take(&mut self, i: usize) -> LogLine {
-        self.lines[i].taken = true;
-        self.taken += 1;
+    fn unindex(&mut self, ip: IpAddr, number: u64) {
+        let Some(numbers) = self.by_client.get_mut(&ip) else { return };
+        if let Ok(k) = numbers.binary_search(&number) {
+            numbers.remove(k);
+        }
+        if numbers.is_empty() {
+            self.by_client.remove(&ip);
+        }
+    }
+
+    fn at(&self, number: u64) -> &Retained {
+        &self.lines[(number - self.first) as usize]
+    }
+
+    /// Take line `number`: it leaves the index, and `lines` once it reaches the front.
+    fn take(&mut self, number: u64) -> LogLine {
+        let i = (number - self.first) as usize;
+        let r = &mut self.lines[i];
+        r.taken = true;
         // Moved out: a taken line is never read again but for its time (the window's edge).
-        let emptied = LogLine { unix_ms: self.lines[i].line.unix_ms, ..LogLine::default() };
-        let line = std::mem::replace(&mut self.lines[i].line, emptied);
-        if self.taken >= 32 && self.taken * 4 >= self.lines.len() {
-            self.lines.retain(|r| !r.taken);
-            self.taken = 0;
+        let emptied = LogLine { unix_ms: r.line.unix_ms, ..LogLine::default() };
+        let line = std::mem::replace(&mut r.line, emptied);
+        self.untaken -= 1;
+        if let Some(ip) = line.client_ip {
+            self.unindex(ip, number);
         }
         while self.lines.front().is_some_and(|r| r.taken) {
             self.pop_front();
@@ -301,58 +349,88 @@ impl Pending {
         line
     }
 
-    /// The line of this verdict's request, if exactly one story fits; it is taken. One pass
-    /// over the newest lines of the verdict's window, with no allocation per line: in a storm
-    /// the window holds thousands of lines, and every verdict looks.
+    /// The line of this verdict's request, if exactly one story fits; it is taken. Lines come
+    /// in time order (HAProxy's by accept time, nearly): none older than the dialect's window
+    /// is looked at, nor stamped later than this verdict's line can be (when verdicts lag
+    /// behind a storm's log, those are the newest lines, and they must not fill the lines
+    /// looked at), nor more than `MAX_LOOKED` untaken ones that could be its own: written by
+    /// its process, about its client. No allocation per line: in a storm the window holds
+    /// thousands of lines, and every verdict looks.
     pub fn take_match(&mut self, q: &Query, dialect: Dialect) -> Option<(LogLine, Vec<MatchKey>)> {
+        let oldest = q.unix_ms - dialect.window_ms();
+        let latest = q.unix_ms + dialect.max_ahead_ms();
+        let mut numbers = std::mem::take(&mut self.scratch);
+        numbers.clear();
+        match q.client {
+            Some(client) => self.client_lines(client.ip(), q.pid, oldest, latest, &mut numbers),
+            None => self.any_client_lines(q.pid, oldest, latest, &mut numbers),
+        }
+        let found = self.best(q, dialect, &numbers);
+        self.scratch = numbers;
+        let (number, keys) = found?;
+        Some((self.take(number), keys.list()))
+    }
+
+    /// The newest untaken lines about this client within the window, oldest first.
+    fn client_lines(&self, ip: IpAddr, pid: u32, oldest: i64, latest: i64, out: &mut Vec<u64>) {
+        let Some(numbers) = self.by_client.get(&ip) else { return };
+        // The second bound holds when the client's lines are another process's.
+        for &n in numbers.iter().rev().take(4 * MAX_LOOKED) {
+            let line = &self.at(n).line;
+            if line.unix_ms > latest {
+                continue;
+            }
+            if line.unix_ms < oldest || out.len() == MAX_LOOKED {
+                break;
+            }
+            if line.pid.is_none_or(|p| p == pid) {
+                out.push(n);
+            }
+        }
+        out.reverse();
+    }
+
+    /// A verdict without its client (a response cut short): the newest untaken lines of its
+    /// process within the window, oldest first. Rare: a scan of the kept lines.
+    fn any_client_lines(&self, pid: u32, oldest: i64, latest: i64, out: &mut Vec<u64>) {
+        let mut untaken = 0;
+        for (i, r) in self.lines.iter().enumerate().rev() {
+            if r.taken || r.line.unix_ms > latest {
+                continue;
+            }
+            // The second bound holds when the window is other processes' lines.
+            if r.line.unix_ms < oldest || out.len() == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
+                break;
+            }
+            untaken += 1;
+            if r.line.pid.is_none_or(|p| p == pid) {
+                out.push(self.first + i as u64);
+            }
+        }
+        out.reverse();
+    }
+
+    /// Of these lines (oldest first), the one this verdict's request left, if exactly one
+    /// story fits. Rank: names the last attempt's upstream, then says what went wrong (nginx
+    /// also logs what a FastCGI application wrote to stderr for the same request), then
+    /// nearest in time, then oldest first.
+    fn best(&self, q: &Query, dialect: Dialect, numbers: &[u64]) -> Option<(u64, Keys)> {
         let last = upstream_hash(q.upstreams.last());
         let named: Vec<u64> = q.upstreams.iter().map(|u| upstream_hash(Some(u))).collect();
         let no_upstream = upstream_hash(None);
-        // Lines come in time order (HAProxy's by accept time, nearly): none older than the
-        // dialect's window is looked at, so a backlog of unmatched lines does not make every
-        // verdict slower; nor more than `MAX_LOOKED` untaken ones that could be its own: written
-        // by its process, about its client (a storm's second holds thousands that tell the same
-        // story; other workers' and other clients' lines must not hide this one's).
-        let oldest = q.unix_ms - dialect.window_ms();
-        // Nor any stamped later than this verdict's line can be: when verdicts lag behind a
-        // storm's log by more than that, those are the newest lines, and they must not fill
-        // the lines looked at (the verdict's own would fall out, and be left behind for good).
-        let latest = q.unix_ms + dialect.max_ahead_ms();
-        // Lines are only nearly in time order (HAProxy's come as requests end, stamped when
-        // they were accepted), but every line written before the verdict's own is stamped no
-        // later than its own: the cut never falls before it.
-        let end = self.lines.partition_point(|r| r.line.unix_ms <= latest);
-        let mut first = end;
-        let (mut looked, mut untaken) = (0, 0);
-        for (i, r) in self.lines.range(..end).enumerate().rev() {
-            // The second bound holds when no line can name the verdict's client (a log that
-            // names the client behind a load balancer): each verdict would read the whole window.
-            if r.line.unix_ms < oldest || looked == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
-                break;
-            }
-            first = i;
-            untaken += usize::from(!r.taken);
-            let could_be_its_own = r.line.pid.is_none_or(|pid| pid == q.pid) && q.client.is_none_or(|c| r.line.client_ip == Some(c.ip()));
-            looked += usize::from(!r.taken && could_be_its_own);
-        }
-        // Rank: names the last attempt's upstream, then says what went wrong (nginx also logs
-        // what a FastCGI application wrote to stderr for the same request), then nearest in
-        // time, then oldest first.
-        let mut best: Option<(Rank, usize, Keys)> = None;
+        let mut best: Option<(Rank, u64, Keys)> = None;
         let mut tied_other_story = false;
         // Without the client, any line of another story nearby makes the choice a guess.
-        let mut first_story: Option<usize> = None;
+        let mut first_story: Option<u64> = None;
         let same_story = |a: &Retained, b: &Retained| a.line.claim == b.line.claim && a.upstream_hash == b.upstream_hash;
-        for (i, r) in self.lines.range(first..end).enumerate().map(|(k, r)| (first + k, r)) {
-            if r.taken {
-                continue;
-            }
+        for &n in numbers {
+            let r = self.at(n);
             let names_known = r.upstream_hash == no_upstream || named.contains(&r.upstream_hash);
             let Some(keys) = fit(&r.line, names_known, q, dialect) else { continue };
             if q.client.is_none() {
                 match first_story {
-                    None => first_story = Some(i),
-                    Some(f) if !same_story(&self.lines[f], r) => return None,
+                    None => first_story = Some(n),
+                    Some(f) if !same_story(self.at(f), r) => return None,
                     Some(_) => {}
                 }
             }
@@ -361,21 +439,21 @@ impl Pending {
             match &best {
                 // Two lines fit alike: fine if they tell the same story (the same claim about
                 // the same upstream); otherwise which one is this request's is a guess.
-                Some((b, j, _)) if *b == rank => tied_other_story |= !same_story(&self.lines[*j], r),
+                Some((b, j, _)) if *b == rank => tied_other_story |= !same_story(self.at(*j), r),
                 Some((b, _, _)) if *b < rank => {}
                 _ => {
-                    best = Some((rank, i, keys));
+                    best = Some((rank, n, keys));
                     tied_other_story = false;
                 }
             }
         }
-        let (_, i, keys) = best?;
+        let (_, n, keys) = best?;
         // The names compared by hash: the winner's by its words too.
-        let found = &self.lines[i].line;
+        let found = &self.at(n).line;
         if tied_other_story || found.upstream.as_ref().is_some_and(|up| !q.upstreams.contains(up)) {
             return None;
         }
-        Some((self.take(i), keys.list()))
+        Some((n, keys))
     }
 }
 
@@ -548,7 +626,7 @@ mod tests {
         }
         assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
         // The taken line leaves; the other waits for its own verdict.
-        assert!(p.lines.len() == 1 && !p.lines[0].taken);
+        assert!(p.len() == 1 && p.lines.len() == 1 && !p.lines[0].taken);
         assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
     }
 
@@ -569,9 +647,10 @@ mod tests {
         for i in 0..(RETAIN_LINES + 10) {
             p.push(nginx(100 + i as i64 / 100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Reset));
         }
-        assert_eq!((p.lines.len(), p.unmatched), (RETAIN_LINES, 10));
+        assert_eq!((p.len(), p.unmatched), (RETAIN_LINES, 10));
         p.age(1_000_000);
-        assert_eq!((p.lines.len(), p.unmatched), (0, RETAIN_LINES as u64 + 10));
+        assert_eq!((p.len(), p.lines.len(), p.unmatched), (0, 0, RETAIN_LINES as u64 + 10));
+        assert!(p.by_client.is_empty());
     }
 
     /// Verdicts that lag behind a storm's log: the lines stamped after a verdict's own could be
@@ -602,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn taken_lines_leave_in_bulk_and_untaken_ones_are_counted_once() {
+    fn taken_lines_leave_the_index_and_untaken_ones_are_counted_once() {
         let mut p = Pending::default();
         // Two workers' lines, interleaved, more of each than a verdict looks at; verdicts come
         // only for worker 7's.
@@ -614,11 +693,33 @@ mod tests {
             assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
         }
         assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
-        // The taken ones are gone (not stepped over by every later verdict).
-        assert!(p.lines.iter().filter(|r| r.taken).count() < 40, "{}", p.lines.len());
-        assert!(p.lines.iter().all(|r| r.line.pid == Some(8) || r.taken));
+        // The taken ones are out of the index (not stepped over by every later verdict).
+        assert_eq!(p.len(), each);
+        let indexed: Vec<u64> = p.by_client.values().flatten().copied().collect();
+        assert_eq!(indexed.len(), each);
+        assert!(indexed.iter().all(|&n| p.at(n).line.pid == Some(8) && !p.at(n).taken));
         p.age(1_000_000);
-        assert_eq!((p.lines.len(), p.unmatched), (0, each as u64));
+        assert_eq!((p.len(), p.lines.len(), p.unmatched), (0, 0, each as u64));
+    }
+
+    /// Many clients, each with a backlog: a verdict looks only at its own client's lines, so
+    /// the others' backlogs, however long, neither hide its line nor make it slower.
+    #[test]
+    fn a_verdict_looks_only_at_its_clients_lines() {
+        let mut p = Pending::default();
+        for c in 0..100 {
+            p.push(nginx(100, 7, &format!("10.0.{}.{}", c / 250, 1 + c % 250), "10.1.0.2:80", Claim::Refused));
+        }
+        p.push(nginx(100, 7, "10.9.0.1", "10.1.0.2:80", Claim::Reset));
+        // More than the 1,024 untaken lines a verdict without an index would step over.
+        for c in 0..RETAIN_LINES - 101 {
+            p.push(nginx(100, 7, &format!("10.0.{}.{}", c / 250, 1 + c % 250), "10.1.0.2:80", Claim::Refused));
+        }
+        let (line, _) = p.take_match(&query(100_200, 7, "10.9.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its line");
+        assert_eq!(line.claim, Some(Claim::Reset));
+        // A client whose lines are all another worker's gets none.
+        assert!(p.take_match(&query(100_200, 8, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        assert_eq!(p.len(), RETAIN_LINES - 1);
     }
 
     #[test]
