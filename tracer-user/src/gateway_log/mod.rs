@@ -245,13 +245,14 @@ pub const RETAIN_MS: i64 = 120_000;
 /// At most this many untaken lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
 /// Taken lines stay in place until they reach the front (so a line's place follows from its
-/// number); past this many lines in all, the oldest leave whether taken or not.
+/// number), or until there are this many places in all: then they go, and lines are numbered
+/// again.
 const RETAIN_PLACES: usize = 4 * RETAIN_LINES;
 /// A verdict looks at most at this many untaken lines of its window, the newest.
 const MAX_LOOKED: usize = 256;
 
 /// How well a line fits a verdict, lower first: (names another upstream or none, names no
-/// cause, ms away).
+/// cause, ms away: `Dialect::ms_away`).
 type Rank = (bool, bool, i64);
 
 /// The lines of one log waiting for their verdicts.
@@ -275,7 +276,10 @@ pub struct Pending {
 
 impl Pending {
     pub fn push(&mut self, line: LogLine) {
-        while self.untaken >= RETAIN_LINES || self.lines.len() >= RETAIN_PLACES {
+        if self.lines.len() >= RETAIN_PLACES {
+            self.compact();
+        }
+        while self.untaken >= RETAIN_LINES {
             self.pop_front();
         }
         let number = self.first + self.lines.len() as u64;
@@ -314,6 +318,19 @@ impl Pending {
         self.untaken -= 1;
         if let Some(ip) = r.line.client_ip {
             self.unindex(ip, number);
+        }
+    }
+
+    /// Drop the placeholders of taken lines and number the rest again. An untaken line near
+    /// the front (a verdict took a newer line of the same story, nginx's stamps being whole
+    /// seconds) would otherwise hold them all, and push out lines still in their window.
+    fn compact(&mut self) {
+        self.lines.retain(|r| !r.taken);
+        self.by_client.clear();
+        for (i, r) in self.lines.iter().enumerate() {
+            if let Some(ip) = r.line.client_ip {
+                self.by_client.entry(ip).or_default().push_back(self.first + i as u64);
+            }
         }
     }
 
@@ -362,7 +379,7 @@ impl Pending {
         let mut numbers = std::mem::take(&mut self.scratch);
         numbers.clear();
         match q.client {
-            Some(client) => self.client_lines(client.ip(), q.pid, oldest, latest, &mut numbers),
+            Some(client) => self.client_lines(client.ip(), q.pid, q.unix_ms, (oldest, latest), &mut numbers),
             None => self.any_client_lines(q.pid, oldest, latest, &mut numbers),
         }
         let found = self.best(q, dialect, &numbers);
@@ -371,23 +388,37 @@ impl Pending {
         Some((self.take(number), keys.list()))
     }
 
-    /// The newest untaken lines about this client within the window, oldest first.
-    fn client_lines(&self, ip: IpAddr, pid: u32, oldest: i64, latest: i64, out: &mut Vec<u64>) {
+    /// The untaken lines about this client nearest the verdict's time, oldest first: up to
+    /// `MAX_LOOKED` of its process stamped up to that time, the newest, and as many stamped
+    /// after it (up to `latest`), the oldest. Lines read ahead of a lagging verdict (a storm's
+    /// next hundreds) then neither hide its own line nor are all it sees.
+    fn client_lines(&self, ip: IpAddr, pid: u32, at: i64, (oldest, latest): (i64, i64), out: &mut Vec<u64>) {
         let Some(numbers) = self.by_client.get(&ip) else { return };
+        // Stamps come nearly in reading order (HAProxy's by accept time): a line on the wrong
+        // side of the cut is still looked at, from the other side.
+        let cut = numbers.partition_point(|&n| self.at(n).line.unix_ms <= at);
+        let its_own = |n: u64| self.at(n).line.pid.is_none_or(|p| p == pid);
         // The second bound holds when the client's lines are another process's.
-        for &n in numbers.iter().rev().take(4 * MAX_LOOKED) {
-            let line = &self.at(n).line;
-            if line.unix_ms > latest {
-                continue;
-            }
-            if line.unix_ms < oldest || out.len() == MAX_LOOKED {
+        for &n in numbers.range(..cut).rev().take(4 * MAX_LOOKED) {
+            let stamp = self.at(n).line.unix_ms;
+            if stamp < oldest || out.len() == MAX_LOOKED {
                 break;
             }
-            if line.pid.is_none_or(|p| p == pid) {
+            if stamp <= latest && its_own(n) {
                 out.push(n);
             }
         }
         out.reverse();
+        let before = out.len();
+        for &n in numbers.range(cut..).take(4 * MAX_LOOKED) {
+            let stamp = self.at(n).line.unix_ms;
+            if stamp > latest || out.len() - before == MAX_LOOKED {
+                break;
+            }
+            if stamp >= oldest && its_own(n) {
+                out.push(n);
+            }
+        }
     }
 
     /// A verdict without its client (a response cut short): the newest untaken lines of its
@@ -434,8 +465,7 @@ impl Pending {
                     Some(_) => {}
                 }
             }
-            let rank =
-                (r.upstream_hash != last || r.upstream_hash == no_upstream, r.line.claim.is_none(), (q.unix_ms - r.line.unix_ms).abs());
+            let rank = (r.upstream_hash != last || r.upstream_hash == no_upstream, r.line.claim.is_none(), dialect.ms_away(&r.line, q));
             match &best {
                 // Two lines fit alike: fine if they tell the same story (the same claim about
                 // the same upstream); otherwise which one is this request's is a guess.
@@ -488,6 +518,18 @@ impl Dialect {
             Dialect::HaproxyHttp => 600_000,
             Dialect::CaddyJson => 2000,
         }
+    }
+
+    /// How far a line's stamp is from a verdict's status, in ms. nginx stamps whole seconds:
+    /// a line stamped 100 s was written in [100 s, 101 s), so a status at 100.999 s is 0 ms
+    /// from it and 1 ms from a line stamped 101 s (which it must not take in a storm: the next
+    /// second's verdict would then go without, its own line left behind).
+    fn ms_away(self, line: &LogLine, q: &Query) -> i64 {
+        let stamp_ms = match self {
+            Dialect::NginxError => 1000,
+            Dialect::HaproxyHttp | Dialect::CaddyJson => 1,
+        };
+        if q.unix_ms < line.unix_ms { line.unix_ms - q.unix_ms } else { (q.unix_ms - line.unix_ms - (stamp_ms - 1)).max(0) }
     }
 
     /// How long after a verdict's status its line can be stamped (a clock's second, and
@@ -720,6 +762,50 @@ mod tests {
         // A client whose lines are all another worker's gets none.
         assert!(p.take_match(&query(100_200, 8, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
         assert_eq!(p.len(), RETAIN_LINES - 1);
+    }
+
+    /// A verdict at a second's end, lagging a storm: the next second's lines are read already,
+    /// more than it looks at, and tell another story (a reset). Its own line (stamped in its
+    /// own second, nginx's whole seconds) is the one it takes: a next second's line is later
+    /// than its status, and would make a false disagreement.
+    #[test]
+    fn a_verdict_at_a_seconds_end_takes_its_own_seconds_line() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        for _ in 0..MAX_LOOKED + 44 {
+            p.push(nginx(101, 7, "10.0.0.1", "10.1.0.2:80", Claim::Reset));
+        }
+        let (line, _) = p.take_match(&query(100_990, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("a line");
+        assert_eq!(line.claim, Some(Claim::Refused));
+    }
+
+    /// A storm as upstrace lives it: two workers write 30,000 lines a second (stamped to the
+    /// second), read every 10 ms; each verdict comes 30 ms after its line (the engine's
+    /// settling). Near a second's end a verdict takes the next second's line (1 ms away
+    /// against 999), and its own stays behind; every verdict still finds a line.
+    #[test]
+    fn a_lagging_storm_finds_every_verdict_a_line() {
+        let (rate, settle_ms) = (30_000, 30);
+        let at = |i: i64| 100_000 + i * 1000 / rate;
+        let worker = |i: i64| 7 + (i % 2) as u32;
+        let mut p = Pending::default();
+        let n = 2 * rate;
+        let (mut read, mut judged, mut unmatched) = (0, 0, 0);
+        let mut now = at(0);
+        while judged < n {
+            now += 10;
+            while read < n && at(read) <= now {
+                p.push(nginx(at(read).div_euclid(1000), worker(read), "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+                read += 1;
+            }
+            while judged < n && at(judged) + settle_ms <= now {
+                let q = query(at(judged), worker(judged), "10.0.0.1:5000", "10.1.0.2:80");
+                unmatched += usize::from(p.take_match(&q, Dialect::NginxError).is_none());
+                judged += 1;
+            }
+            p.age(now);
+        }
+        assert_eq!((unmatched, p.unmatched, p.len()), (0, 0, 0));
     }
 
     #[test]
