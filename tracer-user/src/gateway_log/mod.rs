@@ -240,20 +240,39 @@ fn upstream_hash(upstream: Option<&String>) -> u64 {
     h.finish()
 }
 
-/// Lines older than this (by the newest verdict's time) can explain no verdict any more.
-pub const RETAIN_MS: i64 = 120_000;
+/// Lines older than this (by the newest verdict's time) can explain no verdict any more: the
+/// longest window (HAProxy's, a request waiting for its timeouts).
+pub const RETAIN_MS: i64 = 600_000;
 /// At most this many untaken lines kept per log (a flood of errors keeps the newest).
 pub const RETAIN_LINES: usize = 2048;
 /// Taken lines stay in place until they reach the front (so a line's place follows from its
 /// number), or until there are this many places in all: then they go, and lines are numbered
 /// again.
 const RETAIN_PLACES: usize = 4 * RETAIN_LINES;
-/// A verdict looks at most at this many untaken lines of its window, the newest.
+/// A verdict looks at most at this many untaken lines that could be its own on each side of its
+/// time, the nearest.
 const MAX_LOOKED: usize = 256;
 
 /// How well a line fits a verdict, lower first: (names another upstream or none, names no
 /// cause, ms away: `Dialect::ms_away`).
 type Rank = (bool, bool, i64);
+
+/// What a verdict's lines are looked for by: its process, its status's time, and the stamps
+/// its line can have.
+#[derive(Clone, Copy)]
+struct Window {
+    pid: u32,
+    at: i64,
+    oldest: i64,
+    latest: i64,
+}
+
+impl Window {
+    /// Written by the verdict's process (or by a gateway whose lines name none).
+    fn could_be(&self, line: &LogLine) -> bool {
+        line.pid.is_none_or(|p| p == self.pid)
+    }
+}
 
 /// The lines of one log waiting for their verdicts.
 #[derive(Debug, Default)]
@@ -366,21 +385,31 @@ impl Pending {
         line
     }
 
-    /// The line of this verdict's request, if exactly one story fits; it is taken. Lines come
-    /// in time order (HAProxy's by accept time, nearly): none older than the dialect's window
-    /// is looked at, nor stamped later than this verdict's line can be (when verdicts lag
-    /// behind a storm's log, those are the newest lines, and they must not fill the lines
-    /// looked at), nor more than `MAX_LOOKED` untaken ones that could be its own: written by
-    /// its process, about its client. No allocation per line: in a storm the window holds
+    /// The line of this verdict's request, if exactly one story fits; it is taken. A verdict
+    /// looks at the untaken lines that could be its own (written by its process, about its
+    /// client) nearest its own time: at most `MAX_LOOKED` stamped up to it and as many after
+    /// it, within the dialect's window. No allocation per line: in a storm the window holds
     /// thousands of lines, and every verdict looks.
     pub fn take_match(&mut self, q: &Query, dialect: Dialect) -> Option<(LogLine, Vec<MatchKey>)> {
-        let oldest = q.unix_ms - dialect.window_ms();
-        let latest = q.unix_ms + dialect.max_ahead_ms();
+        let window =
+            Window { pid: q.pid, at: q.unix_ms, oldest: q.unix_ms - dialect.window_ms(), latest: q.unix_ms + dialect.max_ahead_ms() };
         let mut numbers = std::mem::take(&mut self.scratch);
         numbers.clear();
-        match q.client {
-            Some(client) => self.client_lines(client.ip(), q.pid, q.unix_ms, (oldest, latest), &mut numbers),
-            None => self.any_client_lines(q.pid, oldest, latest, &mut numbers),
+        // Stamps come nearly in reading order (HAProxy's by accept time, written at the end):
+        // one binary search splits the lines at the verdict's time, and a line on the wrong
+        // side of the cut is still looked at, from the other side.
+        match q.client.and_then(|c| self.by_client.get(&c.ip())) {
+            Some(mine) => {
+                let cut = mine.partition_point(|&n| self.at(n).line.unix_ms <= window.at);
+                self.nearest(mine.range(..cut).rev().copied(), mine.range(cut..).copied(), window, &mut numbers);
+            }
+            None if q.client.is_some() => {}
+            // A response cut short: its client is not known, every kept line is looked at (rare).
+            None => {
+                let cut = self.lines.partition_point(|r| r.line.unix_ms <= window.at) as u64;
+                let (first, end) = (self.first, self.first + self.lines.len() as u64);
+                self.nearest((first..first + cut).rev(), first + cut..end, window, &mut numbers);
+            }
         }
         let found = self.best(q, dialect, &numbers);
         self.scratch = numbers;
@@ -388,57 +417,43 @@ impl Pending {
         Some((self.take(number), keys.list()))
     }
 
-    /// The untaken lines about this client nearest the verdict's time, oldest first: up to
-    /// `MAX_LOOKED` of its process stamped up to that time, the newest, and as many stamped
-    /// after it (up to `latest`), the oldest. Lines read ahead of a lagging verdict (a storm's
-    /// next hundreds) then neither hide its own line nor are all it sees.
-    fn client_lines(&self, ip: IpAddr, pid: u32, at: i64, (oldest, latest): (i64, i64), out: &mut Vec<u64>) {
-        let Some(numbers) = self.by_client.get(&ip) else { return };
-        // Stamps come nearly in reading order (HAProxy's by accept time): a line on the wrong
-        // side of the cut is still looked at, from the other side.
-        let cut = numbers.partition_point(|&n| self.at(n).line.unix_ms <= at);
-        let its_own = |n: u64| self.at(n).line.pid.is_none_or(|p| p == pid);
-        // The second bound holds when the client's lines are another process's.
-        for &n in numbers.range(..cut).rev().take(4 * MAX_LOOKED) {
-            let stamp = self.at(n).line.unix_ms;
-            if stamp < oldest || out.len() == MAX_LOOKED {
-                break;
-            }
-            if stamp <= latest && its_own(n) {
-                out.push(n);
-            }
-        }
-        out.reverse();
-        let before = out.len();
-        for &n in numbers.range(cut..).take(4 * MAX_LOOKED) {
-            let stamp = self.at(n).line.unix_ms;
-            if stamp > latest || out.len() - before == MAX_LOOKED {
-                break;
-            }
-            if stamp >= oldest && its_own(n) {
-                out.push(n);
-            }
-        }
-    }
-
-    /// A verdict without its client (a response cut short): the newest untaken lines of its
-    /// process within the window, oldest first. Rare: a scan of the kept lines.
-    fn any_client_lines(&self, pid: u32, oldest: i64, latest: i64, out: &mut Vec<u64>) {
+    /// Of the lines `before` (newest first) and `after` (oldest first) the verdict's time, the
+    /// untaken ones of its process within its window: at most `MAX_LOOKED` on each side, into
+    /// `out` oldest first. Lines read ahead of a lagging verdict (a storm's next hundreds) then
+    /// neither hide its own line nor are all it sees.
+    fn nearest(&self, before: impl Iterator<Item = u64>, after: impl Iterator<Item = u64>, w: Window, out: &mut Vec<u64>) {
+        // The second bound (untaken lines of any process) holds when the lines are another
+        // process's: each verdict would read them all.
         let mut untaken = 0;
-        for (i, r) in self.lines.iter().enumerate().rev() {
-            if r.taken || r.line.unix_ms > latest {
+        for n in before {
+            let r = self.at(n);
+            if r.taken {
                 continue;
             }
-            // The second bound holds when the window is other processes' lines.
-            if r.line.unix_ms < oldest || out.len() == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
+            if r.line.unix_ms < w.oldest || out.len() == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
                 break;
             }
             untaken += 1;
-            if r.line.pid.is_none_or(|p| p == pid) {
-                out.push(self.first + i as u64);
+            if r.line.unix_ms <= w.latest && w.could_be(&r.line) {
+                out.push(n);
             }
         }
         out.reverse();
+        let (before, mut untaken) = (out.len(), 0);
+        for n in after {
+            let r = self.at(n);
+            // Out of stamp order (HAProxy): a later line may still be in the window.
+            if r.taken || r.line.unix_ms > w.latest {
+                continue;
+            }
+            if out.len() - before == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
+                break;
+            }
+            untaken += 1;
+            if r.line.unix_ms >= w.oldest && w.could_be(&r.line) {
+                out.push(n);
+            }
+        }
     }
 
     /// Of these lines (oldest first), the one this verdict's request left, if exactly one
@@ -759,9 +774,28 @@ mod tests {
         }
         let (line, _) = p.take_match(&query(100_200, 7, "10.9.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its line");
         assert_eq!(line.claim, Some(Claim::Reset));
-        // A client whose lines are all another worker's gets none.
+        // The lines it ranked (kept for the next verdict): its own only.
+        assert_eq!(p.scratch.len(), 1);
+        // A client whose lines are all another worker's gets none, and ranks none.
         assert!(p.take_match(&query(100_200, 8, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_none());
+        assert!(p.scratch.is_empty());
         assert_eq!(p.len(), RETAIN_LINES - 1);
+    }
+
+    /// One line waits at the front (its verdict comes last) while more lines than there are
+    /// places are read and taken behind it: the placeholders go, the waiting line stays.
+    #[test]
+    fn placeholders_go_when_places_fill_and_a_waiting_line_stays() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 9, "10.0.0.9", "10.1.0.2:80", Claim::Reset));
+        for _ in 0..RETAIN_PLACES + 10 {
+            p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+            assert!(p.take_match(&query(100_200, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).is_some());
+        }
+        assert!(p.lines.len() < RETAIN_PLACES);
+        assert_eq!((p.len(), p.unmatched), (1, 0));
+        let (line, _) = p.take_match(&query(100_200, 9, "10.0.0.9:5000", "10.1.0.2:80"), Dialect::NginxError).expect("the waiting line");
+        assert_eq!(line.claim, Some(Claim::Reset));
     }
 
     /// A verdict at a second's end, lagging a storm: the next second's lines are read already,
@@ -781,8 +815,9 @@ mod tests {
 
     /// A storm as upstrace lives it: two workers write 30,000 lines a second (stamped to the
     /// second), read every 10 ms; each verdict comes 30 ms after its line (the engine's
-    /// settling). Near a second's end a verdict takes the next second's line (1 ms away
-    /// against 999), and its own stays behind; every verdict still finds a line.
+    /// settling), when hundreds more are read. Lines of one story are taken out of order, and
+    /// the placeholders of taken lines must not push out lines still waiting: every verdict
+    /// finds a line.
     #[test]
     fn a_lagging_storm_finds_every_verdict_a_line() {
         let (rate, settle_ms) = (30_000, 30);
