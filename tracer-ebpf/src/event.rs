@@ -1,8 +1,9 @@
 //! Building and sending events: `emit` is the one place that fills an `Event`'s time, kind and
 //! identity (pid, tid, comm, cgroup), for every program that sends one.
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tracer_common::{
     AF_UNIX, COMM_LEN, Event, EventKind, Exchange, HELD_STATES, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
-    REQUEST_HEAD, RESPONSE_HEAD, SockOwner, TcpState, counter,
+    REQUEST_HEAD, RESPONSE_HEAD, RING_BYTES, SockOwner, TcpState, counter,
 };
 
 use crate::{
@@ -23,6 +24,11 @@ pub enum Who<'a> {
     /// No process (packet events).
     Nobody,
 }
+
+/// Bytes waiting in the ring buffer from which a submit wakes userspace at once. Below that,
+/// userspace reads the ring on its own 10 ms tick: in a storm, a wakeup per submit cost an
+/// irq_work in the gateway's own context and a context switch in upstrace's.
+const WAKE_AT_BYTES: u64 = RING_BYTES as u64 / 64;
 
 /// Reserve an event in the ring buffer, zero it, stamp it with the time, `kind` and `who`, let
 /// `fill` write the rest, and submit it. A full ring buffer is counted, never silent.
@@ -51,7 +57,8 @@ pub fn emit(kind: EventKind, who: Who, fill: impl FnOnce(&mut Event)) {
         Who::Nobody => {}
     }
     fill(event);
-    entry.submit(0);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    entry.submit(if waiting >= WAKE_AT_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP } as u64);
 }
 
 /// Copy a socket owner's identity and the socket's byte counters into an event.

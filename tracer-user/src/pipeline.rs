@@ -17,6 +17,10 @@ use crate::{
 const MAX_HELD_VERDICTS: usize = 256;
 /// The longest a held verdict waits, in event time, when the ring never runs dry.
 const MAX_HELD_NS: u64 = 10_000_000;
+/// How long ago the event that decided a batch may have been stamped (CLOCK_MONOTONIC, as the
+/// kernel stamps) before upstrace counts as behind the kernel. Reading the ring every 10 ms
+/// keeps it near 10 ms; a backlog makes it grow.
+const BEHIND_NS: u64 = 25_000_000;
 
 pub struct Pipeline {
     pub engine: Engine,
@@ -206,10 +210,14 @@ impl Pipeline {
                 // A storm can keep the ring from ever running dry: batches stay bounded, in
                 // number and in time.
                 let waited = now_ns.saturating_sub(self.held_since_ns);
-                // A full batch within one drain is a storm upstrace is behind on (a drain after
-                // a pause of the process can span 10 ms, and is not).
-                let behind = held.len() >= MAX_HELD_VERDICTS;
-                if behind || (!held.is_empty() && waited >= MAX_HELD_NS) { self.release(behind) } else { Ok(()) }
+                if held.len() >= MAX_HELD_VERDICTS || (!held.is_empty() && waited >= MAX_HELD_NS) {
+                    // Behind: the event that decided them is old, the ring holds a backlog. A
+                    // full batch alone is not: a storm fills one in every 10 ms read.
+                    let behind = clock::monotonic_ns().saturating_sub(now_ns) > BEHIND_NS;
+                    self.release(behind)
+                } else {
+                    Ok(())
+                }
             }
             None => self.send(verdicts, false),
         }

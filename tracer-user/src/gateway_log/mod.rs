@@ -243,8 +243,10 @@ fn upstream_hash(upstream: Option<&String>) -> u64 {
 /// Lines older than this (by the newest verdict's time) can explain no verdict any more: the
 /// longest window (HAProxy's, a request waiting for its timeouts).
 pub const RETAIN_MS: i64 = 600_000;
-/// At most this many untaken lines kept per log (a flood of errors keeps the newest).
-pub const RETAIN_LINES: usize = 2048;
+/// At most this many untaken lines kept per log (a flood of errors keeps the newest): the lines a
+/// storm of 70,000 failed requests a second writes while upstrace is up to 50 ms behind, and
+/// more (a line is a few hundred bytes).
+pub const RETAIN_LINES: usize = 8192;
 /// Taken lines stay in place until they reach the front (so a line's place follows from its
 /// number), or until there are this many places in all: then they go, and lines are numbered
 /// again.
