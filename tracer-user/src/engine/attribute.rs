@@ -58,6 +58,9 @@ struct PendingStatus {
 /// for the same attempt (which takes precedence) has been judged first.
 const TRUNCATION_WAIT_NS: u64 = 200_000_000;
 
+/// An attempt that may explain a status, and when it ended (`Attempt::end_ns`).
+type Candidate<'a> = (&'a Attempt, Option<u64>);
+
 #[derive(Default)]
 pub struct Engine {
     pub tracker: Tracker,
@@ -349,35 +352,35 @@ impl Engine {
     fn link(&self, status: &KernelEvent) -> Vec<u64> {
         let t = status.ts_ns;
         let by_thread = self.candidates(status, true);
-        let ids = if by_thread.is_empty() { self.candidates(status, false) } else { by_thread };
-        let attempts: Vec<&Attempt> = ids.iter().filter_map(|id| self.tracker.attempt(*id)).collect();
-        let ended_recently = |a: &&Attempt| a.end_ns().is_some_and(|e| e + FAILURE_TO_STATUS_NS >= t);
+        let attempts = if by_thread.is_empty() { self.candidates(status, false) } else { by_thread };
+        let ended_recently = |&(_, end): &Candidate| end.is_some_and(|e| e + FAILURE_TO_STATUS_NS >= t);
         let first = attempts
             .iter()
             .copied()
             .filter(ended_recently)
             // A failed attempt before one whose answer came whole and whose connection then
             // ended (an idle keep-alive connection its server closed).
-            .min_by_key(|a| (a.succeeded(), a.end_ns(), a.started_ns))
+            .min_by_key(|&(a, end)| (a.succeeded(), end, a.started_ns))
             // Nothing ended: the oldest request still in flight (a stall the gateway has not
             // closed yet).
-            .or_else(|| attempts.iter().copied().filter(|a| a.end_ns().is_none()).min_by_key(|a| a.request_ns.unwrap_or(a.started_ns)));
-        let Some(first) = first else { return vec![] };
-        let mut chain = vec![first.id];
-        let mut last = first;
-        while let Some(end) = last.end_ns() {
+            .or_else(|| {
+                attempts.iter().copied().filter(|(_, end)| end.is_none()).min_by_key(|(a, _)| a.request_ns.unwrap_or(a.started_ns))
+            });
+        let Some(mut last) = first else { return vec![] };
+        let mut chain = vec![last.0.id];
+        while let (previous, Some(end)) = last {
             let next = attempts
                 .iter()
                 .copied()
                 // A retry goes to the next upstream, or to a fresh connection after a reused
                 // one failed; back-to-back fresh attempts to the same upstream are other
                 // requests that the thread handled one after another.
-                .filter(|a| last.reused || a.dst != last.dst)
-                .filter(|a| !chain.contains(&a.id) && a.started_ns >= end && a.started_ns - end <= RETRY_GAP_NS && a.started_ns <= t)
-                .min_by_key(|a| a.started_ns);
+                .filter(|(a, _)| previous.reused || a.dst != previous.dst)
+                .filter(|(a, _)| !chain.contains(&a.id) && a.started_ns >= end && a.started_ns - end <= RETRY_GAP_NS && a.started_ns <= t)
+                .min_by_key(|(a, _)| a.started_ns);
             match next {
                 Some(n) => {
-                    chain.push(n.id);
+                    chain.push(n.0.id);
                     last = n;
                 }
                 None => break,
@@ -386,11 +389,13 @@ impl Engine {
         chain
     }
 
-    fn candidates(&self, status: &KernelEvent, same_thread: bool) -> Vec<u64> {
+    /// The attempts that may explain this status, each with its end, worked out once: in a
+    /// storm a status weighs every attempt its thread began meanwhile, several times.
+    fn candidates(&self, status: &KernelEvent, same_thread: bool) -> Vec<Candidate<'_>> {
         let t = status.ts_ns;
-        let ids: Vec<u64> = if same_thread {
+        let attempts: Vec<&Attempt> = if same_thread {
             let queue = self.tracker.by_tid.get(&status.tid);
-            queue.into_iter().flatten().filter(|&&(started, _)| started <= t).map(|&(_, id)| id).collect()
+            queue.into_iter().flatten().filter(|&&(started, _)| started <= t).filter_map(|&(_, id)| self.tracker.attempt(id)).collect()
         } else {
             // Same process, other threads (bounded by the per-thread indexes).
             self.tracker
@@ -398,22 +403,23 @@ impl Engine {
                 .values()
                 // The newest few of each thread: a handoff between threads is immediate.
                 .flat_map(|q| q.iter().rev().filter(|&&(started, _)| started <= t).take(64))
-                .map(|&(_, id)| id)
-                .filter(|id| self.tracker.attempt(*id).is_some_and(|a| a.pid == status.pid))
+                .filter_map(|&(_, id)| self.tracker.attempt(id))
+                .filter(|a| a.pid == status.pid)
                 .collect()
         };
-        ids.into_iter()
-            .filter(|id| {
-                let Some(a) = self.tracker.attempt(*id) else { return false };
+        attempts
+            .into_iter()
+            .map(|a| (a, a.end_ns()))
+            .filter(|&(a, end)| {
                 !a.consumed
                     && !a.tls_goodbye()
                     && a.started_ns <= t
                     && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
                     // A gateway that resets its upstream connection (closing it with bytes
                     // unread) gave up on it: not a success, even right after its status.
-                    && !(a.succeeded() && a.end_ns().is_none_or(|e| e > t) && !a.answered_5xx() && a.rst_sent_ns.is_none())
+                    && !(a.succeeded() && end.is_none_or(|e| e > t) && !a.answered_5xx() && a.rst_sent_ns.is_none())
                     && !(a.succeeded() && a.response_ns.is_some_and(|r| r < t.saturating_sub(LOOKBACK_NS)))
-                    && a.end_ns().is_none_or(|e| e <= t + SETTLE_NS)
+                    && end.is_none_or(|e| e <= t + SETTLE_NS)
             })
             .collect()
     }
