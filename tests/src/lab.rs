@@ -958,7 +958,7 @@ impl Lab {
         let d = self.dir.display();
         let log = self.dir.join("error.log");
         // nginx 1.22 (Debian 12) turns HTTP/2 on with the `http2` listen parameter.
-        let listen = if self.client.tls() {
+        let mut listen = if self.client.tls() {
             let (cert, key, _) = self.certificate()?;
             format!(
                 "listen 127.0.0.1:{GATEWAY_PORT} ssl http2;\n        ssl_certificate {};\n        ssl_certificate_key {};",
@@ -968,7 +968,6 @@ impl Lab {
         } else {
             format!("listen 127.0.0.1:{GATEWAY_PORT};")
         };
-        let mut listen = listen;
         for k in 1..=self.client_addresses {
             listen += &format!("\n        listen {}:{GATEWAY_PORT};", Lab::client_address(k));
         }

@@ -15,13 +15,6 @@ use upstrace_lab::{
     tracer::Tracer,
 };
 
-struct Wrk {
-    rps: f64,
-    p99_ms: f64,
-    /// Requests completed in the run.
-    requests: f64,
-}
-
 pub(crate) fn parse_ms(v: &str) -> Option<f64> {
     let v = v.trim();
     let (num, mult) = if let Some(x) = v.strip_suffix("us") {
@@ -36,21 +29,59 @@ pub(crate) fn parse_ms(v: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|n| n * mult)
 }
 
-fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Wrk> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.gw_ns, "wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"])
-        .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok());
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(parse_ms);
-    // "  123456 requests in 5.00s, ..."
-    let requests = text.lines().find_map(|l| l.split_once(" requests in ")).and_then(|(n, _)| n.trim().parse().ok()).unwrap_or(0.0);
-    match (rps, p99) {
-        (Some(rps), Some(p99_ms)) => Ok(Wrk { rps, p99_ms, requests }),
-        _ => bail!("cannot read wrk's output:\n{text}"),
+/// The gateway's usual client-facing address (in its namespace).
+pub(crate) const LOOPBACK: &str = "127.0.0.1";
+
+/// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
+/// percentiles, so its mean).
+#[derive(Clone, Copy)]
+pub(crate) struct Load {
+    pub rps: f64,
+    pub latency_ms: f64,
+    /// Requests completed in the run.
+    pub requests: f64,
+}
+
+/// A load run from inside the gateway's namespace: `conns` connections to `addr` (on the
+/// gateway's port) for `secs`.
+pub(crate) fn load(gw_ns: &str, addr: &str, mode: ClientMode, secs: u64, conns: u32) -> Result<Load> {
+    let url = format!("{}://{addr}:{GATEWAY_PORT}/", if mode.tls() { "https" } else { "http" });
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", gw_ns]);
+    if mode == ClientMode::TlsH2 {
+        cmd.args(["h2load", &format!("-c{conns}"), "-m4", "-t2", "-D", &secs.to_string(), &url]);
+    } else {
+        cmd.args(["wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &url]);
     }
+    let out = cmd.output().context("running the load generator")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let number = |s: &str| s.trim().trim_end_matches(|c: char| c.is_alphabetic()).parse::<f64>().ok();
+    let parsed = if mode == ClientMode::TlsH2 {
+        // "finished in 5.00s, 12345.67 req/s, ..." and "time for request: min max mean sd".
+        let rps = text.lines().find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" req/s")).and_then(number));
+        let mean =
+            text.lines().find_map(|l| l.strip_prefix("time for request:")).and_then(|l| l.split_whitespace().nth(2)).and_then(parse_ms);
+        let done = text
+            .lines()
+            .find_map(|l| l.strip_prefix("requests:"))
+            .and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded")))
+            .and_then(number);
+        rps.zip(mean).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
+    } else {
+        let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(number);
+        let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(parse_ms);
+        let done = text.lines().find_map(|l| l.trim().split_once(" requests in ").map(|x| x.0)).and_then(number);
+        rps.zip(p99).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
+    };
+    match parsed {
+        Some(l) => Ok(l),
+        None => bail!("cannot read the load generator's output:\n{text}"),
+    }
+}
+
+/// wrk with plain HTTP on the gateway's loopback: the A/B and healthy rows' load.
+fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Load> {
+    load(&lab.gw_ns, LOOPBACK, ClientMode::Plain, secs, conns)
 }
 
 /// upstrace on the gateway, keeping only its stats lines (one a second); `bpf_stats` also
@@ -82,7 +113,7 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
 
 /// Load under an empty program attached to the same hooks (`upstrace floor`): what running
 /// any BPF program there costs the gateway on this machine. Returns (wrk, floor line).
-fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> Result<(Wrk, serde_json::Value)> {
+fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> Result<(Load, serde_json::Value)> {
     let bin = upstrace_lab::upstrace_binary()?;
     let mut args = vec!["floor".to_string(), "--seconds".into(), (secs + 1).to_string(), "--hooks".into(), hooks.into()];
     if stats {
@@ -102,9 +133,9 @@ fn wrk_at_floor(lab: &Lab, secs: u64, conns: u32, hooks: &str, stats: bool) -> R
 /// up in a row of new connections, a neighbour on the host) must not always weigh on the
 /// same one.
 struct Pair {
-    without: Wrk,
-    with: Wrk,
-    floor: Wrk,
+    without: Load,
+    with: Load,
+    floor: Load,
     tracer_cpu_pct: f64,
 }
 
@@ -128,8 +159,11 @@ fn ab_pair(lab: &Lab, gw: u32, secs: u64, round: usize) -> Result<Pair> {
     Ok(Pair { without, with, floor, tracer_cpu_pct })
 }
 
-fn describe_pair(a: &Wrk, b: &Wrk, f: &Wrk, floor: &str) -> String {
-    format!("without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, {floor} {:.0} req/s", a.rps, a.p99_ms, b.rps, b.p99_ms, f.rps)
+fn describe_pair(a: &Load, b: &Load, f: &Load, floor: &str) -> String {
+    format!(
+        "without {:.0} req/s p99 {:.2} ms, with {:.0} req/s p99 {:.2} ms, {floor} {:.0} req/s",
+        a.rps, a.latency_ms, b.rps, b.latency_ms, f.rps
+    )
 }
 
 pub(crate) fn mean(v: &[f64]) -> f64 {
@@ -187,12 +221,12 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         healthy_cpu_per_10k.push(tracer_cpu_pct * 10_000.0 / b.rps.max(1.0));
         eprintln!("bench: pair {}: {}", i + 1, describe_pair(&a, &b, &f, "empty programs"));
         rps_ratio.push(b.rps / a.rps);
-        p99_ratio.push(b.p99_ms / a.p99_ms);
+        p99_ratio.push(b.latency_ms / a.latency_ms);
         floor_ratio.push(f.rps / a.rps);
         runs.push(serde_json::json!({
-            "without": {"rps": a.rps, "p99_ms": a.p99_ms},
-            "with": {"rps": b.rps, "p99_ms": b.p99_ms},
-            "empty_programs": {"rps": f.rps, "p99_ms": f.p99_ms},
+            "without": {"rps": a.rps, "p99_ms": a.latency_ms},
+            "with": {"rps": b.rps, "p99_ms": b.latency_ms},
+            "empty_programs": {"rps": f.rps, "p99_ms": f.latency_ms},
         }));
     }
     // 2. Cost per run, with the kernel's run-time statistics on (a run of its own: counting
@@ -278,7 +312,7 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
             let Pair { without: a, with: b, floor: f, tracer_cpu_pct } = ab_pair(&lab, gw, secs, i)?;
             eprintln!("bench: {name} pair {}: {}, upstrace {tracer_cpu_pct:.2}% of a core", i + 1, describe_pair(&a, &b, &f, "floor"));
             rps_ratio.push(b.rps / a.rps);
-            p99_ratio.push(b.p99_ms / a.p99_ms);
+            p99_ratio.push(b.latency_ms / a.latency_ms);
             floor_ratio.push(f.rps / a.rps);
             if b.rps > 0.0 {
                 cpu_per_10k.push(tracer_cpu_pct * 10_000.0 / b.rps);
@@ -397,13 +431,13 @@ impl Clients {
     /// Requests per second served to all of them in `secs`.
     fn run(self, gw_ns: &str, secs: u64, conns: u32) -> Result<f64> {
         match self {
-            Clients::Loopback(mode) => Ok(crate::bench_https::load(gw_ns, crate::bench_https::LOOPBACK, mode, secs, conns)?.rps),
+            Clients::Loopback(mode) => Ok(load(gw_ns, LOOPBACK, mode, secs, conns)?.rps),
             Clients::Addresses(n) => {
                 let per = (conns / u32::from(n)).max(2);
                 let runs: Vec<_> = (1..=n)
                     .map(|k| {
                         let gw_ns = gw_ns.to_string();
-                        std::thread::spawn(move || crate::bench_https::load(&gw_ns, &Lab::client_address(k), ClientMode::Plain, secs, per))
+                        std::thread::spawn(move || load(&gw_ns, &Lab::client_address(k), ClientMode::Plain, secs, per))
                     })
                     .collect();
                 let mut rps = 0.0;

@@ -9,59 +9,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
-use upstrace_lab::lab::{ClientMode, GATEWAY_PORT, GatewayKind, Lab};
+use anyhow::{Context as _, Result};
+use upstrace_lab::lab::{ClientMode, GatewayKind, Lab};
 
-use crate::bench::{cpu_ticks, mean, parse_ms, runs_and_bpf_us, spread, start_tracer};
-
-/// The gateway's usual client-facing address (in its namespace).
-pub(crate) const LOOPBACK: &str = "127.0.0.1";
-
-/// One load run: requests per second and a latency figure (wrk's p99; h2load gives no
-/// percentiles, so its mean).
-#[derive(Clone, Copy)]
-pub(crate) struct Load {
-    pub rps: f64,
-    latency_ms: f64,
-    requests: f64,
-}
-
-/// A load run from inside the gateway's namespace: `conns` connections to `addr` (on the
-/// gateway's port) for `secs`.
-pub(crate) fn load(gw_ns: &str, addr: &str, mode: ClientMode, secs: u64, conns: u32) -> Result<Load> {
-    let url = format!("{}://{addr}:{GATEWAY_PORT}/", if mode.tls() { "https" } else { "http" });
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", gw_ns]);
-    if mode == ClientMode::TlsH2 {
-        cmd.args(["h2load", &format!("-c{conns}"), "-m4", "-t2", "-D", &secs.to_string(), &url]);
-    } else {
-        cmd.args(["wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &url]);
-    }
-    let out = cmd.output().context("running the load generator")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let number = |s: &str| s.trim().trim_end_matches(|c: char| c.is_alphabetic()).parse::<f64>().ok();
-    let ms = parse_ms;
-    let parsed = if mode == ClientMode::TlsH2 {
-        // "finished in 5.00s, 12345.67 req/s, ..." and "time for request: min max mean sd".
-        let rps = text.lines().find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" req/s")).and_then(number));
-        let mean = text.lines().find_map(|l| l.strip_prefix("time for request:")).and_then(|l| l.split_whitespace().nth(2)).and_then(ms);
-        let done = text
-            .lines()
-            .find_map(|l| l.strip_prefix("requests:"))
-            .and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded")))
-            .and_then(number);
-        rps.zip(mean).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
-    } else {
-        let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(number);
-        let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(ms);
-        let done = text.lines().find_map(|l| l.trim().split_once(" requests in ").map(|x| x.0)).and_then(number);
-        rps.zip(p99).map(|(rps, latency_ms)| Load { rps, latency_ms, requests: done.unwrap_or(rps * secs as f64) })
-    };
-    match parsed {
-        Some(l) => Ok(l),
-        None => bail!("cannot read the load generator's output:\n{text}"),
-    }
-}
+use crate::bench::{LOOPBACK, cpu_ticks, load, mean, runs_and_bpf_us, spread, start_tracer};
 
 fn ratio_stats(v: &[f64]) -> serde_json::Value {
     let (min, max) = spread(v);

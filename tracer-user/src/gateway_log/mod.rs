@@ -313,12 +313,9 @@ impl Pending {
     }
 
     /// Untaken lines kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.untaken
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.untaken == 0
     }
 
     /// Forget lines too old for any verdict still to come.
@@ -343,14 +340,15 @@ impl Pending {
     }
 
     /// Drop the placeholders of taken lines and number the rest again. An untaken line near
-    /// the front (a verdict took a newer line of the same story, nginx's stamps being whole
-    /// seconds) would otherwise hold them all, and push out lines still in their window.
+    /// the front (its verdict late, or never coming) would otherwise hold them all, and push
+    /// out lines still in their window.
     fn compact(&mut self) {
         self.lines.retain(|r| !r.taken);
         self.by_client.clear();
-        for (i, r) in self.lines.iter().enumerate() {
+        let (lines, by_client) = (&self.lines, &mut self.by_client);
+        for (i, r) in lines.iter().enumerate() {
             if let Some(ip) = r.line.client_ip {
-                self.by_client.entry(ip).or_default().push_back(self.first + i as u64);
+                by_client.entry(ip).or_default().push_back(self.first + i as u64);
             }
         }
     }
@@ -365,13 +363,17 @@ impl Pending {
         }
     }
 
+    fn place(&self, number: u64) -> usize {
+        (number - self.first) as usize
+    }
+
     fn at(&self, number: u64) -> &Retained {
-        &self.lines[(number - self.first) as usize]
+        &self.lines[self.place(number)]
     }
 
     /// Take line `number`: it leaves the index, and `lines` once it reaches the front.
     fn take(&mut self, number: u64) -> LogLine {
-        let i = (number - self.first) as usize;
+        let i = self.place(number);
         let r = &mut self.lines[i];
         r.taken = true;
         // Moved out: a taken line is never read again but for its time (the window's edge).
@@ -400,12 +402,13 @@ impl Pending {
         // Stamps come nearly in reading order (HAProxy's by accept time, written at the end):
         // one binary search splits the lines at the verdict's time, and a line on the wrong
         // side of the cut is still looked at, from the other side.
-        match q.client.and_then(|c| self.by_client.get(&c.ip())) {
-            Some(mine) => {
-                let cut = mine.partition_point(|&n| self.at(n).line.unix_ms <= window.at);
-                self.nearest(mine.range(..cut).rev().copied(), mine.range(cut..).copied(), window, &mut numbers);
+        match q.client {
+            Some(client) => {
+                if let Some(mine) = self.by_client.get(&client.ip()) {
+                    let cut = mine.partition_point(|&n| self.at(n).line.unix_ms <= window.at);
+                    self.nearest(mine.range(..cut).rev().copied(), mine.range(cut..).copied(), window, &mut numbers);
+                }
             }
-            None if q.client.is_some() => {}
             // A response cut short: its client is not known, every kept line is looked at (rare).
             None => {
                 let cut = self.lines.partition_point(|r| r.line.unix_ms <= window.at) as u64;
@@ -766,14 +769,15 @@ mod tests {
     #[test]
     fn a_verdict_looks_only_at_its_clients_lines() {
         let mut p = Pending::default();
-        for c in 0..100 {
-            p.push(nginx(100, 7, &format!("10.0.{}.{}", c / 250, 1 + c % 250), "10.1.0.2:80", Claim::Refused));
-        }
+        let others = |p: &mut Pending, count: usize| {
+            for c in 0..count {
+                p.push(nginx(100, 7, &format!("10.0.{}.{}", c / 250, 1 + c % 250), "10.1.0.2:80", Claim::Refused));
+            }
+        };
+        others(&mut p, 100);
         p.push(nginx(100, 7, "10.9.0.1", "10.1.0.2:80", Claim::Reset));
         // More than the 1,024 untaken lines a verdict without an index would step over.
-        for c in 0..RETAIN_LINES - 101 {
-            p.push(nginx(100, 7, &format!("10.0.{}.{}", c / 250, 1 + c % 250), "10.1.0.2:80", Claim::Refused));
-        }
+        others(&mut p, RETAIN_LINES - 101);
         let (line, _) = p.take_match(&query(100_200, 7, "10.9.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its line");
         assert_eq!(line.claim, Some(Claim::Reset));
         // The lines it ranked (kept for the next verdict): its own only.

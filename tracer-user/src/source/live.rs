@@ -188,8 +188,8 @@ pub async fn run(opts: Options, pipeline: &mut Pipeline) -> Result<Counts> {
     stats_tick.tick().await;
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
-    // The kernel wakes upstrace only once the ring buffer is a quarter full: this tick reads
-    // it the rest of the time. Verdicts wait a few ms for the events that close a story; the
+    // The kernel wakes upstrace only once 64 KiB of events wait in the ring buffer: this tick
+    // reads it the rest of the time. Verdicts wait a few ms for the events that close a story; the
     // tick also releases them when the ring buffer is quiet.
     let mut verdict_tick = tokio::time::interval(Duration::from_millis(10));
     let mut queue_tick = tokio::time::interval(Duration::from_millis(250));
