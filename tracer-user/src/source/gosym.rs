@@ -4,57 +4,13 @@
 //! layout of `runtime/symtab.go` since then: magics 0xfffffff0 and 0xfffffff1).
 use anyhow::{Context as _, Result, bail};
 
+use super::elf::{c_str, read_u32, read_u64, sections, text_offset};
+
 /// The function whose plaintext argument upstrace reads in Go gateways.
 pub const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
 
 const GO_118_MAGIC: u32 = 0xffff_fff0;
 const GO_120_MAGIC: u32 = 0xffff_fff1;
-
-/// A section of a 64-bit little-endian ELF file: (name, address, file offset, size).
-struct Section<'a> {
-    name: &'a [u8],
-    addr: u64,
-    offset: u64,
-    size: u64,
-}
-
-fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
-}
-
-fn c_str(b: &[u8], at: usize) -> Option<&[u8]> {
-    let rest = b.get(at..)?;
-    Some(&rest[..rest.iter().position(|&c| c == 0)?])
-}
-
-fn sections(elf: &[u8]) -> Option<Vec<Section<'_>>> {
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let shoff = usize::try_from(read_u64(elf, 0x28)?).ok()?;
-    let (entsize, count, names) = (read_u16(elf, 0x3a)? as usize, read_u16(elf, 0x3c)? as usize, read_u16(elf, 0x3e)? as usize);
-    let header = |i: usize| shoff.checked_add(i.checked_mul(entsize)?);
-    let names_at = usize::try_from(read_u64(elf, header(names)? + 0x18)?).ok()?;
-    (0..count)
-        .map(|i| {
-            let h = header(i)?;
-            Some(Section {
-                name: c_str(elf, names_at.checked_add(read_u32(elf, h)? as usize)?)?,
-                addr: read_u64(elf, h + 0x10)?,
-                offset: read_u64(elf, h + 0x18)?,
-                size: read_u64(elf, h + 0x20)?,
-            })
-        })
-        .collect()
-}
 
 /// The file offset of a Go function's entry (what a uprobe attaches at), by its full name.
 pub fn function_offset(elf: &[u8], function: &str) -> Result<u64> {
@@ -80,11 +36,7 @@ pub fn function_offset(elf: &[u8], function: &str) -> Result<u64> {
             continue;
         }
         let addr = text_start + u64::from(entry_off);
-        let text = sections
-            .iter()
-            .find(|s| s.addr <= addr && addr < s.addr + s.size && s.name.starts_with(b".text"))
-            .context("the function is outside .text")?;
-        return Ok(addr - text.addr + text.offset);
+        return text_offset(&sections, addr).context("the function is outside .text");
     }
     bail!("no function {function} in .gopclntab")
 }

@@ -298,7 +298,7 @@ impl Live {
         let mut via = Vec::new();
         for lib in tls::libssl_of(pid) {
             match self.openssl.attach(&mut self.probes, &lib) {
-                Ok(_) => via.push(lib.path),
+                Ok(said) => via.push(said),
                 Err(e) if !self.quiet => eprintln!("upstrace: {comm} {pid}: TLS plaintext not readable: {e:#}"),
                 Err(_) => {}
             }
@@ -307,11 +307,11 @@ impl Live {
         let mut go = false;
         if !openssl && let Some(exe) = tls::executable_of(pid) {
             match self.go_tls.read(&mut self.probes, &exe) {
-                Ok(true) => {
+                Ok(Some(said)) => {
                     go = true;
-                    via.push(exe.path);
+                    via.push(said);
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) if !self.quiet => eprintln!("upstrace: {comm} {pid}: Go TLS plaintext not readable: {e:#}"),
                 Err(_) => {}
             }

@@ -2,20 +2,26 @@
 //! in a shared libssl, and Go's `crypto/tls.(*Conn).Write` in the gateway's own binary (no
 //! return probes: nothing is needed from the return, they cost more, and they break Go). One
 //! attachment per file (device, inode) serves every process that maps it; the programs keep to
-//! traced processes themselves.
+//! traced processes themselves. Each probe sits where the kernel emulates the instruction
+//! (`probe_point`), not always at the entry.
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::{UProbe, uprobe::UProbeScope};
+use iced_x86::Register;
 
 use super::Probes;
-use crate::source::{gosym, tls::LibraryFile};
+use crate::source::{
+    elf, gosym,
+    probe_point::{self, ProbePoint},
+    tls::LibraryFile,
+};
 
 const PROGRAM: &str = "ssl_write";
 /// Both take the plaintext buffer as their second argument.
 const SYMBOLS: [&str; 2] = ["SSL_write", "SSL_write_ex"];
 
-/// The libssl files attached so far, by (device, inode).
+/// The libssl files attached so far, by (device, inode), with where their probes sit.
 #[derive(Default)]
 pub struct OpenSsl {
     loaded: bool,
@@ -23,31 +29,58 @@ pub struct OpenSsl {
 }
 
 impl OpenSsl {
-    /// Attach to this library file unless it already is. Ok(true) when newly attached (at
-    /// least one of the symbols); an error names the file and what is missing.
-    pub fn attach(&mut self, probes: &mut Probes, lib: &LibraryFile) -> Result<bool> {
-        if self.attached.contains_key(&(lib.dev, lib.ino)) {
-            return Ok(false);
+    /// Attach to this library file unless it already is. Ok says the file and where its
+    /// probes sit (at least one of the symbols); an error names the file and what is missing.
+    pub fn attach(&mut self, probes: &mut Probes, lib: &LibraryFile) -> Result<String> {
+        if let Some(said) = self.attached.get(&(lib.dev, lib.ino)) {
+            return Ok(said.clone());
         }
         let program: &mut UProbe = probes.ebpf.program_mut(PROGRAM).context("ssl_write program missing")?.try_into()?;
         if !self.loaded {
             program.load().map_err(|e| anyhow!("loading {PROGRAM}: {e}"))?;
             self.loaded = true;
         }
-        let mut missing = Vec::new();
+        // Unreadable here, the file is still attached by aya's own lookup, at the entries.
+        let bytes = std::fs::read(&lib.open_path).unwrap_or_default();
+        let (mut placed, mut missing) = (Vec::new(), Vec::new());
         for symbol in SYMBOLS {
-            if let Err(e) = program.attach(symbol, &lib.open_path, UProbeScope::AllProcesses) {
-                missing.push(format!("{symbol}: {e}"));
+            let attached = match elf::function_symbol_offset(&bytes, symbol) {
+                Some(entry) => {
+                    let point = cheapest_at(&bytes, entry, Register::RSI);
+                    program.attach(entry + point.offset, &lib.open_path, UProbeScope::AllProcesses).map(|_| point)
+                }
+                None => program.attach(symbol, &lib.open_path, UProbeScope::AllProcesses).map(|_| ProbePoint::ENTRY),
+            };
+            match attached {
+                Ok(point) => placed.push(describe(symbol, point)),
+                Err(e) => missing.push(format!("{symbol}: {e}")),
             }
         }
-        if missing.len() == SYMBOLS.len() {
+        if placed.is_empty() {
             return Err(anyhow!("{}: {}", lib.path, missing.join("; ")));
         }
-        self.attached.insert((lib.dev, lib.ino), lib.path.clone());
+        let said = format!("{} at {}", lib.path, placed.join(", "));
+        self.attached.insert((lib.dev, lib.ino), said.clone());
         if !probes.report.attached.iter().any(|p| p == PROGRAM) {
             probes.report.attached.push(PROGRAM.to_owned());
         }
-        Ok(true)
+        Ok(said)
+    }
+}
+
+/// The cheapest probe point of the function at `entry` (a file offset) in `file`.
+fn cheapest_at(file: &[u8], entry: u64, kept: Register) -> ProbePoint {
+    let start = usize::try_from(entry).unwrap_or(usize::MAX);
+    let code = file.get(start..).unwrap_or_default();
+    probe_point::cheapest(&code[..code.len().min(probe_point::LOOK_BYTES)], kept)
+}
+
+/// `SSL_write+0x16`, or the entry and what it costs.
+fn describe(function: &str, point: ProbePoint) -> String {
+    match point {
+        ProbePoint { emulated: true, offset: 0 } => function.to_owned(),
+        ProbePoint { emulated: true, offset } => format!("{function}+{offset:#x}"),
+        ProbePoint { emulated: false, .. } => format!("{function} (single-stepped)"),
     }
 }
 
@@ -55,36 +88,38 @@ impl OpenSsl {
 #[derive(Default)]
 pub struct GoTls {
     loaded: bool,
-    seen: BTreeMap<(u64, u64), bool>,
+    seen: BTreeMap<(u64, u64), Option<String>>,
 }
 
 impl GoTls {
     /// Read this executable's TLS plaintext if it is a Go binary: attach at
     /// `crypto/tls.(*Conn).Write`, found in the binary's own table (`.gopclntab`), stripped or
-    /// not. Ok(true) when it is read (now or already), Ok(false) when it is not Go; each file is
-    /// looked at once.
-    pub fn read(&mut self, probes: &mut Probes, exe: &LibraryFile) -> Result<bool> {
-        if let Some(&attached) = self.seen.get(&(exe.dev, exe.ino)) {
-            return Ok(attached);
+    /// not. Ok(Some) says where its probe sits (now or already), Ok(None) that it is not Go;
+    /// each file is looked at once.
+    pub fn read(&mut self, probes: &mut Probes, exe: &LibraryFile) -> Result<Option<String>> {
+        if let Some(said) = self.seen.get(&(exe.dev, exe.ino)) {
+            return Ok(said.clone());
         }
         let bytes = std::fs::read(&exe.open_path).with_context(|| format!("reading {}", exe.path))?;
         if gosym::function_offset(&bytes, "runtime.main").is_err() {
-            self.seen.insert((exe.dev, exe.ino), false);
-            return Ok(false);
+            self.seen.insert((exe.dev, exe.ino), None);
+            return Ok(None);
         }
-        let offset = gosym::function_offset(&bytes, gosym::GO_TLS_WRITE).with_context(|| exe.path.clone())?;
+        let entry = gosym::function_offset(&bytes, gosym::GO_TLS_WRITE).with_context(|| exe.path.clone())?;
+        let point = cheapest_at(&bytes, entry, Register::RBX);
         drop(bytes);
         let program: &mut UProbe = probes.ebpf.program_mut(GO_PROGRAM).context("go_tls_write program missing")?.try_into()?;
         if !self.loaded {
             program.load().map_err(|e| anyhow!("loading {GO_PROGRAM}: {e}"))?;
             self.loaded = true;
         }
-        program.attach(offset, &exe.open_path, UProbeScope::AllProcesses).map_err(|e| anyhow!("{}: {e}", exe.path))?;
-        self.seen.insert((exe.dev, exe.ino), true);
+        program.attach(entry + point.offset, &exe.open_path, UProbeScope::AllProcesses).map_err(|e| anyhow!("{}: {e}", exe.path))?;
+        let said = format!("{} at {}", exe.path, describe(gosym::GO_TLS_WRITE, point));
+        self.seen.insert((exe.dev, exe.ino), Some(said.clone()));
         if !probes.report.attached.iter().any(|p| p == GO_PROGRAM) {
             probes.report.attached.push(GO_PROGRAM.to_owned());
         }
-        Ok(true)
+        Ok(Some(said))
     }
 }
 
