@@ -683,14 +683,21 @@ fn default_config_storms(secs: u64, only: Option<&str>) -> Result<Vec<serde_json
     }
     const ADDRESSES: u8 = 16;
     let mut storms = Vec::new();
-    for (name, shape, clients) in [
-        ("reset, connection per request", Shape::Reset, Clients::Loopback(ClientMode::Plain)),
-        ("refused, connection per request", Shape::Refused, Clients::Loopback(ClientMode::Plain)),
-        ("refused, connection per request, HTTPS clients", Shape::Refused, Clients::Loopback(ClientMode::TlsH1)),
-        ("refused, connection per request, HTTP/2 clients", Shape::Refused, Clients::Loopback(ClientMode::TlsH2)),
-        ("refused, connection per request, 16 client addresses", Shape::Refused, Clients::Addresses(ADDRESSES)),
-        ("refused, FastCGI (php-fpm killed)", Shape::FastCgiKilled, Clients::Loopback(ClientMode::Plain)),
-        ("group of two down (no live upstreams)", Shape::GroupDown, Clients::Loopback(ClientMode::Plain)),
+    use ClientMode::{Plain, TlsH1, TlsH2};
+    use GatewayKind::{Caddy, Haproxy, Nginx};
+    for (name, shape, clients, gateway) in [
+        ("reset, connection per request", Shape::Reset, Clients::Loopback(Plain), Nginx),
+        ("refused, connection per request", Shape::Refused, Clients::Loopback(Plain), Nginx),
+        ("refused, connection per request, HTTPS clients", Shape::Refused, Clients::Loopback(TlsH1), Nginx),
+        ("refused, connection per request, HTTP/2 clients", Shape::Refused, Clients::Loopback(TlsH2), Nginx),
+        ("refused, connection per request, 16 client addresses", Shape::Refused, Clients::Addresses(ADDRESSES), Nginx),
+        ("refused, FastCGI (php-fpm killed)", Shape::FastCgiKilled, Clients::Loopback(Plain), Nginx),
+        ("group of two down (no live upstreams)", Shape::GroupDown, Clients::Loopback(Plain), Nginx),
+        // The other gateways, each as its users run it: HAProxy's 503 (no retries), its log
+        // through syslog; Caddy over HTTPS, read at Go's crypto/tls, its JSON log.
+        ("refused, HAProxy", Shape::Refused, Clients::Loopback(Plain), Haproxy),
+        ("reset, HAProxy", Shape::Reset, Clients::Loopback(Plain), Haproxy),
+        ("refused, Caddy, HTTPS clients", Shape::Refused, Clients::Loopback(TlsH1), Caddy),
     ]
     .into_iter()
     .filter(|(name, ..)| picked(only, name))
@@ -711,7 +718,7 @@ fn default_config_storms(secs: u64, only: Option<&str>) -> Result<Vec<serde_json
             // Nothing listens on the upstream's port.
             Shape::Refused => {}
         }
-        let gw = lab.start_gateway(GatewayKind::Nginx)?;
+        let gw = lab.start_gateway(gateway)?;
         if shape == Shape::FastCgiKilled {
             lab.kill_php();
         }
