@@ -46,12 +46,17 @@ pub(crate) struct Load {
 /// gateway's port) for `secs`.
 pub(crate) fn load(gw_ns: &str, addr: &str, mode: ClientMode, secs: u64, conns: u32) -> Result<Load> {
     let url = format!("{}://{addr}:{GATEWAY_PORT}/", if mode.tls() { "https" } else { "http" });
+    load_url(gw_ns, &url, mode, secs, conns)
+}
+
+/// The same, to any URL reachable from the gateway's namespace.
+fn load_url(gw_ns: &str, url: &str, mode: ClientMode, secs: u64, conns: u32) -> Result<Load> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", gw_ns]);
     if mode == ClientMode::TlsH2 {
-        cmd.args(["h2load", &format!("-c{conns}"), "-m4", "-t2", "-D", &secs.to_string(), &url]);
+        cmd.args(["h2load", &format!("-c{conns}"), "-m4", "-t2", "-D", &secs.to_string(), url]);
     } else {
-        cmd.args(["wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &url]);
+        cmd.args(["wrk", "-t2", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", url]);
     }
     let out = cmd.output().context("running the load generator")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -336,8 +341,12 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
             })
             .collect();
         let (runs_per_request, bpf_us_per_request) = runs_and_bpf_us(&programs, "per_request");
+        // The lab's client and upstream share the host, and the socket hooks run for them too.
+        // The same load sent straight to the upstream (keep-alive) counts their part. With a
+        // connection per request, the upstream's side of each new connection stays counted.
+        let peer_runs = if fastcgi { None } else { Some(peer_runs_per_request(&lab, gw, secs)?) };
         eprintln!(
-            "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request, lost {}",
+            "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request ({peer_runs:.2?} of them the lab's client and upstream), lost {}",
             per_request(events),
             stats["lost_total"]
         );
@@ -350,6 +359,7 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
             "events_per_request": per_request(events),
             "lost": stats["lost_total"],
             "runs_per_request": runs_per_request,
+            "lab_peer_runs_per_request": peer_runs,
             "upstrace_cpu_pct_per_10k_rps": mean(&cpu_per_10k),
             "cpu_us_per_request": {"bpf": bpf_us_per_request, "userspace": mean(&user_us)},
             "programs": programs,
@@ -365,13 +375,24 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
     Ok(())
 }
 
+/// Program runs per request that the lab's own client (wrk) and upstream cause: upstrace
+/// traces the gateway, idle, while the same load goes straight to the upstream.
+fn peer_runs_per_request(lab: &Lab, gw: u32, secs: u64) -> Result<f64> {
+    let tracer = start_tracer(gw, true)?;
+    let direct = load_url(&lab.gw_ns, &format!("http://{}/", lab.upstream_addr()), ClientMode::Plain, secs, 32)?;
+    let stats = stop_tracer(tracer)?;
+    let runs: f64 = stats["programs"].as_array().into_iter().flatten().filter_map(|p| p["runs"].as_f64()).sum();
+    Ok(if direct.requests > 0.0 { runs / direct.requests } else { 0.0 })
+}
+
 fn healthy_markdown(h: &serde_json::Value) -> String {
     let mut md = format!(
         "\n## 7. Healthy rows by upstream configuration (nginx 2 workers, wrk -t2 -c32; {} pairs of {} s)\n\n",
         h["pairs"], h["seconds"]
     );
     md.push_str("Ratios: mean, then median and the range over the pairs. Each pair runs without upstrace, with it, and with empty programs at its hooks (the floor), in an order that turns from pair to pair.\n\n");
-    md.push_str("| row | throughput with / without (median, min-max) | p99 with / without (median, min-max) | floor (median, min-max) | events per request | program runs per request | upstrace CPU % of a core per 10k req/s | CPU µs per request: BPF + userspace | lost |\n|---|---|---|---|---:|---:|---:|---:|---:|\n");
+    md.push_str("Program runs per request: all, then without those of the lab's own client and upstream, which share the host (the same load sent straight to the upstream, keep-alive, counts them; with a connection per request the upstream's side of each new connection stays in, and php-fpm cannot be loaded that way).\n\n");
+    md.push_str("| row | throughput with / without (median, min-max) | p99 with / without (median, min-max) | floor (median, min-max) | events per request | program runs per request: all / at the gateway | upstrace CPU % of a core per 10k req/s | CPU µs per request: BPF + userspace | lost |\n|---|---|---|---|---:|---:|---:|---:|---:|\n");
     let ratio = |v: &serde_json::Value| {
         format!(
             "{:.3} ({:.3}, {:.3}-{:.3})",
@@ -384,13 +405,16 @@ fn healthy_markdown(h: &serde_json::Value) -> String {
     for row in h["rows"].as_array().into_iter().flatten() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.3} | {:.2} | {:.3} | {:.2} + {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.2} / {} | {:.3} | {:.2} + {:.2} | {} |",
             row["row"].as_str().unwrap_or("?"),
             ratio(&row["throughput_ratio"]),
             ratio(&row["p99_ratio"]),
             ratio(&row["floor_ratio"]),
             row["events_per_request"].as_f64().unwrap_or(0.0),
             row["runs_per_request"].as_f64().unwrap_or(0.0),
+            row["lab_peer_runs_per_request"]
+                .as_f64()
+                .map_or("-".to_owned(), |peers| format!("{:.2}", row["runs_per_request"].as_f64().unwrap_or(0.0) - peers)),
             row["upstrace_cpu_pct_per_10k_rps"].as_f64().unwrap_or(0.0),
             row["cpu_us_per_request"]["bpf"].as_f64().unwrap_or(0.0),
             row["cpu_us_per_request"]["userspace"].as_f64().unwrap_or(0.0),
