@@ -346,8 +346,9 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
         // connection per request, the upstream's side of each new connection stays counted.
         let peer_runs = if fastcgi { None } else { Some(peer_runs_per_request(&lab, gw, secs)?) };
         eprintln!(
-            "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request ({peer_runs:.2?} of them the lab's client and upstream), lost {}",
+            "bench: {name}: {:.3} events per request, {runs_per_request:.2} program runs per request ({} of them the lab's client and upstream), lost {}",
             per_request(events),
+            peer_runs.map_or("unknown".to_owned(), |p| format!("{p:.2}")),
             stats["lost_total"]
         );
         rows.push(serde_json::json!({
@@ -382,7 +383,10 @@ fn peer_runs_per_request(lab: &Lab, gw: u32, secs: u64) -> Result<f64> {
     let direct = load_url(&lab.gw_ns, &format!("http://{}/", lab.upstream_addr()), ClientMode::Plain, secs, 32)?;
     let stats = stop_tracer(tracer)?;
     let runs: f64 = stats["programs"].as_array().into_iter().flatten().filter_map(|p| p["runs"].as_f64()).sum();
-    Ok(if direct.requests > 0.0 { runs / direct.requests } else { 0.0 })
+    if direct.requests <= 0.0 {
+        bail!("no request reached the upstream directly ({})", lab.upstream_addr());
+    }
+    Ok(runs / direct.requests)
 }
 
 fn healthy_markdown(h: &serde_json::Value) -> String {
@@ -696,7 +700,8 @@ fn storms_and_mixed(lab: &mut Lab, gw: u32, secs: u64, only: Option<&str>) -> Re
 /// plaintext, HTTPS and HTTP/2 clients, and with clients from many addresses (each verdict's
 /// line among many clients' lines); PHP-FPM over a unix socket (killed: the socket file stays,
 /// connect(2) is refused); and a group of two servers, both down (nginx marks them failed and
-/// answers most requests without trying any: "no live upstreams").
+/// answers most requests without trying any: "no live upstreams"); and HAProxy and Caddy as
+/// their users run them (the nginx-only settings of the lab do not apply to them).
 fn default_config_storms(secs: u64, only: Option<&str>) -> Result<Vec<serde_json::Value>> {
     #[derive(PartialEq)]
     enum Shape {

@@ -2,10 +2,10 @@
 //! their ring buffer, `ring_fill` says how full it is, `discover` finds the gateways) or a
 //! recorded trace (`replay`).
 pub mod discover;
-pub mod elf;
+pub(crate) mod elf;
 pub mod gosym;
 pub mod live;
-pub mod probe_point;
+pub(crate) mod probe_point;
 pub mod probes;
 pub mod replay;
 pub mod ring_fill;

@@ -2,8 +2,8 @@
 //! in a shared libssl, and Go's `crypto/tls.(*Conn).Write` in the gateway's own binary (no
 //! return probes: nothing is needed from the return, they cost more, and they break Go). One
 //! attachment per file (device, inode) serves every process that maps it; the programs keep to
-//! traced processes themselves. Each probe sits where the kernel emulates the instruction
-//! (`probe_point`), not always at the entry.
+//! traced processes themselves. Each probe sits on an instruction the kernel emulates where
+//! there is one (`probe_point`), not always at the entry.
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -21,7 +21,8 @@ const PROGRAM: &str = "ssl_write";
 /// Both take the plaintext buffer as their second argument.
 const SYMBOLS: [&str; 2] = ["SSL_write", "SSL_write_ex"];
 
-/// The libssl files attached so far, by (device, inode), with where their probes sit.
+/// The libssl files attached so far, by (device, inode), with where their probes sit
+/// (`SSL_write+0x16`): the same file may have another path in another gateway's mounts.
 #[derive(Default)]
 pub struct OpenSsl {
     loaded: bool,
@@ -32,8 +33,8 @@ impl OpenSsl {
     /// Attach to this library file unless it already is. Ok says the file and where its
     /// probes sit (at least one of the symbols); an error names the file and what is missing.
     pub fn attach(&mut self, probes: &mut Probes, lib: &LibraryFile) -> Result<String> {
-        if let Some(said) = self.attached.get(&(lib.dev, lib.ino)) {
-            return Ok(said.clone());
+        if let Some(placed) = self.attached.get(&(lib.dev, lib.ino)) {
+            return Ok(format!("{} at {placed}", lib.path));
         }
         let program: &mut UProbe = probes.ebpf.program_mut(PROGRAM).context("ssl_write program missing")?.try_into()?;
         if !self.loaded {
@@ -44,23 +45,24 @@ impl OpenSsl {
         let bytes = std::fs::read(&lib.open_path).unwrap_or_default();
         let (mut placed, mut missing) = (Vec::new(), Vec::new());
         for symbol in SYMBOLS {
-            let attached = match elf::function_symbol_offset(&bytes, symbol) {
-                Some(entry) => {
-                    let point = cheapest_at(&bytes, entry, Register::RSI);
-                    program.attach(entry + point.offset, &lib.open_path, UProbeScope::AllProcesses).map(|_| point)
+            let attached = match elf::function_symbol(&bytes, symbol) {
+                Some((entry, size)) => {
+                    let point = probe_point::cheapest_in(&bytes, entry, Some(size), Register::RSI);
+                    program.attach(entry + point.offset(), &lib.open_path, UProbeScope::AllProcesses).map(|_| point)
                 }
-                None => program.attach(symbol, &lib.open_path, UProbeScope::AllProcesses).map(|_| ProbePoint::ENTRY),
+                None => program.attach(symbol, &lib.open_path, UProbeScope::AllProcesses).map(|_| ProbePoint::Entry),
             };
             match attached {
-                Ok(point) => placed.push(describe(symbol, point)),
+                Ok(point) => placed.push(point.describe(symbol)),
                 Err(e) => missing.push(format!("{symbol}: {e}")),
             }
         }
         if placed.is_empty() {
             return Err(anyhow!("{}: {}", lib.path, missing.join("; ")));
         }
-        let said = format!("{} at {}", lib.path, placed.join(", "));
-        self.attached.insert((lib.dev, lib.ino), said.clone());
+        let placed = placed.join(", ");
+        let said = format!("{} at {placed}", lib.path);
+        self.attached.insert((lib.dev, lib.ino), placed);
         if !probes.report.attached.iter().any(|p| p == PROGRAM) {
             probes.report.attached.push(PROGRAM.to_owned());
         }
@@ -68,27 +70,8 @@ impl OpenSsl {
     }
 }
 
-/// The cheapest probe point of the function at `entry` (a file offset) in `file`. The
-/// decoder knows x86-64 only: elsewhere the probe stays at the entry.
-fn cheapest_at(file: &[u8], entry: u64, kept: Register) -> ProbePoint {
-    if !cfg!(target_arch = "x86_64") {
-        return ProbePoint::ENTRY;
-    }
-    let start = usize::try_from(entry).unwrap_or(usize::MAX);
-    let code = file.get(start..).unwrap_or_default();
-    probe_point::cheapest(&code[..code.len().min(probe_point::LOOK_BYTES)], kept)
-}
-
-/// `SSL_write+0x16`, or the entry and what it costs.
-fn describe(function: &str, point: ProbePoint) -> String {
-    match point {
-        ProbePoint { emulated: true, offset: 0 } => function.to_owned(),
-        ProbePoint { emulated: true, offset } => format!("{function}+{offset:#x}"),
-        ProbePoint { emulated: false, .. } => format!("{function} (single-stepped)"),
-    }
-}
-
-/// Executables looked at so far, by (device, inode): attached (a Go binary) or not Go.
+/// Executables looked at so far, by (device, inode): where the probe sits (a Go binary), or
+/// None (not Go).
 #[derive(Default)]
 pub struct GoTls {
     loaded: bool,
@@ -101,8 +84,8 @@ impl GoTls {
     /// not. Ok(Some) says where its probe sits (now or already), Ok(None) that it is not Go;
     /// each file is looked at once.
     pub fn read(&mut self, probes: &mut Probes, exe: &LibraryFile) -> Result<Option<String>> {
-        if let Some(said) = self.seen.get(&(exe.dev, exe.ino)) {
-            return Ok(said.clone());
+        if let Some(placed) = self.seen.get(&(exe.dev, exe.ino)) {
+            return Ok(placed.as_ref().map(|placed| format!("{} at {placed}", exe.path)));
         }
         let bytes = std::fs::read(&exe.open_path).with_context(|| format!("reading {}", exe.path))?;
         if gosym::function_offset(&bytes, "runtime.main").is_err() {
@@ -110,16 +93,17 @@ impl GoTls {
             return Ok(None);
         }
         let entry = gosym::function_offset(&bytes, gosym::GO_TLS_WRITE).with_context(|| exe.path.clone())?;
-        let point = cheapest_at(&bytes, entry, Register::RBX);
+        let point = probe_point::cheapest_in(&bytes, entry, None, Register::RBX);
         drop(bytes);
         let program: &mut UProbe = probes.ebpf.program_mut(GO_PROGRAM).context("go_tls_write program missing")?.try_into()?;
         if !self.loaded {
             program.load().map_err(|e| anyhow!("loading {GO_PROGRAM}: {e}"))?;
             self.loaded = true;
         }
-        program.attach(entry + point.offset, &exe.open_path, UProbeScope::AllProcesses).map_err(|e| anyhow!("{}: {e}", exe.path))?;
-        let said = format!("{} at {}", exe.path, describe(gosym::GO_TLS_WRITE, point));
-        self.seen.insert((exe.dev, exe.ino), Some(said.clone()));
+        program.attach(entry + point.offset(), &exe.open_path, UProbeScope::AllProcesses).map_err(|e| anyhow!("{}: {e}", exe.path))?;
+        let placed = point.describe(gosym::GO_TLS_WRITE);
+        let said = format!("{} at {placed}", exe.path);
+        self.seen.insert((exe.dev, exe.ino), Some(placed));
         if !probes.report.attached.iter().any(|p| p == GO_PROGRAM) {
             probes.report.attached.push(GO_PROGRAM.to_owned());
         }
