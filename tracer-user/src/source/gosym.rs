@@ -28,14 +28,18 @@ pub fn function_offset(elf: &[u8], function: &str) -> Result<u64> {
     }
     let field = |i: usize| read_u64(tab, 8 + 8 * i).and_then(|v| usize::try_from(v).ok()).context("short .gopclntab header");
     let (nfunc, text_start, names, functab) = (field(0)?, read_u64(tab, 8 + 8 * 2).context("header")?, field(3)?, field(7)?);
+    // The table's own numbers may be garbage: every sum is checked (a wrapped one would read
+    // elsewhere, an overflowing one would panic where overflow is checked).
     for i in 0..nfunc {
-        let entry = functab + 8 * i;
-        let (Some(entry_off), Some(func_off)) = (read_u32(tab, entry), read_u32(tab, entry + 4)) else { break };
-        let Some(name_off) = read_u32(tab, functab + func_off as usize + 4) else { continue };
-        if c_str(tab, names + name_off as usize) != Some(function.as_bytes()) {
+        let Some(entry) = i.checked_mul(8).and_then(|at| functab.checked_add(at)) else { break };
+        let (Some(entry_off), Some(func_off)) = (read_u32(tab, entry), entry.checked_add(4).and_then(|at| read_u32(tab, at))) else {
+            break;
+        };
+        let Some(name_off) = functab.checked_add(func_off as usize + 4).and_then(|at| read_u32(tab, at)) else { continue };
+        if names.checked_add(name_off as usize).and_then(|at| c_str(tab, at)) != Some(function.as_bytes()) {
             continue;
         }
-        let addr = text_start + u64::from(entry_off);
+        let addr = text_start.checked_add(u64::from(entry_off)).context("the function's address overflows")?;
         return text_offset(&sections, addr).context("the function is outside .text");
     }
     bail!("no function {function} in .gopclntab")
