@@ -756,6 +756,24 @@ fn default_config_storms(secs: u64, only: Option<&str>) -> Result<Vec<serde_json
     Ok(storms)
 }
 
+/// The bench's smoke run for `cargo xtask test`: two short storms through the whole path (lab,
+/// load generator, upstrace, its stats), on HAProxy and on Caddy over HTTPS. Nothing is
+/// written; each must give verdicts and lose no event.
+pub fn smoke() -> Result<()> {
+    upstrace_lab::ensure_root("the bench smoke")?;
+    crate::use_release_build();
+    for name in ["refused, HAProxy", "refused, Caddy, HTTPS clients"] {
+        for row in default_config_storms(2, Some(name))? {
+            let (verdicts, lost) = (row["verdicts"].as_u64().unwrap_or(0), &row["lost"]);
+            eprintln!("bench smoke: {name}: {verdicts} verdicts, {lost} events lost");
+            if verdicts == 0 || lost.as_u64() != Some(0) {
+                bail!("bench smoke: {name}: {verdicts} verdicts, {lost} events lost (expected verdicts and none lost)");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Only the storm and mixed rows: measured, merged into bench/results.json, RESULTS.md
 /// re-rendered.
 pub fn run_storms(secs: u64, only: Option<&str>) -> Result<()> {

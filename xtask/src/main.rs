@@ -75,6 +75,10 @@ enum Task {
         /// merged into the results (for profiling one storm).
         #[arg(long, requires = "storms")]
         only: Option<String>,
+        /// Only the smoke run that `cargo xtask test` makes: two short storms (HAProxy, Caddy
+        /// over HTTPS) that must give verdicts and lose nothing; nothing is written.
+        #[arg(long)]
+        smoke: bool,
     },
     /// Fuzz the parsers (trace reader, BTF, tracefs formats, kernel records, response heads).
     Fuzz {
@@ -179,13 +183,14 @@ fn main() -> Result<()> {
             // The package test installs and removes this .deb.
             package::build_deb()?;
             test()?;
-            // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`),
-            // and a short soak (steady load with rolling faults).
+            // Smoke runs: every fuzz target briefly (the long runs are `cargo xtask fuzz`), a
+            // short soak (steady load with rolling faults) and two short storms of the bench.
             fuzz::run(10, None)?;
             if upstrace_lab::is_root() {
                 soak::run(2, true)?;
+                bench::smoke()?;
             } else {
-                eprintln!("xtask test: soak skipped: needs root");
+                eprintln!("xtask test: soak and bench smoke skipped: need root");
             }
             Ok(())
         }
@@ -200,6 +205,11 @@ fn main() -> Result<()> {
             lab::run(gateway, scenario, save_traces, !connection_per_request)
         }
         Task::Bench { render_only: true, .. } => bench::render(),
+        Task::Bench { smoke: true, .. } => {
+            setup::run()?;
+            build()?;
+            bench::smoke()
+        }
         Task::Bench { pairs, seconds, healthy: true, .. } => {
             setup::run()?;
             build()?;
