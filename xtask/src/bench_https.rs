@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use upstrace_lab::lab::{ClientMode, GatewayKind, Lab};
 
-use crate::bench::{LOOPBACK, cpu_ticks, load, mean, runs_and_bpf_us, spread, start_tracer};
+use crate::measure::{LOOPBACK, cpu_ticks, load, mean, runs_and_bpf_us, spread, start_tracer};
 
 fn ratio_stats(v: &[f64]) -> serde_json::Value {
     let (min, max) = spread(v);

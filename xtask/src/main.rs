@@ -4,6 +4,7 @@ mod bench_https;
 mod demo;
 mod fuzz;
 mod lab;
+mod measure;
 mod package;
 mod setup;
 mod soak;
