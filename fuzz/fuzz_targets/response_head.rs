@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 use upstrace::{
     engine::http::{ResponseHead, invalid_http},
-    engine::decode::{escape_bytes, unescape_bytes},
+    engine::escaped::{escape_bytes, unescape_bytes},
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -742,7 +742,7 @@ fn a_unix_socket_connect_error_speaks_of_the_file_not_of_routes() {
 
 /// A response whose first read held just `head` (escaped as the decoder gives it).
 fn len(head: &str) -> u64 {
-    upstrace::engine::decode::unescape_bytes(head).len() as u64
+    upstrace::engine::escaped::unescape_bytes(head).len() as u64
 }
 
 fn answered(ts: u64, sock: u64, head: &str) -> KernelEvent {

@@ -835,10 +835,10 @@ fn upstream_answered(c: &Case) -> Option<Finding> {
     // FastCGI: the CGI head's first line (its `Status:`), past the record header.
     let from = parsed.fastcgi.map_or(0, |f| f.stdout_start);
     let line = head[from..].split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-    let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);
+    let line = crate::engine::escaped::escape_bytes(&line[..line.len().min(80)]);
     let body = parsed.body(head).filter(|b| !b.is_empty()).map(|b| {
         let more = if b.len() > 60 || a.bytes_recv > head.len() as u64 { "..." } else { "" };
-        format!("; its body begins \"{}{more}\"", crate::engine::decode::escape_bytes(&b[..b.len().min(60)]))
+        format!("; its body begins \"{}{more}\"", crate::engine::escaped::escape_bytes(&b[..b.len().min(60)]))
     });
     Some(Finding::new(
         Cause::Upstream5xx,
@@ -1091,7 +1091,7 @@ fn tls_handshake(c: &Case) -> Option<Finding> {
     let head = a.head.as_deref().unwrap_or_default();
     if a.http_answered_tls() {
         let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-        let line = crate::engine::decode::escape_bytes(&line[..line.len().min(60)]);
+        let line = crate::engine::escaped::escape_bytes(&line[..line.len().min(60)]);
         let hello = if a.sent_client_hello() {
             "the gateway's TLS ClientHello"
         } else {
@@ -1155,7 +1155,7 @@ fn invalid_bytes(c: &Case) -> Option<Finding> {
     }
     let head = c.a.head.as_deref()?;
     let why = invalid_http(head)?;
-    let shown = crate::engine::decode::escape_bytes(&head[..head.len().min(40)]);
+    let shown = crate::engine::escaped::escape_bytes(&head[..head.len().min(40)]);
     Some(Finding::new(Cause::InvalidResponse, format!("{}: {} answered with {why}: \"{shown}\"", c.gw, c.up)))
 }
 
@@ -1185,7 +1185,7 @@ fn head_too_large(c: &Case) -> Option<Finding> {
     let upstream_fin =
         if a.fin_ns.is_some_and(|f| f <= closed) { " (the upstream's own close came later in its stream, unread)" } else { "" };
     let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-    let line = crate::engine::decode::escape_bytes(&line[..line.len().min(80)]);
+    let line = crate::engine::escaped::escape_bytes(&line[..line.len().min(80)]);
     let setting = match c.a.comm.as_str() {
         "nginx" => "nginx's proxy_buffer_size (fastcgi_buffer_size for FastCGI; 4k or 8k by default)".to_string(),
         "haproxy" => "HAProxy's tune.bufsize (16384 by default, less tune.maxrewrite)".to_string(),

@@ -19,6 +19,8 @@ fn word_at(data: &[u8], at: usize) -> u32 {
 pub use tracer_common::{EventKind as Kind, TcpState};
 use tracer_common::{errno, signal};
 
+use crate::engine::escaped::{escape_bytes, unescape_bytes};
+
 /// Which of the record's fields a kind fills, beyond the common ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Carries {
@@ -166,7 +168,7 @@ pub struct KernelEvent {
     pub socket_file: Option<SocketFile>,
     /// A DNS message's header and question, for dns_query and dns_answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<crate::engine::dns::DnsMessage>,
+    pub dns: Option<crate::engine::dns_wire::DnsMessage>,
 }
 
 /// Who may connect to a unix socket file: its owner, group and mode, and the user the
@@ -216,57 +218,6 @@ impl std::fmt::Display for DecodeError {
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// Printable ASCII as is, everything else as \xNN (and \r \n \t), so a response head
-/// survives JSON and terminals intact and can be decoded back.
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'\r' => out.push_str("\\r"),
-            b'\n' => out.push_str("\\n"),
-            b'\t' => out.push_str("\\t"),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out
-}
-
-pub fn unescape_bytes(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            let simple = match b[i + 1] {
-                b'r' => Some(b'\r'),
-                b'n' => Some(b'\n'),
-                b't' => Some(b'\t'),
-                b'\\' => Some(b'\\'),
-                _ => None,
-            };
-            if let Some(c) = simple {
-                out.push(c);
-                i += 2;
-                continue;
-            }
-            if b[i + 1] == b'x'
-                && i + 4 <= b.len()
-                && let (Some(h), Some(l)) = (hex(b[i + 2]), hex(b[i + 3]))
-            {
-                out.push(h << 4 | l);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 fn ip(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
@@ -350,7 +301,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 let bytes = &raw.data[..(raw.aux as usize).min(raw.data.len())];
                 let tcp = raw.old_state == tracer_common::IPPROTO_TCP;
                 // Over TCP, the message follows its two-byte length.
-                let mut m = crate::engine::dns::parse(if tcp { bytes.get(2..)? } else { bytes })?;
+                let mut m = crate::engine::dns_wire::parse(if tcp { bytes.get(2..)? } else { bytes })?;
                 m.tcp = tcp;
                 Some(m)
             })
@@ -374,7 +325,7 @@ impl KernelEvent {
     /// A connection event toward a resolver's DNS port (TCP 53): a lookup, never counted as an
     /// upstream attempt (the tracker's, the metrics', the dashboard's).
     pub fn to_resolver(&self) -> bool {
-        self.path.is_none() && self.dst.is_some_and(|d| d.port() == crate::engine::dns::DNS_PORT)
+        self.path.is_none() && self.dst.is_some_and(|d| d.port() == crate::engine::dns_wire::DNS_PORT)
     }
 
     /// Hide the header values of a response head read back from a trace (traces written
@@ -484,7 +435,7 @@ impl KernelEvent {
                     "{} {} asked resolver {peer} for {} {} (id {:#06x})",
                     self.comm,
                     self.pid,
-                    crate::engine::dns::qtype_name(m.qtype),
+                    crate::engine::dns_wire::qtype_name(m.qtype),
                     m.name,
                     m.id
                 ),
@@ -496,8 +447,8 @@ impl KernelEvent {
                 }
                 Some(m) => format!(
                     "resolver {peer} answered {} for {} {}: {} record{} (id {:#06x})",
-                    crate::engine::dns::rcode_name(m.rcode),
-                    crate::engine::dns::qtype_name(m.qtype),
+                    crate::engine::dns_wire::rcode_name(m.rcode),
+                    crate::engine::dns_wire::qtype_name(m.qtype),
                     m.name,
                     m.answers,
                     if m.answers == 1 { "" } else { "s" },

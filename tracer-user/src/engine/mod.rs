@@ -6,6 +6,8 @@ pub mod attribute;
 pub mod comm;
 pub mod decode;
 pub mod dns;
+pub mod dns_wire;
+pub mod escaped;
 pub mod fastcgi;
 pub mod http;
 pub mod tls;

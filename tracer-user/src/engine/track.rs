@@ -503,7 +503,7 @@ impl Attempt {
         if let Some(r) = self.response_ns {
             let head = self.head.as_deref().map(|h| {
                 let line = h.split(|&c| c == b'\r' || c == b'\n').next().unwrap_or_default();
-                format!(": \"{}\"", crate::engine::decode::escape_bytes(&line[..line.len().min(60)]))
+                format!(": \"{}\"", crate::engine::escaped::escape_bytes(&line[..line.len().min(60)]))
             });
             let head = head.or_else(|| self.tls_answer.filter(|_| !self.reused).map(|t| format!(": {}", t.record.describe())));
             out.push(item(r, "response_start", format!("{up}: first response bytes{}", head.unwrap_or_default())));
@@ -926,7 +926,7 @@ impl Tracker {
         a.response_ns = a.response_ns.or(Some(ev.ts_ns));
         if a.first_read.is_none() {
             a.first_read = Some(ev.value.max(0) as u64);
-            let head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+            let head = ev.head.as_deref().map(crate::engine::escaped::unescape_bytes);
             // Only a connection's first answer can be a handshake's start. A TLS connection's
             // later answers are ciphertext and say nothing about HTTP: not kept as a head.
             if !a.reused && a.tls_answer.is_none() {
@@ -1083,7 +1083,7 @@ impl Tracker {
             a.touch(ev);
             a.request_ns = Some(ev.ts_ns);
             if !a.reused {
-                a.request_head = ev.head.as_deref().map(crate::engine::decode::unescape_bytes);
+                a.request_head = ev.head.as_deref().map(crate::engine::escaped::unescape_bytes);
             }
             a.bytes_sent = ev.bytes_sent.saturating_sub(a.base_sent);
             return;

@@ -507,7 +507,7 @@ pub struct Verdict {
     /// The gateway's own log line for this request, when its log is read (set after the
     /// engine, which does no I/O: see `gateway_log`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway_said: Option<crate::gateway_log::GatewaySaid>,
+    pub gateway_said: Option<crate::gateway_log::said::GatewaySaid>,
 }
 
 impl Verdict {

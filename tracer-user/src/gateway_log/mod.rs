@@ -11,6 +11,7 @@ pub mod follow;
 pub mod live;
 pub mod parse;
 pub mod recorded;
+pub mod said;
 pub mod syslog;
 
 use std::{
@@ -18,49 +19,13 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-pub use self::parse::{Claim, Dialect, LogLine};
+pub use self::{
+    parse::{Claim, Dialect, LogLine},
+    said::{Agreement, GatewaySaid, MatchKey},
+};
 use crate::engine::verdict::{Cause, Class, Delivered, Verdict};
-
-/// What matched a line to a verdict (JSON names: `pid`, `time`, `client`, `client-port`,
-/// `upstream`, `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MatchKey {
-    Pid,
-    Time,
-    Client,
-    ClientPort,
-    Upstream,
-    Status,
-}
-
-/// Whether the gateway's words fit the kernel's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Agreement {
-    Agrees,
-    /// A finding: the gateway's log names another cause than the kernel saw.
-    Disagrees,
-    /// The line names no cause upstrace reads, or the kernel did not decide.
-    Unknown,
-}
-
-/// The gateway's log line for a verdict (`gateway_said` in the JSON verdict).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GatewaySaid {
-    /// The log it came from: a file path (`/var/log/nginx/error.log`).
-    pub source: String,
-    /// The line, bounded, control characters escaped, query strings masked (Caddy: its
-    /// level, logger, message and error, not the whole entry).
-    pub line: String,
-    pub matched_by: Vec<MatchKey>,
-    /// What the words say went wrong, when upstrace reads them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub says: Option<Claim>,
-    pub agreement: Agreement,
-}
 
 /// The kernel causes that fit each of the gateway's claims (a gateway sees one side: nginx
 /// reads EOF where a FIN came before the RST, HAProxy's `SC` is any connect failure).
