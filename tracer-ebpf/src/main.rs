@@ -1,13 +1,15 @@
 //! upstrace's kernel side: tracepoints and tp_btf programs only (this kernel class may have
 //! neither kprobes nor BPF trampolines). One file per hook family; all of them filter in the
 //! kernel and send compact `tracer_common::Event`s over a single ring buffer. Shared by all of
-//! them: maps.rs (configuration and maps), read.rs (probe reads), event.rs (building events).
+//! them: config.rs (the configuration and counters), maps.rs (the maps), read.rs (probe reads),
+//! event.rs (building events).
 //!
 //! Every program (but the empty ones in floor.rs) is a one-line wrapper around a `try_` body
 //! that may stop early with `?`.
 #![no_std]
 #![no_main]
 
+mod config;
 mod connect;
 mod dns;
 mod event;

@@ -1,45 +1,16 @@
-//! The load-time configuration and the maps shared by all hook families, with their accessors.
+//! The maps shared by all hook families, with their accessors (the configuration and the
+//! counters are in config.rs, re-exported here for the hook files).
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AF_UNIX, Config, Exchange, MAX_CLOSED_SOCKETS, MAX_DROP_REASON, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS,
-    MAX_PENDING, MAX_TRACED_PROCESSES, MAX_UNIX_SOCKETS, PATH_LEN, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES,
-    SockOwner, counter,
+    AF_UNIX, Exchange, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS, MAX_PENDING, MAX_TRACED_PROCESSES,
+    MAX_UNIX_SOCKETS, PATH_LEN, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
 };
 
+pub(crate) use crate::config::{cfg_get, count, wants_drop_reason};
 use crate::read::{current_cgroup, current_comm, sock_netns, socket_ino};
-
-/// Written by the loader before the programs load. Fields are read one at a time with
-/// volatile loads: copying the whole struct would cost stack, and plain reads of an
-/// all-zero static would be constant-folded away.
-#[unsafe(no_mangle)]
-pub static CONFIG: Config = Config::zeroed();
-
-macro_rules! cfg_get {
-    ($($field:ident).+) => {
-        {
-            let field = &raw const $crate::maps::CONFIG.$($field).+;
-            // SAFETY: a field of a static: valid and aligned; the loader writes CONFIG before
-            // the programs load and nothing writes it afterwards.
-            unsafe { core::ptr::read_volatile(field) }
-        }
-    };
-}
-pub(crate) use cfg_get;
-
-/// Whether drop reason `reason` is one userspace asked for (a bit of `CONFIG.drop_reasons`).
-#[inline(always)]
-pub fn wants_drop_reason(reason: u32) -> bool {
-    if reason >= MAX_DROP_REASON {
-        return false;
-    }
-    // SAFETY: reason / 64 < MAX_DROP_REASON / 64, the bitmap's length, so the word is inside
-    // CONFIG (see `cfg_get`).
-    let word = unsafe { core::ptr::read_volatile((&raw const CONFIG.drop_reasons).cast::<u64>().add((reason / 64) as usize)) };
-    word & (1 << (reason % 64)) != 0
-}
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -123,23 +94,12 @@ pub static PENDING_STATUS: HashMap<u32, PendingStatus> = HashMap::with_max_entri
 #[map]
 pub static PEERS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(MAX_PEERS, 0);
 
-#[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
 // The map accessors below turn the maps' raw value pointers into references. That is sound
 // for the life of one program run: the kernel frees a removed element only after an RCU grace
 // period, and a program holds no second reference to the same element. (What BPF cannot
 // rule out is another CPU updating the same element at the same time; the records here are
 // per socket or per thread, so that only happens when a socket is used by two threads at once,
 // and then a counter may be off, never memory.)
-
-#[inline(always)]
-pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: see above; a per-CPU slot is this CPU's alone.
-        unsafe { *slot += 1 };
-    }
-}
 
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tracer_common::{COMM_LEN, FD_UNKNOWN, counter};
 
-use crate::maps::{cfg_get, count};
+use crate::config::{cfg_get, count};
 
 /// Types for which every bit pattern is a valid value (integers and byte arrays): what a probe
 /// read may return, since it copies whatever bytes the kernel or the process holds there.
