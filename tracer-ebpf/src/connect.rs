@@ -9,10 +9,11 @@ use tracer_common::{
 };
 
 use crate::{
+    config::{cfg_get, count},
     done,
     event::{Who, emit, emit_socket, ship_held},
     maps::{
-        PENDING_CONNECT, UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, cfg_get, count, forget_unix_socket, is_traced, new_owner,
+        PENDING_CONNECT, UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, forget_unix_socket, is_traced, new_owner,
         take_pending_connect, unix_owner_of,
     },
     read::{current_ids, current_task, now_ns, read_kernel, read_user, read_user_str, socket_ino, syscall_arg, syscall_ret},

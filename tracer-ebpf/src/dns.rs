@@ -8,8 +8,8 @@
 use tracer_common::{EventKind, IPPROTO_TCP, errno};
 
 use crate::{
+    config::cfg_get,
     event::{Who, emit, fill_tuple_from_sock},
-    maps::cfg_get,
     read::{read_kernel, read_user, read_user_bytes},
 };
 

@@ -7,7 +7,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{EVENTS, HELD, UNIX_OPENINGS, cfg_get, count, held},
+    config::{cfg_get, count},
+    maps::{EVENTS, HELD, UNIX_OPENINGS, held},
     read::{current_cgroup, current_comm, now_ns, read_kernel},
 };
 

@@ -10,12 +10,13 @@ use tracer_common::{
 };
 
 use crate::{
+    config::{cfg_get, count},
     dns::on_socket as on_dns,
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
-        HELD, PENDING_STATUS, cfg_get, count, forget_unix_socket, held, is_traced, new_held, open_owner_of, owner_of,
-        remember_last_response, take_last_response, take_pending_status, unix_owner_of,
+        HELD, PENDING_STATUS, forget_unix_socket, held, is_traced, new_held, open_owner_of, owner_of, remember_last_response,
+        take_last_response, take_pending_status, unix_owner_of,
     },
     read::{
         current_ids, now_ns, read_user, read_user_bytes, read_user_prefix, sock_netns, syscall_buffer, syscall_fd_and_buffer, tp_field,

@@ -1,5 +1,5 @@
 //! The maps shared by all hook families, with their accessors (the configuration and the
-//! counters are in config.rs, re-exported here for the hook files).
+//! counters are in config.rs).
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -9,7 +9,7 @@ use tracer_common::{
     MAX_UNIX_SOCKETS, PATH_LEN, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
 };
 
-pub(crate) use crate::config::{cfg_get, count, wants_drop_reason};
+use crate::config::count;
 use crate::read::{current_cgroup, current_comm, sock_netns, socket_ino};
 
 #[map]

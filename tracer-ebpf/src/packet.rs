@@ -5,9 +5,10 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{AF_INET, AF_INET6, Event, EventKind};
 
 use crate::{
+    config::{cfg_get, wants_drop_reason},
     done,
     event::{Who, emit},
-    maps::{cfg_get, is_peer, wants_drop_reason},
+    maps::is_peer,
     read::{read_kernel, tp_field},
 };
 

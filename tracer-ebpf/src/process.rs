@@ -4,9 +4,10 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{COMM_LEN, EventKind, counter, signal};
 
 use crate::{
+    config::{cfg_get, count},
     done,
     event::{Who, emit},
-    maps::{LISTENERS, TRACED, cfg_get, count, is_listener, is_traced},
+    maps::{LISTENERS, TRACED, is_listener, is_traced},
     read::{current_ids, current_task, read_kernel, tp_field},
 };
 

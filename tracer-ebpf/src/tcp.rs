@@ -10,11 +10,12 @@ use tracer_common::{
 };
 
 use crate::{
+    config::{cfg_get, count},
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{
-        CLOSED, HELD, LISTENERS, OWNED, add_peer, cfg_get, count, forget_socket, held, is_traced, new_held, new_owner, open_owner_of,
-        owner_of, pending_connect_fd,
+        CLOSED, HELD, LISTENERS, OWNED, add_peer, forget_socket, held, is_traced, new_held, new_owner, open_owner_of, owner_of,
+        pending_connect_fd,
     },
     packet::IPPROTO_TCP,
     read::{current_ids, now_ns, read_kernel, sock_netns, tp_field},

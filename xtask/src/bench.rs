@@ -14,7 +14,9 @@ use upstrace_lab::{
     rss_kib,
 };
 
-use crate::measure::{LOOPBACK, Load, cpu_ticks, load, load_url, mean, median, runs_and_bpf_us, spread, start_tracer, stop_tracer};
+use crate::measure::{
+    LOOPBACK, Load, cpu_ticks, load, load_url, mean, runs_and_bpf_us, series, series_with_median, start_tracer, stop_tracer,
+};
 
 /// wrk with plain HTTP on the gateway's loopback: the A/B and healthy rows' load.
 fn wrk(lab: &Lab, secs: u64, conns: u32) -> Result<Load> {
@@ -142,10 +144,10 @@ pub fn run(pairs: usize, secs: u64) -> Result<()> {
         "machine": {"cpu": cpu, "cores": cores, "kernel": kernel, "nginx": nginx, "upstrace": env!("CARGO_PKG_VERSION")},
         "overhead": {
             "pairs": runs,
-            "throughput_ratio": {"mean": mean(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
-            "p99_ratio": {"mean": mean(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
+            "throughput_ratio": series(&rps_ratio),
+            "p99_ratio": series(&p99_ratio),
             "bpf_programs": costs,
-            "empty_programs_throughput_ratio": {"mean": mean(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
+            "empty_programs_throughput_ratio": series(&floor_ratio),
             "empty_program_avg_ns": mean(&floor_ns),
             "upstrace_cpu_pct_per_10k_rps_healthy": mean(&healthy_cpu_per_10k),
             "empty_programs_at_socket_hooks": hook_kinds,
@@ -229,9 +231,9 @@ pub fn run_healthy(pairs: usize, secs: u64) -> Result<()> {
         );
         rows.push(serde_json::json!({
             "row": name,
-            "throughput_ratio": {"mean": mean(&rps_ratio), "median": median(&rps_ratio), "min": spread(&rps_ratio).0, "max": spread(&rps_ratio).1},
-            "p99_ratio": {"mean": mean(&p99_ratio), "median": median(&p99_ratio), "min": spread(&p99_ratio).0, "max": spread(&p99_ratio).1},
-            "floor_ratio": {"mean": mean(&floor_ratio), "median": median(&floor_ratio), "min": spread(&floor_ratio).0, "max": spread(&floor_ratio).1},
+            "throughput_ratio": series_with_median(&rps_ratio),
+            "p99_ratio": series_with_median(&p99_ratio),
+            "floor_ratio": series_with_median(&floor_ratio),
             "requests": load.requests,
             "events_per_request": per_request(events),
             "lost": stats["lost_total"],

@@ -12,12 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use upstrace_lab::lab::{ClientMode, GatewayKind, Lab};
 
-use crate::measure::{LOOPBACK, cpu_ticks, load, mean, runs_and_bpf_us, spread, start_tracer};
-
-fn ratio_stats(v: &[f64]) -> serde_json::Value {
-    let (min, max) = spread(v);
-    serde_json::json!({"mean": mean(v), "min": min, "max": max})
-}
+use crate::measure::{LOOPBACK, cpu_ticks, load, mean, runs_and_bpf_us, series, start_tracer};
 
 /// A process that maps libssl and does nothing: traced, it makes upstrace attach the OpenSSL
 /// probe to the library file the loaded (untraced) nginx uses too.
@@ -84,8 +79,8 @@ pub fn run(pairs: usize, secs: u64) -> Result<serde_json::Value> {
             "row": name,
             "client": mode.name(),
             "gateway_traced": !untraced,
-            "throughput_ratio": ratio_stats(&rps),
-            "latency_ratio": ratio_stats(&latency),
+            "throughput_ratio": series(&rps),
+            "latency_ratio": series(&latency),
             "latency_figure": if mode == ClientMode::TlsH2 { "mean" } else { "p99" },
             "programs_per_request": per_request,
             "runs_per_request": runs_per_request,

@@ -132,3 +132,16 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 pub(crate) fn spread(v: &[f64]) -> (f64, f64) {
     (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
 }
+
+/// A series of ratios as results.json keeps them: mean, min and max.
+pub(crate) fn series(v: &[f64]) -> serde_json::Value {
+    let (min, max) = spread(v);
+    serde_json::json!({"mean": mean(v), "min": min, "max": max})
+}
+
+/// The same with the median, for series of many pairs.
+pub(crate) fn series_with_median(v: &[f64]) -> serde_json::Value {
+    let mut s = series(v);
+    s["median"] = median(v).into();
+    s
+}

@@ -61,6 +61,21 @@ const TRUNCATION_WAIT_NS: u64 = 200_000_000;
 /// An attempt that may explain a status, and when it ended (`Attempt::end_ns`).
 type Candidate<'a> = (&'a Attempt, Option<u64>);
 
+/// The attempt with its end, if it may explain a status written at `t`.
+fn candidate(a: &Attempt, t: u64) -> Option<Candidate<'_>> {
+    let end = a.end_ns();
+    let may = !a.consumed
+        && !a.tls_goodbye()
+        && a.started_ns <= t
+        && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
+        // A gateway that resets its upstream connection (closing it with bytes unread) gave
+        // up on it: not a success, even right after its status.
+        && !(a.succeeded() && end.is_none_or(|e| e > t) && !a.answered_5xx() && a.rst_sent_ns.is_none())
+        && !(a.succeeded() && a.response_ns.is_some_and(|r| r < t.saturating_sub(LOOKBACK_NS)))
+        && end.is_none_or(|e| e <= t + SETTLE_NS);
+    may.then_some((a, end))
+}
+
 #[derive(Default)]
 pub struct Engine {
     pub tracker: Tracker,
@@ -393,9 +408,15 @@ impl Engine {
     /// storm a status weighs every attempt its thread began meanwhile, several times.
     fn candidates(&self, status: &KernelEvent, same_thread: bool) -> Vec<Candidate<'_>> {
         let t = status.ts_ns;
-        let attempts: Vec<&Attempt> = if same_thread {
+        if same_thread {
             let queue = self.tracker.by_tid.get(&status.tid);
-            queue.into_iter().flatten().filter(|&&(started, _)| started <= t).filter_map(|&(_, id)| self.tracker.attempt(id)).collect()
+            queue
+                .into_iter()
+                .flatten()
+                .filter(|&&(started, _)| started <= t)
+                .filter_map(|&(_, id)| self.tracker.attempt(id))
+                .filter_map(|a| candidate(a, t))
+                .collect()
         } else {
             // Same process, other threads (bounded by the per-thread indexes).
             self.tracker
@@ -405,23 +426,9 @@ impl Engine {
                 .flat_map(|q| q.iter().rev().filter(|&&(started, _)| started <= t).take(64))
                 .filter_map(|&(_, id)| self.tracker.attempt(id))
                 .filter(|a| a.pid == status.pid)
+                .filter_map(|a| candidate(a, t))
                 .collect()
-        };
-        attempts
-            .into_iter()
-            .map(|a| (a, a.end_ns()))
-            .filter(|&(a, end)| {
-                !a.consumed
-                    && !a.tls_goodbye()
-                    && a.started_ns <= t
-                    && t.saturating_sub(a.last_ns.max(a.started_ns)) <= LOOKBACK_NS
-                    // A gateway that resets its upstream connection (closing it with bytes
-                    // unread) gave up on it: not a success, even right after its status.
-                    && !(a.succeeded() && end.is_none_or(|e| e > t) && !a.answered_5xx() && a.rst_sent_ns.is_none())
-                    && !(a.succeeded() && a.response_ns.is_some_and(|r| r < t.saturating_sub(LOOKBACK_NS)))
-                    && end.is_none_or(|e| e <= t + SETTLE_NS)
-            })
-            .collect()
+        }
     }
 
     fn judge(&mut self, status: &KernelEvent) -> Verdict {

@@ -6,7 +6,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 
 use tracer_common::errno;
 
-pub use crate::engine::dns_wire::{DNS_PORT, DnsMessage, parse, qtype_name, rcode_name};
+use crate::engine::dns_wire::{DnsMessage, parse, qtype_name, rcode_name};
 use crate::engine::{
     decode::{KernelEvent, Kind, errno_name},
     verdict::Cause,

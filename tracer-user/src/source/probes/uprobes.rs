@@ -34,13 +34,9 @@ impl OpenSsl {
     /// probes sit (at least one of the symbols); an error names the file and what is missing.
     pub fn attach(&mut self, probes: &mut Probes, lib: &LibraryFile) -> Result<String> {
         if let Some(placed) = self.attached.get(&(lib.dev, lib.ino)) {
-            return Ok(format!("{} at {placed}", lib.path));
+            return Ok(where_placed(&lib.path, placed));
         }
-        let program: &mut UProbe = probes.ebpf.program_mut(PROGRAM).context("ssl_write program missing")?.try_into()?;
-        if !self.loaded {
-            program.load().map_err(|e| anyhow!("loading {PROGRAM}: {e}"))?;
-            self.loaded = true;
-        }
+        let program = loaded(probes, PROGRAM, &mut self.loaded)?;
         // Unreadable here, the file is still attached by aya's own lookup, at the entries.
         let bytes = std::fs::read(&lib.open_path).unwrap_or_default();
         let (mut placed, mut missing) = (Vec::new(), Vec::new());
@@ -61,11 +57,9 @@ impl OpenSsl {
             return Err(anyhow!("{}: {}", lib.path, missing.join("; ")));
         }
         let placed = placed.join(", ");
-        let said = format!("{} at {placed}", lib.path);
+        let said = where_placed(&lib.path, &placed);
         self.attached.insert((lib.dev, lib.ino), placed);
-        if !probes.report.attached.iter().any(|p| p == PROGRAM) {
-            probes.report.attached.push(PROGRAM.to_owned());
-        }
+        report_attached(probes, PROGRAM);
         Ok(said)
     }
 }
@@ -85,7 +79,7 @@ impl GoTls {
     /// each file is looked at once.
     pub fn read(&mut self, probes: &mut Probes, exe: &LibraryFile) -> Result<Option<String>> {
         if let Some(placed) = self.seen.get(&(exe.dev, exe.ino)) {
-            return Ok(placed.as_ref().map(|placed| format!("{} at {placed}", exe.path)));
+            return Ok(placed.as_ref().map(|placed| where_placed(&exe.path, placed)));
         }
         let bytes = std::fs::read(&exe.open_path).with_context(|| format!("reading {}", exe.path))?;
         if gosym::function_offset(&bytes, "runtime.main").is_err() {
@@ -95,20 +89,36 @@ impl GoTls {
         let entry = gosym::function_offset(&bytes, gosym::GO_TLS_WRITE).with_context(|| exe.path.clone())?;
         let point = probe_point::cheapest_in(&bytes, entry, None, Register::RBX);
         drop(bytes);
-        let program: &mut UProbe = probes.ebpf.program_mut(GO_PROGRAM).context("go_tls_write program missing")?.try_into()?;
-        if !self.loaded {
-            program.load().map_err(|e| anyhow!("loading {GO_PROGRAM}: {e}"))?;
-            self.loaded = true;
-        }
+        let program = loaded(probes, GO_PROGRAM, &mut self.loaded)?;
         program.attach(entry + point.offset(), &exe.open_path, UProbeScope::AllProcesses).map_err(|e| anyhow!("{}: {e}", exe.path))?;
         let placed = point.describe(gosym::GO_TLS_WRITE);
-        let said = format!("{} at {placed}", exe.path);
+        let said = where_placed(&exe.path, &placed);
         self.seen.insert((exe.dev, exe.ino), Some(placed));
-        if !probes.report.attached.iter().any(|p| p == GO_PROGRAM) {
-            probes.report.attached.push(GO_PROGRAM.to_owned());
-        }
+        report_attached(probes, GO_PROGRAM);
         Ok(Some(said))
     }
 }
 
 const GO_PROGRAM: &str = "go_tls_write";
+
+/// The uprobe program `name`, loaded the first time it is needed.
+fn loaded<'a>(probes: &'a mut Probes, name: &str, done: &mut bool) -> Result<&'a mut UProbe> {
+    let program: &mut UProbe = probes.ebpf.program_mut(name).with_context(|| format!("{name} program missing"))?.try_into()?;
+    if !*done {
+        program.load().map_err(|e| anyhow!("loading {name}: {e}"))?;
+        *done = true;
+    }
+    Ok(program)
+}
+
+/// Listed once among the attached programs, however many files it is attached to.
+fn report_attached(probes: &mut Probes, name: &str) {
+    if !probes.report.attached.iter().any(|p| p == name) {
+        probes.report.attached.push(name.to_owned());
+    }
+}
+
+/// `/usr/lib/.../libssl.so.3 at SSL_write+0x16, ...`: the path as this gateway sees it.
+fn where_placed(path: &str, placed: &str) -> String {
+    format!("{path} at {placed}")
+}
