@@ -409,10 +409,12 @@ impl Engine {
     fn candidates(&self, status: &KernelEvent, same_thread: bool) -> Vec<Candidate<'_>> {
         let t = status.ts_ns;
         if same_thread {
-            let queue = self.tracker.by_tid.get(&status.tid);
+            let Some(queue) = self.tracker.by_tid.get(&status.tid) else { return Vec::new() };
+            // The queue is in start order, nearly (as `Tracker::prune_thread` takes it): the
+            // newer rest, every attempt begun while this status settled, is not looked at.
+            let begun = queue.partition_point(|&(started, _)| started <= t);
             queue
-                .into_iter()
-                .flatten()
+                .range(..begun)
                 .filter(|&&(started, _)| started <= t)
                 .filter_map(|&(_, id)| self.tracker.attempt(id))
                 .filter_map(|a| candidate(a, t))
