@@ -487,20 +487,6 @@ pub const PHASE_IDLE: u32 = 0;
 pub const PHASE_SENDING: u32 = 1;
 pub const PHASE_RECEIVING: u32 = 2;
 
-/// connect(2) arguments kept between sys_enter and sys_exit, keyed by thread id.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PendingConnect {
-    pub ts_ns: u64,
-    pub fd: u32,
-    pub family: u16,
-    pub port: u16,
-    pub addr: [u8; 16],
-    pub path: [u8; PATH_LEN],
-    pub _pad: [u8; 4],
-}
-const _: () = assert!(size_of::<PendingConnect>() == 144);
-
 /// A 5xx status line seen in TLS plaintext (`SSL_write`), waiting for the socket send that
 /// carries it.
 #[repr(C)]

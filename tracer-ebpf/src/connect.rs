@@ -1,61 +1,49 @@
-//! connect(2) entry/exit: the destination as the gateway asked for it (including unix socket
+//! connect(2)'s exit: the destination as the gateway asked for it (including unix socket
 //! paths, which have no TCP events), and results that never reach the TCP state machine
-//! (no route, EACCES from a prohibit route, EAGAIN from a full unix backlog, ...). close(2)
-//! of a unix-socket upstream: the one sign of the gateway giving up on it.
+//! (no route, EACCES from a prohibit route, EAGAIN from a full unix backlog, ...). Its
+//! arguments come from the registers saved at its entry, so no program runs there: a connect
+//! in progress (every healthy TCP one) costs one run that reads nothing but its result.
+//! close(2) of a unix-socket upstream: the one sign of the gateway giving up on it.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    AF_INET, AF_INET6, AF_UNIX, EventKind, OWNER_FCGI_ENDED, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN,
-    PendingConnect, TcpState, counter, errno,
+    AF_INET, AF_INET6, AF_UNIX, EventKind, OWNER_FCGI_ENDED, OWNER_OPENING_SHIPPED, OWNER_QUIET, OWNER_STORY_HELD, PATH_LEN, TcpState,
+    errno,
 };
 
 use crate::{
-    config::{cfg_get, count},
+    config::cfg_get,
     done,
     event::{Who, emit, emit_socket, ship_held},
-    maps::{
-        PENDING_CONNECT, UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, forget_unix_socket, is_traced, new_owner,
-        take_pending_connect, unix_owner_of,
-    },
-    read::{current_ids, current_task, now_ns, read_kernel, read_user, read_user_str, socket_ino, syscall_arg, syscall_ret},
+    maps::{UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, forget_unix_socket, is_traced, new_owner, unix_owner_of},
+    read::{connect_args, current_ids, current_task, now_ns, read_kernel, read_user, read_user_str, socket_ino, syscall_arg, syscall_ret},
 };
 
 const SOCK_STREAM: u16 = 1;
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    done(try_sys_enter_connect(&ctx))
+/// Where a connect(2) was asked to go, read from the caller's `struct sockaddr`.
+struct Destination {
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+    path: [u8; PATH_LEN],
 }
 
-fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
-        return Ok(());
-    }
-    let fd = syscall_arg(ctx, 0)?;
-    let addr = syscall_arg(ctx, 1)?;
-    let Some(family) = read_user::<u16>(addr) else {
-        return Ok(());
-    };
-    let mut pending = PendingConnect { ts_ns: now_ns(), fd: fd as u32, family, port: 0, addr: [0; 16], path: [0; PATH_LEN], _pad: [0; 4] };
+fn destination(sockaddr: u64) -> Option<Destination> {
+    let family = read_user::<u16>(sockaddr)?;
+    let mut to = Destination { family, port: 0, addr: [0; 16], path: [0; PATH_LEN] };
     match family as u8 {
         AF_INET => {
-            let port = read_user::<u16>(addr + 2).unwrap_or(0);
-            let ip = read_user::<[u8; 4]>(addr + 4).unwrap_or([0; 4]);
-            pending.port = u16::from_be(port);
-            pending.addr[..4].copy_from_slice(&ip);
+            to.port = u16::from_be(read_user::<u16>(sockaddr + 2).unwrap_or(0));
+            to.addr[..4].copy_from_slice(&read_user::<[u8; 4]>(sockaddr + 4).unwrap_or([0; 4]));
         }
         AF_INET6 => {
-            let port = read_user::<u16>(addr + 2).unwrap_or(0);
-            pending.port = u16::from_be(port);
-            pending.addr = read_user::<[u8; 16]>(addr + 8).unwrap_or([0; 16]);
+            to.port = u16::from_be(read_user::<u16>(sockaddr + 2).unwrap_or(0));
+            to.addr = read_user::<[u8; 16]>(sockaddr + 8).unwrap_or([0; 16]);
         }
-        AF_UNIX => read_user_str(addr + 2, &mut pending.path),
-        _ => return Ok(()),
+        AF_UNIX => read_user_str(sockaddr + 2, &mut to.path),
+        _ => return None,
     }
-    if PENDING_CONNECT.insert(tid, pending, 0).is_err() {
-        count(counter::PENDING_MAP_FULL);
-    }
-    Ok(())
+    Some(to)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
@@ -65,39 +53,39 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
+    if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
         return Ok(());
     }
-    let Some(pending) = take_pending_connect(tid) else {
-        return Ok(());
-    };
     let ret = syscall_ret(ctx)?;
-    let unix = pending.family as u8 == AF_UNIX;
-    // In progress: the outcome arrives through the TCP hooks, keyed by socket. Event loops
-    // (HAProxy) poll a pending connect by calling connect() again: "still in progress" and
-    // "now connected" answers are noise too.
+    // In progress: the outcome arrives through the TCP hooks, keyed by socket (a unix stream
+    // connect never answers so). Event loops (HAProxy) poll a pending connect by calling
+    // connect() again: "still in progress" and "now connected" answers are noise too.
     let failed_with = |errno: i32| ret == -(errno as i64);
-    if (failed_with(errno::EINPROGRESS) && !unix) || failed_with(errno::EALREADY) || failed_with(errno::EISCONN) {
+    if failed_with(errno::EINPROGRESS) || failed_with(errno::EALREADY) || failed_with(errno::EISCONN) {
         return Ok(());
     }
-    let sk = if unix && ret == 0 { adopt_unix_socket(pending.fd, tgid, tid) } else { 0 };
+    // The caller's sockaddr is still where it passed it: connect(2) has just returned.
+    let Some((fd, sockaddr)) = connect_args() else { return Ok(()) };
+    let Some(to) = destination(sockaddr) else { return Ok(()) };
+    let unix = to.family as u8 == AF_UNIX;
+    let sk = if unix && ret == 0 { adopt_unix_socket(fd, tgid, tid) } else { 0 };
     if sk != 0 {
         // A healthy FastCGI exchange ends with its connection: its connect is held with the
         // rest of its story, and shipped (`event::ship_held`) only ahead of a failure.
-        let opening = UnixOpening { ts_ns: now_ns(), fd: pending.fd, _pad: 0, path: pending.path };
+        let opening = UnixOpening { ts_ns: now_ns(), fd, _pad: 0, path: to.path };
         if UNIX_OPENINGS.insert(sk, opening, 0).is_ok() {
-            let _ = UNIX_FDS.insert((tgid as u64) << 32 | pending.fd as u64, sk, 0);
+            let _ = UNIX_FDS.insert((tgid as u64) << 32 | fd as u64, sk, 0);
             return Ok(());
         }
     }
     emit(EventKind::ConnectSyscall, Who::Current(tgid, tid), |e| {
         e.sock = sk;
-        e.family = pending.family as u8;
-        e.dport = pending.port;
-        e.daddr = pending.addr;
-        e.aux = pending.fd;
+        e.family = to.family as u8;
+        e.dport = to.port;
+        e.daddr = to.addr;
+        e.aux = fd;
         e.value = ret;
-        e.data[..PATH_LEN].copy_from_slice(&pending.path);
+        e.data[..PATH_LEN].copy_from_slice(&to.path);
     });
     Ok(())
 }

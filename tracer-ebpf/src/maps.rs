@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_UNIX, Exchange, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS, MAX_PENDING, MAX_TRACED_PROCESSES,
-    MAX_UNIX_SOCKETS, PATH_LEN, PHASE_IDLE, PeerKey, PendingConnect, PendingStatus, RING_BYTES, SockOwner, counter,
+    MAX_UNIX_SOCKETS, PATH_LEN, PHASE_IDLE, PeerKey, PendingStatus, RING_BYTES, SockOwner, counter,
 };
 
 use crate::config::count;
@@ -63,10 +63,6 @@ pub static HELD: HashMap<u64, Exchange> = HashMap::with_max_entries(MAX_EXCHANGE
 
 /// What a new `HELD` record starts from (see `new_held`).
 static EMPTY_EXCHANGE: Exchange = Exchange::zeroed();
-
-/// connect(2) arguments between sys_enter and sys_exit, keyed by thread id.
-#[map]
-pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(MAX_PENDING, 0);
 
 /// A value left by a thread on this CPU for a later hook of the same thread (a response read,
 /// then the 5xx written for it). Both run on the same CPU unless the task migrates in between,
@@ -206,22 +202,6 @@ pub fn held(sk: u64) -> Option<&'static mut Exchange> {
     let held = HELD.get_ptr_mut(sk)?;
     // SAFETY: see above.
     Some(unsafe { &mut *held })
-}
-
-/// The fd of this thread's connect(2) in progress, if any.
-#[inline(always)]
-pub fn pending_connect_fd(tid: u32) -> Option<u32> {
-    // SAFETY: see above; the value is copied out at once.
-    unsafe { PENDING_CONNECT.get(tid) }.map(|p| p.fd)
-}
-
-/// Take this thread's connect(2) arguments (the slot is used once).
-#[inline(always)]
-pub fn take_pending_connect(tid: u32) -> Option<PendingConnect> {
-    // SAFETY: see above; the value is copied out before the element is removed.
-    let pending = *unsafe { PENDING_CONNECT.get(tid) }?;
-    let _ = PENDING_CONNECT.remove(tid);
-    Some(pending)
 }
 
 /// Take this thread's pending 5xx status line (the slot is used once).

@@ -65,22 +65,38 @@ pub fn syscall_ret(ctx: &TracePointContext) -> Result<i64, i32> {
     tp_field(ctx, SYSCALL_ARGS)
 }
 
-/// x86_64 numbers of the socket I/O syscalls whose buffer the socket hooks read.
+/// x86_64 numbers of the syscalls whose arguments the hooks read from the saved registers.
 mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
+    pub const CONNECT: u64 = 42;
     pub const SENDTO: u64 = 44;
     pub const RECVFROM: u64 = 45;
     pub const SENDMSG: u64 = 46;
     pub const RECVMSG: u64 = 47;
 }
 
+/// The current thread's syscall as it entered the kernel: its number, its first argument and
+/// its second. The registers stay saved until it returns, so hooks inside the syscall and at
+/// its exit read them with no program at its entry. None outside a syscall's registers.
+#[inline(always)]
+fn current_syscall() -> Option<(u64, u64, u64)> {
+    // SAFETY: both helpers take and give the current task's own pointers; the registers are
+    // then copied with a probe read, which fails instead of faulting.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
+    const FIRST: usize = core::mem::offset_of!(pt_regs, rsi);
+    const _: () = assert!(core::mem::offset_of!(pt_regs, orig_rax) == FIRST + 16);
+    // rsi (the second argument), rdi (the first), orig_rax (the syscall number).
+    let [arg1, arg0, number] = read_kernel::<[u64; 3]>(regs, FIRST as u16)?;
+    Some((number, arg0, arg1))
+}
+
 /// The user buffer of the socket I/O syscall the current thread is in (the first segment of a
-/// vector), from the registers it entered the kernel with: the socket tracepoints know the
-/// socket, and this gives them the bytes, with no program at the syscall's entry. 0 for other
-/// callers (sendfile, splice, io_uring workers, the kernel's own sends).
+/// vector): the socket tracepoints know the socket, and this gives them the bytes, with no
+/// program at the syscall's entry. 0 for other callers (sendfile, splice, io_uring workers,
+/// the kernel's own sends).
 #[inline(always)]
 pub fn syscall_buffer() -> u64 {
     syscall_fd_and_buffer().1
@@ -90,13 +106,7 @@ pub fn syscall_buffer() -> u64 {
 /// `syscall_buffer`); (`FD_UNKNOWN`, 0) for other callers.
 #[inline(always)]
 pub fn syscall_fd_and_buffer() -> (u32, u64) {
-    // SAFETY: both helpers take and give the current task's own pointers; the registers are
-    // then copied with a probe read, which fails instead of faulting.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
-    const FIRST: usize = core::mem::offset_of!(pt_regs, rsi);
-    const _: () = assert!(core::mem::offset_of!(pt_regs, orig_rax) == FIRST + 16);
-    // rsi (the second argument), rdi (the first: the fd), orig_rax (the syscall number).
-    let Some([arg1, arg0, number]) = read_kernel::<[u64; 3]>(regs, FIRST as u16) else { return (FD_UNKNOWN, 0) };
+    let Some((number, arg0, arg1)) = current_syscall() else { return (FD_UNKNOWN, 0) };
     let buf = match number {
         nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO => arg1,
         // iov[0].iov_base (user ABI: struct iovec { void *base; size_t len; }).
@@ -106,6 +116,14 @@ pub fn syscall_fd_and_buffer() -> (u32, u64) {
         _ => return (FD_UNKNOWN, 0),
     };
     (arg0 as u32, buf)
+}
+
+/// The fd and the user address (`struct sockaddr *`) of the connect(2) the current thread is
+/// in, at any hook inside it or at its exit; None in any other syscall.
+#[inline(always)]
+pub fn connect_args() -> Option<(u32, u64)> {
+    let (number, fd, addr) = current_syscall()?;
+    (number == nr::CONNECT).then_some((fd as u32, addr))
 }
 
 /// The `T` at `base + offset` in kernel memory: a field of a kernel struct at an offset from

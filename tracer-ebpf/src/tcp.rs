@@ -13,12 +13,9 @@ use crate::{
     config::{cfg_get, count},
     done,
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
-    maps::{
-        CLOSED, HELD, LISTENERS, OWNED, add_peer, forget_socket, held, is_traced, new_held, new_owner, open_owner_of, owner_of,
-        pending_connect_fd,
-    },
+    maps::{CLOSED, HELD, LISTENERS, OWNED, add_peer, forget_socket, held, is_traced, new_held, new_owner, open_owner_of, owner_of},
     packet::IPPROTO_TCP,
-    read::{current_ids, now_ns, read_kernel, sock_netns, tp_field},
+    read::{connect_args, current_ids, now_ns, read_kernel, sock_netns, tp_field},
 };
 
 const SYN_SENT: i32 = TcpState::SynSent as i32;
@@ -58,7 +55,7 @@ fn on_connect_start(sk: u64) {
     if !is_traced(tgid) || tgid == cfg_get!(self_tgid) {
         return;
     }
-    let fd = pending_connect_fd(tid).unwrap_or(u32::MAX);
+    let fd = connect_args().map_or(u32::MAX, |(fd, _)| fd);
     let mut owner = new_owner(sk, tgid, tid, fd, SYN_SENT as u32, 0);
     let now = now_ns();
     let mut peer = PeerKey::default();

@@ -69,7 +69,6 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false },
     ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true },
     ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true },
-    ProgramSpec { program: "sys_enter_connect", hook: Hook::Tracepoint("syscalls", "sys_enter_connect"), required: false },
     ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
     ProgramSpec { program: "sys_enter_close", hook: Hook::Tracepoint("syscalls", "sys_enter_close"), required: false },
     ProgramSpec { program: "sched_process_fork", hook: Hook::Tracepoint("sched", "sched_process_fork"), required: true },
