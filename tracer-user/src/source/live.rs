@@ -355,6 +355,10 @@ impl Live {
                 Err(_) => self.counts.decode_errors += 1,
             }
         }
+        // One counter read per drain, until the first unix-socket upstream appears.
+        if !self.probes.is_attached(OnDemand::UnixClose) && self.probes.unix_upstreams_seen() {
+            self.probes.attach_on_demand(OnDemand::UnixClose);
+        }
         pipeline.flush().context("writing output")
     }
 

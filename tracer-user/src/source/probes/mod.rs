@@ -32,8 +32,8 @@ struct ProgramSpec {
     required: bool,
 }
 
-/// Programs loaded at start and attached only when wanted: their hooks run for every packet
-/// on the host.
+/// Programs loaded at start and attached only when wanted: their hooks run for every packet,
+/// or every close(2), on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDemand {
     /// Every packet on the host runs it, and it only looks for ICMP errors about traced
@@ -43,14 +43,21 @@ pub enum OnDemand {
     /// is attached only once a traced connection retransmits (a router's "host unreachable"
     /// answers each retry), and taken off again after `PACKET_HOOK_IDLE` without one.
     Packets,
+    /// Every close(2) on the host runs it (and any syscall hook puts every syscall of every
+    /// task on the kernel's slower tracing path), and it only looks for unix-socket upstreams
+    /// (PHP-FPM): a gateway's close is the one sign of it giving up on one. So it is attached
+    /// once the first unix-socket upstream is seen, and stays. A give-up in the moment between
+    /// a gateway's very first unix connect and the next ring-buffer read is missed.
+    UnixClose,
 }
 
 impl OnDemand {
-    pub const ALL: [OnDemand; 1] = [OnDemand::Packets];
+    pub const ALL: [OnDemand; 2] = [OnDemand::Packets, OnDemand::UnixClose];
 
     pub fn program(self) -> &'static str {
         match self {
             OnDemand::Packets => "netif_receive_skb",
+            OnDemand::UnixClose => "sys_enter_close",
         }
     }
 
@@ -128,7 +135,7 @@ pub struct Probes {
     evicted: std::cell::Cell<LruEvictions>,
     pub decoder: crate::engine::decode::Decoder,
     /// The on-demand hooks' links while attached (`OnDemand` order).
-    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; 1],
+    on_demand_links: [Option<aya::programs::trace_point::TracePointLinkId>; OnDemand::ALL.len()],
 }
 
 /// Refuse early, with one clear line, when the machine cannot run upstrace.
@@ -230,7 +237,7 @@ impl Probes {
                 unix,
                 evicted,
                 decoder,
-                on_demand_links: [None],
+                on_demand_links: [None, None],
             },
             ring,
         ))
@@ -247,7 +254,12 @@ impl Probes {
         let Some(tp) = self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) else { return };
         match tp.attach(category, name) {
             Ok(link) => self.on_demand_links[slot] = Some(link),
-            Err(e) => eprintln!("upstrace: attaching {program} failed: {e}"),
+            Err(e) => {
+                // Said once: the hook is not tried again.
+                eprintln!("upstrace: attaching {program} failed: {e}");
+                self.report.on_demand.retain(|p| p != program);
+                self.report.skipped.push((program.to_owned(), format!("attach: {e}")));
+            }
         }
     }
 
@@ -359,6 +371,11 @@ impl Probes {
     /// Kernel-side loss counters, summed over CPUs, by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         (0..counter::COUNT).filter(|&i| i < counter::LOSSES).map(|i| (counter::NAMES[i as usize], self.counter(i))).collect()
+    }
+
+    /// Has a gateway connected to a unix-socket upstream yet (since start)?
+    pub fn unix_upstreams_seen(&self) -> bool {
+        self.counter(counter::UNIX_ADDED) > 0
     }
 
     /// 5xx status lines not reported because no socket send followed their write in time.
