@@ -14,7 +14,7 @@ use crate::{
     config::cfg_get,
     done,
     event::{Who, emit, emit_socket, ship_held},
-    maps::{UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, forget_unix_socket, is_traced, new_owner, unix_owner_of},
+    maps::{UNIX_FDS, UNIX_OPENINGS, UnixOpening, add_unix_owner, close_hooked, forget_unix_socket, is_traced, new_owner, unix_owner_of},
     read::{connect_args, current_ids, current_task, now_ns, read_kernel, read_user, read_user_str, socket_ino, syscall_arg, syscall_ret},
 };
 
@@ -68,13 +68,14 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     let Some((fd, sockaddr)) = connect_args() else { return Ok(()) };
     let Some(to) = destination(sockaddr) else { return Ok(()) };
     let unix = to.family as u8 == AF_UNIX;
-    let sk = if unix && ret == 0 { adopt_unix_socket(fd, tgid, tid) } else { 0 };
+    let hold = close_hooked();
+    let sk = if unix && ret == 0 { adopt_unix_socket(fd, tgid, tid, hold) } else { 0 };
     if sk != 0 {
+        let _ = UNIX_FDS.insert((tgid as u64) << 32 | fd as u64, sk, 0);
         // A healthy FastCGI exchange ends with its connection: its connect is held with the
         // rest of its story, and shipped (`event::ship_held`) only ahead of a failure.
         let opening = UnixOpening { ts_ns: now_ns(), fd, _pad: 0, path: to.path };
-        if UNIX_OPENINGS.insert(sk, opening, 0).is_ok() {
-            let _ = UNIX_FDS.insert((tgid as u64) << 32 | fd as u64, sk, 0);
+        if hold && UNIX_OPENINGS.insert(sk, opening, 0).is_ok() {
             return Ok(());
         }
     }
@@ -131,7 +132,7 @@ fn try_sys_enter_close(ctx: &TracePointContext) -> Result<(), i32> {
 /// A connected unix-socket upstream: find its socket (the socket hooks know only that) and
 /// record it like a TCP upstream, so its requests, responses and end of stream are seen.
 /// Unix connects are rare next to the I/O on them, so the walk from fd to socket is cheap here.
-fn adopt_unix_socket(fd: u32, tgid: u32, tid: u32) -> u64 {
+fn adopt_unix_socket(fd: u32, tgid: u32, tid: u32, hold: bool) -> u64 {
     // connect(2) with a unix address succeeds only on a unix socket: no family check needed.
     let sk = socket_of_fd(fd);
     if sk == 0 {
@@ -139,7 +140,9 @@ fn adopt_unix_socket(fd: u32, tgid: u32, tid: u32) -> u64 {
     }
     // Unix stream sockets are connected when connect(2) returns: recorded as ESTABLISHED.
     let mut owner = new_owner(sk, tgid, tid, fd, TcpState::Established as u32, socket_ino(sk));
-    owner.flags = OWNER_STORY_HELD;
+    if hold {
+        owner.flags = OWNER_STORY_HELD;
+    }
     add_unix_owner(sk, owner);
     sk
 }

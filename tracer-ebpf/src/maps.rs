@@ -2,7 +2,7 @@
 //! counters are in config.rs).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     AF_UNIX, Exchange, MAX_CLOSED_SOCKETS, MAX_EXCHANGES, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PEERS, MAX_PENDING, MAX_TRACED_PROCESSES,
@@ -14,6 +14,17 @@ use crate::read::{current_cgroup, current_comm, sock_netns, socket_ino};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Set by userspace once the close(2) hook is attached (it is attached on demand, once the
+/// first unix-socket upstream is seen). Until then a unix-socket upstream's story is shipped as
+/// it happens, not held: held, it could only go out at a close no program would see.
+#[map]
+pub static CLOSE_HOOKED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn close_hooked() -> bool {
+    CLOSE_HOOKED.get(0).is_some_and(|v| *v != 0)
+}
 
 /// Gateway processes (tgid and threads/children), filled by userspace and by fork.
 #[map]

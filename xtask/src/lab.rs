@@ -38,5 +38,8 @@ pub fn run(gateway: Option<String>, scenario: Option<String>, save_traces: Optio
         }
     }
     println!("\nlab: {passed} of {total} rows as expected");
+    if passed < total {
+        anyhow::bail!("the lab: {} of {total} rows not as expected", total - passed);
+    }
     Ok(())
 }

@@ -46,8 +46,9 @@ pub enum OnDemand {
     /// Every close(2) on the host runs it (and any syscall hook puts every syscall of every
     /// task on the kernel's slower tracing path), and it only looks for unix-socket upstreams
     /// (PHP-FPM): a gateway's close is the one sign of it giving up on one. So it is attached
-    /// once the first unix-socket upstream is seen, and stays. A give-up in the moment between
-    /// a gateway's very first unix connect and the next ring-buffer read is missed.
+    /// once the first unix-socket upstream is seen, and stays. Until then the kernel ships
+    /// unix-socket stories as they happen instead of holding them for a close it cannot see
+    /// (`CLOSE_HOOKED`); only a give-up within that first moment goes unseen.
     UnixClose,
 }
 
@@ -253,13 +254,28 @@ impl Probes {
         let Some(Hook::Tracepoint(category, name)) = PROGRAMS.iter().find(|s| s.program == program).map(|s| &s.hook) else { return };
         let Some(tp) = self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) else { return };
         match tp.attach(category, name) {
-            Ok(link) => self.on_demand_links[slot] = Some(link),
+            Ok(link) => {
+                self.on_demand_links[slot] = Some(link);
+                if hook == OnDemand::UnixClose {
+                    self.set_close_hooked();
+                }
+            }
             Err(e) => {
                 // Said once: the hook is not tried again.
                 eprintln!("upstrace: attaching {program} failed: {e}");
                 self.report.on_demand.retain(|p| p != program);
                 self.report.skipped.push((program.to_owned(), format!("attach: {e}")));
             }
+        }
+    }
+
+    /// Tell the kernel programs that close(2) is seen now: unix-socket upstreams' stories may
+    /// be held until their close (see `CLOSE_HOOKED`).
+    fn set_close_hooked(&mut self) {
+        let switched =
+            self.ebpf.map_mut("CLOSE_HOOKED").and_then(|m| aya::maps::Array::<_, u32>::try_from(m).ok()).map(|mut a| a.set(0, 1, 0));
+        if !matches!(switched, Some(Ok(()))) {
+            eprintln!("upstrace: could not tell the kernel programs that close(2) is hooked: unix-socket upstreams stay unheld");
         }
     }
 
