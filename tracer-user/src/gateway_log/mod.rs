@@ -248,10 +248,12 @@ pub struct Pending {
     /// reaches the front. Line number `n` is at `n - first`.
     lines: VecDeque<Retained>,
     first: u64,
-    /// The untaken lines that name a client, by its address, in the order read: a verdict
-    /// whose client is known looks only at its client's lines. In a storm from many clients
-    /// the window holds thousands of lines, and a verdict's own are a few among them.
-    by_client: HashMap<IpAddr, VecDeque<u64>>,
+    /// The untaken lines that name a client, by its address and the process that wrote them
+    /// (when the line says), in the order read: a verdict whose client is known looks only at
+    /// its client's lines of its own process and of none named. In a storm from many clients,
+    /// or from one through many gateway workers, the window holds thousands of lines, and a
+    /// verdict's own are a few among them.
+    by_client: HashMap<(IpAddr, Option<u32>), VecDeque<u64>>,
     /// Lines that left without a verdict taking them.
     pub unmatched: u64,
     /// Untaken lines in `lines`.
@@ -270,7 +272,7 @@ impl Pending {
         }
         let number = self.first + self.lines.len() as u64;
         if let Some(ip) = line.client_ip {
-            self.by_client.entry(ip).or_default().push_back(number);
+            self.by_client.entry((ip, line.pid)).or_default().push_back(number);
         }
         let upstream_hash = upstream_hash(line.upstream.as_ref());
         self.lines.push_back(Retained { line, taken: false, upstream_hash });
@@ -300,7 +302,7 @@ impl Pending {
         self.unmatched += 1;
         self.untaken -= 1;
         if let Some(ip) = r.line.client_ip {
-            self.unindex(ip, number);
+            self.unindex((ip, r.line.pid), number);
         }
     }
 
@@ -313,18 +315,18 @@ impl Pending {
         let (lines, by_client) = (&self.lines, &mut self.by_client);
         for (i, r) in lines.iter().enumerate() {
             if let Some(ip) = r.line.client_ip {
-                by_client.entry(ip).or_default().push_back(self.first + i as u64);
+                by_client.entry((ip, r.line.pid)).or_default().push_back(self.first + i as u64);
             }
         }
     }
 
-    fn unindex(&mut self, ip: IpAddr, number: u64) {
-        let Some(numbers) = self.by_client.get_mut(&ip) else { return };
+    fn unindex(&mut self, key: (IpAddr, Option<u32>), number: u64) {
+        let Some(numbers) = self.by_client.get_mut(&key) else { return };
         if let Ok(k) = numbers.binary_search(&number) {
             numbers.remove(k);
         }
         if numbers.is_empty() {
-            self.by_client.remove(&ip);
+            self.by_client.remove(&key);
         }
     }
 
@@ -346,7 +348,7 @@ impl Pending {
         let line = std::mem::replace(&mut r.line, emptied);
         self.untaken -= 1;
         if let Some(ip) = line.client_ip {
-            self.unindex(ip, number);
+            self.unindex((ip, line.pid), number);
         }
         while self.lines.front().is_some_and(|r| r.taken) {
             self.pop_front();
@@ -369,10 +371,14 @@ impl Pending {
         // side of the cut is still looked at, from the other side.
         match q.client {
             Some(client) => {
-                if let Some(mine) = self.by_client.get(&client.ip()) {
-                    let cut = mine.partition_point(|&n| self.at(n).line.unix_ms <= window.at);
-                    self.nearest(mine.range(..cut).rev().copied(), mine.range(cut..).copied(), window, &mut numbers);
+                for writer in [Some(q.pid), None] {
+                    if let Some(mine) = self.by_client.get(&(client.ip(), writer)) {
+                        let cut = mine.partition_point(|&n| self.at(n).line.unix_ms <= window.at);
+                        self.nearest(mine.range(..cut).rev().copied(), mine.range(cut..).copied(), window, &mut numbers);
+                    }
                 }
+                // Both kinds (rare): in reading order again, as `best` takes them.
+                numbers.sort_unstable();
             }
             // A response cut short: its client is not known, every kept line is looked at (rare).
             None => {
@@ -394,13 +400,13 @@ impl Pending {
     fn nearest(&self, before: impl Iterator<Item = u64>, after: impl Iterator<Item = u64>, w: Window, out: &mut Vec<u64>) {
         // The second bound (untaken lines of any process) holds when the lines are another
         // process's: each verdict would read them all.
-        let mut untaken = 0;
+        let (start, mut untaken) = (out.len(), 0);
         for n in before {
             let r = self.at(n);
             if r.taken {
                 continue;
             }
-            if r.line.unix_ms < w.oldest || out.len() == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
+            if r.line.unix_ms < w.oldest || out.len() - start == MAX_LOOKED || untaken == 4 * MAX_LOOKED {
                 break;
             }
             untaken += 1;
@@ -408,7 +414,7 @@ impl Pending {
                 out.push(n);
             }
         }
-        out.reverse();
+        out[start..].reverse();
         let (before, mut untaken) = (out.len(), 0);
         for n in after {
             let r = self.at(n);
@@ -705,6 +711,19 @@ mod tests {
     fn another_clients_burst_does_not_hide_a_verdicts_line() {
         let line = own_line_behind(nginx(100, 7, "10.0.0.9", "10.1.0.2:80", Claim::Refused));
         assert_eq!(line.client_ip, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    /// Many gateway workers behind one client address (a load balancer): a verdict looks at its
+    /// own process's lines, however many the other workers wrote since.
+    #[test]
+    fn other_workers_lines_do_not_hide_a_verdicts_own() {
+        let mut p = Pending::default();
+        p.push(nginx(100, 7, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        for i in 0..4 * MAX_LOOKED + 10 {
+            p.push(nginx(100, 8 + i as u32 % 15, "10.0.0.1", "10.1.0.2:80", Claim::Refused));
+        }
+        let (line, _) = p.take_match(&query(100_400, 7, "10.0.0.1:5000", "10.1.0.2:80"), Dialect::NginxError).expect("its own line");
+        assert_eq!(line.pid, Some(7));
     }
 
     #[test]
