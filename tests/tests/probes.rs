@@ -178,6 +178,10 @@ fn healthy_fastcgi_exchanges_stay_in_the_kernel() {
     let mut lab = Lab::new().unwrap();
     lab.start_php(upstrace_lab::lab::PhpMode::Ok).expect("php-fpm");
     let tracer = start(&mut lab, None);
+    // The first unix-socket connection comes before the close(2) hook is attached (on demand,
+    // once one is seen): its story is shipped as it happens. Every later one stays in the kernel.
+    assert_eq!(lab.request("/").unwrap().0, 200);
+    std::thread::sleep(Duration::from_millis(300));
     const REQUESTS: usize = 12;
     for _ in 0..REQUESTS {
         assert_eq!(lab.request("/").unwrap().0, 200);
@@ -192,7 +196,8 @@ fn healthy_fastcgi_exchanges_stay_in_the_kernel() {
                     .contains(&v["kind"].as_str().unwrap_or(""))
         })
         .collect();
-    assert!(shipped.is_empty(), "healthy FastCGI ships no socket event: {shipped:#?}");
+    let connections: std::collections::BTreeSet<&str> = shipped.iter().filter_map(|v| v["sock"].as_str()).collect();
+    assert!(connections.len() <= 1, "healthy FastCGI ships no socket event after the first connection: {shipped:#?}");
     let stats = lines.iter().rev().find(|v| v["type"] == "stats").expect("final stats line");
     assert_eq!(stats["lost_total"], 0);
     // nginx reads php-fpm's answers with recv(2): php-fpm's own reads run no program. The

@@ -8,7 +8,7 @@ pub mod status;
 /// Version of the types below as the kernel programs and userspace share them. Bump it with
 /// every change to a shared type (a field, its size or its meaning): the eBPF object carries
 /// it (`UPSTRACE_ABI_VERSION`) and the loader refuses an object built with another one.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Capacity of the traced-process map (gateway tgids and their forked children).
 pub const MAX_TRACED_PROCESSES: u32 = 4096;
@@ -637,7 +637,9 @@ pub struct KernelLayout {
     pub sk_socket: u16,
     pub socket_alloc_inode: u16,
     pub inode_ino: u16,
-    pub _pad: u16,
+    /// `sock.sk_protocol`; 0 where the kernel's BTF has no such plain field (then the state
+    /// hook stays the classic tracepoint, whose record carries the protocol).
+    pub sk_protocol: u16,
 }
 const _: () = assert!(size_of::<KernelLayout>() == 56);
 

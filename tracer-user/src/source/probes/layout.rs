@@ -169,7 +169,7 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout> {
         sk_socket: offset16(btf, "sock", &["sk_socket"])?,
         socket_alloc_inode: offset16(btf, "socket_alloc", &["vfs_inode"])?,
         inode_ino: offset16(btf, "inode", &["i_ino"])?,
-        _pad: 0,
+        sk_protocol: offset16(btf, "sock", &["sk_protocol"]).unwrap_or(0),
     })
 }
 

@@ -30,6 +30,8 @@ struct ProgramSpec {
     hook: Hook,
     /// Without a required program upstrace cannot do its job, so it refuses to start.
     required: bool,
+    /// Attached only when this other program (the same hook, cheaper) could not be.
+    fallback_for: Option<&'static str>,
 }
 
 /// Programs loaded at start and attached only when wanted: their hooks run for every packet,
@@ -70,20 +72,41 @@ impl OnDemand {
 pub const PACKET_HOOK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 const PROGRAMS: &[ProgramSpec] = &[
-    ProgramSpec { program: "inet_sock_set_state", hook: Hook::Tracepoint("sock", "inet_sock_set_state"), required: true },
-    ProgramSpec { program: "tcp_receive_reset", hook: Hook::Tracepoint("tcp", "tcp_receive_reset"), required: false },
-    ProgramSpec { program: "tcp_send_reset", hook: Hook::Tracepoint("tcp", "tcp_send_reset"), required: false },
-    ProgramSpec { program: "tcp_retransmit_skb", hook: Hook::Tracepoint("tcp", "tcp_retransmit_skb"), required: false },
-    ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false },
-    ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true },
-    ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true },
-    ProgramSpec { program: "sys_exit_connect", hook: Hook::Tracepoint("syscalls", "sys_exit_connect"), required: false },
-    ProgramSpec { program: "sys_enter_close", hook: Hook::Tracepoint("syscalls", "sys_enter_close"), required: false },
-    ProgramSpec { program: "sched_process_fork", hook: Hook::Tracepoint("sched", "sched_process_fork"), required: true },
-    ProgramSpec { program: "sched_process_exit", hook: Hook::Tracepoint("sched", "sched_process_exit"), required: false },
-    ProgramSpec { program: "signal_generate", hook: Hook::Tracepoint("signal", "signal_generate"), required: false },
-    ProgramSpec { program: "kfree_skb", hook: Hook::Tracepoint("skb", "kfree_skb"), required: false },
-    ProgramSpec { program: "netif_receive_skb", hook: Hook::Tracepoint("net", "netif_receive_skb"), required: false },
+    ProgramSpec { program: "inet_sock_set_state_btf", hook: Hook::TpBtf("inet_sock_set_state"), required: false, fallback_for: None },
+    ProgramSpec {
+        program: "inet_sock_set_state",
+        hook: Hook::Tracepoint("sock", "inet_sock_set_state"),
+        required: true,
+        fallback_for: Some("inet_sock_set_state_btf"),
+    },
+    ProgramSpec { program: "tcp_receive_reset", hook: Hook::Tracepoint("tcp", "tcp_receive_reset"), required: false, fallback_for: None },
+    ProgramSpec { program: "tcp_send_reset", hook: Hook::Tracepoint("tcp", "tcp_send_reset"), required: false, fallback_for: None },
+    ProgramSpec { program: "tcp_retransmit_skb", hook: Hook::Tracepoint("tcp", "tcp_retransmit_skb"), required: false, fallback_for: None },
+    ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false, fallback_for: None },
+    ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true, fallback_for: None },
+    ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true, fallback_for: None },
+    ProgramSpec {
+        program: "sys_exit_connect",
+        hook: Hook::Tracepoint("syscalls", "sys_exit_connect"),
+        required: false,
+        fallback_for: None,
+    },
+    ProgramSpec { program: "sys_enter_close", hook: Hook::Tracepoint("syscalls", "sys_enter_close"), required: false, fallback_for: None },
+    ProgramSpec {
+        program: "sched_process_fork",
+        hook: Hook::Tracepoint("sched", "sched_process_fork"),
+        required: true,
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "sched_process_exit",
+        hook: Hook::Tracepoint("sched", "sched_process_exit"),
+        required: false,
+        fallback_for: None,
+    },
+    ProgramSpec { program: "signal_generate", hook: Hook::Tracepoint("signal", "signal_generate"), required: false, fallback_for: None },
+    ProgramSpec { program: "kfree_skb", hook: Hook::Tracepoint("skb", "kfree_skb"), required: false, fallback_for: None },
+    ProgramSpec { program: "netif_receive_skb", hook: Hook::Tracepoint("net", "netif_receive_skb"), required: false, fallback_for: None },
 ];
 
 /// Which hooks `measure_floor` covers (a command-line choice).
@@ -202,6 +225,15 @@ impl Probes {
                 }
                 continue;
             }
+            if spec.fallback_for.is_some_and(|better| report.attached.iter().any(|a| a == better)) {
+                continue;
+            }
+            // The tp_btf state hook needs the socket's protocol from BTF (the classic record
+            // carries it).
+            if spec.program == "inet_sock_set_state_btf" && config.kernel.sk_protocol == 0 {
+                report.skipped.push((spec.program.to_owned(), "sock.sk_protocol not in the kernel's BTF".to_owned()));
+                continue;
+            }
             match attach(&mut ebpf, spec, &aya_btf) {
                 Ok(()) => report.attached.push(spec.program.to_owned()),
                 Err(e) if spec.required => {
@@ -314,16 +346,25 @@ impl Probes {
                 let program: &mut TracePoint = ebpf.program_mut("floor").context("floor program missing")?.try_into()?;
                 program.load().map_err(|e| anyhow!("load floor: {e}"))?;
                 let mut hooks = 0;
-                // All: the hooks upstrace keeps attached (not the on-demand one).
-                for spec in PROGRAMS.iter().filter(|s| set != FloorSet::All || OnDemand::of_program(s.program).is_none()) {
+                // All: the hooks upstrace keeps attached (not the on-demand ones), as it attaches
+                // them: the state hook as tp_btf (its classic form is only a fallback).
+                let all = set == FloorSet::All;
+                for spec in PROGRAMS.iter().filter(|s| !all || (OnDemand::of_program(s.program).is_none() && s.fallback_for.is_none())) {
                     if let Hook::Tracepoint(category, name) = spec.hook
-                        && (set == FloorSet::All || FLOOR_SOCKET_HOOKS.contains(&name))
+                        && (all || FLOOR_SOCKET_HOOKS.contains(&name))
                         && program.attach(category, name).is_ok()
                     {
                         hooks += 1;
                     }
                 }
                 names.push(("floor".to_string(), hooks));
+                if all {
+                    let name = "floor_btf_inet_sock_set_state";
+                    let program: &mut BtfTracePoint = ebpf.program_mut(name).context("floor program missing")?.try_into()?;
+                    program.load("inet_sock_set_state", &aya_btf).map_err(|e| anyhow!("load {name}: {e}"))?;
+                    program.attach().map_err(|e| anyhow!("attach {name}: {e}"))?;
+                    names.push((name.to_string(), 1));
+                }
             }
             FloorSet::SocketBtf => {
                 for hook in FLOOR_SOCKET_HOOKS {
