@@ -2,7 +2,10 @@
 //! not per call), and 5xx status lines written to downstream (client) sockets. One program per
 //! send and one per receive, at the socket tracepoints: they name the socket, and the bytes are
 //! read from the buffer the syscall was given (`read::syscall_buffer`), so no syscall is hooked.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::{
     EventKind, IPPROTO_TCP, IPPROTO_UDP, OWNER_FCGI_ENDED, OWNER_QUIET, OWNER_STORY_HELD, PHASE_RECEIVING, PHASE_SENDING, PendingStatus,
     RECV_END_AFTER_FCGI_END, REQUEST_HEAD, RESPONSE_HEAD, SEEN_PLAIN, STATUS_SEEN_AT, STATUS_STREAM_AT, SockOwner, counter, errno,
@@ -19,7 +22,8 @@ use crate::{
         take_last_response, take_pending_status, unix_owner_of,
     },
     read::{
-        current_ids, now_ns, read_user, read_user_bytes, read_user_prefix, sock_netns, syscall_buffer, syscall_fd_and_buffer, tp_field,
+        current_ids, now_ns, read_user, read_user_bytes, read_user_prefix, sock_family, sock_netns, sock_protocol, syscall_buffer,
+        syscall_fd_and_buffer, tp_field,
     },
 };
 
@@ -29,6 +33,20 @@ use crate::{
 /// of milliseconds (10 ms lost one 5xx in 205k in a 30-minute soak).
 const STATUS_MAX_AGE_NS: u64 = 1_000_000_000;
 
+/// The send hook as tp_btf: the socket and the length are its arguments (no trace record is
+/// built, no helper reads them); the family and protocol are read from the socket only when it
+/// is no known upstream.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length_btf(ctx: BtfTracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let (sk, ret): (u64, i32) = (ctx.arg(0), ctx.arg(1));
+    done(on_send(tgid, tid, sk, ret, || sock_family(sk), || sock_protocol(sk)))
+}
+
+/// The classic tracepoint, where tp_btf cannot attach.
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     done(try_sock_send_length(&ctx))
@@ -41,12 +59,17 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sk: u64 = tp_field(ctx, cfg_get!(tp.send_len_sk))?;
     let ret: i32 = tp_field(ctx, cfg_get!(tp.send_len_ret))?;
-    let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0)));
+    let family = || tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0);
+    let protocol = || tp_field(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0);
+    on_send(tgid, tid, sk, ret, family, protocol)
+}
+
+#[inline(always)]
+fn on_send(tgid: u32, tid: u32, sk: u64, ret: i32, family: impl FnOnce() -> u16, protocol: impl FnOnce() -> u16) -> Result<(), i32> {
+    let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, family()));
     let Some(owner) = owner else {
         let (fd, buf) = syscall_fd_and_buffer();
-        if tp_field::<u16>(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0) == IPPROTO_UDP as u16
-            && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, || buf, ret)
-        {
+        if protocol() == IPPROTO_UDP as u16 && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, || buf, ret) {
             return Ok(());
         }
         // Reported even when the send fails (the client gone): the gateway answered it.
@@ -207,6 +230,18 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
     });
 }
 
+/// The receive hook as tp_btf (see `sock_send_length_btf`).
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length_btf(ctx: BtfTracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let (sk, ret): (u64, i32) = (ctx.arg(0), ctx.arg(1));
+    done(on_recv(tgid, tid, sk, ret, || sock_family(sk), || sock_protocol(sk)))
+}
+
+/// The classic tracepoint, where tp_btf cannot attach.
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     done(try_sock_recv_length(&ctx))
@@ -219,12 +254,19 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sk: u64 = tp_field(ctx, cfg_get!(tp.recv_len_sk))?;
     let ret: i32 = tp_field(ctx, cfg_get!(tp.recv_len_ret))?;
+    let family = || tp_field(ctx, cfg_get!(tp.recv_len_family)).unwrap_or(0);
+    let protocol = || tp_field(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0);
+    on_recv(tgid, tid, sk, ret, family, protocol)
+}
+
+#[inline(always)]
+fn on_recv(tgid: u32, tid: u32, sk: u64, ret: i32, family: impl FnOnce() -> u16, protocol: impl FnOnce() -> u16) -> Result<(), i32> {
     // Reads after CLOSE (data that arrived before an RST, the error itself) count too.
-    let owner = owner_of(sk).or_else(|| unix_owner_of(sk, tp_field(ctx, cfg_get!(tp.recv_len_family)).unwrap_or(0)));
+    let owner = owner_of(sk).or_else(|| unix_owner_of(sk, family()));
     let Some(owner) = owner else {
         // UDP answers; and TCP answers on a resolver connection older than the trace (one
         // read of the port per read of a client's request: the price of seeing them).
-        let protocol = tp_field::<u16>(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0) as u8;
+        let protocol = protocol() as u8;
         if protocol == IPPROTO_UDP || (protocol == IPPROTO_TCP && ret > 0) {
             on_dns(EventKind::DnsAnswer, protocol, sk, tgid, tid, syscall_buffer, ret);
         }

@@ -221,6 +221,18 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// A socket's address family (`sk_family`).
+#[inline(always)]
+pub fn sock_family(sk: u64) -> u16 {
+    read_kernel::<u16>(sk, cfg_get!(kernel.skc_family)).unwrap_or(0)
+}
+
+/// A socket's protocol (`sk_protocol`: IPPROTO_TCP, IPPROTO_UDP, ...).
+#[inline(always)]
+pub fn sock_protocol(sk: u64) -> u16 {
+    read_kernel::<u16>(sk, cfg_get!(kernel.sk_protocol)).unwrap_or(0)
+}
+
 /// Network namespace inode of a socket (0 if unknown): sk->__sk_common.skc_net->ns.inum.
 #[inline(always)]
 pub fn sock_netns(sk: u64) -> u32 {

@@ -15,7 +15,7 @@ use crate::{
     event::{Who, emit, emit_socket, fill_tuple_from_sock, ship_held},
     maps::{CLOSED, HELD, LISTENERS, OWNED, add_peer, forget_socket, held, is_traced, new_held, new_owner, open_owner_of, owner_of},
     packet::IPPROTO_TCP,
-    read::{connect_args, current_ids, now_ns, read_kernel, sock_netns, tp_field},
+    read::{connect_args, current_ids, now_ns, read_kernel, sock_netns, sock_protocol, tp_field},
 };
 
 const SYN_SENT: i32 = TcpState::SynSent as i32;
@@ -28,7 +28,7 @@ const CLOSE: i32 = TcpState::Close as i32;
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let (old, new): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    on_state_change(sk, old, new, || read_kernel::<u16>(sk, cfg_get!(kernel.sk_protocol)) == Some(IPPROTO_TCP as u16));
+    on_state_change(sk, old, new, || sock_protocol(sk) == IPPROTO_TCP as u16);
     0
 }
 

@@ -83,8 +83,20 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "tcp_send_reset", hook: Hook::Tracepoint("tcp", "tcp_send_reset"), required: false, fallback_for: None },
     ProgramSpec { program: "tcp_retransmit_skb", hook: Hook::Tracepoint("tcp", "tcp_retransmit_skb"), required: false, fallback_for: None },
     ProgramSpec { program: "inet_sk_error_report", hook: Hook::TpBtf("inet_sk_error_report"), required: false, fallback_for: None },
-    ProgramSpec { program: "sock_send_length", hook: Hook::Tracepoint("sock", "sock_send_length"), required: true, fallback_for: None },
-    ProgramSpec { program: "sock_recv_length", hook: Hook::Tracepoint("sock", "sock_recv_length"), required: true, fallback_for: None },
+    ProgramSpec { program: "sock_send_length_btf", hook: Hook::TpBtf("sock_send_length"), required: false, fallback_for: None },
+    ProgramSpec {
+        program: "sock_send_length",
+        hook: Hook::Tracepoint("sock", "sock_send_length"),
+        required: true,
+        fallback_for: Some("sock_send_length_btf"),
+    },
+    ProgramSpec { program: "sock_recv_length_btf", hook: Hook::TpBtf("sock_recv_length"), required: false, fallback_for: None },
+    ProgramSpec {
+        program: "sock_recv_length",
+        hook: Hook::Tracepoint("sock", "sock_recv_length"),
+        required: true,
+        fallback_for: Some("sock_recv_length_btf"),
+    },
     ProgramSpec {
         program: "sys_exit_connect",
         hook: Hook::Tracepoint("syscalls", "sys_exit_connect"),
@@ -228,9 +240,10 @@ impl Probes {
             if spec.fallback_for.is_some_and(|better| report.attached.iter().any(|a| a == better)) {
                 continue;
             }
-            // The tp_btf state hook needs the socket's protocol from BTF (the classic record
-            // carries it).
-            if spec.program == "inet_sock_set_state_btf" && config.kernel.sk_protocol == 0 {
+            // The tp_btf forms of the socket hooks read the socket's protocol (the classic
+            // records carry it): without its offset in BTF, the classic ones are attached.
+            let preferred = PROGRAMS.iter().any(|classic| classic.fallback_for == Some(spec.program));
+            if preferred && config.kernel.sk_protocol == 0 {
                 report.skipped.push((spec.program.to_owned(), "sock.sk_protocol not in the kernel's BTF".to_owned()));
                 continue;
             }
@@ -358,12 +371,17 @@ impl Probes {
                     }
                 }
                 names.push(("floor".to_string(), hooks));
-                if all {
-                    let name = "floor_btf_inet_sock_set_state";
-                    let program: &mut BtfTracePoint = ebpf.program_mut(name).context("floor program missing")?.try_into()?;
-                    program.load("inet_sock_set_state", &aya_btf).map_err(|e| anyhow!("load {name}: {e}"))?;
+                // The socket hooks upstrace attaches as tp_btf (those with a classic fallback).
+                let preferred = PROGRAMS.iter().filter_map(|classic| classic.fallback_for);
+                for hook in PROGRAMS.iter().filter(|s| all && preferred.clone().any(|p| p == s.program)).filter_map(|s| match s.hook {
+                    Hook::TpBtf(hook) => Some(hook),
+                    Hook::Tracepoint(..) => None,
+                }) {
+                    let name = format!("floor_btf_{hook}");
+                    let program: &mut BtfTracePoint = ebpf.program_mut(&name).context("floor program missing")?.try_into()?;
+                    program.load(hook, &aya_btf).map_err(|e| anyhow!("load {name}: {e}"))?;
                     program.attach().map_err(|e| anyhow!("attach {name}: {e}"))?;
-                    names.push((name.to_string(), 1));
+                    names.push((name, 1));
                 }
             }
             FloorSet::SocketBtf => {
