@@ -148,6 +148,7 @@ fn healthy_traffic_ships_nothing(keepalive: bool) {
         assert_eq!(lab.request("/").unwrap().0, 200);
     }
     std::thread::sleep(Duration::from_millis(500));
+    assert_hook_set(&tracer.stderr());
     let (_, lines) = tracer.stop().unwrap();
     let socket_events: Vec<&Value> = lines.iter().filter(|v| v["type"] == "event" && v["sock"] != "0x0" && v["kind"] != "listen").collect();
     assert!(socket_events.is_empty(), "healthy traffic ships no socket event: {socket_events:#?}");
@@ -156,6 +157,23 @@ fn healthy_traffic_ships_nothing(keepalive: bool) {
     assert_eq!(stats["exchanges_shipped_early"], 0);
     assert_eq!(stats["evicted"]["closed_sockets"], 0, "{stats}");
     assert_on_demand(stats, &[]);
+}
+
+/// The hooks every socket call and state change runs are attached as tp_btf on this kernel
+/// (their classic forms are fallbacks only), no syscall entry is hooked at start, and close(2)
+/// waits for a unix-socket upstream: the start line says so.
+fn assert_hook_set(stderr: &str) {
+    let attached =
+        stderr.lines().find(|l| l.contains("attached ") && l.contains(" programs: ")).unwrap_or_else(|| panic!("no start line: {stderr}"));
+    let (now, wanted) = attached.split_once("attached when wanted: ").unwrap_or((attached, ""));
+    let now: Vec<&str> = now.split_once(" programs: ").map_or("", |(_, p)| p).split([',', ';']).map(str::trim).collect();
+    for program in ["inet_sock_set_state_btf", "sock_send_length_btf", "sock_recv_length_btf", "sys_exit_connect"] {
+        assert!(now.contains(&program), "{program} attached at start: {attached}");
+    }
+    for program in ["inet_sock_set_state", "sock_send_length", "sock_recv_length", "sys_enter_connect", "sys_enter_close"] {
+        assert!(!now.contains(&program), "{program} not attached at start: {attached}");
+    }
+    assert!(wanted.contains("sys_enter_close"), "close(2) attached when wanted: {attached}");
 }
 
 /// Which on-demand hooks the traffic had attached (the stats line's `on_demand_attached`): no
