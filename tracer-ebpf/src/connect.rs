@@ -74,8 +74,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
         let _ = UNIX_FDS.insert((tgid as u64) << 32 | fd as u64, sk, 0);
         // A healthy FastCGI exchange ends with its connection: its connect is held with the
         // rest of its story, and shipped (`event::ship_held`) only ahead of a failure.
-        let opening = UnixOpening { ts_ns: now_ns(), fd, _pad: 0, path: to.path };
-        if hold && UNIX_OPENINGS.insert(sk, opening, 0).is_ok() {
+        if hold && UNIX_OPENINGS.insert(sk, UnixOpening { ts_ns: now_ns(), fd, _pad: 0, path: to.path }, 0).is_ok() {
             return Ok(());
         }
     }

@@ -38,38 +38,35 @@ const STATUS_MAX_AGE_NS: u64 = 1_000_000_000;
 /// is no known upstream.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length_btf(ctx: BtfTracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return 0;
-    }
-    let (sk, ret): (u64, i32) = (ctx.arg(0), ctx.arg(1));
-    done(on_send(tgid, tid, sk, ret, || sock_family(sk), || sock_protocol(sk)))
+    done(on_send(|| Ok((ctx.arg(0), ctx.arg(1))), sock_family, sock_protocol))
 }
 
-/// The classic tracepoint, where tp_btf cannot attach.
+/// The classic tracepoint, where tp_btf cannot attach: the same fields, from its record.
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    done(try_sock_send_length(&ctx))
+    done(on_send(
+        || Ok((tp_field(&ctx, cfg_get!(tp.send_len_sk))?, tp_field(&ctx, cfg_get!(tp.send_len_ret))?)),
+        |_| tp_field(&ctx, cfg_get!(tp.send_len_family)).unwrap_or(0),
+        |_| tp_field(&ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0),
+    ))
 }
 
-fn try_sock_send_length(ctx: &TracePointContext) -> Result<(), i32> {
+/// A traced process's send on socket `sk` (read by `call` only for traced processes).
+#[inline(always)]
+fn on_send(
+    call: impl FnOnce() -> Result<(u64, i32), i32>,
+    family: impl FnOnce(u64) -> u16,
+    protocol: impl FnOnce(u64) -> u16,
+) -> Result<(), i32> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(());
     }
-    let sk: u64 = tp_field(ctx, cfg_get!(tp.send_len_sk))?;
-    let ret: i32 = tp_field(ctx, cfg_get!(tp.send_len_ret))?;
-    let family = || tp_field(ctx, cfg_get!(tp.send_len_family)).unwrap_or(0);
-    let protocol = || tp_field(ctx, cfg_get!(tp.send_len_protocol)).unwrap_or(0);
-    on_send(tgid, tid, sk, ret, family, protocol)
-}
-
-#[inline(always)]
-fn on_send(tgid: u32, tid: u32, sk: u64, ret: i32, family: impl FnOnce() -> u16, protocol: impl FnOnce() -> u16) -> Result<(), i32> {
-    let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, family()));
+    let (sk, ret) = call()?;
+    let owner = open_owner_of(sk).or_else(|| unix_owner_of(sk, family(sk)));
     let Some(owner) = owner else {
         let (fd, buf) = syscall_fd_and_buffer();
-        if protocol() == IPPROTO_UDP as u16 && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, || buf, ret) {
+        if protocol(sk) == IPPROTO_UDP as u16 && on_dns(EventKind::DnsQuery, IPPROTO_UDP, sk, tgid, tid, || buf, ret) {
             return Ok(());
         }
         // Reported even when the send fails (the client gone): the gateway answered it.
@@ -233,40 +230,37 @@ fn on_downstream_send(sk: u64, tgid: u32, tid: u32) {
 /// The receive hook as tp_btf (see `sock_send_length_btf`).
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length_btf(ctx: BtfTracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return 0;
-    }
-    let (sk, ret): (u64, i32) = (ctx.arg(0), ctx.arg(1));
-    done(on_recv(tgid, tid, sk, ret, || sock_family(sk), || sock_protocol(sk)))
+    done(on_recv(|| Ok((ctx.arg(0), ctx.arg(1))), sock_family, sock_protocol))
 }
 
-/// The classic tracepoint, where tp_btf cannot attach.
+/// The classic tracepoint, where tp_btf cannot attach: the same fields, from its record.
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    done(try_sock_recv_length(&ctx))
+    done(on_recv(
+        || Ok((tp_field(&ctx, cfg_get!(tp.recv_len_sk))?, tp_field(&ctx, cfg_get!(tp.recv_len_ret))?)),
+        |_| tp_field(&ctx, cfg_get!(tp.recv_len_family)).unwrap_or(0),
+        |_| tp_field(&ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0),
+    ))
 }
 
-fn try_sock_recv_length(ctx: &TracePointContext) -> Result<(), i32> {
+/// A traced process's receive on socket `sk` (read by `call` only for traced processes).
+#[inline(always)]
+fn on_recv(
+    call: impl FnOnce() -> Result<(u64, i32), i32>,
+    family: impl FnOnce(u64) -> u16,
+    protocol: impl FnOnce(u64) -> u16,
+) -> Result<(), i32> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(());
     }
-    let sk: u64 = tp_field(ctx, cfg_get!(tp.recv_len_sk))?;
-    let ret: i32 = tp_field(ctx, cfg_get!(tp.recv_len_ret))?;
-    let family = || tp_field(ctx, cfg_get!(tp.recv_len_family)).unwrap_or(0);
-    let protocol = || tp_field(ctx, cfg_get!(tp.recv_len_protocol)).unwrap_or(0);
-    on_recv(tgid, tid, sk, ret, family, protocol)
-}
-
-#[inline(always)]
-fn on_recv(tgid: u32, tid: u32, sk: u64, ret: i32, family: impl FnOnce() -> u16, protocol: impl FnOnce() -> u16) -> Result<(), i32> {
+    let (sk, ret) = call()?;
     // Reads after CLOSE (data that arrived before an RST, the error itself) count too.
-    let owner = owner_of(sk).or_else(|| unix_owner_of(sk, family()));
+    let owner = owner_of(sk).or_else(|| unix_owner_of(sk, family(sk)));
     let Some(owner) = owner else {
         // UDP answers; and TCP answers on a resolver connection older than the trace (one
         // read of the port per read of a client's request: the price of seeing them).
-        let protocol = protocol() as u8;
+        let protocol = protocol(sk) as u8;
         if protocol == IPPROTO_UDP || (protocol == IPPROTO_TCP && ret > 0) {
             on_dns(EventKind::DnsAnswer, protocol, sk, tgid, tid, syscall_buffer, ret);
         }

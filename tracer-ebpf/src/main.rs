@@ -4,8 +4,9 @@
 //! them: config.rs (the configuration and counters), maps.rs (the maps), read.rs (probe reads),
 //! event.rs (building events).
 //!
-//! Every program (but the empty ones in floor.rs) is a one-line wrapper around a `try_` body
-//! that may stop early with `?`.
+//! Every program (but the empty ones in floor.rs) is a thin wrapper around a body that may stop
+//! early with `?`: a `try_` function, or the body a tp_btf program and its classic fallback
+//! share, handed the way each reads its fields.
 #![no_std]
 #![no_main]
 

@@ -342,6 +342,12 @@ impl Live {
                         self.last_trouble = Some(std::time::Instant::now());
                         self.probes.attach_on_demand(OnDemand::Packets);
                     }
+                    // A unix-socket upstream connected: until close(2) is hooked the kernel
+                    // ships each one's connect (it holds nothing it could not end), so the
+                    // first one seen brings the hook.
+                    if ev.kind == crate::engine::decode::Kind::ConnectSyscall && ev.path.is_some() && ev.value == 0 {
+                        self.probes.attach_on_demand(OnDemand::UnixClose);
+                    }
                     // A unix socket that refused the gateway for permission: the file's owner and
                     // mode, read now (rare: only on such a failure).
                     if ev.kind == crate::engine::decode::Kind::ConnectSyscall
@@ -354,10 +360,6 @@ impl Live {
                 }
                 Err(_) => self.counts.decode_errors += 1,
             }
-        }
-        // One counter read per drain, until the first unix-socket upstream appears.
-        if !self.probes.is_attached(OnDemand::UnixClose) && self.probes.unix_upstreams_seen() {
-            self.probes.attach_on_demand(OnDemand::UnixClose);
         }
         pipeline.flush().context("writing output")
     }

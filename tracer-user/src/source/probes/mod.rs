@@ -48,9 +48,10 @@ pub enum OnDemand {
     /// Every close(2) on the host runs it (and any syscall hook puts every syscall of every
     /// task on the kernel's slower tracing path), and it only looks for unix-socket upstreams
     /// (PHP-FPM): a gateway's close is the one sign of it giving up on one. So it is attached
-    /// once the first unix-socket upstream is seen, and stays. Until then the kernel ships
-    /// unix-socket stories as they happen instead of holding them for a close it cannot see
-    /// (`CLOSE_HOOKED`); only a give-up within that first moment goes unseen.
+    /// once the first unix-socket upstream's connect is seen, and stays. Until then the kernel
+    /// ships unix-socket stories as they happen (their connects included) instead of holding
+    /// them for a close it cannot see (`CLOSE_HOOKED`); only a give-up within that first moment
+    /// goes unseen.
     UnixClose,
 }
 
@@ -371,12 +372,9 @@ impl Probes {
                     }
                 }
                 names.push(("floor".to_string(), hooks));
-                // The socket hooks upstrace attaches as tp_btf (those with a classic fallback).
-                let preferred = PROGRAMS.iter().filter_map(|classic| classic.fallback_for);
-                for hook in PROGRAMS.iter().filter(|s| all && preferred.clone().any(|p| p == s.program)).filter_map(|s| match s.hook {
-                    Hook::TpBtf(hook) => Some(hook),
-                    Hook::Tracepoint(..) => None,
-                }) {
+                // The hooks upstrace attaches as tp_btf: those whose classic form is a fallback.
+                for spec in PROGRAMS.iter().filter(|s| all && s.fallback_for.is_some()) {
+                    let Hook::Tracepoint(_, hook) = spec.hook else { continue };
                     let name = format!("floor_btf_{hook}");
                     let program: &mut BtfTracePoint = ebpf.program_mut(&name).context("floor program missing")?.try_into()?;
                     program.load(hook, &aya_btf).map_err(|e| anyhow!("load {name}: {e}"))?;
@@ -446,11 +444,6 @@ impl Probes {
     /// Kernel-side loss counters, summed over CPUs, by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         (0..counter::COUNT).filter(|&i| i < counter::LOSSES).map(|i| (counter::NAMES[i as usize], self.counter(i))).collect()
-    }
-
-    /// Has a gateway connected to a unix-socket upstream yet (since start)?
-    pub fn unix_upstreams_seen(&self) -> bool {
-        self.counter(counter::UNIX_ADDED) > 0
     }
 
     /// 5xx status lines not reported because no socket send followed their write in time.
